@@ -1,0 +1,85 @@
+//! Row changes and committed transactions, as decoded from the replication stream.
+
+use bytes::Bytes;
+
+use crate::offset::Lsn;
+use crate::where_clause::{EvalError, Row};
+
+/// One column value of a replicated tuple.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    /// PostgreSQL text output, validated as UTF-8 by the decoder.
+    Text(Bytes),
+    /// An unchanged TOAST value the stream did not repeat.
+    Unchanged,
+}
+
+impl Cell {
+    pub fn text(s: &str) -> Cell {
+        Cell::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Cell::Text(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A tuple: one cell per column of the relation, in relation order.
+pub type Tuple = Vec<Cell>;
+
+impl Row for [Cell] {
+    fn text(&self, column: usize) -> Result<Option<&str>, EvalError> {
+        match self.get(column) {
+            None | Some(Cell::Null) => Ok(None),
+            Some(Cell::Unchanged) => Err(EvalError::Unavailable(column)),
+            Some(c @ Cell::Text(_)) => Ok(c.as_str()),
+        }
+    }
+}
+
+/// The columns of a relation as the stream described it (pgoutput `Relation` message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `f` (full), `d` (default), `i` (index) or `n` (nothing).
+    pub replica_identity: u8,
+    /// (name, type oid) per column.
+    pub columns: Vec<(String, u32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Insert { new: Tuple },
+    /// `old` is the whole old row under REPLICA IDENTITY FULL, the old key when the key
+    /// changed under a default identity, and absent otherwise.
+    Update { old: Option<Tuple>, new: Tuple },
+    /// `old` holds at least the replica-identity columns (others may be NULL).
+    Delete { old: Tuple },
+}
+
+/// One item of a transaction, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnItem {
+    Change { relation: u32, change: Change },
+    /// The stream (re)describes a relation; a different column list is a schema change.
+    Relation(Relation),
+    Truncate { relations: Vec<u32> },
+}
+
+/// A committed transaction. Clients see all of its changes to a shape, or none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Txn {
+    /// The 32-bit transaction id, as clients receive it in `txids`.
+    pub xid: u32,
+    /// LSN of the commit record: the transaction's position in shape logs.
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit record: what is acknowledged to PostgreSQL once stored.
+    pub end_lsn: Lsn,
+    pub items: Vec<TxnItem>,
+}

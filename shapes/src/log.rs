@@ -1,0 +1,542 @@
+//! The durable shape log: a shape's snapshot chunks, then its live changes, stored as the
+//! exact message bytes clients receive.
+//!
+//! Invariant: readers see live entries only once they are durable ([`ShapeLog::publish`]
+//! runs after the data is synced), and a torn tail found at open is cut back to the last
+//! whole entry.
+//!
+//! Files in the shape's directory: `snapshot` (chunk bodies back to back), `snapshot.idx`
+//! (chunk byte ranges; written last, so its presence marks a complete snapshot) and `log`
+//! (records `[len u32][crc u32][tx u64][op u64][message]`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::offset::{LogOffset, Lsn};
+
+const HEADER: usize = 24;
+/// A sparse index entry at least every this many bytes bounds the scan of a read.
+const SPARSE_EVERY: u64 = 64 * 1024;
+
+/// What readers wait on: any change to it may mean new data or a rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogVersion {
+    /// Snapshot chunks readable so far.
+    pub snapshot_chunks: u64,
+    pub snapshot_complete: bool,
+    /// The last durable live entry (`0_inf` when there is none).
+    pub head: LogOffset,
+    /// The shape was rotated or deleted: readers must answer 409.
+    pub gone: bool,
+}
+
+/// The result of reading live entries.
+#[derive(Debug, Default)]
+pub struct LiveRead {
+    /// Messages joined by `,` (a JSON array body without brackets).
+    pub body: Vec<u8>,
+    pub count: usize,
+    /// Offset of the last message read.
+    pub last: Option<LogOffset>,
+    /// The read reached the durable end of the log (not a chunk boundary).
+    pub at_end: bool,
+}
+
+struct Snapshot {
+    file: File,
+    /// Byte ranges of finished chunks.
+    chunks: Vec<(u64, u64)>,
+    complete: bool,
+    /// The chunk being written: start position and bytes so far.
+    open_start: u64,
+    open_len: u64,
+}
+
+struct Live {
+    file: File,
+    /// Durable (readable) length and head.
+    durable_len: u64,
+    head: LogOffset,
+    /// Written but not yet durable.
+    written_len: u64,
+    written_head: LogOffset,
+    /// Positions where chunks start (the first is 0).
+    chunk_starts: Vec<u64>,
+    chunk_bytes_so_far: u64,
+    /// (offset, position) of some entries, in order.
+    sparse: Vec<(LogOffset, u64)>,
+}
+
+pub struct ShapeLog {
+    dir: PathBuf,
+    chunk_bytes: u64,
+    snapshot: Mutex<Snapshot>,
+    live: Mutex<Live>,
+    version: watch::Sender<LogVersion>,
+}
+
+impl std::fmt::Debug for ShapeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShapeLog").field("dir", &self.dir).finish()
+    }
+}
+
+fn crc(tx: u64, op: u64, msg: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&tx.to_le_bytes());
+    h.update(&op.to_le_bytes());
+    h.update(msg);
+    h.finalize()
+}
+
+fn offset_parts(o: LogOffset) -> (u64, u64) {
+    match o {
+        LogOffset::At { tx, op } => (tx, op),
+        LogOffset::BeforeAll => (0, 0),
+    }
+}
+
+impl ShapeLog {
+    /// Creates an empty log in a new directory.
+    pub fn create(dir: &Path, chunk_bytes: u64) -> io::Result<ShapeLog> {
+        fs::create_dir_all(dir)?;
+        let open = |name: &str| OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join(name));
+        let snapshot = Snapshot { file: open("snapshot")?, chunks: Vec::new(), complete: false, open_start: 0, open_len: 0 };
+        let live = Live::empty(open("log")?);
+        Ok(Self::assemble(dir, chunk_bytes, snapshot, live))
+    }
+
+    /// Opens an existing log. Returns `Ok(None)` when its snapshot never completed (the shape
+    /// must be discarded). A torn or corrupt tail of the live log is truncated.
+    pub fn open(dir: &Path, chunk_bytes: u64) -> io::Result<Option<ShapeLog>> {
+        let idx = match fs::read(dir.join("snapshot.idx")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Ok(chunks) = serde_json::from_slice::<Vec<(u64, u64)>>(&idx) else { return Ok(None) };
+        let snap_file = OpenOptions::new().read(true).open(dir.join("snapshot"))?;
+        let snap_len = snap_file.metadata()?.len();
+        if chunks.last().is_some_and(|(_, end)| *end > snap_len) {
+            return Ok(None);
+        }
+        let snapshot = Snapshot { file: snap_file, chunks, complete: true, open_start: 0, open_len: 0 };
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("log"))?;
+        let mut live = Live::empty(file);
+        live.recover(chunk_bytes)?;
+        Ok(Some(Self::assemble(dir, chunk_bytes, snapshot, live)))
+    }
+
+    fn assemble(dir: &Path, chunk_bytes: u64, snapshot: Snapshot, live: Live) -> ShapeLog {
+        let version = LogVersion {
+            snapshot_chunks: snapshot.chunks.len() as u64,
+            snapshot_complete: snapshot.complete,
+            head: live.head,
+            gone: false,
+        };
+        ShapeLog {
+            dir: dir.to_path_buf(),
+            chunk_bytes: chunk_bytes.max(1),
+            snapshot: Mutex::new(snapshot),
+            live: Mutex::new(live),
+            version: watch::channel(version).0,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<LogVersion> {
+        self.version.subscribe()
+    }
+
+    pub fn version(&self) -> LogVersion {
+        *self.version.borrow()
+    }
+
+    /// Marks the log rotated; waiting readers wake and answer 409.
+    pub fn mark_gone(&self) {
+        self.version.send_modify(|v| v.gone = true);
+    }
+
+    // ---- snapshot (written by one snapshot task) ----
+
+    /// Appends one snapshot message, closing the chunk when it is full.
+    pub fn append_snapshot_row(&self, message: &[u8]) -> io::Result<()> {
+        let mut s = self.snapshot.lock().unwrap();
+        let pos = s.open_start + s.open_len;
+        let mut buf = Vec::with_capacity(message.len() + 1);
+        if s.open_len > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(message);
+        s.file.write_all_at(&buf, pos)?;
+        s.open_len += buf.len() as u64;
+        if s.open_len >= self.chunk_bytes {
+            self.close_snapshot_chunk(&mut s);
+        }
+        Ok(())
+    }
+
+    fn close_snapshot_chunk(&self, s: &mut Snapshot) {
+        let range = (s.open_start, s.open_start + s.open_len);
+        s.chunks.push(range);
+        s.open_start = range.1;
+        s.open_len = 0;
+        let n = s.chunks.len() as u64;
+        self.version.send_modify(|v| v.snapshot_chunks = n);
+    }
+
+    /// Ends the snapshot with `final_message` (its `snapshot-end`), makes it durable and
+    /// writes the index that marks it complete.
+    pub fn finish_snapshot(&self, final_message: &[u8]) -> io::Result<()> {
+        let mut s = self.snapshot.lock().unwrap();
+        let pos = s.open_start + s.open_len;
+        let mut buf = Vec::with_capacity(final_message.len() + 1);
+        if s.open_len > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(final_message);
+        s.file.write_all_at(&buf, pos)?;
+        s.open_len += buf.len() as u64;
+        s.file.sync_data()?;
+        let range = (s.open_start, s.open_start + s.open_len);
+        s.chunks.push(range);
+        s.open_start = range.1;
+        s.open_len = 0;
+        write_atomically(&self.dir.join("snapshot.idx"), &serde_json::to_vec(&s.chunks).unwrap_or_default())?;
+        s.complete = true;
+        let n = s.chunks.len() as u64;
+        self.version.send_modify(|v| {
+            v.snapshot_chunks = n;
+            v.snapshot_complete = true;
+        });
+        Ok(())
+    }
+
+    /// Snapshot chunk `n` as a JSON array body, once it is readable.
+    pub fn read_snapshot_chunk(&self, n: u64) -> io::Result<Option<Bytes>> {
+        let s = self.snapshot.lock().unwrap();
+        let Some(&(start, end)) = s.chunks.get(n as usize) else { return Ok(None) };
+        let mut buf = vec![0u8; (end - start) as usize + 2];
+        buf[0] = b'[';
+        let len = buf.len();
+        s.file.read_exact_at(&mut buf[1..len - 1], start)?;
+        buf[len - 1] = b']';
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    pub fn snapshot_chunk_count(&self) -> u64 {
+        self.snapshot.lock().unwrap().chunks.len() as u64
+    }
+
+    // ---- live entries (written by the one fan-out task) ----
+
+    /// Writes entries to the file; they stay invisible until [`ShapeLog::publish`].
+    pub fn append(&self, entries: &[(LogOffset, Vec<u8>)]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut l = self.live.lock().unwrap();
+        let mut buf = Vec::with_capacity(entries.iter().map(|(_, m)| m.len() + HEADER).sum());
+        let mut pos = l.written_len;
+        for (offset, msg) in entries {
+            let (tx, op) = offset_parts(*offset);
+            l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
+            buf.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc(tx, op, msg).to_le_bytes());
+            buf.extend_from_slice(&tx.to_le_bytes());
+            buf.extend_from_slice(&op.to_le_bytes());
+            buf.extend_from_slice(msg);
+            pos += (msg.len() + HEADER) as u64;
+        }
+        let at = l.written_len;
+        if let Err(e) = l.file.write_all_at(&buf, at) {
+            // Forget the partial write: the next append overwrites it.
+            l.forget_unwritten();
+            return Err(e);
+        }
+        l.written_len = pos;
+        l.written_head = entries.last().map(|(o, _)| *o).unwrap_or(l.written_head);
+        Ok(())
+    }
+
+    /// Forces written entries to disk.
+    pub fn sync(&self) -> io::Result<()> {
+        let l = self.live.lock().unwrap();
+        if l.written_len > l.durable_len { l.file.sync_data() } else { Ok(()) }
+    }
+
+    /// Whether entries were written since the last publish.
+    pub fn has_unpublished(&self) -> bool {
+        let l = self.live.lock().unwrap();
+        l.written_len > l.durable_len
+    }
+
+    /// Makes written entries visible. Call only after they are durable.
+    pub fn publish(&self) {
+        let mut l = self.live.lock().unwrap();
+        if l.written_len == l.durable_len {
+            return;
+        }
+        l.durable_len = l.written_len;
+        l.head = l.written_head;
+        let head = l.head;
+        drop(l);
+        self.version.send_modify(|v| v.head = head);
+    }
+
+    /// The file to sync when syncing many logs at once (see [`sync_filesystem`]).
+    pub fn live_file(&self) -> io::Result<File> {
+        self.live.lock().unwrap().file.try_clone()
+    }
+
+    /// Reads durable live entries after `after` up to the end of that entry's chunk.
+    pub fn read_live(&self, after: LogOffset) -> io::Result<LiveRead> {
+        let (file, durable_len, start_pos, chunk_starts) = {
+            let l = self.live.lock().unwrap();
+            let i = l.sparse.partition_point(|(o, _)| *o <= after);
+            let start = if i == 0 { 0 } else { l.sparse[i - 1].1 };
+            (l.file.try_clone()?, l.durable_len, start, l.chunk_starts.clone())
+        };
+        let mut out = LiveRead::default();
+        let mut pos = start_pos;
+        let mut end = durable_len;
+        let mut header = [0u8; HEADER];
+        while pos < end {
+            file.read_exact_at(&mut header, pos)?;
+            let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as u64;
+            let tx = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            let op = u64::from_le_bytes(header[16..24].try_into().unwrap());
+            let offset = LogOffset::At { tx, op };
+            let next = pos + HEADER as u64 + len;
+            if offset > after {
+                if out.count == 0 {
+                    // The chunk holding the first returned entry bounds the response.
+                    let c = chunk_starts.partition_point(|s| *s <= pos);
+                    if let Some(&boundary) = chunk_starts.get(c) {
+                        end = end.min(boundary);
+                    }
+                } else {
+                    out.body.push(b',');
+                }
+                let at = out.body.len();
+                out.body.resize(at + len as usize, 0);
+                file.read_exact_at(&mut out.body[at..], pos + HEADER as u64)?;
+                out.count += 1;
+                out.last = Some(offset);
+            }
+            pos = next;
+        }
+        out.at_end = pos >= durable_len;
+        Ok(out)
+    }
+
+    /// The LSN of the last durable live entry (0 when none).
+    pub fn head_lsn(&self) -> Lsn {
+        Lsn(self.live.lock().unwrap().head.tx())
+    }
+
+    /// Removes the log's files.
+    pub fn destroy(&self) -> io::Result<()> {
+        self.mark_gone();
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Live {
+    fn empty(file: File) -> Live {
+        Live {
+            file,
+            durable_len: 0,
+            head: LogOffset::SNAPSHOT_END,
+            written_len: 0,
+            written_head: LogOffset::SNAPSHOT_END,
+            chunk_starts: vec![0],
+            chunk_bytes_so_far: 0,
+            sparse: Vec::new(),
+        }
+    }
+
+    fn note_entry(&mut self, offset: LogOffset, pos: u64, size: u64, chunk_bytes: u64) {
+        if self.chunk_bytes_so_far >= chunk_bytes {
+            self.chunk_starts.push(pos);
+            self.chunk_bytes_so_far = 0;
+            self.sparse.push((offset, pos));
+        } else if self.sparse.last().is_none_or(|(_, p)| pos - p >= SPARSE_EVERY) {
+            self.sparse.push((offset, pos));
+        }
+        self.chunk_bytes_so_far += size;
+    }
+
+    /// Drops index entries for bytes past `durable_len` after a failed write.
+    fn forget_unwritten(&mut self) {
+        let len = self.written_len;
+        self.sparse.retain(|(_, p)| *p < len);
+        self.chunk_starts.retain(|p| *p < len || *p == 0);
+    }
+
+    /// Scans the file, rebuilding the indexes and cutting a torn tail.
+    fn recover(&mut self, chunk_bytes: u64) -> io::Result<()> {
+        let file_len = self.file.metadata()?.len();
+        let mut pos = 0u64;
+        let mut header = [0u8; HEADER];
+        let mut msg = Vec::new();
+        let mut last = LogOffset::SNAPSHOT_END;
+        while pos + HEADER as u64 <= file_len {
+            self.file.read_exact_at(&mut header, pos)?;
+            let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as u64;
+            let sum = u32::from_le_bytes(header[4..8].try_into().unwrap());
+            let tx = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            let op = u64::from_le_bytes(header[16..24].try_into().unwrap());
+            if pos + HEADER as u64 + len > file_len {
+                break;
+            }
+            msg.resize(len as usize, 0);
+            self.file.read_exact_at(&mut msg, pos + HEADER as u64)?;
+            let offset = LogOffset::At { tx, op };
+            if crc(tx, op, &msg) != sum || offset <= last {
+                break;
+            }
+            self.note_entry(offset, pos, len + HEADER as u64, chunk_bytes);
+            last = offset;
+            pos += HEADER as u64 + len;
+        }
+        if pos < file_len {
+            tracing::warn!(cut_bytes = file_len - pos, "shape log had a torn tail; truncated to the last whole entry");
+            self.file.set_len(pos)?;
+            self.file.sync_all()?;
+        }
+        self.durable_len = pos;
+        self.written_len = pos;
+        self.head = last;
+        self.written_head = last;
+        Ok(())
+    }
+}
+
+/// Writes a small file so that it is either wholly there or absent after a crash.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Makes every written file on `path`'s filesystem durable with one call (`syncfs`), which
+/// is far cheaper than one `fdatasync` per shape log when a batch touches many shapes.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let dir = File::open(path)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("shapes-log-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn entry(tx: u64, op: u64) -> (LogOffset, Vec<u8>) {
+        (LogOffset::At { tx, op }, format!("{{\"m\":\"{tx}_{op}\"}}").into_bytes())
+    }
+
+    #[test]
+    fn entries_are_invisible_until_published() {
+        let dir = tmp("publish");
+        let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+        log.finish_snapshot(b"{}").unwrap();
+        log.append(&[entry(10, 0), entry(10, 2)]).unwrap();
+        assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 0);
+        log.sync().unwrap();
+        log.publish();
+        let r = log.read_live(LogOffset::SNAPSHOT_END).unwrap();
+        assert_eq!((r.count, r.at_end), (2, true));
+        assert_eq!(r.body, br#"{"m":"10_0"},{"m":"10_2"}"#);
+        let r = log.read_live(LogOffset::At { tx: 10, op: 0 }).unwrap();
+        assert_eq!(r.body, br#"{"m":"10_2"}"#);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn chunks_bound_reads_and_survive_reopen() {
+        let dir = tmp("chunks");
+        let log = ShapeLog::create(&dir, 100).unwrap();
+        log.append_snapshot_row(&[b'x'; 60]).unwrap();
+        log.append_snapshot_row(&[b'y'; 60]).unwrap();
+        log.append_snapshot_row(&[b'z'; 10]).unwrap();
+        log.finish_snapshot(b"E").unwrap();
+        assert_eq!(log.snapshot_chunk_count(), 2);
+        let entries: Vec<_> = (1..=20).map(|i| entry(i, 0)).collect();
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+        log.publish();
+        let mut after = LogOffset::SNAPSHOT_END;
+        let mut seen = 0;
+        loop {
+            let r = log.read_live(after).unwrap();
+            seen += r.count;
+            if r.at_end {
+                break;
+            }
+            assert!(r.count > 0, "a non-final read must advance");
+            after = r.last.unwrap();
+        }
+        assert_eq!(seen, 20);
+        drop(log);
+        let reopened = ShapeLog::open(&dir, 100).unwrap().unwrap();
+        assert_eq!(reopened.version().head, LogOffset::At { tx: 20, op: 0 });
+        assert_eq!(reopened.read_snapshot_chunk(1).unwrap().unwrap(), Bytes::from_static(b"[zzzzzzzzzz,E]"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn torn_tail_is_cut_to_the_last_whole_entry() {
+        let dir = tmp("torn");
+        let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+        log.finish_snapshot(b"E").unwrap();
+        log.append(&[entry(1, 0), entry(2, 0)]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let f = OpenOptions::new().write(true).open(dir.join("log")).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len - 3).unwrap();
+        let log = ShapeLog::open(&dir, 1 << 20).unwrap().unwrap();
+        assert_eq!(log.version().head, LogOffset::At { tx: 1, op: 0 });
+        log.append(&[entry(2, 0)]).unwrap();
+        log.sync().unwrap();
+        log.publish();
+        assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 2);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn incomplete_snapshot_means_no_log() {
+        let dir = tmp("incomplete");
+        let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+        log.append_snapshot_row(b"{}").unwrap();
+        drop(log);
+        assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none());
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! Shape definitions: what a client asked for ([`ShapeSpec`]), bound to a table
+//! ([`Shape`]), with a canonical identity ([`Shape::key`]) so equal definitions share one log.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::table::{TableSchema, split_identifiers};
+use crate::where_clause::{BindOptions, Expr, WhereError, parse_where};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replica {
+    /// Updates carry the key and changed columns; deletes the key.
+    #[default]
+    Default,
+    /// Updates and deletes carry the full row; updates also `old_value`.
+    Full,
+}
+
+impl FromStr for Replica {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Replica::Default),
+            "full" => Ok(Replica::Full),
+            other => Err(format!("must be 'default' or 'full', not {other:?}")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogMode {
+    /// Snapshot, then changes.
+    #[default]
+    Full,
+    /// Changes only: the snapshot carries no rows.
+    ChangesOnly,
+}
+
+impl FromStr for LogMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(LogMode::Full),
+            "changes_only" => Ok(LogMode::ChangesOnly),
+            other => Err(format!("must be 'full' or 'changes_only', not {other:?}")),
+        }
+    }
+}
+
+/// A shape as requested: everything needed to rebuild it against a table schema.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShapeSpec {
+    pub where_text: Option<String>,
+    pub params: Vec<(usize, String)>,
+    /// Requested columns; `None` selects all.
+    pub columns: Option<Vec<String>>,
+    pub replica: Replica,
+    pub log: LogMode,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShapeError {
+    #[error(transparent)]
+    Where(#[from] WhereError),
+    #[error("{0}")]
+    Columns(String),
+}
+
+/// Parses the protocol's `columns` parameter (comma-separated, optionally double-quoted).
+pub fn parse_columns(s: &str) -> Result<Vec<String>, String> {
+    split_identifiers(s, ',')
+}
+
+/// A shape bound to its table.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub spec: ShapeSpec,
+    pub table: TableSchema,
+    pub filter: Option<Expr>,
+    /// Indexes of the selected columns, in table order.
+    pub selected: Vec<usize>,
+    /// Indexes of the key columns, in key order.
+    pub key: Vec<usize>,
+}
+
+impl Shape {
+    pub fn bind(spec: ShapeSpec, table: TableSchema, options: BindOptions) -> Result<Shape, ShapeError> {
+        let params: HashMap<usize, String> = spec.params.iter().cloned().collect();
+        let filter = match &spec.where_text {
+            Some(w) if !w.trim().is_empty() => Some(parse_where(w, &table, &params, options)?),
+            _ => None,
+        };
+        let key = table.key_columns();
+        let selected = match &spec.columns {
+            None => (0..table.columns.len()).collect(),
+            Some(names) => {
+                let unknown: Vec<&str> =
+                    names.iter().filter(|n| table.column_index(n).is_none()).map(String::as_str).collect();
+                if !unknown.is_empty() {
+                    return Err(ShapeError::Columns(format!(
+                        "The following columns are not found on the table: {}",
+                        unknown.join(", ")
+                    )));
+                }
+                let mut idx: Vec<usize> = names.iter().filter_map(|n| table.column_index(n)).collect();
+                let missing: Vec<&str> =
+                    key.iter().filter(|k| !idx.contains(k)).map(|k| table.columns[*k].name.as_str()).collect();
+                if table.has_primary_key() && !missing.is_empty() {
+                    return Err(ShapeError::Columns(format!(
+                        "The list of columns must include all primary key columns, missing: {}",
+                        missing.join(", ")
+                    )));
+                }
+                idx.sort_unstable();
+                idx.dedup();
+                idx
+            }
+        };
+        Ok(Shape { spec, table, filter, selected, key })
+    }
+
+    /// Canonical identity: the same table, filter, columns and modes give the same key,
+    /// whatever the spelling of the request.
+    pub fn key(&self) -> ShapeKey {
+        let filter = self.filter.as_ref().map(Expr::to_sql).unwrap_or_default();
+        let cols: Vec<&str> = self.selected.iter().map(|i| self.table.columns[*i].name.as_str()).collect();
+        ShapeKey(format!(
+            "{}|{}|{}|{}|{:?}|{:?}",
+            self.table.oid,
+            self.table.name.quoted(),
+            filter,
+            cols.join(","),
+            self.spec.replica,
+            self.spec.log
+        ))
+    }
+
+    /// Whether applying changes needs the old row (to see rows leave the filter).
+    pub fn needs_old_rows(&self) -> bool {
+        self.filter.is_some() || self.spec.replica == Replica::Full
+    }
+}
+
+/// The canonical identity of a shape definition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShapeKey(pub String);
+
+impl ShapeKey {
+    /// A short stable hash of the key (FNV-1a), used as the first half of handles.
+    pub fn digest(&self) -> u64 {
+        self.0.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    }
+}
+
+/// Names one generation of a shape: `<digest>-<creation time in µs>`. Never reused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ShapeHandle(String);
+
+impl ShapeHandle {
+    pub fn new(key: &ShapeKey, created_micros: u64) -> Self {
+        ShapeHandle(format!("{}-{created_micros}", key.digest() % 100_000_000))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ShapeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ShapeHandle {
+    type Err = String;
+    /// Accepts only the form the gateway hands out, so a handle is always a safe file name.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = s.split_once('-').is_some_and(|(a, b)| {
+            !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+        });
+        if ok && s.len() <= 40 { Ok(ShapeHandle(s.to_string())) } else { Err(format!("malformed handle {s:?}")) }
+    }
+}

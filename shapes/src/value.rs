@@ -1,0 +1,692 @@
+//! Typed SQL values for evaluating row filters: [`SqlType`] classes and [`Datum`]s parsed from
+//! PostgreSQL's text output (ISO `DateStyle`, UTC `TimeZone`, the settings every gateway
+//! session pins), compared with PostgreSQL's semantics for each class.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+/// The type classes a row filter can compute with.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SqlType {
+    Bool,
+    /// int2, int4, int8 (and oid-like integers).
+    Int,
+    /// float4, float8.
+    Float,
+    Numeric,
+    /// text, varchar, name, citext-less character types.
+    Text,
+    /// bpchar: compares without trailing spaces.
+    Char,
+    Uuid,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Array(Box<SqlType>),
+    /// A type filters cannot compute with (json, bytea, enums, …); only `IS [NOT] NULL` works.
+    Opaque(String),
+    /// An untyped string literal or parameter, typed by its context as PostgreSQL does.
+    Unknown,
+}
+
+impl SqlType {
+    /// The class of a PostgreSQL type given its `typname` (element name for arrays).
+    pub fn from_pg_name(name: &str, dims: u32) -> SqlType {
+        let base = match name {
+            "bool" => SqlType::Bool,
+            "int2" | "int4" | "int8" | "oid" | "xid" => SqlType::Int,
+            "float4" | "float8" => SqlType::Float,
+            "numeric" => SqlType::Numeric,
+            "text" | "varchar" | "name" => SqlType::Text,
+            "bpchar" => SqlType::Char,
+            "uuid" => SqlType::Uuid,
+            "date" => SqlType::Date,
+            "time" => SqlType::Time,
+            "timestamp" => SqlType::Timestamp,
+            "timestamptz" => SqlType::TimestampTz,
+            other => SqlType::Opaque(other.to_string()),
+        };
+        if dims > 0 { SqlType::Array(Box::new(base)) } else { base }
+    }
+
+    /// The PostgreSQL name used when rendering a cast to this type.
+    pub fn sql_name(&self) -> String {
+        match self {
+            SqlType::Bool => "bool".into(),
+            SqlType::Int => "int8".into(),
+            SqlType::Float => "float8".into(),
+            SqlType::Numeric => "numeric".into(),
+            SqlType::Text | SqlType::Unknown => "text".into(),
+            SqlType::Char => "bpchar".into(),
+            SqlType::Uuid => "uuid".into(),
+            SqlType::Date => "date".into(),
+            SqlType::Time => "time".into(),
+            SqlType::Timestamp => "timestamp".into(),
+            SqlType::TimestampTz => "timestamptz".into(),
+            SqlType::Array(inner) => format!("{}[]", inner.sql_name()),
+            SqlType::Opaque(name) => name.clone(),
+        }
+    }
+
+    pub fn is_numeric(&self) -> bool {
+        matches!(self, SqlType::Int | SqlType::Float | SqlType::Numeric)
+    }
+
+    pub fn is_textual(&self) -> bool {
+        matches!(self, SqlType::Text | SqlType::Char | SqlType::Unknown)
+    }
+}
+
+impl fmt::Display for SqlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.sql_name())
+    }
+}
+
+/// A value of one of the [`SqlType`] classes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Datum {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Numeric(Decimal),
+    Text(String),
+    Uuid(u128),
+    /// Days since 2000-01-01.
+    Date(i64),
+    /// Microseconds since midnight.
+    Time(i64),
+    /// Microseconds since 2000-01-01 00:00 (UTC for timestamptz).
+    Timestamp(i64),
+    TimestampTz(i64),
+    Array(Vec<Datum>),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[error("invalid input syntax for type {ty}: \"{input}\"")]
+pub struct ParseError {
+    pub ty: String,
+    pub input: String,
+}
+
+impl Datum {
+    /// Parses PostgreSQL text output (or input syntax, for literals) as a value of `ty`.
+    pub fn parse(text: &str, ty: &SqlType) -> Result<Datum, ParseError> {
+        let bad = || ParseError { ty: ty.sql_name(), input: text.to_string() };
+        Ok(match ty {
+            SqlType::Bool => match text.trim().to_ascii_lowercase().as_str() {
+                "t" | "true" | "yes" | "on" | "1" | "y" => Datum::Bool(true),
+                "f" | "false" | "no" | "off" | "0" | "n" => Datum::Bool(false),
+                _ => return Err(bad()),
+            },
+            SqlType::Int => Datum::Int(text.trim().parse().map_err(|_| bad())?),
+            SqlType::Float => Datum::Float(parse_float(text.trim()).ok_or_else(bad)?),
+            SqlType::Numeric => Datum::Numeric(Decimal::parse(text.trim()).ok_or_else(bad)?),
+            SqlType::Text | SqlType::Unknown => Datum::Text(text.to_string()),
+            SqlType::Char => Datum::Text(text.trim_end_matches(' ').to_string()),
+            SqlType::Uuid => Datum::Uuid(parse_uuid(text.trim()).ok_or_else(bad)?),
+            SqlType::Date => Datum::Date(parse_date(text.trim()).ok_or_else(bad)?),
+            SqlType::Time => Datum::Time(parse_time(text.trim()).ok_or_else(bad)?.0),
+            SqlType::Timestamp => Datum::Timestamp(parse_timestamp(text.trim(), false).ok_or_else(bad)?),
+            SqlType::TimestampTz => Datum::TimestampTz(parse_timestamp(text.trim(), true).ok_or_else(bad)?),
+            SqlType::Array(inner) => Datum::Array(
+                parse_array(text)
+                    .ok_or_else(bad)?
+                    .into_iter()
+                    .map(|e| match e {
+                        None => Ok(Datum::Null),
+                        Some(s) => Datum::parse(&s, inner),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            SqlType::Opaque(_) => return Err(bad()),
+        })
+    }
+
+    /// PostgreSQL input syntax for this value (without quotes or cast).
+    pub fn to_sql_text(&self) -> String {
+        match self {
+            Datum::Null => "NULL".into(),
+            Datum::Bool(b) => b.to_string(),
+            Datum::Int(i) => i.to_string(),
+            Datum::Float(f) => format_float(*f),
+            Datum::Numeric(d) => d.to_string(),
+            Datum::Text(s) => s.clone(),
+            Datum::Uuid(u) => format_uuid(*u),
+            Datum::Date(d) => format_date(*d),
+            Datum::Time(t) => format_time(*t),
+            Datum::Timestamp(t) => format_timestamp(*t),
+            Datum::TimestampTz(t) => format!("{}+00", format_timestamp(*t)),
+            Datum::Array(items) => {
+                let parts: Vec<String> = items
+                    .iter()
+                    .map(|d| match d {
+                        Datum::Null => "NULL".to_string(),
+                        other => {
+                            let s = other.to_sql_text();
+                            format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+                        }
+                    })
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            }
+        }
+    }
+
+    /// Converts to another class, as an implicit or explicit PostgreSQL cast would.
+    pub fn cast(self, to: &SqlType) -> Result<Datum, ParseError> {
+        if matches!(self, Datum::Null) {
+            return Ok(Datum::Null);
+        }
+        let bad = |d: &Datum| ParseError { ty: to.sql_name(), input: d.to_sql_text() };
+        Ok(match (self, to) {
+            (d @ Datum::Int(_), SqlType::Int) => d,
+            (Datum::Int(i), SqlType::Float) => Datum::Float(i as f64),
+            (Datum::Int(i), SqlType::Numeric) => Datum::Numeric(Decimal::from_i64(i)),
+            (Datum::Float(f), SqlType::Int) => {
+                let r = f.round_ties_even();
+                if !r.is_finite() || r < i64::MIN as f64 || r >= i64::MAX as f64 {
+                    return Err(bad(&Datum::Float(f)));
+                }
+                Datum::Int(r as i64)
+            }
+            (d @ Datum::Float(_), SqlType::Float) => d,
+            (Datum::Numeric(d), SqlType::Float) => Datum::Float(d.to_f64()),
+            (Datum::Float(f), SqlType::Numeric) => {
+                Datum::Numeric(Decimal::parse(&format_float(f)).ok_or_else(|| bad(&Datum::Float(f)))?)
+            }
+            (d @ Datum::Numeric(_), SqlType::Numeric) => d,
+            (Datum::Numeric(d), SqlType::Int) => {
+                let v = Datum::Numeric(d.clone());
+                Datum::Int(d.round_to_i64().ok_or_else(|| bad(&v))?)
+            }
+            (Datum::Date(d), SqlType::Timestamp) => Datum::Timestamp(d * MICROS_PER_DAY),
+            (Datum::Date(d), SqlType::TimestampTz) => Datum::TimestampTz(d * MICROS_PER_DAY),
+            (Datum::Timestamp(t), SqlType::TimestampTz) => Datum::TimestampTz(t),
+            (Datum::TimestampTz(t), SqlType::Timestamp) => Datum::Timestamp(t),
+            (Datum::Timestamp(t) | Datum::TimestampTz(t), SqlType::Date) => {
+                Datum::Date(t.div_euclid(MICROS_PER_DAY))
+            }
+            (Datum::Text(s), SqlType::Char) => Datum::Text(s.trim_end_matches(' ').to_string()),
+            (d, SqlType::Text | SqlType::Unknown) => Datum::Text(d.to_sql_text()),
+            (Datum::Text(s), ty) => Datum::parse(&s, ty)?,
+            (d, ty) if d.class_matches(ty) => d,
+            (d, _) => return Err(bad(&d)),
+        })
+    }
+
+    fn class_matches(&self, ty: &SqlType) -> bool {
+        matches!(
+            (self, ty),
+            (Datum::Bool(_), SqlType::Bool)
+                | (Datum::Uuid(_), SqlType::Uuid)
+                | (Datum::Date(_), SqlType::Date)
+                | (Datum::Time(_), SqlType::Time)
+                | (Datum::Timestamp(_), SqlType::Timestamp)
+                | (Datum::TimestampTz(_), SqlType::TimestampTz)
+                | (Datum::Array(_), SqlType::Array(_))
+        )
+    }
+
+    /// PostgreSQL's ordering of two non-null values of the same class; `None` for NULLs.
+    pub fn compare(&self, other: &Datum) -> Option<Ordering> {
+        use Datum::*;
+        Some(match (self, other) {
+            (Null, _) | (_, Null) => return None,
+            (Bool(a), Bool(b)) => a.cmp(b),
+            (Int(a), Int(b)) => a.cmp(b),
+            (Float(a), Float(b)) => float_cmp(*a, *b),
+            (Numeric(a), Numeric(b)) => a.cmp(b),
+            (Text(a), Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (Uuid(a), Uuid(b)) => a.cmp(b),
+            (Date(a), Date(b)) | (Time(a), Time(b)) => a.cmp(b),
+            (Timestamp(a), Timestamp(b)) | (TimestampTz(a), TimestampTz(b)) => a.cmp(b),
+            (Array(a), Array(b)) => {
+                for (x, y) in a.iter().zip(b) {
+                    // PostgreSQL sorts NULL elements after non-null ones.
+                    let o = match (x, y) {
+                        (Null, Null) => Ordering::Equal,
+                        (Null, _) => Ordering::Greater,
+                        (_, Null) => Ordering::Less,
+                        _ => x.compare(y)?,
+                    };
+                    if o != Ordering::Equal {
+                        return Some(o);
+                    }
+                }
+                a.len().cmp(&b.len())
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// PostgreSQL orders NaN above every other float and equal to itself.
+fn float_cmp(a: f64, b: f64) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
+}
+
+fn parse_float(s: &str) -> Option<f64> {
+    match s.to_ascii_lowercase().as_str() {
+        "nan" => Some(f64::NAN),
+        "infinity" | "inf" | "+infinity" => Some(f64::INFINITY),
+        "-infinity" | "-inf" => Some(f64::NEG_INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
+fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+    } else {
+        format!("{f:?}")
+    }
+}
+
+/// An exact decimal number for comparing `numeric` values without rounding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decimal {
+    NaN,
+    Finite {
+        negative: bool,
+        /// Integer digits without leading zeros.
+        int: String,
+        /// Fraction digits without trailing zeros.
+        frac: String,
+    },
+}
+
+impl Decimal {
+    pub fn parse(s: &str) -> Option<Decimal> {
+        if s.eq_ignore_ascii_case("nan") {
+            return Some(Decimal::NaN);
+        }
+        let (negative, rest) = match s.as_bytes().first()? {
+            b'-' => (true, &s[1..]),
+            b'+' => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(i) => (&rest[..i], rest[i + 1..].parse::<i32>().ok()?),
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() && frac.is_empty()
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            || exp.abs() > 1000
+        {
+            return None;
+        }
+        let mut digits = format!("{int}{frac}");
+        let mut point = int.len() as i64 + exp as i64;
+        if point < 0 {
+            digits = "0".repeat((-point) as usize) + &digits;
+            point = 0;
+        }
+        while (digits.len() as i64) < point {
+            digits.push('0');
+        }
+        let (i, f) = digits.split_at(point as usize);
+        let int = i.trim_start_matches('0').to_string();
+        let frac = f.trim_end_matches('0').to_string();
+        let zero = int.is_empty() && frac.is_empty();
+        Some(Decimal::Finite { negative: negative && !zero, int, frac })
+    }
+
+    pub fn from_i64(v: i64) -> Decimal {
+        Decimal::parse(&v.to_string()).unwrap_or(Decimal::NaN)
+    }
+
+    pub fn to_f64(&self) -> f64 {
+        self.to_string().parse().unwrap_or(f64::NAN)
+    }
+
+    fn round_to_i64(&self) -> Option<i64> {
+        match self {
+            Decimal::NaN => None,
+            Decimal::Finite { negative, int, frac } => {
+                let mut v: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+                if frac.as_bytes().first().is_some_and(|d| *d >= b'5') {
+                    v = v.checked_add(1)?; // numeric rounds half away from zero
+                }
+                Some(if *negative { -v } else { v })
+            }
+        }
+    }
+
+    fn cmp_magnitude(a_int: &str, a_frac: &str, b_int: &str, b_frac: &str) -> Ordering {
+        a_int.len().cmp(&b_int.len()).then_with(|| a_int.cmp(b_int)).then_with(|| a_frac.cmp(b_frac))
+    }
+}
+
+impl Ord for Decimal {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Decimal::NaN, Decimal::NaN) => Ordering::Equal,
+            (Decimal::NaN, _) => Ordering::Greater,
+            (_, Decimal::NaN) => Ordering::Less,
+            (
+                Decimal::Finite { negative: an, int: ai, frac: af },
+                Decimal::Finite { negative: bn, int: bi, frac: bf },
+            ) => match (an, bn) {
+                (false, true) => Ordering::Greater,
+                (true, false) => Ordering::Less,
+                (false, false) => Decimal::cmp_magnitude(ai, af, bi, bf),
+                (true, true) => Decimal::cmp_magnitude(bi, bf, ai, af),
+            },
+        }
+    }
+}
+
+impl PartialOrd for Decimal {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decimal::NaN => f.write_str("NaN"),
+            Decimal::Finite { negative, int, frac } => {
+                if *negative {
+                    f.write_str("-")?;
+                }
+                f.write_str(if int.is_empty() { "0" } else { int })?;
+                if !frac.is_empty() {
+                    write!(f, ".{frac}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_uuid(s: &str) -> Option<u128> {
+    let s = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')).unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || s.len() - hex.len() > 4 {
+        return None;
+    }
+    u128::from_str_radix(&hex, 16).ok()
+}
+
+fn format_uuid(u: u128) -> String {
+    let h = format!("{u:032x}");
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// Days from 0000-03-01-based civil epoch to 2000-01-01.
+const PG_EPOCH_DAYS: i64 = 730_425;
+const INFINITY_DAYS: i64 = i32::MAX as i64;
+const INFINITY_MICROS: i64 = i64::MAX;
+
+/// Days since 2000-01-01 of a proleptic Gregorian date (year 0 = 1 BC).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - PG_EPOCH_DAYS
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + PG_EPOCH_DAYS;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    days_from_civil(if m == 12 { y + 1 } else { y }, if m == 12 { 1 } else { m + 1 }, 1)
+        - days_from_civil(y, m, 1)
+}
+
+fn parse_date(s: &str) -> Option<i64> {
+    match s {
+        "infinity" => return Some(INFINITY_DAYS),
+        "-infinity" => return Some(-INFINITY_DAYS),
+        _ => {}
+    }
+    let (s, bc) = match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    let mut it = s.splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    let y = if bc { 1 - y } else { y };
+    if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d))
+}
+
+fn format_date(days: i64) -> String {
+    match days {
+        INFINITY_DAYS => return "infinity".into(),
+        d if d == -INFINITY_DAYS => return "-infinity".into(),
+        _ => {}
+    }
+    let (y, m, d) = civil_from_days(days);
+    if y <= 0 { format!("{:04}-{m:02}-{d:02} BC", 1 - y) } else { format!("{y:04}-{m:02}-{d:02}") }
+}
+
+/// `HH:MM[:SS[.ffffff]]`, returning micros and the rest of the input.
+fn parse_time(s: &str) -> Option<(i64, &str)> {
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.')).unwrap_or(s.len());
+    let (t, rest) = s.split_at(end);
+    let mut parts = t.splitn(3, ':');
+    let h: i64 = parts.next()?.parse().ok()?;
+    let mi: i64 = parts.next()?.parse().ok()?;
+    let (sec, frac) = match parts.next() {
+        Some(sec) => match sec.split_once('.') {
+            Some((s, f)) => (s.parse::<i64>().ok()?, f),
+            None => (sec.parse::<i64>().ok()?, ""),
+        },
+        None => (0, ""),
+    };
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) || h > 24 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let micros: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
+    let total = ((h * 60 + mi) * 60 + sec) * 1_000_000 + micros;
+    if total > MICROS_PER_DAY {
+        return None;
+    }
+    Some((total, rest))
+}
+
+fn format_time(micros: i64) -> String {
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let base = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    if frac == 0 {
+        base
+    } else {
+        format!("{base}.{}", format!("{frac:06}").trim_end_matches('0'))
+    }
+}
+
+fn parse_timestamp(s: &str, with_zone: bool) -> Option<i64> {
+    match s {
+        "infinity" => return Some(INFINITY_MICROS),
+        "-infinity" => return Some(-INFINITY_MICROS),
+        _ => {}
+    }
+    let (s, bc) = match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    let (date, rest) = s.split_once([' ', 'T']).unwrap_or((s, "00:00"));
+    let date = if bc { format!("{date} BC") } else { date.to_string() };
+    let days = parse_date(&date)?;
+    let (time, zone) = parse_time(rest)?;
+    let offset = match zone {
+        "" => 0,
+        z if with_zone => parse_zone_offset(z)?,
+        "Z" | "+00" => 0,
+        _ => return None,
+    };
+    Some(days * MICROS_PER_DAY + time - offset)
+}
+
+/// `+HH[:MM[:SS]]` / `-HH…` / `Z` as microseconds east of UTC.
+fn parse_zone_offset(z: &str) -> Option<i64> {
+    if z == "Z" {
+        return Some(0);
+    }
+    let sign = match z.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let mut secs = 0i64;
+    for (i, part) in z[1..].split(':').enumerate() {
+        if i > 2 || part.len() != 2 {
+            return None;
+        }
+        secs += part.parse::<i64>().ok()? * [3600, 60, 1][i];
+    }
+    Some(sign * secs * 1_000_000)
+}
+
+fn format_timestamp(micros: i64) -> String {
+    match micros {
+        INFINITY_MICROS => return "infinity".into(),
+        m if m == -INFINITY_MICROS => return "-infinity".into(),
+        _ => {}
+    }
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    let date = format_date(days);
+    let time = format_time(micros.rem_euclid(MICROS_PER_DAY));
+    match date.strip_suffix(" BC") {
+        Some(d) => format!("{d} {time} BC"),
+        None => format!("{date} {time}"),
+    }
+}
+
+/// Splits a one-dimensional PostgreSQL array literal into its elements (`None` = NULL).
+pub fn parse_array(s: &str) -> Option<Vec<Option<String>>> {
+    let s = s.trim();
+    // A leading dimension decoration (`[0:2]={…}`) is allowed by PostgreSQL's output.
+    let s = match s.find("={") {
+        Some(i) if s.starts_with('[') => &s[i + 1..],
+        _ => s,
+    };
+    let inner = s.strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => item.push(chars.next()?),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            while chars.peek() == Some(&' ') {
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' || c == '"' {
+                    return None; // nested arrays are not supported in filters
+                }
+                if c == '\\' {
+                    chars.next();
+                    item.push(chars.next()?);
+                    continue;
+                }
+                item.push(c);
+                chars.next();
+            }
+            item = item.trim_end().to_string();
+        }
+        out.push(if !quoted && item.eq_ignore_ascii_case("null") { None } else { Some(item) });
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_compare_exactly() {
+        let d = |s| Decimal::parse(s).unwrap();
+        assert_eq!(d("1.50"), d("1.5"));
+        assert!(d("10") > d("9.999999999999999999999"));
+        assert!(d("-2") < d("-1.5"));
+        assert!(d("NaN") > d("1e100"));
+        assert_eq!(d("-0.0"), d("0"));
+        assert_eq!(d("1.5e2"), d("150"));
+        assert_eq!(d("0.015").to_string(), "0.015");
+    }
+
+    #[test]
+    fn dates_and_timestamps_round_trip() {
+        for s in ["2000-01-01", "1999-12-31", "2024-02-29", "0001-01-01 BC", "infinity"] {
+            assert_eq!(format_date(parse_date(s).unwrap()), s);
+        }
+        assert_eq!(parse_date("2000-01-01"), Some(0));
+        assert!(parse_date("2023-02-29").is_none());
+        let ts = parse_timestamp("2024-01-02 03:04:05.123+00", true).unwrap();
+        assert_eq!(format_timestamp(ts), "2024-01-02 03:04:05.123");
+        assert_eq!(
+            parse_timestamp("2024-01-02 05:34:05.123+02:30", true),
+            Some(ts),
+            "offsets move the instant to UTC"
+        );
+    }
+
+    #[test]
+    fn arrays_split_like_postgres_prints_them() {
+        assert_eq!(
+            parse_array(r#"{1,NULL,"a b","q\"x",""}"#).unwrap(),
+            vec![Some("1".into()), None, Some("a b".into()), Some("q\"x".into()), Some("".into())]
+        );
+        assert_eq!(parse_array("{}").unwrap(), Vec::<Option<String>>::new());
+        assert!(parse_array("{{1,2},{3,4}}").is_none());
+    }
+
+    #[test]
+    fn uuids_normalize() {
+        let a = Datum::parse("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", &SqlType::Uuid).unwrap();
+        assert_eq!(a.to_sql_text(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    }
+}

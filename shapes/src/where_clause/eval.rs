@@ -1,0 +1,360 @@
+//! Evaluates a bound filter on one row with SQL's three-valued logic: `Datum::Null` is
+//! UNKNOWN, and only `Bool(true)` selects a row.
+
+use std::cmp::Ordering;
+
+use super::{ArithOp, CmpOp, Expr, Func};
+use crate::value::{Datum, SqlType};
+
+/// Read access to a row's column values as PostgreSQL text output.
+pub trait Row {
+    /// `Ok(None)` is SQL NULL; `Err` means the value is not available (an unchanged TOAST
+    /// value the stream did not send).
+    fn text(&self, column: usize) -> Result<Option<&str>, EvalError>;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum EvalError {
+    #[error("column {0} is not available in this change (unchanged TOAST value)")]
+    Unavailable(usize),
+    #[error("{0}")]
+    Value(String),
+}
+
+impl Expr {
+    /// Whether the row is in the filter (`true`), out, or unknown (both out).
+    pub fn matches(&self, row: &dyn Row) -> Result<bool, EvalError> {
+        Ok(matches!(self.eval(row)?, Datum::Bool(true)))
+    }
+
+    pub fn eval(&self, row: &dyn Row) -> Result<Datum, EvalError> {
+        Ok(match self {
+            Expr::Column { index, ty, .. } => match row.text(*index)? {
+                None => Datum::Null,
+                Some(text) => match ty {
+                    SqlType::Opaque(_) => Datum::Text(text.to_string()),
+                    ty => Datum::parse(text, ty).map_err(|e| EvalError::Value(e.to_string()))?,
+                },
+            },
+            Expr::Const { value, .. } => value.clone(),
+            Expr::Not(e) => match e.eval(row)? {
+                Datum::Bool(b) => Datum::Bool(!b),
+                _ => Datum::Null,
+            },
+            Expr::And(terms) => {
+                let mut unknown = false;
+                for t in terms {
+                    match t.eval(row)? {
+                        Datum::Bool(false) => return Ok(Datum::Bool(false)),
+                        Datum::Bool(true) => {}
+                        _ => unknown = true,
+                    }
+                }
+                if unknown { Datum::Null } else { Datum::Bool(true) }
+            }
+            Expr::Or(terms) => {
+                let mut unknown = false;
+                for t in terms {
+                    match t.eval(row)? {
+                        Datum::Bool(true) => return Ok(Datum::Bool(true)),
+                        Datum::Bool(false) => {}
+                        _ => unknown = true,
+                    }
+                }
+                if unknown { Datum::Null } else { Datum::Bool(false) }
+            }
+            Expr::Compare { op, left, right } => compare(*op, &left.eval(row)?, &right.eval(row)?),
+            Expr::IsNull { expr, negated } => Datum::Bool((expr.eval(row)? == Datum::Null) != *negated),
+            Expr::IsBool { expr, value, negated } => {
+                let v = match expr.eval(row)? {
+                    Datum::Bool(b) => Some(b),
+                    _ => None,
+                };
+                Datum::Bool((v == *value) != *negated)
+            }
+            Expr::Distinct { left, right, negated } => {
+                let (l, r) = (left.eval(row)?, right.eval(row)?);
+                let same = match (&l, &r) {
+                    (Datum::Null, Datum::Null) => true,
+                    (Datum::Null, _) | (_, Datum::Null) => false,
+                    _ => l.compare(&r) == Some(Ordering::Equal),
+                };
+                Datum::Bool(same == *negated)
+            }
+            Expr::InList { expr, list, negated } => {
+                let x = expr.eval(row)?;
+                let mut result = Datum::Bool(false);
+                for item in list {
+                    match compare(CmpOp::Eq, &x, &item.eval(row)?) {
+                        Datum::Bool(true) => {
+                            result = Datum::Bool(true);
+                            break;
+                        }
+                        Datum::Bool(false) => {}
+                        _ => result = Datum::Null,
+                    }
+                }
+                negate_if(result, *negated)
+            }
+            Expr::Like { expr, pattern, case_insensitive, negated } => {
+                match (expr.eval(row)?, pattern.eval(row)?) {
+                    (Datum::Text(s), Datum::Text(p)) => {
+                        let hit = if *case_insensitive {
+                            like(&s.to_lowercase(), &p.to_lowercase())
+                        } else {
+                            like(&s, &p)
+                        };
+                        Datum::Bool(hit != *negated)
+                    }
+                    _ => Datum::Null,
+                }
+            }
+            Expr::Arith { op, left, right, .. } => arith(*op, left.eval(row)?, right.eval(row)?)?,
+            Expr::Negate { expr, .. } => match expr.eval(row)? {
+                Datum::Int(i) => Datum::Int(i.checked_neg().ok_or_else(|| EvalError::Value("integer out of range".into()))?),
+                Datum::Float(f) => Datum::Float(-f),
+                _ => Datum::Null,
+            },
+            Expr::Concat { left, right } => match (left.eval(row)?, right.eval(row)?) {
+                (Datum::Text(a), Datum::Text(b)) => Datum::Text(a + &b),
+                _ => Datum::Null,
+            },
+            Expr::Func { func, args, .. } => function(*func, args, row)?,
+            Expr::Cast { expr, ty } => expr.eval(row)?.cast(ty).map_err(|e| EvalError::Value(e.to_string()))?,
+            Expr::Quantified { op, left, array, all } => {
+                let l = left.eval(row)?;
+                match array.eval(row)? {
+                    Datum::Array(items) => {
+                        let mut unknown = false;
+                        let mut decided = None;
+                        for item in &items {
+                            match compare(*op, &l, item) {
+                                Datum::Bool(b) if b != *all => {
+                                    decided = Some(b);
+                                    break;
+                                }
+                                Datum::Bool(_) => {}
+                                _ => unknown = true,
+                            }
+                        }
+                        match decided {
+                            Some(b) => Datum::Bool(b),
+                            None if unknown => Datum::Null,
+                            None => Datum::Bool(*all),
+                        }
+                    }
+                    _ => Datum::Null,
+                }
+            }
+        })
+    }
+}
+
+fn negate_if(d: Datum, negated: bool) -> Datum {
+    match d {
+        Datum::Bool(b) => Datum::Bool(b != negated),
+        other => other,
+    }
+}
+
+fn compare(op: CmpOp, l: &Datum, r: &Datum) -> Datum {
+    match l.compare(r) {
+        None => Datum::Null,
+        Some(o) => Datum::Bool(match op {
+            CmpOp::Eq => o == Ordering::Equal,
+            CmpOp::NotEq => o != Ordering::Equal,
+            CmpOp::Lt => o == Ordering::Less,
+            CmpOp::LtEq => o != Ordering::Greater,
+            CmpOp::Gt => o == Ordering::Greater,
+            CmpOp::GtEq => o != Ordering::Less,
+        }),
+    }
+}
+
+fn arith(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError> {
+    let overflow = || EvalError::Value("integer out of range".into());
+    Ok(match (l, r) {
+        (Datum::Int(a), Datum::Int(b)) => Datum::Int(match op {
+            ArithOp::Add => a.checked_add(b).ok_or_else(overflow)?,
+            ArithOp::Sub => a.checked_sub(b).ok_or_else(overflow)?,
+            ArithOp::Mul => a.checked_mul(b).ok_or_else(overflow)?,
+            ArithOp::Div | ArithOp::Mod if b == 0 => return Err(EvalError::Value("division by zero".into())),
+            ArithOp::Div => a.checked_div(b).ok_or_else(overflow)?,
+            ArithOp::Mod => a.checked_rem(b).unwrap_or(0),
+        }),
+        (Datum::Float(a), Datum::Float(b)) => Datum::Float(match op {
+            ArithOp::Add => a + b,
+            ArithOp::Sub => a - b,
+            ArithOp::Mul => a * b,
+            ArithOp::Div if b == 0.0 => return Err(EvalError::Value("division by zero".into())),
+            ArithOp::Div => a / b,
+            ArithOp::Mod => return Err(EvalError::Value("% is not defined for float".into())),
+        }),
+        _ => Datum::Null,
+    })
+}
+
+fn function(func: Func, args: &[Expr], row: &dyn Row) -> Result<Datum, EvalError> {
+    Ok(match func {
+        Func::Lower | Func::Upper => match args[0].eval(row)? {
+            Datum::Text(s) => Datum::Text(if func == Func::Lower { s.to_lowercase() } else { s.to_uppercase() }),
+            _ => Datum::Null,
+        },
+        Func::Concat => {
+            let mut out = String::new();
+            for a in args {
+                if let Datum::Text(s) = a.eval(row)? {
+                    out.push_str(&s);
+                }
+            }
+            Datum::Text(out)
+        }
+        Func::Coalesce => {
+            for a in args {
+                let v = a.eval(row)?;
+                if v != Datum::Null {
+                    return Ok(v);
+                }
+            }
+            Datum::Null
+        }
+        Func::Greatest | Func::Least => {
+            // NULL arguments are ignored, as in PostgreSQL.
+            let mut best: Option<Datum> = None;
+            for a in args {
+                let v = a.eval(row)?;
+                if v == Datum::Null {
+                    continue;
+                }
+                let better = match &best {
+                    None => true,
+                    Some(b) => {
+                        let o = v.compare(b);
+                        if func == Func::Greatest { o == Some(Ordering::Greater) } else { o == Some(Ordering::Less) }
+                    }
+                };
+                if better {
+                    best = Some(v);
+                }
+            }
+            best.unwrap_or(Datum::Null)
+        }
+    })
+}
+
+/// SQL `LIKE` with `%`, `_` and backslash escapes.
+fn like(s: &str, p: &str) -> bool {
+    let s: Vec<char> = s.chars().collect();
+    let p: Vec<char> = p.chars().collect();
+    // Iterative matcher with backtracking to the last `%`.
+    let (mut si, mut pi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '%' => {
+                    star = Some((pi, si));
+                    pi += 1;
+                    continue;
+                }
+                '_' => {
+                    si += 1;
+                    pi += 1;
+                    continue;
+                }
+                '\\' if pi + 1 < p.len() && p[pi + 1] == s[si] => {
+                    si += 1;
+                    pi += 2;
+                    continue;
+                }
+                c if c != '\\' && c == s[si] => {
+                    si += 1;
+                    pi += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, ss)) => {
+                pi = sp + 1;
+                si = ss + 1;
+                star = Some((sp, ss + 1));
+            }
+            None => return false,
+        }
+    }
+    while pi < p.len() && p[pi] == '%' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::where_clause::{BindOptions, parse_where};
+
+    struct TextRow(Vec<Option<&'static str>>);
+    impl Row for TextRow {
+        fn text(&self, column: usize) -> Result<Option<&str>, EvalError> {
+            Ok(self.0.get(column).copied().flatten())
+        }
+    }
+
+    fn check(filter: &str, row: Vec<Option<&'static str>>) -> Datum {
+        let table = crate::where_clause::parse::tests::table();
+        let e = parse_where(filter, &table, &HashMap::new(), BindOptions { text_sorts_bytewise: true }).unwrap();
+        e.eval(&TextRow(row)).unwrap()
+    }
+
+    fn row() -> Vec<Option<&'static str>> {
+        vec![Some("7"), Some("Hello"), Some("10.50"), Some("t"), Some("{a,\"b c\",NULL}"), Some("2024-03-01"), Some("ok"), None]
+    }
+
+    #[test]
+    fn three_valued_logic_follows_sql() {
+        assert_eq!(check("id = 7", row()), Datum::Bool(true));
+        assert_eq!(check("\"Org\" = 'x'", row()), Datum::Null);
+        assert_eq!(check("\"Org\" = 'x' OR id = 7", row()), Datum::Bool(true));
+        assert_eq!(check("\"Org\" = 'x' AND id = 7", row()), Datum::Null);
+        assert_eq!(check("\"Org\" = 'x' AND id = 8", row()), Datum::Bool(false));
+        assert_eq!(check("NOT (\"Org\" = 'x')", row()), Datum::Null);
+        assert_eq!(check("id NOT IN (1, NULL)", row()), Datum::Null);
+        assert_eq!(check("id IN (7, NULL)", row()), Datum::Bool(true));
+        assert_eq!(check("\"Org\" IS NULL", row()), Datum::Bool(true));
+        assert_eq!(check("(\"Org\" = 'x') IS UNKNOWN", row()), Datum::Bool(true));
+        assert_eq!(check("\"Org\" IS DISTINCT FROM NULL", row()), Datum::Bool(false));
+    }
+
+    #[test]
+    fn typed_comparisons() {
+        assert_eq!(check("price = 10.5", row()), Datum::Bool(true));
+        assert_eq!(check("price > 10.499999999999999999", row()), Datum::Bool(true));
+        assert_eq!(check("id > 6.5", row()), Datum::Bool(true));
+        assert_eq!(check("done", row()), Datum::Bool(true));
+        assert_eq!(check("due BETWEEN '2024-01-01' AND '2024-12-31'", row()), Datum::Bool(true));
+        assert_eq!(check("due > TIMESTAMP '2024-03-01 00:00:01'", row()), Datum::Bool(false));
+        assert_eq!(check("'b c' = ANY(tags)", row()), Datum::Bool(true));
+        assert_eq!(check("'z' = ANY(tags)", row()), Datum::Null);
+        assert_eq!(check("'z' <> ALL(ARRAY['x','y'])", row()), Datum::Bool(true));
+        assert_eq!(check("mood::text = 'ok'", row()), Datum::Bool(true));
+        assert_eq!(check("id % 4 = 3 AND id * 2 = 14 AND id / 2 = 3", row()), Datum::Bool(true));
+    }
+
+    #[test]
+    fn like_matches_sql_patterns() {
+        assert!(like("hello", "h%o"));
+        assert!(like("hello", "_ello"));
+        assert!(!like("hello", "h_o"));
+        assert!(like("50%", "50\\%"));
+        assert!(!like("500", "50\\%"));
+        assert!(like("", "%"));
+        assert!(like("a%b", "a%%b"));
+        assert_eq!(check("title ILIKE 'hel%'", row()), Datum::Bool(true));
+        assert_eq!(check("title LIKE 'hel%'", row()), Datum::Bool(false));
+        assert_eq!(check("lower(title) = 'hello' AND upper(title) LIKE 'HE%'", row()), Datum::Bool(true));
+    }
+}

@@ -1,0 +1,194 @@
+//! The row-filter language: client `where` text is parsed with sqlparser into this
+//! allow-listed, typed tree ([`parse`]), evaluated in Rust on each change ([`eval`]) and
+//! rendered back to SQL for snapshots ([`render`]). Nothing else reaches PostgreSQL.
+
+pub mod eval;
+pub mod parse;
+pub mod render;
+
+use crate::value::{Datum, SqlType};
+
+pub use eval::{EvalError, Row};
+pub use parse::{BindOptions, parse_where};
+
+/// Longest `where` accepted, in bytes.
+pub const MAX_WHERE_LEN: usize = 8 * 1024;
+/// Deepest expression nesting accepted.
+pub const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum WhereError {
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    #[error("{0} is not supported in shape filters")]
+    Unsupported(String),
+    #[error("unknown column {0:?}; column names are case-sensitive when quoted")]
+    UnknownColumn(String),
+    #[error("{0}")]
+    Type(String),
+    #[error("{0}")]
+    Param(String),
+    #[error("the filter is too long or too deeply nested (at most {MAX_WHERE_LEN} bytes and {MAX_DEPTH} levels)")]
+    TooComplex,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+}
+
+impl CmpOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::NotEq => "<>",
+            CmpOp::Lt => "<",
+            CmpOp::LtEq => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::GtEq => ">=",
+        }
+    }
+
+    fn is_ordering(self) -> bool {
+        !matches!(self, CmpOp::Eq | CmpOp::NotEq)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+impl ArithOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            ArithOp::Add => "+",
+            ArithOp::Sub => "-",
+            ArithOp::Mul => "*",
+            ArithOp::Div => "/",
+            ArithOp::Mod => "%",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    Lower,
+    Upper,
+    Coalesce,
+    Concat,
+    Greatest,
+    Least,
+}
+
+impl Func {
+    pub fn sql(self) -> &'static str {
+        match self {
+            Func::Lower => "lower",
+            Func::Upper => "upper",
+            Func::Coalesce => "coalesce",
+            Func::Concat => "concat",
+            Func::Greatest => "greatest",
+            Func::Least => "least",
+        }
+    }
+}
+
+/// A typed, allow-listed filter expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Column { index: usize, name: String, ty: SqlType },
+    Const { value: Datum, ty: SqlType },
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Compare { op: CmpOp, left: Box<Expr>, right: Box<Expr> },
+    IsNull { expr: Box<Expr>, negated: bool },
+    /// `IS [NOT] TRUE | FALSE | UNKNOWN` (`value: None` is UNKNOWN).
+    IsBool { expr: Box<Expr>, value: Option<bool>, negated: bool },
+    /// `IS [NOT] DISTINCT FROM`; `negated` is `IS NOT DISTINCT FROM`.
+    Distinct { left: Box<Expr>, right: Box<Expr>, negated: bool },
+    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
+    Like { expr: Box<Expr>, pattern: Box<Expr>, case_insensitive: bool, negated: bool },
+    Arith { op: ArithOp, left: Box<Expr>, right: Box<Expr>, ty: SqlType },
+    Negate { expr: Box<Expr>, ty: SqlType },
+    Concat { left: Box<Expr>, right: Box<Expr> },
+    Func { func: Func, args: Vec<Expr>, ty: SqlType },
+    Cast { expr: Box<Expr>, ty: SqlType },
+    /// `left op ANY(array)` or `left op ALL(array)`.
+    Quantified { op: CmpOp, left: Box<Expr>, array: Box<Expr>, all: bool },
+}
+
+impl Expr {
+    pub fn ty(&self) -> SqlType {
+        match self {
+            Expr::Column { ty, .. }
+            | Expr::Const { ty, .. }
+            | Expr::Arith { ty, .. }
+            | Expr::Negate { ty, .. }
+            | Expr::Func { ty, .. }
+            | Expr::Cast { ty, .. } => ty.clone(),
+            Expr::Concat { .. } => SqlType::Text,
+            _ => SqlType::Bool,
+        }
+    }
+
+    /// Indexes of the table columns the expression reads.
+    pub fn columns(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let Expr::Column { index, .. } = e {
+                out.push(*index);
+            }
+        });
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn visit(&self, f: &mut impl FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Column { .. } | Expr::Const { .. } => {}
+            Expr::Not(e) | Expr::Cast { expr: e, .. } | Expr::Negate { expr: e, .. } => e.visit(f),
+            Expr::IsNull { expr, .. } | Expr::IsBool { expr, .. } => expr.visit(f),
+            Expr::And(v) | Expr::Or(v) | Expr::Func { args: v, .. } => v.iter().for_each(|e| e.visit(f)),
+            Expr::Compare { left, right, .. }
+            | Expr::Distinct { left, right, .. }
+            | Expr::Arith { left, right, .. }
+            | Expr::Concat { left, right } => {
+                left.visit(f);
+                right.visit(f);
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.visit(f);
+                list.iter().for_each(|e| e.visit(f));
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.visit(f);
+                pattern.visit(f);
+            }
+            Expr::Quantified { left, array, .. } => {
+                left.visit(f);
+                array.visit(f);
+            }
+        }
+    }
+
+    /// The top-level `AND` terms of this expression.
+    pub fn conjuncts(&self) -> Vec<&Expr> {
+        match self {
+            Expr::And(terms) => terms.iter().flat_map(|t| t.conjuncts()).collect(),
+            other => vec![other],
+        }
+    }
+}

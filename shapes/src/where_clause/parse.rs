@@ -1,0 +1,644 @@
+//! Client filter text → typed [`Expr`]: sqlparser (PostgreSQL dialect) parses, then a binder
+//! resolves columns against the table, types literals from their context (as PostgreSQL
+//! types unknown literals), substitutes `$n` parameters, and rejects everything not on the
+//! allow-list with an error that names the construct.
+
+use std::collections::HashMap;
+
+use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use super::{ArithOp, CmpOp, Expr, Func, MAX_DEPTH, MAX_WHERE_LEN, WhereError};
+use crate::table::TableSchema;
+use crate::value::{Datum, SqlType};
+
+/// What the binder may assume about the database.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BindOptions {
+    /// The database sorts text by byte (C collation), so `<`/`>` on text can be evaluated
+    /// here exactly as PostgreSQL does. Otherwise ordering comparisons on text are refused.
+    pub text_sorts_bytewise: bool,
+}
+
+/// Parses and binds a client `where` against `table`. `params` maps `$n` to its text value.
+pub fn parse_where(
+    text: &str,
+    table: &TableSchema,
+    params: &HashMap<usize, String>,
+    options: BindOptions,
+) -> Result<Expr, WhereError> {
+    if text.len() > MAX_WHERE_LEN {
+        return Err(WhereError::TooComplex);
+    }
+    let dialect = PostgreSqlDialect {};
+    let syntax = |e: sqlparser::parser::ParserError| WhereError::Syntax(strip_parser_prefix(&e.to_string()));
+    let mut parser = Parser::new(&dialect).with_recursion_limit(MAX_DEPTH).try_with_sql(text).map_err(syntax)?;
+    let ast = parser.parse_expr().map_err(|e| match e {
+        sqlparser::parser::ParserError::RecursionLimitExceeded => WhereError::TooComplex,
+        e => syntax(e),
+    })?;
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(WhereError::Syntax(format!("unexpected {} after the end of the expression", next.token)));
+    }
+    let binder = Binder { table, params, options };
+    let expr = binder.bind(&ast, 0)?;
+    coerce(expr, &SqlType::Bool).map_err(|_| WhereError::Type("WHERE clause must return a boolean".into()))
+}
+
+fn strip_parser_prefix(s: &str) -> String {
+    s.trim_start_matches("sql parser error: ").to_string()
+}
+
+struct Binder<'a> {
+    table: &'a TableSchema,
+    params: &'a HashMap<usize, String>,
+    options: BindOptions,
+}
+
+fn unknown(text: String) -> Expr {
+    Expr::Const { value: Datum::Text(text), ty: SqlType::Unknown }
+}
+
+impl Binder<'_> {
+    fn bind(&self, e: &ast::Expr, depth: usize) -> Result<Expr, WhereError> {
+        if depth > MAX_DEPTH {
+            return Err(WhereError::TooComplex);
+        }
+        let d = depth + 1;
+        let b = |e: &ast::Expr| self.bind(e, d);
+        Ok(match e {
+            ast::Expr::Identifier(ident) => self.column(ident)?,
+            ast::Expr::CompoundIdentifier(parts) => {
+                return Err(WhereError::Unsupported(format!(
+                    "the qualified name {} (refer to columns of the shape's table by name only)",
+                    parts.iter().map(|p| p.value.as_str()).collect::<Vec<_>>().join(".")
+                )));
+            }
+            ast::Expr::Nested(inner) => b(inner)?,
+            ast::Expr::Value(v) => self.literal(&v.value)?,
+            ast::Expr::TypedString(ts) => {
+                let ty = cast_target(&ts.data_type)?;
+                let text = match &ts.value.value {
+                    ast::Value::SingleQuotedString(s) => s.clone(),
+                    other => return Err(WhereError::Unsupported(format!("the literal {other}"))),
+                };
+                coerce(unknown(text), &ty)?
+            }
+            ast::Expr::UnaryOp { op, expr } => match op {
+                UnaryOperator::Not => Expr::Not(Box::new(coerce(b(expr)?, &SqlType::Bool)?)),
+                UnaryOperator::Minus => {
+                    let inner = b(expr)?;
+                    let inner = if inner.ty() == SqlType::Unknown { coerce(inner, &SqlType::Numeric)? } else { inner };
+                    let ty = inner.ty();
+                    if !ty.is_numeric() {
+                        return Err(WhereError::Type(format!("operator does not exist: - {ty}")));
+                    }
+                    fold_negate(inner)?
+                }
+                UnaryOperator::Plus => b(expr)?,
+                other => return Err(WhereError::Unsupported(format!("the operator {other}"))),
+            },
+            ast::Expr::BinaryOp { left, op, right } => self.binary(b(left)?, op, b(right)?)?,
+            ast::Expr::IsNull(e) => Expr::IsNull { expr: Box::new(b(e)?), negated: false },
+            ast::Expr::IsNotNull(e) => Expr::IsNull { expr: Box::new(b(e)?), negated: true },
+            ast::Expr::IsTrue(e) => self.is_bool(b(e)?, Some(true), false)?,
+            ast::Expr::IsNotTrue(e) => self.is_bool(b(e)?, Some(true), true)?,
+            ast::Expr::IsFalse(e) => self.is_bool(b(e)?, Some(false), false)?,
+            ast::Expr::IsNotFalse(e) => self.is_bool(b(e)?, Some(false), true)?,
+            ast::Expr::IsUnknown(e) => self.is_bool(b(e)?, None, false)?,
+            ast::Expr::IsNotUnknown(e) => self.is_bool(b(e)?, None, true)?,
+            ast::Expr::IsDistinctFrom(l, r) | ast::Expr::IsNotDistinctFrom(l, r) => {
+                let (left, right, _) = self.unify(b(l)?, b(r)?, "IS DISTINCT FROM")?;
+                comparable(&left.ty(), "IS DISTINCT FROM")?;
+                Expr::Distinct {
+                    left: Box::new(left),
+                    right: Box::new(right),
+                    negated: matches!(e, ast::Expr::IsNotDistinctFrom(..)),
+                }
+            }
+            ast::Expr::InList { expr, list, negated } => {
+                let mut target = b(expr)?;
+                let mut items = list.iter().map(b).collect::<Result<Vec<_>, _>>()?;
+                // One common type for the whole list, as PostgreSQL resolves `IN`.
+                for item in &items {
+                    let (t, _, _) = self.unify(target.clone(), item.clone(), "IN")?;
+                    target = t;
+                }
+                let ty = target.ty();
+                comparable(&ty, "IN")?;
+                items = items.into_iter().map(|i| coerce(i, &ty)).collect::<Result<_, _>>()?;
+                Expr::InList { expr: Box::new(target), list: items, negated: *negated }
+            }
+            ast::Expr::Between { expr, negated, low, high } => {
+                let x = b(expr)?;
+                let lo = self.compare(CmpOp::GtEq, x.clone(), b(low)?)?;
+                let hi = self.compare(CmpOp::LtEq, x, b(high)?)?;
+                let both = Expr::And(vec![lo, hi]);
+                if *negated { Expr::Not(Box::new(both)) } else { both }
+            }
+            ast::Expr::Like { negated, any, expr, pattern, escape_char }
+            | ast::Expr::ILike { negated, any, expr, pattern, escape_char } => {
+                if *any || escape_char.is_some() {
+                    return Err(WhereError::Unsupported("LIKE ANY / LIKE … ESCAPE".into()));
+                }
+                self.like(b(expr)?, b(pattern)?, matches!(e, ast::Expr::ILike { .. }), *negated)?
+            }
+            ast::Expr::Cast { expr, data_type, format: None, .. } => {
+                let ty = cast_target(data_type)?;
+                cast(b(expr)?, ty)?
+            }
+            ast::Expr::Function(f) => self.function(f, d)?,
+            ast::Expr::AnyOp { left, compare_op, right, .. } => self.quantified(b(left)?, compare_op, b(right)?, false)?,
+            ast::Expr::AllOp { left, compare_op, right } => self.quantified(b(left)?, compare_op, b(right)?, true)?,
+            ast::Expr::Array(arr) => {
+                let items = arr.elem.iter().map(b).collect::<Result<Vec<_>, _>>()?;
+                array_const(items)?
+            }
+            ast::Expr::Subquery(_) | ast::Expr::InSubquery { .. } | ast::Expr::Exists { .. } => {
+                return Err(WhereError::Unsupported("a subquery".into()));
+            }
+            other => {
+                let text = other.to_string();
+                let head: String = text.chars().take(40).collect();
+                return Err(WhereError::Unsupported(format!("the expression `{head}`")));
+            }
+        })
+    }
+
+    fn column(&self, ident: &ast::Ident) -> Result<Expr, WhereError> {
+        let name = if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() };
+        let index = self.table.column_index(&name).ok_or_else(|| WhereError::UnknownColumn(name.clone()))?;
+        Ok(Expr::Column { index, name, ty: self.table.columns[index].sql_type() })
+    }
+
+    fn literal(&self, v: &ast::Value) -> Result<Expr, WhereError> {
+        Ok(match v {
+            ast::Value::Number(n, _) => {
+                let value = match n.parse::<i64>() {
+                    Ok(i) if !n.contains(['.', 'e', 'E']) => return Ok(Expr::Const { value: Datum::Int(i), ty: SqlType::Int }),
+                    _ => Datum::parse(n, &SqlType::Numeric).map_err(|e| WhereError::Type(e.to_string()))?,
+                };
+                Expr::Const { value, ty: SqlType::Numeric }
+            }
+            ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => unknown(s.clone()),
+            ast::Value::Boolean(b) => Expr::Const { value: Datum::Bool(*b), ty: SqlType::Bool },
+            ast::Value::Null => Expr::Const { value: Datum::Null, ty: SqlType::Unknown },
+            ast::Value::Placeholder(p) => {
+                let n: usize = p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| WhereError::Unsupported(format!("the placeholder {p} (use $1, $2, …)")))?;
+                let value = self
+                    .params
+                    .get(&n)
+                    .ok_or_else(|| WhereError::Param(format!("parameter ${n} was not provided (add params[{n}]=…)")))?;
+                unknown(value.clone())
+            }
+            other => return Err(WhereError::Unsupported(format!("the literal {other}"))),
+        })
+    }
+
+    fn binary(&self, l: Expr, op: &BinaryOperator, r: Expr) -> Result<Expr, WhereError> {
+        let cmp = match op {
+            BinaryOperator::Eq => Some(CmpOp::Eq),
+            BinaryOperator::NotEq => Some(CmpOp::NotEq),
+            BinaryOperator::Lt => Some(CmpOp::Lt),
+            BinaryOperator::LtEq => Some(CmpOp::LtEq),
+            BinaryOperator::Gt => Some(CmpOp::Gt),
+            BinaryOperator::GtEq => Some(CmpOp::GtEq),
+            _ => None,
+        };
+        if let Some(op) = cmp {
+            return self.compare(op, l, r);
+        }
+        let arith = match op {
+            BinaryOperator::Plus => Some(ArithOp::Add),
+            BinaryOperator::Minus => Some(ArithOp::Sub),
+            BinaryOperator::Multiply => Some(ArithOp::Mul),
+            BinaryOperator::Divide => Some(ArithOp::Div),
+            BinaryOperator::Modulo => Some(ArithOp::Mod),
+            _ => None,
+        };
+        if let Some(op) = arith {
+            let (left, right, ty) = self.unify(l, r, op.sql())?;
+            if !matches!(ty, SqlType::Int | SqlType::Float) || (op == ArithOp::Mod && ty != SqlType::Int) {
+                return Err(WhereError::Unsupported(format!("the operator {} on {ty}", op.sql())));
+            }
+            return Ok(Expr::Arith { op, left: Box::new(left), right: Box::new(right), ty });
+        }
+        Ok(match op {
+            BinaryOperator::And => Expr::And(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?]),
+            BinaryOperator::Or => Expr::Or(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?]),
+            BinaryOperator::StringConcat => {
+                let text = |e: Expr| match e.ty() {
+                    SqlType::Unknown | SqlType::Text => coerce(e, &SqlType::Text),
+                    _ => cast(e, SqlType::Text),
+                };
+                Expr::Concat { left: Box::new(text(l)?), right: Box::new(text(r)?) }
+            }
+            BinaryOperator::PGLikeMatch | BinaryOperator::PGNotLikeMatch => {
+                self.like(l, r, false, matches!(op, BinaryOperator::PGNotLikeMatch))?
+            }
+            BinaryOperator::PGILikeMatch | BinaryOperator::PGNotILikeMatch => {
+                self.like(l, r, true, matches!(op, BinaryOperator::PGNotILikeMatch))?
+            }
+            other => return Err(WhereError::Unsupported(format!("the operator {other}"))),
+        })
+    }
+
+    fn compare(&self, op: CmpOp, l: Expr, r: Expr) -> Result<Expr, WhereError> {
+        let (left, right, ty) = self.unify(l, r, op.sql())?;
+        comparable(&ty, op.sql())?;
+        if op.is_ordering() {
+            self.check_ordering(&ty)?;
+        }
+        Ok(Expr::Compare { op, left: Box::new(left), right: Box::new(right) })
+    }
+
+    fn check_ordering(&self, ty: &SqlType) -> Result<(), WhereError> {
+        let textual = match ty {
+            SqlType::Array(inner) => inner.is_textual(),
+            t => t.is_textual(),
+        };
+        if textual && !self.options.text_sorts_bytewise {
+            return Err(WhereError::Unsupported(
+                "ordering comparison (<, >, BETWEEN) on text in a database whose collation is not C \
+                 (use =, IN or LIKE, or compare a COLLATE \"C\" column)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn is_bool(&self, e: Expr, value: Option<bool>, negated: bool) -> Result<Expr, WhereError> {
+        Ok(Expr::IsBool { expr: Box::new(coerce(e, &SqlType::Bool)?), value, negated })
+    }
+
+    fn like(&self, e: Expr, pattern: Expr, case_insensitive: bool, negated: bool) -> Result<Expr, WhereError> {
+        let to_text = |x: Expr| -> Result<Expr, WhereError> {
+            match x.ty() {
+                SqlType::Text | SqlType::Unknown => coerce(x, &SqlType::Text),
+                SqlType::Char => cast(x, SqlType::Text),
+                other => Err(WhereError::Type(format!("operator does not exist: {other} ~~ text"))),
+            }
+        };
+        Ok(Expr::Like { expr: Box::new(to_text(e)?), pattern: Box::new(to_text(pattern)?), case_insensitive, negated })
+    }
+
+    fn quantified(&self, left: Expr, op: &BinaryOperator, array: Expr, all: bool) -> Result<Expr, WhereError> {
+        let op = match op {
+            BinaryOperator::Eq => CmpOp::Eq,
+            BinaryOperator::NotEq => CmpOp::NotEq,
+            BinaryOperator::Lt => CmpOp::Lt,
+            BinaryOperator::LtEq => CmpOp::LtEq,
+            BinaryOperator::Gt => CmpOp::Gt,
+            BinaryOperator::GtEq => CmpOp::GtEq,
+            other => return Err(WhereError::Unsupported(format!("the operator {other} with ANY/ALL"))),
+        };
+        let (left, array) = match (left.ty(), array.ty()) {
+            (_, SqlType::Array(elem)) => {
+                let probe = Expr::Const { value: Datum::Null, ty: (*elem).clone() };
+                let (l, _, ty) = self.unify(left, probe, op.sql())?;
+                let array = if *elem == ty { array } else { cast(array, SqlType::Array(Box::new(ty)))? };
+                (l, array)
+            }
+            (lt, SqlType::Unknown) if lt != SqlType::Unknown => {
+                let array = coerce(array, &SqlType::Array(Box::new(lt)))?;
+                (left, array)
+            }
+            (_, other) => return Err(WhereError::Type(format!("op ANY/ALL (array) requires an array on the right, not {other}"))),
+        };
+        let SqlType::Array(elem) = array.ty() else { unreachable!("checked above") };
+        comparable(&elem, op.sql())?;
+        if op.is_ordering() {
+            self.check_ordering(&elem)?;
+        }
+        Ok(Expr::Quantified { op, left: Box::new(left), array: Box::new(array), all })
+    }
+
+    fn function(&self, f: &ast::Function, depth: usize) -> Result<Expr, WhereError> {
+        let name = f.name.to_string().to_lowercase();
+        let ast::FunctionArguments::List(list) = &f.args else {
+            return Err(WhereError::Unsupported(format!("the function {name}")));
+        };
+        if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() || !list.clauses.is_empty() || list.duplicate_treatment.is_some() {
+            return Err(WhereError::Unsupported(format!("the function call {name}(…) with clauses")));
+        }
+        let args = list
+            .args
+            .iter()
+            .map(|a| match a {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => self.bind(e, depth),
+                _ => Err(WhereError::Unsupported(format!("named or wildcard arguments to {name}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let arity = |n: usize| {
+            if args.len() == n { Ok(()) } else { Err(WhereError::Type(format!("{name}() takes {n} argument(s)"))) }
+        };
+        let func = match name.as_str() {
+            "lower" => Func::Lower,
+            "upper" => Func::Upper,
+            "coalesce" => Func::Coalesce,
+            "concat" => Func::Concat,
+            "greatest" => Func::Greatest,
+            "least" => Func::Least,
+            "like" | "ilike" => {
+                arity(2)?;
+                let mut it = args.into_iter();
+                let (e, p) = (it.next().unwrap(), it.next().unwrap());
+                return self.like(e, p, name == "ilike", false);
+            }
+            other => return Err(WhereError::Unsupported(format!("the function {other}()"))),
+        };
+        match func {
+            Func::Lower | Func::Upper => {
+                arity(1)?;
+                let arg = args.into_iter().next().unwrap();
+                let arg = match arg.ty() {
+                    SqlType::Text | SqlType::Unknown => coerce(arg, &SqlType::Text)?,
+                    SqlType::Char => cast(arg, SqlType::Text)?,
+                    other => return Err(WhereError::Type(format!("function {name}({other}) does not exist"))),
+                };
+                Ok(Expr::Func { func, args: vec![arg], ty: SqlType::Text })
+            }
+            Func::Concat => {
+                let args = args
+                    .into_iter()
+                    .map(|a| if a.ty() == SqlType::Unknown { coerce(a, &SqlType::Text) } else { cast(a, SqlType::Text) })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Expr::Func { func, args, ty: SqlType::Text })
+            }
+            Func::Coalesce | Func::Greatest | Func::Least => {
+                if args.is_empty() {
+                    return Err(WhereError::Type(format!("{name}() needs at least one argument")));
+                }
+                let mut ty = SqlType::Unknown;
+                for a in &args {
+                    let probe = Expr::Const { value: Datum::Null, ty: ty.clone() };
+                    ty = self.unify(probe, a.clone(), &name)?.2;
+                }
+                if ty == SqlType::Unknown {
+                    ty = SqlType::Text;
+                }
+                if func != Func::Coalesce {
+                    comparable(&ty, &name)?;
+                    self.check_ordering(&ty)?;
+                }
+                let args = args.into_iter().map(|a| coerce(a, &ty)).collect::<Result<Vec<_>, _>>()?;
+                Ok(Expr::Func { func, args, ty })
+            }
+        }
+    }
+
+    /// Brings both sides to one type as PostgreSQL's operator resolution would.
+    fn unify(&self, l: Expr, r: Expr, op: &str) -> Result<(Expr, Expr, SqlType), WhereError> {
+        let (lt, rt) = (l.ty(), r.ty());
+        comparable(&lt, op)?;
+        comparable(&rt, op)?;
+        let ty = common_type(&lt, &rt).ok_or_else(|| WhereError::Type(format!("operator does not exist: {lt} {op} {rt}")))?;
+        Ok((coerce(l, &ty)?, coerce(r, &ty)?, ty))
+    }
+}
+
+/// Types a filter cannot compare.
+fn comparable(ty: &SqlType, op: &str) -> Result<(), WhereError> {
+    match ty {
+        SqlType::Opaque(name) => Err(WhereError::Unsupported(format!(
+            "the operator {op} on type {name} (cast the column to text, e.g. col::text)"
+        ))),
+        SqlType::Array(inner) => comparable(inner, op),
+        _ => Ok(()),
+    }
+}
+
+fn common_type(a: &SqlType, b: &SqlType) -> Option<SqlType> {
+    use SqlType::*;
+    Some(match (a, b) {
+        (Unknown, Unknown) => Unknown,
+        (Unknown, t) | (t, Unknown) => t.clone(),
+        (x, y) if x == y => x.clone(),
+        (Int | Float | Numeric, Int | Float | Numeric) => {
+            if matches!(a, Float) || matches!(b, Float) {
+                Float
+            } else {
+                Numeric
+            }
+        }
+        (Text | Char, Text | Char) => Text,
+        (Date, Timestamp) | (Timestamp, Date) => Timestamp,
+        (Date | Timestamp, TimestampTz) | (TimestampTz, Date | Timestamp) => TimestampTz,
+        (Array(x), Array(y)) => Array(Box::new(common_type(x, y)?)),
+        _ => return None,
+    })
+}
+
+/// Implicit coercion: unknown literals take the type; numeric and datetime types promote.
+fn coerce(e: Expr, to: &SqlType) -> Result<Expr, WhereError> {
+    let from = e.ty();
+    if &from == to {
+        return Ok(e);
+    }
+    let implicit = matches!(
+        (&from, to),
+        (SqlType::Unknown, _)
+            | (SqlType::Int, SqlType::Float | SqlType::Numeric)
+            | (SqlType::Numeric, SqlType::Float)
+            | (SqlType::Char, SqlType::Text)
+            | (SqlType::Date, SqlType::Timestamp | SqlType::TimestampTz)
+            | (SqlType::Timestamp, SqlType::TimestampTz)
+            | (SqlType::Array(_), SqlType::Array(_))
+    );
+    if !implicit {
+        return Err(WhereError::Type(format!("expected {to}, found {from}")));
+    }
+    cast(e, to.clone())
+}
+
+/// An explicit cast; constants are folded so rendered SQL carries typed literals.
+fn cast(e: Expr, ty: SqlType) -> Result<Expr, WhereError> {
+    if e.ty() == ty {
+        return Ok(e);
+    }
+    if let SqlType::Opaque(name) = &ty {
+        return Err(WhereError::Unsupported(format!("a cast to {name}")));
+    }
+    match e {
+        Expr::Const { value, .. } => {
+            let value = value.cast(&ty).map_err(|e| WhereError::Type(e.to_string()))?;
+            Ok(Expr::Const { value, ty })
+        }
+        other => {
+            let from = other.ty();
+            let allowed = match (&from, &ty) {
+                (SqlType::Opaque(_), t) => *t == SqlType::Text,
+                (SqlType::Array(_), SqlType::Array(_)) => true,
+                (SqlType::Array(_), _) | (_, SqlType::Array(_)) => false,
+                _ => true,
+            };
+            if !allowed {
+                return Err(WhereError::Type(format!("cannot cast type {from} to {ty}")));
+            }
+            Ok(Expr::Cast { expr: Box::new(other), ty })
+        }
+    }
+}
+
+fn fold_negate(e: Expr) -> Result<Expr, WhereError> {
+    let ty = e.ty();
+    Ok(match e {
+        Expr::Const { value: Datum::Int(i), ty } => {
+            Expr::Const { value: Datum::Int(i.checked_neg().ok_or_else(|| WhereError::Type("integer out of range".into()))?), ty }
+        }
+        Expr::Const { value: Datum::Float(f), ty } => Expr::Const { value: Datum::Float(-f), ty },
+        Expr::Const { value: Datum::Numeric(d), ty } => {
+            let text = d.to_string();
+            let neg = text.strip_prefix('-').map(str::to_string).unwrap_or_else(|| format!("-{text}"));
+            Expr::Const { value: Datum::parse(&neg, &SqlType::Numeric).map_err(|e| WhereError::Type(e.to_string()))?, ty }
+        }
+        other => {
+            if ty == SqlType::Numeric {
+                return Err(WhereError::Unsupported("arithmetic on numeric columns".into()));
+            }
+            Expr::Negate { expr: Box::new(other), ty }
+        }
+    })
+}
+
+fn array_const(items: Vec<Expr>) -> Result<Expr, WhereError> {
+    let mut ty = SqlType::Unknown;
+    for i in &items {
+        ty = common_type(&ty, &i.ty()).ok_or_else(|| WhereError::Type("ARRAY elements must share one type".into()))?;
+    }
+    if ty == SqlType::Unknown {
+        ty = SqlType::Text;
+    }
+    let mut values = Vec::with_capacity(items.len());
+    for i in items {
+        match coerce(i, &ty)? {
+            Expr::Const { value, .. } => values.push(value),
+            _ => return Err(WhereError::Unsupported("ARRAY[…] of non-constant elements".into())),
+        }
+    }
+    Ok(Expr::Const { value: Datum::Array(values), ty: SqlType::Array(Box::new(ty)) })
+}
+
+fn cast_target(dt: &ast::DataType) -> Result<SqlType, WhereError> {
+    let text = dt.to_string().to_lowercase();
+    let (base, array) = match text.strip_suffix("[]") {
+        Some(b) => (b.trim().to_string(), true),
+        None => (text.clone(), false),
+    };
+    // Length modifiers on character types do not change comparisons.
+    let base_name = base.split('(').next().unwrap_or("").trim();
+    if base.contains('(') && !matches!(base_name, "varchar" | "character varying") {
+        return Err(WhereError::Unsupported(format!("a cast to {text} (drop the type modifier)")));
+    }
+    let ty = match base_name {
+        "bool" | "boolean" => SqlType::Bool,
+        "int" | "int2" | "int4" | "int8" | "integer" | "smallint" | "bigint" => SqlType::Int,
+        "float4" | "float8" | "real" | "double precision" | "float" => SqlType::Float,
+        "numeric" | "decimal" => SqlType::Numeric,
+        "text" | "varchar" | "character varying" => SqlType::Text,
+        "uuid" => SqlType::Uuid,
+        "date" => SqlType::Date,
+        "time" | "time without time zone" => SqlType::Time,
+        "timestamp" | "timestamp without time zone" => SqlType::Timestamp,
+        "timestamptz" | "timestamp with time zone" => SqlType::TimestampTz,
+        other => return Err(WhereError::Unsupported(format!("a cast to {other}"))),
+    };
+    Ok(if array { SqlType::Array(Box::new(ty)) } else { ty })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::table::{Column, TableName};
+
+    pub(crate) fn table() -> TableSchema {
+        let col = |name: &str, ty: &str, dims: u32, pk: Option<u32>| Column {
+            name: name.into(),
+            type_oid: 0,
+            type_name: ty.into(),
+            dims,
+            type_mod: -1,
+            not_null: pk.is_some(),
+            pk_index: pk,
+        };
+        TableSchema {
+            oid: 1,
+            name: TableName::new("public", "items"),
+            columns: vec![
+                col("id", "int8", 0, Some(0)),
+                col("title", "text", 0, None),
+                col("price", "numeric", 0, None),
+                col("done", "bool", 0, None),
+                col("tags", "text", 1, None),
+                col("due", "date", 0, None),
+                col("mood", "mood", 0, None),
+                col("Org", "text", 0, None),
+            ],
+            replica_identity_full: true,
+        }
+    }
+
+    fn bind(s: &str) -> Result<Expr, WhereError> {
+        let params = HashMap::from([(1, "42".to_string()), (2, "x".to_string())]);
+        parse_where(s, &table(), &params, BindOptions::default())
+    }
+
+    #[test]
+    fn supported_filters_bind() {
+        for s in [
+            "id = 1",
+            "id = '1'",
+            "id = $1 AND title = $2",
+            "title LIKE 'a%' OR title ILIKE '%B'",
+            "price > 1.5 AND price <= 10",
+            "done IS TRUE AND NOT done IS NULL",
+            "id IN (1, 2, 3) AND id NOT IN (4)",
+            "id BETWEEN 1 AND 10",
+            "'x' = ANY(tags)",
+            "due > '2024-01-01' AND due < DATE '2025-01-01'",
+            "mood::text = 'happy'",
+            "\"Org\" = 'o1'",
+            "lower(title) = 'x' AND coalesce(title, 'y') = 'y'",
+            "id % 2 = 0 AND -id < 0 AND id + 1 > 1",
+            "id IS DISTINCT FROM 5",
+        ] {
+            bind(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unsupported_constructs_are_named() {
+        let cases = [
+            ("id = (select 1)", "subquery"),
+            ("now() > due", "now"),
+            ("t.id = 1", "qualified name"),
+            ("mood = 'happy'", "cast the column to text"),
+            ("title < 'b'", "collation"),
+            ("nope = 1", "unknown column"),
+            ("id = 'abc'", "invalid input syntax for type int8"),
+            ("id = $3", "parameter $3 was not provided"),
+            ("id", "boolean"),
+            ("1 x 1", "syntax error"),
+            ("id = 1; drop table items", "syntax error"),
+            ("org = 'o1'", "unknown column"),
+        ];
+        for (s, needle) in cases {
+            let err = bind(s).expect_err(s).to_string();
+            assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!("{}id = 1{}", "(".repeat(200), ")".repeat(200));
+        assert_eq!(bind(&deep), Err(WhereError::TooComplex));
+        let long = format!("id IN ({})", vec!["1"; 5000].join(","));
+        assert_eq!(bind(&long), Err(WhereError::TooComplex));
+    }
+}

@@ -1,0 +1,152 @@
+//! Renders a bound filter back to SQL for snapshot queries. Every constant is written as a
+//! quoted, typed literal and every column as a quoted identifier, so the output is built
+//! only from values the binder produced, never from client text.
+
+use std::fmt::Write;
+
+use super::Expr;
+use crate::table::quote_ident;
+use crate::value::{Datum, SqlType};
+
+impl Expr {
+    /// SQL text that PostgreSQL evaluates exactly as [`Expr::eval`] does (assuming
+    /// `standard_conforming_strings = on`, which the gateway sets on its sessions).
+    pub fn to_sql(&self) -> String {
+        let mut out = String::new();
+        self.write_sql(&mut out);
+        out
+    }
+
+    fn write_sql(&self, out: &mut String) {
+        let join = |out: &mut String, items: &[Expr], sep: &str| {
+            for (i, e) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                e.write_sql(out);
+            }
+        };
+        match self {
+            Expr::Column { name, .. } => out.push_str(&quote_ident(name)),
+            Expr::Const { value, ty } => write_literal(out, value, ty),
+            Expr::Not(e) => {
+                out.push_str("(NOT ");
+                e.write_sql(out);
+                out.push(')');
+            }
+            Expr::And(terms) | Expr::Or(terms) => {
+                out.push('(');
+                join(out, terms, if matches!(self, Expr::And(_)) { " AND " } else { " OR " });
+                out.push(')');
+            }
+            Expr::Compare { op, left, right } => binary(out, left, op.sql(), right),
+            Expr::IsNull { expr, negated } => {
+                out.push('(');
+                expr.write_sql(out);
+                out.push_str(if *negated { " IS NOT NULL)" } else { " IS NULL)" });
+            }
+            Expr::IsBool { expr, value, negated } => {
+                out.push('(');
+                expr.write_sql(out);
+                out.push_str(if *negated { " IS NOT " } else { " IS " });
+                out.push_str(match value {
+                    Some(true) => "TRUE)",
+                    Some(false) => "FALSE)",
+                    None => "UNKNOWN)",
+                });
+            }
+            Expr::Distinct { left, right, negated } => {
+                binary(out, left, if *negated { "IS NOT DISTINCT FROM" } else { "IS DISTINCT FROM" }, right)
+            }
+            Expr::InList { expr, list, negated } => {
+                out.push('(');
+                expr.write_sql(out);
+                out.push_str(if *negated { " NOT IN (" } else { " IN (" });
+                join(out, list, ", ");
+                out.push_str("))");
+            }
+            Expr::Like { expr, pattern, case_insensitive, negated } => {
+                let op = match (case_insensitive, negated) {
+                    (false, false) => "LIKE",
+                    (false, true) => "NOT LIKE",
+                    (true, false) => "ILIKE",
+                    (true, true) => "NOT ILIKE",
+                };
+                binary(out, expr, op, pattern)
+            }
+            Expr::Arith { op, left, right, .. } => binary(out, left, op.sql(), right),
+            Expr::Negate { expr, .. } => {
+                out.push_str("(- ");
+                expr.write_sql(out);
+                out.push(')');
+            }
+            Expr::Concat { left, right } => binary(out, left, "||", right),
+            Expr::Func { func, args, .. } => {
+                out.push_str(func.sql());
+                out.push('(');
+                join(out, args, ", ");
+                out.push(')');
+            }
+            Expr::Cast { expr, ty } => {
+                out.push_str("CAST(");
+                expr.write_sql(out);
+                let _ = write!(out, " AS {})", ty.sql_name());
+            }
+            Expr::Quantified { op, left, array, all } => {
+                out.push('(');
+                left.write_sql(out);
+                let _ = write!(out, " {} {}(", op.sql(), if *all { "ALL" } else { "ANY" });
+                array.write_sql(out);
+                out.push_str("))");
+            }
+        }
+    }
+}
+
+fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr) {
+    out.push('(');
+    left.write_sql(out);
+    let _ = write!(out, " {op} ");
+    right.write_sql(out);
+    out.push(')');
+}
+
+/// `'text'::type`, with quotes doubled; NULL keeps its type so overloads resolve.
+fn write_literal(out: &mut String, value: &Datum, ty: &SqlType) {
+    match value {
+        Datum::Null => {
+            let _ = write!(out, "CAST(NULL AS {})", ty.sql_name());
+        }
+        Datum::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        other => {
+            let text = other.to_sql_text().replace('\'', "''");
+            let _ = write!(out, "CAST('{text}' AS {})", ty.sql_name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::where_clause::{BindOptions, parse_where};
+
+    fn render(s: &str) -> String {
+        let table = crate::where_clause::parse::tests::table();
+        let params = HashMap::from([(1, "o'1\\".to_string())]);
+        parse_where(s, &table, &params, BindOptions { text_sorts_bytewise: true }).unwrap().to_sql()
+    }
+
+    #[test]
+    fn literals_are_quoted_and_typed() {
+        assert_eq!(render("id = 1"), r#"("id" = CAST('1' AS int8))"#);
+        assert_eq!(render("title = $1"), r#"("title" = CAST('o''1\' AS text))"#);
+        assert_eq!(render("\"Org\" IS NULL OR NOT done"), r#"(("Org" IS NULL) OR (NOT "done"))"#);
+    }
+
+    #[test]
+    fn injection_attempts_stay_inside_literals() {
+        let sql = render("title = 'x''); drop table items; --'");
+        assert_eq!(sql, r#"("title" = CAST('x''); drop table items; --' AS text))"#);
+    }
+}

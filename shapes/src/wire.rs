@@ -1,0 +1,311 @@
+//! Wire messages of the Electric shape protocol, encoded once per shape and stored as the
+//! exact bytes clients receive.
+
+use std::io::Write;
+
+use crate::offset::Lsn;
+use crate::table::TableSchema;
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Escapes a key component: `/` doubles (and `.` doubles in names) so keys split unambiguously.
+fn key_part(out: &mut String, s: &str, dots: bool) {
+    for c in s.chars() {
+        match c {
+            '/' => out.push_str("//"),
+            '.' if dots => out.push_str(".."),
+            c => out.push(c),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+}
+
+/// Replication metadata of a live change.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveHeaders<'a> {
+    pub txid: u32,
+    pub lsn: Lsn,
+    pub op_position: u64,
+    pub last: bool,
+    pub key_change_to: Option<&'a str>,
+    pub key_change_from: Option<&'a str>,
+}
+
+/// Encodes the change messages of one shape; the per-table parts are computed once.
+#[derive(Clone, Debug)]
+pub struct MessageEncoder {
+    key_prefix: String,
+    relation: Vec<u8>,
+    /// `"name":` per table column, JSON-escaped.
+    column_labels: Vec<Vec<u8>>,
+}
+
+impl MessageEncoder {
+    pub fn new(table: &TableSchema) -> Self {
+        let mut key_prefix = String::from("\"");
+        key_part(&mut key_prefix, &table.name.schema, true);
+        key_prefix.push_str("\".\"");
+        key_part(&mut key_prefix, &table.name.name, true);
+        key_prefix.push('"');
+        let mut relation = b"[".to_vec();
+        json_str(&mut relation, &table.name.schema);
+        relation.push(b',');
+        json_str(&mut relation, &table.name.name);
+        relation.push(b']');
+        let column_labels = table
+            .columns
+            .iter()
+            .map(|c| {
+                let mut v = Vec::new();
+                json_str(&mut v, &c.name);
+                v.push(b':');
+                v
+            })
+            .collect();
+        MessageEncoder { key_prefix, relation, column_labels }
+    }
+
+    /// The row key: `"schema"."table"/"pk1"/"pk2"`, NULL parts as `_`.
+    pub fn key<'a>(&self, values: impl IntoIterator<Item = Option<&'a str>>) -> String {
+        let mut key = self.key_prefix.clone();
+        for v in values {
+            match v {
+                None => key.push_str("/_"),
+                Some(v) => {
+                    key.push_str("/\"");
+                    key_part(&mut key, v, false);
+                    key.push('"');
+                }
+            }
+        }
+        key
+    }
+
+    /// Writes one change message. `value` and `old_value` list (column index, text) pairs.
+    pub fn write_change<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        op: Operation,
+        key: &str,
+        value: impl IntoIterator<Item = (usize, Option<&'a str>)>,
+        old_value: Option<&[(usize, Option<&'a str>)]>,
+        live: Option<LiveHeaders<'_>>,
+    ) {
+        out.extend_from_slice(b"{\"key\":");
+        json_str(out, key);
+        out.extend_from_slice(b",\"value\":");
+        self.write_object(out, value);
+        if let Some(old) = old_value {
+            out.extend_from_slice(b",\"old_value\":");
+            self.write_object(out, old.iter().copied());
+        }
+        out.extend_from_slice(b",\"headers\":{\"operation\":\"");
+        out.extend_from_slice(op.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"relation\":");
+        out.extend_from_slice(&self.relation);
+        if let Some(h) = live {
+            let _ = write!(out, ",\"txids\":[{}],\"lsn\":\"{}\",\"op_position\":{}", h.txid, h.lsn.0, h.op_position);
+            if let Some(to) = h.key_change_to {
+                out.extend_from_slice(b",\"key_change_to\":");
+                json_str(out, to);
+            }
+            if let Some(from) = h.key_change_from {
+                out.extend_from_slice(b",\"key_change_from\":");
+                json_str(out, from);
+            }
+            if h.last {
+                out.extend_from_slice(b",\"last\":true");
+            }
+        }
+        out.extend_from_slice(b"}}");
+    }
+
+    fn write_object<'a>(&self, out: &mut Vec<u8>, fields: impl IntoIterator<Item = (usize, Option<&'a str>)>) {
+        out.push(b'{');
+        for (i, (col, v)) in fields.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&self.column_labels[col]);
+            match v {
+                None => out.extend_from_slice(b"null"),
+                Some(s) => json_str(out, s),
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+/// Sets the `last` flag on an encoded live change (its headers object ends the message).
+pub fn mark_last(message: &mut Vec<u8>) {
+    debug_assert!(message.ends_with(b"}}"));
+    let at = message.len() - 2;
+    message.splice(at..at, b",\"last\":true".iter().copied());
+}
+
+pub fn up_to_date(global_last_seen_lsn: Lsn) -> Vec<u8> {
+    format!(r#"{{"headers":{{"control":"up-to-date","global_last_seen_lsn":"{}"}}}}"#, global_last_seen_lsn.0).into_bytes()
+}
+
+pub const MUST_REFETCH: &str = r#"[{"headers":{"control":"must-refetch"}}]"#;
+
+/// `snapshot-end` with the snapshot's `pg_current_snapshot()` (xid8 values as strings).
+pub fn snapshot_end(xmin: u64, xmax: u64, xip: &[u64]) -> Vec<u8> {
+    let xip: Vec<String> = xip.iter().map(|x| format!("\"{x}\"")).collect();
+    format!(
+        r#"{{"headers":{{"control":"snapshot-end","xmin":"{xmin}","xmax":"{xmax}","xip_list":[{}]}}}}"#,
+        xip.join(",")
+    )
+    .into_bytes()
+}
+
+/// The `electric-schema` header value for the selected columns.
+pub fn schema_header(table: &TableSchema, selected: &[usize]) -> String {
+    let mut obj = serde_json::Map::new();
+    for &i in selected {
+        let c = &table.columns[i];
+        let mut col = serde_json::Map::new();
+        col.insert("type".into(), c.type_name.clone().into());
+        if c.dims > 0 {
+            col.insert("dims".into(), c.dims.into());
+        }
+        if let Some(p) = c.pk_index {
+            col.insert("pk_index".into(), p.into());
+        }
+        if c.not_null {
+            col.insert("not_null".into(), true.into());
+        }
+        type_modifiers(&mut col, &c.type_name, c.type_mod);
+        obj.insert(c.name.clone(), col.into());
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+fn type_modifiers(col: &mut serde_json::Map<String, serde_json::Value>, ty: &str, typmod: i32) {
+    if typmod < 0 {
+        return;
+    }
+    match ty {
+        "varchar" | "text" => {
+            col.insert("max_length".into(), (typmod - 4).into());
+        }
+        "bpchar" | "bit" | "varbit" => {
+            col.insert("length".into(), (if ty == "bpchar" { typmod - 4 } else { typmod }).into());
+        }
+        "time" | "timetz" | "timestamp" | "timestamptz" => {
+            col.insert("precision".into(), typmod.into());
+        }
+        "numeric" => {
+            let m = typmod - 4;
+            col.insert("precision".into(), ((m >> 16) & 0xffff).into());
+            col.insert("scale".into(), (((m & 0x7ff) ^ 1024) - 1024).into());
+        }
+        "interval" => {
+            let precision = typmod & 0xffff;
+            if precision != 0xffff {
+                col.insert("precision".into(), precision.into());
+            }
+            let fields = (typmod >> 16) & 0x7fff;
+            if let Some(name) = interval_fields(fields) {
+                col.insert("fields".into(), name.into());
+            }
+        }
+        _ => {
+            col.insert("type_mod".into(), typmod.into());
+        }
+    }
+}
+
+/// PostgreSQL's interval field masks (datetime.h) by name.
+fn interval_fields(mask: i32) -> Option<&'static str> {
+    const YEAR: i32 = 1 << 2;
+    const MONTH: i32 = 1 << 1;
+    const DAY: i32 = 1 << 3;
+    const HOUR: i32 = 1 << 10;
+    const MINUTE: i32 = 1 << 11;
+    const SECOND: i32 = 1 << 12;
+    Some(match mask {
+        m if m == YEAR => "YEAR",
+        m if m == MONTH => "MONTH",
+        m if m == DAY => "DAY",
+        m if m == HOUR => "HOUR",
+        m if m == MINUTE => "MINUTE",
+        m if m == SECOND => "SECOND",
+        m if m == YEAR | MONTH => "YEAR TO MONTH",
+        m if m == DAY | HOUR => "DAY TO HOUR",
+        m if m == DAY | HOUR | MINUTE => "DAY TO MINUTE",
+        m if m == DAY | HOUR | MINUTE | SECOND => "DAY TO SECOND",
+        m if m == HOUR | MINUTE => "HOUR TO MINUTE",
+        m if m == HOUR | MINUTE | SECOND => "HOUR TO SECOND",
+        m if m == MINUTE | SECOND => "MINUTE TO SECOND",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{Column, TableName};
+
+    fn table() -> TableSchema {
+        TableSchema {
+            oid: 1,
+            name: TableName::new("public", "a.b/c"),
+            columns: vec![
+                Column { name: "id".into(), type_oid: 20, type_name: "int8".into(), dims: 0, type_mod: -1, not_null: true, pk_index: Some(0) },
+                Column { name: "title".into(), type_oid: 1043, type_name: "varchar".into(), dims: 0, type_mod: 259, not_null: false, pk_index: None },
+                Column { name: "tags".into(), type_oid: 1009, type_name: "text".into(), dims: 1, type_mod: -1, not_null: false, pk_index: None },
+            ],
+            replica_identity_full: false,
+        }
+    }
+
+    #[test]
+    fn keys_escape_separators() {
+        let e = MessageEncoder::new(&table());
+        assert_eq!(e.key([Some("1/2")]), r#""public"."a..b//c"/"1//2""#);
+        assert_eq!(e.key([None]), r#""public"."a..b//c"/_"#);
+    }
+
+    #[test]
+    fn live_messages_carry_replication_headers() {
+        let e = MessageEncoder::new(&table());
+        let mut out = Vec::new();
+        let h = LiveHeaders { txid: 755, lsn: Lsn(27344208), op_position: 0, last: false, key_change_to: None, key_change_from: None };
+        e.write_change(&mut out, Operation::Insert, "k", [(0, Some("1")), (1, None)], None, Some(h));
+        mark_last(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["value"], serde_json::json!({"id": "1", "title": null}));
+        assert_eq!(v["headers"]["txids"], serde_json::json!([755]));
+        assert_eq!(v["headers"]["lsn"], "27344208");
+        assert_eq!(v["headers"]["last"], true);
+        assert_eq!(v["headers"]["relation"], serde_json::json!(["public", "a.b/c"]));
+    }
+
+    #[test]
+    fn schema_header_describes_selected_columns() {
+        let s: serde_json::Value = serde_json::from_str(&schema_header(&table(), &[0, 1, 2])).unwrap();
+        assert_eq!(s["id"], serde_json::json!({"type": "int8", "pk_index": 0, "not_null": true}));
+        assert_eq!(s["title"], serde_json::json!({"type": "varchar", "max_length": 255}));
+        assert_eq!(s["tags"], serde_json::json!({"type": "text", "dims": 1}));
+    }
+}
