@@ -58,9 +58,10 @@ pub enum Change {
     Insert { new: Tuple },
     /// `old` is the whole old row under REPLICA IDENTITY FULL, the old key when the key
     /// changed under a default identity, and absent otherwise.
-    Update { old: Option<Tuple>, new: Tuple },
-    /// `old` holds at least the replica-identity columns (others may be NULL).
-    Delete { old: Tuple },
+    Update { old: Option<Tuple>, old_is_full: bool, new: Tuple },
+    /// `old` holds the whole row under REPLICA IDENTITY FULL (`old_is_full`), else only the
+    /// key columns (others NULL).
+    Delete { old: Tuple, old_is_full: bool },
 }
 
 /// One item of a transaction, in stream order.

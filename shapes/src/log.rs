@@ -7,7 +7,8 @@
 //!
 //! Files in the shape's directory: `snapshot` (chunk bodies back to back), `snapshot.idx`
 //! (chunk byte ranges; written last, so its presence marks a complete snapshot) and `log`
-//! (records `[len u32][crc u32][tx u64][op u64][message]`).
+//! (records `[len u32][crc u32][tx u64][op u64][message]`; the top bit of `len` marks the
+//! last entry of a transaction, so recovery keeps transactions whole).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use crate::offset::{LogOffset, Lsn};
 
 const HEADER: usize = 24;
+const TXN_END: u32 = 1 << 31;
 /// A sparse index entry at least every this many bytes bounds the scan of a read.
 const SPARSE_EVERY: u64 = 64 * 1024;
 
@@ -36,11 +38,20 @@ pub struct LogVersion {
     pub gone: bool,
 }
 
+/// A position in the written part of a live log.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteMark {
+    len: u64,
+    head: LogOffset,
+}
+
 /// The result of reading live entries.
 #[derive(Debug, Default)]
 pub struct LiveRead {
     /// Messages joined by `,` (a JSON array body without brackets).
     pub body: Vec<u8>,
+    /// Byte range of each message in `body`.
+    pub messages: Vec<(usize, usize)>,
     pub count: usize,
     /// Offset of the last message read.
     pub last: Option<LogOffset>,
@@ -239,7 +250,7 @@ impl ShapeLog {
 
     // ---- live entries (written by the one fan-out task) ----
 
-    /// Writes entries to the file; they stay invisible until [`ShapeLog::publish`].
+    /// Writes one transaction's entries; they stay invisible until [`ShapeLog::publish`].
     pub fn append(&self, entries: &[(LogOffset, Vec<u8>)]) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
@@ -247,10 +258,11 @@ impl ShapeLog {
         let mut l = self.live.lock().unwrap();
         let mut buf = Vec::with_capacity(entries.iter().map(|(_, m)| m.len() + HEADER).sum());
         let mut pos = l.written_len;
-        for (offset, msg) in entries {
+        for (i, (offset, msg)) in entries.iter().enumerate() {
             let (tx, op) = offset_parts(*offset);
             l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
-            buf.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+            let flag = if i + 1 == entries.len() { TXN_END } else { 0 };
+            buf.extend_from_slice(&(msg.len() as u32 | flag).to_le_bytes());
             buf.extend_from_slice(&crc(tx, op, msg).to_le_bytes());
             buf.extend_from_slice(&tx.to_le_bytes());
             buf.extend_from_slice(&op.to_le_bytes());
@@ -274,23 +286,30 @@ impl ShapeLog {
         if l.written_len > l.durable_len { l.file.sync_data() } else { Ok(()) }
     }
 
-    /// Whether entries were written since the last publish.
-    pub fn has_unpublished(&self) -> bool {
+    /// What has been written so far; take it before syncing, publish it after.
+    pub fn written_mark(&self) -> WriteMark {
         let l = self.live.lock().unwrap();
-        l.written_len > l.durable_len
+        WriteMark { len: l.written_len, head: l.written_head }
     }
 
-    /// Makes written entries visible. Call only after they are durable.
-    pub fn publish(&self) {
+    /// Makes entries up to `mark` visible. Call only once they are durable.
+    pub fn publish(&self, mark: WriteMark) {
         let mut l = self.live.lock().unwrap();
-        if l.written_len == l.durable_len {
+        if mark.len <= l.durable_len {
             return;
         }
-        l.durable_len = l.written_len;
-        l.head = l.written_head;
-        let head = l.head;
+        l.durable_len = mark.len;
+        l.head = mark.head;
         drop(l);
-        self.version.send_modify(|v| v.head = head);
+        self.version.send_modify(|v| v.head = mark.head);
+    }
+
+    /// Syncs and publishes everything written so far.
+    pub fn sync_and_publish(&self) -> io::Result<()> {
+        let mark = self.written_mark();
+        self.sync()?;
+        self.publish(mark);
+        Ok(())
     }
 
     /// The file to sync when syncing many logs at once (see [`sync_filesystem`]).
@@ -312,7 +331,7 @@ impl ShapeLog {
         let mut header = [0u8; HEADER];
         while pos < end {
             file.read_exact_at(&mut header, pos)?;
-            let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as u64;
+            let len = (u32::from_le_bytes(header[0..4].try_into().unwrap()) & !TXN_END) as u64;
             let tx = u64::from_le_bytes(header[8..16].try_into().unwrap());
             let op = u64::from_le_bytes(header[16..24].try_into().unwrap());
             let offset = LogOffset::At { tx, op };
@@ -330,6 +349,7 @@ impl ShapeLog {
                 let at = out.body.len();
                 out.body.resize(at + len as usize, 0);
                 file.read_exact_at(&mut out.body[at..], pos + HEADER as u64)?;
+                out.messages.push((at, out.body.len()));
                 out.count += 1;
                 out.last = Some(offset);
             }
@@ -386,16 +406,20 @@ impl Live {
         self.chunk_starts.retain(|p| *p < len || *p == 0);
     }
 
-    /// Scans the file, rebuilding the indexes and cutting a torn tail.
+    /// Scans the file, rebuilding the indexes and cutting a torn tail back to the end of the
+    /// last whole transaction.
     fn recover(&mut self, chunk_bytes: u64) -> io::Result<()> {
         let file_len = self.file.metadata()?.len();
         let mut pos = 0u64;
         let mut header = [0u8; HEADER];
         let mut msg = Vec::new();
         let mut last = LogOffset::SNAPSHOT_END;
+        let mut seen = Vec::new();
+        let (mut cut, mut cut_head, mut cut_entries) = (0u64, LogOffset::SNAPSHOT_END, 0usize);
         while pos + HEADER as u64 <= file_len {
             self.file.read_exact_at(&mut header, pos)?;
-            let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as u64;
+            let raw_len = u32::from_le_bytes(header[0..4].try_into().unwrap());
+            let len = (raw_len & !TXN_END) as u64;
             let sum = u32::from_le_bytes(header[4..8].try_into().unwrap());
             let tx = u64::from_le_bytes(header[8..16].try_into().unwrap());
             let op = u64::from_le_bytes(header[16..24].try_into().unwrap());
@@ -408,19 +432,25 @@ impl Live {
             if crc(tx, op, &msg) != sum || offset <= last {
                 break;
             }
-            self.note_entry(offset, pos, len + HEADER as u64, chunk_bytes);
+            seen.push((offset, pos, len + HEADER as u64));
             last = offset;
             pos += HEADER as u64 + len;
+            if raw_len & TXN_END != 0 {
+                (cut, cut_head, cut_entries) = (pos, offset, seen.len());
+            }
         }
-        if pos < file_len {
-            tracing::warn!(cut_bytes = file_len - pos, "shape log had a torn tail; truncated to the last whole entry");
-            self.file.set_len(pos)?;
+        for (offset, p, size) in seen.into_iter().take(cut_entries) {
+            self.note_entry(offset, p, size, chunk_bytes);
+        }
+        if cut < file_len {
+            tracing::warn!(cut_bytes = file_len - cut, "shape log had a torn tail; truncated to the last whole transaction");
+            self.file.set_len(cut)?;
             self.file.sync_all()?;
         }
-        self.durable_len = pos;
-        self.written_len = pos;
-        self.head = last;
-        self.written_head = last;
+        self.durable_len = cut;
+        self.written_len = cut;
+        self.head = cut_head;
+        self.written_head = cut_head;
         Ok(())
     }
 }
@@ -468,8 +498,7 @@ mod tests {
         log.finish_snapshot(b"{}").unwrap();
         log.append(&[entry(10, 0), entry(10, 2)]).unwrap();
         assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 0);
-        log.sync().unwrap();
-        log.publish();
+        log.sync_and_publish().unwrap();
         let r = log.read_live(LogOffset::SNAPSHOT_END).unwrap();
         assert_eq!((r.count, r.at_end), (2, true));
         assert_eq!(r.body, br#"{"m":"10_0"},{"m":"10_2"}"#);
@@ -489,8 +518,7 @@ mod tests {
         assert_eq!(log.snapshot_chunk_count(), 2);
         let entries: Vec<_> = (1..=20).map(|i| entry(i, 0)).collect();
         log.append(&entries).unwrap();
-        log.sync().unwrap();
-        log.publish();
+        log.sync_and_publish().unwrap();
         let mut after = LogOffset::SNAPSHOT_END;
         let mut seen = 0;
         loop {
@@ -515,18 +543,18 @@ mod tests {
         let dir = tmp("torn");
         let log = ShapeLog::create(&dir, 1 << 20).unwrap();
         log.finish_snapshot(b"E").unwrap();
-        log.append(&[entry(1, 0), entry(2, 0)]).unwrap();
+        log.append(&[entry(1, 0)]).unwrap();
+        log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
         log.sync().unwrap();
         drop(log);
         let f = OpenOptions::new().write(true).open(dir.join("log")).unwrap();
         let len = f.metadata().unwrap().len();
         f.set_len(len - 3).unwrap();
         let log = ShapeLog::open(&dir, 1 << 20).unwrap().unwrap();
-        assert_eq!(log.version().head, LogOffset::At { tx: 1, op: 0 });
-        log.append(&[entry(2, 0)]).unwrap();
-        log.sync().unwrap();
-        log.publish();
-        assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 2);
+        assert_eq!(log.version().head, LogOffset::At { tx: 1, op: 0 }, "half of transaction 2 is dropped");
+        log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
+        log.sync_and_publish().unwrap();
+        assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 3);
         fs::remove_dir_all(dir).unwrap();
     }
 

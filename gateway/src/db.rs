@@ -1,0 +1,105 @@
+//! Ordinary SQL sessions and catalog reads. Every session pins the settings that make text
+//! output identical to what logical replication sends (ISO dates, UTC, hex bytea).
+
+use std::str::FromStr;
+
+use shapes::table::{Column, TableName, TableSchema};
+use tokio_postgres::{Client, Config, NoTls};
+
+/// Session settings shared by snapshot and replication sessions.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO,DMY -c TimeZone=UTC -c IntervalStyle=iso_8601 \
+     -c extra_float_digits=1 -c bytea_output=hex -c standard_conforming_strings=on";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL: {0} (expected postgres://user:password@host:port/database)")]
+    BadUrl(String),
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect { target: String, source: tokio_postgres::Error },
+    #[error(transparent)]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// Errors worth retrying: the server went away or is starting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::BadUrl(_) => false,
+            DbError::Connect { .. } => true,
+            DbError::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+        }
+    }
+}
+
+pub fn parse_url(url: &str) -> Result<Config, DbError> {
+    let mut cfg = Config::from_str(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+    cfg.options(SESSION_OPTIONS);
+    cfg.application_name("gateway");
+    Ok(cfg)
+}
+
+/// Opens a session; its connection task runs until the client is dropped.
+pub async fn connect(cfg: &Config) -> Result<Client, DbError> {
+    let target = describe(cfg);
+    let (client, conn) = cfg.connect(NoTls).await.map_err(|source| DbError::Connect { target, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database session ended");
+        }
+    });
+    Ok(client)
+}
+
+/// `host:port/db` without credentials, for messages.
+pub fn describe(cfg: &Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or("postgres"))
+}
+
+const TABLE_COLUMNS: &str = "
+select c.oid, c.relreplident::text, a.attname::text,
+       a.atttypid, coalesce(et.typname, t.typname)::text,
+       case when et.oid is not null then greatest(a.attndims, 1) else 0 end::int4,
+       a.atttypmod, a.attnotnull,
+       (array_position(i.indkey::int2[], a.attnum) - 1)::int4
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+join pg_type t on t.oid = a.atttypid
+left join pg_type et on et.oid = t.typelem and t.typcategory = 'A'
+left join pg_index i on i.indrelid = c.oid and i.indisprimary
+where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')
+order by a.attnum";
+
+/// Reads a table's columns in replication order; `None` when no such table exists.
+pub async fn table_schema(client: &Client, name: &TableName) -> Result<Option<TableSchema>, DbError> {
+    let rows = client.query(TABLE_COLUMNS, &[&name.schema, &name.name]).await?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let oid: u32 = first.get(0);
+    let identity: String = first.get(1);
+    let columns = rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(2),
+            type_oid: r.get(3),
+            type_name: r.get(4),
+            dims: r.get::<_, i32>(5) as u32,
+            type_mod: r.get(6),
+            not_null: r.get(7),
+            pk_index: r.get::<_, Option<i32>>(8).map(|p| p as u32),
+        })
+        .collect();
+    Ok(Some(TableSchema { oid, name: name.clone(), columns, replica_identity_full: identity == "f" }))
+}
+
+/// Whether the database sorts text bytewise, so filters may order text in Rust.
+pub async fn text_sorts_bytewise(client: &Client) -> Result<bool, DbError> {
+    let row = client.query_one("select datcollate::text from pg_database where datname = current_database()", &[]).await?;
+    let collate: String = row.get(0);
+    Ok(matches!(collate.as_str(), "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"))
+}

@@ -1,0 +1,100 @@
+//! The position acknowledged to PostgreSQL. Invariant: the acknowledged (flush) LSN never
+//! passes a transaction whose shape-log entries are not yet durable.
+//!
+//! The stream notes what it hands to the fan-out; the fan-out notes what it made durable;
+//! when both agree and the stream is idle, keepalive positions can be acknowledged too
+//! (so a quiet publication does not pin WAL).
+
+use std::sync::Mutex;
+
+use shapes::offset::Lsn;
+use tokio::sync::watch;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Positions {
+    /// End LSN of the last transaction handed to the fan-out.
+    enqueued_end: Lsn,
+    /// End LSN up to which everything handed over is durable.
+    durable_end: Lsn,
+    /// Commit LSN of the last durable transaction: the `global_last_seen_lsn` clients see.
+    seen: Lsn,
+}
+
+#[derive(Debug)]
+pub struct AckState {
+    positions: Mutex<Positions>,
+    durable: watch::Sender<Lsn>,
+}
+
+impl AckState {
+    /// Starts from the slot's confirmed position.
+    pub fn new(confirmed: Lsn) -> AckState {
+        let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed };
+        AckState { positions: Mutex::new(p), durable: watch::channel(confirmed).0 }
+    }
+
+    pub fn note_enqueued(&self, end: Lsn) {
+        let mut p = self.positions.lock().unwrap();
+        p.enqueued_end = p.enqueued_end.max(end);
+    }
+
+    /// The fan-out made every transaction up to `end` durable; `commit` is the last one's
+    /// commit LSN.
+    pub fn note_durable(&self, end: Lsn, commit: Lsn) {
+        let mut p = self.positions.lock().unwrap();
+        p.durable_end = p.durable_end.max(end);
+        p.seen = p.seen.max(commit);
+        let d = p.durable_end;
+        drop(p);
+        self.durable.send_if_modified(|v| std::mem::replace(v, d) != d);
+    }
+
+    /// A keepalive says the server sent everything up to `wal_end`. If no transaction is in
+    /// flight (`stream_idle`) and the fan-out has stored all it was given, nothing before
+    /// `wal_end` is owed, so it may be acknowledged.
+    pub fn note_idle_position(&self, wal_end: Lsn, stream_idle: bool) {
+        let mut p = self.positions.lock().unwrap();
+        if !stream_idle || p.durable_end < p.enqueued_end || wal_end <= p.durable_end {
+            return;
+        }
+        p.enqueued_end = wal_end;
+        p.durable_end = wal_end;
+        p.seen = p.seen.max(wal_end);
+        drop(p);
+        self.durable.send_replace(wal_end);
+    }
+
+    pub fn durable(&self) -> Lsn {
+        self.positions.lock().unwrap().durable_end
+    }
+
+    /// The newest LSN whose effects are visible to readers.
+    pub fn seen(&self) -> Lsn {
+        self.positions.lock().unwrap().seen
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.durable.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_keepalives_advance_only_when_nothing_is_owed() {
+        let a = AckState::new(Lsn(100));
+        a.note_enqueued(Lsn(200));
+        a.note_idle_position(Lsn(300), true);
+        assert_eq!(a.durable(), Lsn(100), "transaction 200 is not durable yet");
+        a.note_durable(Lsn(200), Lsn(190));
+        assert_eq!((a.durable(), a.seen()), (Lsn(200), Lsn(190)));
+        a.note_idle_position(Lsn(300), false);
+        assert_eq!(a.durable(), Lsn(200), "a transaction is open");
+        a.note_idle_position(Lsn(300), true);
+        assert_eq!(a.durable(), Lsn(300));
+        a.note_durable(Lsn(250), Lsn(240));
+        assert_eq!(a.durable(), Lsn(300), "never moves backwards");
+    }
+}

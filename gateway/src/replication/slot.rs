@@ -1,0 +1,130 @@
+//! The replication slot and the publication: created when missing, checked when present.
+//! Tables join the publication on demand, like Electric; tables a DBA published are used as
+//! they are.
+
+use shapes::offset::Lsn;
+use shapes::table::{TableSchema, quote_ident};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use super::ReplicationError;
+use crate::db::DbError;
+
+pub async fn check_wal_level(client: &Client) -> Result<(), ReplicationError> {
+    let level: String = client.query_one("show wal_level", &[]).await.map_err(DbError::from)?.get(0);
+    if level != "logical" {
+        return Err(ReplicationError::WalLevel(level));
+    }
+    Ok(())
+}
+
+fn privilege(what: &str, e: tokio_postgres::Error, fix: String) -> ReplicationError {
+    match e.code() {
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => ReplicationError::Privilege {
+            what: what.to_string(),
+            detail: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default(),
+            fix,
+        },
+        _ => DbError::from(e).into(),
+    }
+}
+
+pub async fn ensure_publication(client: &Client, publication: &str) -> Result<(), ReplicationError> {
+    let exists = client
+        .query_opt("select 1 from pg_publication where pubname = $1", &[&publication])
+        .await
+        .map_err(DbError::from)?
+        .is_some();
+    if !exists {
+        let sql = format!("create publication {}", quote_ident(publication));
+        client.batch_execute(&sql).await.map_err(|e| privilege("create the publication", e, format!("{sql};")))?;
+        tracing::info!(publication, "created publication");
+    }
+    Ok(())
+}
+
+/// Creates the slot if missing; returns its confirmed position.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, ReplicationError> {
+    let row = client
+        .query_opt(
+            "select plugin::text, database::text = current_database(), confirmed_flush_lsn::text, wal_status
+             from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(DbError::from)?;
+    match row {
+        Some(r) => {
+            let plugin: Option<String> = r.get(0);
+            let same_db: Option<bool> = r.get(1);
+            if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+                return Err(ReplicationError::SlotMismatch { slot: slot.into(), plugin: plugin.unwrap_or_default() });
+            }
+            let status: Option<String> = r.get(3);
+            if status.as_deref() == Some("lost") {
+                return Err(ReplicationError::SlotInvalidated { slot: slot.into(), detail: "wal_status = lost".into() });
+            }
+            let lsn: Option<String> = r.get(2);
+            Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or_default())
+        }
+        None => {
+            let r = client
+                .query_one("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                .await
+                .map_err(|e| {
+                    privilege(
+                        "create a replication slot",
+                        e,
+                        "ALTER ROLE <gateway role> WITH REPLICATION;".into(),
+                    )
+                })?;
+            let lsn: String = r.get(0);
+            tracing::info!(slot, %lsn, "created replication slot");
+            Ok(lsn.parse().unwrap_or_default())
+        }
+    }
+}
+
+/// Makes sure changes of `table` reach the stream, and that the stream carries old rows
+/// when `needs_old_rows`. Returns `true` when the table was added to the publication.
+pub async fn ensure_published(
+    client: &Client,
+    publication: &str,
+    table: &TableSchema,
+    needs_old_rows: bool,
+) -> Result<bool, ReplicationError> {
+    let published = client
+        .query_opt(
+            "select 1 from pg_publication_tables where pubname = $1 and schemaname = $2 and tablename = $3",
+            &[&publication, &table.name.schema, &table.name.name],
+        )
+        .await
+        .map_err(DbError::from)?
+        .is_some();
+    let mut added = false;
+    if !published {
+        // Like Electric, tables we publish get full replica identity, so updates carry old rows.
+        let sql = format!(
+            "alter table {t} replica identity full; alter publication {p} add table {t}",
+            t = table.name.quoted(),
+            p = quote_ident(publication)
+        );
+        if let Err(e) = client.batch_execute(&format!("begin; {sql}; commit")).await {
+            let _ = client.batch_execute("rollback").await;
+            return Err(privilege(&format!("publish table {}", table.name), e, format!("{sql};")));
+        }
+        tracing::info!(table = %table.name, publication, "added table to publication");
+        added = true;
+    } else if needs_old_rows && !table.replica_identity_full {
+        let sql = format!("alter table {} replica identity full", table.name.quoted());
+        client.batch_execute(&sql).await.map_err(|e| {
+            privilege(
+                &format!("set REPLICA IDENTITY FULL on {} (filtered shapes need old rows to see rows leave the filter)", table.name),
+                e,
+                format!("{sql};"),
+            )
+        })?;
+        tracing::info!(table = %table.name, "set replica identity full");
+    }
+    Ok(added)
+}
