@@ -359,6 +359,11 @@ impl ShapeLog {
         Ok(out)
     }
 
+    /// The LSN of the last written live entry, durable or not (0 when none).
+    pub fn written_lsn(&self) -> Lsn {
+        Lsn(self.live.lock().unwrap().written_head.tx())
+    }
+
     /// The LSN of the last durable live entry (0 when none).
     pub fn head_lsn(&self) -> Lsn {
         Lsn(self.live.lock().unwrap().head.tx())

@@ -152,7 +152,6 @@ async fn session(
                     }
                     ReplicationEvent::Message { .. } => {}
                     ReplicationEvent::StoppedAt { .. } => return Ok(()),
-                    _ => {}
                 }
             }
         }

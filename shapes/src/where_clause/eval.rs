@@ -23,11 +23,11 @@ pub enum EvalError {
 
 impl Expr {
     /// Whether the row is in the filter (`true`), out, or unknown (both out).
-    pub fn matches(&self, row: &dyn Row) -> Result<bool, EvalError> {
+    pub fn matches<R: Row + ?Sized>(&self, row: &R) -> Result<bool, EvalError> {
         Ok(matches!(self.eval(row)?, Datum::Bool(true)))
     }
 
-    pub fn eval(&self, row: &dyn Row) -> Result<Datum, EvalError> {
+    pub fn eval<R: Row + ?Sized>(&self, row: &R) -> Result<Datum, EvalError> {
         Ok(match self {
             Expr::Column { index, ty, .. } => match row.text(*index)? {
                 None => Datum::Null,
@@ -194,7 +194,7 @@ fn arith(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError> {
     })
 }
 
-fn function(func: Func, args: &[Expr], row: &dyn Row) -> Result<Datum, EvalError> {
+fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum, EvalError> {
     Ok(match func {
         Func::Lower | Func::Upper => match args[0].eval(row)? {
             Datum::Text(s) => Datum::Text(if func == Func::Lower { s.to_lowercase() } else { s.to_uppercase() }),

@@ -1,0 +1,111 @@
+//! The fan-out: routes each committed transaction to the shapes it touches, appends the
+//! encoded messages to their logs, makes them durable in one group commit per batch, then
+//! publishes them to readers and advances the acknowledged position.
+
+pub mod ack;
+pub mod plan;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shapes::change::{Txn, TxnItem};
+use shapes::log::sync_filesystem;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::ack::AckState;
+use self::registry::{LiveShape, Registry};
+
+/// Most transactions in one group commit.
+const MAX_BATCH: usize = 4096;
+/// Up to this many touched logs are synced one by one; more share one `syncfs`.
+const SYNC_EACH_UP_TO: usize = 4;
+
+/// Runs until the channel closes or cancellation. An I/O error ends it: nothing after the
+/// last durable batch is acknowledged, so PostgreSQL resends it after a restart.
+pub async fn run(
+    mut txns: mpsc::Receiver<Txn>,
+    registry: Arc<Registry>,
+    ack: Arc<AckState>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        batch.clear();
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            n = txns.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return Ok(()) },
+        }
+        let registry = registry.clone();
+        let ack = ack.clone();
+        let taken = std::mem::take(&mut batch);
+        // File I/O and fsync block: run the batch off the async workers.
+        batch = tokio::task::spawn_blocking(move || apply_batch(&registry, &ack, taken))
+            .await
+            .map_err(std::io::Error::other)??;
+    }
+}
+
+fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io::Result<Vec<Txn>> {
+    let mut touched: HashMap<u64, Arc<LiveShape>> = HashMap::new();
+    for txn in &batch {
+        apply_txn(registry, txn, &mut touched)?;
+    }
+    if !touched.is_empty() {
+        let marks: Vec<_> = touched.values().map(|s| (s.clone(), s.log.written_mark())).collect();
+        if touched.len() <= SYNC_EACH_UP_TO {
+            for s in touched.values() {
+                s.log.sync()?;
+            }
+        } else {
+            sync_filesystem(registry.data_dir())?;
+        }
+        for (s, mark) in marks {
+            s.log.publish(mark);
+        }
+    }
+    if let Some(last) = batch.last() {
+        ack.note_durable(last.end_lsn, last.commit_lsn);
+    }
+    let mut batch = batch;
+    batch.clear();
+    Ok(batch)
+}
+
+fn apply_txn(registry: &Registry, txn: &Txn, touched: &mut HashMap<u64, Arc<LiveShape>>) -> std::io::Result<()> {
+    let mut per_shape: HashMap<u64, (Arc<LiveShape>, Vec<plan::Planned>)> = HashMap::new();
+    let mut candidates = Vec::new();
+    for item in &txn.items {
+        match item {
+            TxnItem::Relation(rel) => registry.on_relation(rel),
+            TxnItem::Truncate { relations } => {
+                for oid in relations {
+                    registry.rotate_table(*oid, "the table was truncated");
+                }
+            }
+            TxnItem::Change { relation, change } => {
+                let shapes = registry.candidates(*relation, change, &mut candidates);
+                for shape in shapes {
+                    match plan::plan(&shape.shape, &shape.encoder, change) {
+                        Ok(planned) if planned.is_empty() => {}
+                        Ok(planned) => per_shape.entry(shape.id).or_insert_with(|| (shape.clone(), Vec::new())).1.extend(planned),
+                        Err(e) => {
+                            // Never send a value we cannot vouch for: the client refetches.
+                            registry.rotate(&shape, &format!("a change could not be evaluated: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (id, (shape, planned)) in per_shape {
+        if shape.log.version().gone {
+            continue;
+        }
+        if shape.accept_txn(txn, &planned)? {
+            touched.insert(id, shape);
+        }
+    }
+    Ok(())
+}

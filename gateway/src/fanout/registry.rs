@@ -1,0 +1,420 @@
+//! The live shapes: found by definition, by handle and, for routing, by table. Shapes are
+//! persisted under `<data-dir>/shapes/<handle>/` and reloaded at start; a shape whose
+//! snapshot never completed is discarded (its clients get 409 and refetch).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use shapes::change::{Change, Relation, Txn};
+use shapes::index::RoutingIndex;
+use shapes::log::{ShapeLog, write_atomically};
+use shapes::offset::LogOffset;
+use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
+use shapes::table::{TableName, TableSchema};
+use shapes::where_clause::BindOptions;
+use shapes::wire::{LiveHeaders, MessageEncoder, schema_header};
+
+use super::plan::Planned;
+
+/// `pg_current_snapshot()` of a shape's snapshot transaction.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    pub xmin: u64,
+    pub xmax: u64,
+    pub xip: Vec<u64>,
+}
+
+impl SnapshotInfo {
+    /// Parses `xmin:xmax:xip,xip`.
+    pub fn parse(s: &str) -> Option<SnapshotInfo> {
+        let mut parts = s.splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next()? {
+            "" => Vec::new(),
+            list => list.split(',').map(|x| x.parse().ok()).collect::<Option<_>>()?,
+        };
+        Some(SnapshotInfo { xmin, xmax, xip })
+    }
+
+    /// Whether the snapshot already contains the effects of transaction `xid` (32-bit, as the
+    /// stream reports it; compared modulo 2^32 like PostgreSQL does).
+    pub fn contains(&self, xid: u32) -> bool {
+        let precedes = |a: u32, b: u32| (a.wrapping_sub(b) as i32) < 0;
+        precedes(xid, self.xmin as u32) || (precedes(xid, self.xmax as u32) && !self.xip.iter().any(|x| *x as u32 == xid))
+    }
+}
+
+/// Stream transactions held until the snapshot's visibility is known.
+type PendingTxn = (u32, Vec<(LogOffset, Vec<u8>)>);
+
+enum Visibility {
+    Pending(Vec<PendingTxn>),
+    Known(SnapshotInfo),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ShapeMeta {
+    handle: ShapeHandle,
+    spec: ShapeSpec,
+    table: TableSchema,
+    snapshot: SnapshotInfo,
+}
+
+/// Why a shape's snapshot failed, for requests waiting on it.
+#[derive(Clone, Debug)]
+pub struct ShapeFailure {
+    /// The filter or data is at fault (a 400), not the server.
+    pub client_error: bool,
+    pub message: String,
+}
+
+pub struct LiveShape {
+    pub id: u64,
+    pub handle: ShapeHandle,
+    pub key: ShapeKey,
+    pub shape: Shape,
+    pub log: ShapeLog,
+    pub encoder: MessageEncoder,
+    pub schema_header: String,
+    visibility: Mutex<Visibility>,
+    failure: Mutex<Option<ShapeFailure>>,
+}
+
+impl LiveShape {
+    /// Encodes one transaction's planned messages and appends them, unless the snapshot
+    /// already holds the transaction or the log already has it (a replay after restart).
+    /// Returns whether anything was written.
+    pub fn accept_txn(&self, txn: &Txn, planned: &[Planned]) -> io::Result<bool> {
+        let mut vis = self.visibility.lock().unwrap();
+        if let Visibility::Known(snap) = &*vis {
+            if snap.contains(txn.xid) || txn.commit_lsn <= self.log.written_lsn() {
+                return Ok(false);
+            }
+        }
+        let entries = self.encode(txn, planned);
+        match &mut *vis {
+            Visibility::Pending(buffer) => {
+                buffer.push((txn.xid, entries));
+                Ok(false)
+            }
+            Visibility::Known(_) => {
+                self.log.append(&entries)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn encode(&self, txn: &Txn, planned: &[Planned]) -> Vec<(LogOffset, Vec<u8>)> {
+        let mut out = Vec::with_capacity(planned.len());
+        let mut op = 0u64;
+        for (i, p) in planned.iter().enumerate() {
+            // A key change's insert sits right after its delete; other changes step by 2.
+            if i > 0 {
+                op += if planned[i - 1].key_change_to.is_some() { 1 } else { 2 - (op % 2) };
+            }
+            let headers = LiveHeaders {
+                txid: txn.xid,
+                lsn: txn.commit_lsn,
+                op_position: op,
+                last: i + 1 == planned.len(),
+                key_change_to: p.key_change_to.as_deref(),
+                key_change_from: p.key_change_from.as_deref(),
+            };
+            let mut msg = Vec::with_capacity(256);
+            let fields = p.value.iter().map(|(c, v)| (*c, v.as_deref()));
+            let old: Option<Vec<(usize, Option<&str>)>> =
+                p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_deref())).collect());
+            self.encoder.write_change(&mut msg, p.op, &p.key, fields, old.as_deref(), Some(headers));
+            out.push((LogOffset::change(txn.commit_lsn, op), msg));
+        }
+        out
+    }
+
+    /// The snapshot's visibility is known: stream transactions it already contains are
+    /// dropped, the rest are written, and from now on transactions go straight to the log.
+    pub fn set_snapshot(&self, snap: SnapshotInfo) -> io::Result<()> {
+        let mut vis = self.visibility.lock().unwrap();
+        if let Visibility::Pending(buffer) = &mut *vis {
+            for (xid, entries) in std::mem::take(buffer) {
+                if !snap.contains(xid) {
+                    self.log.append(&entries)?;
+                }
+            }
+        }
+        *vis = Visibility::Known(snap);
+        drop(vis);
+        self.log.sync_and_publish()
+    }
+
+    /// Records the shape so it survives a restart (before the snapshot is marked complete).
+    pub fn persist(&self, snapshot: SnapshotInfo) -> io::Result<()> {
+        let meta = ShapeMeta { handle: self.handle.clone(), spec: self.shape.spec.clone(), table: self.shape.table.clone(), snapshot };
+        write_atomically(&self.log.dir().join("shape.json"), &serde_json::to_vec(&meta).map_err(io::Error::other)?)
+    }
+
+    pub fn fail(&self, failure: ShapeFailure) {
+        *self.failure.lock().unwrap() = Some(failure);
+        self.log.mark_gone();
+    }
+
+    pub fn failure(&self) -> Option<ShapeFailure> {
+        self.failure.lock().unwrap().clone()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_key: HashMap<ShapeKey, Arc<LiveShape>>,
+    by_handle: HashMap<ShapeHandle, Arc<LiveShape>>,
+    by_id: HashMap<u64, Arc<LiveShape>>,
+    tables: HashMap<u32, RoutingIndex<u64>>,
+}
+
+pub struct Registry {
+    dir: PathBuf,
+    chunk_bytes: u64,
+    bind: BindOptions,
+    inner: RwLock<Inner>,
+    next_id: AtomicU64,
+    last_handle_micros: AtomicU64,
+    schemas: Mutex<HashMap<TableName, TableSchema>>,
+}
+
+impl Registry {
+    /// Opens the shapes stored under `data_dir`.
+    pub fn open(data_dir: &Path, chunk_bytes: u64, bind: BindOptions) -> io::Result<Registry> {
+        let dir = data_dir.join("shapes");
+        std::fs::create_dir_all(&dir)?;
+        let registry = Registry {
+            dir,
+            chunk_bytes,
+            bind,
+            inner: RwLock::new(Inner::default()),
+            next_id: AtomicU64::new(1),
+            last_handle_micros: AtomicU64::new(0),
+            schemas: Mutex::new(HashMap::new()),
+        };
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&registry.dir)? {
+            let path = entry?.path();
+            match registry.load(&path) {
+                Ok(true) => loaded += 1,
+                Ok(false) => {
+                    tracing::info!(dir = %path.display(), "discarding a shape whose snapshot never completed");
+                    std::fs::remove_dir_all(&path)?;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "discarding an unreadable shape");
+                    std::fs::remove_dir_all(&path)?;
+                }
+            }
+        }
+        tracing::info!(shapes = loaded, "shape logs loaded");
+        Ok(registry)
+    }
+
+    fn load(&self, path: &Path) -> io::Result<bool> {
+        let meta: ShapeMeta = match std::fs::read(path.join("shape.json")) {
+            Ok(b) => serde_json::from_slice(&b).map_err(io::Error::other)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let Some(log) = ShapeLog::open(path, self.chunk_bytes)? else { return Ok(false) };
+        let shape = Shape::bind(meta.spec, meta.table, self.bind).map_err(io::Error::other)?;
+        let live = self.live_shape(meta.handle, shape, log, Visibility::Known(meta.snapshot));
+        self.register(Arc::new(live));
+        Ok(true)
+    }
+
+    fn live_shape(&self, handle: ShapeHandle, shape: Shape, log: ShapeLog, visibility: Visibility) -> LiveShape {
+        LiveShape {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            handle,
+            key: shape.key(),
+            encoder: MessageEncoder::new(&shape.table),
+            schema_header: schema_header(&shape.table, &shape.selected),
+            shape,
+            log,
+            visibility: Mutex::new(visibility),
+            failure: Mutex::new(None),
+        }
+    }
+
+    fn register(&self, live: Arc<LiveShape>) {
+        let mut inner = self.inner.write().unwrap();
+        inner.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
+        inner.by_key.insert(live.key.clone(), live.clone());
+        inner.by_handle.insert(live.handle.clone(), live.clone());
+        inner.by_id.insert(live.id, live);
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn bind_options(&self) -> BindOptions {
+        self.bind
+    }
+
+    pub fn get(&self, key: &ShapeKey) -> Option<Arc<LiveShape>> {
+        self.inner.read().unwrap().by_key.get(key).cloned()
+    }
+
+    pub fn by_handle(&self, handle: &ShapeHandle) -> Option<Arc<LiveShape>> {
+        self.inner.read().unwrap().by_handle.get(handle).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Finds the live shape for `shape`'s definition, or creates it with a new handle and
+    /// an empty log waiting for its snapshot. `true` means the caller must snapshot it.
+    pub fn get_or_create(&self, shape: Shape) -> io::Result<(Arc<LiveShape>, bool)> {
+        let key = shape.key();
+        if let Some(existing) = self.get(&key) {
+            return Ok((existing, false));
+        }
+        let mut inner = self.inner.write().unwrap();
+        if let Some(existing) = inner.by_key.get(&key) {
+            return Ok((existing.clone(), false));
+        }
+        let handle = ShapeHandle::new(&key, self.unique_micros());
+        let log = ShapeLog::create(&self.dir.join(handle.as_str()), self.chunk_bytes)?;
+        let live = Arc::new(self.live_shape(handle, shape, log, Visibility::Pending(Vec::new())));
+        inner.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
+        inner.by_key.insert(live.key.clone(), live.clone());
+        inner.by_handle.insert(live.handle.clone(), live.clone());
+        inner.by_id.insert(live.id, live.clone());
+        Ok((live, true))
+    }
+
+    fn unique_micros(&self) -> u64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let prev = self.last_handle_micros.fetch_max(now, Ordering::SeqCst);
+        if prev >= now { self.last_handle_micros.fetch_add(1, Ordering::SeqCst) + 1 } else { now }
+    }
+
+    /// The shapes a change on table `oid` may touch.
+    pub fn candidates(&self, oid: u32, change: &Change, ids: &mut Vec<u64>) -> Vec<Arc<LiveShape>> {
+        let inner = self.inner.read().unwrap();
+        let Some(index) = inner.tables.get(&oid) else { return Vec::new() };
+        let rows: Vec<&[shapes::change::Cell]> = match change {
+            Change::Insert { new } => vec![new],
+            Change::Update { old: Some(old), new, .. } => vec![old, new],
+            Change::Update { old: None, new, .. } => vec![new],
+            Change::Delete { old, .. } => vec![old],
+        };
+        index.candidates(&rows, ids);
+        ids.iter().filter_map(|id| inner.by_id.get(id).cloned()).collect()
+    }
+
+    /// A Relation message: shapes built on a different column list, or that need old rows
+    /// the stream no longer sends, are rotated.
+    pub fn on_relation(&self, rel: &Relation) {
+        let affected: Vec<(Arc<LiveShape>, &str)> = {
+            let inner = self.inner.read().unwrap();
+            inner
+                .by_id
+                .values()
+                .filter(|s| s.shape.table.oid == rel.oid)
+                .filter_map(|s| {
+                    if !s.shape.table.same_columns(&rel.columns) {
+                        Some((s.clone(), "the table's columns changed"))
+                    } else if s.shape.needs_old_rows() && rel.replica_identity != b'f' {
+                        Some((s.clone(), "the table's REPLICA IDENTITY is no longer FULL"))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        if !affected.is_empty() || self.schemas.lock().unwrap().values().any(|t| t.oid == rel.oid && !t.same_columns(&rel.columns)) {
+            self.schemas.lock().unwrap().retain(|_, t| t.oid != rel.oid);
+        }
+        for (shape, reason) in affected {
+            self.rotate(&shape, reason);
+        }
+    }
+
+    /// Rotates every shape of a table (TRUNCATE, DELETE by table).
+    pub fn rotate_table(&self, oid: u32, reason: &str) -> usize {
+        let shapes: Vec<Arc<LiveShape>> =
+            self.inner.read().unwrap().by_id.values().filter(|s| s.shape.table.oid == oid).cloned().collect();
+        for s in &shapes {
+            self.rotate(s, reason);
+        }
+        shapes.len()
+    }
+
+    /// Ends a shape generation: readers get 409, the next request creates a new handle.
+    pub fn rotate(&self, shape: &LiveShape, reason: &str) {
+        let removed = {
+            let mut inner = self.inner.write().unwrap();
+            let removed = inner.by_id.remove(&shape.id).is_some();
+            if removed {
+                inner.by_handle.remove(&shape.handle);
+                if inner.by_key.get(&shape.key).is_some_and(|s| s.id == shape.id) {
+                    inner.by_key.remove(&shape.key);
+                }
+                if let Some(index) = inner.tables.get_mut(&shape.shape.table.oid) {
+                    index.remove(shape.id);
+                    if index.is_empty() {
+                        inner.tables.remove(&shape.shape.table.oid);
+                    }
+                }
+            }
+            removed
+        };
+        if removed {
+            tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, reason, "shape rotated");
+            if let Err(e) = shape.log.destroy() {
+                tracing::warn!(handle = %shape.handle, error = %e, "could not remove a rotated shape's files");
+            }
+        }
+    }
+
+    pub fn cached_schema(&self, name: &TableName) -> Option<TableSchema> {
+        self.schemas.lock().unwrap().get(name).cloned()
+    }
+
+    pub fn cache_schema(&self, schema: TableSchema) {
+        self.schemas.lock().unwrap().insert(schema.name.clone(), schema);
+    }
+
+    pub fn forget_schema(&self, name: &TableName) {
+        self.schemas.lock().unwrap().remove(name);
+    }
+
+    /// Shapes of a table by name (for DELETE).
+    pub fn shapes_of(&self, name: &TableName) -> Vec<Arc<LiveShape>> {
+        self.inner.read().unwrap().by_id.values().filter(|s| &s.shape.table.name == name).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_visibility_follows_postgres_rules() {
+        let s = SnapshotInfo::parse("100:105:101,103").unwrap();
+        assert!(s.contains(99));
+        assert!(!s.contains(101), "in progress at snapshot time");
+        assert!(s.contains(102));
+        assert!(!s.contains(105), "started after the snapshot");
+        assert!(!s.contains(200));
+        assert_eq!(SnapshotInfo::parse("5:5:").unwrap().xip, Vec::<u64>::new());
+        let wrapped = SnapshotInfo { xmin: (1u64 << 32) + 5, xmax: (1u64 << 32) + 10, xip: vec![] };
+        assert!(wrapped.contains(u32::MAX - 3), "xids before the wrap precede xmin");
+        assert!(!wrapped.contains(12));
+    }
+}

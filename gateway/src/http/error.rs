@@ -1,0 +1,59 @@
+//! HTTP errors: a stable code and a message that says how to fix the request.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A shape request the protocol rejects; `field` names the parameter, as Electric does.
+    #[error("{message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u32 },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid { field, message: message.into() }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body, retry) = match &self {
+            ApiError::Invalid { field, message } => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_request", "message": format!("{field}: {message}"), "errors": {*field: [message]}}),
+                None,
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, serde_json::json!({"error": "forbidden", "message": m}), None),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": m}), None),
+            ApiError::Unavailable { message, retry_after } => {
+                (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "unavailable", "message": message}), Some(*retry_after))
+            }
+            ApiError::Internal(detail) => {
+                // Logged once here; never echoed to the client.
+                tracing::error!(error = %detail, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "internal", "message": "internal error; see the gateway log"}), None)
+            }
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert("surrogate-control", HeaderValue::from_static("no-store"));
+        if let Some(secs) = retry {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

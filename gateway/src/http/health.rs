@@ -1,0 +1,32 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+
+/// Electric's health check.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let (status, body) = match state.status.readiness() {
+        Ok(()) => (StatusCode::OK, serde_json::json!({"status": "active"})),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "starting"})),
+    };
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    r
+}
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "alive"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.status.readiness() {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "not_ready", "message": reason}))).into_response()
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The HTTP surface: routes, shared state, CORS. Handlers are thin: parse, call one
+//! domain function, map the result.
+
+pub mod error;
+pub mod health;
+pub mod openapi;
+pub mod request;
+pub mod shape;
+pub mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::ack::AckState;
+use crate::fanout::registry::Registry;
+use crate::status::Status;
+use self::error::ApiError;
+
+/// Settings the HTTP layer needs.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub db: tokio_postgres::Config,
+    pub publication: String,
+    pub long_poll_timeout: Duration,
+    pub sse_timeout: Duration,
+    pub sse_keepalive: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<HttpSettings>,
+    pub registry: Arc<Registry>,
+    pub ack: Arc<AckState>,
+    pub status: Arc<Status>,
+    pub cancel: CancellationToken,
+    /// Serializes shape creation (publication changes, snapshot start).
+    pub create_lock: Arc<tokio::sync::Mutex<()>>,
+    catalog: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
+}
+
+impl AppState {
+    pub fn new(settings: HttpSettings, registry: Arc<Registry>, ack: Arc<AckState>, status: Arc<Status>, cancel: CancellationToken) -> Self {
+        AppState {
+            settings: Arc::new(settings),
+            registry,
+            ack,
+            status,
+            cancel,
+            create_lock: Default::default(),
+            catalog: Default::default(),
+        }
+    }
+
+    /// A session for catalog reads, reconnected when it dropped.
+    pub async fn catalog(&self) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, ApiError> {
+        let mut guard = self.catalog.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            let client = crate::db::connect(&self.settings.db)
+                .await
+                .map_err(|e| ApiError::Unavailable { message: format!("database unreachable: {e}"), retry_after: 10 })?;
+            *guard = Some(client);
+        }
+        Ok(tokio::sync::MutexGuard::map(guard, |c| c.as_mut().expect("connected above")))
+    }
+}
+
+/// Every route, for the router and the OpenAPI document (a test keeps them in step).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/shape"),
+    ("delete", "/v1/shape"),
+    ("get", "/v1/health"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/v1/openapi.json"),
+];
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape))
+        .route("/v1/health", get(health::health))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .layer(middleware::from_fn(cors))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": "not_found", "message": "no such endpoint; see /v1/openapi.json"}))).into_response()
+}
+
+const EXPOSED: &str = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after,etag";
+
+/// CORS on every response; preflights answered here. Browsers talk to the gateway
+/// directly, so `authorization` and any requested header are allowed.
+async fn cors(req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let requested = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+    let mut resp = if req.method() == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, HEAD, DELETE, OPTIONS"));
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        if let Some(req_headers) = requested {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, req_headers);
+        }
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.unwrap_or(HeaderValue::from_static("*")));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    resp
+}

@@ -1,0 +1,72 @@
+//! `GET /v1/openapi.json`: an OpenAPI 3 description of every route in [`super::ROUTES`].
+
+use axum::Json;
+use serde_json::{Value, json};
+
+pub fn spec() -> Value {
+    let shape_params = json!([
+        {"name": "table", "in": "query", "required": true, "schema": {"type": "string"}, "description": "table or schema.table; quote names with capitals"},
+        {"name": "offset", "in": "query", "required": true, "schema": {"type": "string"}, "description": "-1, now, or an electric-offset"},
+        {"name": "handle", "in": "query", "schema": {"type": "string"}, "description": "required unless offset is -1 or now"},
+        {"name": "live", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "live_sse", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {"name": "where", "in": "query", "schema": {"type": "string"}, "description": "row filter (SQL subset); $n placeholders bind params[n]"},
+        {"name": "columns", "in": "query", "schema": {"type": "string"}, "description": "comma-separated column list; must include the primary key"},
+        {"name": "replica", "in": "query", "schema": {"type": "string", "enum": ["default", "full"]}},
+        {"name": "log", "in": "query", "schema": {"type": "string", "enum": ["full", "changes_only"]}},
+        {"name": "params", "in": "query", "style": "deepObject", "schema": {"type": "object"}}
+    ]);
+    let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "gateway", "version": env!("CARGO_PKG_VERSION"), "description": "Postgres sync gateway; the shape endpoints follow the Electric shape protocol."},
+        "paths": {
+            "/v1/shape": {
+                "get": {
+                    "summary": "Read a shape: snapshot chunks, catch-up, long-poll or SSE",
+                    "parameters": shape_params,
+                    "responses": {
+                        "200": {"description": "JSON array of messages (or an SSE stream with live_sse)"},
+                        "304": {"description": "not modified (If-None-Match)"},
+                        "400": error, "409": {"description": "must-refetch: the handle is gone; electric-handle names the new one"},
+                        "503": error
+                    }
+                },
+                "delete": {
+                    "summary": "Drop a table's shapes (or one, with handle)",
+                    "parameters": [{"name": "table", "in": "query", "required": true, "schema": {"type": "string"}}, {"name": "handle", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"202": {"description": "deleted"}, "400": error, "404": error}
+                }
+            },
+            "/v1/health": {"get": {"summary": "Electric health check", "responses": {"200": {"description": "active"}, "503": {"description": "starting"}}}},
+            "/healthz": {"get": {"summary": "the process is alive", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "replication connected", "responses": {"200": {"description": "ready"}, "503": error}}},
+            "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3"}}}}
+        },
+        "components": {"schemas": {"Error": {"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}}}
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let spec = spec();
+        let paths = spec["paths"].as_object().unwrap();
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone())))
+            .collect();
+        let mut routes: Vec<(String, String)> = crate::http::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
+}

@@ -1,0 +1,316 @@
+//! `GET /v1/shape` and `DELETE /v1/shape`: resolve the shape, then serve the snapshot
+//! chunk, the live log from an offset, a long-poll, or hand over to SSE.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shapes::log::{LiveRead, LogVersion};
+use shapes::offset::{LogOffset, Lsn};
+use shapes::shape::Shape;
+use shapes::wire::{MUST_REFETCH, up_to_date};
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{self, RequestOffset, ShapeRequest};
+use crate::db;
+use crate::fanout::registry::LiveShape;
+use crate::replication::{ReplicationError, slot};
+
+const CACHE_INITIAL: &str = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746";
+const CACHE_CATCH_UP: &str = "public, max-age=60, stale-while-revalidate=300";
+const CACHE_LIVE: &str = "public, max-age=5, stale-while-revalidate=5";
+/// How long a first request waits for its snapshot to produce a chunk.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
+
+pub async fn get_shape(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let req = request::parse(raw.as_deref())?;
+    let shape = resolve(&state, &req).await?;
+    if let Some(h) = &req.handle {
+        if *h != shape.handle {
+            return Ok(must_refetch(Some(&shape)));
+        }
+    }
+    match req.offset {
+        RequestOffset::Start => serve_snapshot_chunk(&state, &req, &headers, shape, 0).await,
+        RequestOffset::Now => {
+            wait_for(&shape, |v| v.snapshot_complete).await?;
+            let head = shape.log.version().head;
+            let lsn = state.ack.seen().max(Lsn(head.tx()));
+            let body = format!("[{}]", String::from_utf8_lossy(&up_to_date(lsn)));
+            Ok(respond(&state, &req, &headers, &shape, head, true, false, body.into()))
+        }
+        RequestOffset::At(o) => match o.as_snapshot_chunk() {
+            Some(n) => serve_snapshot_chunk(&state, &req, &headers, shape, n + 1).await,
+            None => serve_live(&state, &req, &headers, shape, o).await,
+        },
+    }
+}
+
+/// Finds the shape for the request's definition, creating it (and its snapshot) if new.
+async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>, ApiError> {
+    let schema = match state.registry.cached_schema(&req.table) {
+        Some(s) => s,
+        None => {
+            let client = state.catalog().await?;
+            let s = db::table_schema(&client, &req.table)
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "table",
+                        format!("Table {} does not exist. If the table name contains capitals or special characters you must quote it.", req.table.quoted()),
+                    )
+                })?;
+            state.registry.cache_schema(s.clone());
+            s
+        }
+    };
+    let bind = |schema| {
+        Shape::bind(req.spec.clone(), schema, state.registry.bind_options()).map_err(|e| match e {
+            shapes::shape::ShapeError::Where(w) => ApiError::invalid("where", w.to_string()),
+            shapes::shape::ShapeError::Columns(c) => ApiError::invalid("columns", c),
+        })
+    };
+    let shape = bind(schema.clone())?;
+    if let Some(existing) = state.registry.get(&shape.key()) {
+        return Ok(existing);
+    }
+    // Creating shapes is rare; one at a time keeps publication changes race-free.
+    let _guard = state.create_lock.lock().await;
+    if let Some(existing) = state.registry.get(&shape.key()) {
+        return Ok(existing);
+    }
+    let client = state.catalog().await?;
+    let changed = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
+        .await
+        .map_err(|e| match e {
+            ReplicationError::Privilege { .. } => ApiError::Forbidden(e.to_string()),
+            e => ApiError::internal(e),
+        })?;
+    let shape = if changed || (shape.needs_old_rows() && !schema.replica_identity_full) {
+        let fresh = db::table_schema(&client, &req.table).await.map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::invalid("table", "the table was dropped"))?;
+        state.registry.cache_schema(fresh.clone());
+        bind(fresh)?
+    } else {
+        shape
+    };
+    let (live, created) = state.registry.get_or_create(shape).map_err(ApiError::internal)?;
+    if created {
+        tokio::spawn(crate::snapshot::run(state.settings.db.clone(), state.registry.clone(), live.clone()));
+    }
+    Ok(live)
+}
+
+/// Waits until `ready` holds for the shape's log, or it is gone (→ 409 or the failure).
+async fn wait_for(shape: &LiveShape, ready: impl Fn(&LogVersion) -> bool) -> Result<LogVersion, ApiError> {
+    let mut rx = shape.log.subscribe();
+    let waited = tokio::time::timeout(SNAPSHOT_WAIT, rx.wait_for(|v| v.gone || ready(v))).await;
+    let v = match waited {
+        Ok(Ok(v)) => *v,
+        _ => return Err(ApiError::Unavailable { message: "the shape's snapshot is taking long; retry".into(), retry_after: 5 }),
+    };
+    if v.gone {
+        return Err(gone_error(shape));
+    }
+    Ok(v)
+}
+
+fn gone_error(shape: &LiveShape) -> ApiError {
+    match shape.failure() {
+        Some(f) if f.client_error => ApiError::invalid("where", f.message),
+        Some(f) => ApiError::Unavailable { message: f.message, retry_after: 1 },
+        None => ApiError::Unavailable { message: "the shape was rotated; retry".into(), retry_after: 1 },
+    }
+}
+
+async fn serve_snapshot_chunk(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: Arc<LiveShape>, n: u64) -> Result<Response, ApiError> {
+    let v = wait_for(&shape, |v| v.snapshot_chunks > n || v.snapshot_complete).await?;
+    if n >= v.snapshot_chunks {
+        return serve_live(state, req, headers, shape, LogOffset::SNAPSHOT_END).await;
+    }
+    let log_shape = shape.clone();
+    let body = tokio::task::spawn_blocking(move || log_shape.log.read_snapshot_chunk(n))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("snapshot chunk vanished"))?;
+    Ok(respond(state, req, headers, &shape, LogOffset::snapshot_chunk(n), false, true, Body::from(body)))
+}
+
+pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<LiveRead, ApiError> {
+    let s = shape.clone();
+    tokio::task::spawn_blocking(move || s.log.read_live(after)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)
+}
+
+async fn serve_live(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: Arc<LiveShape>, after: LogOffset) -> Result<Response, ApiError> {
+    let v = wait_for(&shape, |v| v.snapshot_complete).await?;
+    if after > v.head {
+        // A client ahead of the log (e.g. after a failover): give the log a moment to catch up.
+        let wait = state.settings.long_poll_timeout / 2;
+        let mut rx = shape.log.subscribe();
+        match tokio::time::timeout(wait, rx.wait_for(|v| v.gone || v.head >= after)).await {
+            Ok(Ok(v)) if !v.gone => {}
+            Ok(Ok(_)) => return Ok(must_refetch(state.registry.get(&shape.key).as_deref())),
+            _ => return Err(ApiError::invalid("offset", "out of bounds for this shape")),
+        }
+    }
+    if req.sse {
+        return Ok(super::sse::stream(state.clone(), req, shape, after));
+    }
+    let mut rx = shape.log.subscribe();
+    let deadline = tokio::time::Instant::now() + state.settings.long_poll_timeout;
+    loop {
+        let seen = state.ack.seen();
+        let read = read_live(&shape, after).await?;
+        if read.count > 0 || !req.live {
+            let last = read.last.unwrap_or(after);
+            let mut body = Vec::with_capacity(read.body.len() + 100);
+            body.push(b'[');
+            body.extend_from_slice(&read.body);
+            if read.at_end {
+                if read.count > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&up_to_date(seen.max(Lsn(last.tx()))));
+            }
+            body.push(b']');
+            return Ok(respond(state, req, headers, &shape, last, read.at_end, read.count > 0, body.into()));
+        }
+        // Live and nothing new: hold the request until data, rotation or timeout.
+        tokio::select! {
+            changed = rx.wait_for(|v| v.gone || v.head > after) => {
+                if changed.map(|v| v.gone).unwrap_or(true) {
+                    return Ok(must_refetch(state.registry.get(&shape.key).as_deref()));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let lsn = state.ack.seen().max(Lsn(shape.log.version().head.tx()));
+                let body = format!("[{}]", String::from_utf8_lossy(&up_to_date(lsn)));
+                return Ok(respond(state, req, headers, &shape, after, true, false, body.into()));
+            }
+            _ = state.cancel.cancelled() => {
+                return Err(ApiError::Unavailable { message: "the gateway is shutting down".into(), retry_after: 1 });
+            }
+        }
+    }
+}
+
+/// The next `electric-cursor`: the end of the current long-poll interval, so clients at
+/// the same position share one URL (CDN collapsing) that changes every interval.
+pub fn next_cursor(previous: u64, interval_secs: u64, now_unix: u64) -> u64 {
+    const EPOCH: u64 = 1_728_432_000; // 2024-10-09T00:00:00Z
+    if interval_secs == 0 {
+        return 0;
+    }
+    let now = now_unix.saturating_sub(EPOCH);
+    let next = now.div_ceil(interval_secs) * interval_secs;
+    if next > previous { next } else { previous + rand::random_range(1..=3600) }
+}
+
+pub(super) fn cursor_for(state: &AppState, req: &ShapeRequest) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    next_cursor(req.cursor, state.settings.long_poll_timeout.as_secs(), now)
+}
+
+fn offset_text(req: &ShapeRequest) -> String {
+    match req.offset {
+        RequestOffset::Start => "-1".into(),
+        RequestOffset::Now => "now".into(),
+        RequestOffset::At(o) => o.to_string(),
+    }
+}
+
+fn respond(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: &LiveShape, offset: LogOffset, up_to_date: bool, has_data: bool, body: Body) -> Response {
+    let mut etag = format!("{}:{}:{}", shape.handle, offset_text(req), offset);
+    if !has_data && req.live {
+        // No-data answers must never revalidate into a loop.
+        etag.push_str(&format!(":{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+    }
+    let quoted = format!("\"{etag}\"");
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_matches('"') == etag));
+    let mut resp = if not_modified { StatusCode::NOT_MODIFIED.into_response() } else { Response::new(body) };
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set(h, "electric-handle", shape.handle.as_str());
+    set(h, "electric-offset", &offset.to_string());
+    set(h, "electric-has-data", if has_data { "true" } else { "false" });
+    set(h, "etag", &quoted);
+    if up_to_date {
+        h.insert("electric-up-to-date", HeaderValue::from_static(""));
+    }
+    if req.live {
+        set(h, "electric-cursor", &cursor_for(state, req).to_string());
+    } else {
+        set(h, "electric-schema", &shape.schema_header);
+    }
+    let cache = match (req.offset, req.live) {
+        (RequestOffset::Start, _) => CACHE_INITIAL,
+        (_, true) => CACHE_LIVE,
+        _ => CACHE_CATCH_UP,
+    };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    resp
+}
+
+/// 409: the handle is gone or belongs to another definition; `current` is its replacement.
+pub(super) fn must_refetch(current: Option<&LiveShape>) -> Response {
+    let mut resp = (StatusCode::CONFLICT, MUST_REFETCH).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    match current.and_then(|s| HeaderValue::from_str(s.handle.as_str()).ok()) {
+        Some(v) => {
+            h.insert("electric-handle", v);
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60, must-revalidate"));
+        }
+        None => {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1, must-revalidate"));
+        }
+    }
+    resp
+}
+
+pub async fn delete_shape(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let pairs = request::pairs(raw.as_deref());
+    let (table, _) = request::parse_definition(&pairs)?;
+    let handle = pairs.iter().find(|(k, _)| k == "handle").map(|(_, v)| v.clone());
+    let shapes = state.registry.shapes_of(&table);
+    let targets: Vec<_> = match &handle {
+        Some(h) => shapes.into_iter().filter(|s| s.handle.as_str() == h).collect(),
+        None => shapes,
+    };
+    if targets.is_empty() && handle.is_some() {
+        return Err(ApiError::NotFound("No existing shape found".into()));
+    }
+    for s in &targets {
+        state.registry.rotate(s, "deleted through the API");
+    }
+    state.registry.forget_schema(&table);
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_moves_to_the_next_interval_and_never_repeats() {
+        let epoch = 1_728_432_000;
+        assert_eq!(next_cursor(0, 20, epoch + 45), 60);
+        assert_eq!(next_cursor(59, 20, epoch + 45), 60);
+        let bumped = next_cursor(60, 20, epoch + 45);
+        assert!(bumped > 60 && bumped <= 3660);
+    }
+}

@@ -1,0 +1,113 @@
+//! The gateway: how changes move from PostgreSQL to clients.
+//!
+//! One change travels: `replication::stream` (pgoutput) → `replication::decode` →
+//! `replication::txn` (whole transactions, bounded channel) → `fanout` (route, encode,
+//! append, group fsync, publish, acknowledge) → `http::shape` / `http::sse` (read the log
+//! from the client's offset and send the stored bytes).
+
+pub mod config;
+pub mod db;
+pub mod devdb;
+pub mod fanout;
+pub mod http;
+pub mod replication;
+pub mod snapshot;
+pub mod status;
+
+use std::sync::Arc;
+
+use shapes::where_clause::BindOptions;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuthMode, ServeConfig};
+use crate::fanout::ack::AckState;
+use crate::fanout::registry::Registry;
+use crate::http::{AppState, HttpSettings};
+use crate::replication::stream::StreamSettings;
+use crate::replication::{ReplicationError, slot};
+use crate::status::Status;
+
+/// Transactions decoded but not yet stored. Full means the fan-out is behind: the stream
+/// stops reading WAL until there is room (backpressure, never loss).
+const TXN_CHANNEL: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--auth none is for development only and needs a loopback --listen address (got {0})")]
+    NoneAuthNotLoopback(std::net::SocketAddr),
+    #[error("--auth jwt is not available in this build yet; use --auth none on a loopback address")]
+    JwtNotAvailable,
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("shape storage failed: {0}")]
+    Storage(std::io::Error),
+}
+
+/// Runs `gateway serve` until `shutdown` is cancelled or a fatal error.
+pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    match cfg.auth {
+        AuthMode::None if !cfg.listen.ip().is_loopback() => return Err(StartError::NoneAuthNotLoopback(cfg.listen)),
+        AuthMode::None => tracing::warn!("--auth none: every published table is readable without a token (development only)"),
+        AuthMode::Jwt => return Err(StartError::JwtNotAvailable),
+    }
+    let db_cfg = db::parse_url(&cfg.database_url)?;
+    let client = db::connect(&db_cfg).await?;
+    slot::check_wal_level(&client).await?;
+    slot::ensure_publication(&client, &cfg.publication).await?;
+    let confirmed = slot::ensure_slot(&client, &cfg.slot).await?;
+    let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
+    drop(client);
+
+    let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
+    let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
+    let ack = Arc::new(AckState::new(confirmed));
+    let status = Arc::new(Status::default());
+    let cancel = shutdown.child_token();
+
+    let (txn_tx, txn_rx) = mpsc::channel(TXN_CHANNEL);
+    let stream_settings = StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
+    let mut replication = tokio::spawn(replication::stream::run(stream_settings, txn_tx, ack.clone(), status.clone(), cancel.clone()));
+    let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), cancel.clone()));
+
+    let settings = HttpSettings {
+        db: db_cfg,
+        publication: cfg.publication.clone(),
+        long_poll_timeout: cfg.long_poll_timeout(),
+        sse_timeout: cfg.sse_timeout(),
+        sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
+    };
+    let state = AppState::new(settings, registry, ack.clone(), status, cancel.clone());
+    let listener = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
+    let server_cancel = cancel.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, http::app(state)).with_graceful_shutdown(server_cancel.cancelled_owned()).await
+    });
+
+    // Whichever ends first decides; the rest are stopped through the shared token.
+    let outcome: Result<(), StartError> = tokio::select! {
+        r = &mut replication => match r {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        },
+        r = &mut fanout => match r {
+            Ok(Err(e)) => Err(StartError::Storage(e)),
+            _ => Ok(()),
+        },
+        _ = &mut server => Ok(()),
+    };
+    cancel.cancel();
+    let _ = fanout.await;
+    let _ = replication.await;
+    let _ = server.await;
+    tracing::info!(flushed = %ack.durable(), "stopped");
+    outcome
+}
