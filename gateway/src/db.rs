@@ -66,7 +66,7 @@ select c.oid, c.relreplident::text, a.attname::text,
        a.atttypid, coalesce(et.typname, t.typname)::text,
        case when et.oid is not null then greatest(a.attndims, 1) else 0 end::int4,
        a.atttypmod, a.attnotnull,
-       (array_position(i.indkey::int2[], a.attnum) - 1)::int4
+       array_position(i.indkey::int2[], a.attnum)::int4
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''

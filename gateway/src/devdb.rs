@@ -91,7 +91,7 @@ impl DevPostgres {
         std::fs::create_dir_all(&root)?;
         let db = DevPostgres { root, bin, port: free_port()?, run_as };
         db.own_root()?;
-        db.run("initdb", &["-D", &db.data().to_string_lossy(), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"])?;
+        db.run("initdb", &["-D", &db.data().to_string_lossy(), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions", "--no-sync"])?;
         db.write_conf(options)?;
         db.pg_ctl_start()?;
         Ok(db)

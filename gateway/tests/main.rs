@@ -1,0 +1,9 @@
+//! Integration tests: the real gateway binary against a real PostgreSQL (one throwaway
+//! cluster per test), driven through the shape protocol.
+
+mod support;
+
+mod api;
+mod filters;
+mod durability;
+mod sync;

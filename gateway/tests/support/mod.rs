@@ -1,0 +1,308 @@
+//! Test support: a throwaway PostgreSQL per test, the real `gateway` binary as a child
+//! process, and a shape follower that speaks the protocol the way the official client does
+//! and materializes rows like its `Shape` class.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway::devdb::{DevOptions, DevPostgres};
+use serde_json::{Map, Value};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One test's database and its gateway data dir.
+pub struct Env {
+    pub pg: DevPostgres,
+    pub url: String,
+    pub db: tokio_postgres::Client,
+    pub data_dir: PathBuf,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default())).await.unwrap().expect("start postgres");
+        let url = pg.url("postgres");
+        let db = connect(&url).await;
+        let data_dir = pg.root().join("gateway-data");
+        Env { pg, url, db, data_dir }
+    }
+
+    pub async fn sql(&self, sql: &str) {
+        self.db.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    /// Reconnects after a PostgreSQL restart.
+    pub async fn reconnect(&mut self) {
+        self.db = connect(&self.url).await;
+    }
+
+    pub fn gateway(&self) -> Gateway {
+        Gateway::start(&self.url, &self.data_dir, &[])
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The gateway binary, run as a child process so tests can kill -9 it.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    url: String,
+    data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Gateway {
+    pub fn start(db_url: &str, data_dir: &std::path::Path, extra: &[&str]) -> Gateway {
+        let mut g = Gateway { child: None, port: free_port(), url: db_url.into(), data_dir: data_dir.into(), extra: extra.iter().map(|s| s.to_string()).collect() };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["serve", "--auth", "none", "--database-url", &self.url])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--data-dir", &self.data_dir.to_string_lossy()])
+            .args(["--long-poll-timeout-ms", "1500", "--sse-timeout-s", "5", "--chunk-bytes", "4096"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        self.child = Some(child);
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("gateway exited early with {status}; log: {}", self.log());
+            }
+            if let Ok(r) = reqwest::get(format!("{}/readyz", self.base())).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < DEADLINE, "gateway not ready; log: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(started.elapsed() < DEADLINE, "gateway did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.ready().await;
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What a response told the follower.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+pub async fn get(url: &str) -> Response {
+    let r = reqwest::get(url).await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Response { status, headers, body }
+}
+
+/// Follows one shape by long-polling and materializes it.
+pub struct Follower {
+    base: String,
+    pub params: String,
+    pub handle: Option<String>,
+    pub offset: String,
+    cursor: String,
+    pub rows: BTreeMap<String, Map<String, Value>>,
+    pub refetches: usize,
+    /// (lsn, op_position) of every live change applied, to catch duplicates.
+    seen: HashSet<(String, u64)>,
+    pub duplicates: usize,
+    pub schema: Option<Value>,
+}
+
+impl Follower {
+    pub fn new(gateway: &Gateway, params: &str) -> Follower {
+        Follower {
+            base: gateway.base(),
+            params: params.into(),
+            handle: None,
+            offset: "-1".into(),
+            cursor: String::new(),
+            rows: BTreeMap::new(),
+            refetches: 0,
+            seen: HashSet::new(),
+            duplicates: 0,
+            schema: None,
+        }
+    }
+
+    /// Points the follower at another gateway (same data), keeping handle and offset.
+    pub fn rebase(&mut self, gateway: &Gateway) {
+        self.base = gateway.base();
+    }
+
+    fn url(&self, live: bool) -> String {
+        let mut u = format!("{}/v1/shape?{}&offset={}", self.base, self.params, self.offset);
+        if let Some(h) = &self.handle {
+            u.push_str(&format!("&handle={h}"));
+        }
+        if live {
+            u.push_str(&format!("&live=true&cursor={}", self.cursor));
+        }
+        u
+    }
+
+    /// One request; applies its messages. Returns whether it ended with up-to-date.
+    pub async fn step(&mut self, live: bool) -> bool {
+        let r = get(&self.url(live)).await;
+        match r.status {
+            200 => {}
+            409 => {
+                self.handle = r.headers.get("electric-handle").map(|h| h.to_str().unwrap().to_string());
+                self.offset = "-1".into();
+                self.rows.clear();
+                self.seen.clear();
+                self.refetches += 1;
+                return false;
+            }
+            s => panic!("status {s}: {}", r.body),
+        }
+        let h = |k: &str| r.headers.get(k).map(|v| v.to_str().unwrap().to_string());
+        self.handle = Some(h("electric-handle").expect("electric-handle"));
+        self.offset = h("electric-offset").expect("electric-offset");
+        if live {
+            self.cursor = h("electric-cursor").expect("electric-cursor on live responses");
+        } else {
+            self.schema = Some(serde_json::from_str(&h("electric-schema").expect("electric-schema on non-live responses")).unwrap());
+        }
+        let mut up_to_date = false;
+        for m in r.body.as_array().expect("array body") {
+            let headers = &m["headers"];
+            if headers["control"] == "up-to-date" {
+                assert!(headers["global_last_seen_lsn"].is_string());
+                up_to_date = true;
+                continue;
+            }
+            if headers.get("control").is_some() {
+                continue;
+            }
+            if let (Some(lsn), Some(op)) = (headers["lsn"].as_str(), headers["op_position"].as_u64()) {
+                if !self.seen.insert((lsn.to_string(), op)) {
+                    self.duplicates += 1;
+                    continue;
+                }
+            }
+            let key = m["key"].as_str().unwrap().to_string();
+            let value = m["value"].as_object().unwrap().clone();
+            match headers["operation"].as_str().unwrap() {
+                "insert" => {
+                    self.rows.insert(key, value);
+                }
+                "update" => {
+                    let row = self.rows.get_mut(&key).unwrap_or_else(|| panic!("update for a row the client does not hold: {key}"));
+                    row.extend(value);
+                }
+                "delete" => {
+                    self.rows.remove(&key);
+                }
+                op => panic!("unknown operation {op}"),
+            }
+        }
+        up_to_date
+    }
+
+    /// Catches up with non-live requests until up-to-date.
+    pub async fn sync(&mut self) {
+        let started = Instant::now();
+        while !self.step(false).await {
+            assert!(started.elapsed() < DEADLINE, "no up-to-date within the deadline");
+        }
+    }
+
+    /// Long-polls until `done(rows)` holds.
+    pub async fn live_until(&mut self, done: impl Fn(&BTreeMap<String, Map<String, Value>>) -> bool) {
+        let started = Instant::now();
+        while !done(&self.rows) {
+            assert!(started.elapsed() < DEADLINE, "live state never reached; rows: {:?}", self.rows);
+            if self.offset == "-1" {
+                self.sync().await;
+            } else {
+                self.step(true).await;
+            }
+        }
+    }
+
+    /// The rows as (id → value of `col`), for comparisons.
+    pub fn column(&self, id: &str, col: &str) -> BTreeMap<String, Value> {
+        self.rows.values().map(|r| (r[id].as_str().unwrap().to_string(), r.get(col).cloned().unwrap_or(Value::Null))).collect()
+    }
+}
+
+/// `select id, col from table where filter` as the same map, from PostgreSQL itself.
+pub async fn oracle(db: &tokio_postgres::Client, table: &str, filter: &str, col: &str) -> BTreeMap<String, Value> {
+    let sql = format!("select id::text, {col}::text from {table} where {filter}");
+    db.query(&sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1).map(Value::String).unwrap_or(Value::Null)))
+        .collect()
+}
