@@ -44,9 +44,15 @@ pub enum StartError {
     #[error(transparent)]
     Replication(#[from] ReplicationError),
     #[error("data dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("shape storage failed: {0}")]
     Storage(std::io::Error),
 }
@@ -54,8 +60,12 @@ pub enum StartError {
 /// Runs `gateway serve` until `shutdown` is cancelled or a fatal error.
 pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     match cfg.auth {
-        AuthMode::None if !cfg.listen.ip().is_loopback() => return Err(StartError::NoneAuthNotLoopback(cfg.listen)),
-        AuthMode::None => tracing::warn!("--auth none: every published table is readable without a token (development only)"),
+        AuthMode::None if !cfg.listen.ip().is_loopback() => {
+            return Err(StartError::NoneAuthNotLoopback(cfg.listen));
+        }
+        AuthMode::None => tracing::warn!(
+            "--auth none: every published table is readable without a token (development only)"
+        ),
         AuthMode::Jwt => return Err(StartError::JwtNotAvailable),
     }
     let db_cfg = db::parse_url(&cfg.database_url)?;
@@ -63,19 +73,42 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     slot::check_wal_level(&client).await?;
     slot::ensure_publication(&client, &cfg.publication).await?;
     let confirmed = slot::ensure_slot(&client, &cfg.slot).await?;
-    let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
+    let bind = BindOptions {
+        text_sorts_bytewise: db::text_sorts_bytewise(&client).await?,
+    };
     drop(client);
 
-    let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
-    let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
+    let data_err = |source| StartError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    };
+    let registry =
+        Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
     let ack = Arc::new(AckState::new(confirmed));
     let status = Arc::new(Status::default());
     let cancel = shutdown.child_token();
 
     let (txn_tx, txn_rx) = mpsc::channel(TXN_CHANNEL);
-    let stream_settings = StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
-    let mut replication = tokio::spawn(replication::stream::run(stream_settings, txn_tx, ack.clone(), status.clone(), cancel.clone()));
-    let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), cancel.clone()));
+    let stream_settings = StreamSettings {
+        db: db_cfg.clone(),
+        slot: cfg.slot.clone(),
+        publication: cfg.publication.clone(),
+    };
+    // The stream stops last, so it can report the position the fan-out ended at.
+    let stream_cancel = CancellationToken::new();
+    let mut replication = tokio::spawn(replication::stream::run(
+        stream_settings,
+        txn_tx,
+        ack.clone(),
+        status.clone(),
+        stream_cancel.clone(),
+    ));
+    let mut fanout = tokio::spawn(fanout::run(
+        txn_rx,
+        registry.clone(),
+        ack.clone(),
+        cancel.clone(),
+    ));
 
     let settings = HttpSettings {
         db: db_cfg,
@@ -85,29 +118,54 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
     };
     let state = AppState::new(settings, registry, ack.clone(), status, cancel.clone());
-    let listener = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
     let server_cancel = cancel.clone();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, http::app(state)).with_graceful_shutdown(server_cancel.cancelled_owned()).await
+        axum::serve(listener, http::app(state))
+            .with_graceful_shutdown(server_cancel.cancelled_owned())
+            .await
     });
 
     // Whichever ends first decides; the rest are stopped through the shared token.
+    let (mut replication_done, mut fanout_done, mut server_done) = (false, false, false);
     let outcome: Result<(), StartError> = tokio::select! {
-        r = &mut replication => match r {
-            Ok(Err(e)) => Err(e.into()),
-            _ => Ok(()),
-        },
-        r = &mut fanout => match r {
-            Ok(Err(e)) => Err(StartError::Storage(e)),
-            _ => Ok(()),
-        },
-        _ = &mut server => Ok(()),
+        r = &mut replication => {
+            replication_done = true;
+            match r {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        r = &mut fanout => {
+            fanout_done = true;
+            match r {
+                Ok(Err(e)) => Err(StartError::Storage(e)),
+                _ => Ok(()),
+            }
+        }
+        _ = &mut server => {
+            server_done = true;
+            Ok(())
+        }
     };
     cancel.cancel();
-    let _ = fanout.await;
-    let _ = replication.await;
-    let _ = server.await;
+    // The fan-out finishes its batch first, so the stream can report the final position.
+    if !fanout_done {
+        let _ = fanout.await;
+    }
+    stream_cancel.cancel();
+    if !replication_done {
+        let _ = replication.await;
+    }
+    if !server_done {
+        let _ = server.await;
+    }
     tracing::info!(flushed = %ack.durable(), "stopped");
     outcome
 }

@@ -4,6 +4,6 @@
 mod support;
 
 mod api;
-mod filters;
 mod durability;
+mod filters;
 mod sync;

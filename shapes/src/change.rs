@@ -55,22 +55,36 @@ pub struct Relation {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    Insert { new: Tuple },
+    Insert {
+        new: Tuple,
+    },
     /// `old` is the whole old row under REPLICA IDENTITY FULL, the old key when the key
     /// changed under a default identity, and absent otherwise.
-    Update { old: Option<Tuple>, old_is_full: bool, new: Tuple },
+    Update {
+        old: Option<Tuple>,
+        old_is_full: bool,
+        new: Tuple,
+    },
     /// `old` holds the whole row under REPLICA IDENTITY FULL (`old_is_full`), else only the
     /// key columns (others NULL).
-    Delete { old: Tuple, old_is_full: bool },
+    Delete {
+        old: Tuple,
+        old_is_full: bool,
+    },
 }
 
 /// One item of a transaction, in stream order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnItem {
-    Change { relation: u32, change: Change },
+    Change {
+        relation: u32,
+        change: Change,
+    },
     /// The stream (re)describes a relation; a different column list is a schema change.
     Relation(Relation),
-    Truncate { relations: Vec<u32> },
+    Truncate {
+        relations: Vec<u32>,
+    },
 }
 
 /// A committed transaction. Clients see all of its changes to a shape, or none.

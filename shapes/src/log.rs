@@ -117,8 +117,21 @@ impl ShapeLog {
     /// Creates an empty log in a new directory.
     pub fn create(dir: &Path, chunk_bytes: u64) -> io::Result<ShapeLog> {
         fs::create_dir_all(dir)?;
-        let open = |name: &str| OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join(name));
-        let snapshot = Snapshot { file: open("snapshot")?, chunks: Vec::new(), complete: false, open_start: 0, open_len: 0 };
+        let open = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+        };
+        let snapshot = Snapshot {
+            file: open("snapshot")?,
+            chunks: Vec::new(),
+            complete: false,
+            open_start: 0,
+            open_len: 0,
+        };
         let live = Live::empty(open("log")?);
         Ok(Self::assemble(dir, chunk_bytes, snapshot, live))
     }
@@ -131,14 +144,27 @@ impl ShapeLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Ok(chunks) = serde_json::from_slice::<Vec<(u64, u64)>>(&idx) else { return Ok(None) };
+        let Ok(chunks) = serde_json::from_slice::<Vec<(u64, u64)>>(&idx) else {
+            return Ok(None);
+        };
         let snap_file = OpenOptions::new().read(true).open(dir.join("snapshot"))?;
         let snap_len = snap_file.metadata()?.len();
         if chunks.last().is_some_and(|(_, end)| *end > snap_len) {
             return Ok(None);
         }
-        let snapshot = Snapshot { file: snap_file, chunks, complete: true, open_start: 0, open_len: 0 };
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("log"))?;
+        let snapshot = Snapshot {
+            file: snap_file,
+            chunks,
+            complete: true,
+            open_start: 0,
+            open_len: 0,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("log"))?;
         let mut live = Live::empty(file);
         live.recover(chunk_bytes)?;
         Ok(Some(Self::assemble(dir, chunk_bytes, snapshot, live)))
@@ -222,7 +248,10 @@ impl ShapeLog {
         s.chunks.push(range);
         s.open_start = range.1;
         s.open_len = 0;
-        write_atomically(&self.dir.join("snapshot.idx"), &serde_json::to_vec(&s.chunks).unwrap_or_default())?;
+        write_atomically(
+            &self.dir.join("snapshot.idx"),
+            &serde_json::to_vec(&s.chunks).unwrap_or_default(),
+        )?;
         s.complete = true;
         let n = s.chunks.len() as u64;
         self.version.send_modify(|v| {
@@ -235,7 +264,9 @@ impl ShapeLog {
     /// Snapshot chunk `n` as a JSON array body, once it is readable.
     pub fn read_snapshot_chunk(&self, n: u64) -> io::Result<Option<Bytes>> {
         let s = self.snapshot.lock().unwrap();
-        let Some(&(start, end)) = s.chunks.get(n as usize) else { return Ok(None) };
+        let Some(&(start, end)) = s.chunks.get(n as usize) else {
+            return Ok(None);
+        };
         let mut buf = vec![0u8; (end - start) as usize + 2];
         buf[0] = b'[';
         let len = buf.len();
@@ -260,7 +291,12 @@ impl ShapeLog {
         let mut pos = l.written_len;
         for (i, (offset, msg)) in entries.iter().enumerate() {
             let (tx, op) = offset_parts(*offset);
-            l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
+            l.note_entry(
+                *offset,
+                pos,
+                msg.len() as u64 + HEADER as u64,
+                self.chunk_bytes,
+            );
             let flag = if i + 1 == entries.len() { TXN_END } else { 0 };
             buf.extend_from_slice(&(msg.len() as u32 | flag).to_le_bytes());
             buf.extend_from_slice(&crc(tx, op, msg).to_le_bytes());
@@ -283,13 +319,20 @@ impl ShapeLog {
     /// Forces written entries to disk.
     pub fn sync(&self) -> io::Result<()> {
         let l = self.live.lock().unwrap();
-        if l.written_len > l.durable_len { l.file.sync_data() } else { Ok(()) }
+        if l.written_len > l.durable_len {
+            l.file.sync_data()
+        } else {
+            Ok(())
+        }
     }
 
     /// What has been written so far; take it before syncing, publish it after.
     pub fn written_mark(&self) -> WriteMark {
         let l = self.live.lock().unwrap();
-        WriteMark { len: l.written_len, head: l.written_head }
+        WriteMark {
+            len: l.written_len,
+            head: l.written_head,
+        }
     }
 
     /// Makes entries up to `mark` visible. Call only once they are durable.
@@ -323,7 +366,12 @@ impl ShapeLog {
             let l = self.live.lock().unwrap();
             let i = l.sparse.partition_point(|(o, _)| *o <= after);
             let start = if i == 0 { 0 } else { l.sparse[i - 1].1 };
-            (l.file.try_clone()?, l.durable_len, start, l.chunk_starts.clone())
+            (
+                l.file.try_clone()?,
+                l.durable_len,
+                start,
+                l.chunk_starts.clone(),
+            )
         };
         let mut out = LiveRead::default();
         let mut pos = start_pos;
@@ -398,7 +446,11 @@ impl Live {
             self.chunk_starts.push(pos);
             self.chunk_bytes_so_far = 0;
             self.sparse.push((offset, pos));
-        } else if self.sparse.last().is_none_or(|(_, p)| pos - p >= SPARSE_EVERY) {
+        } else if self
+            .sparse
+            .last()
+            .is_none_or(|(_, p)| pos - p >= SPARSE_EVERY)
+        {
             self.sparse.push((offset, pos));
         }
         self.chunk_bytes_so_far += size;
@@ -448,7 +500,10 @@ impl Live {
             self.note_entry(offset, p, size, chunk_bytes);
         }
         if cut < file_len {
-            tracing::warn!(cut_bytes = file_len - cut, "shape log had a torn tail; truncated to the last whole transaction");
+            tracing::warn!(
+                cut_bytes = file_len - cut,
+                "shape log had a torn tail; truncated to the last whole transaction"
+            );
             self.file.set_len(cut)?;
             self.file.sync_all()?;
         }
@@ -493,7 +548,10 @@ mod tests {
     }
 
     fn entry(tx: u64, op: u64) -> (LogOffset, Vec<u8>) {
-        (LogOffset::At { tx, op }, format!("{{\"m\":\"{tx}_{op}\"}}").into_bytes())
+        (
+            LogOffset::At { tx, op },
+            format!("{{\"m\":\"{tx}_{op}\"}}").into_bytes(),
+        )
     }
 
     #[test]
@@ -539,7 +597,10 @@ mod tests {
         drop(log);
         let reopened = ShapeLog::open(&dir, 100).unwrap().unwrap();
         assert_eq!(reopened.version().head, LogOffset::At { tx: 20, op: 0 });
-        assert_eq!(reopened.read_snapshot_chunk(1).unwrap().unwrap(), Bytes::from_static(b"[zzzzzzzzzz,E]"));
+        assert_eq!(
+            reopened.read_snapshot_chunk(1).unwrap().unwrap(),
+            Bytes::from_static(b"[zzzzzzzzzz,E]")
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -552,11 +613,18 @@ mod tests {
         log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
         log.sync().unwrap();
         drop(log);
-        let f = OpenOptions::new().write(true).open(dir.join("log")).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.join("log"))
+            .unwrap();
         let len = f.metadata().unwrap().len();
         f.set_len(len - 3).unwrap();
         let log = ShapeLog::open(&dir, 1 << 20).unwrap().unwrap();
-        assert_eq!(log.version().head, LogOffset::At { tx: 1, op: 0 }, "half of transaction 2 is dropped");
+        assert_eq!(
+            log.version().head,
+            LogOffset::At { tx: 1, op: 0 },
+            "half of transaction 2 is dropped"
+        );
         log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
         log.sync_and_publish().unwrap();
         assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 3);

@@ -23,7 +23,14 @@ pub struct Planned {
 
 impl Planned {
     fn new(op: Operation, key: String, value: Fields) -> Planned {
-        Planned { op, key, value, old_value: None, key_change_to: None, key_change_from: None }
+        Planned {
+            op,
+            key,
+            value,
+            old_value: None,
+            key_change_to: None,
+            key_change_from: None,
+        }
     }
 }
 
@@ -39,7 +46,10 @@ fn complete(row: &[Cell]) -> Result<(), EvalError> {
 }
 
 fn fields(row: &[Cell], cols: &[usize]) -> Fields {
-    cols.iter().filter(|&&i| row.get(i) != Some(&Cell::Unchanged)).map(|&i| (i, row.get(i).and_then(text))).collect()
+    cols.iter()
+        .filter(|&&i| row.get(i) != Some(&Cell::Unchanged))
+        .map(|&i| (i, row.get(i).and_then(text)))
+        .collect()
 }
 
 fn key_of(shape: &Shape, enc: &MessageEncoder, row: &[Cell]) -> String {
@@ -53,13 +63,21 @@ fn matches(shape: &Shape, row: &[Cell]) -> Result<bool, EvalError> {
     }
 }
 
-pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<Planned>, EvalError> {
+pub fn plan(
+    shape: &Shape,
+    enc: &MessageEncoder,
+    change: &Change,
+) -> Result<Vec<Planned>, EvalError> {
     let all = &shape.selected;
     Ok(match change {
         Change::Insert { new } => {
             if matches(shape, new)? {
                 complete(new)?;
-                vec![Planned::new(Operation::Insert, key_of(shape, enc, new), fields(new, all))]
+                vec![Planned::new(
+                    Operation::Insert,
+                    key_of(shape, enc, new),
+                    fields(new, all),
+                )]
             } else {
                 vec![]
             }
@@ -71,13 +89,35 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
             if !matches(shape, old)? {
                 return Ok(vec![]);
             }
-            let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
-            vec![Planned::new(Operation::Delete, key_of(shape, enc, old), fields(old, cols))]
+            let cols = if shape.spec.replica == Replica::Full && *old_is_full {
+                all
+            } else {
+                &shape.key
+            };
+            vec![Planned::new(
+                Operation::Delete,
+                key_of(shape, enc, old),
+                fields(old, cols),
+            )]
         }
-        Change::Update { old, old_is_full, new } => {
+        Change::Update {
+            old,
+            old_is_full,
+            new,
+        } => {
             // Under REPLICA IDENTITY FULL, unchanged TOAST values come from the old row.
             let new: Vec<Cell> = match (old, old_is_full) {
-                (Some(o), true) => new.iter().zip(o).map(|(n, o)| if *n == Cell::Unchanged { o.clone() } else { n.clone() }).collect(),
+                (Some(o), true) => new
+                    .iter()
+                    .zip(o)
+                    .map(|(n, o)| {
+                        if *n == Cell::Unchanged {
+                            o.clone()
+                        } else {
+                            n.clone()
+                        }
+                    })
+                    .collect(),
                 _ => new.clone(),
             };
             let full_old = old.as_ref().filter(|_| *old_is_full);
@@ -90,7 +130,10 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
             };
             let is_in = matches(shape, &new)?;
             let new_key = key_of(shape, enc, &new);
-            let old_key = old.as_ref().map(|o| key_of(shape, enc, o)).unwrap_or_else(|| new_key.clone());
+            let old_key = old
+                .as_ref()
+                .map(|o| key_of(shape, enc, o))
+                .unwrap_or_else(|| new_key.clone());
             match (was_in, is_in) {
                 (false, false) => vec![],
                 (false, true) => {
@@ -99,14 +142,27 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
                 }
                 (true, false) => {
                     let old_row = full_old.map(Vec::as_slice).unwrap_or(&new);
-                    let cols = if shape.spec.replica == Replica::Full { all } else { &shape.key };
-                    vec![Planned::new(Operation::Delete, old_key, fields(old_row, cols))]
+                    let cols = if shape.spec.replica == Replica::Full {
+                        all
+                    } else {
+                        &shape.key
+                    };
+                    vec![Planned::new(
+                        Operation::Delete,
+                        old_key,
+                        fields(old_row, cols),
+                    )]
                 }
                 (true, true) if old_key != new_key => {
                     complete(&new)?;
                     let old_row = old.as_deref().unwrap_or(&new);
-                    let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
-                    let mut delete = Planned::new(Operation::Delete, old_key.clone(), fields(old_row, cols));
+                    let cols = if shape.spec.replica == Replica::Full && *old_is_full {
+                        all
+                    } else {
+                        &shape.key
+                    };
+                    let mut delete =
+                        Planned::new(Operation::Delete, old_key.clone(), fields(old_row, cols));
                     delete.key_change_to = Some(new_key.clone());
                     let mut insert = Planned::new(Operation::Insert, new_key, fields(&new, all));
                     insert.key_change_from = Some(old_key);
@@ -114,8 +170,16 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
                 }
                 (true, true) => {
                     let changed: Vec<usize> = match full_old {
-                        Some(o) => all.iter().copied().filter(|&i| o.get(i) != new.get(i)).collect(),
-                        None => all.iter().copied().filter(|&i| new.get(i) != Some(&Cell::Unchanged)).collect(),
+                        Some(o) => all
+                            .iter()
+                            .copied()
+                            .filter(|&i| o.get(i) != new.get(i))
+                            .collect(),
+                        None => all
+                            .iter()
+                            .copied()
+                            .filter(|&i| new.get(i) != Some(&Cell::Unchanged))
+                            .collect(),
                     };
                     if changed.is_empty() {
                         return Ok(vec![]);
@@ -124,7 +188,12 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
                         complete(&new)?;
                         Planned::new(Operation::Update, new_key, fields(&new, all))
                     } else {
-                        let mut cols: Vec<usize> = shape.key.iter().copied().chain(changed.iter().copied()).collect();
+                        let mut cols: Vec<usize> = shape
+                            .key
+                            .iter()
+                            .copied()
+                            .chain(changed.iter().copied())
+                            .collect();
                         cols.sort_unstable();
                         cols.dedup();
                         Planned::new(Operation::Update, new_key, fields(&new, &cols))
@@ -149,14 +218,32 @@ mod tests {
     use shapes::where_clause::BindOptions;
 
     fn shape(filter: Option<&str>, replica: Replica) -> (Shape, MessageEncoder) {
-        let col = |n: &str, t: &str, pk: Option<u32>| Column { name: n.into(), type_oid: 0, type_name: t.into(), dims: 0, type_mod: -1, not_null: pk.is_some(), pk_index: pk };
+        let col = |n: &str, t: &str, pk: Option<u32>| Column {
+            name: n.into(),
+            type_oid: 0,
+            type_name: t.into(),
+            dims: 0,
+            type_mod: -1,
+            not_null: pk.is_some(),
+            pk_index: pk,
+        };
         let table = TableSchema {
             oid: 1,
             name: TableName::new("public", "t"),
-            columns: vec![col("id", "int8", Some(0)), col("org", "text", None), col("body", "text", None)],
+            columns: vec![
+                col("id", "int8", Some(0)),
+                col("org", "text", None),
+                col("body", "text", None),
+            ],
             replica_identity_full: true,
         };
-        let spec = ShapeSpec { where_text: filter.map(String::from), params: vec![], columns: None, replica, log: LogMode::Full };
+        let spec = ShapeSpec {
+            where_text: filter.map(String::from),
+            params: vec![],
+            columns: None,
+            replica,
+            log: LogMode::Full,
+        };
         let _ = HashMap::<u8, u8>::new();
         let s = Shape::bind(spec, table.clone(), BindOptions::default()).unwrap();
         (s, MessageEncoder::new(&table))
@@ -169,7 +256,11 @@ mod tests {
     #[test]
     fn update_moving_row_out_of_filter_emits_delete() {
         let (s, e) = shape(Some("org = 'a'"), Replica::Default);
-        let change = Change::Update { old: Some(row("1", "a", Cell::text("x"))), old_is_full: true, new: row("1", "b", Cell::text("x")) };
+        let change = Change::Update {
+            old: Some(row("1", "a", Cell::text("x"))),
+            old_is_full: true,
+            new: row("1", "b", Cell::text("x")),
+        };
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].op, Operation::Delete);
@@ -179,26 +270,59 @@ mod tests {
     #[test]
     fn update_moving_row_into_filter_emits_full_insert() {
         let (s, e) = shape(Some("org = 'b'"), Replica::Default);
-        let change = Change::Update { old: Some(row("1", "a", Cell::text("x"))), old_is_full: true, new: row("1", "b", Cell::Unchanged) };
+        let change = Change::Update {
+            old: Some(row("1", "a", Cell::text("x"))),
+            old_is_full: true,
+            new: row("1", "b", Cell::Unchanged),
+        };
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!(p[0].op, Operation::Insert);
-        assert_eq!(p[0].value, vec![(0, Some("1".into())), (1, Some("b".into())), (2, Some("x".into()))], "TOAST value filled from the old row");
+        assert_eq!(
+            p[0].value,
+            vec![
+                (0, Some("1".into())),
+                (1, Some("b".into())),
+                (2, Some("x".into()))
+            ],
+            "TOAST value filled from the old row"
+        );
     }
 
     #[test]
     fn update_within_filter_sends_key_and_changed_columns() {
         let (s, e) = shape(Some("org = 'a'"), Replica::Default);
-        let change = Change::Update { old: Some(row("1", "a", Cell::text("x"))), old_is_full: true, new: row("1", "a", Cell::text("y")) };
+        let change = Change::Update {
+            old: Some(row("1", "a", Cell::text("x"))),
+            old_is_full: true,
+            new: row("1", "a", Cell::text("y")),
+        };
         let p = plan(&s, &e, &change).unwrap();
-        assert_eq!((p[0].op, p[0].value.clone()), (Operation::Update, vec![(0, Some("1".into())), (2, Some("y".into()))]));
-        let same = Change::Update { old: Some(row("1", "a", Cell::text("x"))), old_is_full: true, new: row("1", "a", Cell::text("x")) };
-        assert!(plan(&s, &e, &same).unwrap().is_empty(), "nothing selected changed");
+        assert_eq!(
+            (p[0].op, p[0].value.clone()),
+            (
+                Operation::Update,
+                vec![(0, Some("1".into())), (2, Some("y".into()))]
+            )
+        );
+        let same = Change::Update {
+            old: Some(row("1", "a", Cell::text("x"))),
+            old_is_full: true,
+            new: row("1", "a", Cell::text("x")),
+        };
+        assert!(
+            plan(&s, &e, &same).unwrap().is_empty(),
+            "nothing selected changed"
+        );
     }
 
     #[test]
     fn replica_full_sends_whole_row_and_old_values() {
         let (s, e) = shape(None, Replica::Full);
-        let change = Change::Update { old: Some(row("1", "a", Cell::text("x"))), old_is_full: true, new: row("1", "a", Cell::text("y")) };
+        let change = Change::Update {
+            old: Some(row("1", "a", Cell::text("x"))),
+            old_is_full: true,
+            new: row("1", "a", Cell::text("y")),
+        };
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!(p[0].value.len(), 3);
         assert_eq!(p[0].old_value, Some(vec![(2, Some("x".into()))]));
@@ -207,7 +331,11 @@ mod tests {
     #[test]
     fn key_change_splits_into_delete_and_insert() {
         let (s, e) = shape(None, Replica::Default);
-        let change = Change::Update { old: Some(row("1", "a", Cell::text("x"))), old_is_full: true, new: row("2", "a", Cell::text("x")) };
+        let change = Change::Update {
+            old: Some(row("1", "a", Cell::text("x"))),
+            old_is_full: true,
+            new: row("2", "a", Cell::text("x")),
+        };
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!((p[0].op, p[1].op), (Operation::Delete, Operation::Insert));
         assert_eq!(p[0].key_change_to.as_deref(), Some(p[1].key.as_str()));
@@ -217,7 +345,11 @@ mod tests {
     #[test]
     fn unknown_toast_value_for_a_new_row_is_an_error_not_a_wrong_value() {
         let (s, e) = shape(Some("org = 'b'"), Replica::Default);
-        let change = Change::Update { old: None, old_is_full: false, new: row("1", "b", Cell::Unchanged) };
+        let change = Change::Update {
+            old: None,
+            old_is_full: false,
+            new: row("1", "b", Cell::Unchanged),
+        };
         assert!(plan(&s, &e, &change).is_err());
     }
 }

@@ -26,13 +26,15 @@ const CACHE_LIVE: &str = "public, max-age=5, stale-while-revalidate=5";
 /// How long a first request waits for its snapshot to produce a chunk.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
 
-pub async fn get_shape(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn get_shape(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let req = request::parse(raw.as_deref())?;
     let shape = resolve(&state, &req).await?;
-    if let Some(h) = &req.handle {
-        if *h != shape.handle {
-            return Ok(must_refetch(Some(&shape)));
-        }
+    if req.handle.as_ref().is_some_and(|h| *h != shape.handle) {
+        return Ok(must_refetch(Some(&shape)));
     }
     match req.offset {
         RequestOffset::Start => serve_snapshot_chunk(&state, &req, &headers, shape, 0).await,
@@ -41,7 +43,18 @@ pub async fn get_shape(State(state): State<AppState>, headers: HeaderMap, RawQue
             let head = shape.log.version().head;
             let lsn = state.ack.seen().max(Lsn(head.tx()));
             let body = format!("[{}]", String::from_utf8_lossy(&up_to_date(lsn)));
-            Ok(respond(&state, &req, &headers, &shape, head, true, false, body.into()))
+            Ok(respond(
+                &state,
+                &req,
+                &headers,
+                &shape,
+                Served {
+                    offset: head,
+                    up_to_date: true,
+                    has_data: false,
+                },
+                body.into(),
+            ))
         }
         RequestOffset::At(o) => match o.as_snapshot_chunk() {
             Some(n) => serve_snapshot_chunk(&state, &req, &headers, shape, n + 1).await,
@@ -85,34 +98,56 @@ async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>,
         return Ok(existing);
     }
     let client = state.catalog().await?;
-    let changed = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
-        .await
-        .map_err(|e| match e {
-            ReplicationError::Privilege { .. } => ApiError::Forbidden(e.to_string()),
-            e => ApiError::internal(e),
-        })?;
+    let changed = slot::ensure_published(
+        &client,
+        &state.settings.publication,
+        &schema,
+        shape.needs_old_rows(),
+    )
+    .await
+    .map_err(|e| match e {
+        ReplicationError::Privilege { .. } => ApiError::Forbidden(e.to_string()),
+        e => ApiError::internal(e),
+    })?;
     let shape = if changed || (shape.needs_old_rows() && !schema.replica_identity_full) {
-        let fresh = db::table_schema(&client, &req.table).await.map_err(ApiError::internal)?
+        let fresh = db::table_schema(&client, &req.table)
+            .await
+            .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::invalid("table", "the table was dropped"))?;
         state.registry.cache_schema(fresh.clone());
         bind(fresh)?
     } else {
         shape
     };
-    let (live, created) = state.registry.get_or_create(shape).map_err(ApiError::internal)?;
+    let (live, created) = state
+        .registry
+        .get_or_create(shape)
+        .map_err(ApiError::internal)?;
     if created {
-        tokio::spawn(crate::snapshot::run(state.settings.db.clone(), state.registry.clone(), live.clone()));
+        tokio::spawn(crate::snapshot::run(
+            state.settings.db.clone(),
+            state.registry.clone(),
+            live.clone(),
+        ));
     }
     Ok(live)
 }
 
 /// Waits until `ready` holds for the shape's log, or it is gone (→ 409 or the failure).
-async fn wait_for(shape: &LiveShape, ready: impl Fn(&LogVersion) -> bool) -> Result<LogVersion, ApiError> {
+async fn wait_for(
+    shape: &LiveShape,
+    ready: impl Fn(&LogVersion) -> bool,
+) -> Result<LogVersion, ApiError> {
     let mut rx = shape.log.subscribe();
     let waited = tokio::time::timeout(SNAPSHOT_WAIT, rx.wait_for(|v| v.gone || ready(v))).await;
     let v = match waited {
         Ok(Ok(v)) => *v,
-        _ => return Err(ApiError::Unavailable { message: "the shape's snapshot is taking long; retry".into(), retry_after: 5 }),
+        _ => {
+            return Err(ApiError::Unavailable {
+                message: "the shape's snapshot is taking long; retry".into(),
+                retry_after: 5,
+            });
+        }
     };
     if v.gone {
         return Err(gone_error(shape));
@@ -123,12 +158,24 @@ async fn wait_for(shape: &LiveShape, ready: impl Fn(&LogVersion) -> bool) -> Res
 fn gone_error(shape: &LiveShape) -> ApiError {
     match shape.failure() {
         Some(f) if f.client_error => ApiError::invalid("where", f.message),
-        Some(f) => ApiError::Unavailable { message: f.message, retry_after: 1 },
-        None => ApiError::Unavailable { message: "the shape was rotated; retry".into(), retry_after: 1 },
+        Some(f) => ApiError::Unavailable {
+            message: f.message,
+            retry_after: 1,
+        },
+        None => ApiError::Unavailable {
+            message: "the shape was rotated; retry".into(),
+            retry_after: 1,
+        },
     }
 }
 
-async fn serve_snapshot_chunk(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: Arc<LiveShape>, n: u64) -> Result<Response, ApiError> {
+async fn serve_snapshot_chunk(
+    state: &AppState,
+    req: &ShapeRequest,
+    headers: &HeaderMap,
+    shape: Arc<LiveShape>,
+    n: u64,
+) -> Result<Response, ApiError> {
     let v = wait_for(&shape, |v| v.snapshot_chunks > n || v.snapshot_complete).await?;
     if n >= v.snapshot_chunks {
         return serve_live(state, req, headers, shape, LogOffset::SNAPSHOT_END).await;
@@ -139,15 +186,38 @@ async fn serve_snapshot_chunk(state: &AppState, req: &ShapeRequest, headers: &He
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::internal("snapshot chunk vanished"))?;
-    Ok(respond(state, req, headers, &shape, LogOffset::snapshot_chunk(n), false, true, Body::from(body)))
+    Ok(respond(
+        state,
+        req,
+        headers,
+        &shape,
+        Served {
+            offset: LogOffset::snapshot_chunk(n),
+            up_to_date: false,
+            has_data: true,
+        },
+        Body::from(body),
+    ))
 }
 
-pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<LiveRead, ApiError> {
+pub(super) async fn read_live(
+    shape: &Arc<LiveShape>,
+    after: LogOffset,
+) -> Result<LiveRead, ApiError> {
     let s = shape.clone();
-    tokio::task::spawn_blocking(move || s.log.read_live(after)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)
+    tokio::task::spawn_blocking(move || s.log.read_live(after))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
 }
 
-async fn serve_live(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: Arc<LiveShape>, after: LogOffset) -> Result<Response, ApiError> {
+async fn serve_live(
+    state: &AppState,
+    req: &ShapeRequest,
+    headers: &HeaderMap,
+    shape: Arc<LiveShape>,
+    after: LogOffset,
+) -> Result<Response, ApiError> {
     let v = wait_for(&shape, |v| v.snapshot_complete).await?;
     if after > v.head {
         // A client ahead of the log (e.g. after a failover): give the log a moment to catch up.
@@ -179,7 +249,18 @@ async fn serve_live(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, s
                 body.extend_from_slice(&up_to_date(seen.max(Lsn(last.tx()))));
             }
             body.push(b']');
-            return Ok(respond(state, req, headers, &shape, last, read.at_end, read.count > 0, body.into()));
+            return Ok(respond(
+                state,
+                req,
+                headers,
+                &shape,
+                Served {
+                    offset: last,
+                    up_to_date: read.at_end,
+                    has_data: read.count > 0,
+                },
+                body.into(),
+            ));
         }
         // Live and nothing new: hold the request until data, rotation or timeout.
         tokio::select! {
@@ -191,7 +272,7 @@ async fn serve_live(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, s
             _ = tokio::time::sleep_until(deadline) => {
                 let lsn = state.ack.seen().max(Lsn(shape.log.version().head.tx()));
                 let body = format!("[{}]", String::from_utf8_lossy(&up_to_date(lsn)));
-                return Ok(respond(state, req, headers, &shape, after, true, false, body.into()));
+                return Ok(respond(state, req, headers, &shape, Served { offset: after, up_to_date: true, has_data: false }, body.into()));
             }
             _ = state.cancel.cancelled() => {
                 return Err(ApiError::Unavailable { message: "the gateway is shutting down".into(), retry_after: 1 });
@@ -209,11 +290,18 @@ pub fn next_cursor(previous: u64, interval_secs: u64, now_unix: u64) -> u64 {
     }
     let now = now_unix.saturating_sub(EPOCH);
     let next = now.div_ceil(interval_secs) * interval_secs;
-    if next > previous { next } else { previous + rand::random_range(1..=3600) }
+    if next > previous {
+        next
+    } else {
+        previous + rand::random_range(1..=3600)
+    }
 }
 
 pub(super) fn cursor_for(state: &AppState, req: &ShapeRequest) -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     next_cursor(req.cursor, state.settings.long_poll_timeout.as_secs(), now)
 }
 
@@ -225,18 +313,49 @@ fn offset_text(req: &ShapeRequest) -> String {
     }
 }
 
-fn respond(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: &LiveShape, offset: LogOffset, up_to_date: bool, has_data: bool, body: Body) -> Response {
+/// Where a response leaves the client.
+struct Served {
+    /// The `electric-offset` to hand out.
+    offset: LogOffset,
+    /// The body ends with `up-to-date`.
+    up_to_date: bool,
+    has_data: bool,
+}
+
+fn respond(
+    state: &AppState,
+    req: &ShapeRequest,
+    headers: &HeaderMap,
+    shape: &LiveShape,
+    served: Served,
+    body: Body,
+) -> Response {
+    let Served {
+        offset,
+        up_to_date,
+        has_data,
+    } = served;
     let mut etag = format!("{}:{}:{}", shape.handle, offset_text(req), offset);
     if !has_data && req.live {
         // No-data answers must never revalidate into a loop.
-        etag.push_str(&format!(":{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+        etag.push_str(&format!(
+            ":{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
     }
     let quoted = format!("\"{etag}\"");
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim().trim_matches('"') == etag));
-    let mut resp = if not_modified { StatusCode::NOT_MODIFIED.into_response() } else { Response::new(body) };
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Response::new(body)
+    };
     let h = resp.headers_mut();
     let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -245,7 +364,11 @@ fn respond(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: &Li
     };
     set(h, "electric-handle", shape.handle.as_str());
     set(h, "electric-offset", &offset.to_string());
-    set(h, "electric-has-data", if has_data { "true" } else { "false" });
+    set(
+        h,
+        "electric-has-data",
+        if has_data { "true" } else { "false" },
+    );
     set(h, "etag", &quoted);
     if up_to_date {
         h.insert("electric-up-to-date", HeaderValue::from_static(""));
@@ -261,7 +384,10 @@ fn respond(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: &Li
         _ => CACHE_CATCH_UP,
     };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     resp
 }
 
@@ -269,26 +395,44 @@ fn respond(state: &AppState, req: &ShapeRequest, headers: &HeaderMap, shape: &Li
 pub(super) fn must_refetch(current: Option<&LiveShape>) -> Response {
     let mut resp = (StatusCode::CONFLICT, MUST_REFETCH).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     match current.and_then(|s| HeaderValue::from_str(s.handle.as_str()).ok()) {
         Some(v) => {
             h.insert("electric-handle", v);
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60, must-revalidate"));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60, must-revalidate"),
+            );
         }
         None => {
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1, must-revalidate"));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=1, must-revalidate"),
+            );
         }
     }
     resp
 }
 
-pub async fn delete_shape(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn delete_shape(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let pairs = request::pairs(raw.as_deref());
     let (table, _) = request::parse_definition(&pairs)?;
-    let handle = pairs.iter().find(|(k, _)| k == "handle").map(|(_, v)| v.clone());
+    let handle = pairs
+        .iter()
+        .find(|(k, _)| k == "handle")
+        .map(|(_, v)| v.clone());
     let shapes = state.registry.shapes_of(&table);
     let targets: Vec<_> = match &handle {
-        Some(h) => shapes.into_iter().filter(|s| s.handle.as_str() == h).collect(),
+        Some(h) => shapes
+            .into_iter()
+            .filter(|s| s.handle.as_str() == h)
+            .collect(),
         None => shapes,
     };
     if targets.is_empty() && handle.is_some() {

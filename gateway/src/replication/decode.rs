@@ -21,8 +21,13 @@ pub enum DecodeError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message {
     Relation(Relation),
-    Change { relation: u32, change: Change },
-    Truncate { relations: Vec<u32> },
+    Change {
+        relation: u32,
+        change: Change,
+    },
+    Truncate {
+        relations: Vec<u32>,
+    },
     /// Type, Origin and logical-decoding messages: nothing for shapes.
     Ignored,
 }
@@ -31,7 +36,11 @@ struct Reader(Bytes);
 
 impl Reader {
     fn need(&self, n: usize) -> Result<(), DecodeError> {
-        if self.0.remaining() < n { Err(DecodeError::Truncated) } else { Ok(()) }
+        if self.0.remaining() < n {
+            Err(DecodeError::Truncated)
+        } else {
+            Ok(())
+        }
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
@@ -46,8 +55,14 @@ impl Reader {
         Ok(self.0.get_u32())
     }
     fn cstr(&mut self) -> Result<String, DecodeError> {
-        let end = self.0.iter().position(|b| *b == 0).ok_or(DecodeError::Truncated)?;
-        let s = std::str::from_utf8(&self.0[..end]).map_err(|_| DecodeError::NotUtf8)?.to_string();
+        let end = self
+            .0
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(DecodeError::Truncated)?;
+        let s = std::str::from_utf8(&self.0[..end])
+            .map_err(|_| DecodeError::NotUtf8)?
+            .to_string();
         self.0.advance(end + 1);
         Ok(s)
     }
@@ -72,7 +87,12 @@ impl Reader {
                     Cell::Text(b)
                 }
                 b'b' => return Err(DecodeError::Binary),
-                other => return Err(DecodeError::Unexpected(other, "a tuple column kind (n, u, t)")),
+                other => {
+                    return Err(DecodeError::Unexpected(
+                        other,
+                        "a tuple column kind (n, u, t)",
+                    ));
+                }
             });
         }
         Ok(cells)
@@ -97,12 +117,21 @@ pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
                 let _typmod = r.u32()?;
                 columns.push((col, type_oid));
             }
-            Message::Relation(Relation { oid, schema, name, replica_identity, columns })
+            Message::Relation(Relation {
+                oid,
+                schema,
+                name,
+                replica_identity,
+                columns,
+            })
         }
         b'I' => {
             let relation = r.u32()?;
             match r.u8()? {
-                b'N' => Message::Change { relation, change: Change::Insert { new: r.tuple()? } },
+                b'N' => Message::Change {
+                    relation,
+                    change: Change::Insert { new: r.tuple()? },
+                },
                 other => return Err(DecodeError::Unexpected(other, "N")),
             }
         }
@@ -118,14 +147,25 @@ pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
             if marker != b'N' {
                 return Err(DecodeError::Unexpected(marker, "N"));
             }
-            Message::Change { relation, change: Change::Update { old, old_is_full, new: r.tuple()? } }
+            Message::Change {
+                relation,
+                change: Change::Update {
+                    old,
+                    old_is_full,
+                    new: r.tuple()?,
+                },
+            }
         }
         b'D' => {
             let relation = r.u32()?;
             match r.u8()? {
-                k @ (b'K' | b'O') => {
-                    Message::Change { relation, change: Change::Delete { old: r.tuple()?, old_is_full: k == b'O' } }
-                }
+                k @ (b'K' | b'O') => Message::Change {
+                    relation,
+                    change: Change::Delete {
+                        old: r.tuple()?,
+                        old_is_full: k == b'O',
+                    },
+                },
                 other => return Err(DecodeError::Unexpected(other, "K or O")),
             }
         }
@@ -174,7 +214,9 @@ mod tests {
             rel.extend_from_slice(&ty.to_be_bytes());
             rel.extend_from_slice(&(-1i32).to_be_bytes());
         }
-        let Message::Relation(r) = decode(Bytes::from(rel)).unwrap() else { panic!() };
+        let Message::Relation(r) = decode(Bytes::from(rel)).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.columns, vec![("id".into(), 20), ("title".into(), 25)]);
         assert_eq!(r.replica_identity, b'f');
 
@@ -189,14 +231,21 @@ mod tests {
             m,
             Message::Change {
                 relation: 16384,
-                change: Change::Update { old: Some(vec![Cell::text("1"), Cell::text("a")]), old_is_full: true, new: vec![Cell::text("1"), Cell::Null] }
+                change: Change::Update {
+                    old: Some(vec![Cell::text("1"), Cell::text("a")]),
+                    old_is_full: true,
+                    new: vec![Cell::text("1"), Cell::Null]
+                }
             }
         );
     }
 
     #[test]
     fn truncated_messages_are_errors() {
-        assert_eq!(decode(Bytes::from_static(b"I\0\0")), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode(Bytes::from_static(b"I\0\0")),
+            Err(DecodeError::Truncated)
+        );
         assert_eq!(decode(Bytes::from_static(b"")), Err(DecodeError::Truncated));
     }
 

@@ -11,15 +11,27 @@ use crate::db::DbError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
-    #[error("wal_level is {0}, but logical replication needs wal_level = logical: run `ALTER SYSTEM SET wal_level = logical;` and restart PostgreSQL")]
+    #[error(
+        "wal_level is {0}, but logical replication needs wal_level = logical: run `ALTER SYSTEM SET wal_level = logical;` and restart PostgreSQL"
+    )]
     WalLevel(String),
-    #[error("replication slot {slot:?} is lost ({detail}); drop it with `SELECT pg_drop_replication_slot('{slot}');` and restart the gateway with an empty --data-dir (clients will refetch)")]
+    #[error(
+        "replication slot {slot:?} is lost ({detail}); drop it with `SELECT pg_drop_replication_slot('{slot}');` and restart the gateway with an empty --data-dir (clients will refetch)"
+    )]
     SlotInvalidated { slot: String, detail: String },
-    #[error("replication slot {slot:?} uses plugin {plugin:?} or another database; choose another --slot")]
+    #[error(
+        "replication slot {slot:?} uses plugin {plugin:?} or another database; choose another --slot"
+    )]
     SlotMismatch { slot: String, plugin: String },
     #[error("the role may not {what}: {detail}. Run as a superuser: {fix}")]
-    Privilege { what: String, detail: String, fix: String },
-    #[error("publication {0:?} was dropped; recreate it with `CREATE PUBLICATION \"{0}\";` or restart the gateway to have it created")]
+    Privilege {
+        what: String,
+        detail: String,
+        fix: String,
+    },
+    #[error(
+        "publication {0:?} was dropped; recreate it with `CREATE PUBLICATION \"{0}\";` or restart the gateway to have it created"
+    )]
     PublicationDropped(String),
     #[error("cannot decode the replication stream: {0}")]
     Decode(#[from] decode::DecodeError),

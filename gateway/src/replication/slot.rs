@@ -11,7 +11,11 @@ use super::ReplicationError;
 use crate::db::DbError;
 
 pub async fn check_wal_level(client: &Client) -> Result<(), ReplicationError> {
-    let level: String = client.query_one("show wal_level", &[]).await.map_err(DbError::from)?.get(0);
+    let level: String = client
+        .query_one("show wal_level", &[])
+        .await
+        .map_err(DbError::from)?
+        .get(0);
     if level != "logical" {
         return Err(ReplicationError::WalLevel(level));
     }
@@ -22,22 +26,34 @@ fn privilege(what: &str, e: tokio_postgres::Error, fix: String) -> ReplicationEr
     match e.code() {
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => ReplicationError::Privilege {
             what: what.to_string(),
-            detail: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default(),
+            detail: e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default(),
             fix,
         },
         _ => DbError::from(e).into(),
     }
 }
 
-pub async fn ensure_publication(client: &Client, publication: &str) -> Result<(), ReplicationError> {
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+) -> Result<(), ReplicationError> {
     let exists = client
-        .query_opt("select 1 from pg_publication where pubname = $1", &[&publication])
+        .query_opt(
+            "select 1 from pg_publication where pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(DbError::from)?
         .is_some();
     if !exists {
         let sql = format!("create publication {}", quote_ident(publication));
-        client.batch_execute(&sql).await.map_err(|e| privilege("create the publication", e, format!("{sql};")))?;
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| privilege("create the publication", e, format!("{sql};")))?;
         tracing::info!(publication, "created publication");
     }
     Ok(())
@@ -58,18 +74,27 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, Replication
             let plugin: Option<String> = r.get(0);
             let same_db: Option<bool> = r.get(1);
             if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-                return Err(ReplicationError::SlotMismatch { slot: slot.into(), plugin: plugin.unwrap_or_default() });
+                return Err(ReplicationError::SlotMismatch {
+                    slot: slot.into(),
+                    plugin: plugin.unwrap_or_default(),
+                });
             }
             let status: Option<String> = r.get(3);
             if status.as_deref() == Some("lost") {
-                return Err(ReplicationError::SlotInvalidated { slot: slot.into(), detail: "wal_status = lost".into() });
+                return Err(ReplicationError::SlotInvalidated {
+                    slot: slot.into(),
+                    detail: "wal_status = lost".into(),
+                });
             }
             let lsn: Option<String> = r.get(2);
             Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or_default())
         }
         None => {
             let r = client
-                .query_one("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                .query_one(
+                    "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
                 .await
                 .map_err(|e| {
                     privilege(
@@ -111,7 +136,11 @@ pub async fn ensure_published(
         );
         if let Err(e) = client.batch_execute(&format!("begin; {sql}; commit")).await {
             let _ = client.batch_execute("rollback").await;
-            return Err(privilege(&format!("publish table {}", table.name), e, format!("{sql};")));
+            return Err(privilege(
+                &format!("publish table {}", table.name),
+                e,
+                format!("{sql};"),
+            ));
         }
         tracing::info!(table = %table.name, publication, "added table to publication");
         added = true;

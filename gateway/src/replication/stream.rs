@@ -11,9 +11,9 @@ use shapes::offset::Lsn;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::ReplicationError;
 use super::decode::decode;
 use super::txn::TxnAssembler;
-use super::ReplicationError;
 use crate::db::SESSION_OPTIONS;
 use crate::fanout::ack::AckState;
 use crate::status::Status;
@@ -63,7 +63,10 @@ fn transport_config(settings: &StreamSettings, start: Lsn) -> ReplicationConfig 
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
     };
-    let password = db.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    let password = db
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
     ReplicationConfig::new(
         host,
         db.get_user().unwrap_or("postgres"),
@@ -86,8 +89,15 @@ fn classify(e: PgWireError, settings: &StreamSettings) -> ReplicationError {
             let m = msg.to_lowercase();
             if m.contains("publication") && m.contains("does not exist") {
                 ReplicationError::PublicationDropped(settings.publication.clone())
-            } else if m.contains("replication slot") && (m.contains("does not exist") || m.contains("invalidated") || m.contains("can no longer")) {
-                ReplicationError::SlotInvalidated { slot: settings.slot.clone(), detail: msg.clone() }
+            } else if m.contains("replication slot")
+                && (m.contains("does not exist")
+                    || m.contains("invalidated")
+                    || m.contains("can no longer"))
+            {
+                ReplicationError::SlotInvalidated {
+                    slot: settings.slot.clone(),
+                    detail: msg.clone(),
+                }
             } else if m.contains("wal_level") {
                 ReplicationError::WalLevel(msg.clone())
             } else {
@@ -95,7 +105,12 @@ fn classify(e: PgWireError, settings: &StreamSettings) -> ReplicationError {
             }
         }
         PgWireError::Auth(_) | PgWireError::Tls(_) | PgWireError::MessageTooLarge { .. } => {
-            ReplicationError::Privilege { what: "open a replication connection".into(), detail: e.to_string(), fix: "check the credentials in --database-url and that the role has REPLICATION".into() }
+            ReplicationError::Privilege {
+                what: "open a replication connection".into(),
+                detail: e.to_string(),
+                fix: "check the credentials in --database-url and that the role has REPLICATION"
+                    .into(),
+            }
         }
         _ => ReplicationError::Transport(e.to_string()),
     }
@@ -110,8 +125,13 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<(), ReplicationError> {
     let start = ack.durable();
-    let mut client = ReplicationClient::connect(transport_config(settings, start)).await.map_err(|e| classify(e, settings))?;
-    client.wait_started().await.map_err(|e| classify(e, settings))?;
+    let mut client = ReplicationClient::connect(transport_config(settings, start))
+        .await
+        .map_err(|e| classify(e, settings))?;
+    client
+        .wait_started()
+        .await
+        .map_err(|e| classify(e, settings))?;
     tracing::info!(slot = %settings.slot, start = %start, "replication streaming");
     status.set_replication(true, None);
     *backoff = BACKOFF_MIN;

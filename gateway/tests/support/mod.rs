@@ -24,15 +24,26 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Env {
-        let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default())).await.unwrap().expect("start postgres");
+        let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default()))
+            .await
+            .unwrap()
+            .expect("start postgres");
         let url = pg.url("postgres");
         let db = connect(&url).await;
         let data_dir = pg.root().join("gateway-data");
-        Env { pg, url, db, data_dir }
+        Env {
+            pg,
+            url,
+            db,
+            data_dir,
+        }
     }
 
     pub async fn sql(&self, sql: &str) {
-        self.db.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        self.db
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     /// Reconnects after a PostgreSQL restart.
@@ -43,16 +54,26 @@ impl Env {
     pub fn gateway(&self) -> Gateway {
         Gateway::start(&self.url, &self.data_dir, &[])
     }
+
+    pub fn gateway_with(&self, args: &[&str]) -> Gateway {
+        Gateway::start(&self.url, &self.data_dir, args)
+    }
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(conn);
     client
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The gateway binary, run as a child process so tests can kill -9 it.
@@ -66,18 +87,33 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(db_url: &str, data_dir: &std::path::Path, extra: &[&str]) -> Gateway {
-        let mut g = Gateway { child: None, port: free_port(), url: db_url.into(), data_dir: data_dir.into(), extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut g = Gateway {
+            child: None,
+            port: free_port(),
+            url: db_url.into(),
+            data_dir: data_dir.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         g.spawn();
         g
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["serve", "--auth", "none", "--database-url", &self.url])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--data-dir", &self.data_dir.to_string_lossy()])
-            .args(["--long-poll-timeout-ms", "1500", "--sse-timeout-s", "5", "--chunk-bytes", "4096"])
+            .args(["--long-poll-timeout-ms", "1500", "--sse-timeout-s", "5"])
+            .args(if self.extra.iter().any(|a| a == "--chunk-bytes") {
+                &[][..]
+            } else {
+                &["--chunk-bytes", "4096"][..]
+            })
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -98,12 +134,16 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!("gateway exited early with {status}; log: {}", self.log());
             }
-            if let Ok(r) = reqwest::get(format!("{}/readyz", self.base())).await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(format!("{}/readyz", self.base())).await
+                && r.status() == 200
+            {
+                return;
             }
-            assert!(started.elapsed() < DEADLINE, "gateway not ready; log: {}", self.log());
+            assert!(
+                started.elapsed() < DEADLINE,
+                "gateway not ready; log: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -122,13 +162,19 @@ impl Gateway {
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
         let started = Instant::now();
         loop {
             if let Some(s) = c.try_wait().unwrap() {
                 return s.code();
             }
-            assert!(started.elapsed() < DEADLINE, "gateway did not stop on SIGTERM");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "gateway did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -160,7 +206,11 @@ pub async fn get(url: &str) -> Response {
     let headers = r.headers().clone();
     let bytes = r.bytes().await.unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Follows one shape by long-polling and materializes it.
@@ -200,7 +250,10 @@ impl Follower {
     }
 
     fn url(&self, live: bool) -> String {
-        let mut u = format!("{}/v1/shape?{}&offset={}", self.base, self.params, self.offset);
+        let mut u = format!(
+            "{}/v1/shape?{}&offset={}",
+            self.base, self.params, self.offset
+        );
         if let Some(h) = &self.handle {
             u.push_str(&format!("&handle={h}"));
         }
@@ -216,7 +269,10 @@ impl Follower {
         match r.status {
             200 => {}
             409 => {
-                self.handle = r.headers.get("electric-handle").map(|h| h.to_str().unwrap().to_string());
+                self.handle = r
+                    .headers
+                    .get("electric-handle")
+                    .map(|h| h.to_str().unwrap().to_string());
                 self.offset = "-1".into();
                 self.rows.clear();
                 self.seen.clear();
@@ -231,7 +287,12 @@ impl Follower {
         if live {
             self.cursor = h("electric-cursor").expect("electric-cursor on live responses");
         } else {
-            self.schema = Some(serde_json::from_str(&h("electric-schema").expect("electric-schema on non-live responses")).unwrap());
+            self.schema = Some(
+                serde_json::from_str(
+                    &h("electric-schema").expect("electric-schema on non-live responses"),
+                )
+                .unwrap(),
+            );
         }
         let mut up_to_date = false;
         for m in r.body.as_array().expect("array body") {
@@ -244,11 +305,12 @@ impl Follower {
             if headers.get("control").is_some() {
                 continue;
             }
-            if let (Some(lsn), Some(op)) = (headers["lsn"].as_str(), headers["op_position"].as_u64()) {
-                if !self.seen.insert((lsn.to_string(), op)) {
-                    self.duplicates += 1;
-                    continue;
-                }
+            if let (Some(lsn), Some(op)) =
+                (headers["lsn"].as_str(), headers["op_position"].as_u64())
+                && !self.seen.insert((lsn.to_string(), op))
+            {
+                self.duplicates += 1;
+                continue;
             }
             let key = m["key"].as_str().unwrap().to_string();
             let value = m["value"].as_object().unwrap().clone();
@@ -257,7 +319,9 @@ impl Follower {
                     self.rows.insert(key, value);
                 }
                 "update" => {
-                    let row = self.rows.get_mut(&key).unwrap_or_else(|| panic!("update for a row the client does not hold: {key}"));
+                    let row = self.rows.get_mut(&key).unwrap_or_else(|| {
+                        panic!("update for a row the client does not hold: {key}")
+                    });
                     row.extend(value);
                 }
                 "delete" => {
@@ -273,15 +337,25 @@ impl Follower {
     pub async fn sync(&mut self) {
         let started = Instant::now();
         while !self.step(false).await {
-            assert!(started.elapsed() < DEADLINE, "no up-to-date within the deadline");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no up-to-date within the deadline"
+            );
         }
     }
 
     /// Long-polls until `done(rows)` holds.
-    pub async fn live_until(&mut self, done: impl Fn(&BTreeMap<String, Map<String, Value>>) -> bool) {
+    pub async fn live_until(
+        &mut self,
+        done: impl Fn(&BTreeMap<String, Map<String, Value>>) -> bool,
+    ) {
         let started = Instant::now();
         while !done(&self.rows) {
-            assert!(started.elapsed() < DEADLINE, "live state never reached; rows: {:?}", self.rows);
+            assert!(
+                started.elapsed() < DEADLINE,
+                "live state never reached; rows: {:?}",
+                self.rows
+            );
             if self.offset == "-1" {
                 self.sync().await;
             } else {
@@ -292,17 +366,37 @@ impl Follower {
 
     /// The rows as (id → value of `col`), for comparisons.
     pub fn column(&self, id: &str, col: &str) -> BTreeMap<String, Value> {
-        self.rows.values().map(|r| (r[id].as_str().unwrap().to_string(), r.get(col).cloned().unwrap_or(Value::Null))).collect()
+        self.rows
+            .values()
+            .map(|r| {
+                (
+                    r[id].as_str().unwrap().to_string(),
+                    r.get(col).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect()
     }
 }
 
 /// `select id, col from table where filter` as the same map, from PostgreSQL itself.
-pub async fn oracle(db: &tokio_postgres::Client, table: &str, filter: &str, col: &str) -> BTreeMap<String, Value> {
+pub async fn oracle(
+    db: &tokio_postgres::Client,
+    table: &str,
+    filter: &str,
+    col: &str,
+) -> BTreeMap<String, Value> {
     let sql = format!("select id::text, {col}::text from {table} where {filter}");
     db.query(&sql, &[])
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1).map(Value::String).unwrap_or(Value::Null)))
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1)
+                    .map(Value::String)
+                    .unwrap_or(Value::Null),
+            )
+        })
         .collect()
 }

@@ -50,7 +50,11 @@ impl Expr {
                         _ => unknown = true,
                     }
                 }
-                if unknown { Datum::Null } else { Datum::Bool(true) }
+                if unknown {
+                    Datum::Null
+                } else {
+                    Datum::Bool(true)
+                }
             }
             Expr::Or(terms) => {
                 let mut unknown = false;
@@ -61,18 +65,32 @@ impl Expr {
                         _ => unknown = true,
                     }
                 }
-                if unknown { Datum::Null } else { Datum::Bool(false) }
+                if unknown {
+                    Datum::Null
+                } else {
+                    Datum::Bool(false)
+                }
             }
             Expr::Compare { op, left, right } => compare(*op, &left.eval(row)?, &right.eval(row)?),
-            Expr::IsNull { expr, negated } => Datum::Bool((expr.eval(row)? == Datum::Null) != *negated),
-            Expr::IsBool { expr, value, negated } => {
+            Expr::IsNull { expr, negated } => {
+                Datum::Bool((expr.eval(row)? == Datum::Null) != *negated)
+            }
+            Expr::IsBool {
+                expr,
+                value,
+                negated,
+            } => {
                 let v = match expr.eval(row)? {
                     Datum::Bool(b) => Some(b),
                     _ => None,
                 };
                 Datum::Bool((v == *value) != *negated)
             }
-            Expr::Distinct { left, right, negated } => {
+            Expr::Distinct {
+                left,
+                right,
+                negated,
+            } => {
                 let (l, r) = (left.eval(row)?, right.eval(row)?);
                 let same = match (&l, &r) {
                     (Datum::Null, Datum::Null) => true,
@@ -81,7 +99,11 @@ impl Expr {
                 };
                 Datum::Bool(same == *negated)
             }
-            Expr::InList { expr, list, negated } => {
+            Expr::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 let x = expr.eval(row)?;
                 let mut result = Datum::Bool(false);
                 for item in list {
@@ -96,22 +118,30 @@ impl Expr {
                 }
                 negate_if(result, *negated)
             }
-            Expr::Like { expr, pattern, case_insensitive, negated } => {
-                match (expr.eval(row)?, pattern.eval(row)?) {
-                    (Datum::Text(s), Datum::Text(p)) => {
-                        let hit = if *case_insensitive {
-                            like(&s.to_lowercase(), &p.to_lowercase())
-                        } else {
-                            like(&s, &p)
-                        };
-                        Datum::Bool(hit != *negated)
-                    }
-                    _ => Datum::Null,
+            Expr::Like {
+                expr,
+                pattern,
+                case_insensitive,
+                negated,
+            } => match (expr.eval(row)?, pattern.eval(row)?) {
+                (Datum::Text(s), Datum::Text(p)) => {
+                    let hit = if *case_insensitive {
+                        like(&s.to_lowercase(), &p.to_lowercase())
+                    } else {
+                        like(&s, &p)
+                    };
+                    Datum::Bool(hit != *negated)
                 }
-            }
-            Expr::Arith { op, left, right, .. } => arith(*op, left.eval(row)?, right.eval(row)?)?,
+                _ => Datum::Null,
+            },
+            Expr::Arith {
+                op, left, right, ..
+            } => arith(*op, left.eval(row)?, right.eval(row)?)?,
             Expr::Negate { expr, .. } => match expr.eval(row)? {
-                Datum::Int(i) => Datum::Int(i.checked_neg().ok_or_else(|| EvalError::Value("integer out of range".into()))?),
+                Datum::Int(i) => Datum::Int(
+                    i.checked_neg()
+                        .ok_or_else(|| EvalError::Value("integer out of range".into()))?,
+                ),
                 Datum::Float(f) => Datum::Float(-f),
                 _ => Datum::Null,
             },
@@ -120,8 +150,16 @@ impl Expr {
                 _ => Datum::Null,
             },
             Expr::Func { func, args, .. } => function(*func, args, row)?,
-            Expr::Cast { expr, ty } => expr.eval(row)?.cast(ty).map_err(|e| EvalError::Value(e.to_string()))?,
-            Expr::Quantified { op, left, array, all } => {
+            Expr::Cast { expr, ty } => expr
+                .eval(row)?
+                .cast(ty)
+                .map_err(|e| EvalError::Value(e.to_string()))?,
+            Expr::Quantified {
+                op,
+                left,
+                array,
+                all,
+            } => {
                 let l = left.eval(row)?;
                 match array.eval(row)? {
                     Datum::Array(items) => {
@@ -178,7 +216,9 @@ fn arith(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError> {
             ArithOp::Add => a.checked_add(b).ok_or_else(overflow)?,
             ArithOp::Sub => a.checked_sub(b).ok_or_else(overflow)?,
             ArithOp::Mul => a.checked_mul(b).ok_or_else(overflow)?,
-            ArithOp::Div | ArithOp::Mod if b == 0 => return Err(EvalError::Value("division by zero".into())),
+            ArithOp::Div | ArithOp::Mod if b == 0 => {
+                return Err(EvalError::Value("division by zero".into()));
+            }
             ArithOp::Div => a.checked_div(b).ok_or_else(overflow)?,
             ArithOp::Mod => a.checked_rem(b).unwrap_or(0),
         }),
@@ -197,7 +237,11 @@ fn arith(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError> {
 fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum, EvalError> {
     Ok(match func {
         Func::Lower | Func::Upper => match args[0].eval(row)? {
-            Datum::Text(s) => Datum::Text(if func == Func::Lower { s.to_lowercase() } else { s.to_uppercase() }),
+            Datum::Text(s) => Datum::Text(if func == Func::Lower {
+                s.to_lowercase()
+            } else {
+                s.to_uppercase()
+            }),
             _ => Datum::Null,
         },
         Func::Concat => {
@@ -230,7 +274,11 @@ fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum
                     None => true,
                     Some(b) => {
                         let o = v.compare(b);
-                        if func == Func::Greatest { o == Some(Ordering::Greater) } else { o == Some(Ordering::Less) }
+                        if func == Func::Greatest {
+                            o == Some(Ordering::Greater)
+                        } else {
+                            o == Some(Ordering::Less)
+                        }
                     }
                 };
                 if better {
@@ -306,12 +354,29 @@ mod tests {
 
     fn check(filter: &str, row: Vec<Option<&'static str>>) -> Datum {
         let table = crate::where_clause::parse::tests::table();
-        let e = parse_where(filter, &table, &HashMap::new(), BindOptions { text_sorts_bytewise: true }).unwrap();
+        let e = parse_where(
+            filter,
+            &table,
+            &HashMap::new(),
+            BindOptions {
+                text_sorts_bytewise: true,
+            },
+        )
+        .unwrap();
         e.eval(&TextRow(row)).unwrap()
     }
 
     fn row() -> Vec<Option<&'static str>> {
-        vec![Some("7"), Some("Hello"), Some("10.50"), Some("t"), Some("{a,\"b c\",NULL}"), Some("2024-03-01"), Some("ok"), None]
+        vec![
+            Some("7"),
+            Some("Hello"),
+            Some("10.50"),
+            Some("t"),
+            Some("{a,\"b c\",NULL}"),
+            Some("2024-03-01"),
+            Some("ok"),
+            None,
+        ]
     }
 
     #[test]
@@ -325,23 +390,44 @@ mod tests {
         assert_eq!(check("id NOT IN (1, NULL)", row()), Datum::Null);
         assert_eq!(check("id IN (7, NULL)", row()), Datum::Bool(true));
         assert_eq!(check("\"Org\" IS NULL", row()), Datum::Bool(true));
-        assert_eq!(check("(\"Org\" = 'x') IS UNKNOWN", row()), Datum::Bool(true));
-        assert_eq!(check("\"Org\" IS DISTINCT FROM NULL", row()), Datum::Bool(false));
+        assert_eq!(
+            check("(\"Org\" = 'x') IS UNKNOWN", row()),
+            Datum::Bool(true)
+        );
+        assert_eq!(
+            check("\"Org\" IS DISTINCT FROM NULL", row()),
+            Datum::Bool(false)
+        );
     }
 
     #[test]
     fn typed_comparisons() {
         assert_eq!(check("price = 10.5", row()), Datum::Bool(true));
-        assert_eq!(check("price > 10.499999999999999999", row()), Datum::Bool(true));
+        assert_eq!(
+            check("price > 10.499999999999999999", row()),
+            Datum::Bool(true)
+        );
         assert_eq!(check("id > 6.5", row()), Datum::Bool(true));
         assert_eq!(check("done", row()), Datum::Bool(true));
-        assert_eq!(check("due BETWEEN '2024-01-01' AND '2024-12-31'", row()), Datum::Bool(true));
-        assert_eq!(check("due > TIMESTAMP '2024-03-01 00:00:01'", row()), Datum::Bool(false));
+        assert_eq!(
+            check("due BETWEEN '2024-01-01' AND '2024-12-31'", row()),
+            Datum::Bool(true)
+        );
+        assert_eq!(
+            check("due > TIMESTAMP '2024-03-01 00:00:01'", row()),
+            Datum::Bool(false)
+        );
         assert_eq!(check("'b c' = ANY(tags)", row()), Datum::Bool(true));
         assert_eq!(check("'z' = ANY(tags)", row()), Datum::Null);
-        assert_eq!(check("'z' <> ALL(ARRAY['x','y'])", row()), Datum::Bool(true));
+        assert_eq!(
+            check("'z' <> ALL(ARRAY['x','y'])", row()),
+            Datum::Bool(true)
+        );
         assert_eq!(check("mood::text = 'ok'", row()), Datum::Bool(true));
-        assert_eq!(check("id % 4 = 3 AND id * 2 = 14 AND id / 2 = 3", row()), Datum::Bool(true));
+        assert_eq!(
+            check("id % 4 = 3 AND id * 2 = 14 AND id / 2 = 3", row()),
+            Datum::Bool(true)
+        );
     }
 
     #[test]
@@ -355,6 +441,9 @@ mod tests {
         assert!(like("a%b", "a%%b"));
         assert_eq!(check("title ILIKE 'hel%'", row()), Datum::Bool(true));
         assert_eq!(check("title LIKE 'hel%'", row()), Datum::Bool(false));
-        assert_eq!(check("lower(title) = 'hello' AND upper(title) LIKE 'HE%'", row()), Datum::Bool(true));
+        assert_eq!(
+            check("lower(title) = 'hello' AND upper(title) LIKE 'HE%'", row()),
+            Datum::Bool(true)
+        );
     }
 }

@@ -28,7 +28,9 @@ pub enum WhereError {
     Type(String),
     #[error("{0}")]
     Param(String),
-    #[error("the filter is too long or too deeply nested (at most {MAX_WHERE_LEN} bytes and {MAX_DEPTH} levels)")]
+    #[error(
+        "the filter is too long or too deeply nested (at most {MAX_WHERE_LEN} bytes and {MAX_DEPTH} levels)"
+    )]
     TooComplex,
 }
 
@@ -106,26 +108,80 @@ impl Func {
 /// A typed, allow-listed filter expression.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
-    Column { index: usize, name: String, ty: SqlType },
-    Const { value: Datum, ty: SqlType },
+    Column {
+        index: usize,
+        name: String,
+        ty: SqlType,
+    },
+    Const {
+        value: Datum,
+        ty: SqlType,
+    },
     Not(Box<Expr>),
     And(Vec<Expr>),
     Or(Vec<Expr>),
-    Compare { op: CmpOp, left: Box<Expr>, right: Box<Expr> },
-    IsNull { expr: Box<Expr>, negated: bool },
+    Compare {
+        op: CmpOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+    },
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
     /// `IS [NOT] TRUE | FALSE | UNKNOWN` (`value: None` is UNKNOWN).
-    IsBool { expr: Box<Expr>, value: Option<bool>, negated: bool },
+    IsBool {
+        expr: Box<Expr>,
+        value: Option<bool>,
+        negated: bool,
+    },
     /// `IS [NOT] DISTINCT FROM`; `negated` is `IS NOT DISTINCT FROM`.
-    Distinct { left: Box<Expr>, right: Box<Expr>, negated: bool },
-    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
-    Like { expr: Box<Expr>, pattern: Box<Expr>, case_insensitive: bool, negated: bool },
-    Arith { op: ArithOp, left: Box<Expr>, right: Box<Expr>, ty: SqlType },
-    Negate { expr: Box<Expr>, ty: SqlType },
-    Concat { left: Box<Expr>, right: Box<Expr> },
-    Func { func: Func, args: Vec<Expr>, ty: SqlType },
-    Cast { expr: Box<Expr>, ty: SqlType },
+    Distinct {
+        left: Box<Expr>,
+        right: Box<Expr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
+    Like {
+        expr: Box<Expr>,
+        pattern: Box<Expr>,
+        case_insensitive: bool,
+        negated: bool,
+    },
+    Arith {
+        op: ArithOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+        ty: SqlType,
+    },
+    Negate {
+        expr: Box<Expr>,
+        ty: SqlType,
+    },
+    Concat {
+        left: Box<Expr>,
+        right: Box<Expr>,
+    },
+    Func {
+        func: Func,
+        args: Vec<Expr>,
+        ty: SqlType,
+    },
+    Cast {
+        expr: Box<Expr>,
+        ty: SqlType,
+    },
     /// `left op ANY(array)` or `left op ALL(array)`.
-    Quantified { op: CmpOp, left: Box<Expr>, array: Box<Expr>, all: bool },
+    Quantified {
+        op: CmpOp,
+        left: Box<Expr>,
+        array: Box<Expr>,
+        all: bool,
+    },
 }
 
 impl Expr {
@@ -161,7 +217,9 @@ impl Expr {
             Expr::Column { .. } | Expr::Const { .. } => {}
             Expr::Not(e) | Expr::Cast { expr: e, .. } | Expr::Negate { expr: e, .. } => e.visit(f),
             Expr::IsNull { expr, .. } | Expr::IsBool { expr, .. } => expr.visit(f),
-            Expr::And(v) | Expr::Or(v) | Expr::Func { args: v, .. } => v.iter().for_each(|e| e.visit(f)),
+            Expr::And(v) | Expr::Or(v) | Expr::Func { args: v, .. } => {
+                v.iter().for_each(|e| e.visit(f))
+            }
             Expr::Compare { left, right, .. }
             | Expr::Distinct { left, right, .. }
             | Expr::Arith { left, right, .. }
