@@ -5,5 +5,6 @@ mod support;
 
 mod api;
 mod durability;
+mod electric_client;
 mod filters;
 mod sync;

@@ -12,6 +12,7 @@ use shapes::log::{LiveRead, LogVersion};
 use shapes::offset::{LogOffset, Lsn};
 use shapes::shape::Shape;
 use shapes::wire::{MUST_REFETCH, up_to_date};
+use tokio::sync::watch;
 
 use super::AppState;
 use super::error::ApiError;
@@ -133,6 +134,15 @@ async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>,
     Ok(live)
 }
 
+/// Waits for `ready` or rotation and returns a copy, so no watch guard (not `Send`) is held
+/// across later awaits. `None` when the log was dropped.
+pub(super) async fn next_version(
+    rx: &mut watch::Receiver<LogVersion>,
+    ready: impl Fn(&LogVersion) -> bool,
+) -> Option<LogVersion> {
+    rx.wait_for(|v| v.gone || ready(v)).await.ok().map(|v| *v)
+}
+
 /// Waits until `ready` holds for the shape's log, or it is gone (→ 409 or the failure).
 async fn wait_for(
     shape: &LiveShape,
@@ -223,9 +233,9 @@ async fn serve_live(
         // A client ahead of the log (e.g. after a failover): give the log a moment to catch up.
         let wait = state.settings.long_poll_timeout / 2;
         let mut rx = shape.log.subscribe();
-        match tokio::time::timeout(wait, rx.wait_for(|v| v.gone || v.head >= after)).await {
-            Ok(Ok(v)) if !v.gone => {}
-            Ok(Ok(_)) => return Ok(must_refetch(state.registry.get(&shape.key).as_deref())),
+        match tokio::time::timeout(wait, next_version(&mut rx, |v| v.head >= after)).await {
+            Ok(Some(v)) if !v.gone => {}
+            Ok(Some(_)) => return replacement(state, req).await,
             _ => return Err(ApiError::invalid("offset", "out of bounds for this shape")),
         }
     }
@@ -264,9 +274,9 @@ async fn serve_live(
         }
         // Live and nothing new: hold the request until data, rotation or timeout.
         tokio::select! {
-            changed = rx.wait_for(|v| v.gone || v.head > after) => {
-                if changed.map(|v| v.gone).unwrap_or(true) {
-                    return Ok(must_refetch(state.registry.get(&shape.key).as_deref()));
+            changed = next_version(&mut rx, |v| v.head > after) => {
+                if changed.is_none_or(|v| v.gone) {
+                    return replacement(state, req).await;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -389,6 +399,13 @@ fn respond(
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     resp
+}
+
+/// 409 naming the shape that now serves the request's definition (created if needed), so
+/// the client refetches straight into it.
+async fn replacement(state: &AppState, req: &ShapeRequest) -> Result<Response, ApiError> {
+    let current = resolve(state, req).await?;
+    Ok(must_refetch(Some(&current)))
 }
 
 /// 409: the handle is gone or belongs to another definition; `current` is its replacement.

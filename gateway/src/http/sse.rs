@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::request::ShapeRequest;
-use super::shape::{cursor_for, read_live};
+use super::shape::{cursor_for, next_version, read_live};
 use crate::fanout::registry::LiveShape;
 
 /// Events buffered per stream before the producer waits for the client: a slow client
@@ -98,8 +98,8 @@ async fn produce(
             continue;
         }
         tokio::select! {
-            changed = rx.wait_for(|v| v.gone || v.head > after) => {
-                if changed.map(|v| v.gone).unwrap_or(true) {
+            changed = next_version(&mut rx, |v| v.head > after) => {
+                if changed.is_none_or(|v| v.gone) {
                     return; // rotated: the client reconnects and gets 409
                 }
             }
