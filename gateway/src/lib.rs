@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod devdb;
 pub mod fanout;
 pub mod http;

@@ -18,6 +18,11 @@ struct Cli {
 enum Command {
     /// Tail logical replication and serve shapes.
     Serve(gateway::config::ServeConfig),
+    /// Start a throwaway PostgreSQL with demo data and serve it (Ctrl-C cleans up).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Serve(cfg) => gateway::serve(cfg, shutdown).await?,
+        Command::Demo { listen } => gateway::demo::run(listen, shutdown).await?,
     }
     Ok(())
 }

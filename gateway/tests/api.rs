@@ -256,3 +256,34 @@ async fn every_documented_route_answers() {
     );
     assert_eq!(get(&format!("{}/nope", gw.base())).await.status, 404);
 }
+
+#[tokio::test]
+async fn demo_starts_serves_the_demo_schema_and_cleans_up_on_ctrl_c() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/shape?table=todos&offset=-1&where=org_id%3D%27acme%27");
+    let started = std::time::Instant::now();
+    let body = loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status() == 200
+        {
+            break r.text().await.unwrap();
+        }
+        assert!(started.elapsed() < crate::support::DEADLINE, "demo never served");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let rows: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows.as_array().unwrap().iter().filter(|m| m.get("key").is_some()).count(), 3);
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo exits cleanly on Ctrl-C");
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let pg_url = out.lines().find_map(|l| l.split("PostgreSQL at ").nth(1)).expect("the demo prints its database");
+    assert!(tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await.is_err(), "the throwaway database is gone");
+}

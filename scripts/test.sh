@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test of the project. On a fresh Debian/Ubuntu machine it first installs what
+# is missing: PostgreSQL server binaries, Node.js and npm, and the Node packages of the
+# protocol suite (the official @electric-sql/client).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/setup.sh
+
+ensure_postgres
+ensure_node
+(cd gateway/tests/electric-client && npm ci --no-audit --no-fund --loglevel=error)
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
