@@ -15,10 +15,7 @@ pub enum DbError {
     #[error("invalid database URL: {0} (expected postgres://user:password@host:port/database)")]
     BadUrl(String),
     #[error("cannot connect to PostgreSQL at {target}: {source}")]
-    Connect {
-        target: String,
-        source: tokio_postgres::Error,
-    },
+    Connect { target: String, source: tokio_postgres::Error },
     #[error(transparent)]
     Query(#[from] tokio_postgres::Error),
 }
@@ -44,10 +41,7 @@ pub fn parse_url(url: &str) -> Result<Config, DbError> {
 /// Opens a session; its connection task runs until the client is dropped.
 pub async fn connect(cfg: &Config) -> Result<Client, DbError> {
     let target = describe(cfg);
-    let (client, conn) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|source| DbError::Connect { target, source })?;
+    let (client, conn) = cfg.connect(NoTls).await.map_err(|source| DbError::Connect { target, source })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "database session ended");
@@ -83,13 +77,8 @@ where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')
 order by a.attnum";
 
 /// Reads a table's columns in replication order; `None` when no such table exists.
-pub async fn table_schema(
-    client: &Client,
-    name: &TableName,
-) -> Result<Option<TableSchema>, DbError> {
-    let rows = client
-        .query(TABLE_COLUMNS, &[&name.schema, &name.name])
-        .await?;
+pub async fn table_schema(client: &Client, name: &TableName) -> Result<Option<TableSchema>, DbError> {
+    let rows = client.query(TABLE_COLUMNS, &[&name.schema, &name.name]).await?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
@@ -107,25 +96,13 @@ pub async fn table_schema(
             pk_index: r.get::<_, Option<i32>>(8).map(|p| p as u32),
         })
         .collect();
-    Ok(Some(TableSchema {
-        oid,
-        name: name.clone(),
-        columns,
-        replica_identity_full: identity == "f",
-    }))
+    Ok(Some(TableSchema { oid, name: name.clone(), columns, replica_identity_full: identity == "f" }))
 }
 
 /// Whether the database sorts text bytewise, so filters may order text in Rust.
 pub async fn text_sorts_bytewise(client: &Client) -> Result<bool, DbError> {
-    let row = client
-        .query_one(
-            "select datcollate::text from pg_database where datname = current_database()",
-            &[],
-        )
-        .await?;
+    let row =
+        client.query_one("select datcollate::text from pg_database where datname = current_database()", &[]).await?;
     let collate: String = row.get(0);
-    Ok(matches!(
-        collate.as_str(),
-        "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"
-    ))
+    Ok(matches!(collate.as_str(), "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"))
 }

@@ -28,7 +28,10 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
         tracing::warn!(%listen, "the demo reads without tokens; it listens on a non-loopback address only because you asked");
     }
     println!("starting a throwaway PostgreSQL …");
-    let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default())).await.map_err(std::io::Error::other).map_err(crate::devdb::DevDbError::from)??;
+    let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default()))
+        .await
+        .map_err(std::io::Error::other)
+        .map_err(crate::devdb::DevDbError::from)??;
     let url = pg.url("postgres");
     let client = crate::db::connect(&crate::db::parse_url(&url)?).await?;
     client.batch_execute(DEMO_SQL).await?;
@@ -41,7 +44,9 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
     println!("  snapshot of one org's todos:");
     println!("    curl -i '{base}/v1/shape?table=todos&offset=-1&where=org_id%3D%27acme%27'");
     println!("  then follow it live (use the electric-handle and electric-offset headers you got):");
-    println!("    curl -i '{base}/v1/shape?table=todos&where=org_id%3D%27acme%27&handle=<handle>&offset=<offset>&live=true'");
+    println!(
+        "    curl -i '{base}/v1/shape?table=todos&where=org_id%3D%27acme%27&handle=<handle>&offset=<offset>&live=true'"
+    );
     println!("  and change a row in another terminal:");
     println!("    psql '{url}' -c \"update todos set done = true where org_id = 'acme'\"");
     println!();

@@ -82,23 +82,11 @@ fn free_port() -> std::io::Result<u16> {
 impl DevPostgres {
     pub fn start(options: &DevOptions) -> Result<DevPostgres, DevDbError> {
         let bin = find_binaries()?;
-        let run_as = if rustix::process::geteuid().is_root() {
-            Some("postgres".to_string())
-        } else {
-            None
-        };
-        let root = std::env::temp_dir().join(format!(
-            "gateway-pg-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let run_as = if rustix::process::geteuid().is_root() { Some("postgres".to_string()) } else { None };
+        let root =
+            std::env::temp_dir().join(format!("gateway-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&root)?;
-        let db = DevPostgres {
-            root,
-            bin,
-            port: free_port()?,
-            run_as,
-        };
+        let db = DevPostgres { root, bin, port: free_port()?, run_as };
         db.own_root()?;
         db.run(
             "initdb",
@@ -135,15 +123,11 @@ impl DevPostgres {
     fn own_root(&self) -> Result<(), DevDbError> {
         if let Some(user) = &self.run_as {
             let out = Command::new("id").args(["-u", user]).output()?;
-            let uid: u32 = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .map_err(|_| DevDbError::NoPostgresUser)?;
+            let uid: u32 =
+                String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| DevDbError::NoPostgresUser)?;
             let out = Command::new("id").args(["-g", user]).output()?;
-            let gid: u32 = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .map_err(|_| DevDbError::NoPostgresUser)?;
+            let gid: u32 =
+                String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| DevDbError::NoPostgresUser)?;
             std::os::unix::fs::chown(&self.root, Some(uid), Some(gid))?;
         }
         Ok(())
@@ -162,18 +146,11 @@ impl DevPostgres {
     }
 
     fn run(&self, step: &'static str, args: &[&str]) -> Result<(), DevDbError> {
-        let out = self
-            .command(step)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
+        let out = self.command(step).args(args).stdin(Stdio::null()).output()?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(DevDbError::Step {
-                step,
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
+            Err(DevDbError::Step { step, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
         }
     }
 
@@ -201,24 +178,12 @@ impl DevPostgres {
         let log = self.root.join("server.log");
         self.run(
             "pg_ctl",
-            &[
-                "-D",
-                &self.data().to_string_lossy(),
-                "-l",
-                &log.to_string_lossy(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
+            &["-D", &self.data().to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-t", "60", "start"],
         )
         .map_err(|e| match e {
             DevDbError::Step { step, detail } => DevDbError::Step {
                 step,
-                detail: format!(
-                    "{detail}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ),
+                detail: format!("{detail}\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
             },
             e => e,
         })
@@ -226,19 +191,7 @@ impl DevPostgres {
 
     /// Stops the server: `fast` waits for clients to be told, `immediate` is a crash.
     pub fn stop(&self, mode: StopMode) -> Result<(), DevDbError> {
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data().to_string_lossy(),
-                "-w",
-                "-t",
-                "60",
-                "stop",
-                "-m",
-                mode.as_str(),
-            ],
-        )
+        self.run("pg_ctl", &["-D", &self.data().to_string_lossy(), "-w", "-t", "60", "stop", "-m", mode.as_str()])
     }
 
     pub fn restart(&self, mode: StopMode) -> Result<(), DevDbError> {

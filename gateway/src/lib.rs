@@ -45,15 +45,9 @@ pub enum StartError {
     #[error(transparent)]
     Replication(#[from] ReplicationError),
     #[error("data dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("shape storage failed: {0}")]
     Storage(std::io::Error),
 }
@@ -64,9 +58,9 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         AuthMode::None if !cfg.listen.ip().is_loopback() => {
             return Err(StartError::NoneAuthNotLoopback(cfg.listen));
         }
-        AuthMode::None => tracing::warn!(
-            "--auth none: every published table is readable without a token (development only)"
-        ),
+        AuthMode::None => {
+            tracing::warn!("--auth none: every published table is readable without a token (development only)")
+        }
         AuthMode::Jwt => return Err(StartError::JwtNotAvailable),
     }
     let db_cfg = db::parse_url(&cfg.database_url)?;
@@ -74,27 +68,18 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     slot::check_wal_level(&client).await?;
     slot::ensure_publication(&client, &cfg.publication).await?;
     let confirmed = slot::ensure_slot(&client, &cfg.slot).await?;
-    let bind = BindOptions {
-        text_sorts_bytewise: db::text_sorts_bytewise(&client).await?,
-    };
+    let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
     drop(client);
 
-    let data_err = |source| StartError::DataDir {
-        path: cfg.data_dir.display().to_string(),
-        source,
-    };
-    let registry =
-        Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
+    let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
+    let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
     let ack = Arc::new(AckState::new(confirmed));
     let status = Arc::new(Status::default());
     let cancel = shutdown.child_token();
 
     let (txn_tx, txn_rx) = mpsc::channel(TXN_CHANNEL);
-    let stream_settings = StreamSettings {
-        db: db_cfg.clone(),
-        slot: cfg.slot.clone(),
-        publication: cfg.publication.clone(),
-    };
+    let stream_settings =
+        StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
     // The stream stops last, so it can report the position the fan-out ended at.
     let stream_cancel = CancellationToken::new();
     let mut replication = tokio::spawn(replication::stream::run(
@@ -104,12 +89,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         status.clone(),
         stream_cancel.clone(),
     ));
-    let mut fanout = tokio::spawn(fanout::run(
-        txn_rx,
-        registry.clone(),
-        ack.clone(),
-        cancel.clone(),
-    ));
+    let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), cancel.clone()));
 
     let settings = HttpSettings {
         db: db_cfg,
@@ -119,18 +99,12 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
     };
     let state = AppState::new(settings, registry, ack.clone(), status, cancel.clone());
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
     let server_cancel = cancel.clone();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, http::app(state))
-            .with_graceful_shutdown(server_cancel.cancelled_owned())
-            .await
+        axum::serve(listener, http::app(state)).with_graceful_shutdown(server_cancel.cancelled_owned()).await
     });
 
     // Whichever ends first decides; the rest are stopped through the shared token.

@@ -40,10 +40,7 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
         Err(e) => {
             let client_error = matches!(&e, SnapshotError::Db(DbError::Query(q)) if q.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("42")));
             tracing::warn!(handle = %shape.handle, error = %e, "snapshot failed");
-            shape.fail(ShapeFailure {
-                client_error,
-                message: e.to_string(),
-            });
+            shape.fail(ShapeFailure { client_error, message: e.to_string() });
             registry.rotate(&shape, "its snapshot failed");
         }
     }
@@ -51,17 +48,10 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
 
 async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError> {
     let client = db::connect(cfg).await?;
-    client
-        .batch_execute("begin isolation level repeatable read read only")
-        .await
-        .map_err(DbError::from)?;
-    let text: String = client
-        .query_one("select pg_current_snapshot()::text", &[])
-        .await
-        .map_err(DbError::from)?
-        .get(0);
-    let info = SnapshotInfo::parse(&text)
-        .ok_or_else(|| SnapshotError::Format(format!("pg_current_snapshot() = {text}")))?;
+    client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
+    let text: String = client.query_one("select pg_current_snapshot()::text", &[]).await.map_err(DbError::from)?.get(0);
+    let info =
+        SnapshotInfo::parse(&text).ok_or_else(|| SnapshotError::Format(format!("pg_current_snapshot() = {text}")))?;
     shape.set_snapshot(info.clone())?;
 
     let mut rows = 0u64;
@@ -71,20 +61,9 @@ async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError>
         let mut read: Vec<usize> = s.selected.iter().chain(s.key.iter()).copied().collect();
         read.sort_unstable();
         read.dedup();
-        let cols: Vec<String> = read
-            .iter()
-            .map(|&i| quote_ident(&s.table.columns[i].name))
-            .collect();
-        let filter = s
-            .filter
-            .as_ref()
-            .map(|f| format!(" where {}", f.to_sql()))
-            .unwrap_or_default();
-        let sql = format!(
-            "copy (select {} from {}{filter}) to stdout",
-            cols.join(", "),
-            s.table.name.quoted()
-        );
+        let cols: Vec<String> = read.iter().map(|&i| quote_ident(&s.table.columns[i].name)).collect();
+        let filter = s.filter.as_ref().map(|f| format!(" where {}", f.to_sql())).unwrap_or_default();
+        let sql = format!("copy (select {} from {}{filter}) to stdout", cols.join(", "), s.table.name.quoted());
         let stream = client.copy_out(sql.as_str()).await.map_err(DbError::from)?;
         futures::pin_mut!(stream);
         let mut pending = BytesMut::new();
@@ -98,9 +77,7 @@ async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError>
                 msg.clear();
                 let key = shape.encoder.key(s.key.iter().map(|&i| row[i].as_str()));
                 let fields = s.selected.iter().map(|&i| (i, row[i].as_str()));
-                shape
-                    .encoder
-                    .write_change(&mut msg, Operation::Insert, &key, fields, None, None);
+                shape.encoder.write_change(&mut msg, Operation::Insert, &key, fields, None, None);
                 shape.log.append_snapshot_row(&msg)?;
                 rows += 1;
             }
@@ -109,14 +86,9 @@ async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError>
             return Err(SnapshotError::Format("COPY output ended mid-row".into()));
         }
     }
-    client
-        .batch_execute("commit")
-        .await
-        .map_err(DbError::from)?;
+    client.batch_execute("commit").await.map_err(DbError::from)?;
     shape.persist(info.clone())?;
-    shape
-        .log
-        .finish_snapshot(&snapshot_end(info.xmin, info.xmax, &info.xip))?;
+    shape.log.finish_snapshot(&snapshot_end(info.xmin, info.xmax, &info.xip))?;
     Ok(rows)
 }
 
@@ -124,15 +96,12 @@ async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError>
 fn parse_copy_line(line: &[u8], cols: &[usize], row: &mut [Cell]) -> Result<(), SnapshotError> {
     let mut fields = line.split(|b| *b == b'\t');
     for &col in cols {
-        let raw = fields
-            .next()
-            .ok_or_else(|| SnapshotError::Format("COPY row has too few columns".into()))?;
+        let raw = fields.next().ok_or_else(|| SnapshotError::Format("COPY row has too few columns".into()))?;
         row[col] = if raw == b"\\N" {
             Cell::Null
         } else {
             let text = unescape_copy(raw);
-            std::str::from_utf8(&text)
-                .map_err(|_| SnapshotError::Format("COPY value is not UTF-8".into()))?;
+            std::str::from_utf8(&text).map_err(|_| SnapshotError::Format("COPY value is not UTF-8".into()))?;
             Cell::Text(text.into())
         };
     }

@@ -5,8 +5,7 @@ use serde_json::Value;
 
 use crate::support::{Env, Follower, get};
 
-const ITEMS: &str =
-    "create table items (id int8 primary key, org text not null, title text, n int4);";
+const ITEMS: &str = "create table items (id int8 primary key, org text not null, title text, n int4);";
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_that_name_the_fix() {
@@ -19,26 +18,10 @@ async fn bad_requests_get_json_errors_that_name_the_fix() {
         ("offset=-1", 400, "table"),
         ("table=nope&offset=-1", 400, "does not exist"),
         ("table=items&offset=12", 400, "offset"),
-        (
-            "table=items&offset=-1&where=nope%3D1",
-            400,
-            "unknown column",
-        ),
-        (
-            "table=items&offset=-1&where=id%3D(select%201)",
-            400,
-            "subquery",
-        ),
-        (
-            "table=items&offset=-1&where=id%3D1%3B%20drop%20table%20items",
-            400,
-            "syntax",
-        ),
-        (
-            "table=items&offset=-1&where=title%3D%27x%27)%20or%20(1%3D1",
-            400,
-            "syntax",
-        ),
+        ("table=items&offset=-1&where=nope%3D1", 400, "unknown column"),
+        ("table=items&offset=-1&where=id%3D(select%201)", 400, "subquery"),
+        ("table=items&offset=-1&where=id%3D1%3B%20drop%20table%20items", 400, "syntax"),
+        ("table=items&offset=-1&where=title%3D%27x%27)%20or%20(1%3D1", 400, "syntax"),
         ("table=items&offset=-1&where=id%3D%241", 400, "params[1]"),
         ("table=items&offset=-1&columns=title", 400, "primary key"),
         ("table=items&offset=-1&columns=id,zzz", 400, "not found"),
@@ -48,30 +31,15 @@ async fn bad_requests_get_json_errors_that_name_the_fix() {
     for (q, status, needle) in cases {
         let r = get(&format!("{}/v1/shape?{q}", gw.base())).await;
         assert_eq!(r.status, status, "{q}: {}", r.body);
-        let msg = r.body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_lowercase();
+        let msg = r.body["message"].as_str().unwrap_or_default().to_lowercase();
         assert!(msg.contains(&needle.to_lowercase()), "{q}: {msg}");
         assert!(r.body["error"].is_string());
         assert_eq!(r.headers["cache-control"], "no-store");
     }
-    let count: i64 = env
-        .db
-        .query_one("select count(*) from items", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = env.db.query_one("select count(*) from items", &[]).await.unwrap().get(0);
     assert_eq!(count, 0);
-    let tables: i64 = env
-        .db
-        .query_one(
-            "select count(*) from pg_tables where tablename = 'items'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tables: i64 =
+        env.db.query_one("select count(*) from pg_tables where tablename = 'items'", &[]).await.unwrap().get(0);
     assert_eq!(tables, 1, "injection attempts reached nothing");
 }
 
@@ -86,31 +54,15 @@ async fn protocol_headers_etags_and_409s() {
     let handle = r.headers["electric-handle"].to_str().unwrap().to_string();
     assert_eq!(r.headers["electric-offset"], "0_0");
     assert!(r.headers.contains_key("electric-schema"));
+    assert!(r.headers["access-control-expose-headers"].to_str().unwrap().contains("electric-handle"));
     assert!(
-        r.headers["access-control-expose-headers"]
-            .to_str()
-            .unwrap()
-            .contains("electric-handle")
-    );
-    assert!(
-        r.body
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["headers"]["control"] != "up-to-date"),
+        r.body.as_array().unwrap().iter().all(|m| m["headers"]["control"] != "up-to-date"),
         "no up-to-date on offset=-1"
     );
-    assert_eq!(
-        r.body.as_array().unwrap().last().unwrap()["headers"]["control"],
-        "snapshot-end"
-    );
+    assert_eq!(r.body.as_array().unwrap().last().unwrap()["headers"]["control"], "snapshot-end");
 
     // Same definition, different spelling: same handle.
-    let again = get(&format!(
-        "{}/v1/shape?table=public.ITEMS&offset=-1&where=",
-        gw.base()
-    ))
-    .await;
+    let again = get(&format!("{}/v1/shape?table=public.ITEMS&offset=-1&where=", gw.base())).await;
     assert_eq!(again.headers["electric-handle"].to_str().unwrap(), handle);
 
     let etag = r.headers["etag"].to_str().unwrap().to_string();
@@ -123,48 +75,26 @@ async fn protocol_headers_etags_and_409s() {
         .unwrap();
     assert_eq!(cached.status(), 304);
 
-    let stale = get(&format!(
-        "{}/v1/shape?table=items&offset=0_0&handle=1-2",
-        gw.base()
-    ))
-    .await;
+    let stale = get(&format!("{}/v1/shape?table=items&offset=0_0&handle=1-2", gw.base())).await;
     assert_eq!(stale.status, 409);
     assert_eq!(stale.headers["electric-handle"].to_str().unwrap(), handle);
-    assert_eq!(
-        stale.body,
-        serde_json::json!([{"headers": {"control": "must-refetch"}}])
-    );
+    assert_eq!(stale.body, serde_json::json!([{"headers": {"control": "must-refetch"}}]));
 
-    let live = get(&format!(
-        "{}/v1/shape?table=items&offset=0_inf&handle={handle}&live=true&cursor=",
-        gw.base()
-    ))
-    .await;
+    let live = get(&format!("{}/v1/shape?table=items&offset=0_inf&handle={handle}&live=true&cursor=", gw.base())).await;
     assert_eq!(live.status, 200, "a timed-out long-poll is a 200");
     assert!(live.headers.contains_key("electric-cursor"));
     assert!(live.headers.contains_key("electric-up-to-date"));
     assert_eq!(live.headers["electric-offset"], "0_inf");
 
     let del = reqwest::Client::new()
-        .delete(format!(
-            "{}/v1/shape?table=items&handle={handle}",
-            gw.base()
-        ))
+        .delete(format!("{}/v1/shape?table=items&handle={handle}", gw.base()))
         .send()
         .await
         .unwrap();
     assert_eq!(del.status(), 202);
-    let gone = get(&format!(
-        "{}/v1/shape?table=items&offset=0_inf&handle={handle}",
-        gw.base()
-    ))
-    .await;
+    let gone = get(&format!("{}/v1/shape?table=items&offset=0_inf&handle={handle}", gw.base())).await;
     assert_eq!(gone.status, 409);
-    assert_ne!(
-        gone.headers["electric-handle"].to_str().unwrap(),
-        handle,
-        "a new handle, never the old one"
-    );
+    assert_ne!(gone.headers["electric-handle"].to_str().unwrap(), handle, "a new handle, never the old one");
 }
 
 #[tokio::test]
@@ -181,17 +111,11 @@ async fn sse_streams_each_message_and_up_to_date() {
         f.offset,
         f.handle.clone().unwrap()
     );
-    let resp = reqwest::Client::new()
-        .get(url)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let resp = reqwest::Client::new().get(url).header("accept", "text/event-stream").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert!(resp.headers().contains_key("electric-cursor"));
-    env.sql("insert into items values (1, 'o', 'a', 1), (2, 'o', 'b', 2)")
-        .await;
+    env.sql("insert into items values (1, 'o', 'a', 1), (2, 'o', 'b', 2)").await;
     let mut stream = resp.bytes_stream();
     let mut text = String::new();
     let mut events: Vec<Value> = Vec::new();
@@ -206,25 +130,14 @@ async fn sse_streams_each_message_and_up_to_date() {
         while let Some(end) = text.find("\n\n") {
             let event: String = text.drain(..end + 2).collect();
             for line in event.lines() {
-                if let Some(data) = line
-                    .strip_prefix("data: ")
-                    .or_else(|| line.strip_prefix("data:"))
-                {
+                if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
                     events.push(serde_json::from_str(data).unwrap());
                 }
             }
         }
     }
-    assert_eq!(
-        events[0]["headers"]["control"], "up-to-date",
-        "an up-to-date opens the stream"
-    );
-    assert!(
-        events
-            .iter()
-            .filter(|e| e.get("key").is_some())
-            .all(|e| e["headers"]["operation"] == "insert")
-    );
+    assert_eq!(events[0]["headers"]["control"], "up-to-date", "an up-to-date opens the stream");
+    assert!(events.iter().filter(|e| e.get("key").is_some()).all(|e| e["headers"]["operation"] == "insert"));
 }
 
 #[tokio::test]
@@ -236,24 +149,14 @@ async fn every_documented_route_answers() {
     for (path, ops) in spec["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
             let r = reqwest::Client::new()
-                .request(
-                    method.to_uppercase().parse().unwrap(),
-                    format!("{}{path}", gw.base()),
-                )
+                .request(method.to_uppercase().parse().unwrap(), format!("{}{path}", gw.base()))
                 .send()
                 .await
                 .unwrap();
-            assert_ne!(
-                r.status(),
-                404,
-                "{method} {path} is documented but not routed"
-            );
+            assert_ne!(r.status(), 404, "{method} {path} is documented but not routed");
         }
     }
-    assert_eq!(
-        get(&format!("{}/v1/health", gw.base())).await.body["status"],
-        "active"
-    );
+    assert_eq!(get(&format!("{}/v1/health", gw.base())).await.body["status"], "active");
     assert_eq!(get(&format!("{}/nope", gw.base())).await.status, 404);
 }
 

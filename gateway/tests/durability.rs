@@ -7,8 +7,7 @@ use gateway::devdb::StopMode;
 
 use crate::support::{DEADLINE, Env, Follower, oracle};
 
-const ITEMS: &str =
-    "create table items (id int8 primary key, org text not null, title text, n int4);";
+const ITEMS: &str = "create table items (id int8 primary key, org text not null, title text, n int4);";
 
 /// Inserts and updates continuously until stopped; returns how many transactions ran.
 fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
@@ -34,8 +33,7 @@ fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
 async fn kill_9_mid_stream_then_restart_resumes_every_client_exactly_once() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    env.sql("insert into items select i, 'o' || (i % 2), 't', 0 from generate_series(1, 50) i")
-        .await;
+    env.sql("insert into items select i, 'o' || (i % 2), 't', 0 from generate_series(1, 50) i").await;
     let mut gw = env.gateway();
     gw.ready().await;
     let mut all = Follower::new(&gw, "table=items");
@@ -59,11 +57,7 @@ async fn kill_9_mid_stream_then_restart_resumes_every_client_exactly_once() {
         let expected = oracle(&env.db, "items", filter, "n").await;
         let started = std::time::Instant::now();
         while f.column("id", "n") != expected {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "client never converged after restarts: {}",
-                gw.log()
-            );
+            assert!(started.elapsed() < DEADLINE, "client never converged after restarts: {}", gw.log());
             f.step(true).await;
         }
         assert_eq!(f.refetches, 0, "the same handle serves across restarts");
@@ -79,17 +73,11 @@ async fn postgres_restarts_are_survived_by_reconnecting() {
     gw.ready().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
-    for (round, mode) in [StopMode::Fast, StopMode::Immediate]
-        .into_iter()
-        .enumerate()
-    {
+    for (round, mode) in [StopMode::Fast, StopMode::Immediate].into_iter().enumerate() {
         let pg = &env.pg;
         tokio::task::block_in_place(|| pg.restart(mode)).unwrap();
         env.reconnect().await;
-        env.sql(&format!(
-            "insert into items values ({round}, 'o', 'after restart', 0)"
-        ))
-        .await;
+        env.sql(&format!("insert into items values ({round}, 'o', 'after restart', 0)")).await;
         f.live_until(|rows| rows.len() == round + 1).await;
     }
     assert_eq!(f.duplicates, 0);
@@ -105,12 +93,7 @@ async fn sigterm_stops_cleanly_and_acknowledges_what_is_stored() {
     f.sync().await;
     env.sql("insert into items values (1, 'o', 't', 0)").await;
     f.live_until(|rows| rows.len() == 1).await;
-    let lsn: String = env
-        .db
-        .query_one("select pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let lsn: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
     let code = gw.terminate();
     assert_eq!(code, Some(0), "exit 0 on SIGTERM; log: {}", gw.log());
     let confirmed: String = env
@@ -120,15 +103,7 @@ async fn sigterm_stops_cleanly_and_acknowledges_what_is_stored() {
         .unwrap()
         .get(0);
     let parse = |s: &str| s.parse::<shapes::offset::Lsn>().unwrap();
-    let insert_lsn: String = env
-        .db
-        .query_one("select pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let insert_lsn: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
     assert!(parse(&confirmed) <= parse(&insert_lsn));
-    assert!(
-        parse(&confirmed) > shapes::offset::Lsn(0),
-        "a position was acknowledged; lsn at stop {lsn}"
-    );
+    assert!(parse(&confirmed) > shapes::offset::Lsn(0), "a position was acknowledged; lsn at stop {lsn}");
 }

@@ -22,55 +22,19 @@ fn atom(rng: &mut StdRng) -> String {
     match rng.random_range(0..17) {
         0 => format!("i {op} {int}"),
         1 => format!("f {op} {}", rng.random_range(-50..150) as f64 / 10.0),
-        2 => format!(
-            "n {op} {}.{}",
-            rng.random_range(-5..15),
-            rng.random_range(0..100)
-        ),
-        3 => format!(
-            "t {op} '{}'",
-            pick(rng, &["a", "ab", "b", "B", "ba", "", "zz"])
-        ),
+        2 => format!("n {op} {}.{}", rng.random_range(-5..15), rng.random_range(0..100)),
+        3 => format!("t {op} '{}'", pick(rng, &["a", "ab", "b", "B", "ba", "", "zz"])),
         4 => format!(
             "t {} '{}'",
             pick(rng, &["LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE"]),
             pick(rng, &["a%", "%b", "_", "%", "A%", "a_"])
         ),
-        5 => pick(
-            rng,
-            &[
-                "b",
-                "NOT b",
-                "b IS TRUE",
-                "b IS NOT FALSE",
-                "b IS UNKNOWN",
-                "b = false",
-            ],
-        )
-        .to_string(),
-        6 => format!(
-            "{} IS {}NULL",
-            pick(rng, &["i", "t", "b", "d", "a"]),
-            pick(rng, &["", "NOT "])
-        ),
-        7 => format!(
-            "i {}IN ({}, {}, {})",
-            pick(rng, &["", "NOT "]),
-            int,
-            int + 2,
-            pick(rng, &["NULL", "7", "1"])
-        ),
-        8 => format!(
-            "i {}BETWEEN {} AND {}",
-            pick(rng, &["", "NOT "]),
-            int,
-            int + 4
-        ),
+        5 => pick(rng, &["b", "NOT b", "b IS TRUE", "b IS NOT FALSE", "b IS UNKNOWN", "b = false"]).to_string(),
+        6 => format!("{} IS {}NULL", pick(rng, &["i", "t", "b", "d", "a"]), pick(rng, &["", "NOT "])),
+        7 => format!("i {}IN ({}, {}, {})", pick(rng, &["", "NOT "]), int, int + 2, pick(rng, &["NULL", "7", "1"])),
+        8 => format!("i {}BETWEEN {} AND {}", pick(rng, &["", "NOT "]), int, int + 4),
         9 => format!("d {op} '2024-01-{:02}'", rng.random_range(1..28)),
-        10 => format!(
-            "ts {op} '2024-01-10 {:02}:00:00+00'",
-            rng.random_range(0..24)
-        ),
+        10 => format!("ts {op} '2024-01-10 {:02}:00:00+00'", rng.random_range(0..24)),
         11 => format!("{int} = ANY(a)"),
         12 => format!("i + {int} {op} f"),
         13 => format!("lower(t) {op} '{}'", pick(rng, &["a", "b", "ab"])),
@@ -85,16 +49,8 @@ fn predicate(rng: &mut StdRng, depth: u32) -> String {
         return atom(rng);
     }
     match rng.random_range(0..3) {
-        0 => format!(
-            "({} AND {})",
-            predicate(rng, depth - 1),
-            predicate(rng, depth - 1)
-        ),
-        1 => format!(
-            "({} OR {})",
-            predicate(rng, depth - 1),
-            predicate(rng, depth - 1)
-        ),
+        0 => format!("({} AND {})", predicate(rng, depth - 1), predicate(rng, depth - 1)),
+        1 => format!("({} OR {})", predicate(rng, depth - 1), predicate(rng, depth - 1)),
         _ => format!("NOT ({})", predicate(rng, depth - 1)),
     }
 }
@@ -106,11 +62,7 @@ async fn evaluator_and_renderer_agree_with_postgres_on_random_filters() {
     let mut rng = StdRng::seed_from_u64(0x5ea5);
     for id in 0..60 {
         let null = |rng: &mut StdRng, v: String| {
-            if rng.random_bool(0.15) {
-                "NULL".to_string()
-            } else {
-                v
-            }
+            if rng.random_bool(0.15) { "NULL".to_string() } else { v }
         };
         macro_rules! nullable {
             ($e:expr) => {{
@@ -120,42 +72,17 @@ async fn evaluator_and_renderer_agree_with_postgres_on_random_filters() {
         }
         let i = nullable!(rng.random_range(-5..15).to_string());
         let f = nullable!(format!("{}", rng.random_range(-50..150) as f64 / 10.0));
-        let n = nullable!(format!(
-            "{}.{}",
-            rng.random_range(-5..15),
-            rng.random_range(0..100)
-        ));
-        let t = nullable!(format!(
-            "'{}'",
-            pick(&mut rng, &["a", "ab", "b", "B", "ba", "", "Abc", "zz"])
-        ));
+        let n = nullable!(format!("{}.{}", rng.random_range(-5..15), rng.random_range(0..100)));
+        let t = nullable!(format!("'{}'", pick(&mut rng, &["a", "ab", "b", "B", "ba", "", "Abc", "zz"])));
         let b = nullable!(pick(&mut rng, &["true", "false"]).to_string());
         let d = nullable!(format!("'2024-01-{:02}'", rng.random_range(1..28)));
-        let ts = nullable!(format!(
-            "'2024-01-10 {:02}:30:00+00'",
-            rng.random_range(0..24)
-        ));
-        let a = nullable!(format!(
-            "'{{{},{},NULL}}'",
-            rng.random_range(-5..15),
-            rng.random_range(-5..15)
-        ));
-        env.sql(&format!(
-            "insert into p values ({id}, {i}, {f}, {n}, {t}, {b}, {d}, {ts}, {a})"
-        ))
-        .await;
+        let ts = nullable!(format!("'2024-01-10 {:02}:30:00+00'", rng.random_range(0..24)));
+        let a = nullable!(format!("'{{{},{},NULL}}'", rng.random_range(-5..15), rng.random_range(-5..15)));
+        env.sql(&format!("insert into p values ({id}, {i}, {f}, {n}, {t}, {b}, {d}, {ts}, {a})")).await;
     }
-    let schema = gateway::db::table_schema(&env.db, &TableName::new("public", "p"))
-        .await
-        .unwrap()
-        .unwrap();
-    env.sql("set timezone = 'UTC'; set datestyle = 'ISO, DMY'; set extra_float_digits = 1")
-        .await;
-    let cols: Vec<String> = schema
-        .columns
-        .iter()
-        .map(|c| format!("{}::text", c.name))
-        .collect();
+    let schema = gateway::db::table_schema(&env.db, &TableName::new("public", "p")).await.unwrap().unwrap();
+    env.sql("set timezone = 'UTC'; set datestyle = 'ISO, DMY'; set extra_float_digits = 1").await;
+    let cols: Vec<String> = schema.columns.iter().map(|c| format!("{}::text", c.name)).collect();
     let rows: Vec<Vec<Cell>> = env
         .db
         .query(&format!("select {} from p", cols.join(", ")), &[])
@@ -164,61 +91,34 @@ async fn evaluator_and_renderer_agree_with_postgres_on_random_filters() {
         .iter()
         .map(|r| {
             (0..cols.len())
-                .map(|i| {
-                    r.get::<_, Option<String>>(i)
-                        .map(|s| Cell::text(&s))
-                        .unwrap_or(Cell::Null)
-                })
+                .map(|i| r.get::<_, Option<String>>(i).map(|s| Cell::text(&s)).unwrap_or(Cell::Null))
                 .collect()
         })
         .collect();
     let ids = |sql: String| {
         let db = &env.db;
-        async move {
-            db.query(&sql, &[]).await.map(|r| {
-                r.iter()
-                    .map(|r| r.get::<_, i32>(0))
-                    .collect::<BTreeSet<i32>>()
-            })
-        }
+        async move { db.query(&sql, &[]).await.map(|r| r.iter().map(|r| r.get::<_, i32>(0)).collect::<BTreeSet<i32>>()) }
     };
-    let options = BindOptions {
-        text_sorts_bytewise: true,
-    };
+    let options = BindOptions { text_sorts_bytewise: true };
     let mut checked = 0;
     for _ in 0..400 {
         let text = predicate(&mut rng, 3);
-        let expr = parse_where(&text, &schema, &HashMap::new(), options)
-            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        let expr = parse_where(&text, &schema, &HashMap::new(), options).unwrap_or_else(|e| panic!("{text}: {e}"));
         let Ok(by_pg) = ids(format!("select id from p where {text}")).await else {
             continue;
         };
         let mut ours = BTreeSet::new();
         for row in &rows {
-            if expr
-                .matches(row.as_slice())
-                .unwrap_or_else(|e| panic!("{text}: {e}"))
-            {
+            if expr.matches(row.as_slice()).unwrap_or_else(|e| panic!("{text}: {e}")) {
                 ours.insert(row[0].as_str().unwrap().parse::<i32>().unwrap());
             }
         }
-        assert_eq!(
-            ours, by_pg,
-            "evaluator disagrees with PostgreSQL on: {text}"
-        );
+        assert_eq!(ours, by_pg, "evaluator disagrees with PostgreSQL on: {text}");
         let rendered = ids(format!("select id from p where {}", expr.to_sql()))
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", expr.to_sql()));
-        assert_eq!(
-            rendered,
-            by_pg,
-            "rendered SQL disagrees: {text} → {}",
-            expr.to_sql()
-        );
+        assert_eq!(rendered, by_pg, "rendered SQL disagrees: {text} → {}", expr.to_sql());
         checked += 1;
     }
-    assert!(
-        checked > 300,
-        "most predicates must be checkable, got {checked}"
-    );
+    assert!(checked > 300, "most predicates must be checkable, got {checked}");
 }

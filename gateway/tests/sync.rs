@@ -4,30 +4,21 @@ use serde_json::Value;
 
 use crate::support::{Env, Follower, get, oracle};
 
-const ITEMS: &str =
-    "create table items (id int8 primary key, org text not null, title text, n int4);";
+const ITEMS: &str = "create table items (id int8 primary key, org text not null, title text, n int4);";
 
 #[tokio::test]
 async fn rows_follow_the_filter_through_inserts_updates_moves_and_deletes() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    env.sql(
-        "insert into items select i, 'o' || (i % 3), 't' || i, i from generate_series(1, 30) i",
-    )
-    .await;
+    env.sql("insert into items select i, 'o' || (i % 3), 't' || i, i from generate_series(1, 30) i").await;
     let mut gw = env.gateway();
     gw.ready().await;
     let mut f = Follower::new(&gw, "table=items&where=org%20%3D%20%27o1%27");
     f.sync().await;
-    assert_eq!(
-        f.column("id", "title"),
-        oracle(&env.db, "items", "org = 'o1'", "title").await
-    );
+    assert_eq!(f.column("id", "title"), oracle(&env.db, "items", "org = 'o1'", "title").await);
 
-    env.sql("insert into items values (100, 'o1', 'new', 1), (101, 'o2', 'other', 1)")
-        .await;
-    env.sql("update items set title = 'changed' where id = 1")
-        .await; // o1, stays in
+    env.sql("insert into items values (100, 'o1', 'new', 1), (101, 'o2', 'other', 1)").await;
+    env.sql("update items set title = 'changed' where id = 1").await; // o1, stays in
     env.sql("update items set org = 'o1' where id = 2").await; // moves in
     env.sql("update items set org = 'o0' where id = 4").await; // moves out
     env.sql("delete from items where id = 7").await;
@@ -35,17 +26,10 @@ async fn rows_follow_the_filter_through_inserts_updates_moves_and_deletes() {
     f.live_until(|_| true).await;
     let started = std::time::Instant::now();
     while f.column("id", "title") != expected {
-        assert!(
-            started.elapsed() < crate::support::DEADLINE,
-            "{:?} != {expected:?}",
-            f.column("id", "title")
-        );
+        assert!(started.elapsed() < crate::support::DEADLINE, "{:?} != {expected:?}", f.column("id", "title"));
         f.step(true).await;
     }
-    assert_eq!(
-        f.rows[r#""public"."items"/"2""#]["n"], "2",
-        "a row moving in arrives whole"
-    );
+    assert_eq!(f.rows[r#""public"."items"/"2""#]["n"], "2", "a row moving in arrives whole");
     assert_eq!(f.duplicates, 0);
 }
 
@@ -68,10 +52,7 @@ async fn every_type_class_arrives_as_postgres_text_in_snapshot_and_live() {
     let mut f = Follower::new(&gw, "table=t");
     f.sync().await;
     let schema = f.schema.clone().unwrap();
-    assert_eq!(
-        schema["id"],
-        serde_json::json!({"type": "uuid", "pk_index": 0, "not_null": true})
-    );
+    assert_eq!(schema["id"], serde_json::json!({"type": "uuid", "pk_index": 0, "not_null": true}));
     assert_eq!(schema["arr"]["type"], "int4");
     assert_eq!(schema["arr"]["dims"], 1);
     assert_eq!(schema["num"]["precision"], 10);
@@ -79,35 +60,18 @@ async fn every_type_class_arrives_as_postgres_text_in_snapshot_and_live() {
     assert_eq!(schema["m"]["type"], "mood");
     let snapshot_row = f.rows.values().next().unwrap().clone();
 
-    env.sql(&format!(
-        "insert into t values {}",
-        values.replacen("a0eebc99", "b0eebc99", 1)
-    ))
-    .await;
+    env.sql(&format!("insert into t values {}", values.replacen("a0eebc99", "b0eebc99", 1))).await;
     f.live_until(|rows| rows.len() == 2).await;
-    let live_row = f
-        .rows
-        .values()
-        .find(|r| r["id"].as_str().unwrap().starts_with('b'))
-        .unwrap()
-        .clone();
+    let live_row = f.rows.values().find(|r| r["id"].as_str().unwrap().starts_with('b')).unwrap().clone();
 
     // bpchar keeps its padding on the wire (its output function pads; a cast to text would trim).
     assert_eq!(snapshot_row["ch"], "ab  ");
     assert_eq!(live_row["ch"], "ab  ");
-    let cols = [
-        "i2", "i8", "f4", "f8", "num", "txt", "vc", "js", "jb", "by", "d", "tm", "ts", "tz", "iv",
-        "arr", "tarr", "m",
-    ];
-    let sql = format!(
-        "select {} from t limit 1",
-        cols.iter()
-            .map(|c| format!("{c}::text"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    env.sql("set timezone = 'UTC'; set intervalstyle = 'iso_8601'")
-        .await;
+    let cols =
+        ["i2", "i8", "f4", "f8", "num", "txt", "vc", "js", "jb", "by", "d", "tm", "ts", "tz", "iv", "arr", "tarr", "m"];
+    let sql =
+        format!("select {} from t limit 1", cols.iter().map(|c| format!("{c}::text")).collect::<Vec<_>>().join(", "));
+    env.sql("set timezone = 'UTC'; set intervalstyle = 'iso_8601'").await;
     let row = env.db.query_one(&sql, &[]).await.unwrap();
     for (i, c) in cols.iter().enumerate() {
         let pg: Option<String> = row.get(i);
@@ -131,10 +95,7 @@ async fn a_transaction_arrives_whole_with_last_on_its_final_change() {
     // Responses end at chunk boundaries; the transaction is complete at the up-to-date.
     let mut msgs: Vec<Value> = Vec::new();
     let mut live = true;
-    while msgs
-        .last()
-        .is_none_or(|m| m["headers"]["control"] != "up-to-date")
-    {
+    while msgs.last().is_none_or(|m| m["headers"]["control"] != "up-to-date") {
         let url = format!(
             "{}/v1/shape?table=items&offset={}&handle={}&cursor={}",
             gw.base(),
@@ -148,52 +109,29 @@ async fn a_transaction_arrives_whole_with_last_on_its_final_change() {
         live = false;
     }
     let changes: Vec<&Value> = msgs.iter().filter(|m| m.get("key").is_some()).collect();
-    assert_eq!(
-        changes.len(),
-        52,
-        "the whole transaction before the up-to-date"
-    );
+    assert_eq!(changes.len(), 52, "the whole transaction before the up-to-date");
     assert!(
-        msgs.iter()
-            .filter(|m| m["headers"]["control"] == "up-to-date")
-            .count()
-            == 1,
+        msgs.iter().filter(|m| m["headers"]["control"] == "up-to-date").count() == 1,
         "no up-to-date inside a transaction"
     );
-    let xids: std::collections::HashSet<_> = changes
-        .iter()
-        .map(|m| m["headers"]["txids"].to_string())
-        .collect();
+    let xids: std::collections::HashSet<_> = changes.iter().map(|m| m["headers"]["txids"].to_string()).collect();
     assert_eq!(xids.len(), 1);
-    assert!(
-        changes[..51]
-            .iter()
-            .all(|m| m["headers"].get("last").is_none())
-    );
+    assert!(changes[..51].iter().all(|m| m["headers"].get("last").is_none()));
     assert_eq!(changes[51]["headers"]["last"], true);
     let lsn = changes[0]["headers"]["lsn"].as_str().unwrap();
     let utd = msgs.last().unwrap();
     assert_eq!(utd["headers"]["control"], "up-to-date");
     assert!(
-        utd["headers"]["global_last_seen_lsn"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= lsn.parse::<u64>().unwrap()
+        utd["headers"]["global_last_seen_lsn"].as_str().unwrap().parse::<u64>().unwrap() >= lsn.parse::<u64>().unwrap()
     );
-    let ops: Vec<u64> = changes
-        .iter()
-        .map(|m| m["headers"]["op_position"].as_u64().unwrap())
-        .collect();
+    let ops: Vec<u64> = changes.iter().map(|m| m["headers"]["op_position"].as_u64().unwrap()).collect();
     assert!(ops.windows(2).all(|w| w[0] < w[1]));
 }
 
 #[tokio::test]
 async fn unchanged_toast_values_are_filled_from_the_old_row() {
     let env = Env::new().await;
-    env.sql("create table docs (id int4 primary key, org text, body text)")
-        .await;
+    env.sql("create table docs (id int4 primary key, org text, body text)").await;
     // Random text does not compress, so it is stored out of line (TOAST).
     env.sql("insert into docs select 1, 'a', string_agg(md5(random()::text), '') from generate_series(1, 400)").await;
     let mut gw = env.gateway();
@@ -203,18 +141,9 @@ async fn unchanged_toast_values_are_filled_from_the_old_row() {
     assert!(f.rows.is_empty());
     env.sql("update docs set org = 'b' where id = 1").await; // body unchanged: 'u' in the stream
     f.live_until(|rows| !rows.is_empty()).await;
-    let body: String = env
-        .db
-        .query_one("select body from docs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let body: String = env.db.query_one("select body from docs", &[]).await.unwrap().get(0);
     let row = f.rows.values().next().unwrap();
-    assert_eq!(
-        row["body"].as_str().unwrap(),
-        body,
-        "the TOAST value is the real one"
-    );
+    assert_eq!(row["body"].as_str().unwrap(), body, "the TOAST value is the real one");
     assert_eq!(body.len(), 12800);
 }
 
@@ -222,8 +151,7 @@ async fn unchanged_toast_values_are_filled_from_the_old_row() {
 async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    env.sql("insert into items select i, 'o', 't', 0 from generate_series(1, 2000) i")
-        .await;
+    env.sql("insert into items select i, 'o', 't', 0 from generate_series(1, 2000) i").await;
     let mut gw = env.gateway_with(&["--chunk-bytes", "1000000"]);
     gw.ready().await;
     let writer_db = crate::support::connect(&env.url).await;
@@ -234,7 +162,11 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
         while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
             i += 1;
             writer_db
-                .batch_execute(&format!("insert into items values ({}, 'o', 'w', 0); update items set n = n + 1 where id = {}", 10_000 + i, 1 + i % 2000))
+                .batch_execute(&format!(
+                    "insert into items values ({}, 'o', 'w', 0); update items set n = n + 1 where id = {}",
+                    10_000 + i,
+                    1 + i % 2000
+                ))
                 .await
                 .unwrap();
         }
@@ -242,13 +174,7 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let mut followers: Vec<Follower> = (0..3)
         .map(|i| {
-            Follower::new(
-                &gw,
-                &format!(
-                    "table=items&columns=id,n,title&replica={}",
-                    ["default", "full", "default"][i]
-                ),
-            )
+            Follower::new(&gw, &format!("table=items&columns=id,n,title&replica={}", ["default", "full", "default"][i]))
         })
         .collect();
     for f in &mut followers {
@@ -261,10 +187,7 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
     for f in &mut followers {
         let started = std::time::Instant::now();
         while f.column("id", "n") != expected {
-            assert!(
-                started.elapsed() < crate::support::DEADLINE,
-                "follower never converged"
-            );
+            assert!(started.elapsed() < crate::support::DEADLINE, "follower never converged");
             f.step(true).await;
         }
         assert_eq!(f.duplicates, 0);
@@ -277,21 +200,16 @@ async fn equality_shapes_each_receive_exactly_their_rows() {
     env.sql(ITEMS).await;
     let mut gw = env.gateway();
     gw.ready().await;
-    let mut followers: Vec<Follower> = (0..40)
-        .map(|i| Follower::new(&gw, &format!("table=items&where=org%3D%27o{i}%27")))
-        .collect();
+    let mut followers: Vec<Follower> =
+        (0..40).map(|i| Follower::new(&gw, &format!("table=items&where=org%3D%27o{i}%27"))).collect();
     for f in &mut followers {
         f.sync().await;
     }
-    env.sql("insert into items select i, 'o' || (i % 40), 't', i from generate_series(1, 400) i")
-        .await;
+    env.sql("insert into items select i, 'o' || (i % 40), 't', i from generate_series(1, 400) i").await;
     for (i, f) in followers.iter_mut().enumerate() {
         f.live_until(|rows| rows.len() >= 10).await;
         assert_eq!(f.rows.len(), 10);
-        assert!(
-            f.rows.values().all(|r| r["org"] == format!("o{i}")),
-            "a foreign row reached shape {i}"
-        );
+        assert!(f.rows.values().all(|r| r["org"] == format!("o{i}")), "a foreign row reached shape {i}");
     }
 }
 
@@ -305,17 +223,14 @@ async fn truncate_and_column_changes_rotate_shapes() {
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     let first = f.handle.clone().unwrap();
-    env.sql("truncate items; insert into items values (2, 'o', 't', 2)")
-        .await;
-    f.live_until(|rows| rows.len() == 1 && rows.keys().next().unwrap().ends_with("\"2\""))
-        .await;
+    env.sql("truncate items; insert into items values (2, 'o', 't', 2)").await;
+    f.live_until(|rows| rows.len() == 1 && rows.keys().next().unwrap().ends_with("\"2\"")).await;
     assert!(f.refetches >= 1);
     let second = f.handle.clone().unwrap();
     assert_ne!(first, second, "a rotated shape gets a new handle");
 
     env.sql("alter table items add column extra text default 'x'; insert into items values (3, 'o', 't', 3)").await;
-    f.live_until(|rows| rows.len() == 2 && rows.values().all(|r| r.get("extra").is_some()))
-        .await;
+    f.live_until(|rows| rows.len() == 2 && rows.values().all(|r| r.get("extra").is_some())).await;
     assert_ne!(f.handle.clone().unwrap(), second);
     assert_eq!(f.schema.as_ref().unwrap()["extra"]["type"], "text");
 }

@@ -12,22 +12,14 @@ use crate::where_clause::{CmpOp, Expr};
 /// Where a filter can be looked up: the column and the text values that select rows.
 pub fn index_terms(filter: &Expr) -> Option<(usize, Vec<String>)> {
     filter.conjuncts().into_iter().find_map(|term| match term {
-        Expr::Compare {
-            op: CmpOp::Eq,
-            left,
-            right,
-        } => match (left.as_ref(), right.as_ref()) {
+        Expr::Compare { op: CmpOp::Eq, left, right } => match (left.as_ref(), right.as_ref()) {
             (Expr::Column { index, ty, .. }, Expr::Const { value, .. })
             | (Expr::Const { value, .. }, Expr::Column { index, ty, .. }) => {
                 Some((*index, vec![canonical_text(value, ty)?]))
             }
             _ => None,
         },
-        Expr::InList {
-            expr,
-            list,
-            negated: false,
-        } => match expr.as_ref() {
+        Expr::InList { expr, list, negated: false } => match expr.as_ref() {
             Expr::Column { index, ty, .. } => {
                 let values = list
                     .iter()
@@ -65,10 +57,7 @@ pub struct RoutingIndex<Id> {
 
 impl<Id> Default for RoutingIndex<Id> {
     fn default() -> Self {
-        RoutingIndex {
-            by_column: HashMap::new(),
-            unindexed: Vec::new(),
-        }
+        RoutingIndex { by_column: HashMap::new(), unindexed: Vec::new() }
     }
 }
 
@@ -109,9 +98,7 @@ impl<Id: Copy + Eq + Hash + Ord> RoutingIndex<Id> {
         for (col, by_value) in &self.by_column {
             for row in rows {
                 match row.get(*col) {
-                    Some(Cell::Unchanged) => {
-                        by_value.values().for_each(|ids| out.extend_from_slice(ids))
-                    }
+                    Some(Cell::Unchanged) => by_value.values().for_each(|ids| out.extend_from_slice(ids)),
                     Some(c) => {
                         if let Some(ids) = c.as_str().and_then(|v| by_value.get(v)) {
                             out.extend_from_slice(ids);
@@ -179,10 +166,7 @@ mod tests {
         let mut idx = RoutingIndex::default();
         idx.insert(1u32, Some(&filter("org = 'a'")));
         idx.insert(2u32, Some(&filter("org = 'b'")));
-        let (old, new) = (
-            [Cell::text("1"), Cell::text("a")],
-            [Cell::text("1"), Cell::text("b")],
-        );
+        let (old, new) = ([Cell::text("1"), Cell::text("a")], [Cell::text("1"), Cell::text("b")]);
         let mut out = Vec::new();
         idx.candidates(&[&old, &new], &mut out);
         assert_eq!(out, vec![1, 2]);

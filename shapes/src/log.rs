@@ -117,21 +117,10 @@ impl ShapeLog {
     /// Creates an empty log in a new directory.
     pub fn create(dir: &Path, chunk_bytes: u64) -> io::Result<ShapeLog> {
         fs::create_dir_all(dir)?;
-        let open = |name: &str| {
-            OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(dir.join(name))
-        };
-        let snapshot = Snapshot {
-            file: open("snapshot")?,
-            chunks: Vec::new(),
-            complete: false,
-            open_start: 0,
-            open_len: 0,
-        };
+        let open =
+            |name: &str| OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join(name));
+        let snapshot =
+            Snapshot { file: open("snapshot")?, chunks: Vec::new(), complete: false, open_start: 0, open_len: 0 };
         let live = Live::empty(open("log")?);
         Ok(Self::assemble(dir, chunk_bytes, snapshot, live))
     }
@@ -152,19 +141,8 @@ impl ShapeLog {
         if chunks.last().is_some_and(|(_, end)| *end > snap_len) {
             return Ok(None);
         }
-        let snapshot = Snapshot {
-            file: snap_file,
-            chunks,
-            complete: true,
-            open_start: 0,
-            open_len: 0,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join("log"))?;
+        let snapshot = Snapshot { file: snap_file, chunks, complete: true, open_start: 0, open_len: 0 };
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("log"))?;
         let mut live = Live::empty(file);
         live.recover(chunk_bytes)?;
         Ok(Some(Self::assemble(dir, chunk_bytes, snapshot, live)))
@@ -248,10 +226,7 @@ impl ShapeLog {
         s.chunks.push(range);
         s.open_start = range.1;
         s.open_len = 0;
-        write_atomically(
-            &self.dir.join("snapshot.idx"),
-            &serde_json::to_vec(&s.chunks).unwrap_or_default(),
-        )?;
+        write_atomically(&self.dir.join("snapshot.idx"), &serde_json::to_vec(&s.chunks).unwrap_or_default())?;
         s.complete = true;
         let n = s.chunks.len() as u64;
         self.version.send_modify(|v| {
@@ -291,12 +266,7 @@ impl ShapeLog {
         let mut pos = l.written_len;
         for (i, (offset, msg)) in entries.iter().enumerate() {
             let (tx, op) = offset_parts(*offset);
-            l.note_entry(
-                *offset,
-                pos,
-                msg.len() as u64 + HEADER as u64,
-                self.chunk_bytes,
-            );
+            l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
             let flag = if i + 1 == entries.len() { TXN_END } else { 0 };
             buf.extend_from_slice(&(msg.len() as u32 | flag).to_le_bytes());
             buf.extend_from_slice(&crc(tx, op, msg).to_le_bytes());
@@ -319,20 +289,13 @@ impl ShapeLog {
     /// Forces written entries to disk.
     pub fn sync(&self) -> io::Result<()> {
         let l = self.live.lock().unwrap();
-        if l.written_len > l.durable_len {
-            l.file.sync_data()
-        } else {
-            Ok(())
-        }
+        if l.written_len > l.durable_len { l.file.sync_data() } else { Ok(()) }
     }
 
     /// What has been written so far; take it before syncing, publish it after.
     pub fn written_mark(&self) -> WriteMark {
         let l = self.live.lock().unwrap();
-        WriteMark {
-            len: l.written_len,
-            head: l.written_head,
-        }
+        WriteMark { len: l.written_len, head: l.written_head }
     }
 
     /// Makes entries up to `mark` visible. Call only once they are durable.
@@ -366,12 +329,7 @@ impl ShapeLog {
             let l = self.live.lock().unwrap();
             let i = l.sparse.partition_point(|(o, _)| *o <= after);
             let start = if i == 0 { 0 } else { l.sparse[i - 1].1 };
-            (
-                l.file.try_clone()?,
-                l.durable_len,
-                start,
-                l.chunk_starts.clone(),
-            )
+            (l.file.try_clone()?, l.durable_len, start, l.chunk_starts.clone())
         };
         let mut out = LiveRead::default();
         let mut pos = start_pos;
@@ -446,11 +404,7 @@ impl Live {
             self.chunk_starts.push(pos);
             self.chunk_bytes_so_far = 0;
             self.sparse.push((offset, pos));
-        } else if self
-            .sparse
-            .last()
-            .is_none_or(|(_, p)| pos - p >= SPARSE_EVERY)
-        {
+        } else if self.sparse.last().is_none_or(|(_, p)| pos - p >= SPARSE_EVERY) {
             self.sparse.push((offset, pos));
         }
         self.chunk_bytes_so_far += size;
@@ -548,10 +502,7 @@ mod tests {
     }
 
     fn entry(tx: u64, op: u64) -> (LogOffset, Vec<u8>) {
-        (
-            LogOffset::At { tx, op },
-            format!("{{\"m\":\"{tx}_{op}\"}}").into_bytes(),
-        )
+        (LogOffset::At { tx, op }, format!("{{\"m\":\"{tx}_{op}\"}}").into_bytes())
     }
 
     #[test]
@@ -597,10 +548,7 @@ mod tests {
         drop(log);
         let reopened = ShapeLog::open(&dir, 100).unwrap().unwrap();
         assert_eq!(reopened.version().head, LogOffset::At { tx: 20, op: 0 });
-        assert_eq!(
-            reopened.read_snapshot_chunk(1).unwrap().unwrap(),
-            Bytes::from_static(b"[zzzzzzzzzz,E]")
-        );
+        assert_eq!(reopened.read_snapshot_chunk(1).unwrap().unwrap(), Bytes::from_static(b"[zzzzzzzzzz,E]"));
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -613,18 +561,11 @@ mod tests {
         log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
         log.sync().unwrap();
         drop(log);
-        let f = OpenOptions::new()
-            .write(true)
-            .open(dir.join("log"))
-            .unwrap();
+        let f = OpenOptions::new().write(true).open(dir.join("log")).unwrap();
         let len = f.metadata().unwrap().len();
         f.set_len(len - 3).unwrap();
         let log = ShapeLog::open(&dir, 1 << 20).unwrap().unwrap();
-        assert_eq!(
-            log.version().head,
-            LogOffset::At { tx: 1, op: 0 },
-            "half of transaction 2 is dropped"
-        );
+        assert_eq!(log.version().head, LogOffset::At { tx: 1, op: 0 }, "half of transaction 2 is dropped");
         log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
         log.sync_and_publish().unwrap();
         assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 3);

@@ -131,9 +131,7 @@ mod tests {
 
     #[test]
     fn malformed_offsets_are_rejected() {
-        for s in [
-            "10", "1_2_3", "1_2 ", "10_32.1", "0_-1", "", "_1", "a_1", "now", "-2",
-        ] {
+        for s in ["10", "1_2_3", "1_2 ", "10_32.1", "0_-1", "", "_1", "a_1", "now", "-2"] {
             assert!(s.parse::<LogOffset>().is_err(), "{s:?} should be rejected");
         }
     }

@@ -8,9 +8,7 @@ use std::str::FromStr;
 use crate::table::{TableSchema, split_identifiers};
 use crate::where_clause::{BindOptions, Expr, WhereError, parse_where};
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Replica {
     /// Updates carry the key and changed columns; deletes the key.
@@ -31,9 +29,7 @@ impl FromStr for Replica {
     }
 }
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogMode {
     /// Snapshot, then changes.
@@ -91,11 +87,7 @@ pub struct Shape {
 }
 
 impl Shape {
-    pub fn bind(
-        spec: ShapeSpec,
-        table: TableSchema,
-        options: BindOptions,
-    ) -> Result<Shape, ShapeError> {
+    pub fn bind(spec: ShapeSpec, table: TableSchema, options: BindOptions) -> Result<Shape, ShapeError> {
         let params: HashMap<usize, String> = spec.params.iter().cloned().collect();
         let filter = match &spec.where_text {
             Some(w) if !w.trim().is_empty() => Some(parse_where(w, &table, &params, options)?),
@@ -105,24 +97,17 @@ impl Shape {
         let selected = match &spec.columns {
             None => (0..table.columns.len()).collect(),
             Some(names) => {
-                let unknown: Vec<&str> = names
-                    .iter()
-                    .filter(|n| table.column_index(n).is_none())
-                    .map(String::as_str)
-                    .collect();
+                let unknown: Vec<&str> =
+                    names.iter().filter(|n| table.column_index(n).is_none()).map(String::as_str).collect();
                 if !unknown.is_empty() {
                     return Err(ShapeError::Columns(format!(
                         "The following columns are not found on the table: {}",
                         unknown.join(", ")
                     )));
                 }
-                let mut idx: Vec<usize> =
-                    names.iter().filter_map(|n| table.column_index(n)).collect();
-                let missing: Vec<&str> = key
-                    .iter()
-                    .filter(|k| !idx.contains(k))
-                    .map(|k| table.columns[*k].name.as_str())
-                    .collect();
+                let mut idx: Vec<usize> = names.iter().filter_map(|n| table.column_index(n)).collect();
+                let missing: Vec<&str> =
+                    key.iter().filter(|k| !idx.contains(k)).map(|k| table.columns[*k].name.as_str()).collect();
                 if table.has_primary_key() && !missing.is_empty() {
                     return Err(ShapeError::Columns(format!(
                         "The list of columns must include all primary key columns, missing: {}",
@@ -134,24 +119,14 @@ impl Shape {
                 idx
             }
         };
-        Ok(Shape {
-            spec,
-            table,
-            filter,
-            selected,
-            key,
-        })
+        Ok(Shape { spec, table, filter, selected, key })
     }
 
     /// Canonical identity: the same table, filter, columns and modes give the same key,
     /// whatever the spelling of the request.
     pub fn key(&self) -> ShapeKey {
         let filter = self.filter.as_ref().map(Expr::to_sql).unwrap_or_default();
-        let cols: Vec<&str> = self
-            .selected
-            .iter()
-            .map(|i| self.table.columns[*i].name.as_str())
-            .collect();
+        let cols: Vec<&str> = self.selected.iter().map(|i| self.table.columns[*i].name.as_str()).collect();
         ShapeKey(format!(
             "{}|{}|{}|{}|{:?}|{:?}",
             self.table.oid,
@@ -176,16 +151,12 @@ pub struct ShapeKey(pub String);
 impl ShapeKey {
     /// A short stable hash of the key (FNV-1a), used as the first half of handles.
     pub fn digest(&self) -> u64 {
-        self.0.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        })
+        self.0.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
     }
 }
 
 /// Names one generation of a shape: `<digest>-<creation time in µs>`. Never reused.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ShapeHandle(String);
 
 impl ShapeHandle {
@@ -214,10 +185,6 @@ impl FromStr for ShapeHandle {
                 && a.bytes().all(|c| c.is_ascii_digit())
                 && b.bytes().all(|c| c.is_ascii_digit())
         });
-        if ok && s.len() <= 40 {
-            Ok(ShapeHandle(s.to_string()))
-        } else {
-            Err(format!("malformed handle {s:?}"))
-        }
+        if ok && s.len() <= 40 { Ok(ShapeHandle(s.to_string())) } else { Err(format!("malformed handle {s:?}")) }
     }
 }

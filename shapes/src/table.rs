@@ -5,9 +5,7 @@ use std::fmt;
 use crate::value::SqlType;
 
 /// A schema-qualified table name, as PostgreSQL stores it (no quoting, exact case).
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct TableName {
     pub schema: String,
     pub name: String,
@@ -15,10 +13,7 @@ pub struct TableName {
 
 impl TableName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
-        TableName {
-            schema: schema.into(),
-            name: name.into(),
-        }
+        TableName { schema: schema.into(), name: name.into() }
     }
 
     /// `"schema"."name"` with identifier quoting, safe to splice into SQL.
@@ -33,9 +28,7 @@ impl TableName {
         match parts.as_slice() {
             [name] => Ok(TableName::new("public", name.clone())),
             [schema, name] => Ok(TableName::new(schema.clone(), name.clone())),
-            _ => Err(format!(
-                "Invalid relation identifier, too many delimiters: {s}"
-            )),
+            _ => Err(format!("Invalid relation identifier, too many delimiters: {s}")),
         }
     }
 }
@@ -91,14 +84,8 @@ pub fn split_identifiers(s: &str, sep: char) -> Result<Vec<String>, String> {
         if part.is_empty() {
             return Err("Invalid zero-length delimited identifier".into());
         }
-        if !quoted
-            && !part
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
-        {
-            return Err(format!(
-                "Invalid identifier: {part} (quote names with special characters)"
-            ));
+        if !quoted && !part.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            return Err(format!("Invalid identifier: {part} (quote names with special characters)"));
         }
         out.push(part);
         match chars.next() {
@@ -148,12 +135,8 @@ impl TableSchema {
 
     /// Indexes of the key columns in key order; every column when the table has no primary key.
     pub fn key_columns(&self) -> Vec<usize> {
-        let mut pk: Vec<(u32, usize)> = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.pk_index.map(|p| (p, i)))
-            .collect();
+        let mut pk: Vec<(u32, usize)> =
+            self.columns.iter().enumerate().filter_map(|(i, c)| c.pk_index.map(|p| (p, i))).collect();
         if pk.is_empty() {
             return (0..self.columns.len()).collect();
         }
@@ -168,11 +151,7 @@ impl TableSchema {
     /// Whether the replication stream's column list still matches this schema.
     pub fn same_columns(&self, names_and_types: &[(String, u32)]) -> bool {
         self.columns.len() == names_and_types.len()
-            && self
-                .columns
-                .iter()
-                .zip(names_and_types)
-                .all(|(c, (n, t))| &c.name == n && c.type_oid == *t)
+            && self.columns.iter().zip(names_and_types).all(|(c, (n, t))| &c.name == n && c.type_oid == *t)
     }
 }
 
@@ -182,28 +161,11 @@ mod tests {
 
     #[test]
     fn table_names_parse_with_postgres_folding() {
-        assert_eq!(
-            TableName::parse("Foo").unwrap(),
-            TableName::new("public", "foo")
-        );
-        assert_eq!(
-            TableName::parse("app.items").unwrap(),
-            TableName::new("app", "items")
-        );
-        assert_eq!(
-            TableName::parse(r#""My"."a.b""#).unwrap(),
-            TableName::new("My", "a.b")
-        );
-        assert!(
-            TableName::parse("a.b.c")
-                .unwrap_err()
-                .contains("too many delimiters")
-        );
-        assert!(
-            TableName::parse(r#""""#)
-                .unwrap_err()
-                .contains("zero-length")
-        );
+        assert_eq!(TableName::parse("Foo").unwrap(), TableName::new("public", "foo"));
+        assert_eq!(TableName::parse("app.items").unwrap(), TableName::new("app", "items"));
+        assert_eq!(TableName::parse(r#""My"."a.b""#).unwrap(), TableName::new("My", "a.b"));
+        assert!(TableName::parse("a.b.c").unwrap_err().contains("too many delimiters"));
+        assert!(TableName::parse(r#""""#).unwrap_err().contains("zero-length"));
         assert!(TableName::parse("x; drop table y").is_err());
     }
 

@@ -47,11 +47,7 @@ impl SqlType {
             "timestamptz" => SqlType::TimestampTz,
             other => SqlType::Opaque(other.to_string()),
         };
-        if dims > 0 {
-            SqlType::Array(Box::new(base))
-        } else {
-            base
-        }
+        if dims > 0 { SqlType::Array(Box::new(base)) } else { base }
     }
 
     /// The PostgreSQL name used when rendering a cast to this type.
@@ -118,10 +114,7 @@ pub struct ParseError {
 impl Datum {
     /// Parses PostgreSQL text output (or input syntax, for literals) as a value of `ty`.
     pub fn parse(text: &str, ty: &SqlType) -> Result<Datum, ParseError> {
-        let bad = || ParseError {
-            ty: ty.sql_name(),
-            input: text.to_string(),
-        };
+        let bad = || ParseError { ty: ty.sql_name(), input: text.to_string() };
         Ok(match ty {
             SqlType::Bool => match text.trim().to_ascii_lowercase().as_str() {
                 "t" | "true" | "yes" | "on" | "1" | "y" => Datum::Bool(true),
@@ -136,12 +129,8 @@ impl Datum {
             SqlType::Uuid => Datum::Uuid(parse_uuid(text.trim()).ok_or_else(bad)?),
             SqlType::Date => Datum::Date(parse_date(text.trim()).ok_or_else(bad)?),
             SqlType::Time => Datum::Time(parse_time(text.trim()).ok_or_else(bad)?.0),
-            SqlType::Timestamp => {
-                Datum::Timestamp(parse_timestamp(text.trim(), false).ok_or_else(bad)?)
-            }
-            SqlType::TimestampTz => {
-                Datum::TimestampTz(parse_timestamp(text.trim(), true).ok_or_else(bad)?)
-            }
+            SqlType::Timestamp => Datum::Timestamp(parse_timestamp(text.trim(), false).ok_or_else(bad)?),
+            SqlType::TimestampTz => Datum::TimestampTz(parse_timestamp(text.trim(), true).ok_or_else(bad)?),
             SqlType::Array(inner) => Datum::Array(
                 parse_array(text)
                     .ok_or_else(bad)?
@@ -191,10 +180,7 @@ impl Datum {
         if matches!(self, Datum::Null) {
             return Ok(Datum::Null);
         }
-        let bad = |d: &Datum| ParseError {
-            ty: to.sql_name(),
-            input: d.to_sql_text(),
-        };
+        let bad = |d: &Datum| ParseError { ty: to.sql_name(), input: d.to_sql_text() };
         Ok(match (self, to) {
             (d @ Datum::Int(_), SqlType::Int) => d,
             (Datum::Int(i), SqlType::Float) => Datum::Float(i as f64),
@@ -208,9 +194,9 @@ impl Datum {
             }
             (d @ Datum::Float(_), SqlType::Float) => d,
             (Datum::Numeric(d), SqlType::Float) => Datum::Float(d.to_f64()),
-            (Datum::Float(f), SqlType::Numeric) => Datum::Numeric(
-                Decimal::parse(&format_float(f)).ok_or_else(|| bad(&Datum::Float(f)))?,
-            ),
+            (Datum::Float(f), SqlType::Numeric) => {
+                Datum::Numeric(Decimal::parse(&format_float(f)).ok_or_else(|| bad(&Datum::Float(f)))?)
+            }
             (d @ Datum::Numeric(_), SqlType::Numeric) => d,
             (Datum::Numeric(d), SqlType::Int) => {
                 let v = Datum::Numeric(d.clone());
@@ -220,9 +206,7 @@ impl Datum {
             (Datum::Date(d), SqlType::TimestampTz) => Datum::TimestampTz(d * MICROS_PER_DAY),
             (Datum::Timestamp(t), SqlType::TimestampTz) => Datum::TimestampTz(t),
             (Datum::TimestampTz(t), SqlType::Timestamp) => Datum::Timestamp(t),
-            (Datum::Timestamp(t) | Datum::TimestampTz(t), SqlType::Date) => {
-                Datum::Date(t.div_euclid(MICROS_PER_DAY))
-            }
+            (Datum::Timestamp(t) | Datum::TimestampTz(t), SqlType::Date) => Datum::Date(t.div_euclid(MICROS_PER_DAY)),
             (Datum::Text(s), SqlType::Char) => Datum::Text(s.trim_end_matches(' ').to_string()),
             (d, SqlType::Text | SqlType::Unknown) => Datum::Text(d.to_sql_text()),
             (Datum::Text(s), ty) => Datum::parse(&s, ty)?,
@@ -300,11 +284,7 @@ fn format_float(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()
     } else if f.is_infinite() {
-        if f > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        }
+        if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
     } else {
         format!("{f:?}")
     }
@@ -357,11 +337,7 @@ impl Decimal {
         let int = i.trim_start_matches('0').to_string();
         let frac = f.trim_end_matches('0').to_string();
         let zero = int.is_empty() && frac.is_empty();
-        Some(Decimal::Finite {
-            negative: negative && !zero,
-            int,
-            frac,
-        })
+        Some(Decimal::Finite { negative: negative && !zero, int, frac })
     }
 
     pub fn from_i64(v: i64) -> Decimal {
@@ -375,11 +351,7 @@ impl Decimal {
     fn round_to_i64(&self) -> Option<i64> {
         match self {
             Decimal::NaN => None,
-            Decimal::Finite {
-                negative,
-                int,
-                frac,
-            } => {
+            Decimal::Finite { negative, int, frac } => {
                 let mut v: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
                 if frac.as_bytes().first().is_some_and(|d| *d >= b'5') {
                     v = v.checked_add(1)?; // numeric rounds half away from zero
@@ -390,11 +362,7 @@ impl Decimal {
     }
 
     fn cmp_magnitude(a_int: &str, a_frac: &str, b_int: &str, b_frac: &str) -> Ordering {
-        a_int
-            .len()
-            .cmp(&b_int.len())
-            .then_with(|| a_int.cmp(b_int))
-            .then_with(|| a_frac.cmp(b_frac))
+        a_int.len().cmp(&b_int.len()).then_with(|| a_int.cmp(b_int)).then_with(|| a_frac.cmp(b_frac))
     }
 }
 
@@ -405,16 +373,8 @@ impl Ord for Decimal {
             (Decimal::NaN, _) => Ordering::Greater,
             (_, Decimal::NaN) => Ordering::Less,
             (
-                Decimal::Finite {
-                    negative: an,
-                    int: ai,
-                    frac: af,
-                },
-                Decimal::Finite {
-                    negative: bn,
-                    int: bi,
-                    frac: bf,
-                },
+                Decimal::Finite { negative: an, int: ai, frac: af },
+                Decimal::Finite { negative: bn, int: bi, frac: bf },
             ) => match (an, bn) {
                 (false, true) => Ordering::Greater,
                 (true, false) => Ordering::Less,
@@ -435,11 +395,7 @@ impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Decimal::NaN => f.write_str("NaN"),
-            Decimal::Finite {
-                negative,
-                int,
-                frac,
-            } => {
+            Decimal::Finite { negative, int, frac } => {
                 if *negative {
                     f.write_str("-")?;
                 }
@@ -454,10 +410,7 @@ impl fmt::Display for Decimal {
 }
 
 fn parse_uuid(s: &str) -> Option<u128> {
-    let s = s
-        .strip_prefix('{')
-        .and_then(|s| s.strip_suffix('}'))
-        .unwrap_or(s);
+    let s = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')).unwrap_or(s);
     let hex: String = s.chars().filter(|c| *c != '-').collect();
     if hex.len() != 32 || s.len() - hex.len() > 4 {
         return None;
@@ -467,14 +420,7 @@ fn parse_uuid(s: &str) -> Option<u128> {
 
 fn format_uuid(u: u128) -> String {
     let h = format!("{u:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -507,11 +453,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 fn days_in_month(y: i64, m: i64) -> i64 {
-    days_from_civil(
-        if m == 12 { y + 1 } else { y },
-        if m == 12 { 1 } else { m + 1 },
-        1,
-    ) - days_from_civil(y, m, 1)
+    days_from_civil(if m == 12 { y + 1 } else { y }, if m == 12 { 1 } else { m + 1 }, 1) - days_from_civil(y, m, 1)
 }
 
 fn parse_date(s: &str) -> Option<i64> {
@@ -542,18 +484,12 @@ fn format_date(days: i64) -> String {
         _ => {}
     }
     let (y, m, d) = civil_from_days(days);
-    if y <= 0 {
-        format!("{:04}-{m:02}-{d:02} BC", 1 - y)
-    } else {
-        format!("{y:04}-{m:02}-{d:02}")
-    }
+    if y <= 0 { format!("{:04}-{m:02}-{d:02} BC", 1 - y) } else { format!("{y:04}-{m:02}-{d:02}") }
 }
 
 /// `HH:MM[:SS[.ffffff]]`, returning micros and the rest of the input.
 fn parse_time(s: &str) -> Option<(i64, &str)> {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == ':' || c == '.')).unwrap_or(s.len());
     let (t, rest) = s.split_at(end);
     let mut parts = t.splitn(3, ':');
     let h: i64 = parts.next()?.parse().ok()?;
@@ -565,15 +501,10 @@ fn parse_time(s: &str) -> Option<(i64, &str)> {
         },
         None => (0, ""),
     };
-    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) || h > 24 || mi > 59 || sec > 60
-    {
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) || h > 24 || mi > 59 || sec > 60 {
         return None;
     }
-    let micros: i64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<6}").parse().ok()?
-    };
+    let micros: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
     let total = ((h * 60 + mi) * 60 + sec) * 1_000_000 + micros;
     if total > MICROS_PER_DAY {
         return None;
@@ -584,11 +515,7 @@ fn parse_time(s: &str) -> Option<(i64, &str)> {
 fn format_time(micros: i64) -> String {
     let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
     let base = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
-    if frac == 0 {
-        base
-    } else {
-        format!("{base}.{}", format!("{frac:06}").trim_end_matches('0'))
-    }
+    if frac == 0 { base } else { format!("{base}.{}", format!("{frac:06}").trim_end_matches('0')) }
 }
 
 fn parse_timestamp(s: &str, with_zone: bool) -> Option<i64> {
@@ -602,11 +529,7 @@ fn parse_timestamp(s: &str, with_zone: bool) -> Option<i64> {
         None => (s, false),
     };
     let (date, rest) = s.split_once([' ', 'T']).unwrap_or((s, "00:00"));
-    let date = if bc {
-        format!("{date} BC")
-    } else {
-        date.to_string()
-    };
+    let date = if bc { format!("{date} BC") } else { date.to_string() };
     let days = parse_date(&date)?;
     let (time, zone) = parse_time(rest)?;
     let offset = match zone {
@@ -703,11 +626,7 @@ pub fn parse_array(s: &str) -> Option<Vec<Option<String>>> {
             }
             item = item.trim_end().to_string();
         }
-        out.push(if !quoted && item.eq_ignore_ascii_case("null") {
-            None
-        } else {
-            Some(item)
-        });
+        out.push(if !quoted && item.eq_ignore_ascii_case("null") { None } else { Some(item) });
         match chars.next() {
             None => return Some(out),
             Some(',') => {}
@@ -734,37 +653,21 @@ mod tests {
 
     #[test]
     fn dates_and_timestamps_round_trip() {
-        for s in [
-            "2000-01-01",
-            "1999-12-31",
-            "2024-02-29",
-            "0001-01-01 BC",
-            "infinity",
-        ] {
+        for s in ["2000-01-01", "1999-12-31", "2024-02-29", "0001-01-01 BC", "infinity"] {
             assert_eq!(format_date(parse_date(s).unwrap()), s);
         }
         assert_eq!(parse_date("2000-01-01"), Some(0));
         assert!(parse_date("2023-02-29").is_none());
         let ts = parse_timestamp("2024-01-02 03:04:05.123+00", true).unwrap();
         assert_eq!(format_timestamp(ts), "2024-01-02 03:04:05.123");
-        assert_eq!(
-            parse_timestamp("2024-01-02 05:34:05.123+02:30", true),
-            Some(ts),
-            "offsets move the instant to UTC"
-        );
+        assert_eq!(parse_timestamp("2024-01-02 05:34:05.123+02:30", true), Some(ts), "offsets move the instant to UTC");
     }
 
     #[test]
     fn arrays_split_like_postgres_prints_them() {
         assert_eq!(
             parse_array(r#"{1,NULL,"a b","q\"x",""}"#).unwrap(),
-            vec![
-                Some("1".into()),
-                None,
-                Some("a b".into()),
-                Some("q\"x".into()),
-                Some("".into())
-            ]
+            vec![Some("1".into()), None, Some("a b".into()), Some("q\"x".into()), Some("".into())]
         );
         assert_eq!(parse_array("{}").unwrap(), Vec::<Option<String>>::new());
         assert!(parse_array("{{1,2},{3,4}}").is_none());

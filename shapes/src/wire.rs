@@ -81,11 +81,7 @@ impl MessageEncoder {
                 v
             })
             .collect();
-        MessageEncoder {
-            key_prefix,
-            relation,
-            column_labels,
-        }
+        MessageEncoder { key_prefix, relation, column_labels }
     }
 
     /// The row key: `"schema"."table"/"pk1"/"pk2"`, NULL parts as `_`.
@@ -127,11 +123,7 @@ impl MessageEncoder {
         out.extend_from_slice(b"\",\"relation\":");
         out.extend_from_slice(&self.relation);
         if let Some(h) = live {
-            let _ = write!(
-                out,
-                ",\"txids\":[{}],\"lsn\":\"{}\",\"op_position\":{}",
-                h.txid, h.lsn.0, h.op_position
-            );
+            let _ = write!(out, ",\"txids\":[{}],\"lsn\":\"{}\",\"op_position\":{}", h.txid, h.lsn.0, h.op_position);
             if let Some(to) = h.key_change_to {
                 out.extend_from_slice(b",\"key_change_to\":");
                 json_str(out, to);
@@ -147,11 +139,7 @@ impl MessageEncoder {
         out.extend_from_slice(b"}}");
     }
 
-    fn write_object<'a>(
-        &self,
-        out: &mut Vec<u8>,
-        fields: impl IntoIterator<Item = (usize, Option<&'a str>)>,
-    ) {
+    fn write_object<'a>(&self, out: &mut Vec<u8>, fields: impl IntoIterator<Item = (usize, Option<&'a str>)>) {
         out.push(b'{');
         for (i, (col, v)) in fields.into_iter().enumerate() {
             if i > 0 {
@@ -175,11 +163,8 @@ pub fn mark_last(message: &mut Vec<u8>) {
 }
 
 pub fn up_to_date(global_last_seen_lsn: Lsn) -> Vec<u8> {
-    format!(
-        r#"{{"headers":{{"control":"up-to-date","global_last_seen_lsn":"{}"}}}}"#,
-        global_last_seen_lsn.0
-    )
-    .into_bytes()
+    format!(r#"{{"headers":{{"control":"up-to-date","global_last_seen_lsn":"{}"}}}}"#, global_last_seen_lsn.0)
+        .into_bytes()
 }
 
 pub const MUST_REFETCH: &str = r#"[{"headers":{"control":"must-refetch"}}]"#;
@@ -225,10 +210,7 @@ fn type_modifiers(col: &mut serde_json::Map<String, serde_json::Value>, ty: &str
             col.insert("max_length".into(), (typmod - 4).into());
         }
         "bpchar" | "bit" | "varbit" => {
-            col.insert(
-                "length".into(),
-                (if ty == "bpchar" { typmod - 4 } else { typmod }).into(),
-            );
+            col.insert("length".into(), (if ty == "bpchar" { typmod - 4 } else { typmod }).into());
         }
         "time" | "timetz" | "timestamp" | "timestamptz" => {
             col.insert("precision".into(), typmod.into());
@@ -341,38 +323,21 @@ mod tests {
             key_change_to: None,
             key_change_from: None,
         };
-        e.write_change(
-            &mut out,
-            Operation::Insert,
-            "k",
-            [(0, Some("1")), (1, None)],
-            None,
-            Some(h),
-        );
+        e.write_change(&mut out, Operation::Insert, "k", [(0, Some("1")), (1, None)], None, Some(h));
         mark_last(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["value"], serde_json::json!({"id": "1", "title": null}));
         assert_eq!(v["headers"]["txids"], serde_json::json!([755]));
         assert_eq!(v["headers"]["lsn"], "27344208");
         assert_eq!(v["headers"]["last"], true);
-        assert_eq!(
-            v["headers"]["relation"],
-            serde_json::json!(["public", "a.b/c"])
-        );
+        assert_eq!(v["headers"]["relation"], serde_json::json!(["public", "a.b/c"]));
     }
 
     #[test]
     fn schema_header_describes_selected_columns() {
-        let s: serde_json::Value =
-            serde_json::from_str(&schema_header(&table(), &[0, 1, 2])).unwrap();
-        assert_eq!(
-            s["id"],
-            serde_json::json!({"type": "int8", "pk_index": 0, "not_null": true})
-        );
-        assert_eq!(
-            s["title"],
-            serde_json::json!({"type": "varchar", "max_length": 255})
-        );
+        let s: serde_json::Value = serde_json::from_str(&schema_header(&table(), &[0, 1, 2])).unwrap();
+        assert_eq!(s["id"], serde_json::json!({"type": "int8", "pk_index": 0, "not_null": true}));
+        assert_eq!(s["title"], serde_json::json!({"type": "varchar", "max_length": 255}));
         assert_eq!(s["tags"], serde_json::json!({"type": "text", "dims": 1}));
     }
 }

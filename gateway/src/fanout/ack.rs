@@ -29,15 +29,8 @@ pub struct AckState {
 impl AckState {
     /// Starts from the slot's confirmed position.
     pub fn new(confirmed: Lsn) -> AckState {
-        let p = Positions {
-            enqueued_end: confirmed,
-            durable_end: confirmed,
-            seen: confirmed,
-        };
-        AckState {
-            positions: Mutex::new(p),
-            durable: watch::channel(confirmed).0,
-        }
+        let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed };
+        AckState { positions: Mutex::new(p), durable: watch::channel(confirmed).0 }
     }
 
     pub fn note_enqueued(&self, end: Lsn) {
@@ -53,8 +46,7 @@ impl AckState {
         p.seen = p.seen.max(commit);
         let d = p.durable_end;
         drop(p);
-        self.durable
-            .send_if_modified(|v| std::mem::replace(v, d) != d);
+        self.durable.send_if_modified(|v| std::mem::replace(v, d) != d);
     }
 
     /// A keepalive says the server sent everything up to `wal_end`. If no transaction is in

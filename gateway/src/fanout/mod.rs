@@ -53,10 +53,7 @@ fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io:
         apply_txn(registry, txn, &mut touched)?;
     }
     if !touched.is_empty() {
-        let marks: Vec<_> = touched
-            .values()
-            .map(|s| (s.clone(), s.log.written_mark()))
-            .collect();
+        let marks: Vec<_> = touched.values().map(|s| (s.clone(), s.log.written_mark())).collect();
         if touched.len() <= SYNC_EACH_UP_TO {
             for s in touched.values() {
                 s.log.sync()?;
@@ -76,11 +73,7 @@ fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io:
     Ok(batch)
 }
 
-fn apply_txn(
-    registry: &Registry,
-    txn: &Txn,
-    touched: &mut HashMap<u64, Arc<LiveShape>>,
-) -> std::io::Result<()> {
+fn apply_txn(registry: &Registry, txn: &Txn, touched: &mut HashMap<u64, Arc<LiveShape>>) -> std::io::Result<()> {
     let mut per_shape: HashMap<u64, (Arc<LiveShape>, Vec<plan::Planned>)> = HashMap::new();
     let mut candidates = Vec::new();
     for item in &txn.items {
@@ -96,15 +89,12 @@ fn apply_txn(
                 for shape in shapes {
                     match plan::plan(&shape.shape, &shape.encoder, change) {
                         Ok(planned) if planned.is_empty() => {}
-                        Ok(planned) => per_shape
-                            .entry(shape.id)
-                            .or_insert_with(|| (shape.clone(), Vec::new()))
-                            .1
-                            .extend(planned),
+                        Ok(planned) => {
+                            per_shape.entry(shape.id).or_insert_with(|| (shape.clone(), Vec::new())).1.extend(planned)
+                        }
                         Err(e) => {
                             // Never send a value we cannot vouch for: the client refetches.
-                            registry
-                                .rotate(&shape, &format!("a change could not be evaluated: {e}"));
+                            registry.rotate(&shape, &format!("a change could not be evaluated: {e}"));
                         }
                     }
                 }

@@ -23,14 +23,7 @@ pub struct Planned {
 
 impl Planned {
     fn new(op: Operation, key: String, value: Fields) -> Planned {
-        Planned {
-            op,
-            key,
-            value,
-            old_value: None,
-            key_change_to: None,
-            key_change_from: None,
-        }
+        Planned { op, key, value, old_value: None, key_change_to: None, key_change_from: None }
     }
 }
 
@@ -46,10 +39,7 @@ fn complete(row: &[Cell]) -> Result<(), EvalError> {
 }
 
 fn fields(row: &[Cell], cols: &[usize]) -> Fields {
-    cols.iter()
-        .filter(|&&i| row.get(i) != Some(&Cell::Unchanged))
-        .map(|&i| (i, row.get(i).and_then(text)))
-        .collect()
+    cols.iter().filter(|&&i| row.get(i) != Some(&Cell::Unchanged)).map(|&i| (i, row.get(i).and_then(text))).collect()
 }
 
 fn key_of(shape: &Shape, enc: &MessageEncoder, row: &[Cell]) -> String {
@@ -63,61 +53,35 @@ fn matches(shape: &Shape, row: &[Cell]) -> Result<bool, EvalError> {
     }
 }
 
-pub fn plan(
-    shape: &Shape,
-    enc: &MessageEncoder,
-    change: &Change,
-) -> Result<Vec<Planned>, EvalError> {
+pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<Planned>, EvalError> {
     let all = &shape.selected;
     Ok(match change {
         Change::Insert { new } => {
             if matches(shape, new)? {
                 complete(new)?;
-                vec![Planned::new(
-                    Operation::Insert,
-                    key_of(shape, enc, new),
-                    fields(new, all),
-                )]
+                vec![Planned::new(Operation::Insert, key_of(shape, enc, new), fields(new, all))]
             } else {
                 vec![]
             }
         }
         Change::Delete { old, old_is_full } => {
             if shape.filter.is_some() && !old_is_full {
-                return Err(EvalError::Value("a delete without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into()));
+                return Err(EvalError::Value(
+                    "a delete without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
+                ));
             }
             if !matches(shape, old)? {
                 return Ok(vec![]);
             }
-            let cols = if shape.spec.replica == Replica::Full && *old_is_full {
-                all
-            } else {
-                &shape.key
-            };
-            vec![Planned::new(
-                Operation::Delete,
-                key_of(shape, enc, old),
-                fields(old, cols),
-            )]
+            let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
+            vec![Planned::new(Operation::Delete, key_of(shape, enc, old), fields(old, cols))]
         }
-        Change::Update {
-            old,
-            old_is_full,
-            new,
-        } => {
+        Change::Update { old, old_is_full, new } => {
             // Under REPLICA IDENTITY FULL, unchanged TOAST values come from the old row.
             let new: Vec<Cell> = match (old, old_is_full) {
-                (Some(o), true) => new
-                    .iter()
-                    .zip(o)
-                    .map(|(n, o)| {
-                        if *n == Cell::Unchanged {
-                            o.clone()
-                        } else {
-                            n.clone()
-                        }
-                    })
-                    .collect(),
+                (Some(o), true) => {
+                    new.iter().zip(o).map(|(n, o)| if *n == Cell::Unchanged { o.clone() } else { n.clone() }).collect()
+                }
                 _ => new.clone(),
             };
             let full_old = old.as_ref().filter(|_| *old_is_full);
@@ -125,15 +89,14 @@ pub fn plan(
                 (None, _) => true,
                 (Some(f), Some(o)) => f.matches(o.as_slice())?,
                 (Some(_), None) => {
-                    return Err(EvalError::Value("an update without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into()));
+                    return Err(EvalError::Value(
+                        "an update without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
+                    ));
                 }
             };
             let is_in = matches(shape, &new)?;
             let new_key = key_of(shape, enc, &new);
-            let old_key = old
-                .as_ref()
-                .map(|o| key_of(shape, enc, o))
-                .unwrap_or_else(|| new_key.clone());
+            let old_key = old.as_ref().map(|o| key_of(shape, enc, o)).unwrap_or_else(|| new_key.clone());
             match (was_in, is_in) {
                 (false, false) => vec![],
                 (false, true) => {
@@ -142,27 +105,14 @@ pub fn plan(
                 }
                 (true, false) => {
                     let old_row = full_old.map(Vec::as_slice).unwrap_or(&new);
-                    let cols = if shape.spec.replica == Replica::Full {
-                        all
-                    } else {
-                        &shape.key
-                    };
-                    vec![Planned::new(
-                        Operation::Delete,
-                        old_key,
-                        fields(old_row, cols),
-                    )]
+                    let cols = if shape.spec.replica == Replica::Full { all } else { &shape.key };
+                    vec![Planned::new(Operation::Delete, old_key, fields(old_row, cols))]
                 }
                 (true, true) if old_key != new_key => {
                     complete(&new)?;
                     let old_row = old.as_deref().unwrap_or(&new);
-                    let cols = if shape.spec.replica == Replica::Full && *old_is_full {
-                        all
-                    } else {
-                        &shape.key
-                    };
-                    let mut delete =
-                        Planned::new(Operation::Delete, old_key.clone(), fields(old_row, cols));
+                    let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
+                    let mut delete = Planned::new(Operation::Delete, old_key.clone(), fields(old_row, cols));
                     delete.key_change_to = Some(new_key.clone());
                     let mut insert = Planned::new(Operation::Insert, new_key, fields(&new, all));
                     insert.key_change_from = Some(old_key);
@@ -170,16 +120,8 @@ pub fn plan(
                 }
                 (true, true) => {
                     let changed: Vec<usize> = match full_old {
-                        Some(o) => all
-                            .iter()
-                            .copied()
-                            .filter(|&i| o.get(i) != new.get(i))
-                            .collect(),
-                        None => all
-                            .iter()
-                            .copied()
-                            .filter(|&i| new.get(i) != Some(&Cell::Unchanged))
-                            .collect(),
+                        Some(o) => all.iter().copied().filter(|&i| o.get(i) != new.get(i)).collect(),
+                        None => all.iter().copied().filter(|&i| new.get(i) != Some(&Cell::Unchanged)).collect(),
                     };
                     if changed.is_empty() {
                         return Ok(vec![]);
@@ -188,12 +130,7 @@ pub fn plan(
                         complete(&new)?;
                         Planned::new(Operation::Update, new_key, fields(&new, all))
                     } else {
-                        let mut cols: Vec<usize> = shape
-                            .key
-                            .iter()
-                            .copied()
-                            .chain(changed.iter().copied())
-                            .collect();
+                        let mut cols: Vec<usize> = shape.key.iter().copied().chain(changed.iter().copied()).collect();
                         cols.sort_unstable();
                         cols.dedup();
                         Planned::new(Operation::Update, new_key, fields(&new, &cols))
@@ -230,11 +167,7 @@ mod tests {
         let table = TableSchema {
             oid: 1,
             name: TableName::new("public", "t"),
-            columns: vec![
-                col("id", "int8", Some(0)),
-                col("org", "text", None),
-                col("body", "text", None),
-            ],
+            columns: vec![col("id", "int8", Some(0)), col("org", "text", None), col("body", "text", None)],
             replica_identity_full: true,
         };
         let spec = ShapeSpec {
@@ -279,11 +212,7 @@ mod tests {
         assert_eq!(p[0].op, Operation::Insert);
         assert_eq!(
             p[0].value,
-            vec![
-                (0, Some("1".into())),
-                (1, Some("b".into())),
-                (2, Some("x".into()))
-            ],
+            vec![(0, Some("1".into())), (1, Some("b".into())), (2, Some("x".into()))],
             "TOAST value filled from the old row"
         );
     }
@@ -299,20 +228,14 @@ mod tests {
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!(
             (p[0].op, p[0].value.clone()),
-            (
-                Operation::Update,
-                vec![(0, Some("1".into())), (2, Some("y".into()))]
-            )
+            (Operation::Update, vec![(0, Some("1".into())), (2, Some("y".into()))])
         );
         let same = Change::Update {
             old: Some(row("1", "a", Cell::text("x"))),
             old_is_full: true,
             new: row("1", "a", Cell::text("x")),
         };
-        assert!(
-            plan(&s, &e, &same).unwrap().is_empty(),
-            "nothing selected changed"
-        );
+        assert!(plan(&s, &e, &same).unwrap().is_empty(), "nothing selected changed");
     }
 
     #[test]
@@ -345,11 +268,7 @@ mod tests {
     #[test]
     fn unknown_toast_value_for_a_new_row_is_an_error_not_a_wrong_value() {
         let (s, e) = shape(Some("org = 'b'"), Replica::Default);
-        let change = Change::Update {
-            old: None,
-            old_is_full: false,
-            new: row("1", "b", Cell::Unchanged),
-        };
+        let change = Change::Update { old: None, old_is_full: false, new: row("1", "b", Cell::Unchanged) };
         assert!(plan(&s, &e, &change).is_err());
     }
 }

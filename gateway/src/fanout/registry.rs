@@ -35,10 +35,7 @@ impl SnapshotInfo {
         let xmax = parts.next()?.parse().ok()?;
         let xip = match parts.next()? {
             "" => Vec::new(),
-            list => list
-                .split(',')
-                .map(|x| x.parse().ok())
-                .collect::<Option<_>>()?,
+            list => list.split(',').map(|x| x.parse().ok()).collect::<Option<_>>()?,
         };
         Some(SnapshotInfo { xmin, xmax, xip })
     }
@@ -118,11 +115,7 @@ impl LiveShape {
         for (i, p) in planned.iter().enumerate() {
             // A key change's insert sits right after its delete; other changes step by 2.
             if i > 0 {
-                op += if planned[i - 1].key_change_to.is_some() {
-                    1
-                } else {
-                    2 - (op % 2)
-                };
+                op += if planned[i - 1].key_change_to.is_some() { 1 } else { 2 - (op % 2) };
             }
             let headers = LiveHeaders {
                 txid: txn.xid,
@@ -134,18 +127,9 @@ impl LiveShape {
             };
             let mut msg = Vec::with_capacity(256);
             let fields = p.value.iter().map(|(c, v)| (*c, v.as_deref()));
-            let old: Option<Vec<(usize, Option<&str>)>> = p
-                .old_value
-                .as_ref()
-                .map(|o| o.iter().map(|(c, v)| (*c, v.as_deref())).collect());
-            self.encoder.write_change(
-                &mut msg,
-                p.op,
-                &p.key,
-                fields,
-                old.as_deref(),
-                Some(headers),
-            );
+            let old: Option<Vec<(usize, Option<&str>)>> =
+                p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_deref())).collect());
+            self.encoder.write_change(&mut msg, p.op, &p.key, fields, old.as_deref(), Some(headers));
             out.push((LogOffset::change(txn.commit_lsn, op), msg));
         }
         out
@@ -175,10 +159,7 @@ impl LiveShape {
             table: self.shape.table.clone(),
             snapshot,
         };
-        write_atomically(
-            &self.log.dir().join("shape.json"),
-            &serde_json::to_vec(&meta).map_err(io::Error::other)?,
-        )
+        write_atomically(&self.log.dir().join("shape.json"), &serde_json::to_vec(&meta).map_err(io::Error::other)?)
     }
 
     pub fn fail(&self, failure: ShapeFailure) {
@@ -257,13 +238,7 @@ impl Registry {
         Ok(true)
     }
 
-    fn live_shape(
-        &self,
-        handle: ShapeHandle,
-        shape: Shape,
-        log: ShapeLog,
-        visibility: Visibility,
-    ) -> LiveShape {
+    fn live_shape(&self, handle: ShapeHandle, shape: Shape, log: ShapeLog, visibility: Visibility) -> LiveShape {
         LiveShape {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             handle,
@@ -279,11 +254,7 @@ impl Registry {
 
     fn register(&self, live: Arc<LiveShape>) {
         let mut inner = self.inner.write().unwrap();
-        inner
-            .tables
-            .entry(live.shape.table.oid)
-            .or_default()
-            .insert(live.id, live.shape.filter.as_ref());
+        inner.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
         inner.by_key.insert(live.key.clone(), live.clone());
         inner.by_handle.insert(live.handle.clone(), live.clone());
         inner.by_id.insert(live.id, live);
@@ -327,11 +298,7 @@ impl Registry {
         let handle = ShapeHandle::new(&key, self.unique_micros());
         let log = ShapeLog::create(&self.dir.join(handle.as_str()), self.chunk_bytes)?;
         let live = Arc::new(self.live_shape(handle, shape, log, Visibility::Pending(Vec::new())));
-        inner
-            .tables
-            .entry(live.shape.table.oid)
-            .or_default()
-            .insert(live.id, live.shape.filter.as_ref());
+        inner.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
         inner.by_key.insert(live.key.clone(), live.clone());
         inner.by_handle.insert(live.handle.clone(), live.clone());
         inner.by_id.insert(live.id, live.clone());
@@ -344,11 +311,7 @@ impl Registry {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         let prev = self.last_handle_micros.fetch_max(now, Ordering::SeqCst);
-        if prev >= now {
-            self.last_handle_micros.fetch_add(1, Ordering::SeqCst) + 1
-        } else {
-            now
-        }
+        if prev >= now { self.last_handle_micros.fetch_add(1, Ordering::SeqCst) + 1 } else { now }
     }
 
     /// The shapes a change on table `oid` may touch.
@@ -359,18 +322,12 @@ impl Registry {
         };
         let rows: Vec<&[shapes::change::Cell]> = match change {
             Change::Insert { new } => vec![new],
-            Change::Update {
-                old: Some(old),
-                new,
-                ..
-            } => vec![old, new],
+            Change::Update { old: Some(old), new, .. } => vec![old, new],
             Change::Update { old: None, new, .. } => vec![new],
             Change::Delete { old, .. } => vec![old],
         };
         index.candidates(&rows, ids);
-        ids.iter()
-            .filter_map(|id| inner.by_id.get(id).cloned())
-            .collect()
+        ids.iter().filter_map(|id| inner.by_id.get(id).cloned()).collect()
     }
 
     /// A Relation message: shapes built on a different column list, or that need old rows
@@ -394,12 +351,7 @@ impl Registry {
                 .collect()
         };
         if !affected.is_empty()
-            || self
-                .schemas
-                .lock()
-                .unwrap()
-                .values()
-                .any(|t| t.oid == rel.oid && !t.same_columns(&rel.columns))
+            || self.schemas.lock().unwrap().values().any(|t| t.oid == rel.oid && !t.same_columns(&rel.columns))
         {
             self.schemas.lock().unwrap().retain(|_, t| t.oid != rel.oid);
         }
@@ -410,15 +362,8 @@ impl Registry {
 
     /// Rotates every shape of a table (TRUNCATE, DELETE by table).
     pub fn rotate_table(&self, oid: u32, reason: &str) -> usize {
-        let shapes: Vec<Arc<LiveShape>> = self
-            .inner
-            .read()
-            .unwrap()
-            .by_id
-            .values()
-            .filter(|s| s.shape.table.oid == oid)
-            .cloned()
-            .collect();
+        let shapes: Vec<Arc<LiveShape>> =
+            self.inner.read().unwrap().by_id.values().filter(|s| s.shape.table.oid == oid).cloned().collect();
         for s in &shapes {
             self.rotate(s, reason);
         }
@@ -432,11 +377,7 @@ impl Registry {
             let removed = inner.by_id.remove(&shape.id).is_some();
             if removed {
                 inner.by_handle.remove(&shape.handle);
-                if inner
-                    .by_key
-                    .get(&shape.key)
-                    .is_some_and(|s| s.id == shape.id)
-                {
+                if inner.by_key.get(&shape.key).is_some_and(|s| s.id == shape.id) {
                     inner.by_key.remove(&shape.key);
                 }
                 if let Some(index) = inner.tables.get_mut(&shape.shape.table.oid) {
@@ -461,10 +402,7 @@ impl Registry {
     }
 
     pub fn cache_schema(&self, schema: TableSchema) {
-        self.schemas
-            .lock()
-            .unwrap()
-            .insert(schema.name.clone(), schema);
+        self.schemas.lock().unwrap().insert(schema.name.clone(), schema);
     }
 
     pub fn forget_schema(&self, name: &TableName) {
@@ -473,14 +411,7 @@ impl Registry {
 
     /// Shapes of a table by name (for DELETE).
     pub fn shapes_of(&self, name: &TableName) -> Vec<Arc<LiveShape>> {
-        self.inner
-            .read()
-            .unwrap()
-            .by_id
-            .values()
-            .filter(|s| &s.shape.table.name == name)
-            .cloned()
-            .collect()
+        self.inner.read().unwrap().by_id.values().filter(|s| &s.shape.table.name == name).cloned().collect()
     }
 }
 
@@ -497,15 +428,8 @@ mod tests {
         assert!(!s.contains(105), "started after the snapshot");
         assert!(!s.contains(200));
         assert_eq!(SnapshotInfo::parse("5:5:").unwrap().xip, Vec::<u64>::new());
-        let wrapped = SnapshotInfo {
-            xmin: (1u64 << 32) + 5,
-            xmax: (1u64 << 32) + 10,
-            xip: vec![],
-        };
-        assert!(
-            wrapped.contains(u32::MAX - 3),
-            "xids before the wrap precede xmin"
-        );
+        let wrapped = SnapshotInfo { xmin: (1u64 << 32) + 5, xmax: (1u64 << 32) + 10, xip: vec![] };
+        assert!(wrapped.contains(u32::MAX - 3), "xids before the wrap precede xmin");
         assert!(!wrapped.contains(12));
     }
 }

@@ -7,10 +7,7 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     /// A shape request the protocol rejects; `field` names the parameter, as Electric does.
     #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -23,10 +20,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        ApiError::Invalid {
-            field,
-            message: message.into(),
-        }
+        ApiError::Invalid { field, message: message.into() }
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Self {
@@ -42,20 +36,13 @@ impl IntoResponse for ApiError {
                 serde_json::json!({"error": "invalid_request", "message": format!("{field}: {message}"), "errors": {*field: [message]}}),
                 None,
             ),
-            ApiError::Forbidden(m) => (
-                StatusCode::FORBIDDEN,
-                serde_json::json!({"error": "forbidden", "message": m}),
-                None,
-            ),
-            ApiError::NotFound(m) => (
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "message": m}),
-                None,
-            ),
-            ApiError::Unavailable {
-                message,
-                retry_after,
-            } => (
+            ApiError::Forbidden(m) => {
+                (StatusCode::FORBIDDEN, serde_json::json!({"error": "forbidden", "message": m}), None)
+            }
+            ApiError::NotFound(m) => {
+                (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": m}), None)
+            }
+            ApiError::Unavailable { message, retry_after } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": "unavailable", "message": message}),
                 Some(*retry_after),

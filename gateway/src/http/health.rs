@@ -11,16 +11,10 @@ use super::AppState;
 pub async fn health(State(state): State<AppState>) -> Response {
     let (status, body) = match state.status.readiness() {
         Ok(()) => (StatusCode::OK, serde_json::json!({"status": "active"})),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "starting"}),
-        ),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "starting"})),
     };
     let mut r = (status, Json(body)).into_response();
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
-    );
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
     r
 }
 
@@ -31,10 +25,9 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.status.readiness() {
         Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "not_ready", "message": reason})),
-        )
-            .into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "not_ready", "message": reason})))
+                .into_response()
+        }
     }
 }

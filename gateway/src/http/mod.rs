@@ -66,23 +66,16 @@ impl AppState {
     }
 
     /// A session for catalog reads, reconnected when it dropped.
-    pub async fn catalog(
-        &self,
-    ) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, ApiError> {
+    pub async fn catalog(&self) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, ApiError> {
         let mut guard = self.catalog.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let client =
-                crate::db::connect(&self.settings.db)
-                    .await
-                    .map_err(|e| ApiError::Unavailable {
-                        message: format!("database unreachable: {e}"),
-                        retry_after: 10,
-                    })?;
+            let client = crate::db::connect(&self.settings.db).await.map_err(|e| ApiError::Unavailable {
+                message: format!("database unreachable: {e}"),
+                retry_after: 10,
+            })?;
             *guard = Some(client);
         }
-        Ok(tokio::sync::MutexGuard::map(guard, |c| {
-            c.as_mut().expect("connected above")
-        }))
+        Ok(tokio::sync::MutexGuard::map(guard, |c| c.as_mut().expect("connected above")))
     }
 }
 
@@ -98,10 +91,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/v1/shape",
-            get(shape::get_shape).delete(shape::delete_shape),
-        )
+        .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape))
         .route("/v1/health", get(health::health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -112,7 +102,11 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": "not_found", "message": "no such endpoint; see /v1/openapi.json"}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": "not_found", "message": "no such endpoint; see /v1/openapi.json"})),
+    )
+        .into_response()
 }
 
 const EXPOSED: &str = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after,etag";
@@ -121,21 +115,12 @@ const EXPOSED: &str = "electric-cursor,electric-handle,electric-has-data,electri
 /// directly, so `authorization` and any requested header are allowed.
 async fn cors(req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let requested = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned();
+    let requested = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
     let mut resp = if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, HEAD, DELETE, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("86400"),
-        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, HEAD, DELETE, OPTIONS"));
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
         if let Some(req_headers) = requested {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, req_headers);
         }
@@ -144,14 +129,8 @@ async fn cors(req: Request, next: Next) -> Response {
         next.run(req).await
     };
     let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        origin.unwrap_or(HeaderValue::from_static("*")),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSED),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.unwrap_or(HeaderValue::from_static("*")));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
     h.append(header::VARY, HeaderValue::from_static("origin"));
     resp
 }

@@ -62,17 +62,10 @@ mod tests {
         let paths = spec["paths"].as_object().unwrap();
         let mut documented: Vec<(String, String)> = paths
             .iter()
-            .flat_map(|(p, ops)| {
-                ops.as_object()
-                    .unwrap()
-                    .keys()
-                    .map(move |m| (m.clone(), p.clone()))
-            })
+            .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone())))
             .collect();
-        let mut routes: Vec<(String, String)> = crate::http::ROUTES
-            .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
-            .collect();
+        let mut routes: Vec<(String, String)> =
+            crate::http::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
         documented.sort();
         routes.sort();
         assert_eq!(documented, routes);

@@ -49,11 +49,7 @@ pub async fn get_shape(
                 &req,
                 &headers,
                 &shape,
-                Served {
-                    offset: head,
-                    up_to_date: true,
-                    has_data: false,
-                },
+                Served { offset: head, up_to_date: true, has_data: false },
                 body.into(),
             ))
         }
@@ -99,14 +95,9 @@ async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>,
         return Ok(existing);
     }
     let client = state.catalog().await?;
-    let changed = slot::ensure_published(
-        &client,
-        &state.settings.publication,
-        &schema,
-        shape.needs_old_rows(),
-    )
-    .await
-    .map_err(|e| match e {
+    let changed = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
+        .await
+        .map_err(|e| match e {
         ReplicationError::Privilege { .. } => ApiError::Forbidden(e.to_string()),
         e => ApiError::internal(e),
     })?;
@@ -120,16 +111,9 @@ async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>,
     } else {
         shape
     };
-    let (live, created) = state
-        .registry
-        .get_or_create(shape)
-        .map_err(ApiError::internal)?;
+    let (live, created) = state.registry.get_or_create(shape).map_err(ApiError::internal)?;
     if created {
-        tokio::spawn(crate::snapshot::run(
-            state.settings.db.clone(),
-            state.registry.clone(),
-            live.clone(),
-        ));
+        tokio::spawn(crate::snapshot::run(state.settings.db.clone(), state.registry.clone(), live.clone()));
     }
     Ok(live)
 }
@@ -144,10 +128,7 @@ pub(super) async fn next_version(
 }
 
 /// Waits until `ready` holds for the shape's log, or it is gone (→ 409 or the failure).
-async fn wait_for(
-    shape: &LiveShape,
-    ready: impl Fn(&LogVersion) -> bool,
-) -> Result<LogVersion, ApiError> {
+async fn wait_for(shape: &LiveShape, ready: impl Fn(&LogVersion) -> bool) -> Result<LogVersion, ApiError> {
     let mut rx = shape.log.subscribe();
     let waited = tokio::time::timeout(SNAPSHOT_WAIT, rx.wait_for(|v| v.gone || ready(v))).await;
     let v = match waited {
@@ -168,14 +149,8 @@ async fn wait_for(
 fn gone_error(shape: &LiveShape) -> ApiError {
     match shape.failure() {
         Some(f) if f.client_error => ApiError::invalid("where", f.message),
-        Some(f) => ApiError::Unavailable {
-            message: f.message,
-            retry_after: 1,
-        },
-        None => ApiError::Unavailable {
-            message: "the shape was rotated; retry".into(),
-            retry_after: 1,
-        },
+        Some(f) => ApiError::Unavailable { message: f.message, retry_after: 1 },
+        None => ApiError::Unavailable { message: "the shape was rotated; retry".into(), retry_after: 1 },
     }
 }
 
@@ -201,19 +176,12 @@ async fn serve_snapshot_chunk(
         req,
         headers,
         &shape,
-        Served {
-            offset: LogOffset::snapshot_chunk(n),
-            up_to_date: false,
-            has_data: true,
-        },
+        Served { offset: LogOffset::snapshot_chunk(n), up_to_date: false, has_data: true },
         Body::from(body),
     ))
 }
 
-pub(super) async fn read_live(
-    shape: &Arc<LiveShape>,
-    after: LogOffset,
-) -> Result<LiveRead, ApiError> {
+pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<LiveRead, ApiError> {
     let s = shape.clone();
     tokio::task::spawn_blocking(move || s.log.read_live(after))
         .await
@@ -264,11 +232,7 @@ async fn serve_live(
                 req,
                 headers,
                 &shape,
-                Served {
-                    offset: last,
-                    up_to_date: read.at_end,
-                    has_data: read.count > 0,
-                },
+                Served { offset: last, up_to_date: read.at_end, has_data: read.count > 0 },
                 body.into(),
             ));
         }
@@ -300,18 +264,11 @@ pub fn next_cursor(previous: u64, interval_secs: u64, now_unix: u64) -> u64 {
     }
     let now = now_unix.saturating_sub(EPOCH);
     let next = now.div_ceil(interval_secs) * interval_secs;
-    if next > previous {
-        next
-    } else {
-        previous + rand::random_range(1..=3600)
-    }
+    if next > previous { next } else { previous + rand::random_range(1..=3600) }
 }
 
 pub(super) fn cursor_for(state: &AppState, req: &ShapeRequest) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     next_cursor(req.cursor, state.settings.long_poll_timeout.as_secs(), now)
 }
 
@@ -340,20 +297,13 @@ fn respond(
     served: Served,
     body: Body,
 ) -> Response {
-    let Served {
-        offset,
-        up_to_date,
-        has_data,
-    } = served;
+    let Served { offset, up_to_date, has_data } = served;
     let mut etag = format!("{}:{}:{}", shape.handle, offset_text(req), offset);
     if !has_data && req.live {
         // No-data answers must never revalidate into a loop.
         etag.push_str(&format!(
             ":{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
         ));
     }
     let quoted = format!("\"{etag}\"");
@@ -361,11 +311,7 @@ fn respond(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim().trim_matches('"') == etag));
-    let mut resp = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        Response::new(body)
-    };
+    let mut resp = if not_modified { StatusCode::NOT_MODIFIED.into_response() } else { Response::new(body) };
     let h = resp.headers_mut();
     let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -374,11 +320,7 @@ fn respond(
     };
     set(h, "electric-handle", shape.handle.as_str());
     set(h, "electric-offset", &offset.to_string());
-    set(
-        h,
-        "electric-has-data",
-        if has_data { "true" } else { "false" },
-    );
+    set(h, "electric-has-data", if has_data { "true" } else { "false" });
     set(h, "etag", &quoted);
     if up_to_date {
         h.insert("electric-up-to-date", HeaderValue::from_static(""));
@@ -394,10 +336,7 @@ fn respond(
         _ => CACHE_CATCH_UP,
     };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     resp
 }
 
@@ -412,44 +351,26 @@ async fn replacement(state: &AppState, req: &ShapeRequest) -> Result<Response, A
 pub(super) fn must_refetch(current: Option<&LiveShape>) -> Response {
     let mut resp = (StatusCode::CONFLICT, MUST_REFETCH).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     match current.and_then(|s| HeaderValue::from_str(s.handle.as_str()).ok()) {
         Some(v) => {
             h.insert("electric-handle", v);
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=60, must-revalidate"),
-            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60, must-revalidate"));
         }
         None => {
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=1, must-revalidate"),
-            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1, must-revalidate"));
         }
     }
     resp
 }
 
-pub async fn delete_shape(
-    State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn delete_shape(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let pairs = request::pairs(raw.as_deref());
     let (table, _) = request::parse_definition(&pairs)?;
-    let handle = pairs
-        .iter()
-        .find(|(k, _)| k == "handle")
-        .map(|(_, v)| v.clone());
+    let handle = pairs.iter().find(|(k, _)| k == "handle").map(|(_, v)| v.clone());
     let shapes = state.registry.shapes_of(&table);
     let targets: Vec<_> = match &handle {
-        Some(h) => shapes
-            .into_iter()
-            .filter(|s| s.handle.as_str() == h)
-            .collect(),
+        Some(h) => shapes.into_iter().filter(|s| s.handle.as_str() == h).collect(),
         None => shapes,
     };
     if targets.is_empty() && handle.is_some() {

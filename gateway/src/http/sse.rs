@@ -21,25 +21,15 @@ use crate::fanout::registry::LiveShape;
 /// slows only itself, and reads the log at its own pace.
 const EVENT_BUFFER: usize = 64;
 
-pub fn stream(
-    state: AppState,
-    req: &ShapeRequest,
-    shape: Arc<LiveShape>,
-    after: LogOffset,
-) -> Response {
+pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after: LogOffset) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(EVENT_BUFFER);
     let cursor = cursor_for(&state, req);
     let handle = shape.handle.clone();
     tokio::spawn(produce(state.clone(), shape, after, tx));
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
+    let events =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     let mut resp = Sse::new(events)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(state.settings.sse_keepalive)
-                .text("keep-alive"),
-        )
+        .keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive).text("keep-alive"))
         .into_response();
     let h = resp.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, k: &'static str, v: String| {
@@ -50,20 +40,12 @@ pub fn stream(
     set(h, "electric-handle", handle.to_string());
     set(h, "electric-offset", after.to_string());
     set(h, "electric-cursor", cursor.to_string());
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=59"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=59"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 
-async fn produce(
-    state: AppState,
-    shape: Arc<LiveShape>,
-    mut after: LogOffset,
-    tx: mpsc::Sender<Event>,
-) {
+async fn produce(state: AppState, shape: Arc<LiveShape>, mut after: LogOffset, tx: mpsc::Sender<Event>) {
     let deadline = tokio::time::Instant::now() + state.settings.sse_timeout;
     let mut rx = shape.log.subscribe();
     let mut first = true;
@@ -85,11 +67,7 @@ async fn produce(
         }
         if read.at_end && (read.count > 0 || first) {
             let msg = up_to_date(seen.max(Lsn(after.tx())));
-            if tx
-                .send(Event::default().data(String::from_utf8_lossy(&msg)))
-                .await
-                .is_err()
-            {
+            if tx.send(Event::default().data(String::from_utf8_lossy(&msg))).await.is_err() {
                 return;
             }
         }

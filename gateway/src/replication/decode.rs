@@ -36,11 +36,7 @@ struct Reader(Bytes);
 
 impl Reader {
     fn need(&self, n: usize) -> Result<(), DecodeError> {
-        if self.0.remaining() < n {
-            Err(DecodeError::Truncated)
-        } else {
-            Ok(())
-        }
+        if self.0.remaining() < n { Err(DecodeError::Truncated) } else { Ok(()) }
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
@@ -55,14 +51,8 @@ impl Reader {
         Ok(self.0.get_u32())
     }
     fn cstr(&mut self) -> Result<String, DecodeError> {
-        let end = self
-            .0
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or(DecodeError::Truncated)?;
-        let s = std::str::from_utf8(&self.0[..end])
-            .map_err(|_| DecodeError::NotUtf8)?
-            .to_string();
+        let end = self.0.iter().position(|b| *b == 0).ok_or(DecodeError::Truncated)?;
+        let s = std::str::from_utf8(&self.0[..end]).map_err(|_| DecodeError::NotUtf8)?.to_string();
         self.0.advance(end + 1);
         Ok(s)
     }
@@ -88,10 +78,7 @@ impl Reader {
                 }
                 b'b' => return Err(DecodeError::Binary),
                 other => {
-                    return Err(DecodeError::Unexpected(
-                        other,
-                        "a tuple column kind (n, u, t)",
-                    ));
+                    return Err(DecodeError::Unexpected(other, "a tuple column kind (n, u, t)"));
                 }
             });
         }
@@ -117,21 +104,12 @@ pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
                 let _typmod = r.u32()?;
                 columns.push((col, type_oid));
             }
-            Message::Relation(Relation {
-                oid,
-                schema,
-                name,
-                replica_identity,
-                columns,
-            })
+            Message::Relation(Relation { oid, schema, name, replica_identity, columns })
         }
         b'I' => {
             let relation = r.u32()?;
             match r.u8()? {
-                b'N' => Message::Change {
-                    relation,
-                    change: Change::Insert { new: r.tuple()? },
-                },
+                b'N' => Message::Change { relation, change: Change::Insert { new: r.tuple()? } },
                 other => return Err(DecodeError::Unexpected(other, "N")),
             }
         }
@@ -147,25 +125,14 @@ pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
             if marker != b'N' {
                 return Err(DecodeError::Unexpected(marker, "N"));
             }
-            Message::Change {
-                relation,
-                change: Change::Update {
-                    old,
-                    old_is_full,
-                    new: r.tuple()?,
-                },
-            }
+            Message::Change { relation, change: Change::Update { old, old_is_full, new: r.tuple()? } }
         }
         b'D' => {
             let relation = r.u32()?;
             match r.u8()? {
-                k @ (b'K' | b'O') => Message::Change {
-                    relation,
-                    change: Change::Delete {
-                        old: r.tuple()?,
-                        old_is_full: k == b'O',
-                    },
-                },
+                k @ (b'K' | b'O') => {
+                    Message::Change { relation, change: Change::Delete { old: r.tuple()?, old_is_full: k == b'O' } }
+                }
                 other => return Err(DecodeError::Unexpected(other, "K or O")),
             }
         }
@@ -214,9 +181,7 @@ mod tests {
             rel.extend_from_slice(&ty.to_be_bytes());
             rel.extend_from_slice(&(-1i32).to_be_bytes());
         }
-        let Message::Relation(r) = decode(Bytes::from(rel)).unwrap() else {
-            panic!()
-        };
+        let Message::Relation(r) = decode(Bytes::from(rel)).unwrap() else { panic!() };
         assert_eq!(r.columns, vec![("id".into(), 20), ("title".into(), 25)]);
         assert_eq!(r.replica_identity, b'f');
 
@@ -242,10 +207,7 @@ mod tests {
 
     #[test]
     fn truncated_messages_are_errors() {
-        assert_eq!(
-            decode(Bytes::from_static(b"I\0\0")),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(decode(Bytes::from_static(b"I\0\0")), Err(DecodeError::Truncated));
         assert_eq!(decode(Bytes::from_static(b"")), Err(DecodeError::Truncated));
     }
 

@@ -19,16 +19,10 @@ pub enum ReplicationError {
         "replication slot {slot:?} is lost ({detail}); drop it with `SELECT pg_drop_replication_slot('{slot}');` and restart the gateway with an empty --data-dir (clients will refetch)"
     )]
     SlotInvalidated { slot: String, detail: String },
-    #[error(
-        "replication slot {slot:?} uses plugin {plugin:?} or another database; choose another --slot"
-    )]
+    #[error("replication slot {slot:?} uses plugin {plugin:?} or another database; choose another --slot")]
     SlotMismatch { slot: String, plugin: String },
     #[error("the role may not {what}: {detail}. Run as a superuser: {fix}")]
-    Privilege {
-        what: String,
-        detail: String,
-        fix: String,
-    },
+    Privilege { what: String, detail: String, fix: String },
     #[error(
         "publication {0:?} was dropped; recreate it with `CREATE PUBLICATION \"{0}\";` or restart the gateway to have it created"
     )]

@@ -11,11 +11,7 @@ use super::ReplicationError;
 use crate::db::DbError;
 
 pub async fn check_wal_level(client: &Client) -> Result<(), ReplicationError> {
-    let level: String = client
-        .query_one("show wal_level", &[])
-        .await
-        .map_err(DbError::from)?
-        .get(0);
+    let level: String = client.query_one("show wal_level", &[]).await.map_err(DbError::from)?.get(0);
     if level != "logical" {
         return Err(ReplicationError::WalLevel(level));
     }
@@ -26,34 +22,22 @@ fn privilege(what: &str, e: tokio_postgres::Error, fix: String) -> ReplicationEr
     match e.code() {
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => ReplicationError::Privilege {
             what: what.to_string(),
-            detail: e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_default(),
+            detail: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default(),
             fix,
         },
         _ => DbError::from(e).into(),
     }
 }
 
-pub async fn ensure_publication(
-    client: &Client,
-    publication: &str,
-) -> Result<(), ReplicationError> {
+pub async fn ensure_publication(client: &Client, publication: &str) -> Result<(), ReplicationError> {
     let exists = client
-        .query_opt(
-            "select 1 from pg_publication where pubname = $1",
-            &[&publication],
-        )
+        .query_opt("select 1 from pg_publication where pubname = $1", &[&publication])
         .await
         .map_err(DbError::from)?
         .is_some();
     if !exists {
         let sql = format!("create publication {}", quote_ident(publication));
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| privilege("create the publication", e, format!("{sql};")))?;
+        client.batch_execute(&sql).await.map_err(|e| privilege("create the publication", e, format!("{sql};")))?;
         tracing::info!(publication, "created publication");
     }
     Ok(())
@@ -74,10 +58,7 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, Replication
             let plugin: Option<String> = r.get(0);
             let same_db: Option<bool> = r.get(1);
             if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-                return Err(ReplicationError::SlotMismatch {
-                    slot: slot.into(),
-                    plugin: plugin.unwrap_or_default(),
-                });
+                return Err(ReplicationError::SlotMismatch { slot: slot.into(), plugin: plugin.unwrap_or_default() });
             }
             let status: Option<String> = r.get(3);
             if status.as_deref() == Some("lost") {
@@ -91,17 +72,10 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, Replication
         }
         None => {
             let r = client
-                .query_one(
-                    "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&slot],
-                )
+                .query_one("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
                 .await
                 .map_err(|e| {
-                    privilege(
-                        "create a replication slot",
-                        e,
-                        "ALTER ROLE <gateway role> WITH REPLICATION;".into(),
-                    )
+                    privilege("create a replication slot", e, "ALTER ROLE <gateway role> WITH REPLICATION;".into())
                 })?;
             let lsn: String = r.get(0);
             tracing::info!(slot, %lsn, "created replication slot");
@@ -136,11 +110,7 @@ pub async fn ensure_published(
         );
         if let Err(e) = client.batch_execute(&format!("begin; {sql}; commit")).await {
             let _ = client.batch_execute("rollback").await;
-            return Err(privilege(
-                &format!("publish table {}", table.name),
-                e,
-                format!("{sql};"),
-            ));
+            return Err(privilege(&format!("publish table {}", table.name), e, format!("{sql};")));
         }
         tracing::info!(table = %table.name, publication, "added table to publication");
         added = true;
@@ -148,7 +118,10 @@ pub async fn ensure_published(
         let sql = format!("alter table {} replica identity full", table.name.quoted());
         client.batch_execute(&sql).await.map_err(|e| {
             privilege(
-                &format!("set REPLICA IDENTITY FULL on {} (filtered shapes need old rows to see rows leave the filter)", table.name),
+                &format!(
+                    "set REPLICA IDENTITY FULL on {} (filtered shapes need old rows to see rows leave the filter)",
+                    table.name
+                ),
                 e,
                 format!("{sql};"),
             )

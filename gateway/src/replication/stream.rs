@@ -63,10 +63,7 @@ fn transport_config(settings: &StreamSettings, start: Lsn) -> ReplicationConfig 
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
     };
-    let password = db
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
+    let password = db.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     ReplicationConfig::new(
         host,
         db.get_user().unwrap_or("postgres"),
@@ -90,14 +87,9 @@ fn classify(e: PgWireError, settings: &StreamSettings) -> ReplicationError {
             if m.contains("publication") && m.contains("does not exist") {
                 ReplicationError::PublicationDropped(settings.publication.clone())
             } else if m.contains("replication slot")
-                && (m.contains("does not exist")
-                    || m.contains("invalidated")
-                    || m.contains("can no longer"))
+                && (m.contains("does not exist") || m.contains("invalidated") || m.contains("can no longer"))
             {
-                ReplicationError::SlotInvalidated {
-                    slot: settings.slot.clone(),
-                    detail: msg.clone(),
-                }
+                ReplicationError::SlotInvalidated { slot: settings.slot.clone(), detail: msg.clone() }
             } else if m.contains("wal_level") {
                 ReplicationError::WalLevel(msg.clone())
             } else {
@@ -108,8 +100,7 @@ fn classify(e: PgWireError, settings: &StreamSettings) -> ReplicationError {
             ReplicationError::Privilege {
                 what: "open a replication connection".into(),
                 detail: e.to_string(),
-                fix: "check the credentials in --database-url and that the role has REPLICATION"
-                    .into(),
+                fix: "check the credentials in --database-url and that the role has REPLICATION".into(),
             }
         }
         _ => ReplicationError::Transport(e.to_string()),
@@ -125,13 +116,9 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<(), ReplicationError> {
     let start = ack.durable();
-    let mut client = ReplicationClient::connect(transport_config(settings, start))
-        .await
-        .map_err(|e| classify(e, settings))?;
-    client
-        .wait_started()
-        .await
-        .map_err(|e| classify(e, settings))?;
+    let mut client =
+        ReplicationClient::connect(transport_config(settings, start)).await.map_err(|e| classify(e, settings))?;
+    client.wait_started().await.map_err(|e| classify(e, settings))?;
     tracing::info!(slot = %settings.slot, start = %start, "replication streaming");
     status.set_replication(true, None);
     *backoff = BACKOFF_MIN;

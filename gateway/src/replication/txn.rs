@@ -22,12 +22,7 @@ pub enum SequenceError {
 impl TxnAssembler {
     pub fn begin(&mut self, xid: u32) {
         // A Begin while open means the previous transaction was abandoned by a reconnect.
-        self.open = Some(Txn {
-            xid,
-            commit_lsn: Lsn(0),
-            end_lsn: Lsn(0),
-            items: Vec::new(),
-        });
+        self.open = Some(Txn { xid, commit_lsn: Lsn(0), end_lsn: Lsn(0), items: Vec::new() });
     }
 
     pub fn is_open(&self) -> bool {
@@ -41,11 +36,7 @@ impl TxnAssembler {
             Message::Truncate { relations } => TxnItem::Truncate { relations },
             Message::Ignored => return Ok(()),
         };
-        self.open
-            .as_mut()
-            .ok_or(SequenceError::ChangeOutsideTxn)?
-            .items
-            .push(item);
+        self.open.as_mut().ok_or(SequenceError::ChangeOutsideTxn)?.items.push(item);
         Ok(())
     }
 
@@ -70,24 +61,12 @@ mod tests {
     #[test]
     fn a_transaction_is_emitted_whole_at_commit() {
         let mut a = TxnAssembler::default();
-        assert_eq!(
-            a.push(Message::Truncate { relations: vec![1] }),
-            Err(SequenceError::ChangeOutsideTxn)
-        );
+        assert_eq!(a.push(Message::Truncate { relations: vec![1] }), Err(SequenceError::ChangeOutsideTxn));
         a.begin(7);
-        a.push(Message::Change {
-            relation: 1,
-            change: Change::Insert {
-                new: vec![Cell::Null],
-            },
-        })
-        .unwrap();
+        a.push(Message::Change { relation: 1, change: Change::Insert { new: vec![Cell::Null] } }).unwrap();
         a.push(Message::Ignored).unwrap();
         let t = a.commit(Lsn(10), Lsn(11)).unwrap();
         assert_eq!((t.xid, t.items.len(), t.end_lsn), (7, 1, Lsn(11)));
-        assert_eq!(
-            a.commit(Lsn(12), Lsn(13)),
-            Err(SequenceError::CommitWithoutBegin)
-        );
+        assert_eq!(a.commit(Lsn(12), Lsn(13)), Err(SequenceError::CommitWithoutBegin));
     }
 }

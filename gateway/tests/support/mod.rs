@@ -31,19 +31,11 @@ impl Env {
         let url = pg.url("postgres");
         let db = connect(&url).await;
         let data_dir = pg.root().join("gateway-data");
-        Env {
-            pg,
-            url,
-            db,
-            data_dir,
-        }
+        Env { pg, url, db, data_dir }
     }
 
     pub async fn sql(&self, sql: &str) {
-        self.db
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        self.db.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     /// Reconnects after a PostgreSQL restart.
@@ -61,19 +53,13 @@ impl Env {
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The gateway binary, run as a child process so tests can kill -9 it.
@@ -99,11 +85,8 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.with_extension("log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["serve", "--auth", "none", "--database-url", &self.url])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
@@ -139,11 +122,7 @@ impl Gateway {
             {
                 return;
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "gateway not ready; log: {}",
-                self.log()
-            );
+            assert!(started.elapsed() < DEADLINE, "gateway not ready; log: {}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -162,19 +141,13 @@ impl Gateway {
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
         let started = Instant::now();
         loop {
             if let Some(s) = c.try_wait().unwrap() {
                 return s.code();
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "gateway did not stop on SIGTERM"
-            );
+            assert!(started.elapsed() < DEADLINE, "gateway did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -206,11 +179,7 @@ pub async fn get(url: &str) -> Response {
     let headers = r.headers().clone();
     let bytes = r.bytes().await.unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response { status, headers, body }
 }
 
 /// Follows one shape by long-polling and materializes it.
@@ -250,10 +219,7 @@ impl Follower {
     }
 
     fn url(&self, live: bool) -> String {
-        let mut u = format!(
-            "{}/v1/shape?{}&offset={}",
-            self.base, self.params, self.offset
-        );
+        let mut u = format!("{}/v1/shape?{}&offset={}", self.base, self.params, self.offset);
         if let Some(h) = &self.handle {
             u.push_str(&format!("&handle={h}"));
         }
@@ -269,10 +235,7 @@ impl Follower {
         match r.status {
             200 => {}
             409 => {
-                self.handle = r
-                    .headers
-                    .get("electric-handle")
-                    .map(|h| h.to_str().unwrap().to_string());
+                self.handle = r.headers.get("electric-handle").map(|h| h.to_str().unwrap().to_string());
                 self.offset = "-1".into();
                 self.rows.clear();
                 self.seen.clear();
@@ -288,10 +251,7 @@ impl Follower {
             self.cursor = h("electric-cursor").expect("electric-cursor on live responses");
         } else {
             self.schema = Some(
-                serde_json::from_str(
-                    &h("electric-schema").expect("electric-schema on non-live responses"),
-                )
-                .unwrap(),
+                serde_json::from_str(&h("electric-schema").expect("electric-schema on non-live responses")).unwrap(),
             );
         }
         let mut up_to_date = false;
@@ -305,8 +265,7 @@ impl Follower {
             if headers.get("control").is_some() {
                 continue;
             }
-            if let (Some(lsn), Some(op)) =
-                (headers["lsn"].as_str(), headers["op_position"].as_u64())
+            if let (Some(lsn), Some(op)) = (headers["lsn"].as_str(), headers["op_position"].as_u64())
                 && !self.seen.insert((lsn.to_string(), op))
             {
                 self.duplicates += 1;
@@ -319,9 +278,10 @@ impl Follower {
                     self.rows.insert(key, value);
                 }
                 "update" => {
-                    let row = self.rows.get_mut(&key).unwrap_or_else(|| {
-                        panic!("update for a row the client does not hold: {key}")
-                    });
+                    let row = self
+                        .rows
+                        .get_mut(&key)
+                        .unwrap_or_else(|| panic!("update for a row the client does not hold: {key}"));
                     row.extend(value);
                 }
                 "delete" => {
@@ -337,25 +297,15 @@ impl Follower {
     pub async fn sync(&mut self) {
         let started = Instant::now();
         while !self.step(false).await {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "no up-to-date within the deadline"
-            );
+            assert!(started.elapsed() < DEADLINE, "no up-to-date within the deadline");
         }
     }
 
     /// Long-polls until `done(rows)` holds.
-    pub async fn live_until(
-        &mut self,
-        done: impl Fn(&BTreeMap<String, Map<String, Value>>) -> bool,
-    ) {
+    pub async fn live_until(&mut self, done: impl Fn(&BTreeMap<String, Map<String, Value>>) -> bool) {
         let started = Instant::now();
         while !done(&self.rows) {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "live state never reached; rows: {:?}",
-                self.rows
-            );
+            assert!(started.elapsed() < DEADLINE, "live state never reached; rows: {:?}", self.rows);
             if self.offset == "-1" {
                 self.sync().await;
             } else {
@@ -368,35 +318,18 @@ impl Follower {
     pub fn column(&self, id: &str, col: &str) -> BTreeMap<String, Value> {
         self.rows
             .values()
-            .map(|r| {
-                (
-                    r[id].as_str().unwrap().to_string(),
-                    r.get(col).cloned().unwrap_or(Value::Null),
-                )
-            })
+            .map(|r| (r[id].as_str().unwrap().to_string(), r.get(col).cloned().unwrap_or(Value::Null)))
             .collect()
     }
 }
 
 /// `select id, col from table where filter` as the same map, from PostgreSQL itself.
-pub async fn oracle(
-    db: &tokio_postgres::Client,
-    table: &str,
-    filter: &str,
-    col: &str,
-) -> BTreeMap<String, Value> {
+pub async fn oracle(db: &tokio_postgres::Client, table: &str, filter: &str, col: &str) -> BTreeMap<String, Value> {
     let sql = format!("select id::text, {col}::text from {table} where {filter}");
     db.query(&sql, &[])
         .await
         .unwrap()
         .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                r.get::<_, Option<String>>(1)
-                    .map(Value::String)
-                    .unwrap_or(Value::Null),
-            )
-        })
+        .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1).map(Value::String).unwrap_or(Value::Null)))
         .collect()
 }

@@ -50,11 +50,7 @@ impl Expr {
                         _ => unknown = true,
                     }
                 }
-                if unknown {
-                    Datum::Null
-                } else {
-                    Datum::Bool(true)
-                }
+                if unknown { Datum::Null } else { Datum::Bool(true) }
             }
             Expr::Or(terms) => {
                 let mut unknown = false;
@@ -65,32 +61,18 @@ impl Expr {
                         _ => unknown = true,
                     }
                 }
-                if unknown {
-                    Datum::Null
-                } else {
-                    Datum::Bool(false)
-                }
+                if unknown { Datum::Null } else { Datum::Bool(false) }
             }
             Expr::Compare { op, left, right } => compare(*op, &left.eval(row)?, &right.eval(row)?),
-            Expr::IsNull { expr, negated } => {
-                Datum::Bool((expr.eval(row)? == Datum::Null) != *negated)
-            }
-            Expr::IsBool {
-                expr,
-                value,
-                negated,
-            } => {
+            Expr::IsNull { expr, negated } => Datum::Bool((expr.eval(row)? == Datum::Null) != *negated),
+            Expr::IsBool { expr, value, negated } => {
                 let v = match expr.eval(row)? {
                     Datum::Bool(b) => Some(b),
                     _ => None,
                 };
                 Datum::Bool((v == *value) != *negated)
             }
-            Expr::Distinct {
-                left,
-                right,
-                negated,
-            } => {
+            Expr::Distinct { left, right, negated } => {
                 let (l, r) = (left.eval(row)?, right.eval(row)?);
                 let same = match (&l, &r) {
                     (Datum::Null, Datum::Null) => true,
@@ -99,11 +81,7 @@ impl Expr {
                 };
                 Datum::Bool(same == *negated)
             }
-            Expr::InList {
-                expr,
-                list,
-                negated,
-            } => {
+            Expr::InList { expr, list, negated } => {
                 let x = expr.eval(row)?;
                 let mut result = Datum::Bool(false);
                 for item in list {
@@ -118,30 +96,18 @@ impl Expr {
                 }
                 negate_if(result, *negated)
             }
-            Expr::Like {
-                expr,
-                pattern,
-                case_insensitive,
-                negated,
-            } => match (expr.eval(row)?, pattern.eval(row)?) {
+            Expr::Like { expr, pattern, case_insensitive, negated } => match (expr.eval(row)?, pattern.eval(row)?) {
                 (Datum::Text(s), Datum::Text(p)) => {
-                    let hit = if *case_insensitive {
-                        like(&s.to_lowercase(), &p.to_lowercase())
-                    } else {
-                        like(&s, &p)
-                    };
+                    let hit = if *case_insensitive { like(&s.to_lowercase(), &p.to_lowercase()) } else { like(&s, &p) };
                     Datum::Bool(hit != *negated)
                 }
                 _ => Datum::Null,
             },
-            Expr::Arith {
-                op, left, right, ..
-            } => arith(*op, left.eval(row)?, right.eval(row)?)?,
+            Expr::Arith { op, left, right, .. } => arith(*op, left.eval(row)?, right.eval(row)?)?,
             Expr::Negate { expr, .. } => match expr.eval(row)? {
-                Datum::Int(i) => Datum::Int(
-                    i.checked_neg()
-                        .ok_or_else(|| EvalError::Value("integer out of range".into()))?,
-                ),
+                Datum::Int(i) => {
+                    Datum::Int(i.checked_neg().ok_or_else(|| EvalError::Value("integer out of range".into()))?)
+                }
                 Datum::Float(f) => Datum::Float(-f),
                 _ => Datum::Null,
             },
@@ -150,16 +116,8 @@ impl Expr {
                 _ => Datum::Null,
             },
             Expr::Func { func, args, .. } => function(*func, args, row)?,
-            Expr::Cast { expr, ty } => expr
-                .eval(row)?
-                .cast(ty)
-                .map_err(|e| EvalError::Value(e.to_string()))?,
-            Expr::Quantified {
-                op,
-                left,
-                array,
-                all,
-            } => {
+            Expr::Cast { expr, ty } => expr.eval(row)?.cast(ty).map_err(|e| EvalError::Value(e.to_string()))?,
+            Expr::Quantified { op, left, array, all } => {
                 let l = left.eval(row)?;
                 match array.eval(row)? {
                     Datum::Array(items) => {
@@ -237,11 +195,7 @@ fn arith(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError> {
 fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum, EvalError> {
     Ok(match func {
         Func::Lower | Func::Upper => match args[0].eval(row)? {
-            Datum::Text(s) => Datum::Text(if func == Func::Lower {
-                s.to_lowercase()
-            } else {
-                s.to_uppercase()
-            }),
+            Datum::Text(s) => Datum::Text(if func == Func::Lower { s.to_lowercase() } else { s.to_uppercase() }),
             _ => Datum::Null,
         },
         Func::Concat => {
@@ -274,11 +228,7 @@ fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum
                     None => true,
                     Some(b) => {
                         let o = v.compare(b);
-                        if func == Func::Greatest {
-                            o == Some(Ordering::Greater)
-                        } else {
-                            o == Some(Ordering::Less)
-                        }
+                        if func == Func::Greatest { o == Some(Ordering::Greater) } else { o == Some(Ordering::Less) }
                     }
                 };
                 if better {
@@ -354,15 +304,7 @@ mod tests {
 
     fn check(filter: &str, row: Vec<Option<&'static str>>) -> Datum {
         let table = crate::where_clause::parse::tests::table();
-        let e = parse_where(
-            filter,
-            &table,
-            &HashMap::new(),
-            BindOptions {
-                text_sorts_bytewise: true,
-            },
-        )
-        .unwrap();
+        let e = parse_where(filter, &table, &HashMap::new(), BindOptions { text_sorts_bytewise: true }).unwrap();
         e.eval(&TextRow(row)).unwrap()
     }
 
@@ -390,44 +332,23 @@ mod tests {
         assert_eq!(check("id NOT IN (1, NULL)", row()), Datum::Null);
         assert_eq!(check("id IN (7, NULL)", row()), Datum::Bool(true));
         assert_eq!(check("\"Org\" IS NULL", row()), Datum::Bool(true));
-        assert_eq!(
-            check("(\"Org\" = 'x') IS UNKNOWN", row()),
-            Datum::Bool(true)
-        );
-        assert_eq!(
-            check("\"Org\" IS DISTINCT FROM NULL", row()),
-            Datum::Bool(false)
-        );
+        assert_eq!(check("(\"Org\" = 'x') IS UNKNOWN", row()), Datum::Bool(true));
+        assert_eq!(check("\"Org\" IS DISTINCT FROM NULL", row()), Datum::Bool(false));
     }
 
     #[test]
     fn typed_comparisons() {
         assert_eq!(check("price = 10.5", row()), Datum::Bool(true));
-        assert_eq!(
-            check("price > 10.499999999999999999", row()),
-            Datum::Bool(true)
-        );
+        assert_eq!(check("price > 10.499999999999999999", row()), Datum::Bool(true));
         assert_eq!(check("id > 6.5", row()), Datum::Bool(true));
         assert_eq!(check("done", row()), Datum::Bool(true));
-        assert_eq!(
-            check("due BETWEEN '2024-01-01' AND '2024-12-31'", row()),
-            Datum::Bool(true)
-        );
-        assert_eq!(
-            check("due > TIMESTAMP '2024-03-01 00:00:01'", row()),
-            Datum::Bool(false)
-        );
+        assert_eq!(check("due BETWEEN '2024-01-01' AND '2024-12-31'", row()), Datum::Bool(true));
+        assert_eq!(check("due > TIMESTAMP '2024-03-01 00:00:01'", row()), Datum::Bool(false));
         assert_eq!(check("'b c' = ANY(tags)", row()), Datum::Bool(true));
         assert_eq!(check("'z' = ANY(tags)", row()), Datum::Null);
-        assert_eq!(
-            check("'z' <> ALL(ARRAY['x','y'])", row()),
-            Datum::Bool(true)
-        );
+        assert_eq!(check("'z' <> ALL(ARRAY['x','y'])", row()), Datum::Bool(true));
         assert_eq!(check("mood::text = 'ok'", row()), Datum::Bool(true));
-        assert_eq!(
-            check("id % 4 = 3 AND id * 2 = 14 AND id / 2 = 3", row()),
-            Datum::Bool(true)
-        );
+        assert_eq!(check("id % 4 = 3 AND id * 2 = 14 AND id / 2 = 3", row()), Datum::Bool(true));
     }
 
     #[test]
@@ -441,9 +362,6 @@ mod tests {
         assert!(like("a%b", "a%%b"));
         assert_eq!(check("title ILIKE 'hel%'", row()), Datum::Bool(true));
         assert_eq!(check("title LIKE 'hel%'", row()), Datum::Bool(false));
-        assert_eq!(
-            check("lower(title) = 'hello' AND upper(title) LIKE 'HE%'", row()),
-            Datum::Bool(true)
-        );
+        assert_eq!(check("lower(title) = 'hello' AND upper(title) LIKE 'HE%'", row()), Datum::Bool(true));
     }
 }

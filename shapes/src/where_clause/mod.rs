@@ -28,9 +28,7 @@ pub enum WhereError {
     Type(String),
     #[error("{0}")]
     Param(String),
-    #[error(
-        "the filter is too long or too deeply nested (at most {MAX_WHERE_LEN} bytes and {MAX_DEPTH} levels)"
-    )]
+    #[error("the filter is too long or too deeply nested (at most {MAX_WHERE_LEN} bytes and {MAX_DEPTH} levels)")]
     TooComplex,
 }
 
@@ -217,9 +215,7 @@ impl Expr {
             Expr::Column { .. } | Expr::Const { .. } => {}
             Expr::Not(e) | Expr::Cast { expr: e, .. } | Expr::Negate { expr: e, .. } => e.visit(f),
             Expr::IsNull { expr, .. } | Expr::IsBool { expr, .. } => expr.visit(f),
-            Expr::And(v) | Expr::Or(v) | Expr::Func { args: v, .. } => {
-                v.iter().for_each(|e| e.visit(f))
-            }
+            Expr::And(v) | Expr::Or(v) | Expr::Func { args: v, .. } => v.iter().for_each(|e| e.visit(f)),
             Expr::Compare { left, right, .. }
             | Expr::Distinct { left, right, .. }
             | Expr::Arith { left, right, .. }

@@ -33,31 +33,19 @@ pub fn parse_where(
         return Err(WhereError::TooComplex);
     }
     let dialect = PostgreSqlDialect {};
-    let syntax =
-        |e: sqlparser::parser::ParserError| WhereError::Syntax(strip_parser_prefix(&e.to_string()));
-    let mut parser = Parser::new(&dialect)
-        .with_recursion_limit(MAX_DEPTH)
-        .try_with_sql(text)
-        .map_err(syntax)?;
+    let syntax = |e: sqlparser::parser::ParserError| WhereError::Syntax(strip_parser_prefix(&e.to_string()));
+    let mut parser = Parser::new(&dialect).with_recursion_limit(MAX_DEPTH).try_with_sql(text).map_err(syntax)?;
     let ast = parser.parse_expr().map_err(|e| match e {
         sqlparser::parser::ParserError::RecursionLimitExceeded => WhereError::TooComplex,
         e => syntax(e),
     })?;
     let next = parser.peek_token();
     if next.token != Token::EOF {
-        return Err(WhereError::Syntax(format!(
-            "unexpected {} after the end of the expression",
-            next.token
-        )));
+        return Err(WhereError::Syntax(format!("unexpected {} after the end of the expression", next.token)));
     }
-    let binder = Binder {
-        table,
-        params,
-        options,
-    };
+    let binder = Binder { table, params, options };
     let expr = binder.bind(&ast, 0)?;
-    coerce(expr, &SqlType::Bool)
-        .map_err(|_| WhereError::Type("WHERE clause must return a boolean".into()))
+    coerce(expr, &SqlType::Bool).map_err(|_| WhereError::Type("WHERE clause must return a boolean".into()))
 }
 
 fn strip_parser_prefix(s: &str) -> String {
@@ -71,10 +59,7 @@ struct Binder<'a> {
 }
 
 fn unknown(text: String) -> Expr {
-    Expr::Const {
-        value: Datum::Text(text),
-        ty: SqlType::Unknown,
-    }
+    Expr::Const { value: Datum::Text(text), ty: SqlType::Unknown }
 }
 
 impl Binder<'_> {
@@ -89,11 +74,7 @@ impl Binder<'_> {
             ast::Expr::CompoundIdentifier(parts) => {
                 return Err(WhereError::Unsupported(format!(
                     "the qualified name {} (refer to columns of the shape's table by name only)",
-                    parts
-                        .iter()
-                        .map(|p| p.value.as_str())
-                        .collect::<Vec<_>>()
-                        .join(".")
+                    parts.iter().map(|p| p.value.as_str()).collect::<Vec<_>>().join(".")
                 )));
             }
             ast::Expr::Nested(inner) => b(inner)?,
@@ -110,11 +91,7 @@ impl Binder<'_> {
                 UnaryOperator::Not => Expr::Not(Box::new(coerce(b(expr)?, &SqlType::Bool)?)),
                 UnaryOperator::Minus => {
                     let inner = b(expr)?;
-                    let inner = if inner.ty() == SqlType::Unknown {
-                        coerce(inner, &SqlType::Numeric)?
-                    } else {
-                        inner
-                    };
+                    let inner = if inner.ty() == SqlType::Unknown { coerce(inner, &SqlType::Numeric)? } else { inner };
                     let ty = inner.ty();
                     if !ty.is_numeric() {
                         return Err(WhereError::Type(format!("operator does not exist: - {ty}")));
@@ -125,14 +102,8 @@ impl Binder<'_> {
                 other => return Err(WhereError::Unsupported(format!("the operator {other}"))),
             },
             ast::Expr::BinaryOp { left, op, right } => self.binary(b(left)?, op, b(right)?)?,
-            ast::Expr::IsNull(e) => Expr::IsNull {
-                expr: Box::new(b(e)?),
-                negated: false,
-            },
-            ast::Expr::IsNotNull(e) => Expr::IsNull {
-                expr: Box::new(b(e)?),
-                negated: true,
-            },
+            ast::Expr::IsNull(e) => Expr::IsNull { expr: Box::new(b(e)?), negated: false },
+            ast::Expr::IsNotNull(e) => Expr::IsNull { expr: Box::new(b(e)?), negated: true },
             ast::Expr::IsTrue(e) => self.is_bool(b(e)?, Some(true), false)?,
             ast::Expr::IsNotTrue(e) => self.is_bool(b(e)?, Some(true), true)?,
             ast::Expr::IsFalse(e) => self.is_bool(b(e)?, Some(false), false)?,
@@ -148,11 +119,7 @@ impl Binder<'_> {
                     negated: matches!(e, ast::Expr::IsNotDistinctFrom(..)),
                 }
             }
-            ast::Expr::InList {
-                expr,
-                list,
-                negated,
-            } => {
+            ast::Expr::InList { expr, list, negated } => {
                 let mut target = b(expr)?;
                 let mut items = list.iter().map(b).collect::<Result<Vec<_>, _>>()?;
                 // One common type for the whole list, as PostgreSQL resolves `IN`.
@@ -162,77 +129,32 @@ impl Binder<'_> {
                 }
                 let ty = target.ty();
                 comparable(&ty, "IN")?;
-                items = items
-                    .into_iter()
-                    .map(|i| coerce(i, &ty))
-                    .collect::<Result<_, _>>()?;
-                Expr::InList {
-                    expr: Box::new(target),
-                    list: items,
-                    negated: *negated,
-                }
+                items = items.into_iter().map(|i| coerce(i, &ty)).collect::<Result<_, _>>()?;
+                Expr::InList { expr: Box::new(target), list: items, negated: *negated }
             }
-            ast::Expr::Between {
-                expr,
-                negated,
-                low,
-                high,
-            } => {
+            ast::Expr::Between { expr, negated, low, high } => {
                 let x = b(expr)?;
                 let lo = self.compare(CmpOp::GtEq, x.clone(), b(low)?)?;
                 let hi = self.compare(CmpOp::LtEq, x, b(high)?)?;
                 let both = Expr::And(vec![lo, hi]);
-                if *negated {
-                    Expr::Not(Box::new(both))
-                } else {
-                    both
-                }
+                if *negated { Expr::Not(Box::new(both)) } else { both }
             }
-            ast::Expr::Like {
-                negated,
-                any,
-                expr,
-                pattern,
-                escape_char,
-            }
-            | ast::Expr::ILike {
-                negated,
-                any,
-                expr,
-                pattern,
-                escape_char,
-            } => {
+            ast::Expr::Like { negated, any, expr, pattern, escape_char }
+            | ast::Expr::ILike { negated, any, expr, pattern, escape_char } => {
                 if *any || escape_char.is_some() {
                     return Err(WhereError::Unsupported("LIKE ANY / LIKE … ESCAPE".into()));
                 }
-                self.like(
-                    b(expr)?,
-                    b(pattern)?,
-                    matches!(e, ast::Expr::ILike { .. }),
-                    *negated,
-                )?
+                self.like(b(expr)?, b(pattern)?, matches!(e, ast::Expr::ILike { .. }), *negated)?
             }
-            ast::Expr::Cast {
-                expr,
-                data_type,
-                format: None,
-                ..
-            } => {
+            ast::Expr::Cast { expr, data_type, format: None, .. } => {
                 let ty = cast_target(data_type)?;
                 cast(b(expr)?, ty)?
             }
             ast::Expr::Function(f) => self.function(f, d)?,
-            ast::Expr::AnyOp {
-                left,
-                compare_op,
-                right,
-                ..
-            } => self.quantified(b(left)?, compare_op, b(right)?, false)?,
-            ast::Expr::AllOp {
-                left,
-                compare_op,
-                right,
-            } => self.quantified(b(left)?, compare_op, b(right)?, true)?,
+            ast::Expr::AnyOp { left, compare_op, right, .. } => {
+                self.quantified(b(left)?, compare_op, b(right)?, false)?
+            }
+            ast::Expr::AllOp { left, compare_op, right } => self.quantified(b(left)?, compare_op, b(right)?, true)?,
             ast::Expr::Array(arr) => {
                 let items = arr.elem.iter().map(b).collect::<Result<Vec<_>, _>>()?;
                 array_const(items)?
@@ -249,20 +171,9 @@ impl Binder<'_> {
     }
 
     fn column(&self, ident: &ast::Ident) -> Result<Expr, WhereError> {
-        let name = if ident.quote_style.is_some() {
-            ident.value.clone()
-        } else {
-            ident.value.to_lowercase()
-        };
-        let index = self
-            .table
-            .column_index(&name)
-            .ok_or_else(|| WhereError::UnknownColumn(name.clone()))?;
-        Ok(Expr::Column {
-            index,
-            name,
-            ty: self.table.columns[index].sql_type(),
-        })
+        let name = if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() };
+        let index = self.table.column_index(&name).ok_or_else(|| WhereError::UnknownColumn(name.clone()))?;
+        Ok(Expr::Column { index, name, ty: self.table.columns[index].sql_type() })
     }
 
     fn literal(&self, v: &ast::Value) -> Result<Expr, WhereError> {
@@ -270,42 +181,24 @@ impl Binder<'_> {
             ast::Value::Number(n, _) => {
                 let value = match n.parse::<i64>() {
                     Ok(i) if !n.contains(['.', 'e', 'E']) => {
-                        return Ok(Expr::Const {
-                            value: Datum::Int(i),
-                            ty: SqlType::Int,
-                        });
+                        return Ok(Expr::Const { value: Datum::Int(i), ty: SqlType::Int });
                     }
-                    _ => Datum::parse(n, &SqlType::Numeric)
-                        .map_err(|e| WhereError::Type(e.to_string()))?,
+                    _ => Datum::parse(n, &SqlType::Numeric).map_err(|e| WhereError::Type(e.to_string()))?,
                 };
-                Expr::Const {
-                    value,
-                    ty: SqlType::Numeric,
-                }
+                Expr::Const { value, ty: SqlType::Numeric }
             }
-            ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => {
-                unknown(s.clone())
-            }
-            ast::Value::Boolean(b) => Expr::Const {
-                value: Datum::Bool(*b),
-                ty: SqlType::Bool,
-            },
-            ast::Value::Null => Expr::Const {
-                value: Datum::Null,
-                ty: SqlType::Unknown,
-            },
+            ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => unknown(s.clone()),
+            ast::Value::Boolean(b) => Expr::Const { value: Datum::Bool(*b), ty: SqlType::Bool },
+            ast::Value::Null => Expr::Const { value: Datum::Null, ty: SqlType::Unknown },
             ast::Value::Placeholder(p) => {
                 let n: usize = p
                     .strip_prefix('$')
                     .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| {
-                        WhereError::Unsupported(format!("the placeholder {p} (use $1, $2, …)"))
-                    })?;
-                let value = self.params.get(&n).ok_or_else(|| {
-                    WhereError::Param(format!(
-                        "parameter ${n} was not provided (add params[{n}]=…)"
-                    ))
-                })?;
+                    .ok_or_else(|| WhereError::Unsupported(format!("the placeholder {p} (use $1, $2, …)")))?;
+                let value = self
+                    .params
+                    .get(&n)
+                    .ok_or_else(|| WhereError::Param(format!("parameter ${n} was not provided (add params[{n}]=…)")))?;
                 unknown(value.clone())
             }
             other => return Err(WhereError::Unsupported(format!("the literal {other}"))),
@@ -335,37 +228,20 @@ impl Binder<'_> {
         };
         if let Some(op) = arith {
             let (left, right, ty) = self.unify(l, r, op.sql())?;
-            if !matches!(ty, SqlType::Int | SqlType::Float)
-                || (op == ArithOp::Mod && ty != SqlType::Int)
-            {
-                return Err(WhereError::Unsupported(format!(
-                    "the operator {} on {ty}",
-                    op.sql()
-                )));
+            if !matches!(ty, SqlType::Int | SqlType::Float) || (op == ArithOp::Mod && ty != SqlType::Int) {
+                return Err(WhereError::Unsupported(format!("the operator {} on {ty}", op.sql())));
             }
-            return Ok(Expr::Arith {
-                op,
-                left: Box::new(left),
-                right: Box::new(right),
-                ty,
-            });
+            return Ok(Expr::Arith { op, left: Box::new(left), right: Box::new(right), ty });
         }
         Ok(match op {
-            BinaryOperator::And => {
-                Expr::And(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?])
-            }
-            BinaryOperator::Or => {
-                Expr::Or(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?])
-            }
+            BinaryOperator::And => Expr::And(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?]),
+            BinaryOperator::Or => Expr::Or(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?]),
             BinaryOperator::StringConcat => {
                 let text = |e: Expr| match e.ty() {
                     SqlType::Unknown | SqlType::Text => coerce(e, &SqlType::Text),
                     _ => cast(e, SqlType::Text),
                 };
-                Expr::Concat {
-                    left: Box::new(text(l)?),
-                    right: Box::new(text(r)?),
-                }
+                Expr::Concat { left: Box::new(text(l)?), right: Box::new(text(r)?) }
             }
             BinaryOperator::PGLikeMatch | BinaryOperator::PGNotLikeMatch => {
                 self.like(l, r, false, matches!(op, BinaryOperator::PGNotLikeMatch))?
@@ -383,11 +259,7 @@ impl Binder<'_> {
         if op.is_ordering() {
             self.check_ordering(&ty)?;
         }
-        Ok(Expr::Compare {
-            op,
-            left: Box::new(left),
-            right: Box::new(right),
-        })
+        Ok(Expr::Compare { op, left: Box::new(left), right: Box::new(right) })
     }
 
     fn check_ordering(&self, ty: &SqlType) -> Result<(), WhereError> {
@@ -406,44 +278,21 @@ impl Binder<'_> {
     }
 
     fn is_bool(&self, e: Expr, value: Option<bool>, negated: bool) -> Result<Expr, WhereError> {
-        Ok(Expr::IsBool {
-            expr: Box::new(coerce(e, &SqlType::Bool)?),
-            value,
-            negated,
-        })
+        Ok(Expr::IsBool { expr: Box::new(coerce(e, &SqlType::Bool)?), value, negated })
     }
 
-    fn like(
-        &self,
-        e: Expr,
-        pattern: Expr,
-        case_insensitive: bool,
-        negated: bool,
-    ) -> Result<Expr, WhereError> {
+    fn like(&self, e: Expr, pattern: Expr, case_insensitive: bool, negated: bool) -> Result<Expr, WhereError> {
         let to_text = |x: Expr| -> Result<Expr, WhereError> {
             match x.ty() {
                 SqlType::Text | SqlType::Unknown => coerce(x, &SqlType::Text),
                 SqlType::Char => cast(x, SqlType::Text),
-                other => Err(WhereError::Type(format!(
-                    "operator does not exist: {other} ~~ text"
-                ))),
+                other => Err(WhereError::Type(format!("operator does not exist: {other} ~~ text"))),
             }
         };
-        Ok(Expr::Like {
-            expr: Box::new(to_text(e)?),
-            pattern: Box::new(to_text(pattern)?),
-            case_insensitive,
-            negated,
-        })
+        Ok(Expr::Like { expr: Box::new(to_text(e)?), pattern: Box::new(to_text(pattern)?), case_insensitive, negated })
     }
 
-    fn quantified(
-        &self,
-        left: Expr,
-        op: &BinaryOperator,
-        array: Expr,
-        all: bool,
-    ) -> Result<Expr, WhereError> {
+    fn quantified(&self, left: Expr, op: &BinaryOperator, array: Expr, all: bool) -> Result<Expr, WhereError> {
         let op = match op {
             BinaryOperator::Eq => CmpOp::Eq,
             BinaryOperator::NotEq => CmpOp::NotEq,
@@ -452,23 +301,14 @@ impl Binder<'_> {
             BinaryOperator::Gt => CmpOp::Gt,
             BinaryOperator::GtEq => CmpOp::GtEq,
             other => {
-                return Err(WhereError::Unsupported(format!(
-                    "the operator {other} with ANY/ALL"
-                )));
+                return Err(WhereError::Unsupported(format!("the operator {other} with ANY/ALL")));
             }
         };
         let (left, array) = match (left.ty(), array.ty()) {
             (_, SqlType::Array(elem)) => {
-                let probe = Expr::Const {
-                    value: Datum::Null,
-                    ty: (*elem).clone(),
-                };
+                let probe = Expr::Const { value: Datum::Null, ty: (*elem).clone() };
                 let (l, _, ty) = self.unify(left, probe, op.sql())?;
-                let array = if *elem == ty {
-                    array
-                } else {
-                    cast(array, SqlType::Array(Box::new(ty)))?
-                };
+                let array = if *elem == ty { array } else { cast(array, SqlType::Array(Box::new(ty)))? };
                 (l, array)
             }
             (lt, SqlType::Unknown) if lt != SqlType::Unknown => {
@@ -481,19 +321,12 @@ impl Binder<'_> {
                 )));
             }
         };
-        let SqlType::Array(elem) = array.ty() else {
-            unreachable!("checked above")
-        };
+        let SqlType::Array(elem) = array.ty() else { unreachable!("checked above") };
         comparable(&elem, op.sql())?;
         if op.is_ordering() {
             self.check_ordering(&elem)?;
         }
-        Ok(Expr::Quantified {
-            op,
-            left: Box::new(left),
-            array: Box::new(array),
-            all,
-        })
+        Ok(Expr::Quantified { op, left: Box::new(left), array: Box::new(array), all })
     }
 
     fn function(&self, f: &ast::Function, depth: usize) -> Result<Expr, WhereError> {
@@ -507,26 +340,18 @@ impl Binder<'_> {
             || !list.clauses.is_empty()
             || list.duplicate_treatment.is_some()
         {
-            return Err(WhereError::Unsupported(format!(
-                "the function call {name}(…) with clauses"
-            )));
+            return Err(WhereError::Unsupported(format!("the function call {name}(…) with clauses")));
         }
         let args = list
             .args
             .iter()
             .map(|a| match a {
                 ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => self.bind(e, depth),
-                _ => Err(WhereError::Unsupported(format!(
-                    "named or wildcard arguments to {name}"
-                ))),
+                _ => Err(WhereError::Unsupported(format!("named or wildcard arguments to {name}"))),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let arity = |n: usize| {
-            if args.len() == n {
-                Ok(())
-            } else {
-                Err(WhereError::Type(format!("{name}() takes {n} argument(s)")))
-            }
+            if args.len() == n { Ok(()) } else { Err(WhereError::Type(format!("{name}() takes {n} argument(s)"))) }
         };
         let func = match name.as_str() {
             "lower" => Func::Lower,
@@ -551,46 +376,27 @@ impl Binder<'_> {
                     SqlType::Text | SqlType::Unknown => coerce(arg, &SqlType::Text)?,
                     SqlType::Char => cast(arg, SqlType::Text)?,
                     other => {
-                        return Err(WhereError::Type(format!(
-                            "function {name}({other}) does not exist"
-                        )));
+                        return Err(WhereError::Type(format!("function {name}({other}) does not exist")));
                     }
                 };
-                Ok(Expr::Func {
-                    func,
-                    args: vec![arg],
-                    ty: SqlType::Text,
-                })
+                Ok(Expr::Func { func, args: vec![arg], ty: SqlType::Text })
             }
             Func::Concat => {
-                let args = args
-                    .into_iter()
-                    .map(|a| {
-                        if a.ty() == SqlType::Unknown {
-                            coerce(a, &SqlType::Text)
-                        } else {
-                            cast(a, SqlType::Text)
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Expr::Func {
-                    func,
-                    args,
-                    ty: SqlType::Text,
-                })
+                let args =
+                    args.into_iter()
+                        .map(|a| {
+                            if a.ty() == SqlType::Unknown { coerce(a, &SqlType::Text) } else { cast(a, SqlType::Text) }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                Ok(Expr::Func { func, args, ty: SqlType::Text })
             }
             Func::Coalesce | Func::Greatest | Func::Least => {
                 if args.is_empty() {
-                    return Err(WhereError::Type(format!(
-                        "{name}() needs at least one argument"
-                    )));
+                    return Err(WhereError::Type(format!("{name}() needs at least one argument")));
                 }
                 let mut ty = SqlType::Unknown;
                 for a in &args {
-                    let probe = Expr::Const {
-                        value: Datum::Null,
-                        ty: ty.clone(),
-                    };
+                    let probe = Expr::Const { value: Datum::Null, ty: ty.clone() };
                     ty = self.unify(probe, a.clone(), &name)?.2;
                 }
                 if ty == SqlType::Unknown {
@@ -600,10 +406,7 @@ impl Binder<'_> {
                     comparable(&ty, &name)?;
                     self.check_ordering(&ty)?;
                 }
-                let args = args
-                    .into_iter()
-                    .map(|a| coerce(a, &ty))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let args = args.into_iter().map(|a| coerce(a, &ty)).collect::<Result<Vec<_>, _>>()?;
                 Ok(Expr::Func { func, args, ty })
             }
         }
@@ -684,9 +487,7 @@ fn cast(e: Expr, ty: SqlType) -> Result<Expr, WhereError> {
     }
     match e {
         Expr::Const { value, .. } => {
-            let value = value
-                .cast(&ty)
-                .map_err(|e| WhereError::Type(e.to_string()))?;
+            let value = value.cast(&ty).map_err(|e| WhereError::Type(e.to_string()))?;
             Ok(Expr::Const { value, ty })
         }
         other => {
@@ -700,10 +501,7 @@ fn cast(e: Expr, ty: SqlType) -> Result<Expr, WhereError> {
             if !allowed {
                 return Err(WhereError::Type(format!("cannot cast type {from} to {ty}")));
             }
-            Ok(Expr::Cast {
-                expr: Box::new(other),
-                ty,
-            })
+            Ok(Expr::Cast { expr: Box::new(other), ty })
         }
     }
 }
@@ -711,48 +509,24 @@ fn cast(e: Expr, ty: SqlType) -> Result<Expr, WhereError> {
 fn fold_negate(e: Expr) -> Result<Expr, WhereError> {
     let ty = e.ty();
     Ok(match e {
-        Expr::Const {
-            value: Datum::Int(i),
-            ty,
-        } => Expr::Const {
-            value: Datum::Int(
-                i.checked_neg()
-                    .ok_or_else(|| WhereError::Type("integer out of range".into()))?,
-            ),
+        Expr::Const { value: Datum::Int(i), ty } => Expr::Const {
+            value: Datum::Int(i.checked_neg().ok_or_else(|| WhereError::Type("integer out of range".into()))?),
             ty,
         },
-        Expr::Const {
-            value: Datum::Float(f),
-            ty,
-        } => Expr::Const {
-            value: Datum::Float(-f),
-            ty,
-        },
-        Expr::Const {
-            value: Datum::Numeric(d),
-            ty,
-        } => {
+        Expr::Const { value: Datum::Float(f), ty } => Expr::Const { value: Datum::Float(-f), ty },
+        Expr::Const { value: Datum::Numeric(d), ty } => {
             let text = d.to_string();
-            let neg = text
-                .strip_prefix('-')
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("-{text}"));
+            let neg = text.strip_prefix('-').map(str::to_string).unwrap_or_else(|| format!("-{text}"));
             Expr::Const {
-                value: Datum::parse(&neg, &SqlType::Numeric)
-                    .map_err(|e| WhereError::Type(e.to_string()))?,
+                value: Datum::parse(&neg, &SqlType::Numeric).map_err(|e| WhereError::Type(e.to_string()))?,
                 ty,
             }
         }
         other => {
             if ty == SqlType::Numeric {
-                return Err(WhereError::Unsupported(
-                    "arithmetic on numeric columns".into(),
-                ));
+                return Err(WhereError::Unsupported("arithmetic on numeric columns".into()));
             }
-            Expr::Negate {
-                expr: Box::new(other),
-                ty,
-            }
+            Expr::Negate { expr: Box::new(other), ty }
         }
     })
 }
@@ -760,8 +534,7 @@ fn fold_negate(e: Expr) -> Result<Expr, WhereError> {
 fn array_const(items: Vec<Expr>) -> Result<Expr, WhereError> {
     let mut ty = SqlType::Unknown;
     for i in &items {
-        ty = common_type(&ty, &i.ty())
-            .ok_or_else(|| WhereError::Type("ARRAY elements must share one type".into()))?;
+        ty = common_type(&ty, &i.ty()).ok_or_else(|| WhereError::Type("ARRAY elements must share one type".into()))?;
     }
     if ty == SqlType::Unknown {
         ty = SqlType::Text;
@@ -771,16 +544,11 @@ fn array_const(items: Vec<Expr>) -> Result<Expr, WhereError> {
         match coerce(i, &ty)? {
             Expr::Const { value, .. } => values.push(value),
             _ => {
-                return Err(WhereError::Unsupported(
-                    "ARRAY[…] of non-constant elements".into(),
-                ));
+                return Err(WhereError::Unsupported("ARRAY[…] of non-constant elements".into()));
             }
         }
     }
-    Ok(Expr::Const {
-        value: Datum::Array(values),
-        ty: SqlType::Array(Box::new(ty)),
-    })
+    Ok(Expr::Const { value: Datum::Array(values), ty: SqlType::Array(Box::new(ty)) })
 }
 
 fn cast_target(dt: &ast::DataType) -> Result<SqlType, WhereError> {
@@ -792,9 +560,7 @@ fn cast_target(dt: &ast::DataType) -> Result<SqlType, WhereError> {
     // Length modifiers on character types do not change comparisons.
     let base_name = base.split('(').next().unwrap_or("").trim();
     if base.contains('(') && !matches!(base_name, "varchar" | "character varying") {
-        return Err(WhereError::Unsupported(format!(
-            "a cast to {text} (drop the type modifier)"
-        )));
+        return Err(WhereError::Unsupported(format!("a cast to {text} (drop the type modifier)")));
     }
     let ty = match base_name {
         "bool" | "boolean" => SqlType::Bool,
@@ -809,11 +575,7 @@ fn cast_target(dt: &ast::DataType) -> Result<SqlType, WhereError> {
         "timestamptz" | "timestamp with time zone" => SqlType::TimestampTz,
         other => return Err(WhereError::Unsupported(format!("a cast to {other}"))),
     };
-    Ok(if array {
-        SqlType::Array(Box::new(ty))
-    } else {
-        ty
-    })
+    Ok(if array { SqlType::Array(Box::new(ty)) } else { ty })
 }
 
 #[cfg(test)]
@@ -894,10 +656,7 @@ pub(crate) mod tests {
         ];
         for (s, needle) in cases {
             let err = bind(s).expect_err(s).to_string();
-            assert!(
-                err.to_lowercase().contains(&needle.to_lowercase()),
-                "{s}: {err}"
-            );
+            assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{s}: {err}");
         }
     }
 

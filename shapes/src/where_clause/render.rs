@@ -36,32 +36,16 @@ impl Expr {
             }
             Expr::And(terms) | Expr::Or(terms) => {
                 out.push('(');
-                join(
-                    out,
-                    terms,
-                    if matches!(self, Expr::And(_)) {
-                        " AND "
-                    } else {
-                        " OR "
-                    },
-                );
+                join(out, terms, if matches!(self, Expr::And(_)) { " AND " } else { " OR " });
                 out.push(')');
             }
             Expr::Compare { op, left, right } => binary(out, left, op.sql(), right),
             Expr::IsNull { expr, negated } => {
                 out.push('(');
                 expr.write_sql(out);
-                out.push_str(if *negated {
-                    " IS NOT NULL)"
-                } else {
-                    " IS NULL)"
-                });
+                out.push_str(if *negated { " IS NOT NULL)" } else { " IS NULL)" });
             }
-            Expr::IsBool {
-                expr,
-                value,
-                negated,
-            } => {
+            Expr::IsBool { expr, value, negated } => {
                 out.push('(');
                 expr.write_sql(out);
                 out.push_str(if *negated { " IS NOT " } else { " IS " });
@@ -71,37 +55,17 @@ impl Expr {
                     None => "UNKNOWN)",
                 });
             }
-            Expr::Distinct {
-                left,
-                right,
-                negated,
-            } => binary(
-                out,
-                left,
-                if *negated {
-                    "IS NOT DISTINCT FROM"
-                } else {
-                    "IS DISTINCT FROM"
-                },
-                right,
-            ),
-            Expr::InList {
-                expr,
-                list,
-                negated,
-            } => {
+            Expr::Distinct { left, right, negated } => {
+                binary(out, left, if *negated { "IS NOT DISTINCT FROM" } else { "IS DISTINCT FROM" }, right)
+            }
+            Expr::InList { expr, list, negated } => {
                 out.push('(');
                 expr.write_sql(out);
                 out.push_str(if *negated { " NOT IN (" } else { " IN (" });
                 join(out, list, ", ");
                 out.push_str("))");
             }
-            Expr::Like {
-                expr,
-                pattern,
-                case_insensitive,
-                negated,
-            } => {
+            Expr::Like { expr, pattern, case_insensitive, negated } => {
                 let op = match (case_insensitive, negated) {
                     (false, false) => "LIKE",
                     (false, true) => "NOT LIKE",
@@ -110,9 +74,7 @@ impl Expr {
                 };
                 binary(out, expr, op, pattern)
             }
-            Expr::Arith {
-                op, left, right, ..
-            } => binary(out, left, op.sql(), right),
+            Expr::Arith { op, left, right, .. } => binary(out, left, op.sql(), right),
             Expr::Negate { expr, .. } => {
                 out.push_str("(- ");
                 expr.write_sql(out);
@@ -130,12 +92,7 @@ impl Expr {
                 expr.write_sql(out);
                 let _ = write!(out, " AS {})", ty.sql_name());
             }
-            Expr::Quantified {
-                op,
-                left,
-                array,
-                all,
-            } => {
+            Expr::Quantified { op, left, array, all } => {
                 out.push('(');
                 left.write_sql(out);
                 let _ = write!(out, " {} {}(", op.sql(), if *all { "ALL" } else { "ANY" });
@@ -177,34 +134,19 @@ mod tests {
     fn render(s: &str) -> String {
         let table = crate::where_clause::parse::tests::table();
         let params = HashMap::from([(1, "o'1\\".to_string())]);
-        parse_where(
-            s,
-            &table,
-            &params,
-            BindOptions {
-                text_sorts_bytewise: true,
-            },
-        )
-        .unwrap()
-        .to_sql()
+        parse_where(s, &table, &params, BindOptions { text_sorts_bytewise: true }).unwrap().to_sql()
     }
 
     #[test]
     fn literals_are_quoted_and_typed() {
         assert_eq!(render("id = 1"), r#"("id" = CAST('1' AS int8))"#);
         assert_eq!(render("title = $1"), r#"("title" = CAST('o''1\' AS text))"#);
-        assert_eq!(
-            render("\"Org\" IS NULL OR NOT done"),
-            r#"(("Org" IS NULL) OR (NOT "done"))"#
-        );
+        assert_eq!(render("\"Org\" IS NULL OR NOT done"), r#"(("Org" IS NULL) OR (NOT "done"))"#);
     }
 
     #[test]
     fn injection_attempts_stay_inside_literals() {
         let sql = render("title = 'x''); drop table items; --'");
-        assert_eq!(
-            sql,
-            r#"("title" = CAST('x''); drop table items; --' AS text))"#
-        );
+        assert_eq!(sql, r#"("title" = CAST('x''); drop table items; --' AS text))"#);
     }
 }
