@@ -11,6 +11,7 @@ pub mod demo;
 pub mod devdb;
 pub mod fanout;
 pub mod http;
+pub mod limits;
 pub mod replication;
 pub mod snapshot;
 pub mod status;
@@ -63,17 +64,24 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         }
         AuthMode::Jwt => return Err(StartError::JwtNotAvailable),
     }
+    let open_files = limits::raise_open_files();
+    tracing::info!(open_files = ?open_files, "open-files limit");
     let db_cfg = db::parse_url(&cfg.database_url)?;
     let client = db::connect(&db_cfg).await?;
     slot::check_wal_level(&client).await?;
     slot::ensure_publication(&client, &cfg.publication).await?;
-    let confirmed = slot::ensure_slot(&client, &cfg.slot).await?;
+    let slot_state = slot::ensure_slot(&client, &cfg.slot).await?;
     let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
     drop(client);
 
     let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
     let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
-    let ack = Arc::new(AckState::new(confirmed));
+    if slot_state.created && !registry.is_empty() {
+        // A new slot starts at the current WAL position: stored logs may miss what came
+        // between, so every client refetches.
+        registry.rotate_all("the replication slot was created anew");
+    }
+    let ack = Arc::new(AckState::new(slot_state.confirmed));
     let status = Arc::new(Status::default());
     let cancel = shutdown.child_token();
 

@@ -107,3 +107,23 @@ async fn sigterm_stops_cleanly_and_acknowledges_what_is_stored() {
     assert!(parse(&confirmed) <= parse(&insert_lsn));
     assert!(parse(&confirmed) > shapes::offset::Lsn(0), "a position was acknowledged; lsn at stop {lsn}");
 }
+
+#[tokio::test]
+async fn a_recreated_slot_makes_clients_refetch_instead_of_missing_changes() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items values (1, 'o', 't', 0)").await;
+    let mut gw = env.gateway();
+    gw.ready().await;
+    let mut f = Follower::new(&gw, "table=items");
+    f.sync().await;
+    gw.terminate();
+    env.sql(
+        "select pg_drop_replication_slot('gateway'); insert into items values (2, 'o', 'while the slot was gone', 0)",
+    )
+    .await;
+    gw.restart().await;
+    f.rebase(&gw);
+    f.live_until(|rows| rows.len() == 2).await;
+    assert_eq!(f.refetches, 1, "the old logs were dropped, so the client refetched");
+}

@@ -361,13 +361,19 @@ impl Registry {
     }
 
     /// Rotates every shape of a table (TRUNCATE, DELETE by table).
-    pub fn rotate_table(&self, oid: u32, reason: &str) -> usize {
+    pub fn rotate_table(&self, oid: u32, reason: &str) {
         let shapes: Vec<Arc<LiveShape>> =
             self.inner.read().unwrap().by_id.values().filter(|s| s.shape.table.oid == oid).cloned().collect();
         for s in &shapes {
             self.rotate(s, reason);
         }
-        shapes.len()
+    }
+
+    pub fn rotate_all(&self, reason: &str) {
+        let shapes: Vec<Arc<LiveShape>> = self.inner.read().unwrap().by_id.values().cloned().collect();
+        for s in &shapes {
+            self.rotate(s, reason);
+        }
     }
 
     /// Ends a shape generation: readers get 409, the next request creates a new handle.

@@ -24,7 +24,13 @@ pub async fn healthz() -> impl IntoResponse {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.status.readiness() {
-        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(()) => Json(serde_json::json!({
+            "status": "ready",
+            "shapes": state.registry.len(),
+            // Everything up to here is stored and acknowledged to PostgreSQL.
+            "flushed_lsn": state.ack.durable().to_string(),
+        }))
+        .into_response(),
         Err(reason) => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "not_ready", "message": reason})))
                 .into_response()

@@ -43,8 +43,15 @@ pub async fn ensure_publication(client: &Client, publication: &str) -> Result<()
     Ok(())
 }
 
-/// Creates the slot if missing; returns its confirmed position.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, ReplicationError> {
+/// The slot's confirmed position, and whether it was just created.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotState {
+    pub confirmed: Lsn,
+    pub created: bool,
+}
+
+/// Creates the slot if missing.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, ReplicationError> {
     let row = client
         .query_opt(
             "select plugin::text, database::text = current_database(), confirmed_flush_lsn::text, wal_status
@@ -68,7 +75,7 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, Replication
                 });
             }
             let lsn: Option<String> = r.get(2);
-            Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or_default())
+            Ok(SlotState { confirmed: lsn.and_then(|l| l.parse().ok()).unwrap_or_default(), created: false })
         }
         None => {
             let r = client
@@ -79,7 +86,7 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, Replication
                 })?;
             let lsn: String = r.get(0);
             tracing::info!(slot, %lsn, "created replication slot");
-            Ok(lsn.parse().unwrap_or_default())
+            Ok(SlotState { confirmed: lsn.parse().unwrap_or_default(), created: true })
         }
     }
 }
