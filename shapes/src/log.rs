@@ -5,13 +5,16 @@
 //! runs after the data is synced), and a torn tail found at open is cut back to the last
 //! whole entry.
 //!
+//! Files are opened per operation, not held: an idle shape costs no file descriptor, so
+//! tens of thousands of shapes fit under ordinary limits.
+//!
 //! Files in the shape's directory: `snapshot` (chunk bodies back to back), `snapshot.idx`
 //! (chunk byte ranges; written last, so its presence marks a complete snapshot) and `log`
 //! (records `[len u32][crc u32][tx u64][op u64][message]`; the top bit of `len` marks the
 //! last entry of a transaction, so recovery keeps transactions whole).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -60,7 +63,8 @@ pub struct LiveRead {
 }
 
 struct Snapshot {
-    file: File,
+    /// Held only while the snapshot is being written.
+    writer: Option<File>,
     /// Byte ranges of finished chunks.
     chunks: Vec<(u64, u64)>,
     complete: bool,
@@ -70,7 +74,6 @@ struct Snapshot {
 }
 
 struct Live {
-    file: File,
     /// Durable (readable) length and head.
     durable_len: u64,
     head: LogOffset,
@@ -119,9 +122,15 @@ impl ShapeLog {
         fs::create_dir_all(dir)?;
         let open =
             |name: &str| OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join(name));
-        let snapshot =
-            Snapshot { file: open("snapshot")?, chunks: Vec::new(), complete: false, open_start: 0, open_len: 0 };
-        let live = Live::empty(open("log")?);
+        let snapshot = Snapshot {
+            writer: Some(open("snapshot")?),
+            chunks: Vec::new(),
+            complete: false,
+            open_start: 0,
+            open_len: 0,
+        };
+        open("log")?;
+        let live = Live::empty();
         Ok(Self::assemble(dir, chunk_bytes, snapshot, live))
     }
 
@@ -136,15 +145,14 @@ impl ShapeLog {
         let Ok(chunks) = serde_json::from_slice::<Vec<(u64, u64)>>(&idx) else {
             return Ok(None);
         };
-        let snap_file = OpenOptions::new().read(true).open(dir.join("snapshot"))?;
-        let snap_len = snap_file.metadata()?.len();
+        let snap_len = fs::metadata(dir.join("snapshot"))?.len();
         if chunks.last().is_some_and(|(_, end)| *end > snap_len) {
             return Ok(None);
         }
-        let snapshot = Snapshot { file: snap_file, chunks, complete: true, open_start: 0, open_len: 0 };
+        let snapshot = Snapshot { writer: None, chunks, complete: true, open_start: 0, open_len: 0 };
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("log"))?;
-        let mut live = Live::empty(file);
-        live.recover(chunk_bytes)?;
+        let mut live = Live::empty();
+        live.recover(&file, chunk_bytes)?;
         Ok(Some(Self::assemble(dir, chunk_bytes, snapshot, live)))
     }
 
@@ -192,7 +200,7 @@ impl ShapeLog {
             buf.push(b',');
         }
         buf.extend_from_slice(message);
-        s.file.write_all_at(&buf, pos)?;
+        snapshot_writer(&s)?.write_all_at(&buf, pos)?;
         s.open_len += buf.len() as u64;
         if s.open_len >= self.chunk_bytes {
             self.close_snapshot_chunk(&mut s);
@@ -219,9 +227,10 @@ impl ShapeLog {
             buf.push(b',');
         }
         buf.extend_from_slice(final_message);
-        s.file.write_all_at(&buf, pos)?;
+        let writer = s.writer.take().ok_or_else(|| io::Error::other("the snapshot is already complete"))?;
+        writer.write_all_at(&buf, pos)?;
+        writer.sync_data()?;
         s.open_len += buf.len() as u64;
-        s.file.sync_data()?;
         let range = (s.open_start, s.open_start + s.open_len);
         s.chunks.push(range);
         s.open_start = range.1;
@@ -242,10 +251,11 @@ impl ShapeLog {
         let Some(&(start, end)) = s.chunks.get(n as usize) else {
             return Ok(None);
         };
+        drop(s);
         let mut buf = vec![0u8; (end - start) as usize + 2];
         buf[0] = b'[';
         let len = buf.len();
-        s.file.read_exact_at(&mut buf[1..len - 1], start)?;
+        File::open(self.dir.join("snapshot"))?.read_exact_at(&mut buf[1..len - 1], start)?;
         buf[len - 1] = b']';
         Ok(Some(Bytes::from(buf)))
     }
@@ -256,40 +266,46 @@ impl ShapeLog {
 
     // ---- live entries (written by the one fan-out task) ----
 
-    /// Writes one transaction's entries; they stay invisible until [`ShapeLog::publish`].
-    pub fn append(&self, entries: &[(LogOffset, Vec<u8>)]) -> io::Result<()> {
-        if entries.is_empty() {
+    /// Writes whole transactions (each a list of entries) with one write; they stay
+    /// invisible until [`ShapeLog::publish`].
+    pub fn append(&self, txns: &[Vec<(LogOffset, Vec<u8>)>]) -> io::Result<()> {
+        let size: usize = txns.iter().flatten().map(|(_, m)| m.len() + HEADER).sum();
+        if size == 0 {
             return Ok(());
         }
         let mut l = self.live.lock().unwrap();
-        let mut buf = Vec::with_capacity(entries.iter().map(|(_, m)| m.len() + HEADER).sum());
+        let mut buf = Vec::with_capacity(size);
         let mut pos = l.written_len;
-        for (i, (offset, msg)) in entries.iter().enumerate() {
-            let (tx, op) = offset_parts(*offset);
-            l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
-            let flag = if i + 1 == entries.len() { TXN_END } else { 0 };
-            buf.extend_from_slice(&(msg.len() as u32 | flag).to_le_bytes());
-            buf.extend_from_slice(&crc(tx, op, msg).to_le_bytes());
-            buf.extend_from_slice(&tx.to_le_bytes());
-            buf.extend_from_slice(&op.to_le_bytes());
-            buf.extend_from_slice(msg);
-            pos += (msg.len() + HEADER) as u64;
+        for entries in txns {
+            for (i, (offset, msg)) in entries.iter().enumerate() {
+                let (tx, op) = offset_parts(*offset);
+                l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
+                let flag = if i + 1 == entries.len() { TXN_END } else { 0 };
+                buf.extend_from_slice(&(msg.len() as u32 | flag).to_le_bytes());
+                buf.extend_from_slice(&crc(tx, op, msg).to_le_bytes());
+                buf.extend_from_slice(&tx.to_le_bytes());
+                buf.extend_from_slice(&op.to_le_bytes());
+                buf.extend_from_slice(msg);
+                pos += (msg.len() + HEADER) as u64;
+            }
         }
         let at = l.written_len;
-        if let Err(e) = l.file.write_all_at(&buf, at) {
+        let written = OpenOptions::new().write(true).open(self.dir.join("log")).and_then(|f| f.write_all_at(&buf, at));
+        if let Err(e) = written {
             // Forget the partial write: the next append overwrites it.
             l.forget_unwritten();
             return Err(e);
         }
         l.written_len = pos;
-        l.written_head = entries.last().map(|(o, _)| *o).unwrap_or(l.written_head);
+        l.written_head = txns.iter().rev().find_map(|t| t.last()).map(|(o, _)| *o).unwrap_or(l.written_head);
         Ok(())
     }
 
     /// Forces written entries to disk.
     pub fn sync(&self) -> io::Result<()> {
         let l = self.live.lock().unwrap();
-        if l.written_len > l.durable_len { l.file.sync_data() } else { Ok(()) }
+        // fdatasync flushes the file's data whichever descriptor wrote it.
+        if l.written_len > l.durable_len { File::open(self.dir.join("log"))?.sync_data() } else { Ok(()) }
     }
 
     /// What has been written so far; take it before syncing, publish it after.
@@ -318,50 +334,40 @@ impl ShapeLog {
         Ok(())
     }
 
-    /// The file to sync when syncing many logs at once (see [`sync_filesystem`]).
-    pub fn live_file(&self) -> io::Result<File> {
-        self.live.lock().unwrap().file.try_clone()
-    }
-
     /// Reads durable live entries after `after` up to the end of that entry's chunk.
     pub fn read_live(&self, after: LogOffset) -> io::Result<LiveRead> {
-        let (file, durable_len, start_pos, chunk_starts) = {
+        let (durable_len, start_pos, chunk_starts) = {
             let l = self.live.lock().unwrap();
             let i = l.sparse.partition_point(|(o, _)| *o <= after);
             let start = if i == 0 { 0 } else { l.sparse[i - 1].1 };
-            (l.file.try_clone()?, l.durable_len, start, l.chunk_starts.clone())
+            (l.durable_len, start, l.chunk_starts.clone())
         };
         let mut out = LiveRead::default();
-        let mut pos = start_pos;
+        let mut records = Records::open(&self.dir.join("log"), start_pos, durable_len)?;
         let mut end = durable_len;
-        let mut header = [0u8; HEADER];
-        while pos < end {
-            file.read_exact_at(&mut header, pos)?;
-            let len = (u32::from_le_bytes(header[0..4].try_into().unwrap()) & !TXN_END) as u64;
-            let tx = u64::from_le_bytes(header[8..16].try_into().unwrap());
-            let op = u64::from_le_bytes(header[16..24].try_into().unwrap());
-            let offset = LogOffset::At { tx, op };
-            let next = pos + HEADER as u64 + len;
-            if offset > after {
-                if out.count == 0 {
-                    // The chunk holding the first returned entry bounds the response.
-                    let c = chunk_starts.partition_point(|s| *s <= pos);
-                    if let Some(&boundary) = chunk_starts.get(c) {
-                        end = end.min(boundary);
-                    }
-                } else {
-                    out.body.push(b',');
-                }
-                let at = out.body.len();
-                out.body.resize(at + len as usize, 0);
-                file.read_exact_at(&mut out.body[at..], pos + HEADER as u64)?;
-                out.messages.push((at, out.body.len()));
-                out.count += 1;
-                out.last = Some(offset);
+        while records.pos < end {
+            let Some(r) = records.next_header()? else { break };
+            if r.offset <= after {
+                records.skip(r.len)?;
+                continue;
             }
-            pos = next;
+            if out.count == 0 {
+                // The chunk holding the first returned entry bounds the response.
+                let c = chunk_starts.partition_point(|s| *s <= r.pos);
+                if let Some(&boundary) = chunk_starts.get(c) {
+                    end = end.min(boundary);
+                }
+            } else {
+                out.body.push(b',');
+            }
+            let at = out.body.len();
+            out.body.resize(at + r.len as usize, 0);
+            records.read_payload(&mut out.body[at..])?;
+            out.messages.push((at, out.body.len()));
+            out.count += 1;
+            out.last = Some(r.offset);
         }
-        out.at_end = pos >= durable_len;
+        out.at_end = records.pos >= durable_len;
         Ok(out)
     }
 
@@ -386,9 +392,8 @@ impl ShapeLog {
 }
 
 impl Live {
-    fn empty(file: File) -> Live {
+    fn empty() -> Live {
         Live {
-            file,
             durable_len: 0,
             head: LogOffset::SNAPSHOT_END,
             written_len: 0,
@@ -419,35 +424,24 @@ impl Live {
 
     /// Scans the file, rebuilding the indexes and cutting a torn tail back to the end of the
     /// last whole transaction.
-    fn recover(&mut self, chunk_bytes: u64) -> io::Result<()> {
-        let file_len = self.file.metadata()?.len();
-        let mut pos = 0u64;
-        let mut header = [0u8; HEADER];
+    fn recover(&mut self, file: &File, chunk_bytes: u64) -> io::Result<()> {
+        let file_len = file.metadata()?.len();
+        let mut records = Records::new(file.try_clone()?, 0, file_len)?;
         let mut msg = Vec::new();
         let mut last = LogOffset::SNAPSHOT_END;
         let mut seen = Vec::new();
         let (mut cut, mut cut_head, mut cut_entries) = (0u64, LogOffset::SNAPSHOT_END, 0usize);
-        while pos + HEADER as u64 <= file_len {
-            self.file.read_exact_at(&mut header, pos)?;
-            let raw_len = u32::from_le_bytes(header[0..4].try_into().unwrap());
-            let len = (raw_len & !TXN_END) as u64;
-            let sum = u32::from_le_bytes(header[4..8].try_into().unwrap());
-            let tx = u64::from_le_bytes(header[8..16].try_into().unwrap());
-            let op = u64::from_le_bytes(header[16..24].try_into().unwrap());
-            if pos + HEADER as u64 + len > file_len {
+        while let Some(r) = records.next_header()? {
+            msg.resize(r.len as usize, 0);
+            records.read_payload(&mut msg)?;
+            let (tx, op) = offset_parts(r.offset);
+            if crc(tx, op, &msg) != r.crc || r.offset <= last {
                 break;
             }
-            msg.resize(len as usize, 0);
-            self.file.read_exact_at(&mut msg, pos + HEADER as u64)?;
-            let offset = LogOffset::At { tx, op };
-            if crc(tx, op, &msg) != sum || offset <= last {
-                break;
-            }
-            seen.push((offset, pos, len + HEADER as u64));
-            last = offset;
-            pos += HEADER as u64 + len;
-            if raw_len & TXN_END != 0 {
-                (cut, cut_head, cut_entries) = (pos, offset, seen.len());
+            seen.push((r.offset, r.pos, r.len + HEADER as u64));
+            last = r.offset;
+            if r.ends_txn {
+                (cut, cut_head, cut_entries) = (records.pos, r.offset, seen.len());
             }
         }
         for (offset, p, size) in seen.into_iter().take(cut_entries) {
@@ -458,8 +452,8 @@ impl Live {
                 cut_bytes = file_len - cut,
                 "shape log had a torn tail; truncated to the last whole transaction"
             );
-            self.file.set_len(cut)?;
-            self.file.sync_all()?;
+            file.set_len(cut)?;
+            file.sync_all()?;
         }
         self.durable_len = cut;
         self.written_len = cut;
@@ -467,6 +461,76 @@ impl Live {
         self.written_head = cut_head;
         Ok(())
     }
+}
+
+/// One record header, at byte `pos` of the log.
+struct Record {
+    pos: u64,
+    len: u64,
+    crc: u32,
+    offset: LogOffset,
+    ends_txn: bool,
+}
+
+/// Sequential, buffered reading of log records between two positions.
+struct Records {
+    reader: io::BufReader<File>,
+    /// Position of the next unread byte.
+    pos: u64,
+    end: u64,
+}
+
+impl Records {
+    fn open(path: &Path, start: u64, end: u64) -> io::Result<Records> {
+        Records::new(File::open(path)?, start, end)
+    }
+
+    fn new(mut file: File, start: u64, end: u64) -> io::Result<Records> {
+        file.seek(io::SeekFrom::Start(start))?;
+        Ok(Records { reader: io::BufReader::with_capacity(128 * 1024, file), pos: start, end })
+    }
+
+    /// The next whole record's header, or `None` at the end or at a record cut short.
+    fn next_header(&mut self) -> io::Result<Option<Record>> {
+        if self.pos + HEADER as u64 > self.end {
+            return Ok(None);
+        }
+        let mut h = [0u8; HEADER];
+        self.reader.read_exact(&mut h)?;
+        let raw_len = u32::from_le_bytes(h[0..4].try_into().unwrap());
+        let len = (raw_len & !TXN_END) as u64;
+        let record = Record {
+            pos: self.pos,
+            len,
+            crc: u32::from_le_bytes(h[4..8].try_into().unwrap()),
+            offset: LogOffset::At {
+                tx: u64::from_le_bytes(h[8..16].try_into().unwrap()),
+                op: u64::from_le_bytes(h[16..24].try_into().unwrap()),
+            },
+            ends_txn: raw_len & TXN_END != 0,
+        };
+        self.pos += HEADER as u64;
+        if self.pos + len > self.end {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.reader.read_exact(buf)?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn skip(&mut self, len: u64) -> io::Result<()> {
+        self.reader.seek_relative(len as i64)?;
+        self.pos += len;
+        Ok(())
+    }
+}
+
+fn snapshot_writer(s: &Snapshot) -> io::Result<&File> {
+    s.writer.as_ref().ok_or_else(|| io::Error::other("the snapshot is already complete"))
 }
 
 /// Writes a small file so that it is either wholly there or absent after a crash.
@@ -510,7 +574,7 @@ mod tests {
         let dir = tmp("publish");
         let log = ShapeLog::create(&dir, 1 << 20).unwrap();
         log.finish_snapshot(b"{}").unwrap();
-        log.append(&[entry(10, 0), entry(10, 2)]).unwrap();
+        log.append(&[vec![entry(10, 0), entry(10, 2)]]).unwrap();
         assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 0);
         log.sync_and_publish().unwrap();
         let r = log.read_live(LogOffset::SNAPSHOT_END).unwrap();
@@ -530,8 +594,8 @@ mod tests {
         log.append_snapshot_row(&[b'z'; 10]).unwrap();
         log.finish_snapshot(b"E").unwrap();
         assert_eq!(log.snapshot_chunk_count(), 2);
-        let entries: Vec<_> = (1..=20).map(|i| entry(i, 0)).collect();
-        log.append(&entries).unwrap();
+        let txns: Vec<_> = (1..=20).map(|i| vec![entry(i, 0)]).collect();
+        log.append(&txns).unwrap();
         log.sync_and_publish().unwrap();
         let mut after = LogOffset::SNAPSHOT_END;
         let mut seen = 0;
@@ -557,8 +621,7 @@ mod tests {
         let dir = tmp("torn");
         let log = ShapeLog::create(&dir, 1 << 20).unwrap();
         log.finish_snapshot(b"E").unwrap();
-        log.append(&[entry(1, 0)]).unwrap();
-        log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
+        log.append(&[vec![entry(1, 0)], vec![entry(2, 0), entry(2, 2)]]).unwrap();
         log.sync().unwrap();
         drop(log);
         let f = OpenOptions::new().write(true).open(dir.join("log")).unwrap();
@@ -566,7 +629,7 @@ mod tests {
         f.set_len(len - 3).unwrap();
         let log = ShapeLog::open(&dir, 1 << 20).unwrap().unwrap();
         assert_eq!(log.version().head, LogOffset::At { tx: 1, op: 0 }, "half of transaction 2 is dropped");
-        log.append(&[entry(2, 0), entry(2, 2)]).unwrap();
+        log.append(&[vec![entry(2, 0), entry(2, 2)]]).unwrap();
         log.sync_and_publish().unwrap();
         assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 3);
         fs::remove_dir_all(dir).unwrap();

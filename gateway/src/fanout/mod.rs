@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::ack::AckState;
-use self::registry::{LiveShape, Registry};
+use self::registry::{LiveShape, Registry, TxnEntries};
 
 /// Most transactions in one group commit.
 const MAX_BATCH: usize = 4096;
@@ -47,22 +47,36 @@ pub async fn run(
     }
 }
 
+/// Each touched shape's entries in this batch, appended with one write per shape.
+type BatchWrites = HashMap<u64, (Arc<LiveShape>, Vec<TxnEntries>)>;
+
 fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io::Result<Vec<Txn>> {
-    let mut touched: HashMap<u64, Arc<LiveShape>> = HashMap::new();
+    let mut writes: BatchWrites = HashMap::new();
     for txn in &batch {
-        apply_txn(registry, txn, &mut touched)?;
+        apply_txn(registry, txn, &mut writes);
     }
-    if !touched.is_empty() {
-        let marks: Vec<_> = touched.values().map(|s| (s.clone(), s.log.written_mark())).collect();
-        if touched.len() <= SYNC_EACH_UP_TO {
-            for s in touched.values() {
-                s.log.sync()?;
+    if !writes.is_empty() {
+        let mut marks = Vec::with_capacity(writes.len());
+        for (shape, txns) in writes.values() {
+            // A shape rotated meanwhile (DDL, DELETE) has no files left to write to.
+            match shape.log.append(txns) {
+                Err(_) if shape.log.version().gone => continue,
+                result => result?,
+            }
+            marks.push((shape, shape.log.written_mark()));
+        }
+        if marks.len() <= SYNC_EACH_UP_TO {
+            for (shape, _) in &marks {
+                match shape.log.sync() {
+                    Err(_) if shape.log.version().gone => {}
+                    result => result?,
+                }
             }
         } else {
             sync_filesystem(registry.data_dir())?;
         }
-        for (s, mark) in marks {
-            s.log.publish(mark);
+        for (shape, mark) in marks {
+            shape.log.publish(mark);
         }
     }
     if let Some(last) = batch.last() {
@@ -73,7 +87,7 @@ fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io:
     Ok(batch)
 }
 
-fn apply_txn(registry: &Registry, txn: &Txn, touched: &mut HashMap<u64, Arc<LiveShape>>) -> std::io::Result<()> {
+fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
     let mut per_shape: HashMap<u64, (Arc<LiveShape>, Vec<plan::Planned>)> = HashMap::new();
     let mut candidates = Vec::new();
     for item in &txn.items {
@@ -105,9 +119,8 @@ fn apply_txn(registry: &Registry, txn: &Txn, touched: &mut HashMap<u64, Arc<Live
         if shape.log.version().gone {
             continue;
         }
-        if shape.accept_txn(txn, &planned)? {
-            touched.insert(id, shape);
+        if let Some(entries) = shape.admit(txn, &planned) {
+            writes.entry(id).or_insert_with(|| (shape, Vec::new())).1.push(entries);
         }
     }
-    Ok(())
 }

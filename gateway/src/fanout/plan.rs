@@ -9,7 +9,8 @@ use shapes::shape::{Replica, Shape};
 use shapes::where_clause::EvalError;
 use shapes::wire::{MessageEncoder, Operation};
 
-pub type Fields = Vec<(usize, Option<String>)>;
+/// (column, value) pairs; cells share the decoded buffers, nothing is copied.
+pub type Fields = Vec<(usize, Cell)>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
@@ -27,10 +28,6 @@ impl Planned {
     }
 }
 
-fn text(c: &Cell) -> Option<String> {
-    c.as_str().map(str::to_string)
-}
-
 fn complete(row: &[Cell]) -> Result<(), EvalError> {
     match row.iter().position(|c| *c == Cell::Unchanged) {
         Some(i) => Err(EvalError::Unavailable(i)),
@@ -39,7 +36,10 @@ fn complete(row: &[Cell]) -> Result<(), EvalError> {
 }
 
 fn fields(row: &[Cell], cols: &[usize]) -> Fields {
-    cols.iter().filter(|&&i| row.get(i) != Some(&Cell::Unchanged)).map(|&i| (i, row.get(i).and_then(text))).collect()
+    cols.iter()
+        .filter(|&&i| row.get(i) != Some(&Cell::Unchanged))
+        .map(|&i| (i, row.get(i).cloned().unwrap_or(Cell::Null)))
+        .collect()
 }
 
 fn key_of(shape: &Shape, enc: &MessageEncoder, row: &[Cell]) -> String {
@@ -197,7 +197,7 @@ mod tests {
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].op, Operation::Delete);
-        assert_eq!(p[0].value, vec![(0, Some("1".into()))]);
+        assert_eq!(p[0].value, vec![(0, Cell::text("1"))]);
     }
 
     #[test]
@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(p[0].op, Operation::Insert);
         assert_eq!(
             p[0].value,
-            vec![(0, Some("1".into())), (1, Some("b".into())), (2, Some("x".into()))],
+            vec![(0, Cell::text("1")), (1, Cell::text("b")), (2, Cell::text("x"))],
             "TOAST value filled from the old row"
         );
     }
@@ -228,7 +228,7 @@ mod tests {
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!(
             (p[0].op, p[0].value.clone()),
-            (Operation::Update, vec![(0, Some("1".into())), (2, Some("y".into()))])
+            (Operation::Update, vec![(0, Cell::text("1")), (2, Cell::text("y"))])
         );
         let same = Change::Update {
             old: Some(row("1", "a", Cell::text("x"))),
@@ -248,7 +248,7 @@ mod tests {
         };
         let p = plan(&s, &e, &change).unwrap();
         assert_eq!(p[0].value.len(), 3);
-        assert_eq!(p[0].old_value, Some(vec![(2, Some("x".into()))]));
+        assert_eq!(p[0].old_value, Some(vec![(2, Cell::text("x"))]));
     }
 
     #[test]

@@ -49,8 +49,11 @@ impl SnapshotInfo {
     }
 }
 
+/// One transaction's encoded entries for one shape.
+pub type TxnEntries = Vec<(LogOffset, Vec<u8>)>;
+
 /// Stream transactions held until the snapshot's visibility is known.
-type PendingTxn = (u32, Vec<(LogOffset, Vec<u8>)>);
+type PendingTxn = (u32, TxnEntries);
 
 enum Visibility {
     Pending(Vec<PendingTxn>),
@@ -86,30 +89,22 @@ pub struct LiveShape {
 }
 
 impl LiveShape {
-    /// Encodes one transaction's planned messages and appends them, unless the snapshot
-    /// already holds the transaction or the log already has it (a replay after restart).
-    /// Returns whether anything was written.
-    pub fn accept_txn(&self, txn: &Txn, planned: &[Planned]) -> io::Result<bool> {
+    /// Encodes one transaction's planned messages. Returns them for the caller to append,
+    /// or `None` when the snapshot already holds the transaction, the log already has it
+    /// (a replay after restart), or the snapshot is still pending (then they are held here).
+    pub fn admit(&self, txn: &Txn, planned: &[Planned]) -> Option<TxnEntries> {
         let mut vis = self.visibility.lock().unwrap();
-        if let Visibility::Known(snap) = &*vis
-            && (snap.contains(txn.xid) || txn.commit_lsn <= self.log.written_lsn())
-        {
-            return Ok(false);
-        }
-        let entries = self.encode(txn, planned);
         match &mut *vis {
+            Visibility::Known(snap) if snap.contains(txn.xid) || txn.commit_lsn <= self.log.written_lsn() => None,
+            Visibility::Known(_) => Some(self.encode(txn, planned)),
             Visibility::Pending(buffer) => {
-                buffer.push((txn.xid, entries));
-                Ok(false)
-            }
-            Visibility::Known(_) => {
-                self.log.append(&entries)?;
-                Ok(true)
+                buffer.push((txn.xid, self.encode(txn, planned)));
+                None
             }
         }
     }
 
-    fn encode(&self, txn: &Txn, planned: &[Planned]) -> Vec<(LogOffset, Vec<u8>)> {
+    fn encode(&self, txn: &Txn, planned: &[Planned]) -> TxnEntries {
         let mut out = Vec::with_capacity(planned.len());
         let mut op = 0u64;
         for (i, p) in planned.iter().enumerate() {
@@ -126,9 +121,9 @@ impl LiveShape {
                 key_change_from: p.key_change_from.as_deref(),
             };
             let mut msg = Vec::with_capacity(256);
-            let fields = p.value.iter().map(|(c, v)| (*c, v.as_deref()));
+            let fields = p.value.iter().map(|(c, v)| (*c, v.as_str()));
             let old: Option<Vec<(usize, Option<&str>)>> =
-                p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_deref())).collect());
+                p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_str())).collect());
             self.encoder.write_change(&mut msg, p.op, &p.key, fields, old.as_deref(), Some(headers));
             out.push((LogOffset::change(txn.commit_lsn, op), msg));
         }
@@ -140,11 +135,9 @@ impl LiveShape {
     pub fn set_snapshot(&self, snap: SnapshotInfo) -> io::Result<()> {
         let mut vis = self.visibility.lock().unwrap();
         if let Visibility::Pending(buffer) = &mut *vis {
-            for (xid, entries) in std::mem::take(buffer) {
-                if !snap.contains(xid) {
-                    self.log.append(&entries)?;
-                }
-            }
+            let kept: Vec<TxnEntries> =
+                std::mem::take(buffer).into_iter().filter(|(xid, _)| !snap.contains(*xid)).map(|(_, e)| e).collect();
+            self.log.append(&kept)?;
         }
         *vis = Visibility::Known(snap);
         drop(vis);

@@ -106,6 +106,25 @@ impl Gateway {
         self.child = Some(child);
     }
 
+    /// Test defaults (short timeouts, small chunks) unless `extra` sets the flag itself.
+    fn default_args(&self) -> Vec<&'static str> {
+        [("--long-poll-timeout-ms", "1500"), ("--sse-timeout-s", "5"), ("--chunk-bytes", "4096")]
+            .into_iter()
+            .filter(|(flag, _)| !self.extra.iter().any(|a| a == flag))
+            .flat_map(|(flag, value)| [flag, value])
+            .collect()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the gateway again after [`Gateway::terminate`] or [`Gateway::kill9`].
+    pub fn spawn_again(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

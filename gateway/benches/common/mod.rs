@@ -1,0 +1,50 @@
+//! Shared by the benchmarks: the test support (PostgreSQL, the gateway process), timing,
+//! medians and process memory.
+
+#![allow(dead_code)]
+
+#[path = "../../tests/support/mod.rs"]
+pub mod support;
+
+use std::time::Duration;
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Polls `/readyz` until the gateway reports a flushed position at or past `target`.
+pub async fn wait_flushed(base: &str, target: shapes::offset::Lsn) {
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            let flushed: shapes::offset::Lsn = v["flushed_lsn"].as_str().unwrap().parse().unwrap();
+            if flushed >= target {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,83 @@
+//! Memory: gateway RSS per idle shape and per idle long-poll and SSE subscriber, measured
+//! as the RSS growth over a warmed-up baseline divided by the count. Targets: ≤ 8 KiB each.
+//! Run: `cargo bench -p gateway --bench memory`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::support::{Env, Gateway};
+use common::{env_or, rss_kib};
+use futures::StreamExt;
+
+#[tokio::main]
+async fn main() {
+    let shapes: u64 = env_or("BENCH_SHAPES", 5000);
+    let subscribers: u64 = env_or("BENCH_SUBSCRIBERS", 2000);
+    let env = Env::new().await;
+    env.sql("create table t (id int8 primary key, scope int4 not null); insert into t select g, g from generate_series(1, 10) g").await;
+    let mut gw = Gateway::start(&env.url, &env.data_dir, &["--long-poll-timeout-ms", "30000", "--sse-timeout-s", "60"]);
+    gw.ready().await;
+    let pid = gw.pid().unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(usize::MAX).build().unwrap();
+    let base = gw.base();
+    let create = |range: std::ops::Range<u64>| {
+        let (client, base) = (client.clone(), base.clone());
+        futures::stream::iter(range)
+            .map(move |i| {
+                let (client, base) = (client.clone(), base.clone());
+                async move {
+                    let r = client
+                        .get(format!("{base}/v1/shape?table=t&where=scope%3D{i}&offset=-1"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    (i, r.headers()["electric-handle"].to_str().unwrap().to_string())
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+    };
+    // Warm up allocators and caches with a first batch, then measure the next one.
+    create(0..500).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    let handles = create(500..500 + shapes).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    let per_shape = (after.saturating_sub(before)) as f64 * 1024.0 / shapes as f64;
+    println!(
+        "memory: {shapes} idle shapes: RSS {before} KiB → {after} KiB, {:.0} bytes per shape (target ≤ 8192)",
+        per_shape
+    );
+
+    for (mode, sse) in [("long-poll", false), ("SSE", true)] {
+        let before = rss_kib(pid);
+        let mut held = Vec::new();
+        for (scope, h) in handles.iter().cycle().take(subscribers as usize) {
+            let sse_param = if sse { "&live_sse=true" } else { "" };
+            let url = format!(
+                "{base}/v1/shape?table=t&where=scope%3D{scope}&offset=0_inf&handle={h}&live=true&cursor={sse_param}"
+            );
+            let c = reqwest::Client::new();
+            held.push(tokio::spawn(async move {
+                let r = c.get(url).send().await.unwrap();
+                // Hold the response open (SSE) or wait for the long-poll to end.
+                let mut s = r.bytes_stream();
+                while s.next().await.is_some() {}
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = rss_kib(pid);
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / subscribers as f64;
+        println!(
+            "memory: {subscribers} idle {mode} subscribers: RSS {before} KiB → {after} KiB, {per:.0} bytes per subscriber (target ≤ 8192)"
+        );
+        for h in held {
+            h.abort();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    gw.terminate();
+}

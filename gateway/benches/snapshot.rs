@@ -1,0 +1,73 @@
+//! Snapshot: 1,000,000 narrow rows to a client through `offset=-1` and the following chunks,
+//! against `psql -c "COPY (SELECT …) TO STDOUT"` in the same run. Each round uses a new
+//! shape (a different filter that selects every row), so each round runs a new snapshot.
+//! Run: `cargo bench -p gateway --bench snapshot`.
+
+mod common;
+
+use std::time::Instant;
+
+use common::support::{Env, Gateway};
+use common::{env_or, median, secs};
+
+#[tokio::main]
+async fn main() {
+    let rows: u64 = env_or("BENCH_ROWS", 1_000_000);
+    let rounds: i64 = env_or("BENCH_ROUNDS", 3);
+    let env = Env::new().await;
+    env.sql(&format!("create table narrow (id int8 primary key, v int4); insert into narrow select g, g % 1000 from generate_series(1, {rows}) g; vacuum analyze narrow")).await;
+    let mut gw = Gateway::start(&env.url, &env.data_dir, &["--chunk-bytes", "10485760"]);
+    gw.ready().await;
+    let psql = gateway::devdb::find_binaries().unwrap().join("psql");
+    let client = reqwest::Client::new();
+    println!("snapshot: {rows} rows, {rounds} interleaved rounds");
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let filter = format!("id > {}", -round);
+        let t = Instant::now();
+        let out = std::process::Command::new(&psql)
+            .args([&env.url, "-Atc", &format!("copy (select id, v from narrow where {filter}) to stdout")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(out.success());
+        let reference = secs(t.elapsed());
+
+        let t = Instant::now();
+        let mut offset = "-1".to_string();
+        let mut handle = String::new();
+        let mut bytes = 0usize;
+        let mut received = 0usize;
+        loop {
+            let url = format!(
+                "{}/v1/shape?table=narrow&where={}&offset={offset}{}",
+                gw.base(),
+                filter.replace(' ', "%20").replace('>', "%3E"),
+                if handle.is_empty() { String::new() } else { format!("&handle={handle}") }
+            );
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            offset = r.headers()["electric-offset"].to_str().unwrap().to_string();
+            handle = r.headers()["electric-handle"].to_str().unwrap().to_string();
+            let done = r.headers().contains_key("electric-up-to-date");
+            let body = r.bytes().await.unwrap();
+            bytes += body.len();
+            received += body.windows(7).filter(|w| w == b"\"key\":\"").count();
+            if done {
+                break;
+            }
+        }
+        let ours = secs(t.elapsed());
+        assert_eq!(received as u64, rows, "every row arrived");
+        let ratio = reference / ours;
+        println!(
+            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON), ratio {ratio:.2}",
+            round + 1,
+            rows as f64 / reference,
+            rows as f64 / ours,
+            bytes / (1 << 20)
+        );
+        ratios.push(ratio);
+    }
+    println!("snapshot: gateway / psql COPY rate, median of {rounds}: {:.2}", median(ratios));
+}
