@@ -97,7 +97,9 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         status.clone(),
         stream_cancel.clone(),
     ));
-    let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), cancel.clone()));
+    // Append descriptors kept open: a quarter of the limit, the rest is for clients.
+    let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
+    let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), open_writers, cancel.clone()));
 
     let settings = HttpSettings {
         db: db_cfg,

@@ -190,3 +190,65 @@ async fn demo_starts_serves_the_demo_schema_and_cleans_up_on_ctrl_c() {
     let pg_url = out.lines().find_map(|l| l.split("PostgreSQL at ").nth(1)).expect("the demo prints its database");
     assert!(tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await.is_err(), "the throwaway database is gone");
 }
+
+#[tokio::test]
+async fn preflight_allows_the_headers_browsers_send() {
+    let env = Env::new().await;
+    let mut gw = env.gateway();
+    gw.ready().await;
+    let r = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/shape", gw.base()))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization,if-none-match")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(r.headers()["access-control-allow-headers"], "authorization,if-none-match");
+    assert!(r.headers()["access-control-allow-methods"].to_str().unwrap().contains("GET"));
+}
+
+#[tokio::test]
+async fn a_table_the_gateway_may_not_publish_gets_a_403_with_the_sql_to_run() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("create role gw login replication; grant create on database postgres to gw; grant select on items to gw")
+        .await;
+    let url = env.url.replace("postgres@", "gw@");
+    let mut gw = crate::support::Gateway::start(&url, &env.data_dir, &[]);
+    gw.ready().await;
+    let r = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let msg = r.body["message"].as_str().unwrap();
+    assert!(msg.contains("alter publication"), "{msg}");
+
+    // Once a DBA publishes it (with full identity), the same request works.
+    env.sql("alter table items replica identity full; alter publication gateway add table items").await;
+    env.sql("insert into items values (1, 'o', 't', 1)").await;
+    let mut f = Follower::new(&gw, "table=items&where=org%3D%27o%27");
+    f.sync().await;
+    assert_eq!(f.rows.len(), 1);
+}
+
+#[tokio::test]
+async fn gateways_with_their_own_slot_publication_and_data_dir_share_a_database() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let other_dir = env.data_dir.with_file_name("other-data");
+    let mut a = env.gateway();
+    let mut b = crate::support::Gateway::start(&env.url, &other_dir, &["--slot", "second", "--publication", "second"]);
+    a.ready().await;
+    b.ready().await;
+    let mut fa = Follower::new(&a, "table=items");
+    let mut fb = Follower::new(&b, "table=items&where=org%3D%27b%27");
+    fa.sync().await;
+    fb.sync().await;
+    env.sql("insert into items values (1, 'a', 't', 1), (2, 'b', 't', 2)").await;
+    fa.live_until(|rows| rows.len() == 2).await;
+    fb.live_until(|rows| rows.len() == 1).await;
+    let slots: i64 =
+        env.db.query_one("select count(*) from pg_replication_slots where active", &[]).await.unwrap().get(0);
+    assert_eq!(slots, 2);
+}

@@ -127,3 +127,24 @@ async fn a_recreated_slot_makes_clients_refetch_instead_of_missing_changes() {
     f.live_until(|rows| rows.len() == 2).await;
     assert_eq!(f.refetches, 1, "the old logs were dropped, so the client refetched");
 }
+
+#[tokio::test]
+async fn a_dropped_publication_stops_the_gateway_with_the_fix() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let mut gw = env.gateway();
+    gw.ready().await;
+    let mut f = Follower::new(&gw, "table=items");
+    f.sync().await;
+    env.sql("drop publication gateway; insert into items values (1, 'o', 't', 0)").await;
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(code) = gw.exit_code() {
+            break code;
+        }
+        assert!(started.elapsed() < DEADLINE, "the gateway kept running without its publication");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_ne!(code, 0);
+    assert!(gw.log().contains("CREATE PUBLICATION"), "the log names the fix: {}", gw.log());
+}

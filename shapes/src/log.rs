@@ -74,6 +74,8 @@ struct Snapshot {
 }
 
 struct Live {
+    /// Kept open between appends while the fan-out caches it (see `release_writer`).
+    writer: Option<File>,
     /// Durable (readable) length and head.
     durable_len: u64,
     head: LogOffset,
@@ -290,7 +292,10 @@ impl ShapeLog {
             }
         }
         let at = l.written_len;
-        let written = OpenOptions::new().write(true).open(self.dir.join("log")).and_then(|f| f.write_all_at(&buf, at));
+        if l.writer.is_none() {
+            l.writer = Some(OpenOptions::new().write(true).open(self.dir.join("log"))?);
+        }
+        let written = l.writer.as_ref().map_or(Ok(()), |f| f.write_all_at(&buf, at));
         if let Err(e) = written {
             // Forget the partial write: the next append overwrites it.
             l.forget_unwritten();
@@ -304,8 +309,19 @@ impl ShapeLog {
     /// Forces written entries to disk.
     pub fn sync(&self) -> io::Result<()> {
         let l = self.live.lock().unwrap();
+        if l.written_len == l.durable_len {
+            return Ok(());
+        }
         // fdatasync flushes the file's data whichever descriptor wrote it.
-        if l.written_len > l.durable_len { File::open(self.dir.join("log"))?.sync_data() } else { Ok(()) }
+        match &l.writer {
+            Some(f) => f.sync_data(),
+            None => File::open(self.dir.join("log"))?.sync_data(),
+        }
+    }
+
+    /// Closes the descriptor kept for appends; the next append reopens it.
+    pub fn release_writer(&self) {
+        self.live.lock().unwrap().writer = None;
     }
 
     /// What has been written so far; take it before syncing, publish it after.
@@ -384,6 +400,7 @@ impl ShapeLog {
     /// Removes the log's files.
     pub fn destroy(&self) -> io::Result<()> {
         self.mark_gone();
+        self.release_writer();
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -394,6 +411,7 @@ impl ShapeLog {
 impl Live {
     fn empty() -> Live {
         Live {
+            writer: None,
             durable_len: 0,
             head: LogOffset::SNAPSHOT_END,
             written_len: 0,

@@ -5,6 +5,7 @@
 pub mod ack;
 pub mod plan;
 pub mod registry;
+mod writers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,9 +29,11 @@ pub async fn run(
     mut txns: mpsc::Receiver<Txn>,
     registry: Arc<Registry>,
     ack: Arc<AckState>,
+    open_writers: usize,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut writers = Some(writers::Writers::new(open_writers));
     loop {
         batch.clear();
         tokio::select! {
@@ -40,17 +43,28 @@ pub async fn run(
         let registry = registry.clone();
         let ack = ack.clone();
         let taken = std::mem::take(&mut batch);
+        let mut w = writers.take().expect("returned by the previous batch");
         // File I/O and fsync block: run the batch off the async workers.
-        batch = tokio::task::spawn_blocking(move || apply_batch(&registry, &ack, taken))
-            .await
-            .map_err(std::io::Error::other)??;
+        let (returned, w) = tokio::task::spawn_blocking(move || {
+            let r = apply_batch(&registry, &ack, &mut w, taken);
+            (r, w)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        batch = returned?;
+        writers = Some(w);
     }
 }
 
 /// Each touched shape's entries in this batch, appended with one write per shape.
 type BatchWrites = HashMap<u64, (Arc<LiveShape>, Vec<TxnEntries>)>;
 
-fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io::Result<Vec<Txn>> {
+fn apply_batch(
+    registry: &Registry,
+    ack: &AckState,
+    open: &mut writers::Writers,
+    batch: Vec<Txn>,
+) -> std::io::Result<Vec<Txn>> {
     let mut writes: BatchWrites = HashMap::new();
     for txn in &batch {
         apply_txn(registry, txn, &mut writes);
@@ -64,6 +78,7 @@ fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io:
                 result => result?,
             }
             marks.push((shape, shape.log.written_mark()));
+            open.used(shape);
         }
         if marks.len() <= SYNC_EACH_UP_TO {
             for (shape, _) in &marks {
@@ -82,6 +97,7 @@ fn apply_batch(registry: &Registry, ack: &AckState, batch: Vec<Txn>) -> std::io:
     if let Some(last) = batch.last() {
         ack.note_durable(last.end_lsn, last.commit_lsn);
     }
+    open.trim();
     let mut batch = batch;
     batch.clear();
     Ok(batch)

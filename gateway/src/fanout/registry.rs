@@ -141,7 +141,10 @@ impl LiveShape {
         }
         *vis = Visibility::Known(snap);
         drop(vis);
-        self.log.sync_and_publish()
+        self.log.sync_and_publish()?;
+        // The fan-out decides which logs keep a descriptor open (`fanout::writers`).
+        self.log.release_writer();
+        Ok(())
     }
 
     /// Records the shape so it survives a restart (before the snapshot is marked complete).

@@ -62,60 +62,55 @@ pub async fn get_shape(
 
 /// Finds the shape for the request's definition, creating it (and its snapshot) if new.
 async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>, ApiError> {
-    let schema = match state.registry.cached_schema(&req.table) {
-        Some(s) => s,
-        None => {
-            let client = state.catalog().await?;
-            let s = db::table_schema(&client, &req.table)
-                .await
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "table",
-                        format!("Table {} does not exist. If the table name contains capitals or special characters you must quote it.", req.table.quoted()),
-                    )
-                })?;
-            state.registry.cache_schema(s.clone());
-            s
-        }
-    };
     let bind = |schema| {
         Shape::bind(req.spec.clone(), schema, state.registry.bind_options()).map_err(|e| match e {
             shapes::shape::ShapeError::Where(w) => ApiError::invalid("where", w.to_string()),
             shapes::shape::ShapeError::Columns(c) => ApiError::invalid("columns", c),
         })
     };
+    if let Some(schema) = state.registry.cached_schema(&req.table)
+        && let Some(existing) = state.registry.get(&bind(schema)?.key())
+    {
+        return Ok(existing);
+    }
+    // Creating shapes is rare: one at a time keeps publication changes race-free, and the
+    // catalog is read afresh, since the table may have changed since it was cached.
+    let _guard = state.create_lock.lock().await;
+    let client = state.catalog().await?;
+    let schema = fresh_schema(state, &client, req).await?;
     let shape = bind(schema.clone())?;
     if let Some(existing) = state.registry.get(&shape.key()) {
         return Ok(existing);
     }
-    // Creating shapes is rare; one at a time keeps publication changes race-free.
-    let _guard = state.create_lock.lock().await;
-    if let Some(existing) = state.registry.get(&shape.key()) {
-        return Ok(existing);
-    }
-    let client = state.catalog().await?;
-    let changed = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
+    let altered = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
         .await
         .map_err(|e| match e {
         ReplicationError::Privilege { .. } => ApiError::Forbidden(e.to_string()),
         e => ApiError::internal(e),
     })?;
-    let shape = if changed || (shape.needs_old_rows() && !schema.replica_identity_full) {
-        let fresh = db::table_schema(&client, &req.table)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::invalid("table", "the table was dropped"))?;
-        state.registry.cache_schema(fresh.clone());
-        bind(fresh)?
-    } else {
-        shape
-    };
+    let shape = if altered { bind(fresh_schema(state, &client, req).await?)? } else { shape };
     let (live, created) = state.registry.get_or_create(shape).map_err(ApiError::internal)?;
     if created {
         tokio::spawn(crate::snapshot::run(state.settings.db.clone(), state.registry.clone(), live.clone()));
     }
     Ok(live)
+}
+
+/// Reads the table from the catalog and refreshes the cache.
+async fn fresh_schema(
+    state: &AppState,
+    client: &tokio_postgres::Client,
+    req: &ShapeRequest,
+) -> Result<shapes::table::TableSchema, ApiError> {
+    let schema = db::table_schema(client, &req.table).await.map_err(ApiError::internal)?.ok_or_else(|| {
+        let name = req.table.quoted();
+        ApiError::invalid(
+            "table",
+            format!("Table {name} does not exist. If the table name contains capitals or special characters you must quote it."),
+        )
+    })?;
+    state.registry.cache_schema(schema.clone());
+    Ok(schema)
 }
 
 /// Waits for `ready` or rotation and returns a copy, so no watch guard (not `Send`) is held

@@ -92,7 +92,7 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, Repli
 }
 
 /// Makes sure changes of `table` reach the stream, and that the stream carries old rows
-/// when `needs_old_rows`. Returns `true` when the table was added to the publication.
+/// when `needs_old_rows`. Returns `true` when it changed the table or the publication.
 pub async fn ensure_published(
     client: &Client,
     publication: &str,
@@ -107,7 +107,7 @@ pub async fn ensure_published(
         .await
         .map_err(DbError::from)?
         .is_some();
-    let mut added = false;
+    let mut changed = false;
     if !published {
         // Like Electric, tables we publish get full replica identity, so updates carry old rows.
         let sql = format!(
@@ -120,7 +120,7 @@ pub async fn ensure_published(
             return Err(privilege(&format!("publish table {}", table.name), e, format!("{sql};")));
         }
         tracing::info!(table = %table.name, publication, "added table to publication");
-        added = true;
+        changed = true;
     } else if needs_old_rows && !table.replica_identity_full {
         let sql = format!("alter table {} replica identity full", table.name.quoted());
         client.batch_execute(&sql).await.map_err(|e| {
@@ -134,6 +134,7 @@ pub async fn ensure_published(
             )
         })?;
         tracing::info!(table = %table.name, "set replica identity full");
+        changed = true;
     }
-    Ok(added)
+    Ok(changed)
 }

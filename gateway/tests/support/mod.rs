@@ -115,6 +115,11 @@ impl Gateway {
             .collect()
     }
 
+    /// The exit code, once the process has ended on its own.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap()).map(|s| s.code().unwrap_or(-1))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
