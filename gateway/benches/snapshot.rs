@@ -15,7 +15,9 @@ async fn main() {
     let rows: u64 = env_or("BENCH_ROWS", 1_000_000);
     let rounds: i64 = env_or("BENCH_ROUNDS", 3);
     let env = Env::new().await;
-    env.sql(&format!("create table narrow (id int8 primary key, v int4); insert into narrow select g, g % 1000 from generate_series(1, {rows}) g; vacuum analyze narrow")).await;
+    env.sql("create table narrow (id int8 primary key, v int4)").await;
+    env.sql(&format!("insert into narrow select g, g % 1000 from generate_series(1, {rows}) g")).await;
+    env.sql("vacuum analyze narrow").await;
     let mut gw = Gateway::start(&env.url, &env.data_dir, &["--chunk-bytes", "10485760"]);
     gw.ready().await;
     let psql = gateway::devdb::find_binaries().unwrap().join("psql");
@@ -52,16 +54,24 @@ async fn main() {
             let done = r.headers().contains_key("electric-up-to-date");
             let body = r.bytes().await.unwrap();
             bytes += body.len();
-            received += body.windows(7).filter(|w| w == b"\"key\":\"").count();
+            received += memchr::memmem::find_iter(&body, b"{\"key\":").count();
             if done {
                 break;
             }
         }
         let ours = secs(t.elapsed());
+        let log = gw.log();
+        let server_ms = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("snapshot complete"))
+            .and_then(|l| l.split("ms=").nth(1))
+            .map(|m| m.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .unwrap_or_default();
         assert_eq!(received as u64, rows, "every row arrived");
         let ratio = reference / ours;
         println!(
-            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON), ratio {ratio:.2}",
+            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON, snapshot done in {server_ms} ms), ratio {ratio:.2}",
             round + 1,
             rows as f64 / reference,
             rows as f64 / ours,

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use std::borrow::Cow;
+
+use bytes::BytesMut;
 use futures::StreamExt;
-use shapes::change::Cell;
 use shapes::shape::LogMode;
 use shapes::table::quote_ident;
-use shapes::wire::{Operation, snapshot_end};
+use shapes::wire::snapshot_end;
 use tokio_postgres::Config;
 
 use crate::db::{self, DbError};
@@ -46,7 +47,10 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
     }
 }
 
-async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError> {
+/// COPY output is handed to the encoder in blocks of about this size.
+const BLOCK: usize = 64 * 1024;
+
+async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotError> {
     let client = db::connect(cfg).await?;
     client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
     let text: String = client.query_one("select pg_current_snapshot()::text", &[]).await.map_err(DbError::from)?.get(0);
@@ -56,35 +60,40 @@ async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError>
 
     let mut rows = 0u64;
     if shape.shape.spec.log == LogMode::Full {
-        let s = &shape.shape;
-        // Key columns are read too, for PK-less tables whose key is every column.
-        let mut read: Vec<usize> = s.selected.iter().chain(s.key.iter()).copied().collect();
-        read.sort_unstable();
-        read.dedup();
-        let cols: Vec<String> = read.iter().map(|&i| quote_ident(&s.table.columns[i].name)).collect();
-        let filter = s.filter.as_ref().map(|f| format!(" where {}", f.to_sql())).unwrap_or_default();
-        let sql = format!("copy (select {} from {}{filter}) to stdout", cols.join(", "), s.table.name.quoted());
+        let encoder = RowEncoder::new(shape.clone());
+        let sql = encoder.copy_sql();
         let stream = client.copy_out(sql.as_str()).await.map_err(DbError::from)?;
         futures::pin_mut!(stream);
-        let mut pending = BytesMut::new();
-        let mut row: Vec<Cell> = vec![Cell::Null; s.table.columns.len()];
-        let mut msg = Vec::with_capacity(512);
+        // Receiving and encoding run on separate threads. Full channel: the encoder is behind,
+        // so reading COPY output pauses.
+        let (blocks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let encoding = tokio::task::spawn_blocking(move || {
+            let mut encoder = encoder;
+            while let Some(block) = incoming.blocking_recv() {
+                encoder.write(&block)?;
+            }
+            encoder.finish()
+        });
+        let mut block = BytesMut::with_capacity(BLOCK);
+        let mut received: Result<(), SnapshotError> = Ok(());
         while let Some(chunk) = stream.next().await {
-            pending.extend_from_slice(&chunk.map_err(DbError::from)?);
-            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-                let line = pending.split_to(nl + 1);
-                parse_copy_line(&line[..nl], &read, &mut row)?;
-                msg.clear();
-                let key = shape.encoder.key(s.key.iter().map(|&i| row[i].as_str()));
-                let fields = s.selected.iter().map(|&i| (i, row[i].as_str()));
-                shape.encoder.write_change(&mut msg, Operation::Insert, &key, fields, None, None);
-                shape.log.append_snapshot_row(&msg)?;
-                rows += 1;
+            match chunk {
+                Ok(chunk) => block.extend_from_slice(&chunk),
+                Err(e) => {
+                    received = Err(DbError::from(e).into());
+                    break;
+                }
+            }
+            if block.len() >= BLOCK && blocks.send(block.split().freeze()).await.is_err() {
+                break; // the encoder failed; its error is reported below
             }
         }
-        if pending.has_remaining() {
-            return Err(SnapshotError::Format("COPY output ended mid-row".into()));
+        if received.is_ok() && !block.is_empty() {
+            let _ = blocks.send(block.freeze()).await;
         }
+        drop(blocks);
+        rows = encoding.await.map_err(|e| SnapshotError::Format(e.to_string()))??;
+        received?;
     }
     client.batch_execute("commit").await.map_err(DbError::from)?;
     shape.persist(info.clone())?;
@@ -92,18 +101,91 @@ async fn snapshot(cfg: &Config, shape: &LiveShape) -> Result<u64, SnapshotError>
     Ok(rows)
 }
 
-/// Splits one line of COPY text format into `row` at the column indexes `cols`.
-fn parse_copy_line(line: &[u8], cols: &[usize], row: &mut [Cell]) -> Result<(), SnapshotError> {
-    let mut fields = line.split(|b| *b == b'\t');
-    for &col in cols {
-        let raw = fields.next().ok_or_else(|| SnapshotError::Format("COPY row has too few columns".into()))?;
-        row[col] = if raw == b"\\N" {
-            Cell::Null
+/// Turns COPY text lines into insert messages in the shape's snapshot.
+struct RowEncoder {
+    shape: Arc<LiveShape>,
+    /// Table columns the COPY reads, in order.
+    read: Vec<usize>,
+    /// Where each table column sits in a COPY line.
+    slot: Vec<usize>,
+    /// An incomplete line carried to the next block.
+    pending: Vec<u8>,
+    msg: Vec<u8>,
+    rows: u64,
+}
+
+impl RowEncoder {
+    fn new(shape: Arc<LiveShape>) -> RowEncoder {
+        let s = &shape.shape;
+        // Key columns are read too, for PK-less tables whose key is every column.
+        let mut read: Vec<usize> = s.selected.iter().chain(s.key.iter()).copied().collect();
+        read.sort_unstable();
+        read.dedup();
+        let mut slot = vec![usize::MAX; s.table.columns.len()];
+        for (i, &c) in read.iter().enumerate() {
+            slot[c] = i;
+        }
+        RowEncoder { shape, read, slot, pending: Vec::new(), msg: Vec::with_capacity(512), rows: 0 }
+    }
+
+    fn copy_sql(&self) -> String {
+        let s = &self.shape.shape;
+        let cols: Vec<String> = self.read.iter().map(|&i| quote_ident(&s.table.columns[i].name)).collect();
+        let filter = s.filter.as_ref().map(|f| format!(" where {}", f.to_sql())).unwrap_or_default();
+        format!("copy (select {} from {}{filter}) to stdout", cols.join(", "), s.table.name.quoted())
+    }
+
+    fn write(&mut self, block: &[u8]) -> Result<(), SnapshotError> {
+        let joined;
+        let data = if self.pending.is_empty() {
+            block
         } else {
-            let text = unescape_copy(raw);
-            std::str::from_utf8(&text).map_err(|_| SnapshotError::Format("COPY value is not UTF-8".into()))?;
-            Cell::Text(text.into())
+            self.pending.extend_from_slice(block);
+            joined = std::mem::take(&mut self.pending);
+            &joined[..]
         };
+        let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let text = std::str::from_utf8(&data[..complete])
+            .map_err(|_| SnapshotError::Format("COPY output is not UTF-8".into()))?;
+        let s = &self.shape.shape;
+        let mut values = Vec::with_capacity(self.read.len());
+        for line in text.split_terminator('\n') {
+            parse_copy_line(line, self.read.len(), &mut values)?;
+            let value = |col: usize| values[self.slot[col]].as_deref();
+            self.msg.clear();
+            let fields = s.selected.iter().map(|&c| (c, value(c)));
+            self.shape.encoder.write_snapshot_insert(&mut self.msg, s.key.iter().map(|&c| value(c)), fields);
+            self.shape.log.append_snapshot_row(&self.msg)?;
+            self.rows += 1;
+        }
+        self.pending = data[complete..].to_vec();
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64, SnapshotError> {
+        if !self.pending.is_empty() {
+            return Err(SnapshotError::Format("COPY output ended mid-row".into()));
+        }
+        Ok(self.rows)
+    }
+}
+
+/// Splits one line of COPY text format into `n` values (`None` is NULL), reusing `values`.
+/// Values without escapes borrow from the line.
+fn parse_copy_line<'a>(line: &'a str, n: usize, values: &mut Vec<Option<Cow<'a, str>>>) -> Result<(), SnapshotError> {
+    values.clear();
+    for raw in line.split('\t') {
+        values.push(match raw {
+            "\\N" => None,
+            raw if raw.contains('\\') => Some(Cow::Owned(
+                String::from_utf8(unescape_copy(raw.as_bytes()))
+                    .map_err(|_| SnapshotError::Format("COPY value is not UTF-8".into()))?,
+            )),
+            raw => Some(Cow::Borrowed(raw)),
+        });
+    }
+    if values.len() != n {
+        return Err(SnapshotError::Format(format!("COPY row has {} columns, expected {n}", values.len())));
     }
     Ok(())
 }
@@ -164,8 +246,9 @@ mod tests {
     fn copy_text_escapes_are_undone() {
         assert_eq!(unescape_copy(br"a\tb\\c\nd"), b"a\tb\\c\nd");
         assert_eq!(unescape_copy(br"\101\x42"), b"AB");
-        let mut row = vec![Cell::Null; 3];
-        parse_copy_line(b"1\t\\N\tx\\ty", &[0, 1, 2], &mut row).unwrap();
-        assert_eq!(row, vec![Cell::text("1"), Cell::Null, Cell::text("x\ty")]);
+        let mut row = Vec::new();
+        parse_copy_line("1\t\\N\tx\\ty", 3, &mut row).unwrap();
+        assert_eq!(row, vec![Some(Cow::Borrowed("1")), None, Some(Cow::Owned("x\ty".to_string()))]);
+        assert!(parse_copy_line("1\t2", 3, &mut row).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Row changes and committed transactions, as decoded from the replication stream.
 
-use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::offset::Lsn;
 use crate::where_clause::{EvalError, Row};
@@ -9,20 +9,25 @@ use crate::where_clause::{EvalError, Row};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cell {
     Null,
-    /// PostgreSQL text output, validated as UTF-8 by the decoder.
-    Text(Bytes),
+    /// PostgreSQL text output; UTF-8 checked once, when the cell is made.
+    Text(ByteString),
     /// An unchanged TOAST value the stream did not repeat.
     Unchanged,
 }
 
 impl Cell {
     pub fn text(s: &str) -> Cell {
-        Cell::Text(Bytes::copy_from_slice(s.as_bytes()))
+        Cell::Text(ByteString::from(s))
+    }
+
+    /// A cell sharing `bytes`, or `None` when they are not UTF-8.
+    pub fn from_utf8(bytes: bytes::Bytes) -> Option<Cell> {
+        ByteString::try_from(bytes).ok().map(Cell::Text)
     }
 
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            Cell::Text(b) => std::str::from_utf8(b).ok(),
+            Cell::Text(s) => Some(s),
             _ => None,
         }
     }

@@ -68,9 +68,36 @@ struct Snapshot {
     /// Byte ranges of finished chunks.
     chunks: Vec<(u64, u64)>,
     complete: bool,
-    /// The chunk being written: start position and bytes so far.
+    /// The chunk being written: start position and bytes so far (written or buffered).
     open_start: u64,
     open_len: u64,
+    /// The open chunk's newest bytes, not yet written (one write per block, not per row).
+    buffered: Vec<u8>,
+}
+
+/// Snapshot bytes are written in blocks of this size.
+const SNAPSHOT_BLOCK: usize = 256 * 1024;
+
+impl Snapshot {
+    fn push(&mut self, message: &[u8]) -> io::Result<()> {
+        if self.open_len > 0 {
+            self.buffered.push(b',');
+            self.open_len += 1;
+        }
+        self.buffered.extend_from_slice(message);
+        self.open_len += message.len() as u64;
+        if self.buffered.len() >= SNAPSHOT_BLOCK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let pos = self.open_start + self.open_len - self.buffered.len() as u64;
+        snapshot_writer(self)?.write_all_at(&self.buffered, pos)?;
+        self.buffered.clear();
+        Ok(())
+    }
 }
 
 struct Live {
@@ -130,6 +157,7 @@ impl ShapeLog {
             complete: false,
             open_start: 0,
             open_len: 0,
+            buffered: Vec::new(),
         };
         open("log")?;
         let live = Live::empty();
@@ -151,7 +179,8 @@ impl ShapeLog {
         if chunks.last().is_some_and(|(_, end)| *end > snap_len) {
             return Ok(None);
         }
-        let snapshot = Snapshot { writer: None, chunks, complete: true, open_start: 0, open_len: 0 };
+        let snapshot =
+            Snapshot { writer: None, chunks, complete: true, open_start: 0, open_len: 0, buffered: Vec::new() };
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("log"))?;
         let mut live = Live::empty();
         live.recover(&file, chunk_bytes)?;
@@ -196,15 +225,9 @@ impl ShapeLog {
     /// Appends one snapshot message, closing the chunk when it is full.
     pub fn append_snapshot_row(&self, message: &[u8]) -> io::Result<()> {
         let mut s = self.snapshot.lock().unwrap();
-        let pos = s.open_start + s.open_len;
-        let mut buf = Vec::with_capacity(message.len() + 1);
-        if s.open_len > 0 {
-            buf.push(b',');
-        }
-        buf.extend_from_slice(message);
-        snapshot_writer(&s)?.write_all_at(&buf, pos)?;
-        s.open_len += buf.len() as u64;
+        s.push(message)?;
         if s.open_len >= self.chunk_bytes {
+            s.flush()?;
             self.close_snapshot_chunk(&mut s);
         }
         Ok(())
@@ -223,16 +246,10 @@ impl ShapeLog {
     /// writes the index that marks it complete.
     pub fn finish_snapshot(&self, final_message: &[u8]) -> io::Result<()> {
         let mut s = self.snapshot.lock().unwrap();
-        let pos = s.open_start + s.open_len;
-        let mut buf = Vec::with_capacity(final_message.len() + 1);
-        if s.open_len > 0 {
-            buf.push(b',');
-        }
-        buf.extend_from_slice(final_message);
+        s.push(final_message)?;
+        s.flush()?;
         let writer = s.writer.take().ok_or_else(|| io::Error::other("the snapshot is already complete"))?;
-        writer.write_all_at(&buf, pos)?;
         writer.sync_data()?;
-        s.open_len += buf.len() as u64;
         let range = (s.open_start, s.open_start + s.open_len);
         s.chunks.push(range);
         s.open_start = range.1;

@@ -6,13 +6,53 @@ use std::io::Write;
 use crate::offset::Lsn;
 use crate::table::TableSchema;
 
+/// Bytes JSON strings must escape: `"`, `\\` and control characters.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Writes `s` as a JSON string. Runs of ordinary bytes are copied as they are.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    json_escape(out, s);
+    out.push(b'"');
+}
+
+/// Writes the JSON-escaped content of `s`, without quotes.
+fn json_escape(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    while let Some(i) = bytes[run..].iter().position(|&b| NEEDS_ESCAPE[b as usize]).map(|p| run + p) {
+        out.extend_from_slice(&bytes[run..i]);
+        match bytes[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]),
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&bytes[run..]);
 }
 
 /// Escapes a key component: `/` doubles (and `.` doubles in names) so keys split unambiguously.
 fn key_part(out: &mut String, s: &str, dots: bool) {
+    if !s.bytes().any(|b| b == b'/' || (dots && b == b'.')) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '/' => out.push_str("//"),
@@ -54,6 +94,8 @@ pub struct LiveHeaders<'a> {
 #[derive(Clone, Debug)]
 pub struct MessageEncoder {
     key_prefix: String,
+    /// `{"key":"` and the key prefix, JSON-escaped: the start of every snapshot message.
+    snapshot_start: Vec<u8>,
     relation: Vec<u8>,
     /// `"name":` per table column, JSON-escaped.
     column_labels: Vec<Vec<u8>>,
@@ -81,23 +123,32 @@ impl MessageEncoder {
                 v
             })
             .collect();
-        MessageEncoder { key_prefix, relation, column_labels }
+        let mut snapshot_start = b"{\"key\":\"".to_vec();
+        json_escape(&mut snapshot_start, &key_prefix);
+        MessageEncoder { key_prefix, snapshot_start, relation, column_labels }
     }
 
     /// The row key: `"schema"."table"/"pk1"/"pk2"`, NULL parts as `_`.
     pub fn key<'a>(&self, values: impl IntoIterator<Item = Option<&'a str>>) -> String {
-        let mut key = self.key_prefix.clone();
+        let mut key = String::new();
+        self.key_into(&mut key, values);
+        key
+    }
+
+    /// [`MessageEncoder::key`] into a reused buffer.
+    pub fn key_into<'a>(&self, key: &mut String, values: impl IntoIterator<Item = Option<&'a str>>) {
+        key.clear();
+        key.push_str(&self.key_prefix);
         for v in values {
             match v {
                 None => key.push_str("/_"),
                 Some(v) => {
                     key.push_str("/\"");
-                    key_part(&mut key, v, false);
+                    key_part(key, v, false);
                     key.push('"');
                 }
             }
         }
-        key
     }
 
     /// Writes one change message. `value` and `old_value` list (column index, text) pairs.
@@ -112,6 +163,43 @@ impl MessageEncoder {
     ) {
         out.extend_from_slice(b"{\"key\":");
         json_str(out, key);
+        self.write_rest(out, op, value, old_value, live);
+    }
+
+    /// A snapshot row's insert message, with its key written straight from the key values.
+    pub fn write_snapshot_insert<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        key_values: impl IntoIterator<Item = Option<&'a str>>,
+        value: impl IntoIterator<Item = (usize, Option<&'a str>)>,
+    ) {
+        out.extend_from_slice(&self.snapshot_start);
+        let mut part = String::new();
+        for v in key_values {
+            match v {
+                None => out.extend_from_slice(b"/_"),
+                Some(v) => {
+                    out.extend_from_slice(b"/\\\"");
+                    part.clear();
+                    key_part(&mut part, v, false);
+                    json_escape(out, &part);
+                    out.extend_from_slice(b"\\\"");
+                }
+            }
+        }
+        out.push(b'"');
+        self.write_rest(out, Operation::Insert, value, None, None);
+    }
+
+    /// Everything after the key: value, old value, headers.
+    fn write_rest<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        op: Operation,
+        value: impl IntoIterator<Item = (usize, Option<&'a str>)>,
+        old_value: Option<&[(usize, Option<&'a str>)]>,
+        live: Option<LiveHeaders<'_>>,
+    ) {
         out.extend_from_slice(b",\"value\":");
         self.write_object(out, value);
         if let Some(old) = old_value {
@@ -302,6 +390,40 @@ mod tests {
             ],
             replica_identity_full: false,
         }
+    }
+
+    #[test]
+    fn strings_are_escaped_only_when_needed() {
+        for s in ["plain", "quote \"", "back\\slash", "new\nline", "tab\t", "ünï", "\u{1}"] {
+            let mut out = Vec::new();
+            json_str(&mut out, s);
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_round_trips_through_json(s in "\\PC*|[\\x00-\\x1f\"\\\\]*") {
+            let mut out = Vec::new();
+            json_str(&mut out, &s);
+            proptest::prop_assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn snapshot_inserts_match_general_messages() {
+        let e = MessageEncoder::new(&table());
+        for id in ["1", "a/b", "q\"uote", "back\\slash"] {
+            let mut general = Vec::new();
+            e.write_change(&mut general, Operation::Insert, &e.key([Some(id)]), [(0, Some(id)), (1, None)], None, None);
+            let mut fast = Vec::new();
+            e.write_snapshot_insert(&mut fast, [Some(id)], [(0, Some(id)), (1, None)]);
+            assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(general).unwrap());
+        }
+        let mut null_key = Vec::new();
+        e.write_snapshot_insert(&mut null_key, [None], [(0, None)]);
+        let v: serde_json::Value = serde_json::from_slice(&null_key).unwrap();
+        assert_eq!(v["key"], e.key([None]));
     }
 
     #[test]

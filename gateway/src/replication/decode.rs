@@ -72,9 +72,7 @@ impl Reader {
                 b'u' => Cell::Unchanged,
                 b't' => {
                     let len = self.u32()? as usize;
-                    let b = self.bytes(len)?;
-                    std::str::from_utf8(&b).map_err(|_| DecodeError::NotUtf8)?;
-                    Cell::Text(b)
+                    Cell::from_utf8(self.bytes(len)?).ok_or(DecodeError::NotUtf8)?
                 }
                 b'b' => return Err(DecodeError::Binary),
                 other => {
