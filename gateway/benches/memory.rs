@@ -52,17 +52,32 @@ async fn main() {
         per_shape
     );
 
-    for (mode, sse) in [("long-poll", false), ("SSE", true)] {
+    // HTTP/1.1: one connection per subscriber. HTTP/2: subscribers share connections as
+    // browsers and proxies multiplex them (100 streams per connection, under hyper's 200).
+    // Each mode runs in a freshly started gateway so freed memory of one does not hide the next.
+    let h2: Vec<reqwest::Client> = (0..subscribers.div_ceil(100))
+        .map(|_| reqwest::Client::builder().http2_prior_knowledge().build().unwrap())
+        .collect();
+    for (mode, sse, multiplexed) in
+        [("long-poll (HTTP/1.1)", false, false), ("long-poll (HTTP/2)", false, true), ("SSE (HTTP/1.1)", true, false)]
+    {
+        gw.terminate();
+        gw.spawn_again();
+        gw.ready().await;
+        let pid = gw.pid().unwrap();
+        let base = gw.base();
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let before = rss_kib(pid);
         let mut held = Vec::new();
-        for (scope, h) in handles.iter().cycle().take(subscribers as usize) {
+        for (i, (scope, h)) in handles.iter().cycle().take(subscribers as usize).enumerate() {
             let sse_param = if sse { "&live_sse=true" } else { "" };
             let url = format!(
                 "{base}/v1/shape?table=t&where=scope%3D{scope}&offset=0_inf&handle={h}&live=true&cursor={sse_param}"
             );
-            let c = reqwest::Client::new();
+            let c = if multiplexed { h2[i % h2.len()].clone() } else { reqwest::Client::new() };
             held.push(tokio::spawn(async move {
                 let r = c.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
                 // Hold the response open (SSE) or wait for the long-poll to end.
                 let mut s = r.bytes_stream();
                 while s.next().await.is_some() {}
@@ -77,7 +92,6 @@ async fn main() {
         for h in held {
             h.abort();
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     gw.terminate();
 }

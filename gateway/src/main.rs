@@ -21,8 +21,19 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Blocking file reads and batch writes run on at most this many threads, so a crowd of
+/// clients catching up queues instead of spawning a thread (and its stack) each.
+const MAX_BLOCKING_THREADS: usize = 32;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     // Logs go to stderr; stdout is for what commands print for people (the demo's lines).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -33,12 +33,14 @@ pub async fn get_shape(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let req = request::parse(raw.as_deref())?;
-    let shape = resolve(&state, &req).await?;
+    // Boxed: shape creation's future is large and would otherwise be inlined into every
+    // waiting long-poll's state.
+    let shape = Box::pin(resolve(&state, &req)).await?;
     if req.handle.as_ref().is_some_and(|h| *h != shape.handle) {
         return Ok(must_refetch(Some(&shape)));
     }
     match req.offset {
-        RequestOffset::Start => serve_snapshot_chunk(&state, &req, &headers, shape, 0).await,
+        RequestOffset::Start => Box::pin(serve_snapshot_chunk(&state, &req, &headers, shape, 0)).await,
         RequestOffset::Now => {
             wait_for(&shape, |v| v.snapshot_complete).await?;
             let head = shape.log.version().head;
@@ -54,7 +56,7 @@ pub async fn get_shape(
             ))
         }
         RequestOffset::At(o) => match o.as_snapshot_chunk() {
-            Some(n) => serve_snapshot_chunk(&state, &req, &headers, shape, n + 1).await,
+            Some(n) => Box::pin(serve_snapshot_chunk(&state, &req, &headers, shape, n + 1)).await,
             None => serve_live(&state, &req, &headers, shape, o).await,
         },
     }
@@ -176,7 +178,12 @@ async fn serve_snapshot_chunk(
     ))
 }
 
+/// Reads the log after `after` on the blocking pool; a client at the head reads nothing,
+/// so idle live clients never occupy a thread.
 pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<LiveRead, ApiError> {
+    if shape.log.version().head <= after {
+        return Ok(LiveRead { at_end: true, ..LiveRead::default() });
+    }
     let s = shape.clone();
     tokio::task::spawn_blocking(move || s.log.read_live(after))
         .await
@@ -338,7 +345,7 @@ fn respond(
 /// 409 naming the shape that now serves the request's definition (created if needed), so
 /// the client refetches straight into it.
 async fn replacement(state: &AppState, req: &ShapeRequest) -> Result<Response, ApiError> {
-    let current = resolve(state, req).await?;
+    let current = Box::pin(resolve(state, req)).await?;
     Ok(must_refetch(Some(&current)))
 }
 
@@ -389,5 +396,35 @@ mod tests {
         assert_eq!(next_cursor(59, 20, epoch + 45), 60);
         let bumped = next_cursor(60, 20, epoch + 45);
         assert!(bumped > 60 && bumped <= 3660);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_long_poll_holds_little_state() {
+        let dir = std::env::temp_dir().join(format!("gateway-size-{}", std::process::id()));
+        let registry = Arc::new(crate::fanout::registry::Registry::open(&dir, 1 << 20, Default::default()).unwrap());
+        let settings = super::super::HttpSettings {
+            db: crate::db::parse_url("postgres://u@localhost/db").unwrap(),
+            publication: "p".into(),
+            long_poll_timeout: std::time::Duration::from_secs(20),
+            sse_timeout: std::time::Duration::from_secs(60),
+            sse_keepalive: std::time::Duration::from_secs(21),
+        };
+        let state = AppState::new(
+            settings,
+            registry,
+            Arc::new(crate::fanout::ack::AckState::new(Lsn(0))),
+            Arc::new(crate::status::Status::default()),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let fut = get_shape(State(state), HeaderMap::new(), RawQuery(None));
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("get_shape future: {size} bytes");
+        std::fs::remove_dir_all(dir).unwrap();
+        assert!(size < 4096, "the handler future is {size} bytes");
     }
 }

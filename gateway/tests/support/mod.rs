@@ -91,12 +91,7 @@ impl Gateway {
             .args(["serve", "--auth", "none", "--database-url", &self.url])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--data-dir", &self.data_dir.to_string_lossy()])
-            .args(["--long-poll-timeout-ms", "1500", "--sse-timeout-s", "5"])
-            .args(if self.extra.iter().any(|a| a == "--chunk-bytes") {
-                &[][..]
-            } else {
-                &["--chunk-bytes", "4096"][..]
-            })
+            .args(self.default_args())
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
