@@ -3,16 +3,13 @@
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::support::{Env, Follower, get};
-
-const ITEMS: &str = "create table items (id int8 primary key, org text not null, title text, n int4);";
+use crate::support::{Env, Follower, ITEMS, get};
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_that_name_the_fix() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let cases = [
         ("table=items", 400, "offset"),
         ("offset=-1", 400, "table"),
@@ -47,8 +44,7 @@ async fn bad_requests_get_json_errors_that_name_the_fix() {
 async fn protocol_headers_etags_and_409s() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let r = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
     assert_eq!(r.status, 200);
     let handle = r.headers["electric-handle"].to_str().unwrap().to_string();
@@ -101,8 +97,7 @@ async fn protocol_headers_etags_and_409s() {
 async fn sse_streams_each_message_and_up_to_date() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     let url = format!(
@@ -143,8 +138,7 @@ async fn sse_streams_each_message_and_up_to_date() {
 #[tokio::test]
 async fn every_documented_route_answers() {
     let env = Env::new().await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let spec = get(&format!("{}/v1/openapi.json", gw.base())).await.body;
     for (path, ops) in spec["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
@@ -194,8 +188,7 @@ async fn demo_starts_serves_the_demo_schema_and_cleans_up_on_ctrl_c() {
 #[tokio::test]
 async fn preflight_allows_the_headers_browsers_send() {
     let env = Env::new().await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let r = reqwest::Client::new()
         .request(reqwest::Method::OPTIONS, format!("{}/v1/shape", gw.base()))
         .header("origin", "https://app.example")

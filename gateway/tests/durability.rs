@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gateway::devdb::StopMode;
 
-use crate::support::{DEADLINE, Env, Follower, oracle};
-
-const ITEMS: &str = "create table items (id int8 primary key, org text not null, title text, n int4);";
+use crate::support::{DEADLINE, Env, Follower, ITEMS, oracle};
 
 /// Inserts and updates continuously until stopped; returns how many transactions ran.
 fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
@@ -34,8 +32,7 @@ async fn kill_9_mid_stream_then_restart_resumes_every_client_exactly_once() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
     env.sql("insert into items select i, 'o' || (i % 2), 't', 0 from generate_series(1, 50) i").await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let mut gw = env.ready_gateway().await;
     let mut all = Follower::new(&gw, "table=items");
     let mut odd = Follower::new(&gw, "table=items&where=org%3D%27o1%27");
     all.sync().await;
@@ -55,11 +52,7 @@ async fn kill_9_mid_stream_then_restart_resumes_every_client_exactly_once() {
     assert!(writes > 0);
     for (f, filter) in [(&mut all, "true"), (&mut odd, "org = 'o1'")] {
         let expected = oracle(&env.db, "items", filter, "n").await;
-        let started = std::time::Instant::now();
-        while f.column("id", "n") != expected {
-            assert!(started.elapsed() < DEADLINE, "client never converged after restarts: {}", gw.log());
-            f.step(true).await;
-        }
+        f.converge_to("n", &expected).await;
         assert_eq!(f.refetches, 0, "the same handle serves across restarts");
         assert_eq!(f.duplicates, 0, "nothing delivered twice");
     }
@@ -69,8 +62,7 @@ async fn kill_9_mid_stream_then_restart_resumes_every_client_exactly_once() {
 async fn postgres_restarts_are_survived_by_reconnecting() {
     let mut env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     for (round, mode) in [StopMode::Fast, StopMode::Immediate].into_iter().enumerate() {
@@ -87,8 +79,7 @@ async fn postgres_restarts_are_survived_by_reconnecting() {
 async fn sigterm_stops_cleanly_and_acknowledges_what_is_stored() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let mut gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     env.sql("insert into items values (1, 'o', 't', 0)").await;
@@ -113,8 +104,7 @@ async fn a_recreated_slot_makes_clients_refetch_instead_of_missing_changes() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
     env.sql("insert into items values (1, 'o', 't', 0)").await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let mut gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     gw.terminate();
@@ -132,8 +122,7 @@ async fn a_recreated_slot_makes_clients_refetch_instead_of_missing_changes() {
 async fn a_dropped_publication_stops_the_gateway_with_the_fix() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let mut gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     env.sql("drop publication gateway; insert into items values (1, 'o', 't', 0)").await;

@@ -2,17 +2,14 @@
 
 use serde_json::Value;
 
-use crate::support::{Env, Follower, get, oracle};
-
-const ITEMS: &str = "create table items (id int8 primary key, org text not null, title text, n int4);";
+use crate::support::{Env, Follower, ITEMS, get, oracle};
 
 #[tokio::test]
 async fn rows_follow_the_filter_through_inserts_updates_moves_and_deletes() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
     env.sql("insert into items select i, 'o' || (i % 3), 't' || i, i from generate_series(1, 30) i").await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items&where=org%20%3D%20%27o1%27");
     f.sync().await;
     assert_eq!(f.column("id", "title"), oracle(&env.db, "items", "org = 'o1'", "title").await);
@@ -23,12 +20,7 @@ async fn rows_follow_the_filter_through_inserts_updates_moves_and_deletes() {
     env.sql("update items set org = 'o0' where id = 4").await; // moves out
     env.sql("delete from items where id = 7").await;
     let expected = oracle(&env.db, "items", "org = 'o1'", "title").await;
-    f.live_until(|_| true).await;
-    let started = std::time::Instant::now();
-    while f.column("id", "title") != expected {
-        assert!(started.elapsed() < crate::support::DEADLINE, "{:?} != {expected:?}", f.column("id", "title"));
-        f.step(true).await;
-    }
+    f.converge_to("title", &expected).await;
     assert_eq!(f.rows[r#""public"."items"/"2""#]["n"], "2", "a row moving in arrives whole");
     assert_eq!(f.duplicates, 0);
 }
@@ -47,8 +39,7 @@ async fn every_type_class_arrives_as_postgres_text_in_snapshot_and_live() {
         'quote\" back\\ slash', 'v', 'ab', '{\"a\": 1}', '{\"b\": [1, 2]}', '\\x0001ff', '2024-02-29', '13:14:15.5',
         '2024-01-02 03:04:05.123', '2024-01-02 03:04:05+02', '1 day 2 hours', '{1,2,NULL}', '{\"a b\",c}', 'happy')";
     env.sql(&format!("insert into t values {values}")).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=t");
     f.sync().await;
     let schema = f.schema.clone().unwrap();
@@ -87,8 +78,7 @@ async fn every_type_class_arrives_as_postgres_text_in_snapshot_and_live() {
 async fn a_transaction_arrives_whole_with_last_on_its_final_change() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     env.sql("begin; insert into items select i, 'o', 't', i from generate_series(1, 50) i; update items set n = 0 where id = 3; delete from items where id = 4; commit;").await;
@@ -134,8 +124,7 @@ async fn unchanged_toast_values_are_filled_from_the_old_row() {
     env.sql("create table docs (id int4 primary key, org text, body text)").await;
     // Random text does not compress, so it is stored out of line (TOAST).
     env.sql("insert into docs select 1, 'a', string_agg(md5(random()::text), '') from generate_series(1, 400)").await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=docs&where=org%3D%27b%27");
     f.sync().await;
     assert!(f.rows.is_empty());
@@ -185,11 +174,7 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
     writer.await.unwrap();
     let expected = oracle(&env.db, "items", "true", "n").await;
     for f in &mut followers {
-        let started = std::time::Instant::now();
-        while f.column("id", "n") != expected {
-            assert!(started.elapsed() < crate::support::DEADLINE, "follower never converged");
-            f.step(true).await;
-        }
+        f.converge_to("n", &expected).await;
         assert_eq!(f.duplicates, 0);
     }
 }
@@ -198,8 +183,7 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
 async fn equality_shapes_each_receive_exactly_their_rows() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut followers: Vec<Follower> =
         (0..40).map(|i| Follower::new(&gw, &format!("table=items&where=org%3D%27o{i}%27"))).collect();
     for f in &mut followers {
@@ -218,8 +202,7 @@ async fn truncate_and_column_changes_rotate_shapes() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
     env.sql("insert into items values (1, 'o', 't', 1)").await;
-    let mut gw = env.gateway();
-    gw.ready().await;
+    let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
     let first = f.handle.clone().unwrap();

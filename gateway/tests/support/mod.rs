@@ -14,6 +14,9 @@ use serde_json::{Map, Value};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The table most tests use.
+pub const ITEMS: &str = "create table items (id int8 primary key, org text not null, title text, n int4);";
+
 /// One test's database and its gateway data dir.
 pub struct Env {
     pub pg: DevPostgres,
@@ -45,6 +48,13 @@ impl Env {
 
     pub fn gateway(&self) -> Gateway {
         Gateway::start(&self.url, &self.data_dir, &[])
+    }
+
+    /// A gateway with test defaults, once it is ready.
+    pub async fn ready_gateway(&self) -> Gateway {
+        let mut gw = self.gateway();
+        gw.ready().await;
+        gw
     }
 
     pub fn gateway_with(&self, args: &[&str]) -> Gateway {
@@ -335,11 +345,18 @@ impl Follower {
 
     /// The rows as (id → value of `col`), for comparisons.
     pub fn column(&self, id: &str, col: &str) -> BTreeMap<String, Value> {
-        self.rows
-            .values()
-            .map(|r| (r[id].as_str().unwrap().to_string(), r.get(col).cloned().unwrap_or(Value::Null)))
-            .collect()
+        column_of(&self.rows, id, col)
     }
+
+    /// Long-polls until the shape's `col` by `id` equals `expected` (usually from [`oracle`]).
+    pub async fn converge_to(&mut self, col: &str, expected: &BTreeMap<String, Value>) {
+        self.live_until(|rows| column_of(rows, "id", col) == *expected).await;
+    }
+}
+
+/// The rows as (id → value of `col`).
+pub fn column_of(rows: &BTreeMap<String, Map<String, Value>>, id: &str, col: &str) -> BTreeMap<String, Value> {
+    rows.values().map(|r| (r[id].as_str().unwrap().to_string(), r.get(col).cloned().unwrap_or(Value::Null))).collect()
 }
 
 /// `select id, col from table where filter` as the same map, from PostgreSQL itself.
