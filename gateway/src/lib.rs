@@ -51,6 +51,8 @@ pub enum StartError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("shape storage failed: {0}")]
     Storage(std::io::Error),
+    #[error("internal task failed: {0}")]
+    Crashed(String),
 }
 
 /// Runs `gateway serve` until `shutdown` is cancelled or a fatal error.
@@ -123,15 +125,23 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         r = &mut replication => {
             replication_done = true;
             match r {
-                Ok(Err(e)) => Err(e.into()),
-                _ => Ok(()),
+                Ok(result) => result.map_err(StartError::from),
+                Err(panic) => Err(StartError::Crashed(format!("replication: {panic}"))),
             }
         }
         r = &mut fanout => {
             fanout_done = true;
             match r {
-                Ok(Err(e)) => Err(StartError::Storage(e)),
-                _ => Ok(()),
+                // Not shutting down: the stream ended and closed the channel; its result decides.
+                Ok(Ok(())) if !cancel.is_cancelled() => {
+                    replication_done = true;
+                    match (&mut replication).await {
+                        Ok(result) => result.map_err(StartError::from),
+                        Err(panic) => Err(StartError::Crashed(format!("replication: {panic}"))),
+                    }
+                }
+                Ok(result) => result.map_err(StartError::Storage),
+                Err(panic) => Err(StartError::Crashed(format!("fan-out: {panic}"))),
             }
         }
         _ = &mut server => {

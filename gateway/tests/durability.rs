@@ -134,6 +134,6 @@ async fn a_dropped_publication_stops_the_gateway_with_the_fix() {
         assert!(started.elapsed() < DEADLINE, "the gateway kept running without its publication");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    assert_ne!(code, 0);
+    assert_ne!(code, 0, "a fatal error exits non-zero; log: {}", gw.log());
     assert!(gw.log().contains("CREATE PUBLICATION"), "the log names the fix: {}", gw.log());
 }

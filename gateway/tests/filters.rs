@@ -19,7 +19,7 @@ fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
 fn atom(rng: &mut StdRng) -> String {
     let op = pick(rng, &["=", "<>", "<", "<=", ">", ">="]);
     let int = rng.random_range(-5..15);
-    match rng.random_range(0..17) {
+    match rng.random_range(0..18) {
         0 => format!("i {op} {int}"),
         1 => format!("f {op} {}", rng.random_range(-50..150) as f64 / 10.0),
         2 => format!("n {op} {}.{}", rng.random_range(-5..15), rng.random_range(0..100)),
@@ -40,6 +40,7 @@ fn atom(rng: &mut StdRng) -> String {
         13 => format!("lower(t) {op} '{}'", pick(rng, &["a", "b", "ab"])),
         14 => format!("coalesce(i, {int}) {op} 3"),
         15 => format!("i % 3 = {}", rng.random_range(0..3)),
+        16 => format!("a {} ARRAY[{int}, {}]", pick(rng, &["@>", "<@", "&&"]), int + 1),
         _ => format!("i IS DISTINCT FROM {}", pick(rng, &["NULL", "3"])),
     }
 }

@@ -43,17 +43,7 @@ pub async fn get_shape(
         RequestOffset::Start => Box::pin(serve_snapshot_chunk(&state, &req, &headers, shape, 0)).await,
         RequestOffset::Now => {
             wait_for(&shape, |v| v.snapshot_complete).await?;
-            let head = shape.log.version().head;
-            let lsn = state.ack.seen().max(Lsn(head.tx()));
-            let body = format!("[{}]", String::from_utf8_lossy(&up_to_date(lsn)));
-            Ok(respond(
-                &state,
-                &req,
-                &headers,
-                &shape,
-                Served { offset: head, up_to_date: true, has_data: false },
-                body.into(),
-            ))
+            Ok(nothing_new(&state, &req, &headers, &shape, shape.log.version().head))
         }
         RequestOffset::At(o) => match o.as_snapshot_chunk() {
             Some(n) => Box::pin(serve_snapshot_chunk(&state, &req, &headers, shape, n + 1)).await,
@@ -246,9 +236,7 @@ async fn serve_live(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                let lsn = state.ack.seen().max(Lsn(shape.log.version().head.tx()));
-                let body = format!("[{}]", String::from_utf8_lossy(&up_to_date(lsn)));
-                return Ok(respond(state, req, headers, &shape, Served { offset: after, up_to_date: true, has_data: false }, body.into()));
+                return Ok(nothing_new(state, req, headers, &shape, after));
             }
             _ = state.cancel.cancelled() => {
                 return Err(ApiError::Unavailable { message: "the gateway is shutting down".into(), retry_after: 1 });
@@ -340,6 +328,21 @@ fn respond(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     resp
+}
+
+/// A response of just `up-to-date`: nothing new after `offset`.
+fn nothing_new(
+    state: &AppState,
+    req: &ShapeRequest,
+    headers: &HeaderMap,
+    shape: &LiveShape,
+    offset: LogOffset,
+) -> Response {
+    let lsn = state.ack.seen().max(Lsn(shape.log.version().head.tx()));
+    let mut body = b"[".to_vec();
+    body.extend_from_slice(&up_to_date(lsn));
+    body.push(b']');
+    respond(state, req, headers, shape, Served { offset, up_to_date: true, has_data: false }, body.into())
 }
 
 /// 409 naming the shape that now serves the request's definition (created if needed), so

@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use super::{ArithOp, CmpOp, Expr, Func};
+use super::{ArithOp, ArrayOp, CmpOp, Expr, Func};
 use crate::value::{Datum, SqlType};
 
 /// Read access to a row's column values as PostgreSQL text output.
@@ -117,6 +117,10 @@ impl Expr {
             },
             Expr::Func { func, args, .. } => function(*func, args, row)?,
             Expr::Cast { expr, ty } => expr.eval(row)?.cast(ty).map_err(|e| EvalError::Value(e.to_string()))?,
+            Expr::ArraySet { op, left, right } => match (left.eval(row)?, right.eval(row)?) {
+                (Datum::Array(a), Datum::Array(b)) => Datum::Bool(array_set(*op, &a, &b)),
+                _ => Datum::Null,
+            },
             Expr::Quantified { op, left, array, all } => {
                 let l = left.eval(row)?;
                 match array.eval(row)? {
@@ -143,6 +147,17 @@ impl Expr {
                 }
             }
         })
+    }
+}
+
+/// PostgreSQL's array containment and overlap: elements compare with `=`, so NULL elements
+/// never match, and duplicates and dimensions do not matter.
+fn array_set(op: ArrayOp, a: &[Datum], b: &[Datum]) -> bool {
+    let has = |xs: &[Datum], x: &Datum| xs.iter().any(|y| x.compare(y) == Some(Ordering::Equal));
+    match op {
+        ArrayOp::Contains => b.iter().all(|x| has(a, x)),
+        ArrayOp::ContainedBy => a.iter().all(|x| has(b, x)),
+        ArrayOp::Overlaps => a.iter().any(|x| has(b, x)),
     }
 }
 
@@ -348,6 +363,10 @@ mod tests {
         assert_eq!(check("'z' = ANY(tags)", row()), Datum::Null);
         assert_eq!(check("'z' <> ALL(ARRAY['x','y'])", row()), Datum::Bool(true));
         assert_eq!(check("mood::text = 'ok'", row()), Datum::Bool(true));
+        assert_eq!(check("tags @> ARRAY['a']", row()), Datum::Bool(true));
+        assert_eq!(check("tags @> '{a,z}'", row()), Datum::Bool(false));
+        assert_eq!(check("tags <@ '{a,b c,d}'", row()), Datum::Bool(false), "the NULL element is in no array");
+        assert_eq!(check("tags && ARRAY['z','b c']", row()), Datum::Bool(true));
         assert_eq!(check("id % 4 = 3 AND id * 2 = 14 AND id / 2 = 3", row()), Datum::Bool(true));
     }
 

@@ -80,6 +80,27 @@ impl ArithOp {
     }
 }
 
+/// Array set operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArrayOp {
+    /// `@>`: the left array holds every element of the right one.
+    Contains,
+    /// `<@`: every element of the left array is in the right one.
+    ContainedBy,
+    /// `&&`: the arrays share an element.
+    Overlaps,
+}
+
+impl ArrayOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            ArrayOp::Contains => "@>",
+            ArrayOp::ContainedBy => "<@",
+            ArrayOp::Overlaps => "&&",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Func {
     Lower,
@@ -180,6 +201,12 @@ pub enum Expr {
         array: Box<Expr>,
         all: bool,
     },
+    /// `left @> right`, `left <@ right`, `left && right` on arrays.
+    ArraySet {
+        op: ArrayOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+    },
 }
 
 impl Expr {
@@ -234,6 +261,10 @@ impl Expr {
             Expr::Quantified { left, array, .. } => {
                 left.visit(f);
                 array.visit(f);
+            }
+            Expr::ArraySet { left, right, .. } => {
+                left.visit(f);
+                right.visit(f);
             }
         }
     }

@@ -10,7 +10,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use super::{ArithOp, CmpOp, Expr, Func, MAX_DEPTH, MAX_WHERE_LEN, WhereError};
+use super::{ArithOp, ArrayOp, CmpOp, Expr, Func, MAX_DEPTH, MAX_WHERE_LEN, WhereError};
 use crate::table::TableSchema;
 use crate::value::{Datum, SqlType};
 
@@ -242,6 +242,18 @@ impl Binder<'_> {
                     _ => cast(e, SqlType::Text),
                 };
                 Expr::Concat { left: Box::new(text(l)?), right: Box::new(text(r)?) }
+            }
+            BinaryOperator::AtArrow | BinaryOperator::ArrowAt | BinaryOperator::PGOverlap => {
+                let op = match op {
+                    BinaryOperator::AtArrow => ArrayOp::Contains,
+                    BinaryOperator::ArrowAt => ArrayOp::ContainedBy,
+                    _ => ArrayOp::Overlaps,
+                };
+                let (left, right, ty) = self.unify(l, r, op.sql())?;
+                if !matches!(ty, SqlType::Array(_)) {
+                    return Err(WhereError::Type(format!("operator does not exist: {ty} {} {ty}", op.sql())));
+                }
+                Expr::ArraySet { op, left: Box::new(left), right: Box::new(right) }
             }
             BinaryOperator::PGLikeMatch | BinaryOperator::PGNotLikeMatch => {
                 self.like(l, r, false, matches!(op, BinaryOperator::PGNotLikeMatch))?
@@ -633,6 +645,7 @@ pub(crate) mod tests {
             "lower(title) = 'x' AND coalesce(title, 'y') = 'y'",
             "id % 2 = 0 AND -id < 0 AND id + 1 > 1",
             "id IS DISTINCT FROM 5",
+            "tags @> ARRAY['a'] AND tags <@ '{a,b,c}' AND tags && ARRAY['x', 'a']",
         ] {
             bind(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }

@@ -92,6 +92,16 @@ impl Expr {
                 expr.write_sql(out);
                 let _ = write!(out, " AS {})", ty.sql_name());
             }
+            Expr::ArraySet { op, left, right } => {
+                // Array operators need both sides of one array type, and the binder does not
+                // know a column's integer width: constants stay untyped literals PostgreSQL
+                // types from the column.
+                out.push('(');
+                write_array_operand(out, left);
+                let _ = write!(out, " {} ", op.sql());
+                write_array_operand(out, right);
+                out.push(')');
+            }
             Expr::Quantified { op, left, array, all } => {
                 out.push('(');
                 left.write_sql(out);
@@ -109,6 +119,15 @@ fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr) {
     let _ = write!(out, " {op} ");
     right.write_sql(out);
     out.push(')');
+}
+
+fn write_array_operand(out: &mut String, e: &Expr) {
+    match e {
+        Expr::Const { value, .. } if *value != Datum::Null => {
+            let _ = write!(out, "'{}'", value.to_sql_text().replace('\'', "''"));
+        }
+        other => other.write_sql(out),
+    }
 }
 
 /// `'text'::type`, with quotes doubled; NULL keeps its type so overloads resolve.
