@@ -20,7 +20,14 @@ fn atom(rng: &mut StdRng) -> String {
     let op = pick(rng, &["=", "<>", "<", "<=", ">", ">="]);
     let int = rng.random_range(-5..15);
     match rng.random_range(0..18) {
-        0 => format!("i {op} {int}"),
+        // Without spaces, `i>-3` must lex as PostgreSQL lexes it.
+        0 => {
+            if rng.random_bool(0.5) {
+                format!("i {op} {int}")
+            } else {
+                format!("i{op}{int}")
+            }
+        }
         1 => format!("f {op} {}", rng.random_range(-50..150) as f64 / 10.0),
         2 => format!("n {op} {}.{}", rng.random_range(-5..15), rng.random_range(0..100)),
         3 => format!("t {op} '{}'", pick(rng, &["a", "ab", "b", "B", "ba", "", "zz"])),

@@ -363,6 +363,7 @@ mod tests {
         assert_eq!(check("'z' = ANY(tags)", row()), Datum::Null);
         assert_eq!(check("'z' <> ALL(ARRAY['x','y'])", row()), Datum::Bool(true));
         assert_eq!(check("mood::text = 'ok'", row()), Datum::Bool(true));
+        assert_eq!(check("id>-8 AND NOT id<-1", row()), Datum::Bool(true), "`>-` reads as `> -`, like PostgreSQL");
         assert_eq!(check("tags @> ARRAY['a']", row()), Datum::Bool(true));
         assert_eq!(check("tags @> '{a,z}'", row()), Datum::Bool(false));
         assert_eq!(check("tags <@ '{a,b c,d}'", row()), Datum::Bool(false), "the NULL element is in no array");

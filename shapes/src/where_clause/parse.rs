@@ -206,6 +206,22 @@ impl Binder<'_> {
     }
 
     fn binary(&self, l: Expr, op: &BinaryOperator, r: Expr) -> Result<Expr, WhereError> {
+        // sqlparser lexes `a>-1` as one operator `>-`; PostgreSQL's lexer never ends an
+        // operator like that in `-`/`+` and reads `a > -1`. Split it the same way.
+        if let BinaryOperator::Custom(text) = op
+            && let Some((base, sign)) = split_trailing_sign(text)
+        {
+            let r = if sign == '-' {
+                let r = if r.ty() == SqlType::Unknown { coerce(r, &SqlType::Numeric)? } else { r };
+                if !r.ty().is_numeric() {
+                    return Err(WhereError::Type(format!("operator does not exist: - {}", r.ty())));
+                }
+                fold_negate(r)?
+            } else {
+                r
+            };
+            return self.binary(l, &base, r);
+        }
         let cmp = match op {
             BinaryOperator::Eq => Some(CmpOp::Eq),
             BinaryOperator::NotEq => Some(CmpOp::NotEq),
@@ -435,6 +451,21 @@ impl Binder<'_> {
     }
 }
 
+/// `>-` → (`>`, '-'): a comparison operator glued to a sign, as PostgreSQL's lexer splits it.
+fn split_trailing_sign(text: &str) -> Option<(BinaryOperator, char)> {
+    let sign = text.chars().last().filter(|c| *c == '-' || *c == '+')?;
+    let op = match &text[..text.len() - 1] {
+        "=" => BinaryOperator::Eq,
+        "<>" | "!=" => BinaryOperator::NotEq,
+        "<" => BinaryOperator::Lt,
+        "<=" => BinaryOperator::LtEq,
+        ">" => BinaryOperator::Gt,
+        ">=" => BinaryOperator::GtEq,
+        _ => return None,
+    };
+    Some((op, sign))
+}
+
 /// Types a filter cannot compare.
 fn comparable(ty: &SqlType, op: &str) -> Result<(), WhereError> {
     match ty {
@@ -646,6 +677,7 @@ pub(crate) mod tests {
             "id % 2 = 0 AND -id < 0 AND id + 1 > 1",
             "id IS DISTINCT FROM 5",
             "tags @> ARRAY['a'] AND tags <@ '{a,b,c}' AND tags && ARRAY['x', 'a']",
+            "id>-1 AND id<-1 OR id=+2",
         ] {
             bind(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
