@@ -110,7 +110,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         sse_timeout: cfg.sse_timeout(),
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
     };
-    let state = AppState::new(settings, registry, ack.clone(), status, cancel.clone());
+    let state = AppState::new(settings, registry.clone(), ack.clone(), status, cancel.clone());
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
@@ -153,6 +153,10 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     // The fan-out finishes its batch first, so the stream can report the final position.
     if !fanout_done {
         let _ = fanout.await;
+    }
+    if outcome.is_ok() {
+        let registry = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || registry.checkpoint_all()).await;
     }
     stream_cancel.cancel();
     if !replication_done {

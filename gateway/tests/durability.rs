@@ -76,27 +76,36 @@ async fn postgres_restarts_are_survived_by_reconnecting() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_cleanly_and_acknowledges_what_is_stored() {
+async fn sigterm_stops_cleanly_acknowledges_what_is_stored_and_restarts_from_a_checkpoint() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
     let mut gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
+    let before_insert: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let before_insert: shapes::offset::Lsn = before_insert.parse().unwrap();
     env.sql("insert into items values (1, 'o', 't', 0)").await;
     f.live_until(|rows| rows.len() == 1).await;
-    let lsn: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    let code = gw.terminate();
-    assert_eq!(code, Some(0), "exit 0 on SIGTERM; log: {}", gw.log());
+    assert_eq!(gw.terminate(), Some(0), "exit 0 on SIGTERM; log: {}", gw.log());
     let confirmed: String = env
         .db
         .query_one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 'gateway'", &[])
         .await
         .unwrap()
         .get(0);
-    let parse = |s: &str| s.parse::<shapes::offset::Lsn>().unwrap();
-    let insert_lsn: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    assert!(parse(&confirmed) <= parse(&insert_lsn));
-    assert!(parse(&confirmed) > shapes::offset::Lsn(0), "a position was acknowledged; lsn at stop {lsn}");
+    assert!(confirmed.parse::<shapes::offset::Lsn>().unwrap() > before_insert, "the stored insert was acknowledged");
+    let checkpoints = std::fs::read_dir(env.data_dir.join("shapes"))
+        .unwrap()
+        .filter(|d| d.as_ref().unwrap().path().join("log.idx").exists())
+        .count();
+    assert_eq!(checkpoints, 1, "a clean stop checkpoints each log");
+
+    env.sql("insert into items values (2, 'o', 't', 0); update items set n = 5 where id = 1").await;
+    gw.restart().await;
+    f.rebase(&gw);
+    let expected = oracle(&env.db, "items", "true", "n").await;
+    f.converge_to("n", &expected).await;
+    assert_eq!((f.refetches, f.duplicates), (0, 0));
 }
 
 #[tokio::test]

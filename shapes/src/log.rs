@@ -182,8 +182,14 @@ impl ShapeLog {
         let snapshot =
             Snapshot { writer: None, chunks, complete: true, open_start: 0, open_len: 0, buffered: Vec::new() };
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("log"))?;
-        let mut live = Live::empty();
-        live.recover(&file, chunk_bytes)?;
+        let live = match Live::from_checkpoint(dir, file.metadata()?.len()) {
+            Some(live) => live,
+            None => {
+                let mut live = Live::empty();
+                live.recover(&file, chunk_bytes)?;
+                live
+            }
+        };
         Ok(Some(Self::assemble(dir, chunk_bytes, snapshot, live)))
     }
 
@@ -414,6 +420,25 @@ impl ShapeLog {
         Lsn(self.live.lock().unwrap().head.tx())
     }
 
+    /// Records the live log's index (`log.idx`) so the next open need not scan the log. Valid
+    /// only while the log keeps the recorded length, so call it when appends have stopped;
+    /// make it durable with [`sync_filesystem`]. A missing, stale or damaged checkpoint only
+    /// means a scan.
+    pub fn checkpoint(&self) -> io::Result<()> {
+        let l = self.live.lock().unwrap();
+        let checkpoint = Checkpoint {
+            len: l.durable_len,
+            head: offset_parts(l.head),
+            chunk_starts: l.chunk_starts.clone(),
+            chunk_bytes_so_far: l.chunk_bytes_so_far,
+            sparse: l.sparse.iter().map(|(o, p)| (offset_parts(*o), *p)).collect(),
+        };
+        drop(l);
+        let tmp = self.dir.join("log.idx.tmp");
+        fs::write(&tmp, serde_json::to_vec(&checkpoint).map_err(io::Error::other)?)?;
+        fs::rename(tmp, self.dir.join("log.idx"))
+    }
+
     /// Removes the log's files.
     pub fn destroy(&self) -> io::Result<()> {
         self.mark_gone();
@@ -425,7 +450,40 @@ impl ShapeLog {
     }
 }
 
+/// The live log's index as [`ShapeLog::checkpoint`] stores it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    len: u64,
+    head: (u64, u64),
+    chunk_starts: Vec<u64>,
+    chunk_bytes_so_far: u64,
+    sparse: Vec<((u64, u64), u64)>,
+}
+
+fn offset_from_parts((tx, op): (u64, u64)) -> LogOffset {
+    LogOffset::At { tx, op }
+}
+
 impl Live {
+    /// The index from `log.idx`, if it describes a log of exactly `file_len` bytes.
+    fn from_checkpoint(dir: &Path, file_len: u64) -> Option<Live> {
+        let c: Checkpoint = serde_json::from_slice(&fs::read(dir.join("log.idx")).ok()?).ok()?;
+        if c.len != file_len {
+            return None;
+        }
+        let head = if c.len == 0 { LogOffset::SNAPSHOT_END } else { offset_from_parts(c.head) };
+        Some(Live {
+            writer: None,
+            durable_len: c.len,
+            head,
+            written_len: c.len,
+            written_head: head,
+            chunk_starts: c.chunk_starts,
+            chunk_bytes_so_far: c.chunk_bytes_so_far,
+            sparse: c.sparse.into_iter().map(|(o, p)| (offset_from_parts(o), p)).collect(),
+        })
+    }
+
     fn empty() -> Live {
         Live {
             writer: None,
@@ -648,6 +706,35 @@ mod tests {
         let reopened = ShapeLog::open(&dir, 100).unwrap().unwrap();
         assert_eq!(reopened.version().head, LogOffset::At { tx: 20, op: 0 });
         assert_eq!(reopened.read_snapshot_chunk(1).unwrap().unwrap(), Bytes::from_static(b"[zzzzzzzzzz,E]"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_is_used_only_while_the_log_is_unchanged() {
+        let dir = tmp("checkpoint");
+        let log = ShapeLog::create(&dir, 100).unwrap();
+        log.finish_snapshot(b"E").unwrap();
+        let txns: Vec<_> = (1..=30).map(|i| vec![entry(i, 0)]).collect();
+        log.append(&txns).unwrap();
+        log.sync_and_publish().unwrap();
+        log.checkpoint().unwrap();
+        let scanned = |log: &ShapeLog| {
+            let l = log.live.lock().unwrap();
+            (l.durable_len, l.head, l.chunk_starts.clone(), l.sparse.clone())
+        };
+        let before = scanned(&log);
+        drop(log);
+        let from_checkpoint = ShapeLog::open(&dir, 100).unwrap().unwrap();
+        assert_eq!(scanned(&from_checkpoint), before);
+        from_checkpoint.append(&[vec![entry(31, 0)]]).unwrap();
+        from_checkpoint.sync_and_publish().unwrap();
+        drop(from_checkpoint);
+        let rescanned = ShapeLog::open(&dir, 100).unwrap().unwrap();
+        assert_eq!(rescanned.version().head, LogOffset::At { tx: 31, op: 0 }, "a stale checkpoint is ignored");
+        assert_eq!(
+            rescanned.read_live(LogOffset::At { tx: 30, op: 0 }).unwrap().last,
+            Some(LogOffset::At { tx: 31, op: 0 })
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -365,6 +365,20 @@ impl Registry {
         }
     }
 
+    /// Checkpoints every log's index so the next start need not scan the logs; call once
+    /// appends have stopped. Failures only cost a scan later, so they are logged, not raised.
+    pub fn checkpoint_all(&self) {
+        let shapes: Vec<Arc<LiveShape>> = self.inner.read().unwrap().by_id.values().cloned().collect();
+        for s in &shapes {
+            if let Err(e) = s.log.checkpoint() {
+                tracing::warn!(handle = %s.handle, error = %e, "could not checkpoint a shape log");
+            }
+        }
+        if let Err(e) = shapes::log::sync_filesystem(&self.dir) {
+            tracing::warn!(error = %e, "could not sync the checkpoints");
+        }
+    }
+
     pub fn rotate_all(&self, reason: &str) {
         let shapes: Vec<Arc<LiveShape>> = self.inner.read().unwrap().by_id.values().cloned().collect();
         for s in &shapes {
