@@ -27,6 +27,8 @@ pub struct StreamSettings {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// How often acknowledged positions are reported to PostgreSQL.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 /// Runs until cancelled or a fatal error.
@@ -76,7 +78,7 @@ fn transport_config(settings: &StreamSettings, start: Lsn) -> ReplicationConfig 
     .with_start_lsn(pgwire_replication::Lsn(start.0))
     .with_options(SESSION_OPTIONS)
     .with_application_name(format!("gateway:{}", settings.slot))
-    .with_status_interval(Duration::from_millis(500))
+    .with_status_interval(STATUS_INTERVAL)
     .with_buffer_size(8192)
 }
 
@@ -107,6 +109,20 @@ fn classify(e: PgWireError, settings: &StreamSettings) -> ReplicationError {
     }
 }
 
+/// Acknowledges `durable` and waits (bounded) until a status update carried it, since
+/// stopping the stream does not send one.
+async fn report_final_position(client: &ReplicationClient, durable: Lsn) {
+    client.update_applied_lsn(pgwire_replication::Lsn(durable.0));
+    let metrics = client.metrics();
+    let deadline = tokio::time::Instant::now() + STATUS_INTERVAL * 4;
+    while metrics.last_applied_lsn().0 < durable.0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if metrics.last_applied_lsn().0 < durable.0 {
+        tracing::warn!(%durable, "could not report the final position; PostgreSQL will resend from the last one");
+    }
+}
+
 async fn session(
     settings: &StreamSettings,
     txns: &mpsc::Sender<Txn>,
@@ -129,7 +145,7 @@ async fn session(
             biased;
             // 1. Shutdown: report the final durable position, then stop.
             _ = cancel.cancelled() => {
-                client.update_applied_lsn(pgwire_replication::Lsn(ack.durable().0));
+                report_final_position(&client, ack.durable()).await;
                 let _ = client.shutdown().await;
                 return Ok(());
             }
