@@ -415,11 +415,6 @@ impl ShapeLog {
         Lsn(self.live.lock().unwrap().written_head.tx())
     }
 
-    /// The LSN of the last durable live entry (0 when none).
-    pub fn head_lsn(&self) -> Lsn {
-        Lsn(self.live.lock().unwrap().head.tx())
-    }
-
     /// Records the live log's index (`log.idx`) so the next open need not scan the log. Valid
     /// only while the log keeps the recorded length, so call it when appends have stopped;
     /// make it durable with [`sync_filesystem`]. A missing, stale or damaged checkpoint only

@@ -223,52 +223,6 @@ impl Expr {
         }
     }
 
-    /// Indexes of the table columns the expression reads.
-    pub fn columns(&self) -> Vec<usize> {
-        let mut out = Vec::new();
-        self.visit(&mut |e| {
-            if let Expr::Column { index, .. } = e {
-                out.push(*index);
-            }
-        });
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    fn visit(&self, f: &mut impl FnMut(&Expr)) {
-        f(self);
-        match self {
-            Expr::Column { .. } | Expr::Const { .. } => {}
-            Expr::Not(e) | Expr::Cast { expr: e, .. } | Expr::Negate { expr: e, .. } => e.visit(f),
-            Expr::IsNull { expr, .. } | Expr::IsBool { expr, .. } => expr.visit(f),
-            Expr::And(v) | Expr::Or(v) | Expr::Func { args: v, .. } => v.iter().for_each(|e| e.visit(f)),
-            Expr::Compare { left, right, .. }
-            | Expr::Distinct { left, right, .. }
-            | Expr::Arith { left, right, .. }
-            | Expr::Concat { left, right } => {
-                left.visit(f);
-                right.visit(f);
-            }
-            Expr::InList { expr, list, .. } => {
-                expr.visit(f);
-                list.iter().for_each(|e| e.visit(f));
-            }
-            Expr::Like { expr, pattern, .. } => {
-                expr.visit(f);
-                pattern.visit(f);
-            }
-            Expr::Quantified { left, array, .. } => {
-                left.visit(f);
-                array.visit(f);
-            }
-            Expr::ArraySet { left, right, .. } => {
-                left.visit(f);
-                right.visit(f);
-            }
-        }
-    }
-
     /// The top-level `AND` terms of this expression.
     pub fn conjuncts(&self) -> Vec<&Expr> {
         match self {
