@@ -32,9 +32,10 @@ fn atom(rng: &mut StdRng) -> String {
         2 => format!("n {op} {}.{}", rng.random_range(-5..15), rng.random_range(0..100)),
         3 => format!("t {op} '{}'", pick(rng, &["a", "ab", "b", "B", "ba", "", "zz"])),
         4 => format!(
-            "t {} '{}'",
+            "t {} '{}'{}",
             pick(rng, &["LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE"]),
-            pick(rng, &["a%", "%b", "_", "%", "A%", "a_"])
+            pick(rng, &["a%", "%b", "_", "%", "A%", "a_", "a!%", "!_b"]),
+            pick(rng, &["", " ESCAPE '!'", " ESCAPE ''"])
         ),
         5 => pick(rng, &["b", "NOT b", "b IS TRUE", "b IS NOT FALSE", "b IS UNKNOWN", "b = false"]).to_string(),
         6 => format!("{} IS {}NULL", pick(rng, &["i", "t", "b", "d", "a"]), pick(rng, &["", "NOT "])),

@@ -96,13 +96,19 @@ impl Expr {
                 }
                 negate_if(result, *negated)
             }
-            Expr::Like { expr, pattern, case_insensitive, negated } => match (expr.eval(row)?, pattern.eval(row)?) {
-                (Datum::Text(s), Datum::Text(p)) => {
-                    let hit = if *case_insensitive { like(&s.to_lowercase(), &p.to_lowercase()) } else { like(&s, &p) };
-                    Datum::Bool(hit != *negated)
+            Expr::Like { expr, pattern, case_insensitive, negated, escape } => {
+                match (expr.eval(row)?, pattern.eval(row)?) {
+                    (Datum::Text(s), Datum::Text(p)) => {
+                        let hit = if *case_insensitive {
+                            like(&s.to_lowercase(), &p.to_lowercase(), *escape)?
+                        } else {
+                            like(&s, &p, *escape)?
+                        };
+                        Datum::Bool(hit != *negated)
+                    }
+                    _ => Datum::Null,
                 }
-                _ => Datum::Null,
-            },
+            }
             Expr::Arith { op, left, right, .. } => arith(*op, left.eval(row)?, right.eval(row)?)?,
             Expr::Negate { expr, .. } => match expr.eval(row)? {
                 Datum::Int(i) => {
@@ -255,52 +261,62 @@ fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum
     })
 }
 
-/// SQL `LIKE` with `%`, `_` and backslash escapes.
-fn like(s: &str, p: &str) -> bool {
+/// SQL `LIKE`: `%` matches any run, `_` one character, and the escape character makes the
+/// next one literal. A pattern ending in the escape character is an error, as in PostgreSQL.
+fn like(s: &str, p: &str, escape: Option<char>) -> Result<bool, EvalError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Tok {
+        Any,
+        One,
+        Lit(char),
+    }
+    let mut pattern = Vec::new();
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        pattern.push(match c {
+            c if Some(c) == escape => Tok::Lit(
+                chars
+                    .next()
+                    .ok_or_else(|| EvalError::Value("LIKE pattern must not end with escape character".into()))?,
+            ),
+            '%' => Tok::Any,
+            '_' => Tok::One,
+            c => Tok::Lit(c),
+        });
+    }
     let s: Vec<char> = s.chars().collect();
-    let p: Vec<char> = p.chars().collect();
-    // Iterative matcher with backtracking to the last `%`.
+    // Iterative matcher that backtracks to the last `%`.
     let (mut si, mut pi) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
-        if pi < p.len() {
-            match p[pi] {
-                '%' => {
-                    star = Some((pi, si));
-                    pi += 1;
-                    continue;
-                }
-                '_' => {
-                    si += 1;
-                    pi += 1;
-                    continue;
-                }
-                '\\' if pi + 1 < p.len() && p[pi + 1] == s[si] => {
-                    si += 1;
-                    pi += 2;
-                    continue;
-                }
-                c if c != '\\' && c == s[si] => {
-                    si += 1;
-                    pi += 1;
-                    continue;
-                }
-                _ => {}
+        match pattern.get(pi) {
+            Some(Tok::Any) => {
+                star = Some((pi, si));
+                pi += 1;
+                continue;
             }
+            Some(Tok::One) => {
+                (si, pi) = (si + 1, pi + 1);
+                continue;
+            }
+            Some(Tok::Lit(c)) if *c == s[si] => {
+                (si, pi) = (si + 1, pi + 1);
+                continue;
+            }
+            _ => {}
         }
         match star {
             Some((sp, ss)) => {
-                pi = sp + 1;
-                si = ss + 1;
+                (pi, si) = (sp + 1, ss + 1);
                 star = Some((sp, ss + 1));
             }
-            None => return false,
+            None => return Ok(false),
         }
     }
-    while pi < p.len() && p[pi] == '%' {
+    while pattern.get(pi) == Some(&Tok::Any) {
         pi += 1;
     }
-    pi == p.len()
+    Ok(pi == pattern.len())
 }
 
 #[cfg(test)]
@@ -373,13 +389,17 @@ mod tests {
 
     #[test]
     fn like_matches_sql_patterns() {
-        assert!(like("hello", "h%o"));
-        assert!(like("hello", "_ello"));
-        assert!(!like("hello", "h_o"));
-        assert!(like("50%", "50\\%"));
-        assert!(!like("500", "50\\%"));
-        assert!(like("", "%"));
-        assert!(like("a%b", "a%%b"));
+        let bs = Some('\\');
+        assert!(like("hello", "h%o", bs).unwrap());
+        assert!(like("hello", "_ello", bs).unwrap());
+        assert!(!like("hello", "h_o", bs).unwrap());
+        assert!(like("50%", "50\\%", bs).unwrap());
+        assert!(!like("500", "50\\%", bs).unwrap());
+        assert!(like("", "%", bs).unwrap());
+        assert!(like("a%b", "a%%b", bs).unwrap());
+        assert!(like("50%", "50!%", Some('!')).unwrap());
+        assert!(like("a\\b", "a\\b", None).unwrap(), "ESCAPE '' makes backslash ordinary");
+        assert!(like("50\\", "50\\", bs).is_err(), "a trailing escape is an error");
         assert_eq!(check("title ILIKE 'hel%'", row()), Datum::Bool(true));
         assert_eq!(check("title LIKE 'hel%'", row()), Datum::Bool(false));
         assert_eq!(check("lower(title) = 'hello' AND upper(title) LIKE 'HE%'", row()), Datum::Bool(true));

@@ -165,11 +165,13 @@ pub enum Expr {
         list: Vec<Expr>,
         negated: bool,
     },
+    /// `[NOT] LIKE | ILIKE pattern [ESCAPE c]`; `escape` is `\\` by default, `None` for `ESCAPE ''`.
     Like {
         expr: Box<Expr>,
         pattern: Box<Expr>,
         case_insensitive: bool,
         negated: bool,
+        escape: Option<char>,
     },
     Arith {
         op: ArithOp,

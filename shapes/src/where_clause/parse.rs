@@ -141,10 +141,22 @@ impl Binder<'_> {
             }
             ast::Expr::Like { negated, any, expr, pattern, escape_char }
             | ast::Expr::ILike { negated, any, expr, pattern, escape_char } => {
-                if *any || escape_char.is_some() {
-                    return Err(WhereError::Unsupported("LIKE ANY / LIKE … ESCAPE".into()));
+                if *any {
+                    return Err(WhereError::Unsupported("LIKE ANY".into()));
                 }
-                self.like(b(expr)?, b(pattern)?, matches!(e, ast::Expr::ILike { .. }), *negated)?
+                let escape = match escape_char.as_deref() {
+                    None => Some('\\'),
+                    Some(ast::Expr::Value(v)) => match &v.value {
+                        ast::Value::SingleQuotedString(e) if e.chars().count() <= 1 => e.chars().next(),
+                        _ => return Err(WhereError::Type("ESCAPE takes a string of at most one character".into())),
+                    },
+                    Some(_) => return Err(WhereError::Type("ESCAPE takes a string of at most one character".into())),
+                };
+                let mut like = self.like(b(expr)?, b(pattern)?, matches!(e, ast::Expr::ILike { .. }), *negated)?;
+                if let Expr::Like { escape: e, .. } = &mut like {
+                    *e = escape;
+                }
+                like
             }
             ast::Expr::Cast { expr, data_type, format: None, .. } => {
                 let ty = cast_target(data_type)?;
@@ -317,7 +329,13 @@ impl Binder<'_> {
                 other => Err(WhereError::Type(format!("operator does not exist: {other} ~~ text"))),
             }
         };
-        Ok(Expr::Like { expr: Box::new(to_text(e)?), pattern: Box::new(to_text(pattern)?), case_insensitive, negated })
+        Ok(Expr::Like {
+            expr: Box::new(to_text(e)?),
+            pattern: Box::new(to_text(pattern)?),
+            case_insensitive,
+            negated,
+            escape: Some('\\'),
+        })
     }
 
     fn quantified(&self, left: Expr, op: &BinaryOperator, array: Expr, all: bool) -> Result<Expr, WhereError> {
@@ -678,6 +696,7 @@ pub(crate) mod tests {
             "id IS DISTINCT FROM 5",
             "tags @> ARRAY['a'] AND tags <@ '{a,b,c}' AND tags && ARRAY['x', 'a']",
             "id>-1 AND id<-1 OR id=+2",
+            "title LIKE 'a!%%' ESCAPE '!' OR title NOT ILIKE 'x\\_' ESCAPE ''",
         ] {
             bind(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }

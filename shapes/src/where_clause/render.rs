@@ -65,14 +65,25 @@ impl Expr {
                 join(out, list, ", ");
                 out.push_str("))");
             }
-            Expr::Like { expr, pattern, case_insensitive, negated } => {
+            Expr::Like { expr, pattern, case_insensitive, negated, escape } => {
                 let op = match (case_insensitive, negated) {
                     (false, false) => "LIKE",
                     (false, true) => "NOT LIKE",
                     (true, false) => "ILIKE",
                     (true, true) => "NOT ILIKE",
                 };
-                binary(out, expr, op, pattern)
+                out.push('(');
+                expr.write_sql(out);
+                let _ = write!(out, " {op} ");
+                pattern.write_sql(out);
+                match escape {
+                    Some('\\') => {}
+                    Some(c) => {
+                        let _ = write!(out, " ESCAPE '{}'", c.to_string().replace('\'', "''"));
+                    }
+                    None => out.push_str(" ESCAPE ''"),
+                }
+                out.push(')');
             }
             Expr::Arith { op, left, right, .. } => binary(out, left, op.sql(), right),
             Expr::Negate { expr, .. } => {
@@ -161,6 +172,12 @@ mod tests {
         assert_eq!(render("id = 1"), r#"("id" = CAST('1' AS int8))"#);
         assert_eq!(render("title = $1"), r#"("title" = CAST('o''1\' AS text))"#);
         assert_eq!(render("\"Org\" IS NULL OR NOT done"), r#"(("Org" IS NULL) OR (NOT "done"))"#);
+    }
+
+    #[test]
+    fn like_escapes_follow_the_pattern() {
+        assert_eq!(render("title LIKE 'a!%' ESCAPE '!'"), r#"("title" LIKE CAST('a!%' AS text) ESCAPE '!')"#);
+        assert_eq!(render("title LIKE 'a'"), r#"("title" LIKE CAST('a' AS text))"#);
     }
 
     #[test]
