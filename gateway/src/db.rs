@@ -50,13 +50,18 @@ pub async fn connect(cfg: &Config) -> Result<Client, DbError> {
     Ok(client)
 }
 
-/// `host:port/db` without credentials, for messages.
-pub fn describe(cfg: &Config) -> String {
-    let host = match cfg.get_hosts().first() {
+/// The first host of a connection config: a name, or a Unix socket directory.
+pub fn host(cfg: &Config) -> String {
+    match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
-    };
+    }
+}
+
+/// `host:port/db` without credentials, for messages.
+pub fn describe(cfg: &Config) -> String {
+    let host = host(cfg);
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
     format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or("postgres"))
 }

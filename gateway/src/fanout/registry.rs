@@ -176,6 +176,15 @@ struct Inner {
     tables: HashMap<u32, RoutingIndex<u64>>,
 }
 
+impl Inner {
+    fn insert(&mut self, live: Arc<LiveShape>) {
+        self.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
+        self.by_key.insert(live.key.clone(), live.clone());
+        self.by_handle.insert(live.handle.clone(), live.clone());
+        self.by_id.insert(live.id, live);
+    }
+}
+
 pub struct Registry {
     dir: PathBuf,
     chunk_bytes: u64,
@@ -249,11 +258,7 @@ impl Registry {
     }
 
     fn register(&self, live: Arc<LiveShape>) {
-        let mut inner = self.inner.write().unwrap();
-        inner.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
-        inner.by_key.insert(live.key.clone(), live.clone());
-        inner.by_handle.insert(live.handle.clone(), live.clone());
-        inner.by_id.insert(live.id, live);
+        self.inner.write().unwrap().insert(live);
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -294,10 +299,7 @@ impl Registry {
         let handle = ShapeHandle::new(&key, self.unique_micros());
         let log = ShapeLog::create(&self.dir.join(handle.as_str()), self.chunk_bytes)?;
         let live = Arc::new(self.live_shape(handle, shape, log, Visibility::Pending(Vec::new())));
-        inner.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
-        inner.by_key.insert(live.key.clone(), live.clone());
-        inner.by_handle.insert(live.handle.clone(), live.clone());
-        inner.by_id.insert(live.id, live.clone());
+        inner.insert(live.clone());
         Ok((live, true))
     }
 

@@ -38,7 +38,7 @@ fn flag(v: &str) -> bool {
 
 /// The shape definition part alone (for DELETE): table and spec.
 pub fn parse_definition(pairs: &[(String, String)]) -> Result<(TableName, ShapeSpec), ApiError> {
-    let get = |k: &str| pairs.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| param(pairs, k);
     let table = match get("table") {
         None | Some("") => {
             return Err(ApiError::invalid("table", "can't be blank; pass table=<name> or schema.name"));
@@ -79,13 +79,18 @@ pub fn parse_definition(pairs: &[(String, String)]) -> Result<(TableName, ShapeS
     Ok((table, ShapeSpec { where_text, params, columns, replica, log }))
 }
 
+/// The value of parameter `k`; the last one wins when repeated.
+pub fn param<'a>(pairs: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    pairs.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
 pub fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 pub fn parse(raw: Option<&str>) -> Result<ShapeRequest, ApiError> {
     let pairs = pairs(raw);
-    let get = |k: &str| pairs.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| param(&pairs, k);
     let offset = match get("offset") {
         None => {
             return Err(ApiError::invalid("offset", "can't be blank; start with offset=-1"));

@@ -372,7 +372,7 @@ pub(super) fn must_refetch(current: Option<&LiveShape>) -> Response {
 pub async fn delete_shape(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let pairs = request::pairs(raw.as_deref());
     let (table, _) = request::parse_definition(&pairs)?;
-    let handle = pairs.iter().find(|(k, _)| k == "handle").map(|(_, v)| v.clone());
+    let handle = request::param(&pairs, "handle").map(str::to_string);
     let shapes = state.registry.shapes_of(&table);
     let targets: Vec<_> = match &handle {
         Some(h) => shapes.into_iter().filter(|s| s.handle.as_str() == h).collect(),

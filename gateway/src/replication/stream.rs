@@ -60,11 +60,7 @@ pub async fn run(
 
 fn transport_config(settings: &StreamSettings, start: Lsn) -> ReplicationConfig {
     let db = &settings.db;
-    let host = match db.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
+    let host = crate::db::host(db);
     let password = db.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     ReplicationConfig::new(
         host,
