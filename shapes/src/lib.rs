@@ -17,6 +17,7 @@
 pub mod change;
 pub mod index;
 pub mod log;
+pub mod numeric;
 pub mod offset;
 pub mod shape;
 pub mod table;

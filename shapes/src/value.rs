@@ -5,6 +5,8 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+pub use crate::numeric::Decimal;
+
 /// The type classes a row filter can compute with.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SqlType {
@@ -290,125 +292,6 @@ fn format_float(f: f64) -> String {
     }
 }
 
-/// An exact decimal number for comparing `numeric` values without rounding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decimal {
-    NaN,
-    Finite {
-        negative: bool,
-        /// Integer digits without leading zeros.
-        int: String,
-        /// Fraction digits without trailing zeros.
-        frac: String,
-    },
-}
-
-impl Decimal {
-    pub fn parse(s: &str) -> Option<Decimal> {
-        if s.eq_ignore_ascii_case("nan") {
-            return Some(Decimal::NaN);
-        }
-        let (negative, rest) = match s.as_bytes().first()? {
-            b'-' => (true, &s[1..]),
-            b'+' => (false, &s[1..]),
-            _ => (false, s),
-        };
-        let (mantissa, exp) = match rest.find(['e', 'E']) {
-            Some(i) => (&rest[..i], rest[i + 1..].parse::<i32>().ok()?),
-            None => (rest, 0),
-        };
-        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        if int.is_empty() && frac.is_empty()
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-            || exp.abs() > 1000
-        {
-            return None;
-        }
-        let mut digits = format!("{int}{frac}");
-        let mut point = int.len() as i64 + exp as i64;
-        if point < 0 {
-            digits = "0".repeat((-point) as usize) + &digits;
-            point = 0;
-        }
-        while (digits.len() as i64) < point {
-            digits.push('0');
-        }
-        let (i, f) = digits.split_at(point as usize);
-        let int = i.trim_start_matches('0').to_string();
-        let frac = f.trim_end_matches('0').to_string();
-        let zero = int.is_empty() && frac.is_empty();
-        Some(Decimal::Finite { negative: negative && !zero, int, frac })
-    }
-
-    pub fn from_i64(v: i64) -> Decimal {
-        Decimal::parse(&v.to_string()).unwrap_or(Decimal::NaN)
-    }
-
-    pub fn to_f64(&self) -> f64 {
-        self.to_string().parse().unwrap_or(f64::NAN)
-    }
-
-    fn round_to_i64(&self) -> Option<i64> {
-        match self {
-            Decimal::NaN => None,
-            Decimal::Finite { negative, int, frac } => {
-                let mut v: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-                if frac.as_bytes().first().is_some_and(|d| *d >= b'5') {
-                    v = v.checked_add(1)?; // numeric rounds half away from zero
-                }
-                Some(if *negative { -v } else { v })
-            }
-        }
-    }
-
-    fn cmp_magnitude(a_int: &str, a_frac: &str, b_int: &str, b_frac: &str) -> Ordering {
-        a_int.len().cmp(&b_int.len()).then_with(|| a_int.cmp(b_int)).then_with(|| a_frac.cmp(b_frac))
-    }
-}
-
-impl Ord for Decimal {
-    fn cmp(&self, other: &Self) -> Ordering {
-        match (self, other) {
-            (Decimal::NaN, Decimal::NaN) => Ordering::Equal,
-            (Decimal::NaN, _) => Ordering::Greater,
-            (_, Decimal::NaN) => Ordering::Less,
-            (
-                Decimal::Finite { negative: an, int: ai, frac: af },
-                Decimal::Finite { negative: bn, int: bi, frac: bf },
-            ) => match (an, bn) {
-                (false, true) => Ordering::Greater,
-                (true, false) => Ordering::Less,
-                (false, false) => Decimal::cmp_magnitude(ai, af, bi, bf),
-                (true, true) => Decimal::cmp_magnitude(bi, bf, ai, af),
-            },
-        }
-    }
-}
-
-impl PartialOrd for Decimal {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl fmt::Display for Decimal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Decimal::NaN => f.write_str("NaN"),
-            Decimal::Finite { negative, int, frac } => {
-                if *negative {
-                    f.write_str("-")?;
-                }
-                f.write_str(if int.is_empty() { "0" } else { int })?;
-                if !frac.is_empty() {
-                    write!(f, ".{frac}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
 fn parse_uuid(s: &str) -> Option<u128> {
     let s = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')).unwrap_or(s);
     let hex: String = s.chars().filter(|c| *c != '-').collect();
@@ -427,6 +310,19 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Days from 0000-03-01-based civil epoch to 2000-01-01.
 const PG_EPOCH_DAYS: i64 = 730_425;
 const INFINITY_DAYS: i64 = i32::MAX as i64;
+/// PostgreSQL's date range: 4714-11-24 BC up to (not including) 5874898-01-01.
+const DATE_MIN_DAYS: i64 = -2_451_545;
+const DATE_END_DAYS: i64 = 2_147_483_494 - 2_451_545;
+
+/// Whether a date is not `±infinity`.
+pub fn date_is_finite(days: i64) -> bool {
+    days.abs() != INFINITY_DAYS
+}
+
+/// Whether a finite date is one PostgreSQL can store.
+pub fn date_in_range(days: i64) -> bool {
+    (DATE_MIN_DAYS..DATE_END_DAYS).contains(&days)
+}
 const INFINITY_MICROS: i64 = i64::MAX;
 
 /// Days since 2000-01-01 of a proleptic Gregorian date (year 0 = 1 BC).
@@ -638,18 +534,6 @@ pub fn parse_array(s: &str) -> Option<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimals_compare_exactly() {
-        let d = |s| Decimal::parse(s).unwrap();
-        assert_eq!(d("1.50"), d("1.5"));
-        assert!(d("10") > d("9.999999999999999999999"));
-        assert!(d("-2") < d("-1.5"));
-        assert!(d("NaN") > d("1e100"));
-        assert_eq!(d("-0.0"), d("0"));
-        assert_eq!(d("1.5e2"), d("150"));
-        assert_eq!(d("0.015").to_string(), "0.015");
-    }
 
     #[test]
     fn dates_and_timestamps_round_trip() {

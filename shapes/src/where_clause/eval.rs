@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use super::{ArithOp, ArrayOp, CmpOp, Expr, Func};
+use super::{ArrayOp, CmpOp, Expr, Func, arith};
 use crate::value::{Datum, SqlType};
 
 /// Read access to a row's column values as PostgreSQL text output.
@@ -109,18 +109,11 @@ impl Expr {
                     _ => Datum::Null,
                 }
             }
-            Expr::Arith { op, left, right, .. } => arith(*op, left.eval(row)?, right.eval(row)?)?,
-            Expr::Negate { expr, .. } => match expr.eval(row)? {
-                Datum::Int(i) => {
-                    Datum::Int(i.checked_neg().ok_or_else(|| EvalError::Value("integer out of range".into()))?)
-                }
-                Datum::Float(f) => Datum::Float(-f),
-                _ => Datum::Null,
-            },
-            Expr::Concat { left, right } => match (left.eval(row)?, right.eval(row)?) {
-                (Datum::Text(a), Datum::Text(b)) => Datum::Text(a + &b),
-                _ => Datum::Null,
-            },
+            Expr::Arith { op, left, right, .. } => arith::binary(*op, left.eval(row)?, right.eval(row)?)?,
+            Expr::Unary { op, expr, .. } => arith::unary(*op, expr.eval(row)?)?,
+            Expr::Concat { left, right, .. } => {
+                arith::concat(&left.ty(), &right.ty(), left.eval(row)?, right.eval(row)?)
+            }
             Expr::Func { func, args, .. } => function(*func, args, row)?,
             Expr::Cast { expr, ty } => expr.eval(row)?.cast(ty).map_err(|e| EvalError::Value(e.to_string()))?,
             Expr::ArraySet { op, left, right } => match (left.eval(row)?, right.eval(row)?) {
@@ -188,31 +181,6 @@ fn compare(op: CmpOp, l: &Datum, r: &Datum) -> Datum {
     }
 }
 
-fn arith(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError> {
-    let overflow = || EvalError::Value("integer out of range".into());
-    Ok(match (l, r) {
-        (Datum::Int(a), Datum::Int(b)) => Datum::Int(match op {
-            ArithOp::Add => a.checked_add(b).ok_or_else(overflow)?,
-            ArithOp::Sub => a.checked_sub(b).ok_or_else(overflow)?,
-            ArithOp::Mul => a.checked_mul(b).ok_or_else(overflow)?,
-            ArithOp::Div | ArithOp::Mod if b == 0 => {
-                return Err(EvalError::Value("division by zero".into()));
-            }
-            ArithOp::Div => a.checked_div(b).ok_or_else(overflow)?,
-            ArithOp::Mod => a.checked_rem(b).unwrap_or(0),
-        }),
-        (Datum::Float(a), Datum::Float(b)) => Datum::Float(match op {
-            ArithOp::Add => a + b,
-            ArithOp::Sub => a - b,
-            ArithOp::Mul => a * b,
-            ArithOp::Div if b == 0.0 => return Err(EvalError::Value("division by zero".into())),
-            ArithOp::Div => a / b,
-            ArithOp::Mod => return Err(EvalError::Value("% is not defined for float".into())),
-        }),
-        _ => Datum::Null,
-    })
-}
-
 fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum, EvalError> {
     Ok(match func {
         Func::Lower | Func::Upper => match args[0].eval(row)? {
@@ -258,6 +226,11 @@ fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum
             }
             best.unwrap_or(Datum::Null)
         }
+        // Arrays here have one dimension; an empty array has none (NULL).
+        Func::ArrayNdims => match args[0].eval(row)? {
+            Datum::Array(items) if !items.is_empty() => Datum::Int(1),
+            _ => Datum::Null,
+        },
     })
 }
 

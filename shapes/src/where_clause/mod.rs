@@ -2,6 +2,7 @@
 //! allow-listed, typed tree ([`parse`]), evaluated in Rust on each change ([`eval`]) and
 //! rendered back to SQL for snapshots ([`render`]). Nothing else reaches PostgreSQL.
 
+mod arith;
 pub mod eval;
 pub mod parse;
 pub mod render;
@@ -66,6 +67,10 @@ pub enum ArithOp {
     Mul,
     Div,
     Mod,
+    Pow,
+    BitAnd,
+    BitOr,
+    BitXor,
 }
 
 impl ArithOp {
@@ -76,6 +81,32 @@ impl ArithOp {
             ArithOp::Mul => "*",
             ArithOp::Div => "/",
             ArithOp::Mod => "%",
+            ArithOp::Pow => "^",
+            ArithOp::BitAnd => "&",
+            ArithOp::BitOr => "|",
+            ArithOp::BitXor => "#",
+        }
+    }
+}
+
+/// Prefix operators on numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Sqrt,
+    Cbrt,
+    BitNot,
+}
+
+impl UnaryOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "-",
+            UnaryOp::Abs => "@",
+            UnaryOp::Sqrt => "|/",
+            UnaryOp::Cbrt => "||/",
+            UnaryOp::BitNot => "~",
         }
     }
 }
@@ -109,6 +140,7 @@ pub enum Func {
     Concat,
     Greatest,
     Least,
+    ArrayNdims,
 }
 
 impl Func {
@@ -120,6 +152,7 @@ impl Func {
             Func::Concat => "concat",
             Func::Greatest => "greatest",
             Func::Least => "least",
+            Func::ArrayNdims => "array_ndims",
         }
     }
 }
@@ -179,13 +212,17 @@ pub enum Expr {
         right: Box<Expr>,
         ty: SqlType,
     },
-    Negate {
+    Unary {
+        op: UnaryOp,
         expr: Box<Expr>,
         ty: SqlType,
     },
+    /// `||` on text, or on arrays (`array || array`, `array || element`, `element || array`);
+    /// `ty` is the result type.
     Concat {
         left: Box<Expr>,
         right: Box<Expr>,
+        ty: SqlType,
     },
     Func {
         func: Func,
@@ -217,10 +254,10 @@ impl Expr {
             Expr::Column { ty, .. }
             | Expr::Const { ty, .. }
             | Expr::Arith { ty, .. }
-            | Expr::Negate { ty, .. }
+            | Expr::Unary { ty, .. }
+            | Expr::Concat { ty, .. }
             | Expr::Func { ty, .. }
             | Expr::Cast { ty, .. } => ty.clone(),
-            Expr::Concat { .. } => SqlType::Text,
             _ => SqlType::Bool,
         }
     }

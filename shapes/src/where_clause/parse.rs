@@ -10,7 +10,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use super::{ArithOp, ArrayOp, CmpOp, Expr, Func, MAX_DEPTH, MAX_WHERE_LEN, WhereError};
+use super::{ArithOp, ArrayOp, CmpOp, Expr, Func, MAX_DEPTH, MAX_WHERE_LEN, UnaryOp, WhereError};
 use crate::table::TableSchema;
 use crate::value::{Datum, SqlType};
 
@@ -33,7 +33,16 @@ pub fn parse_where(
         return Err(WhereError::TooComplex);
     }
     let dialect = PostgreSqlDialect {};
-    let syntax = |e: sqlparser::parser::ParserError| WhereError::Syntax(strip_parser_prefix(&e.to_string()));
+    let syntax = |e: sqlparser::parser::ParserError| {
+        // sqlparser does not know `BETWEEN SYMMETRIC`; say how to write it instead.
+        let words: Vec<String> = text.split_whitespace().map(str::to_ascii_lowercase).collect();
+        if words.windows(2).any(|w| w[0] == "between" && (w[1] == "symmetric" || w[1] == "asymmetric")) {
+            return WhereError::Unsupported(
+                "BETWEEN SYMMETRIC (write (x BETWEEN a AND b OR x BETWEEN b AND a))".into(),
+            );
+        }
+        WhereError::Syntax(strip_parser_prefix(&e.to_string()))
+    };
     let mut parser = Parser::new(&dialect).with_recursion_limit(MAX_DEPTH).try_with_sql(text).map_err(syntax)?;
     let ast = parser.parse_expr().map_err(|e| match e {
         sqlparser::parser::ParserError::RecursionLimitExceeded => WhereError::TooComplex,
@@ -89,16 +98,21 @@ impl Binder<'_> {
             }
             ast::Expr::UnaryOp { op, expr } => match op {
                 UnaryOperator::Not => Expr::Not(Box::new(coerce(b(expr)?, &SqlType::Bool)?)),
-                UnaryOperator::Minus => {
-                    let inner = b(expr)?;
-                    let inner = if inner.ty() == SqlType::Unknown { coerce(inner, &SqlType::Numeric)? } else { inner };
-                    let ty = inner.ty();
-                    if !ty.is_numeric() {
-                        return Err(WhereError::Type(format!("operator does not exist: - {ty}")));
-                    }
-                    fold_negate(inner)?
-                }
                 UnaryOperator::Plus => b(expr)?,
+                UnaryOperator::Minus => fold_negate(numeric_operand(b(expr)?, "-")?)?,
+                UnaryOperator::PGAbs => {
+                    let inner = numeric_operand(b(expr)?, "@")?;
+                    Expr::Unary { op: UnaryOp::Abs, ty: inner.ty(), expr: Box::new(inner) }
+                }
+                UnaryOperator::PGSquareRoot | UnaryOperator::PGCubeRoot => {
+                    let op = if *op == UnaryOperator::PGSquareRoot { UnaryOp::Sqrt } else { UnaryOp::Cbrt };
+                    let inner = coerce(numeric_operand(b(expr)?, op.sql())?, &SqlType::Float)?;
+                    Expr::Unary { op, expr: Box::new(inner), ty: SqlType::Float }
+                }
+                UnaryOperator::BitwiseNot => {
+                    let inner = coerce(b(expr)?, &SqlType::Int)?;
+                    Expr::Unary { op: UnaryOp::BitNot, expr: Box::new(inner), ty: SqlType::Int }
+                }
                 other => return Err(WhereError::Unsupported(format!("the operator {other}"))),
             },
             ast::Expr::BinaryOp { left, op, right } => self.binary(b(left)?, op, b(right)?)?,
@@ -223,15 +237,7 @@ impl Binder<'_> {
         if let BinaryOperator::Custom(text) = op
             && let Some((base, sign)) = split_trailing_sign(text)
         {
-            let r = if sign == '-' {
-                let r = if r.ty() == SqlType::Unknown { coerce(r, &SqlType::Numeric)? } else { r };
-                if !r.ty().is_numeric() {
-                    return Err(WhereError::Type(format!("operator does not exist: - {}", r.ty())));
-                }
-                fold_negate(r)?
-            } else {
-                r
-            };
+            let r = if sign == '-' { fold_negate(numeric_operand(r, "-")?)? } else { r };
             return self.binary(l, &base, r);
         }
         let cmp = match op {
@@ -252,25 +258,19 @@ impl Binder<'_> {
             BinaryOperator::Multiply => Some(ArithOp::Mul),
             BinaryOperator::Divide => Some(ArithOp::Div),
             BinaryOperator::Modulo => Some(ArithOp::Mod),
+            BinaryOperator::PGExp => Some(ArithOp::Pow),
+            BinaryOperator::BitwiseAnd => Some(ArithOp::BitAnd),
+            BinaryOperator::BitwiseOr => Some(ArithOp::BitOr),
+            BinaryOperator::PGBitwiseXor => Some(ArithOp::BitXor),
             _ => None,
         };
         if let Some(op) = arith {
-            let (left, right, ty) = self.unify(l, r, op.sql())?;
-            if !matches!(ty, SqlType::Int | SqlType::Float) || (op == ArithOp::Mod && ty != SqlType::Int) {
-                return Err(WhereError::Unsupported(format!("the operator {} on {ty}", op.sql())));
-            }
-            return Ok(Expr::Arith { op, left: Box::new(left), right: Box::new(right), ty });
+            return self.arith(op, l, r);
         }
         Ok(match op {
             BinaryOperator::And => Expr::And(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?]),
             BinaryOperator::Or => Expr::Or(vec![coerce(l, &SqlType::Bool)?, coerce(r, &SqlType::Bool)?]),
-            BinaryOperator::StringConcat => {
-                let text = |e: Expr| match e.ty() {
-                    SqlType::Unknown | SqlType::Text => coerce(e, &SqlType::Text),
-                    _ => cast(e, SqlType::Text),
-                };
-                Expr::Concat { left: Box::new(text(l)?), right: Box::new(text(r)?) }
-            }
+            BinaryOperator::StringConcat => self.concat(l, r)?,
             BinaryOperator::AtArrow | BinaryOperator::ArrowAt | BinaryOperator::PGOverlap => {
                 let op = match op {
                     BinaryOperator::AtArrow => ArrayOp::Contains,
@@ -291,6 +291,78 @@ impl Binder<'_> {
             }
             other => return Err(WhereError::Unsupported(format!("the operator {other}"))),
         })
+    }
+
+    /// PostgreSQL's operator choice for arithmetic: integers stay integers (but `^` is
+    /// float8), mixed numbers promote, and dates count days.
+    fn arith(&self, op: ArithOp, l: Expr, r: Expr) -> Result<Expr, WhereError> {
+        let arith =
+            |left: Expr, right: Expr, ty: SqlType| Expr::Arith { op, left: Box::new(left), right: Box::new(right), ty };
+        match (l.ty(), r.ty(), op) {
+            (SqlType::Date, SqlType::Int, ArithOp::Add | ArithOp::Sub)
+            | (SqlType::Int, SqlType::Date, ArithOp::Add) => {
+                return Ok(arith(l, r, SqlType::Date));
+            }
+            (SqlType::Date, SqlType::Date, ArithOp::Sub) => return Ok(arith(l, r, SqlType::Int)),
+            (SqlType::Date, SqlType::Unknown, _) | (SqlType::Unknown, SqlType::Date, _) => {
+                return Err(WhereError::Type(format!(
+                    "operator is not unique: date {} unknown (cast the literal, e.g. 7::int)",
+                    op.sql()
+                )));
+            }
+            _ => {}
+        }
+        let (left, right, ty) = self.unify(numeric_operand(l, op.sql())?, numeric_operand(r, op.sql())?, op.sql())?;
+        let refuse = |hint: &str| Err(WhereError::Unsupported(format!("the operator {} on {ty}{hint}", op.sql())));
+        match (op, &ty) {
+            (ArithOp::Pow, SqlType::Int | SqlType::Float) => {
+                Ok(arith(coerce(left, &SqlType::Float)?, coerce(right, &SqlType::Float)?, SqlType::Float))
+            }
+            (ArithOp::Pow, _) => refuse(" (cast to float8, e.g. price::float8 ^ 2)"),
+            (ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor, SqlType::Int) => Ok(arith(left, right, ty)),
+            (ArithOp::BitAnd | ArithOp::BitOr | ArithOp::BitXor, _) => refuse(" (bitwise operators take integers)"),
+            (ArithOp::Mod, SqlType::Float) => refuse(""),
+            (_, SqlType::Int | SqlType::Float | SqlType::Numeric) => Ok(arith(left, right, ty)),
+            _ => refuse(""),
+        }
+    }
+
+    /// `||`: array concatenation when either side is an array (an unknown literal beside an
+    /// array is an array, as PostgreSQL resolves it), else text concatenation.
+    fn concat(&self, l: Expr, r: Expr) -> Result<Expr, WhereError> {
+        let is_array = |e: &Expr| matches!(e.ty(), SqlType::Array(_));
+        let unknown = |e: &Expr| e.ty() == SqlType::Unknown;
+        match (is_array(&l) || unknown(&l) && is_array(&r), is_array(&r) || unknown(&r) && is_array(&l)) {
+            (false, false) => {
+                let text = |e: Expr| match e.ty() {
+                    SqlType::Unknown | SqlType::Text => coerce(e, &SqlType::Text),
+                    _ => cast(e, SqlType::Text),
+                };
+                Ok(Expr::Concat { left: Box::new(text(l)?), right: Box::new(text(r)?), ty: SqlType::Text })
+            }
+            roles => self.array_concat(l, r, roles),
+        }
+    }
+
+    /// Array concatenation with each side's role (array or element) fixed: `||`,
+    /// `array_cat`, `array_append`, `array_prepend`.
+    fn array_concat(&self, l: Expr, r: Expr, (l_array, r_array): (bool, bool)) -> Result<Expr, WhereError> {
+        let element = |e: &Expr, array: bool| -> Result<Expr, WhereError> {
+            match (e.ty(), array) {
+                (SqlType::Array(elem), true) => Ok(Expr::Const { value: Datum::Null, ty: *elem }),
+                (SqlType::Unknown, _) => Ok(Expr::Const { value: Datum::Null, ty: SqlType::Unknown }),
+                (SqlType::Array(_), false) => Err(WhereError::Unsupported("arrays of arrays".into())),
+                (ty, false) => Ok(Expr::Const { value: Datum::Null, ty }),
+                (ty, true) => Err(WhereError::Type(format!("expected an array, found {ty}"))),
+            }
+        };
+        let mut elem = self.unify(element(&l, l_array)?, element(&r, r_array)?, "||")?.2;
+        if elem == SqlType::Unknown {
+            elem = SqlType::Text;
+        }
+        let array = SqlType::Array(Box::new(elem.clone()));
+        let side = |e: Expr, is_array: bool| coerce(e, if is_array { &array } else { &elem });
+        Ok(Expr::Concat { left: Box::new(side(l, l_array)?), right: Box::new(side(r, r_array)?), ty: array.clone() })
     }
 
     fn compare(&self, op: CmpOp, l: Expr, r: Expr) -> Result<Expr, WhereError> {
@@ -406,6 +478,26 @@ impl Binder<'_> {
             "concat" => Func::Concat,
             "greatest" => Func::Greatest,
             "least" => Func::Least,
+            "array_ndims" => Func::ArrayNdims,
+            "array_cat" | "array_append" | "array_prepend" => {
+                arity(2)?;
+                let mut it = args.into_iter();
+                let (a, b) = (it.next().unwrap(), it.next().unwrap());
+                let (a_ty, b_ty) = (a.ty(), b.ty());
+                let expected = match name.as_str() {
+                    "array_cat" => (true, true),
+                    "array_append" => (true, false),
+                    _ => (false, true),
+                };
+                return self.array_concat(a, b, expected).map_err(|_| {
+                    let takes = match expected {
+                        (true, true) => "(array, array)",
+                        (true, false) => "(array, element)",
+                        _ => "(element, array)",
+                    };
+                    WhereError::Type(format!("function {name}({a_ty}, {b_ty}) does not exist; it takes {takes}"))
+                });
+            }
             "like" | "ilike" => {
                 arity(2)?;
                 let mut it = args.into_iter();
@@ -435,6 +527,14 @@ impl Binder<'_> {
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                 Ok(Expr::Func { func, args, ty: SqlType::Text })
+            }
+            Func::ArrayNdims => {
+                arity(1)?;
+                let arg = args.into_iter().next().unwrap();
+                if !matches!(arg.ty(), SqlType::Array(_)) {
+                    return Err(WhereError::Type(format!("function array_ndims({}) does not exist", arg.ty())));
+                }
+                Ok(Expr::Func { func, args: vec![arg], ty: SqlType::Int })
             }
             Func::Coalesce | Func::Greatest | Func::Least => {
                 if args.is_empty() {
@@ -567,6 +667,17 @@ fn cast(e: Expr, ty: SqlType) -> Result<Expr, WhereError> {
     }
 }
 
+/// An operand of a numeric operator: unknown literals read as numbers, as PostgreSQL reads
+/// `- '1'`.
+fn numeric_operand(e: Expr, op: &str) -> Result<Expr, WhereError> {
+    let e = if e.ty() == SqlType::Unknown { coerce(e, &SqlType::Numeric)? } else { e };
+    let ty = e.ty();
+    if !ty.is_numeric() {
+        return Err(WhereError::Type(format!("operator does not exist: {op} {ty}")));
+    }
+    Ok(e)
+}
+
 fn fold_negate(e: Expr) -> Result<Expr, WhereError> {
     let ty = e.ty();
     Ok(match e {
@@ -575,20 +686,8 @@ fn fold_negate(e: Expr) -> Result<Expr, WhereError> {
             ty,
         },
         Expr::Const { value: Datum::Float(f), ty } => Expr::Const { value: Datum::Float(-f), ty },
-        Expr::Const { value: Datum::Numeric(d), ty } => {
-            let text = d.to_string();
-            let neg = text.strip_prefix('-').map(str::to_string).unwrap_or_else(|| format!("-{text}"));
-            Expr::Const {
-                value: Datum::parse(&neg, &SqlType::Numeric).map_err(|e| WhereError::Type(e.to_string()))?,
-                ty,
-            }
-        }
-        other => {
-            if ty == SqlType::Numeric {
-                return Err(WhereError::Unsupported("arithmetic on numeric columns".into()));
-            }
-            Expr::Negate { expr: Box::new(other), ty }
-        }
+        Expr::Const { value: Datum::Numeric(d), ty } => Expr::Const { value: Datum::Numeric(d.neg()), ty },
+        other => Expr::Unary { op: UnaryOp::Neg, expr: Box::new(other), ty },
     })
 }
 
@@ -697,6 +796,13 @@ pub(crate) mod tests {
             "tags @> ARRAY['a'] AND tags <@ '{a,b,c}' AND tags && ARRAY['x', 'a']",
             "id>-1 AND id<-1 OR id=+2",
             "title LIKE 'a!%%' ESCAPE '!' OR title NOT ILIKE 'x\\_' ESCAPE ''",
+            "price * 2 - price / 3 > 1 AND price % 2 = 0.5 AND -price < 0 AND @ price > 1",
+            "id & 3 = 1 OR id | 4 = 5 OR id # 2 = 0 OR ~id = -1",
+            "id ^ 2 > 10 AND |/ id < 3 AND ||/ id < 2",
+            "due + 7 > '2024-01-01' AND due - 1 < DATE '2025-01-01' AND due - DATE '2024-01-01' > 3",
+            "tags || ARRAY['x'] @> ARRAY['x'] AND array_append(tags, 'y') && ARRAY['y']",
+            "'z' = ANY(array_prepend('z', tags)) AND array_ndims(array_cat(tags, tags)) = 1",
+            "title || 'x' = 'ax'",
         ] {
             bind(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -717,6 +823,12 @@ pub(crate) mod tests {
             ("1 x 1", "syntax error"),
             ("id = 1; drop table items", "syntax error"),
             ("org = 'o1'", "unknown column"),
+            ("id BETWEEN SYMMETRIC 1 AND 3", "x BETWEEN b AND a"),
+            ("price ^ 2 > 1", "cast to float8"),
+            ("price & 1 = 1", "take integers"),
+            ("due * 2 > 1", "operator does not exist"),
+            ("due + '1' > due", "cast the literal"),
+            ("array_append('x', tags) = tags", "does not exist"),
         ];
         for (s, needle) in cases {
             let err = bind(s).expect_err(s).to_string();

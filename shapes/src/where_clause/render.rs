@@ -85,13 +85,30 @@ impl Expr {
                 }
                 out.push(')');
             }
+            Expr::Arith { op, left, right, ty } if *ty == SqlType::Date => {
+                // `date ± integer` exists only for int4; the binder's integers are int8.
+                let operand = |out: &mut String, e: &Expr| {
+                    if e.ty() == SqlType::Int {
+                        out.push_str("CAST(");
+                        e.write_sql(out);
+                        out.push_str(" AS int4)");
+                    } else {
+                        e.write_sql(out);
+                    }
+                };
+                out.push('(');
+                operand(out, left);
+                let _ = write!(out, " {} ", op.sql());
+                operand(out, right);
+                out.push(')');
+            }
             Expr::Arith { op, left, right, .. } => binary(out, left, op.sql(), right),
-            Expr::Negate { expr, .. } => {
-                out.push_str("(- ");
+            Expr::Unary { op, expr, .. } => {
+                let _ = write!(out, "({} ", op.sql());
                 expr.write_sql(out);
                 out.push(')');
             }
-            Expr::Concat { left, right } => binary(out, left, "||", right),
+            Expr::Concat { left, right, .. } => binary(out, left, "||", right),
             Expr::Func { func, args, .. } => {
                 out.push_str(func.sql());
                 out.push('(');
