@@ -41,7 +41,11 @@ fn atom(rng: &mut StdRng) -> String {
         5 => pick(rng, &["b", "NOT b", "b IS TRUE", "b IS NOT FALSE", "b IS UNKNOWN", "b = false"]).to_string(),
         6 => format!("{} IS {}NULL", pick(rng, &["i", "t", "b", "d", "a"]), pick(rng, &["", "NOT "])),
         7 => format!("i {}IN ({}, {}, {})", pick(rng, &["", "NOT "]), int, int + 2, pick(rng, &["NULL", "7", "1"])),
-        8 => format!("i {}BETWEEN {} AND {}", pick(rng, &["", "NOT "]), int, int + 4),
+        8 => {
+            let (lo, hi) = if rng.random_bool(0.5) { (int, int + 4) } else { (int + 4, int) };
+            let kind = pick(rng, &["", "SYMMETRIC ", "ASYMMETRIC "]);
+            format!("i {}BETWEEN {kind}{lo} AND {hi}", pick(rng, &["", "NOT "]))
+        }
         9 => format!("d {op} '2024-01-{:02}'", rng.random_range(1..28)),
         10 => format!("ts {op} '2024-01-10 {:02}:00:00+00'", rng.random_range(0..24)),
         11 => format!("{int} = ANY(a)"),

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use sqlparser::ast::{self, BinaryOperator, UnaryOperator};
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
 use super::{ArithOp, ArrayOp, CmpOp, Expr, Func, MAX_DEPTH, MAX_WHERE_LEN, UnaryOp, WhereError};
 use crate::table::TableSchema;
@@ -33,17 +34,12 @@ pub fn parse_where(
         return Err(WhereError::TooComplex);
     }
     let dialect = PostgreSqlDialect {};
-    let syntax = |e: sqlparser::parser::ParserError| {
-        // sqlparser does not know `BETWEEN SYMMETRIC`; say how to write it instead.
-        let words: Vec<String> = text.split_whitespace().map(str::to_ascii_lowercase).collect();
-        if words.windows(2).any(|w| w[0] == "between" && (w[1] == "symmetric" || w[1] == "asymmetric")) {
-            return WhereError::Unsupported(
-                "BETWEEN SYMMETRIC (write (x BETWEEN a AND b OR x BETWEEN b AND a))".into(),
-            );
-        }
-        WhereError::Syntax(strip_parser_prefix(&e.to_string()))
-    };
-    let mut parser = Parser::new(&dialect).with_recursion_limit(MAX_DEPTH).try_with_sql(text).map_err(syntax)?;
+    let syntax = |e: sqlparser::parser::ParserError| WhereError::Syntax(strip_parser_prefix(&e.to_string()));
+    let tokens =
+        Tokenizer::new(&dialect, text).tokenize_with_location().map_err(|e| WhereError::Syntax(e.to_string()))?;
+    let mut parser = Parser::new(&dialect)
+        .with_recursion_limit(MAX_DEPTH)
+        .with_tokens_with_locations(mark_symmetric_between(tokens));
     let ast = parser.parse_expr().map_err(|e| match e {
         sqlparser::parser::ParserError::RecursionLimitExceeded => WhereError::TooComplex,
         e => syntax(e),
@@ -55,6 +51,72 @@ pub fn parse_where(
     let binder = Binder { table, params, options };
     let expr = binder.bind(&ast, 0)?;
     coerce(expr, &SqlType::Bool).map_err(|_| WhereError::Type("WHERE clause must return a boolean".into()))
+}
+
+/// The function name that marks the lower bound of a `BETWEEN SYMMETRIC` (a quoted name
+/// with a space, so no other construct produces it by accident).
+const SYMMETRIC_MARK: &str = "between symmetric";
+
+/// sqlparser does not parse `BETWEEN [A]SYMMETRIC`. Rewrite the tokens
+/// `BETWEEN SYMMETRIC low AND` to `BETWEEN "between symmetric"(low) AND`, which it parses;
+/// the binder reads the mark back. As in PostgreSQL's grammar, `low` ends at the first
+/// `AND` outside brackets.
+fn mark_symmetric_between(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let keyword =
+        |t: &TokenWithSpan, k: Keyword| matches!(&t.token, Token::Word(w) if w.keyword == k && w.quote_style.is_none());
+    let mut out = Vec::with_capacity(tokens.len() + 3);
+    let mut it = tokens.into_iter().peekable();
+    while let Some(t) = it.next() {
+        let is_between = keyword(&t, Keyword::BETWEEN);
+        out.push(t);
+        if !is_between {
+            continue;
+        }
+        while it.peek().is_some_and(|t| matches!(t.token, Token::Whitespace(_))) {
+            out.push(it.next().unwrap_or_else(|| TokenWithSpan::wrap(Token::EOF)));
+        }
+        let Some(next) = it.peek() else { break };
+        if keyword(next, Keyword::ASYMMETRIC) {
+            it.next(); // the default
+        } else if keyword(next, Keyword::SYMMETRIC) {
+            it.next();
+            out.push(TokenWithSpan::wrap(Token::Word(Word {
+                value: SYMMETRIC_MARK.into(),
+                quote_style: Some('"'),
+                keyword: Keyword::NoKeyword,
+            })));
+            out.push(TokenWithSpan::wrap(Token::LParen));
+            let mut depth = 0usize;
+            while let Some(t) = it.peek() {
+                match &t.token {
+                    Token::LParen | Token::LBracket => depth += 1,
+                    Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+                    _ if depth == 0 && keyword(t, Keyword::AND) => break,
+                    _ => {}
+                }
+                out.push(it.next().unwrap_or_else(|| TokenWithSpan::wrap(Token::EOF)));
+            }
+            out.push(TokenWithSpan::wrap(Token::RParen));
+        }
+    }
+    out
+}
+
+/// The bound inside a [`SYMMETRIC_MARK`] call, if `e` is one.
+fn symmetric_bound(e: &ast::Expr) -> Option<&ast::Expr> {
+    let ast::Expr::Function(f) = e else { return None };
+    let [part] = f.name.0.as_slice() else { return None };
+    let ident = part.as_ident()?;
+    if ident.value != SYMMETRIC_MARK || ident.quote_style != Some('"') {
+        return None;
+    }
+    match &f.args {
+        ast::FunctionArguments::List(list) => match list.args.as_slice() {
+            [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(inner))] => Some(inner),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn strip_parser_prefix(s: &str) -> String {
@@ -148,10 +210,20 @@ impl Binder<'_> {
             }
             ast::Expr::Between { expr, negated, low, high } => {
                 let x = b(expr)?;
-                let lo = self.compare(CmpOp::GtEq, x.clone(), b(low)?)?;
-                let hi = self.compare(CmpOp::LtEq, x, b(high)?)?;
-                let both = Expr::And(vec![lo, hi]);
-                if *negated { Expr::Not(Box::new(both)) } else { both }
+                let within = |lo: Expr, hi: Expr| -> Result<Expr, WhereError> {
+                    let lo = self.compare(CmpOp::GtEq, x.clone(), lo)?;
+                    let hi = self.compare(CmpOp::LtEq, x.clone(), hi)?;
+                    Ok(Expr::And(vec![lo, hi]))
+                };
+                let range = match symmetric_bound(low) {
+                    // PostgreSQL: x BETWEEN SYMMETRIC a AND b is true in either order.
+                    Some(low) => {
+                        let (lo, hi) = (b(low)?, b(high)?);
+                        Expr::Or(vec![within(lo.clone(), hi.clone())?, within(hi, lo)?])
+                    }
+                    None => within(b(low)?, b(high)?)?,
+                };
+                if *negated { Expr::Not(Box::new(range)) } else { range }
             }
             ast::Expr::Like { negated, any, expr, pattern, escape_char }
             | ast::Expr::ILike { negated, any, expr, pattern, escape_char } => {
@@ -803,6 +875,7 @@ pub(crate) mod tests {
             "tags || ARRAY['x'] @> ARRAY['x'] AND array_append(tags, 'y') && ARRAY['y']",
             "'z' = ANY(array_prepend('z', tags)) AND array_ndims(array_cat(tags, tags)) = 1",
             "title || 'x' = 'ax'",
+            "id BETWEEN SYMMETRIC 10 AND 1 AND id NOT BETWEEN SYMMETRIC (1 + 2) AND -4 AND id BETWEEN ASYMMETRIC 1 AND 9",
         ] {
             bind(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -823,7 +896,6 @@ pub(crate) mod tests {
             ("1 x 1", "syntax error"),
             ("id = 1; drop table items", "syntax error"),
             ("org = 'o1'", "unknown column"),
-            ("id BETWEEN SYMMETRIC 1 AND 3", "x BETWEEN b AND a"),
             ("price ^ 2 > 1", "cast to float8"),
             ("price & 1 = 1", "take integers"),
             ("due * 2 > 1", "operator does not exist"),
