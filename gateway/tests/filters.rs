@@ -20,7 +20,8 @@ fn atom(rng: &mut StdRng) -> String {
     let op = pick(rng, &["=", "<>", "<", "<=", ">", ">="]);
     let int = rng.random_range(-5..15);
     let num = format!("{}.{}", rng.random_range(-5..15), rng.random_range(0..100));
-    match rng.random_range(0..30) {
+    let hour = rng.random_range(0..24);
+    match rng.random_range(0..38) {
         // Without spaces, `i>-3` must lex as PostgreSQL lexes it.
         0 => {
             if rng.random_bool(0.5) {
@@ -74,6 +75,36 @@ fn atom(rng: &mut StdRng) -> String {
         26 => format!("{int} = ANY(a || {})", pick(rng, &["NULL::int4", "1", "ARRAY[2, NULL]"])),
         27 => format!("array_ndims(a) {}", pick(rng, &["= 1", "IS NULL", "> 0"])),
         28 => format!("n / {num} {op} {num}"),
+        29 => format!(
+            "ts {} INTERVAL '{} hours' {op} '2024-01-10 {hour:02}:00:00+00'",
+            pick(rng, &["+", "-"]),
+            rng.random_range(0..30)
+        ),
+        30 => format!(
+            "d + '{}'::interval {op} '2024-01-{:02} {hour:02}:00'",
+            pick(rng, &["1 mon", "-1 day", "36 hours", "1 mon -3 days"]),
+            rng.random_range(1..28)
+        ),
+        31 => format!("ts - '2024-01-10 00:00+00' {op} '{hour} hours'"),
+        32 => format!("iv {op} '{}'", pick(rng, &["1 day", "30 days", "1 mon", "-02:00:00", "0", "1 mon -1 day"])),
+        33 => format!(
+            "{}(iv)::text LIKE '%{}%'",
+            pick(rng, &["justify_days", "justify_hours", "justify_interval", ""]),
+            pick(rng, &["mon", "day", ":", "-", "+"])
+        ),
+        34 => format!("ts + iv {op} '2024-01-11 {hour:02}:00+00'"),
+        35 => format!(
+            "{} {op} '2024-01-10 {hour:02}:00'",
+            pick(
+                rng,
+                &[
+                    "timezone('UTC', ts)",
+                    "ts AT TIME ZONE INTERVAL '05:30'",
+                    "(ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+                ]
+            )
+        ),
+        36 => format!("tm {} iv {op} '{hour:02}:30'", pick(rng, &["+", "-"])),
         _ => format!("i IS DISTINCT FROM {}", pick(rng, &["NULL", "3"])),
     }
 }
@@ -92,7 +123,7 @@ fn predicate(rng: &mut StdRng, depth: u32) -> String {
 #[tokio::test]
 async fn evaluator_and_renderer_agree_with_postgres_on_random_filters() {
     let env = Env::new().await;
-    env.sql("create table p (id int4 primary key, i int4, f float8, n numeric, t text, b bool, d date, ts timestamptz, a int4[])").await;
+    env.sql("create table p (id int4 primary key, i int4, f float8, n numeric, t text, b bool, d date, ts timestamptz, a int4[], iv interval, tm time)").await;
     let mut rng = StdRng::seed_from_u64(0x5ea5);
     for id in 0..60 {
         let null = |rng: &mut StdRng, v: String| {
@@ -115,7 +146,26 @@ async fn evaluator_and_renderer_agree_with_postgres_on_random_filters() {
             0 => "'{}'".to_string(),
             _ => format!("'{{{},{},NULL}}'", rng.random_range(-5..15), rng.random_range(-5..15)),
         });
-        env.sql(&format!("insert into p values ({id}, {i}, {f}, {n}, {t}, {b}, {d}, {ts}, {a})")).await;
+        let iv = nullable!(format!(
+            "'{}'",
+            pick(
+                &mut rng,
+                &[
+                    "1 day",
+                    "30 days",
+                    "1 mon",
+                    "-02:00:00",
+                    "00:00:00",
+                    "1 mon -1 day",
+                    "36:30:00",
+                    "-1 days +02:00:00",
+                    "1 year 2 mons",
+                    "45 days 30:00:00"
+                ]
+            )
+        ));
+        let tm = nullable!(format!("'{:02}:{:02}'", rng.random_range(0..24), rng.random_range(0..60)));
+        env.sql(&format!("insert into p values ({id}, {i}, {f}, {n}, {t}, {b}, {d}, {ts}, {a}, {iv}, {tm})")).await;
     }
     let schema = gateway::db::table_schema(&env.db, &TableName::new("public", "p")).await.unwrap().unwrap();
     env.sql("set timezone = 'UTC'; set datestyle = 'ISO, DMY'; set extra_float_digits = 1").await;

@@ -15,6 +15,7 @@
 //!   without looking at every shape.
 
 pub mod change;
+pub mod datetime;
 pub mod index;
 pub mod log;
 pub mod numeric;

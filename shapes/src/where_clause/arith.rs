@@ -4,8 +4,12 @@
 
 use super::eval::EvalError;
 use super::{ArithOp, UnaryOp};
+use crate::datetime::{
+    Interval, date_in_range, date_is_finite, time_plus_interval, timestamp_difference, timestamp_is_finite,
+    timestamp_plus_interval,
+};
 use crate::numeric::Decimal;
-use crate::value::{Datum, SqlType, date_in_range, date_is_finite};
+use crate::value::{Datum, SqlType};
 
 fn error(message: &str) -> EvalError {
     EvalError::Value(message.to_string())
@@ -19,6 +23,21 @@ pub(super) fn binary(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError
         (Datum::Numeric(a), Datum::Numeric(b)) => Datum::Numeric(numeric(op, &a, &b)?),
         (Datum::Date(d), Datum::Int(n)) => Datum::Date(date_plus(d, if op == ArithOp::Sub { -n } else { n })?),
         (Datum::Int(n), Datum::Date(d)) => Datum::Date(date_plus(d, n)?),
+        (Datum::Timestamp(t), Datum::Interval(i)) => Datum::Timestamp(moved(t, &signed(op, i)?)?),
+        (Datum::TimestampTz(t), Datum::Interval(i)) => Datum::TimestampTz(moved(t, &signed(op, i)?)?),
+        (Datum::Interval(i), Datum::Timestamp(t)) => Datum::Timestamp(moved(t, &i)?),
+        (Datum::Interval(i), Datum::TimestampTz(t)) => Datum::TimestampTz(moved(t, &i)?),
+        (Datum::Time(t), Datum::Interval(i)) => Datum::Time(time_plus_interval(t, &signed(op, i)?)),
+        (Datum::Interval(i), Datum::Time(t)) => Datum::Time(time_plus_interval(t, &i)),
+        (Datum::Interval(a), Datum::Interval(b)) => {
+            Datum::Interval(a.checked_add(&signed(op, b)?).ok_or_else(|| error("interval out of range"))?)
+        }
+        (Datum::Timestamp(a), Datum::Timestamp(b)) | (Datum::TimestampTz(a), Datum::TimestampTz(b)) => {
+            if !timestamp_is_finite(a) || !timestamp_is_finite(b) {
+                return Err(error("cannot subtract infinite timestamps"));
+            }
+            Datum::Interval(timestamp_difference(a, b).ok_or_else(|| error("interval out of range"))?)
+        }
         (Datum::Date(a), Datum::Date(b)) => {
             if !date_is_finite(a) || !date_is_finite(b) {
                 return Err(error("cannot subtract infinite dates"));
@@ -27,6 +46,15 @@ pub(super) fn binary(op: ArithOp, l: Datum, r: Datum) -> Result<Datum, EvalError
         }
         _ => Datum::Null,
     })
+}
+
+/// The interval to add: negated for `-`.
+fn signed(op: ArithOp, i: Interval) -> Result<Interval, EvalError> {
+    if op == ArithOp::Sub { i.checked_neg().ok_or_else(|| error("interval out of range")) } else { Ok(i) }
+}
+
+fn moved(t: i64, i: &Interval) -> Result<i64, EvalError> {
+    timestamp_plus_interval(t, i).ok_or_else(|| error("timestamp out of range"))
 }
 
 fn int(op: ArithOp, a: i64, b: i64) -> Result<i64, EvalError> {
@@ -125,6 +153,9 @@ pub(super) fn unary(op: UnaryOp, v: Datum) -> Result<Datum, EvalError> {
         }
         (UnaryOp::Cbrt, Datum::Float(f)) => Datum::Float(f.cbrt()),
         (UnaryOp::Neg, Datum::Numeric(d)) => Datum::Numeric(d.neg()),
+        (UnaryOp::Neg, Datum::Interval(i)) => {
+            Datum::Interval(i.checked_neg().ok_or_else(|| error("interval out of range"))?)
+        }
         (UnaryOp::Abs, Datum::Numeric(d)) => Datum::Numeric(d.abs()),
         (op, v) => return Err(EvalError::Value(format!("operator {} is not defined for {v:?}", op.sql()))),
     })

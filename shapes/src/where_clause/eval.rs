@@ -226,6 +226,34 @@ fn function<R: Row + ?Sized>(func: Func, args: &[Expr], row: &R) -> Result<Datum
             }
             best.unwrap_or(Datum::Null)
         }
+        Func::JustifyDays | Func::JustifyHours | Func::JustifyInterval => match args[0].eval(row)? {
+            Datum::Interval(iv) => Datum::Interval(
+                match func {
+                    Func::JustifyDays => iv.justify_days(),
+                    Func::JustifyHours => iv.justify_hours(),
+                    _ => iv.justify_interval(),
+                }
+                .ok_or_else(|| EvalError::Value("interval out of range".into()))?,
+            ),
+            _ => Datum::Null,
+        },
+        Func::Timezone => {
+            let offset = match args[0].eval(row)? {
+                Datum::Interval(iv) => iv.micros,
+                _ => 0, // the binder admits only UTC names
+            };
+            let shift = |t: i64, by: i64| {
+                if !crate::datetime::timestamp_is_finite(t) {
+                    return Ok(t);
+                }
+                t.checked_add(by).ok_or_else(|| EvalError::Value("timestamp out of range".into()))
+            };
+            match args[1].eval(row)? {
+                Datum::TimestampTz(t) => Datum::Timestamp(shift(t, offset)?),
+                Datum::Timestamp(t) => Datum::TimestampTz(shift(t, -offset)?),
+                _ => Datum::Null,
+            }
+        }
         // Arrays here have one dimension; an empty array has none (NULL).
         Func::ArrayNdims => match args[0].eval(row)? {
             Datum::Array(items) if !items.is_empty() => Datum::Int(1),

@@ -141,6 +141,10 @@ pub enum Func {
     Greatest,
     Least,
     ArrayNdims,
+    JustifyDays,
+    JustifyHours,
+    JustifyInterval,
+    Timezone,
 }
 
 impl Func {
@@ -153,6 +157,10 @@ impl Func {
             Func::Greatest => "greatest",
             Func::Least => "least",
             Func::ArrayNdims => "array_ndims",
+            Func::JustifyDays => "justify_days",
+            Func::JustifyHours => "justify_hours",
+            Func::JustifyInterval => "justify_interval",
+            Func::Timezone => "timezone",
         }
     }
 }

@@ -161,7 +161,14 @@ impl Binder<'_> {
             ast::Expr::UnaryOp { op, expr } => match op {
                 UnaryOperator::Not => Expr::Not(Box::new(coerce(b(expr)?, &SqlType::Bool)?)),
                 UnaryOperator::Plus => b(expr)?,
-                UnaryOperator::Minus => fold_negate(numeric_operand(b(expr)?, "-")?)?,
+                UnaryOperator::Minus => {
+                    let inner = b(expr)?;
+                    if inner.ty() == SqlType::Interval {
+                        Expr::Unary { op: UnaryOp::Neg, expr: Box::new(inner), ty: SqlType::Interval }
+                    } else {
+                        fold_negate(numeric_operand(inner, "-")?)?
+                    }
+                }
                 UnaryOperator::PGAbs => {
                     let inner = numeric_operand(b(expr)?, "@")?;
                     Expr::Unary { op: UnaryOp::Abs, ty: inner.ty(), expr: Box::new(inner) }
@@ -249,6 +256,19 @@ impl Binder<'_> {
                 cast(b(expr)?, ty)?
             }
             ast::Expr::Function(f) => self.function(f, d)?,
+            ast::Expr::Interval(iv) => {
+                let plain = iv.leading_field.is_none()
+                    && iv.last_field.is_none()
+                    && iv.leading_precision.is_none()
+                    && iv.fractional_seconds_precision.is_none();
+                if !plain {
+                    return Err(WhereError::Unsupported(
+                        "INTERVAL with field qualifiers (write INTERVAL '1 day' or '1 day'::interval)".into(),
+                    ));
+                }
+                coerce(b(&iv.value)?, &SqlType::Interval)?
+            }
+            ast::Expr::AtTimeZone { timestamp, time_zone } => self.timezone(b(time_zone)?, b(timestamp)?)?,
             ast::Expr::AnyOp { left, compare_op, right, .. } => {
                 self.quantified(b(left)?, compare_op, b(right)?, false)?
             }
@@ -366,23 +386,12 @@ impl Binder<'_> {
     }
 
     /// PostgreSQL's operator choice for arithmetic: integers stay integers (but `^` is
-    /// float8), mixed numbers promote, and dates count days.
+    /// float8), mixed numbers promote; dates, times and intervals as [`Self::datetime_arith`].
     fn arith(&self, op: ArithOp, l: Expr, r: Expr) -> Result<Expr, WhereError> {
         let arith =
             |left: Expr, right: Expr, ty: SqlType| Expr::Arith { op, left: Box::new(left), right: Box::new(right), ty };
-        match (l.ty(), r.ty(), op) {
-            (SqlType::Date, SqlType::Int, ArithOp::Add | ArithOp::Sub)
-            | (SqlType::Int, SqlType::Date, ArithOp::Add) => {
-                return Ok(arith(l, r, SqlType::Date));
-            }
-            (SqlType::Date, SqlType::Date, ArithOp::Sub) => return Ok(arith(l, r, SqlType::Int)),
-            (SqlType::Date, SqlType::Unknown, _) | (SqlType::Unknown, SqlType::Date, _) => {
-                return Err(WhereError::Type(format!(
-                    "operator is not unique: date {} unknown (cast the literal, e.g. 7::int)",
-                    op.sql()
-                )));
-            }
-            _ => {}
+        if is_datetime(&l.ty()) || is_datetime(&r.ty()) {
+            return self.datetime_arith(op, l, r);
         }
         let (left, right, ty) = self.unify(numeric_operand(l, op.sql())?, numeric_operand(r, op.sql())?, op.sql())?;
         let refuse = |hint: &str| Err(WhereError::Unsupported(format!("the operator {} on {ty}{hint}", op.sql())));
@@ -397,6 +406,93 @@ impl Binder<'_> {
             (_, SqlType::Int | SqlType::Float | SqlType::Numeric) => Ok(arith(left, right, ty)),
             _ => refuse(""),
         }
+    }
+
+    /// `date ± int` (days), `date - date` (days), `timestamp ± interval`, `date ± interval`
+    /// (a timestamp), `time ± interval`, `interval ± interval` and `timestamp - timestamp`
+    /// (an interval). An untyped literal is an interval after `+` (but ambiguous beside a
+    /// date) and the other side's type after `-`, as PostgreSQL resolves them.
+    fn datetime_arith(&self, op: ArithOp, l: Expr, r: Expr) -> Result<Expr, WhereError> {
+        use SqlType::*;
+        let (lt, rt) = (l.ty(), r.ty());
+        let not_unique = || {
+            WhereError::Type(format!(
+                "operator is not unique: {lt} {} {rt} (cast the literal, e.g. 7::int or '1 day'::interval)",
+                op.sql()
+            ))
+        };
+        let (l, r) = match (&lt, &rt, op) {
+            (Unknown, Date, ArithOp::Add) | (Date, Unknown, ArithOp::Add) => return Err(not_unique()),
+            (Unknown, _, ArithOp::Add) => (coerce(l, &Interval)?, r),
+            (_, Unknown, ArithOp::Add) => (l, coerce(r, &Interval)?),
+            (Unknown, t, ArithOp::Sub) => (coerce(l, t)?, r),
+            (t, Unknown, ArithOp::Sub) => (l, coerce(r, t)?),
+            _ => (l, r),
+        };
+        let (lt, rt) = (l.ty(), r.ty());
+        let arith =
+            |left: Expr, right: Expr, ty: SqlType| Expr::Arith { op, left: Box::new(left), right: Box::new(right), ty };
+        let instant = |ty: &SqlType| matches!(ty, Date | Timestamp | TimestampTz);
+        // A date moved by an interval becomes a timestamp.
+        let moved = |ty: &SqlType| if *ty == Date { Timestamp } else { ty.clone() };
+        Ok(match (op, &lt, &rt) {
+            (ArithOp::Add | ArithOp::Sub, Date, Int) | (ArithOp::Add, Int, Date) => arith(l, r, Date),
+            (ArithOp::Sub, Date, Date) => arith(l, r, Int),
+            (ArithOp::Add | ArithOp::Sub, t, Interval) if instant(t) => {
+                let ty = moved(t);
+                arith(coerce(l, &ty)?, r, ty)
+            }
+            (ArithOp::Add, Interval, t) if instant(t) => {
+                let ty = moved(t);
+                arith(l, coerce(r, &ty)?, ty)
+            }
+            (ArithOp::Add | ArithOp::Sub, Time, Interval) | (ArithOp::Add, Interval, Time) => arith(l, r, Time),
+            (ArithOp::Add | ArithOp::Sub, Interval, Interval) => arith(l, r, Interval),
+            (ArithOp::Sub, a, b) if instant(a) && instant(b) => {
+                let (l, r, _) = self.unify(l, r, "-")?;
+                arith(l, r, Interval)
+            }
+            _ => return Err(WhereError::Type(format!("operator does not exist: {lt} {} {rt}", op.sql()))),
+        })
+    }
+
+    /// `timezone(zone, timestamp)` / `timestamp AT TIME ZONE zone` for the zones whose offset
+    /// needs no time zone database: UTC, or a fixed interval.
+    fn timezone(&self, zone: Expr, ts: Expr) -> Result<Expr, WhereError> {
+        let zone = match zone {
+            Expr::Const { value: Datum::Text(name), ty: SqlType::Unknown | SqlType::Text } => {
+                if !["utc", "gmt", "etc/utc", "etc/gmt", "z", "zulu", "uct", "universal"]
+                    .contains(&name.to_lowercase().as_str())
+                {
+                    return Err(WhereError::Unsupported(format!(
+                        "the time zone {name:?} (only UTC or a fixed interval such as INTERVAL '02:00' is supported)"
+                    )));
+                }
+                Expr::Const { value: Datum::Text(name), ty: SqlType::Text }
+            }
+            Expr::Const { value: Datum::Interval(iv), ty } => {
+                if iv.months != 0 || iv.days != 0 {
+                    return Err(WhereError::Type(format!(
+                        "interval time zone \"{}\" must not include months or days",
+                        iv.format()
+                    )));
+                }
+                Expr::Const { value: Datum::Interval(iv), ty }
+            }
+            _ => {
+                return Err(WhereError::Unsupported(
+                    "a time zone that is not a constant (use 'UTC' or a fixed interval)".into(),
+                ));
+            }
+        };
+        let (ts, ty) = match ts.ty() {
+            SqlType::Timestamp => (ts, SqlType::TimestampTz),
+            SqlType::TimestampTz | SqlType::Date | SqlType::Unknown => {
+                (coerce(ts, &SqlType::TimestampTz)?, SqlType::Timestamp)
+            }
+            other => return Err(WhereError::Type(format!("function timezone(text, {other}) does not exist"))),
+        };
+        Ok(Expr::Func { func: Func::Timezone, args: vec![zone, ts], ty })
     }
 
     /// `||`: array concatenation when either side is an array (an unknown literal beside an
@@ -551,6 +647,15 @@ impl Binder<'_> {
             "greatest" => Func::Greatest,
             "least" => Func::Least,
             "array_ndims" => Func::ArrayNdims,
+            "justify_days" => Func::JustifyDays,
+            "justify_hours" => Func::JustifyHours,
+            "justify_interval" => Func::JustifyInterval,
+            "timezone" => {
+                arity(2)?;
+                let mut it = args.into_iter();
+                let (zone, ts) = (it.next().unwrap(), it.next().unwrap());
+                return self.timezone(zone, ts);
+            }
             "array_cat" | "array_append" | "array_prepend" => {
                 arity(2)?;
                 let mut it = args.into_iter();
@@ -579,6 +684,13 @@ impl Binder<'_> {
             other => return Err(WhereError::Unsupported(format!("the function {other}()"))),
         };
         match func {
+            Func::JustifyDays | Func::JustifyHours | Func::JustifyInterval => {
+                arity(1)?;
+                let arg = coerce(args.into_iter().next().unwrap(), &SqlType::Interval)
+                    .map_err(|_| WhereError::Type(format!("{name}() takes an interval")))?;
+                Ok(Expr::Func { func, args: vec![arg], ty: SqlType::Interval })
+            }
+            Func::Timezone => unreachable!("bound above"),
             Func::Lower | Func::Upper => {
                 arity(1)?;
                 let arg = args.into_iter().next().unwrap();
@@ -654,6 +766,10 @@ fn split_trailing_sign(text: &str) -> Option<(BinaryOperator, char)> {
         _ => return None,
     };
     Some((op, sign))
+}
+
+fn is_datetime(ty: &SqlType) -> bool {
+    matches!(ty, SqlType::Date | SqlType::Time | SqlType::Timestamp | SqlType::TimestampTz | SqlType::Interval)
 }
 
 /// Types a filter cannot compare.
@@ -805,6 +921,7 @@ fn cast_target(dt: &ast::DataType) -> Result<SqlType, WhereError> {
         "time" | "time without time zone" => SqlType::Time,
         "timestamp" | "timestamp without time zone" => SqlType::Timestamp,
         "timestamptz" | "timestamp with time zone" => SqlType::TimestampTz,
+        "interval" => SqlType::Interval,
         other => return Err(WhereError::Unsupported(format!("a cast to {other}"))),
     };
     Ok(if array { SqlType::Array(Box::new(ty)) } else { ty })
@@ -875,6 +992,9 @@ pub(crate) mod tests {
             "tags || ARRAY['x'] @> ARRAY['x'] AND array_append(tags, 'y') && ARRAY['y']",
             "'z' = ANY(array_prepend('z', tags)) AND array_ndims(array_cat(tags, tags)) = 1",
             "title || 'x' = 'ax'",
+            "due + INTERVAL '1 day' > '2024-01-01' AND due - '2024-01-01' > 3 AND -INTERVAL '1 hour' < '0'",
+            "justify_interval(INTERVAL '40 days') > '1 mon' AND timezone('UTC', due) > '2024-01-01'",
+            "due AT TIME ZONE INTERVAL '02:00' < '2025-01-01' AND (due - INTERVAL '1 mon') - due < '0 days'",
             "id BETWEEN SYMMETRIC 10 AND 1 AND id NOT BETWEEN SYMMETRIC (1 + 2) AND -4 AND id BETWEEN ASYMMETRIC 1 AND 9",
         ] {
             bind(s).unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -900,6 +1020,9 @@ pub(crate) mod tests {
             ("price & 1 = 1", "take integers"),
             ("due * 2 > 1", "operator does not exist"),
             ("due + '1' > due", "cast the literal"),
+            ("timezone('Europe/Berlin', due) > '2024-01-01'", "only UTC"),
+            ("due AT TIME ZONE INTERVAL '1 day' > '2024-01-01'", "must not include months or days"),
+            ("due > INTERVAL '1 day'", "operator does not exist"),
             ("array_append('x', tags) = tags", "does not exist"),
         ];
         for (s, needle) in cases {
