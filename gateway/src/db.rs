@@ -16,8 +16,19 @@ pub enum DbError {
     BadUrl(String),
     #[error("cannot connect to PostgreSQL at {target}: {source}")]
     Connect { target: String, source: tokio_postgres::Error },
-    #[error(transparent)]
+    #[error("{}", query_error_text(.0))]
     Query(#[from] tokio_postgres::Error),
+}
+
+/// PostgreSQL's own message when there is one (tokio-postgres alone says "db error").
+fn query_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

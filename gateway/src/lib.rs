@@ -116,7 +116,9 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
     let server_cancel = cancel.clone();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, http::app(state).into_make_service()).with_graceful_shutdown(server_cancel.cancelled_owned()).await
+        axum::serve(listener, http::app(state).into_make_service())
+            .with_graceful_shutdown(server_cancel.cancelled_owned())
+            .await
     });
 
     // Whichever ends first decides; the rest are stopped through the shared token.

@@ -12,9 +12,12 @@ use std::borrow::Cow;
 
 use bytes::BytesMut;
 use futures::StreamExt;
+use shapes::offset::Lsn;
 use shapes::shape::LogMode;
+use shapes::subset::Subset;
 use shapes::table::quote_ident;
-use shapes::wire::snapshot_end;
+use shapes::where_clause::Expr;
+use shapes::wire::{mark_snapshot, snapshot_end, subset_metadata};
 use tokio_postgres::Config;
 
 use crate::db::{self, DbError};
@@ -28,7 +31,21 @@ pub enum SnapshotError {
     Io(#[from] std::io::Error),
     #[error("unexpected snapshot output: {0}")]
     Format(String),
+    #[error("the subset is larger than {} MiB; page it with limit, offset and order_by", MAX_SUBSET_BYTES >> 20)]
+    SubsetTooLarge,
 }
+
+impl SnapshotError {
+    /// The query failed because of what the client asked (a bad value, an impossible cast),
+    /// not because of the gateway or the database.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, SnapshotError::SubsetTooLarge)
+            || matches!(self, SnapshotError::Db(DbError::Query(q)) if q.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("42")))
+    }
+}
+
+/// Largest subset response kept in memory.
+const MAX_SUBSET_BYTES: usize = 64 << 20;
 
 /// Runs a shape's snapshot to completion; on failure the shape is rotated and waiting
 /// requests learn why.
@@ -39,7 +56,7 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
             tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, rows, ms = started.elapsed().as_millis() as u64, "snapshot complete")
         }
         Err(e) => {
-            let client_error = matches!(&e, SnapshotError::Db(DbError::Query(q)) if q.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("42")));
+            let client_error = e.is_client_error();
             tracing::warn!(handle = %shape.handle, error = %e, "snapshot failed");
             shape.fail(ShapeFailure { client_error, message: e.to_string() });
             registry.rotate(&shape, "its snapshot failed");
@@ -60,8 +77,10 @@ async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotE
 
     let mut rows = 0u64;
     if shape.shape.spec.log == LogMode::Full {
-        let encoder = RowEncoder::new(shape.clone());
-        let sql = encoder.copy_sql();
+        let log_shape = shape.clone();
+        let encoder =
+            RowEncoder::new(shape.clone(), move |m: &mut Vec<u8>| Ok(log_shape.log.append_snapshot_row(m)?));
+        let sql = encoder.copy_sql(None, "");
         let stream = client.copy_out(sql.as_str()).await.map_err(DbError::from)?;
         futures::pin_mut!(stream);
         // Receiving and encoding run on separate threads. Full channel: the encoder is behind,
@@ -101,9 +120,53 @@ async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotE
     Ok(rows)
 }
 
-/// Turns COPY text lines into insert messages in the shape's snapshot.
-struct RowEncoder {
+/// A subset snapshot (`requestSnapshot`): the shape's rows that also match the subset, in
+/// the subset's order and page, read in one REPEATABLE READ transaction whose snapshot the
+/// response reports so the client can drop stream changes the subset already holds.
+/// Returns the response body, `{"metadata":{…},"data":[…]}`.
+pub async fn subset(cfg: &Config, shape: &Arc<LiveShape>, subset: &Subset) -> Result<Vec<u8>, SnapshotError> {
+    let client = db::connect(cfg).await?;
+    client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
+    let row = client
+        .query_one("select pg_current_snapshot()::text, pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(DbError::from)?;
+    let (text, lsn): (String, String) = (row.get(0), row.get(1));
+    let info =
+        SnapshotInfo::parse(&text).ok_or_else(|| SnapshotError::Format(format!("pg_current_snapshot() = {text}")))?;
+    let lsn: Lsn = lsn.parse().map_err(|_| SnapshotError::Format(format!("pg_current_wal_lsn() = {lsn}")))?;
+    let mark = rand::random_range(0..i32::MAX as u32);
+    let mut body = b"{\"metadata\":".to_vec();
+    body.extend_from_slice(&subset_metadata(info.xmin, info.xmax, &info.xip, mark, lsn));
+    body.extend_from_slice(b",\"data\":[");
+    let start = body.len();
+    let mut encoder = RowEncoder::new(shape.clone(), |m: &mut Vec<u8>| {
+        mark_snapshot(m, mark);
+        if body.len() > start {
+            body.push(b',');
+        }
+        body.extend_from_slice(m);
+        if body.len() > MAX_SUBSET_BYTES {
+            return Err(SnapshotError::SubsetTooLarge);
+        }
+        Ok(())
+    });
+    let sql = encoder.copy_sql(subset.filter.as_ref(), &subset.sql_tail(&shape.shape.table));
+    let stream = client.copy_out(sql.as_str()).await.map_err(DbError::from)?;
+    futures::pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        encoder.write(&chunk.map_err(DbError::from)?)?;
+    }
+    encoder.finish()?;
+    client.batch_execute("commit").await.map_err(DbError::from)?;
+    body.extend_from_slice(b"]}");
+    Ok(body)
+}
+
+/// Turns COPY text lines into insert messages, handing each to `sink`.
+struct RowEncoder<S> {
     shape: Arc<LiveShape>,
+    sink: S,
     /// Table columns the COPY reads, in order.
     read: Vec<usize>,
     /// Where each table column sits in a COPY line.
@@ -114,8 +177,8 @@ struct RowEncoder {
     rows: u64,
 }
 
-impl RowEncoder {
-    fn new(shape: Arc<LiveShape>) -> RowEncoder {
+impl<S: FnMut(&mut Vec<u8>) -> Result<(), SnapshotError>> RowEncoder<S> {
+    fn new(shape: Arc<LiveShape>, sink: S) -> RowEncoder<S> {
         let s = &shape.shape;
         // Key columns are read too, for PK-less tables whose key is every column.
         let mut read: Vec<usize> = s.selected.iter().chain(s.key.iter()).copied().collect();
@@ -125,14 +188,16 @@ impl RowEncoder {
         for (i, &c) in read.iter().enumerate() {
             slot[c] = i;
         }
-        RowEncoder { shape, read, slot, pending: Vec::new(), msg: Vec::with_capacity(512), rows: 0 }
+        RowEncoder { shape, sink, read, slot, pending: Vec::new(), msg: Vec::with_capacity(512), rows: 0 }
     }
 
-    fn copy_sql(&self) -> String {
+    /// The COPY of the shape's rows, narrowed by `extra` and ended by `tail` (ORDER BY …).
+    fn copy_sql(&self, extra: Option<&Expr>, tail: &str) -> String {
         let s = &self.shape.shape;
         let cols: Vec<String> = self.read.iter().map(|&i| quote_ident(&s.table.columns[i].name)).collect();
-        let filter = s.filter.as_ref().map(|f| format!(" where {}", f.to_sql())).unwrap_or_default();
-        format!("copy (select {} from {}{filter}) to stdout", cols.join(", "), s.table.name.quoted())
+        let filters: Vec<String> = s.filter.iter().chain(extra).map(Expr::to_sql).collect();
+        let filter = if filters.is_empty() { String::new() } else { format!(" where {}", filters.join(" and ")) };
+        format!("copy (select {} from {}{filter}{tail}) to stdout", cols.join(", "), s.table.name.quoted())
     }
 
     fn write(&mut self, block: &[u8]) -> Result<(), SnapshotError> {
@@ -155,7 +220,7 @@ impl RowEncoder {
             self.msg.clear();
             let fields = s.selected.iter().map(|&c| (c, value(c)));
             self.shape.encoder.write_snapshot_insert(&mut self.msg, s.key.iter().map(|&c| value(c)), fields);
-            self.shape.log.append_snapshot_row(&self.msg)?;
+            (self.sink)(&mut self.msg)?;
             self.rows += 1;
         }
         self.pending = data[complete..].to_vec();

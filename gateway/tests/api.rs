@@ -245,3 +245,74 @@ async fn gateways_with_their_own_slot_publication_and_data_dir_share_a_database(
         env.db.query_one("select count(*) from pg_replication_slots where active", &[]).await.unwrap().get(0);
     assert_eq!(slots, 2);
 }
+
+#[tokio::test]
+async fn subset_snapshots_narrow_order_and_page_a_shape() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items select i, 'o' || (i % 2), 't' || i, i from generate_series(1, 30) i").await;
+    let gw = env.ready_gateway().await;
+    let shape = "table=items&where=org%3D%27o1%27&log=changes_only";
+    let first = get(&format!("{}/v1/shape?{shape}&offset=-1", gw.base())).await;
+    assert_eq!(first.status, 200);
+    let handle = first.headers["electric-handle"].to_str().unwrap().to_string();
+
+    let sub = get(&format!(
+        "{}/v1/shape?{shape}&offset=0_0&handle={handle}&subset__where=n+%3E+%241&subset__params=%7B%221%22%3A10%7D&subset__order_by=n+desc&subset__limit=3&subset__offset=1",
+        gw.base()
+    ))
+    .await;
+    assert_eq!(sub.status, 200, "{}", sub.body);
+    assert_eq!(sub.headers["electric-snapshot"], "true");
+    assert_eq!(sub.headers["cache-control"], "no-cache");
+    assert_eq!(sub.headers["electric-offset"], "0_0", "the client's position is handed back unchanged");
+    assert!(sub.headers.contains_key("electric-schema"));
+    let n: Vec<i64> = sub.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"]["n"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(n, vec![27, 25, 23], "the shape's filter, the subset's, its order and its page");
+    let meta = &sub.body["metadata"];
+    let mark = meta["snapshot_mark"].as_u64().unwrap();
+    assert!(meta["xmin"].is_string() && meta["xmax"].is_string() && meta["xip_list"].is_array());
+    assert!(meta["database_lsn"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+    for m in sub.body["data"].as_array().unwrap() {
+        assert_eq!(m["headers"]["operation"], "insert");
+        assert_eq!(m["headers"]["snapshot_mark"].as_u64(), Some(mark));
+    }
+
+    // The same subset in a POST body; nested under "subset" is accepted too.
+    let posted = reqwest::Client::new()
+        .post(format!("{}/v1/shape?{shape}&offset=0_0&handle={handle}", gw.base()))
+        .header("content-type", "application/json")
+        .body(
+            r#"{"subset": {"where": "n > $1", "params": {"1": "10"}, "order_by": "n DESC", "limit": 3, "offset": 1}}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let body: Value = serde_json::from_slice(&posted.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["data"].as_array().unwrap().len(), 3);
+    assert_eq!(body["data"][0]["value"]["n"], "27");
+
+    let cases = [
+        ("subset__limit=2", "order_by is required"),
+        ("subset__order_by=lower(title)", "only column names"),
+        ("subset__where=nope+%3D+1", "unknown column"),
+        ("subset__where=n+%3D+(select+1)", "subquery"),
+        ("subset__where=n+%3E+%241", "params[1]"),
+        ("subset__where=1%2F(n-n)+%3D+1", "division by zero"),
+    ];
+    for (q, needle) in cases {
+        let r = get(&format!("{}/v1/shape?{shape}&offset=0_0&handle={handle}&{q}", gw.base())).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+        let msg = r.body["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{q}: {msg}");
+    }
+    let stale =
+        get(&format!("{}/v1/shape?{shape}&offset=0_0&handle=1-2&subset__limit=1&subset__order_by=id", gw.base())).await;
+    assert_eq!(stale.status, 409);
+}

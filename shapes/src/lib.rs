@@ -21,6 +21,7 @@ pub mod log;
 pub mod numeric;
 pub mod offset;
 pub mod shape;
+pub mod subset;
 pub mod table;
 pub mod value;
 pub mod where_clause;

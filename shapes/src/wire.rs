@@ -243,11 +243,32 @@ impl MessageEncoder {
     }
 }
 
-/// Sets the `last` flag on an encoded live change (its headers object ends the message).
-pub fn mark_last(message: &mut Vec<u8>) {
+/// Adds `,"name":value` (value already JSON) to an encoded message's headers, which end it.
+fn add_header(message: &mut Vec<u8>, field: &[u8]) {
     debug_assert!(message.ends_with(b"}}"));
     let at = message.len() - 2;
-    message.splice(at..at, b",\"last\":true".iter().copied());
+    message.splice(at..at, field.iter().copied());
+}
+
+/// Sets the `last` flag on an encoded live change.
+pub fn mark_last(message: &mut Vec<u8>) {
+    add_header(message, b",\"last\":true");
+}
+
+/// Tags a subset snapshot row with the subset's `snapshot_mark`.
+pub fn mark_snapshot(message: &mut Vec<u8>, mark: u32) {
+    add_header(message, format!(",\"snapshot_mark\":{mark}").as_bytes());
+}
+
+/// The `metadata` object of a subset snapshot response.
+pub fn subset_metadata(xmin: u64, xmax: u64, xip: &[u64], mark: u32, database_lsn: Lsn) -> Vec<u8> {
+    let xip: Vec<String> = xip.iter().map(|x| format!("\"{x}\"")).collect();
+    format!(
+        r#"{{"xmin":"{xmin}","xmax":"{xmax}","xip_list":[{}],"snapshot_mark":{mark},"database_lsn":"{}"}}"#,
+        xip.join(","),
+        database_lsn.0
+    )
+    .into_bytes()
 }
 
 pub fn up_to_date(global_last_seen_lsn: Lsn) -> Vec<u8> {

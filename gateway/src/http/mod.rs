@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod request;
 pub mod shape;
 pub mod sse;
+pub mod subset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +84,7 @@ impl AppState {
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/shape"),
     ("delete", "/v1/shape"),
+    ("post", "/v1/shape"),
     ("get", "/v1/health"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -91,7 +93,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape))
+        .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape).post(subset::post_shape))
         .route("/v1/health", get(health::health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

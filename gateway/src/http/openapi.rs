@@ -15,8 +15,14 @@ pub fn spec() -> Value {
         {"name": "columns", "in": "query", "schema": {"type": "string"}, "description": "comma-separated column list; must include the primary key"},
         {"name": "replica", "in": "query", "schema": {"type": "string", "enum": ["default", "full"]}},
         {"name": "log", "in": "query", "schema": {"type": "string", "enum": ["full", "changes_only"]}},
-        {"name": "params", "in": "query", "style": "deepObject", "schema": {"type": "object"}}
+        {"name": "params", "in": "query", "style": "deepObject", "schema": {"type": "object"}},
+        {"name": "subset__where", "in": "query", "schema": {"type": "string"}, "description": "subset snapshot: a further row filter; any subset__* parameter makes the request a subset snapshot"},
+        {"name": "subset__params", "in": "query", "schema": {"type": "string"}, "description": "subset snapshot: JSON object of $n values for subset__where"},
+        {"name": "subset__order_by", "in": "query", "schema": {"type": "string"}, "description": "subset snapshot: column [ASC|DESC] [NULLS FIRST|LAST], …"},
+        {"name": "subset__limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+        {"name": "subset__offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}
     ]);
+    let subset_response = json!({"description": "subset snapshot: {\"metadata\": {xmin, xmax, xip_list, snapshot_mark, database_lsn}, \"data\": [insert messages]}"});
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     json!({
         "openapi": "3.0.3",
@@ -27,11 +33,20 @@ pub fn spec() -> Value {
                     "summary": "Read a shape: snapshot chunks, catch-up, long-poll or SSE",
                     "parameters": shape_params,
                     "responses": {
-                        "200": {"description": "JSON array of messages (or an SSE stream with live_sse)"},
+                        "200": {"description": "JSON array of messages (an SSE stream with live_sse; a subset snapshot object with subset__* parameters)"},
                         "304": {"description": "not modified (If-None-Match)"},
                         "400": error, "409": {"description": "must-refetch: the handle is gone; electric-handle names the new one"},
                         "503": error
                     }
+                },
+                "post": {
+                    "summary": "Subset snapshot of a shape, the subset in the JSON body",
+                    "parameters": shape_params,
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "where": {"type": "string"}, "params": {"type": "object"}, "order_by": {"type": "string"},
+                        "limit": {"type": "integer", "minimum": 1}, "offset": {"type": "integer", "minimum": 0}
+                    }}}}},
+                    "responses": {"200": subset_response, "400": error, "409": {"description": "must-refetch"}, "503": error}
                 },
                 "delete": {
                     "summary": "Drop a table's shapes (or one, with handle)",

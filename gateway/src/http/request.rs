@@ -3,7 +3,10 @@
 //! empty `cursor`, and unknown parameters ignored.
 
 use shapes::offset::LogOffset;
+use std::collections::HashMap;
+
 use shapes::shape::{LogMode, Replica, ShapeHandle, ShapeSpec, parse_columns};
+use shapes::subset::SubsetSpec;
 use shapes::table::TableName;
 use shapes::where_clause::MAX_WHERE_LEN;
 
@@ -30,6 +33,8 @@ pub struct ShapeRequest {
     pub live: bool,
     pub sse: bool,
     pub cursor: u64,
+    /// Set when any `subset__*` parameter is present: a subset snapshot, not a log read.
+    pub subset: Option<SubsetSpec>,
 }
 
 fn flag(v: &str) -> bool {
@@ -127,7 +132,99 @@ pub fn parse(raw: Option<&str>) -> Result<ShapeRequest, ApiError> {
     };
     let cursor = get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
     let (table, spec) = parse_definition(&pairs)?;
-    Ok(ShapeRequest { table, spec, offset, handle, live, sse, cursor })
+    let subset = parse_subset_query(&pairs)?;
+    if subset.is_some() && (live || sse) {
+        return Err(ApiError::invalid("live", "subset snapshots are a stable view of data; drop live"));
+    }
+    Ok(ShapeRequest { table, spec, offset, handle, live, sse, cursor, subset })
+}
+
+/// The `subset__*` parameters of a GET subset snapshot, `None` when there are none.
+fn parse_subset_query(pairs: &[(String, String)]) -> Result<Option<SubsetSpec>, ApiError> {
+    if !pairs.iter().any(|(k, _)| k.starts_with("subset__")) {
+        return Ok(None);
+    }
+    let get = |k: &str| param(pairs, k);
+    let number = |k: &'static str| -> Result<Option<u64>, ApiError> {
+        get(k)
+            .map(|v| v.parse().map_err(|_| ApiError::invalid("subset", format!("{k}: must be a whole number ≥ 0"))))
+            .transpose()
+    };
+    let params = match get("subset__params") {
+        None | Some("") => HashMap::new(),
+        Some(json) => subset_params(
+            &serde_json::from_str(json)
+                .map_err(|e| ApiError::invalid("subset", format!("params: not a JSON object: {e}")))?,
+        )?,
+    };
+    Ok(Some(SubsetSpec {
+        where_text: get("subset__where").map(str::to_string),
+        params,
+        order_by: get("subset__order_by").map(str::to_string),
+        limit: number("subset__limit")?,
+        offset: number("subset__offset")?,
+    }))
+}
+
+/// The JSON body of `POST /v1/shape`: the subset's fields, at the top or under `"subset"`.
+pub fn parse_subset_body(body: &[u8]) -> Result<SubsetSpec, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(SubsetSpec::default());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("Invalid JSON in request body: {e}")))?;
+    let obj = value.as_object().ok_or_else(|| ApiError::invalid("body", "Request body must be a JSON object"))?;
+    let obj = match obj.get("subset") {
+        Some(serde_json::Value::Object(inner)) => inner,
+        _ => obj,
+    };
+    let text = |k: &str| -> Result<Option<String>, ApiError> {
+        match obj.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid("subset", format!("{k}: must be a string"))),
+        }
+    };
+    let number = |k: &str| -> Result<Option<u64>, ApiError> {
+        match obj.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid("subset", format!("{k}: must be a whole number ≥ 0"))),
+        }
+    };
+    Ok(SubsetSpec {
+        where_text: text("where")?,
+        params: match obj.get("params") {
+            None | Some(serde_json::Value::Null) => HashMap::new(),
+            Some(v) => subset_params(v)?,
+        },
+        order_by: text("order_by")?,
+        limit: number("limit")?,
+        offset: number("offset")?,
+    })
+}
+
+/// `{"1": "v", "2": 3}` → `$1`, `$2` values as text.
+fn subset_params(value: &serde_json::Value) -> Result<HashMap<usize, String>, ApiError> {
+    let obj = value.as_object().ok_or_else(|| ApiError::invalid("subset", "params: must be a JSON object"))?;
+    if obj.len() > MAX_PARAMS {
+        return Err(ApiError::invalid("subset", format!("params: at most {MAX_PARAMS} are accepted")));
+    }
+    obj.iter()
+        .map(|(k, v)| {
+            let n: usize = k.parse().map_err(|_| ApiError::invalid("subset", "params: keys must be numbers"))?;
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return Err(ApiError::invalid("subset", format!("params: ${n} must be a string or a number"))),
+            };
+            Ok((n, text))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -142,6 +239,25 @@ mod tests {
         assert_eq!(r.spec.params, vec![(1, "a b".into())]);
         assert!(r.live && !r.sse);
         assert_eq!(r.offset, RequestOffset::At("5_2".parse().unwrap()));
+        assert!(r.subset.is_none());
+    }
+
+    #[test]
+    fn subsets_come_from_the_query_or_a_json_body() {
+        let r = parse(Some("offset=-1&subset__limit=5&subset__order_by=id+desc&subset__params=%7B%221%22%3A3%7D&subset__where=x+%3E+%241&table=t")).unwrap();
+        let s = r.subset.unwrap();
+        assert_eq!(
+            (s.limit, s.order_by.as_deref(), s.where_text.as_deref()),
+            (Some(5), Some("id desc"), Some("x > $1"))
+        );
+        assert_eq!(s.params, HashMap::from([(1, "3".to_string())]));
+        let body = parse_subset_body(br#"{"subset":{"where":"x = $1","params":{"1":"a"},"limit":"2","order_by":"x"}}"#)
+            .unwrap();
+        assert_eq!((body.limit, body.params.get(&1).map(String::as_str)), (Some(2), Some("a")));
+        assert_eq!(parse_subset_body(b"  ").unwrap(), SubsetSpec::default());
+        for bad in [&b"[1]"[..], b"{", br#"{"limit":-1}"#, br#"{"where":3}"#] {
+            assert!(parse_subset_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
@@ -160,5 +276,8 @@ mod tests {
         assert_eq!(field("table=t&offset=-1&params[a]=x"), "params");
         assert_eq!(field("table=t&offset=-1&replica=half"), "replica");
         assert_eq!(field("table=t&offset=0_0&handle=../../etc"), "handle");
+        assert_eq!(field("table=t&offset=0_0&handle=1-2&live&subset__limit=1"), "live");
+        assert_eq!(field("table=t&offset=-1&subset__limit=x"), "subset");
+        assert_eq!(field("table=t&offset=-1&subset__params=%5B1%5D"), "subset");
     }
 }

@@ -33,6 +33,9 @@ pub async fn get_shape(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let req = request::parse(raw.as_deref())?;
+    if let Some(spec) = &req.subset {
+        return Box::pin(super::subset::serve(&state, &req, spec)).await;
+    }
     // Boxed: shape creation's future is large and would otherwise be inlined into every
     // waiting long-poll's state.
     let shape = Box::pin(resolve(&state, &req)).await?;
@@ -53,7 +56,7 @@ pub async fn get_shape(
 }
 
 /// Finds the shape for the request's definition, creating it (and its snapshot) if new.
-async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>, ApiError> {
+pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>, ApiError> {
     let bind = |schema| {
         Shape::bind(req.spec.clone(), schema, state.registry.bind_options()).map_err(|e| match e {
             shapes::shape::ShapeError::Where(w) => ApiError::invalid("where", w.to_string()),
@@ -262,7 +265,7 @@ pub(super) fn cursor_for(state: &AppState, req: &ShapeRequest) -> u64 {
     next_cursor(req.cursor, state.settings.long_poll_timeout.as_secs(), now)
 }
 
-fn offset_text(req: &ShapeRequest) -> String {
+pub(super) fn offset_text(req: &ShapeRequest) -> String {
     match req.offset {
         RequestOffset::Start => "-1".into(),
         RequestOffset::Now => "now".into(),

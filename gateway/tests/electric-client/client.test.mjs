@@ -120,3 +120,27 @@ test('a bad filter is a 400 the client reports', async () => {
   assert.match(JSON.stringify(errors[0].json ?? errors[0].text ?? ''), /unknown column/)
   controller.abort()
 })
+
+for (const method of ['GET', 'POST']) {
+  test(`changes_only with requestSnapshot loads a subset, then follows it live (${method})`, async () => {
+    const t = `subset_${method.toLowerCase()}`
+    await db.query(`create table ${t} (id int4 primary key, grp text not null, n int4)`)
+    await db.query(`insert into ${t} select i, 'g' || (i % 3), i from generate_series(1, 30) i`)
+    const controller = new AbortController()
+    const stream = new ShapeStream({ url, params: { table: t }, log: 'changes_only', subsetMethod: method, signal: controller.signal })
+    const shape = new Shape(stream)
+    await shape.rows
+    assert.equal(shape.currentRows.length, 0, 'changes_only starts empty')
+    await shape.requestSnapshot({ where: `grp = $1`, params: { 1: 'g1' }, orderBy: 'n DESC', limit: 4 })
+    assert.deepEqual(ids(shape.currentRows), [19, 22, 25, 28])
+
+    await db.query(`update ${t} set n = n + 100 where id = 28`) // a subset row changes
+    await db.query(`insert into ${t} values (31, 'g2', 31)`) // a new row arrives as a change
+    await waitFor(
+      () => shape.currentRows.some((r) => r.id === 28 && r.n === 128) && shape.currentRows.some((r) => r.id === 31),
+      'live changes after the subset'
+    )
+    assert.deepEqual(ids(shape.currentRows), [19, 22, 25, 28, 31])
+    controller.abort()
+  })
+}

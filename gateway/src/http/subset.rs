@@ -1,0 +1,57 @@
+//! Subset snapshots: `GET /v1/shape` with `subset__*` parameters, or `POST /v1/shape` with
+//! them in a JSON body. A one-off read of part of a shape straight from PostgreSQL, never
+//! cached, and never moving the client's position in the shape log.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use shapes::subset::{Subset, SubsetSpec};
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{self, ShapeRequest};
+use super::shape::{must_refetch, offset_text, resolve};
+use crate::snapshot;
+
+pub async fn post_shape(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req = request::parse(raw.as_deref())?;
+    let spec = request::parse_subset_body(&body)?;
+    serve(&state, &req, &spec).await
+}
+
+pub(super) async fn serve(state: &AppState, req: &ShapeRequest, spec: &SubsetSpec) -> Result<Response, ApiError> {
+    let shape = Box::pin(resolve(state, req)).await?;
+    if req.handle.as_ref().is_some_and(|h| *h != shape.handle) {
+        return Ok(must_refetch(Some(&shape)));
+    }
+    let subset = Subset::bind(spec, &shape.shape.table, state.registry.bind_options())
+        .map_err(|e| ApiError::invalid("subset", e.to_string()))?;
+    let body = snapshot::subset(&state.settings.db, &shape, &subset).await.map_err(|e| {
+        if e.is_client_error() {
+            ApiError::invalid("subset", e.to_string())
+        } else {
+            ApiError::Unavailable { message: format!("the subset query failed: {e}"), retry_after: 1 }
+        }
+    })?;
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    let mut set = |k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set("electric-handle", shape.handle.as_str());
+    // The client adopts this offset: handing back its own keeps it from skipping log
+    // entries about rows outside the subset.
+    set("electric-offset", &offset_text(req));
+    set("electric-schema", &shape.schema_header);
+    set("electric-snapshot", "true");
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    Ok(resp)
+}
