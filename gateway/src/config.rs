@@ -1,8 +1,13 @@
-//! `gateway serve` settings: flags, each also read from its environment variable.
+//! `gateway serve` settings: flags, each also read from its environment variable and from
+//! the `--config` TOML file (keys are the flag names without `--`), in that order of
+//! precedence; the file also holds the `[[table]]` access rules.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::auth::rules::TableRule;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
@@ -14,6 +19,9 @@ pub enum AuthMode {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeConfig {
+    /// TOML file with settings (these flags' names as keys) and [[table]] access rules.
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
@@ -41,6 +49,27 @@ pub struct ServeConfig {
     /// Bytes of messages per chunk of a shape log (the CDN-cacheable unit).
     #[arg(long, env = "GATEWAY_CHUNK_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub chunk_bytes: u64,
+    /// HMAC secret for HS256/384/512 tokens.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS*/PS*, ES256/384 or EdDSA tokens.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file or http(s) URL; keys are chosen by `kid` and reloaded every 10 minutes.
+    #[arg(long, env = "GATEWAY_JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+    /// Required `iss` of tokens.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of tokens.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Origins browsers may call from, comma-separated; `*` allows any (without credentials).
+    #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
+    pub cors_origins: Vec<String>,
+    /// The `[[table]]` access rules of the config file.
+    #[arg(skip)]
+    pub rules: Vec<TableRule>,
 }
 
 impl ServeConfig {
@@ -50,5 +79,118 @@ impl ServeConfig {
 
     pub fn sse_timeout(&self) -> Duration {
         Duration::from_secs(self.sse_timeout_s)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {problem}")]
+    File { path: String, problem: String },
+}
+
+/// What a config file holds.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    /// `serve` settings by flag name, as the flag's text value.
+    pub settings: Vec<(String, String)>,
+    pub rules: Vec<TableRule>,
+}
+
+impl ConfigFile {
+    /// Reads and checks a config file: every key must be a `serve` flag or `table`.
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let fail = |problem: String| ConfigError::File { path: path.display().to_string(), problem };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let rules = match doc.remove("table") {
+            None => Vec::new(),
+            Some(t) => t.try_into().map_err(|e: toml::de::Error| fail(format!("[[table]]: {}", e.message())))?,
+        };
+        let known = serve_flags();
+        let mut settings = Vec::new();
+        for (key, value) in doc {
+            let name = key.replace('_', "-");
+            if !known.contains(&name) || name == "config" {
+                return Err(fail(format!(
+                    "unknown setting {key:?}; settings are the serve flags: {}",
+                    known.join(", ")
+                )));
+            }
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => return Err(fail(format!("{key}: unsupported value {other}"))),
+            };
+            settings.push((name, text));
+        }
+        Ok(ConfigFile { settings, rules })
+    }
+
+    /// The `serve` command with this file's settings as defaults: flags and environment
+    /// variables still win.
+    pub fn apply(&self, mut serve: clap::Command) -> clap::Command {
+        for (name, value) in &self.settings {
+            let id = serve.get_arguments().find(|a| a.get_long() == Some(name.as_str())).map(|a| a.get_id().clone());
+            if let Some(id) = id {
+                let value = value.clone();
+                serve = serve.mut_arg(id, |a| a.default_value(value));
+            }
+        }
+        serve
+    }
+}
+
+/// The long names of `serve`'s flags.
+fn serve_flags() -> Vec<String> {
+    use clap::Args;
+    ServeConfig::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect()
+}
+
+/// `--config FILE` (or `GATEWAY_CONFIG`) from the raw arguments, before clap parses them.
+pub fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().map(|p| PathBuf::from(p.as_ref()));
+        }
+        if let Some(p) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    std::env::var_os("GATEWAY_CONFIG").map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_holds_settings_and_rules() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:4000\"\nlong_poll_timeout_ms = 5000\ncors-origins = [\"https://a\", \"https://b\"]\n\n[[table]]\nname = \"public.todos\"\nscope = \"org_id = :org_id\"\n",
+        )
+        .unwrap();
+        let file = ConfigFile::read(&path).unwrap();
+        assert_eq!(file.rules.len(), 1);
+        assert!(file.settings.contains(&("long-poll-timeout-ms".into(), "5000".into())));
+        assert!(file.settings.contains(&("cors-origins".into(), "https://a,https://b".into())));
+        std::fs::write(&path, "lisen = 1").unwrap();
+        assert!(ConfigFile::read(&path).unwrap_err().to_string().contains("unknown setting \"lisen\""));
+        std::fs::write(&path, "[[table]]\nname = \"t\"\nscop = \"x\"").unwrap();
+        assert!(ConfigFile::read(&path).unwrap_err().to_string().contains("[[table]]"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -53,6 +53,7 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
     println!("Ctrl-C stops everything and removes the temporary database.");
 
     let cfg = ServeConfig {
+        config: None,
         database_url: url,
         listen,
         data_dir: pg.root().join("gateway-data"),
@@ -62,6 +63,13 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
         long_poll_timeout_ms: 20_000,
         sse_timeout_s: 60,
         chunk_bytes: 10 * 1024 * 1024,
+        jwt_secret: None,
+        jwt_public_key: None,
+        jwt_jwks: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+        cors_origins: vec!["*".into()],
+        rules: Vec::new(),
     };
     let result = crate::serve(cfg, shutdown).await;
     drop(pg);

@@ -5,6 +5,7 @@
 //! append, group fsync, publish, acknowledge) → `http::shape` / `http::sse` (read the log
 //! from the client's offset and send the stored bytes).
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -39,8 +40,12 @@ const TXN_CHANNEL: usize = 1024;
 pub enum StartError {
     #[error("--auth none is for development only and needs a loopback --listen address (got {0})")]
     NoneAuthNotLoopback(std::net::SocketAddr),
-    #[error("--auth jwt is not available in this build yet; use --auth none on a loopback address")]
-    JwtNotAvailable,
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Keys(#[from] auth::keys::KeyError),
+    #[error(transparent)]
+    Rule(#[from] auth::rules::RuleError),
     #[error(transparent)]
     Db(#[from] db::DbError),
     #[error(transparent)]
@@ -55,6 +60,47 @@ pub enum StartError {
     Crashed(String),
 }
 
+/// Installs ring as the process's TLS provider (JWKS over https). Call before building
+/// any HTTP client; calling it again is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The token verifier and access rules; every rule is checked against its table, so a
+/// broken rule stops the gateway at start, naming the rule and the problem.
+async fn build_auth(
+    cfg: &ServeConfig,
+    client: &tokio_postgres::Client,
+    bind: BindOptions,
+) -> Result<auth::Auth, StartError> {
+    if cfg.auth == AuthMode::None {
+        return Ok(auth::Auth::none());
+    }
+    let keys = auth::keys::KeySource::from_settings(
+        cfg.jwt_secret.as_deref(),
+        cfg.jwt_public_key.as_ref(),
+        cfg.jwt_jwks.as_deref(),
+    )?;
+    if let auth::keys::KeySource::Jwks(jwks) = &keys {
+        let count = jwks.load().await?;
+        tracing::info!(keys = count, "JWKS loaded");
+    }
+    let rules = auth::rules::AccessRules::compile(&cfg.rules)?;
+    for (index, rule) in cfg.rules.iter().enumerate() {
+        let fail = |problem: String| auth::rules::RuleError { index: index + 1, name: rule.name.clone(), problem };
+        let table = shapes::table::TableName::parse(&rule.name).map_err(&fail)?;
+        let schema = db::table_schema(client, &table)
+            .await?
+            .ok_or_else(|| fail(format!("table {} does not exist", table.quoted())))?;
+        rules.check_table(&schema, bind).map_err(fail)?;
+    }
+    if cfg.rules.is_empty() {
+        tracing::warn!("--auth jwt without [[table]] rules: only admin tokens can read anything");
+    }
+    let verifier = auth::token::Verifier::new(keys, cfg.jwt_issuer.clone(), cfg.jwt_audience.clone());
+    Ok(auth::Auth::jwt(verifier, rules))
+}
+
 /// Runs `gateway serve` until `shutdown` is cancelled or a fatal error.
 pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     match cfg.auth {
@@ -64,7 +110,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         AuthMode::None => {
             tracing::warn!("--auth none: every published table is readable without a token (development only)")
         }
-        AuthMode::Jwt => return Err(StartError::JwtNotAvailable),
+        AuthMode::Jwt => {}
     }
     let open_files = limits::raise_open_files();
     tracing::info!(open_files = ?open_files, "open-files limit");
@@ -74,6 +120,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     slot::ensure_publication(&client, &cfg.publication).await?;
     let slot_state = slot::ensure_slot(&client, &cfg.slot).await?;
     let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
+    let auth = Arc::new(build_auth(&cfg, &client, bind).await?);
     drop(client);
 
     let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
@@ -110,7 +157,16 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         sse_timeout: cfg.sse_timeout(),
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
     };
-    let state = AppState::new(settings, registry.clone(), ack.clone(), status, cancel.clone());
+    if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
+        let (auth, cancel) = (auth.clone(), cancel.clone());
+        tokio::spawn(async move {
+            if let Some(auth::keys::KeySource::Jwks(jwks)) = auth.verifier().map(|v| v.keys()) {
+                jwks.refresh_until(cancel).await;
+            }
+        });
+    }
+    let cors = http::Cors::new(&cfg.cors_origins);
+    let state = AppState::new(settings, registry.clone(), ack.clone(), status, auth, cors, cancel.clone());
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");

@@ -1,6 +1,6 @@
 //! `gateway`: wiring only.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Tail logical replication and serve shapes.
-    Serve(gateway::config::ServeConfig),
+    Serve(Box<gateway::config::ServeConfig>),
     /// Start a throwaway PostgreSQL with demo data and serve it (Ctrl-C cleans up).
     Demo {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -26,6 +26,7 @@ enum Command {
 const MAX_BLOCKING_THREADS: usize = 32;
 
 fn main() -> anyhow::Result<()> {
+    gateway::install_tls_provider();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -40,7 +41,16 @@ async fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = gateway::config::config_path(&args).map(|p| gateway::config::ConfigFile::read(&p)).transpose()?;
+    let mut command = Cli::command();
+    if let Some(file) = &file {
+        command = command.mut_subcommand("serve", |serve| file.apply(serve));
+    }
+    let mut cli = Cli::from_arg_matches(&command.get_matches_from(args))?;
+    if let (Command::Serve(cfg), Some(file)) = (&mut cli.command, file) {
+        cfg.rules = file.rules;
+    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -54,7 +64,7 @@ async fn run() -> anyhow::Result<()> {
         signal.cancel();
     });
     match cli.command {
-        Command::Serve(cfg) => gateway::serve(cfg, shutdown).await?,
+        Command::Serve(cfg) => gateway::serve(*cfg, shutdown).await?,
         Command::Demo { listen } => gateway::demo::run(listen, shutdown).await?,
     }
     Ok(())

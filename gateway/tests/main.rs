@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod auth;
 mod durability;
 mod electric_client;
 mod filters;

@@ -59,12 +59,25 @@ pub struct ShapeSpec {
     pub columns: Option<Vec<String>>,
     pub replica: Replica,
     pub log: LogMode,
+    /// The caller's row scope, ANDed with `where_text`; set by the gateway's access rules,
+    /// never by the client.
+    #[serde(default)]
+    pub scope: Option<ScopeSpec>,
+}
+
+/// A row scope with its claim values bound as `$n` parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ScopeSpec {
+    pub where_text: String,
+    pub params: Vec<(usize, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShapeError {
     #[error(transparent)]
     Where(#[from] WhereError),
+    #[error("the access rule's scope does not bind: {0}")]
+    Scope(WhereError),
     #[error("{0}")]
     Columns(String),
 }
@@ -79,7 +92,10 @@ pub fn parse_columns(s: &str) -> Result<Vec<String>, String> {
 pub struct Shape {
     pub spec: ShapeSpec,
     pub table: TableSchema,
+    /// The rows in the shape: the scope AND the client's filter.
     pub filter: Option<Expr>,
+    /// Columns the client's own filter reads (access rules may hide some).
+    pub where_columns: Vec<usize>,
     /// Indexes of the selected columns, in table order.
     pub selected: Vec<usize>,
     /// Indexes of the key columns, in key order.
@@ -89,9 +105,22 @@ pub struct Shape {
 impl Shape {
     pub fn bind(spec: ShapeSpec, table: TableSchema, options: BindOptions) -> Result<Shape, ShapeError> {
         let params: HashMap<usize, String> = spec.params.iter().cloned().collect();
-        let filter = match &spec.where_text {
+        let client = match &spec.where_text {
             Some(w) if !w.trim().is_empty() => Some(parse_where(w, &table, &params, options)?),
             _ => None,
+        };
+        let where_columns = client.as_ref().map(Expr::columns).unwrap_or_default();
+        let scope = match &spec.scope {
+            Some(s) => {
+                let params: HashMap<usize, String> = s.params.iter().cloned().collect();
+                Some(parse_where(&s.where_text, &table, &params, options).map_err(ShapeError::Scope)?)
+            }
+            None => None,
+        };
+        // Parsed apart and joined as trees: no client text can reach into the scope.
+        let filter = match (scope, client) {
+            (Some(s), Some(c)) => Some(Expr::And(vec![s, c])),
+            (s, c) => s.or(c),
         };
         let key = table.key_columns();
         let selected = match &spec.columns {
@@ -119,7 +148,7 @@ impl Shape {
                 idx
             }
         };
-        Ok(Shape { spec, table, filter, selected, key })
+        Ok(Shape { spec, table, filter, where_columns, selected, key })
     }
 
     /// Canonical identity: the same table, filter, columns and modes give the same key,

@@ -147,7 +147,6 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
     use shapes::shape::{LogMode, ShapeSpec};
@@ -176,8 +175,8 @@ mod tests {
             columns: None,
             replica,
             log: LogMode::Full,
+            scope: None,
         };
-        let _ = HashMap::<u8, u8>::new();
         let s = Shape::bind(spec, table.clone(), BindOptions::default()).unwrap();
         (s, MessageEncoder::new(&table))
     }

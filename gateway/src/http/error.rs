@@ -9,6 +9,8 @@ pub enum ApiError {
     #[error("{message}")]
     Invalid { field: &'static str, message: String },
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
@@ -28,6 +30,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        if e.is_unauthenticated() { ApiError::Unauthorized(e.to_string()) } else { ApiError::Forbidden(e.to_string()) }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body, retry) = match &self {
@@ -36,6 +44,9 @@ impl IntoResponse for ApiError {
                 serde_json::json!({"error": "invalid_request", "message": format!("{field}: {message}"), "errors": {*field: [message]}}),
                 None,
             ),
+            ApiError::Unauthorized(m) => {
+                (StatusCode::UNAUTHORIZED, serde_json::json!({"error": "unauthorized", "message": m}), None)
+            }
             ApiError::Forbidden(m) => {
                 (StatusCode::FORBIDDEN, serde_json::json!({"error": "forbidden", "message": m}), None)
             }
@@ -63,6 +74,9 @@ impl IntoResponse for ApiError {
         h.insert("surrogate-control", HeaderValue::from_static("no-store"));
         if let Some(secs) = retry {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use self::error::ApiError;
+use crate::auth::Auth;
 use crate::fanout::ack::AckState;
 use crate::fanout::registry::Registry;
 use crate::status::Status;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub ack: Arc<AckState>,
     pub status: Arc<Status>,
+    pub auth: Arc<Auth>,
+    pub cors: Cors,
     pub cancel: CancellationToken,
     /// Serializes shape creation (publication changes, snapshot start).
     pub create_lock: Arc<tokio::sync::Mutex<()>>,
@@ -53,6 +56,8 @@ impl AppState {
         registry: Arc<Registry>,
         ack: Arc<AckState>,
         status: Arc<Status>,
+        auth: Arc<Auth>,
+        cors: Cors,
         cancel: CancellationToken,
     ) -> Self {
         AppState {
@@ -60,6 +65,8 @@ impl AppState {
             registry,
             ack,
             status,
+            auth,
+            cors,
             cancel,
             create_lock: Default::default(),
             catalog: Default::default(),
@@ -99,7 +106,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/v1/openapi.json", get(openapi::document))
         .fallback(not_found)
-        .layer(middleware::from_fn(cors))
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }
 
@@ -113,9 +120,32 @@ async fn not_found() -> Response {
 
 const EXPOSED: &str = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after,etag";
 
-/// CORS on every response; preflights answered here. Browsers talk to the gateway
-/// directly, so `authorization` and any requested header are allowed.
-async fn cors(req: Request, next: Next) -> Response {
+/// Which browser origins may call the gateway.
+#[derive(Clone, Debug)]
+pub struct Cors {
+    /// `None`: any origin (no credentials are ever allowed, so `*` is safe to echo).
+    origins: Option<Arc<[String]>>,
+}
+
+impl Cors {
+    pub fn new(origins: &[String]) -> Cors {
+        let listed: Vec<String> = origins.iter().map(|o| o.trim().trim_end_matches('/').to_string()).collect();
+        let any = listed.is_empty() || listed.iter().any(|o| o == "*");
+        Cors { origins: if any { None } else { Some(listed.into()) } }
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        match &self.origins {
+            None => true,
+            Some(list) => origin.to_str().is_ok_and(|o| list.iter().any(|l| l == o)),
+        }
+    }
+}
+
+/// CORS on every response; preflights answered here. `authorization` and any requested
+/// header are allowed. With tokens, every response varies by `Authorization`, so no cache
+/// in front can hand one caller's rows to another.
+async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let requested = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
     let mut resp = if req.method() == Method::OPTIONS {
@@ -131,8 +161,20 @@ async fn cors(req: Request, next: Next) -> Response {
         next.run(req).await
     };
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.unwrap_or(HeaderValue::from_static("*")));
+    match origin {
+        Some(o) if state.cors.allows(&o) => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        }
+        Some(_) => {}
+        None if state.cors.origins.is_none() => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        }
+        None => {}
+    }
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
     h.append(header::VARY, HeaderValue::from_static("origin"));
+    if state.auth.enabled() {
+        h.append(header::VARY, HeaderValue::from_static("authorization"));
+    }
     resp
 }

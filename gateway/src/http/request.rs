@@ -11,6 +11,7 @@ use shapes::table::TableName;
 use shapes::where_clause::MAX_WHERE_LEN;
 
 use super::error::ApiError;
+use crate::auth::Access;
 
 /// Most `params[n]` accepted.
 const MAX_PARAMS: usize = 100;
@@ -35,6 +36,10 @@ pub struct ShapeRequest {
     pub cursor: u64,
     /// Set when any `subset__*` parameter is present: a subset snapshot, not a log read.
     pub subset: Option<SubsetSpec>,
+    /// What the caller may read (set after authentication).
+    pub access: Access,
+    /// When the caller's token expires; live streams end then.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 fn flag(v: &str) -> bool {
@@ -81,7 +86,7 @@ pub fn parse_definition(pairs: &[(String, String)]) -> Result<(TableName, ShapeS
         .unwrap_or_default();
     let log =
         get("log").map(str::parse::<LogMode>).transpose().map_err(|e| ApiError::invalid("log", e))?.unwrap_or_default();
-    Ok((table, ShapeSpec { where_text, params, columns, replica, log }))
+    Ok((table, ShapeSpec { where_text, params, columns, replica, log, scope: None }))
 }
 
 /// The value of parameter `k`; the last one wins when repeated.
@@ -136,7 +141,18 @@ pub fn parse(raw: Option<&str>) -> Result<ShapeRequest, ApiError> {
     if subset.is_some() && (live || sse) {
         return Err(ApiError::invalid("live", "subset snapshots are a stable view of data; drop live"));
     }
-    Ok(ShapeRequest { table, spec, offset, handle, live, sse, cursor, subset })
+    Ok(ShapeRequest {
+        table,
+        spec,
+        offset,
+        handle,
+        live,
+        sse,
+        cursor,
+        subset,
+        access: Access::default(),
+        expires: None,
+    })
 }
 
 /// The `subset__*` parameters of a GET subset snapshot, `None` when there are none.

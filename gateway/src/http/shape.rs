@@ -11,12 +11,14 @@ use axum::response::{IntoResponse, Response};
 use shapes::log::{LiveRead, LogVersion};
 use shapes::offset::{LogOffset, Lsn};
 use shapes::shape::Shape;
+use shapes::table::TableSchema;
 use shapes::wire::{MUST_REFETCH, up_to_date};
 use tokio::sync::watch;
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::{self, RequestOffset, ShapeRequest};
+use crate::auth::AuthError;
 use crate::db;
 use crate::fanout::registry::LiveShape;
 use crate::replication::{ReplicationError, slot};
@@ -32,7 +34,7 @@ pub async fn get_shape(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let req = request::parse(raw.as_deref())?;
+    let req = authorized(&state, &headers, raw.as_deref()).await?;
     if let Some(spec) = &req.subset {
         return Box::pin(super::subset::serve(&state, &req, spec)).await;
     }
@@ -55,13 +57,47 @@ pub async fn get_shape(
     }
 }
 
+/// Authenticates the caller, parses the request and narrows it to what the caller may read.
+pub(super) async fn authorized(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+) -> Result<ShapeRequest, ApiError> {
+    let caller = state.auth.authenticate(headers).await?;
+    let mut req = request::parse(raw)?;
+    req.access = state.auth.scope(&caller, &req.table, &mut req.spec)?;
+    req.expires = caller.expires();
+    Ok(req)
+}
+
+/// Refuses a filter that reads a column the caller may not read (it would leak the
+/// hidden values through which rows match).
+pub(super) fn check_readable(req: &ShapeRequest, table: &TableSchema, columns: &[usize]) -> Result<(), ApiError> {
+    let Some(readable) = &req.access.readable else { return Ok(()) };
+    match columns.iter().map(|&c| &table.columns[c].name).find(|name| !readable.contains(name)) {
+        None => Ok(()),
+        Some(column) => Err(AuthError::ColumnNotAllowed {
+            table: table.name.quoted(),
+            column: column.clone(),
+            readable: readable.join(", "),
+        }
+        .into()),
+    }
+}
+
 /// Finds the shape for the request's definition, creating it (and its snapshot) if new.
 pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>, ApiError> {
     let bind = |schema| {
-        Shape::bind(req.spec.clone(), schema, state.registry.bind_options()).map_err(|e| match e {
+        let shape = Shape::bind(req.spec.clone(), schema, state.registry.bind_options()).map_err(|e| match e {
             shapes::shape::ShapeError::Where(w) => ApiError::invalid("where", w.to_string()),
             shapes::shape::ShapeError::Columns(c) => ApiError::invalid("columns", c),
-        })
+            shapes::shape::ShapeError::Scope(w) => ApiError::Forbidden(format!(
+                "the token's claims do not fit the access rule of {}: {w}",
+                req.table.quoted()
+            )),
+        })?;
+        check_readable(req, &shape.table, &shape.where_columns)?;
+        Ok::<_, ApiError>(shape)
     };
     if let Some(schema) = state.registry.cached_schema(&req.table)
         && let Some(existing) = state.registry.get(&bind(schema)?.key())
@@ -372,7 +408,14 @@ pub(super) fn must_refetch(current: Option<&LiveShape>) -> Response {
     resp
 }
 
-pub async fn delete_shape(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn delete_shape(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    if !state.auth.authenticate(&headers).await?.is_admin() {
+        return Err(AuthError::AdminOnly("drop shapes").into());
+    }
     let pairs = request::pairs(raw.as_deref());
     let (table, _) = request::parse_definition(&pairs)?;
     let handle = request::param(&pairs, "handle").map(str::to_string);
@@ -425,6 +468,8 @@ mod size_tests {
             registry,
             Arc::new(crate::fanout::ack::AckState::new(Lsn(0))),
             Arc::new(crate::status::Status::default()),
+            Arc::new(crate::auth::Auth::none()),
+            super::super::Cors::new(&["*".into()]),
             tokio_util::sync::CancellationToken::new(),
         );
         let fut = get_shape(State(state), HeaderMap::new(), RawQuery(None));

@@ -25,7 +25,12 @@ pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after:
     let (tx, rx) = mpsc::channel::<Event>(EVENT_BUFFER);
     let cursor = cursor_for(&state, req);
     let handle = shape.handle.clone();
-    tokio::spawn(produce(state.clone(), shape, after, tx));
+    // The stream ends when the token expires, so the client comes back with a fresh one.
+    let lifetime = req
+        .expires
+        .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+        .map_or(state.settings.sse_timeout, |left| left.min(state.settings.sse_timeout));
+    tokio::spawn(produce(state.clone(), shape, after, lifetime, tx));
     let events =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     let mut resp = Sse::new(events)
@@ -45,8 +50,14 @@ pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after:
     resp
 }
 
-async fn produce(state: AppState, shape: Arc<LiveShape>, mut after: LogOffset, tx: mpsc::Sender<Event>) {
-    let deadline = tokio::time::Instant::now() + state.settings.sse_timeout;
+async fn produce(
+    state: AppState,
+    shape: Arc<LiveShape>,
+    mut after: LogOffset,
+    lifetime: std::time::Duration,
+    tx: mpsc::Sender<Event>,
+) {
+    let deadline = tokio::time::Instant::now() + lifetime;
     let mut rx = shape.log.subscribe();
     let mut first = true;
     loop {

@@ -4,22 +4,23 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use shapes::subset::{Subset, SubsetSpec};
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::{self, ShapeRequest};
-use super::shape::{must_refetch, offset_text, resolve};
+use super::shape::{authorized, check_readable, must_refetch, offset_text, resolve};
 use crate::snapshot;
 
 pub async fn post_shape(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req = request::parse(raw.as_deref())?;
+    let req = authorized(&state, &headers, raw.as_deref()).await?;
     let spec = request::parse_subset_body(&body)?;
     serve(&state, &req, &spec).await
 }
@@ -31,6 +32,9 @@ pub(super) async fn serve(state: &AppState, req: &ShapeRequest, spec: &SubsetSpe
     }
     let subset = Subset::bind(spec, &shape.shape.table, state.registry.bind_options())
         .map_err(|e| ApiError::invalid("subset", e.to_string()))?;
+    if let Some(filter) = &subset.filter {
+        check_readable(req, &shape.shape.table, &filter.columns())?;
+    }
     let body = snapshot::subset(&state.settings.db, &shape, &subset).await.map_err(|e| {
         if e.is_client_error() {
             ApiError::invalid("subset", e.to_string())

@@ -27,6 +27,7 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Env {
+        gateway::install_tls_provider();
         let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default()))
             .await
             .unwrap()
@@ -98,7 +99,8 @@ impl Gateway {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["serve", "--auth", "none", "--database-url", &self.url])
+            .args(["serve", "--database-url", &self.url])
+            .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--data-dir", &self.data_dir.to_string_lossy()])
             .args(self.default_args())
@@ -203,7 +205,16 @@ pub struct Response {
 }
 
 pub async fn get(url: &str) -> Response {
-    let r = reqwest::get(url).await.expect("request");
+    get_as(url, None).await
+}
+
+/// A GET with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_as(url: &str, token: Option<&str>) -> Response {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let r = req.send().await.expect("request");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let bytes = r.bytes().await.unwrap();
@@ -224,6 +235,7 @@ pub struct Follower {
     seen: HashSet<(String, u64)>,
     pub duplicates: usize,
     pub schema: Option<Value>,
+    pub token: Option<String>,
 }
 
 impl Follower {
@@ -239,7 +251,14 @@ impl Follower {
             seen: HashSet::new(),
             duplicates: 0,
             schema: None,
+            token: None,
         }
+    }
+
+    /// Sends `token` as a bearer token on every request.
+    pub fn with_token(mut self, token: &str) -> Follower {
+        self.token = Some(token.into());
+        self
     }
 
     /// Points the follower at another gateway (same data), keeping handle and offset.
@@ -260,7 +279,7 @@ impl Follower {
 
     /// One request; applies its messages. Returns whether it ended with up-to-date.
     pub async fn step(&mut self, live: bool) -> bool {
-        let r = get(&self.url(live)).await;
+        let r = get_as(&self.url(live), self.token.as_deref()).await;
         match r.status {
             200 => {}
             409 => {

@@ -4,13 +4,15 @@
 
 mod arith;
 pub mod eval;
+mod named;
 pub mod parse;
 pub mod render;
 
 use crate::value::{Datum, SqlType};
 
 pub use eval::{EvalError, Row};
-pub use parse::{BindOptions, parse_where};
+pub use named::{Named, NamedParam, rewrite_named};
+pub use parse::{BindOptions, parse_where, parse_where_template};
 
 /// Longest `where` accepted, in bytes.
 pub const MAX_WHERE_LEN: usize = 8 * 1024;
@@ -267,6 +269,40 @@ impl Expr {
             | Expr::Func { ty, .. }
             | Expr::Cast { ty, .. } => ty.clone(),
             _ => SqlType::Bool,
+        }
+    }
+
+    /// The table columns this expression reads, each once, in index order.
+    pub fn columns(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let Expr::Column { index, .. } = e {
+                out.push(*index);
+            }
+        });
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn visit(&self, f: &mut impl FnMut(&Expr)) {
+        f(self);
+        let children: Vec<&Expr> = match self {
+            Expr::Column { .. } | Expr::Const { .. } => Vec::new(),
+            Expr::Not(e) | Expr::IsNull { expr: e, .. } | Expr::IsBool { expr: e, .. } => vec![e],
+            Expr::Unary { expr, .. } | Expr::Cast { expr, .. } => vec![expr],
+            Expr::And(items) | Expr::Or(items) | Expr::Func { args: items, .. } => items.iter().collect(),
+            Expr::Compare { left, right, .. }
+            | Expr::Distinct { left, right, .. }
+            | Expr::Arith { left, right, .. }
+            | Expr::Concat { left, right, .. }
+            | Expr::ArraySet { left, right, .. } => vec![left, right],
+            Expr::Quantified { left, array, .. } => vec![left, array],
+            Expr::Like { expr, pattern, .. } => vec![expr, pattern],
+            Expr::InList { expr, list, .. } => std::iter::once(&**expr).chain(list).collect(),
+        };
+        for c in children {
+            c.visit(f);
         }
     }
 

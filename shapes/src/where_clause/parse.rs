@@ -30,6 +30,22 @@ pub fn parse_where(
     params: &HashMap<usize, String>,
     options: BindOptions,
 ) -> Result<Expr, WhereError> {
+    parse_bound(text, table, Params::Values(params), options)
+}
+
+/// Checks a filter whose `$n` values come later (an access rule's scope): every `$n`
+/// binds as an untyped NULL, so columns, operators and types are checked now.
+pub fn parse_where_template(text: &str, table: &TableSchema, options: BindOptions) -> Result<Expr, WhereError> {
+    parse_bound(text, table, Params::Later, options)
+}
+
+#[derive(Clone, Copy)]
+enum Params<'a> {
+    Values(&'a HashMap<usize, String>),
+    Later,
+}
+
+fn parse_bound(text: &str, table: &TableSchema, params: Params<'_>, options: BindOptions) -> Result<Expr, WhereError> {
     if text.len() > MAX_WHERE_LEN {
         return Err(WhereError::TooComplex);
     }
@@ -125,7 +141,7 @@ fn strip_parser_prefix(s: &str) -> String {
 
 struct Binder<'a> {
     table: &'a TableSchema,
-    params: &'a HashMap<usize, String>,
+    params: Params<'a>,
     options: BindOptions,
 }
 
@@ -313,8 +329,10 @@ impl Binder<'_> {
                     .strip_prefix('$')
                     .and_then(|n| n.parse().ok())
                     .ok_or_else(|| WhereError::Unsupported(format!("the placeholder {p} (use $1, $2, …)")))?;
-                let value = self
-                    .params
+                let Params::Values(values) = self.params else {
+                    return Ok(Expr::Const { value: Datum::Null, ty: SqlType::Unknown });
+                };
+                let value = values
                     .get(&n)
                     .ok_or_else(|| WhereError::Param(format!("parameter ${n} was not provided (add params[{n}]=…)")))?;
                 unknown(value.clone())
