@@ -166,6 +166,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         });
     }
     let cors = http::Cors::new(&cfg.cors_origins);
+    tracing::info!(origins = %cfg.cors_origins.join(","), "browsers may call from");
     let state = AppState::new(settings, registry.clone(), ack.clone(), status, auth, cors, cancel.clone());
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;

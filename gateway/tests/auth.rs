@@ -99,6 +99,24 @@ async fn each_token_sees_its_scope_and_equal_scopes_share_one_log() {
     fa.live_until(|rows| !rows.values().any(|r| r["id"] == "1")).await;
     fb.live_until(|rows| rows.values().any(|r| r["id"] == "1")).await;
 
+    // A handle is bound to its scope: B presenting A's handle is sent to its own shape, so a
+    // forged URL never reads another scope through the gateway.
+    let forged = get_as(
+        &format!("{}/v1/shape?table=todos&offset={}&handle={}", gw.base(), fa.offset, fa.handle.clone().unwrap()),
+        Some(&b),
+    )
+    .await;
+    assert_eq!(forged.status, 409);
+    assert_eq!(forged.headers["electric-handle"].to_str().unwrap(), fb.handle.clone().unwrap());
+
+    // Subset snapshots stay inside the scope and the readable columns.
+    let subset_url = |q: &str| format!("{}/v1/shape?table=todos&offset=-1&{q}", gw.base());
+    let page = get_as(&subset_url("subset__order_by=id&subset__limit=50"), Some(&a)).await;
+    let orgs: BTreeSet<&str> =
+        page.body["data"].as_array().unwrap().iter().map(|m| m["value"]["org_id"].as_str().unwrap()).collect();
+    assert_eq!(orgs, BTreeSet::from(["org1"]), "{}", page.body);
+    assert_eq!(get_as(&subset_url("subset__where=secret+%3D+%27hush-1%27"), Some(&a)).await.status, 403);
+
     // 1,000 tokens over 10 orgs: 10 shapes, not 1,000.
     let base = gw.base();
     let handles: BTreeSet<String> = futures::stream::iter(0..1000)
@@ -145,8 +163,20 @@ async fn each_token_sees_its_scope_and_equal_scopes_share_one_log() {
 async fn bad_tokens_get_401_and_forbidden_asks_403_with_the_reason() {
     let env = Env::new().await;
     env.sql(SCHEMA).await;
-    let gw =
-        jwt_gateway(&env, &["--jwt-secret", SECRET, "--jwt-audience", "sync", "--jwt-issuer", "https://issuer"]).await;
+    let gw = jwt_gateway(
+        &env,
+        &[
+            "--jwt-secret",
+            SECRET,
+            "--jwt-audience",
+            "sync",
+            "--jwt-issuer",
+            "https://issuer",
+            "--cors-origins",
+            "https://app.example",
+        ],
+    )
+    .await;
     let good = |extra: Value| {
         let mut c = json!({"org_id": "org1", "aud": "sync", "iss": "https://issuer"});
         c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -188,6 +218,20 @@ async fn bad_tokens_get_401_and_forbidden_asks_403_with_the_reason() {
             assert_eq!(r.headers["www-authenticate"], "Bearer");
         }
     }
+    // Only the configured origin is allowed.
+    let client = reqwest::Client::new();
+    let from = |origin: &'static str| {
+        client
+            .get(format!("{}/v1/shape?table=todos&offset=-1", gw.base()))
+            .bearer_auth(good(json!({})))
+            .header("origin", origin)
+            .send()
+    };
+    let allowed = from("https://app.example").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example");
+    let evil = from("https://evil.example").await.unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+
     let log = gw.log();
     assert!(!log.contains("eyJ"), "tokens never reach the log");
     assert!(!log.contains("hush-"), "row values never reach the log");

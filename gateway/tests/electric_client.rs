@@ -1,29 +1,30 @@
-//! The official `@electric-sql/client` (npm) against the gateway: runs the Node suite in
+//! The official `@electric-sql/client` (npm) against the gateway: runs the Node suites in
 //! `tests/electric-client/` with a fresh PostgreSQL and gateway.
 
 use std::process::Command;
 
-use crate::support::Env;
+use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_client_passes_its_protocol_suite() {
+use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
+use crate::support::{Env, Gateway};
+
+/// Runs one Node test file against `gw`; `extra` are more environment variables.
+async fn run_suite(env: &Env, gw: &Gateway, file: &str, extra: Vec<(&'static str, String)>, tests: usize) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/electric-client");
     assert!(
         dir.join("node_modules/@electric-sql/client").exists(),
         "the Node packages are missing: run `npm ci` in {} (scripts/test.sh does)",
         dir.display()
     );
-    let env = Env::new().await;
-    let mut gw = env.gateway_with(&["--chunk-bytes", "65536"]);
-    gw.ready().await;
     let out = tokio::task::spawn_blocking({
-        let (base, url, dir) = (gw.base(), env.url.clone(), dir.clone());
+        let (base, url, file) = (gw.base(), env.url.clone(), file.to_string());
         move || {
             Command::new("node")
-                .args(["--test", "--test-concurrency=1", "client.test.mjs"])
+                .args(["--test", "--test-concurrency=1", &file])
                 .current_dir(dir)
                 .env("GATEWAY_URL", base)
                 .env("DATABASE_URL", url)
+                .envs(extra)
                 .output()
                 .expect("run node")
         }
@@ -31,6 +32,26 @@ async fn official_client_passes_its_protocol_suite() {
     .await
     .unwrap();
     let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the official client's suite failed:\n{report}\ngateway log:\n{}", gw.log());
-    assert!(report.contains("# pass 8") && report.contains("# fail 0"), "all eight client tests ran:\n{report}");
+    assert!(out.status.success(), "the official client's suite {file} failed:\n{report}\ngateway log:\n{}", gw.log());
+    assert!(
+        report.contains(&format!("# pass {tests}")) && report.contains("# fail 0"),
+        "all {tests} tests of {file} ran:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_passes_its_protocol_suite() {
+    let env = Env::new().await;
+    let mut gw = env.gateway_with(&["--chunk-bytes", "65536"]);
+    gw.ready().await;
+    run_suite(&env, &gw, "client.test.mjs", Vec::new(), 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_with_a_token_reads_only_its_scope() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let gw = jwt_gateway(&env, &["--jwt-secret", SECRET, "--chunk-bytes", "65536"]).await;
+    let tokens = vec![("TOKEN_A", token(json!({"org_id": "org1"}))), ("TOKEN_B", token(json!({"org_id": "org2"})))];
+    run_suite(&env, &gw, "auth.test.mjs", tokens, 2).await;
 }
