@@ -275,6 +275,16 @@ async fn public_keys_and_jwks_verify_their_own_algorithms_only() {
     assert_eq!(wrong_kid.status, 401, "{}", wrong_kid.body);
     let unknown = get_as(&shape(&gw), Some(&sign(Algorithm::RS256, &rsa, Some("zz")))).await;
     assert!(unknown.body["message"].as_str().unwrap().contains("zz"), "{}", unknown.body);
+    drop(gw);
+
+    // The same set served over HTTP, as identity providers publish it.
+    let document = std::fs::read_to_string(&jwks).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/.well-known/jwks.json", axum::routing::get(move || async move { document }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = jwt_gateway(&env, &["--jwt-jwks", &format!("http://{addr}/.well-known/jwks.json")]).await;
+    assert_eq!(get_as(&shape(&gw), Some(&sign(Algorithm::ES256, &ec, Some("e1")))).await.status, 200);
 }
 
 #[tokio::test]

@@ -190,3 +190,34 @@ impl Jwks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    fn jwks_with(kid: &str) -> String {
+        let pem = std::fs::read(format!("{FIXTURES}/ec-private.pem")).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some(kid.into());
+        serde_json::json!({"keys": [jwk]}).to_string()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_reloads_the_set_but_not_too_often() {
+        let path = std::env::temp_dir().join(format!("gateway-jwks-{}.json", std::process::id()));
+        std::fs::write(&path, jwks_with("old")).unwrap();
+        let jwks = Jwks::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(jwks.load().await.unwrap(), 1);
+        assert!(jwks.with_key(Some("old"), |k| k.algorithms.clone()).await.is_some());
+        assert!(jwks.with_key(None, |_| ()).await.is_some(), "a single key serves tokens without kid");
+
+        std::fs::write(&path, jwks_with("new")).unwrap();
+        assert!(jwks.with_key(Some("new"), |_| ()).await.is_none(), "just loaded: no reload yet");
+        jwks.state.write().unwrap().loaded = Some(Instant::now() - JWKS_MIN_RELOAD);
+        assert_eq!(jwks.with_key(Some("new"), |k| k.algorithms.clone()).await, Some(vec![Algorithm::ES256]));
+        std::fs::remove_file(path).unwrap();
+    }
+}
