@@ -71,12 +71,12 @@ async fn main() {
     // so a live request at that position answers at once.
     let mut open_targets = Vec::new();
     let mut jwt_targets = Vec::new();
-    for org in 0..ORGS {
+    for (org, org_token) in tokens.iter().enumerate().take(ORGS) {
         let filter = format!("where=org_id+%3D+%27org{org}%27");
         let (h, o) = settle(&client, &format!("{}/v1/shape?table=todos&{filter}", open.base()), None).await;
         open_targets
             .push(format!("{}/v1/shape?table=todos&{filter}&handle={h}&offset={o}&live=true&cursor=", open.base()));
-        let (h, o) = settle(&client, &format!("{}/v1/shape?table=todos", jwt.base()), Some(&tokens[org])).await;
+        let (h, o) = settle(&client, &format!("{}/v1/shape?table=todos", jwt.base()), Some(org_token)).await;
         jwt_targets.push(format!("{}/v1/shape?table=todos&handle={h}&offset={o}&live=true&cursor=", jwt.base()));
     }
     env.sql("update todos set title = title || '!' where id <= 100").await;
