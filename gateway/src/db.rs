@@ -82,7 +82,8 @@ select c.oid, c.relreplident::text, a.attname::text,
        a.atttypid, coalesce(et.typname, t.typname)::text,
        case when et.oid is not null then greatest(a.attndims, 1) else 0 end::int4,
        a.atttypmod, a.attnotnull,
-       array_position(i.indkey::int2[], a.attnum)::int4
+       array_position(i.indkey::int2[], a.attnum)::int4,
+       format_type(a.atttypid, a.atttypmod)
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
@@ -93,7 +94,10 @@ where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')
 order by a.attnum";
 
 /// Reads a table's columns in replication order; `None` when no such table exists.
-pub async fn table_schema(client: &Client, name: &TableName) -> Result<Option<TableSchema>, DbError> {
+pub async fn table_schema(
+    client: &impl tokio_postgres::GenericClient,
+    name: &TableName,
+) -> Result<Option<TableSchema>, DbError> {
     let rows = client.query(TABLE_COLUMNS, &[&name.schema, &name.name]).await?;
     let Some(first) = rows.first() else {
         return Ok(None);
@@ -110,6 +114,7 @@ pub async fn table_schema(client: &Client, name: &TableName) -> Result<Option<Ta
             type_mod: r.get(6),
             not_null: r.get(7),
             pk_index: r.get::<_, Option<i32>>(8).map(|p| p as u32),
+            type_sql: r.get(9),
         })
         .collect();
     Ok(Some(TableSchema { oid, name: name.clone(), columns, replica_identity_full: identity == "f" }))

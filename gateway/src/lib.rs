@@ -13,6 +13,7 @@ pub mod devdb;
 pub mod fanout;
 pub mod http;
 pub mod limits;
+pub mod outbox;
 pub mod replication;
 pub mod snapshot;
 pub mod status;
@@ -35,6 +36,8 @@ use crate::status::Status;
 /// Transactions decoded but not yet stored. Full means the fan-out is behind: the stream
 /// stops reading WAL until there is room (backpressure, never loss).
 const TXN_CHANNEL: usize = 1024;
+/// PostgreSQL sessions applying outbox batches at once; more batches wait for one.
+const OUTBOX_CONNECTIONS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -101,6 +104,24 @@ async fn build_auth(
     Ok(auth::Auth::jwt(verifier, rules))
 }
 
+/// The outbox's connection pool, with its ledger created when missing and allowed.
+async fn build_outbox(db_cfg: &tokio_postgres::Config, bind: BindOptions) -> Result<outbox::apply::Outbox, StartError> {
+    let manager = deadpool_postgres::Manager::from_config(
+        db_cfg.clone(),
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(OUTBOX_CONNECTIONS)
+        .build()
+        .map_err(|e| StartError::Crashed(format!("outbox pool: {e}")))?;
+    let client = db::connect(db_cfg).await?;
+    if let Err(problem) = outbox::ledger::ensure(&client).await {
+        tracing::warn!(%problem, "POST /v1/outbox answers 503 until the ledger exists");
+    }
+    Ok(outbox::apply::Outbox { pool, tables: Default::default(), bind })
+}
+
 /// Runs `gateway serve` until `shutdown` is cancelled or a fatal error.
 pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     match cfg.auth {
@@ -150,7 +171,11 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
     let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), open_writers, cancel.clone()));
 
+    let cors = http::Cors::new(&cfg.cors_origins);
+    tracing::info!(origins = %cfg.cors_origins.join(","), "browsers may call from");
+    let outbox = Arc::new(build_outbox(&db_cfg, bind).await?);
     let settings = HttpSettings {
+        cors,
         db: db_cfg,
         publication: cfg.publication.clone(),
         long_poll_timeout: cfg.long_poll_timeout(),
@@ -165,9 +190,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
             }
         });
     }
-    let cors = http::Cors::new(&cfg.cors_origins);
-    tracing::info!(origins = %cfg.cors_origins.join(","), "browsers may call from");
-    let state = AppState::new(settings, registry.clone(), ack.clone(), status, auth, cors, cancel.clone());
+    let state = AppState::new(settings, registry.clone(), ack.clone(), status, auth, outbox, cancel.clone());
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");

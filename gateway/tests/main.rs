@@ -8,4 +8,5 @@ mod auth;
 mod durability;
 mod electric_client;
 mod filters;
+mod outbox;
 mod sync;

@@ -126,6 +126,7 @@ mod tests {
             name: n.into(),
             type_oid: 0,
             type_name: t.into(),
+            type_sql: String::new(),
             dims: 0,
             type_mod: -1,
             not_null: false,

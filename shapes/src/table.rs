@@ -103,6 +103,9 @@ pub struct Column {
     pub type_oid: u32,
     /// `pg_type.typname` of the column, or of its element type for arrays.
     pub type_name: String,
+    /// The full SQL type (`format_type`), e.g. `character varying(20)[]`, for casts.
+    #[serde(default)]
+    pub type_sql: String,
     /// Array dimensions; 0 for scalars.
     pub dims: u32,
     pub type_mod: i32,

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::http::{HeaderMap, header};
-use shapes::shape::ShapeSpec;
+use shapes::shape::{ScopeSpec, ShapeSpec};
 use shapes::table::TableName;
 
-use self::rules::{AccessRules, ClaimError};
+use self::rules::{AccessRules, ClaimError, Conflict, WriteOp};
 use self::token::{Claims, Verifier};
+use crate::outbox::Op;
 
 /// A request's caller.
 #[derive(Clone, Debug)]
@@ -67,6 +68,8 @@ pub enum AuthError {
     Claim { table: String, problem: ClaimError },
     #[error("only admin tokens (\"gateway_admin\": true) may {0}")]
     AdminOnly(&'static str),
+    #[error("{table} does not allow {op} (its access rule's write list)")]
+    WriteNotAllowed { table: String, op: String },
 }
 
 impl AuthError {
@@ -89,6 +92,19 @@ impl AuthError {
 pub struct Access {
     /// Readable columns; `None` is all. The client's `where` may read only these.
     pub readable: Option<Arc<[String]>>,
+}
+
+/// What a caller may write to one table.
+#[derive(Clone, Debug, Default)]
+pub struct WriteAccess {
+    /// The row scope with the caller's claims; written rows must stay inside it.
+    pub scope: Option<ScopeSpec>,
+    /// Writable columns; `None` is all.
+    pub writable: Option<Arc<[String]>>,
+    /// Readable columns (for the row shown on a conflict); `None` is all.
+    pub readable: Option<Arc<[String]>>,
+    /// `reject_stale`: the column that versions rows.
+    pub version_column: Option<String>,
 }
 
 pub struct Auth {
@@ -129,6 +145,32 @@ impl Auth {
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Malformed)?;
         Ok(Caller::Token(verifier.verify(token).await?))
+    }
+
+    /// What `caller` may write to `table` with `op`. `--auth none` writes anything; every
+    /// token, admins included, needs a rule that lists the op (admins write unscoped).
+    pub fn write_access(&self, caller: &Caller, table: &TableName, op: Op) -> Result<WriteAccess, AuthError> {
+        let Caller::Token(claims) = caller else { return Ok(WriteAccess::default()) };
+        let rule = self.rules.get(table).ok_or_else(|| AuthError::TableNotAllowed(table.quoted()))?;
+        let needs: &[WriteOp] = match op {
+            Op::Insert => &[WriteOp::Insert],
+            Op::Update => &[WriteOp::Update],
+            Op::Delete => &[WriteOp::Delete],
+            Op::Upsert => &[WriteOp::Insert, WriteOp::Update],
+        };
+        if !needs.iter().all(|w| rule.write.contains(w)) {
+            return Err(AuthError::WriteNotAllowed { table: table.quoted(), op: op.to_string() });
+        }
+        let version_column = (rule.conflict == Conflict::RejectStale).then(|| rule.version_column.clone()).flatten();
+        let mut access =
+            WriteAccess { scope: None, writable: rule.columns.clone(), readable: rule.columns.clone(), version_column };
+        if !claims.is_admin()
+            && let Some(scope) = &rule.scope
+        {
+            access.scope =
+                Some(scope.bind(&claims.map).map_err(|problem| AuthError::Claim { table: table.quoted(), problem })?);
+        }
+        Ok(access)
     }
 
     /// Narrows a shape request to what the caller may read: the table's scope with the

@@ -158,6 +158,7 @@ mod tests {
             name: n.into(),
             type_oid: 0,
             type_name: t.into(),
+            type_sql: String::new(),
             dims: 0,
             type_mod: -1,
             not_null: pk.is_some(),

@@ -14,6 +14,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{message}")]
     Unavailable { message: String, retry_after: u32 },
     #[error("internal error")]
@@ -49,6 +51,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Forbidden(m) => {
                 (StatusCode::FORBIDDEN, serde_json::json!({"error": "forbidden", "message": m}), None)
+            }
+            ApiError::TooLarge(m) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({"error": "too_large", "message": m}), None)
             }
             ApiError::NotFound(m) => {
                 (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": m}), None)

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod health;
 pub mod openapi;
+pub mod outbox;
 pub mod request;
 pub mod shape;
 pub mod sse;
@@ -34,6 +35,7 @@ pub struct HttpSettings {
     pub long_poll_timeout: Duration,
     pub sse_timeout: Duration,
     pub sse_keepalive: Duration,
+    pub cors: Cors,
 }
 
 #[derive(Clone)]
@@ -43,7 +45,7 @@ pub struct AppState {
     pub ack: Arc<AckState>,
     pub status: Arc<Status>,
     pub auth: Arc<Auth>,
-    pub cors: Cors,
+    pub outbox: Arc<crate::outbox::apply::Outbox>,
     pub cancel: CancellationToken,
     /// Serializes shape creation (publication changes, snapshot start).
     pub create_lock: Arc<tokio::sync::Mutex<()>>,
@@ -57,7 +59,7 @@ impl AppState {
         ack: Arc<AckState>,
         status: Arc<Status>,
         auth: Arc<Auth>,
-        cors: Cors,
+        outbox: Arc<crate::outbox::apply::Outbox>,
         cancel: CancellationToken,
     ) -> Self {
         AppState {
@@ -66,7 +68,7 @@ impl AppState {
             ack,
             status,
             auth,
-            cors,
+            outbox,
             cancel,
             create_lock: Default::default(),
             catalog: Default::default(),
@@ -92,6 +94,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/shape"),
     ("delete", "/v1/shape"),
     ("post", "/v1/shape"),
+    ("post", "/v1/outbox"),
     ("get", "/v1/health"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -101,6 +104,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape).post(subset::post_shape))
+        .route("/v1/outbox", axum::routing::post(outbox::push))
         .route("/v1/health", get(health::health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -162,11 +166,11 @@ async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Respon
     };
     let h = resp.headers_mut();
     match origin {
-        Some(o) if state.cors.allows(&o) => {
+        Some(o) if state.settings.cors.allows(&o) => {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         }
         Some(_) => {}
-        None if state.cors.origins.is_none() => {
+        None if state.settings.cors.origins.is_none() => {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         }
         None => {}

@@ -54,12 +54,44 @@ pub fn spec() -> Value {
                     "responses": {"202": {"description": "deleted"}, "400": error, "404": error}
                 }
             },
+            "/v1/outbox": {
+                "post": {
+                    "summary": "Apply a batch of client mutations in one transaction, each at most once",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}},
+                    "responses": {
+                        "200": {"description": "per-mutation results and the transaction id", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
+                        "400": error, "401": error, "413": error, "503": error
+                    }
+                }
+            },
             "/v1/health": {"get": {"summary": "Electric health check", "responses": {"200": {"description": "active"}, "503": {"description": "starting"}}}},
             "/healthz": {"get": {"summary": "the process is alive", "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "replication connected", "responses": {"200": {"description": "ready"}, "503": error}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3"}}}}
         },
-        "components": {"schemas": {"Error": {"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}}}
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+            "Batch": {"type": "object", "required": ["client_id", "mutations"], "properties": {
+                "client_id": {"type": "string", "description": "stable per client; with a mutation id it makes the mutation idempotent"},
+                "atomic": {"type": "boolean", "description": "all mutations apply or none"},
+                "mutations": {"type": "array", "maxItems": crate::outbox::MAX_MUTATIONS, "items": {"type": "object", "required": ["id", "table", "op"], "properties": {
+                    "id": {"type": "string"}, "table": {"type": "string"},
+                    "op": {"type": "string", "enum": ["insert", "update", "upsert", "delete"]},
+                    "key": {"type": "object", "description": "primary key columns (update, delete)"},
+                    "value": {"type": "object", "description": "columns to write; strings are PostgreSQL text input, JSON for json columns, arrays for array columns"},
+                    "base": {"type": "object", "description": "the version the change was made on (reject_stale tables)"}
+                }}}
+            }},
+            "BatchResult": {"type": "object", "required": ["results"], "properties": {
+                "txid": {"type": "string", "description": "the transaction id the shape stream shows in headers.txids; absent when nothing committed"},
+                "results": {"type": "array", "items": {"type": "object", "required": ["id", "status"], "properties": {
+                    "id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["applied", "duplicate", "conflict", "rejected", "aborted"]},
+                    "error": {"type": "string"}, "row": {"description": "the server's row on a conflict (null when missing)"},
+                    "first": {"type": "object", "description": "for duplicate: the first result and its txid"}
+                }}}
+            }}
+        }}
     })
 }
 

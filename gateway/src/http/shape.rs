@@ -462,6 +462,7 @@ mod size_tests {
             long_poll_timeout: std::time::Duration::from_secs(20),
             sse_timeout: std::time::Duration::from_secs(60),
             sse_keepalive: std::time::Duration::from_secs(21),
+            cors: super::super::Cors::new(&["*".into()]),
         };
         let state = AppState::new(
             settings,
@@ -469,7 +470,16 @@ mod size_tests {
             Arc::new(crate::fanout::ack::AckState::new(Lsn(0))),
             Arc::new(crate::status::Status::default()),
             Arc::new(crate::auth::Auth::none()),
-            super::super::Cors::new(&["*".into()]),
+            Arc::new(crate::outbox::apply::Outbox {
+                pool: deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+                    crate::db::parse_url("postgres://u@localhost/db").unwrap(),
+                    tokio_postgres::NoTls,
+                ))
+                .build()
+                .unwrap(),
+                tables: Default::default(),
+                bind: Default::default(),
+            }),
             tokio_util::sync::CancellationToken::new(),
         );
         let fut = get_shape(State(state), HeaderMap::new(), RawQuery(None));

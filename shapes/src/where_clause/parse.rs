@@ -955,6 +955,7 @@ pub(crate) mod tests {
             name: name.into(),
             type_oid: 0,
             type_name: ty.into(),
+            type_sql: String::new(),
             dims,
             type_mod: -1,
             not_null: pk.is_some(),

@@ -13,25 +13,39 @@ impl Expr {
     /// `standard_conforming_strings = on`, which the gateway sets on its sessions).
     pub fn to_sql(&self) -> String {
         let mut out = String::new();
-        self.write_sql(&mut out);
+        self.write_sql(&mut out, None);
         out
     }
 
-    fn write_sql(&self, out: &mut String) {
+    /// [`Expr::to_sql`] with every column qualified by `table` (an alias), for contexts
+    /// where a bare name would be ambiguous (`ON CONFLICT … DO UPDATE … WHERE`).
+    pub fn to_sql_on(&self, table: &str) -> String {
+        let mut out = String::new();
+        self.write_sql(&mut out, Some(table));
+        out
+    }
+
+    fn write_sql(&self, out: &mut String, q: Option<&str>) {
         let join = |out: &mut String, items: &[Expr], sep: &str| {
             for (i, e) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(sep);
                 }
-                e.write_sql(out);
+                e.write_sql(out, q);
             }
         };
         match self {
-            Expr::Column { name, .. } => out.push_str(&quote_ident(name)),
+            Expr::Column { name, .. } => {
+                if let Some(table) = q {
+                    out.push_str(&quote_ident(table));
+                    out.push('.');
+                }
+                out.push_str(&quote_ident(name));
+            }
             Expr::Const { value, ty } => write_literal(out, value, ty),
             Expr::Not(e) => {
                 out.push_str("(NOT ");
-                e.write_sql(out);
+                e.write_sql(out, q);
                 out.push(')');
             }
             Expr::And(terms) | Expr::Or(terms) => {
@@ -39,15 +53,15 @@ impl Expr {
                 join(out, terms, if matches!(self, Expr::And(_)) { " AND " } else { " OR " });
                 out.push(')');
             }
-            Expr::Compare { op, left, right } => binary(out, left, op.sql(), right),
+            Expr::Compare { op, left, right } => binary(out, left, op.sql(), right, q),
             Expr::IsNull { expr, negated } => {
                 out.push('(');
-                expr.write_sql(out);
+                expr.write_sql(out, q);
                 out.push_str(if *negated { " IS NOT NULL)" } else { " IS NULL)" });
             }
             Expr::IsBool { expr, value, negated } => {
                 out.push('(');
-                expr.write_sql(out);
+                expr.write_sql(out, q);
                 out.push_str(if *negated { " IS NOT " } else { " IS " });
                 out.push_str(match value {
                     Some(true) => "TRUE)",
@@ -56,11 +70,11 @@ impl Expr {
                 });
             }
             Expr::Distinct { left, right, negated } => {
-                binary(out, left, if *negated { "IS NOT DISTINCT FROM" } else { "IS DISTINCT FROM" }, right)
+                binary(out, left, if *negated { "IS NOT DISTINCT FROM" } else { "IS DISTINCT FROM" }, right, q)
             }
             Expr::InList { expr, list, negated } => {
                 out.push('(');
-                expr.write_sql(out);
+                expr.write_sql(out, q);
                 out.push_str(if *negated { " NOT IN (" } else { " IN (" });
                 join(out, list, ", ");
                 out.push_str("))");
@@ -73,9 +87,9 @@ impl Expr {
                     (true, true) => "NOT ILIKE",
                 };
                 out.push('(');
-                expr.write_sql(out);
+                expr.write_sql(out, q);
                 let _ = write!(out, " {op} ");
-                pattern.write_sql(out);
+                pattern.write_sql(out, q);
                 match escape {
                     Some('\\') => {}
                     Some(c) => {
@@ -90,10 +104,10 @@ impl Expr {
                 let operand = |out: &mut String, e: &Expr| {
                     if e.ty() == SqlType::Int {
                         out.push_str("CAST(");
-                        e.write_sql(out);
+                        e.write_sql(out, q);
                         out.push_str(" AS int4)");
                     } else {
-                        e.write_sql(out);
+                        e.write_sql(out, q);
                     }
                 };
                 out.push('(');
@@ -102,13 +116,13 @@ impl Expr {
                 operand(out, right);
                 out.push(')');
             }
-            Expr::Arith { op, left, right, .. } => binary(out, left, op.sql(), right),
+            Expr::Arith { op, left, right, .. } => binary(out, left, op.sql(), right, q),
             Expr::Unary { op, expr, .. } => {
                 let _ = write!(out, "({} ", op.sql());
-                expr.write_sql(out);
+                expr.write_sql(out, q);
                 out.push(')');
             }
-            Expr::Concat { left, right, .. } => binary(out, left, "||", right),
+            Expr::Concat { left, right, .. } => binary(out, left, "||", right, q),
             Expr::Func { func, args, .. } => {
                 out.push_str(func.sql());
                 out.push('(');
@@ -117,7 +131,7 @@ impl Expr {
             }
             Expr::Cast { expr, ty } => {
                 out.push_str("CAST(");
-                expr.write_sql(out);
+                expr.write_sql(out, q);
                 let _ = write!(out, " AS {})", ty.sql_name());
             }
             Expr::ArraySet { op, left, right } => {
@@ -125,36 +139,36 @@ impl Expr {
                 // know a column's integer width: constants stay untyped literals PostgreSQL
                 // types from the column.
                 out.push('(');
-                write_array_operand(out, left);
+                write_array_operand(out, left, q);
                 let _ = write!(out, " {} ", op.sql());
-                write_array_operand(out, right);
+                write_array_operand(out, right, q);
                 out.push(')');
             }
             Expr::Quantified { op, left, array, all } => {
                 out.push('(');
-                left.write_sql(out);
+                left.write_sql(out, q);
                 let _ = write!(out, " {} {}(", op.sql(), if *all { "ALL" } else { "ANY" });
-                array.write_sql(out);
+                array.write_sql(out, q);
                 out.push_str("))");
             }
         }
     }
 }
 
-fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr) {
+fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr, q: Option<&str>) {
     out.push('(');
-    left.write_sql(out);
+    left.write_sql(out, q);
     let _ = write!(out, " {op} ");
-    right.write_sql(out);
+    right.write_sql(out, q);
     out.push(')');
 }
 
-fn write_array_operand(out: &mut String, e: &Expr) {
+fn write_array_operand(out: &mut String, e: &Expr, q: Option<&str>) {
     match e {
         Expr::Const { value, .. } if *value != Datum::Null => {
             let _ = write!(out, "'{}'", value.to_sql_text().replace('\'', "''"));
         }
-        other => other.write_sql(out),
+        other => other.write_sql(out, q),
     }
 }
 
@@ -195,6 +209,16 @@ mod tests {
     fn like_escapes_follow_the_pattern() {
         assert_eq!(render("title LIKE 'a!%' ESCAPE '!'"), r#"("title" LIKE CAST('a!%' AS text) ESCAPE '!')"#);
         assert_eq!(render("title LIKE 'a'"), r#"("title" LIKE CAST('a' AS text))"#);
+    }
+
+    #[test]
+    fn columns_can_be_qualified() {
+        let table = crate::where_clause::parse::tests::table();
+        let e = parse_where("id = 1 AND lower(title) = 'x'", &table, &HashMap::new(), BindOptions::default()).unwrap();
+        assert_eq!(
+            e.to_sql_on("t"),
+            r#"(("t"."id" = CAST('1' AS int8)) AND (lower("t"."title") = CAST('x' AS text)))"#
+        );
     }
 
     #[test]

@@ -1,0 +1,54 @@
+//! `POST /v1/outbox`: a batch of client writes, applied in the caller's scope.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::outbox::apply::PushError;
+use crate::outbox::{Batch, MAX_MUTATIONS};
+
+/// Largest batch body accepted.
+pub const MAX_BODY: usize = 8 << 20;
+/// Longest `client_id` or mutation `id`.
+const MAX_ID: usize = 200;
+
+pub async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let caller = state.auth.authenticate(&headers).await?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::TooLarge(format!("the batch is larger than {} MiB; push fewer mutations at a time", MAX_BODY >> 20))
+    })?;
+    let batch: Batch = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!(
+                "malformed batch at line {} column {}: {e}; expected {{\"client_id\": …, \"mutations\": [{{\"id\", \"table\", \"op\", \"key\"?, \"value\"?, \"base\"?}}], \"atomic\"?}}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    if batch.mutations.len() > MAX_MUTATIONS {
+        return Err(ApiError::TooLarge(format!(
+            "the batch has {} mutations; push at most {MAX_MUTATIONS} at a time",
+            batch.mutations.len()
+        )));
+    }
+    if batch.client_id.is_empty() || batch.client_id.len() > MAX_ID {
+        return Err(ApiError::invalid("client_id", format!("must be 1 to {MAX_ID} bytes, stable per client")));
+    }
+    if let Some(m) = batch.mutations.iter().find(|m| m.id.is_empty() || m.id.len() > MAX_ID) {
+        return Err(ApiError::invalid("mutations", format!("mutation id {:?} must be 1 to {MAX_ID} bytes", m.id)));
+    }
+    let started = std::time::Instant::now();
+    let result = state.outbox.push(&state.auth, &caller, &batch).await.map_err(|e| match e {
+        PushError::Contended => ApiError::Unavailable { message: e.to_string(), retry_after: 1 },
+        PushError::Unavailable(_) => ApiError::Unavailable { message: e.to_string(), retry_after: 5 },
+        PushError::NotSetUp(m) => ApiError::Unavailable { message: m, retry_after: 30 },
+    })?;
+    metrics::histogram!("gateway_outbox_batch_seconds").record(started.elapsed().as_secs_f64());
+    Ok(Json(result).into_response())
+}

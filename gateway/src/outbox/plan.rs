@@ -1,0 +1,375 @@
+//! One client mutation → SQL, built from the table's real columns: identifiers quoted from
+//! the catalog, every value a text parameter cast to its column's type in SQL. Nothing the
+//! client sends is spliced into the statement text. Pure, so it is tested without a database.
+
+use serde_json::{Map, Value};
+use shapes::table::quote_ident;
+
+use super::{Op, WriteTable};
+
+/// A mutation that cannot be applied as sent; the text says what to change.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// The caller's scope as SQL: over the written row, and over the existing row of an upsert
+/// (where bare names would be ambiguous with `EXCLUDED`).
+pub struct ScopeSql {
+    pub row: String,
+    pub existing: String,
+}
+
+/// The alias of the target table in statements.
+pub const TARGET: &str = "target";
+
+/// A statement and its parameters, all text (or NULL).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Option<String>>,
+}
+
+/// The parts of a mutation after checking them against the table.
+pub struct Checked<'a> {
+    pub op: Op,
+    /// (column index, value) to write.
+    pub values: Vec<(usize, Option<String>)>,
+    /// (key column index, value) in key order.
+    pub key: Vec<(usize, Option<String>)>,
+    /// The version the client's change was based on (`reject_stale`).
+    pub base_version: Option<String>,
+    pub table: &'a WriteTable,
+}
+
+/// Checks a mutation's columns and key against the table and what the caller may write.
+pub fn check<'a>(
+    table: &'a WriteTable,
+    op: Op,
+    key: Option<&Map<String, Value>>,
+    value: Option<&Map<String, Value>>,
+    base: Option<&Map<String, Value>>,
+    writable: Option<&[String]>,
+    version_column: Option<&str>,
+) -> Result<Checked<'a>, Refusal> {
+    let schema = &table.schema;
+    let column = |name: &str| -> Result<usize, Refusal> {
+        let i = schema
+            .column_index(name)
+            .ok_or_else(|| Refusal(format!("{} has no column {name:?}", schema.name.quoted())))?;
+        if writable.is_some_and(|w| !w.iter().any(|c| c == name)) {
+            return Err(Refusal(format!("column {name:?} is not writable under the table's access rule")));
+        }
+        Ok(i)
+    };
+    if !schema.has_primary_key() {
+        return Err(Refusal(format!("{} has no primary key; writes address rows by it", schema.name.quoted())));
+    }
+    let mut values = Vec::new();
+    if let Some(value) = value {
+        for (name, v) in value {
+            if Some(name.as_str()) == version_column {
+                return Err(Refusal(format!("{name:?} is the version column; the gateway sets it")));
+            }
+            let i = column(name)?;
+            values.push((i, to_text(table, i, v)?));
+        }
+    }
+    values.sort_by_key(|(i, _)| *i);
+    let key_columns = schema.key_columns();
+    let key_values = |source: &Map<String, Value>, what: &str| -> Result<Vec<(usize, Option<String>)>, Refusal> {
+        let names: Vec<&str> = key_columns.iter().map(|&k| schema.columns[k].name.as_str()).collect();
+        if let Some(extra) = source.keys().find(|k| !names.contains(&k.as_str())) {
+            return Err(Refusal(format!(
+                "{what} names {extra:?}, which is not a primary key column ({})",
+                names.join(", ")
+            )));
+        }
+        key_columns
+            .iter()
+            .map(|&k| {
+                let name = &schema.columns[k].name;
+                match source.get(name) {
+                    None | Some(Value::Null) => Err(Refusal(format!("{what} needs the primary key column {name:?}"))),
+                    Some(v) => Ok((k, to_text(table, k, v)?)),
+                }
+            })
+            .collect()
+    };
+    let key = match (op, key, value) {
+        (Op::Insert | Op::Upsert, _, Some(v)) => {
+            let only_key: Map<String, Value> = v
+                .iter()
+                .filter(|(k, _)| key_columns.iter().any(|&c| schema.columns[c].name == **k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if op == Op::Upsert { key_values(&only_key, "value")? } else { Vec::new() }
+        }
+        (Op::Insert | Op::Upsert, _, None) => return Err(Refusal("an insert needs value".into())),
+        (Op::Update | Op::Delete, Some(k), _) => key_values(k, "key")?,
+        (Op::Update | Op::Delete, None, _) => return Err(Refusal(format!("{op} needs key (the primary key)"))),
+    };
+    if op == Op::Update && values.is_empty() {
+        return Err(Refusal("an update needs value with at least one column".into()));
+    }
+    if op == Op::Update && values.iter().any(|(i, _)| key_columns.contains(i)) {
+        return Err(Refusal("an update cannot change the primary key; delete and insert instead".into()));
+    }
+    let base_version = match version_column {
+        Some(vc) if matches!(op, Op::Update | Op::Delete | Op::Upsert) => match base.and_then(|b| b.get(vc)) {
+            Some(v) => Some(to_text(table, schema.column_index(vc).unwrap_or(0), v)?.unwrap_or_default()),
+            None if op == Op::Upsert => None,
+            None => return Err(Refusal(format!("base.{vc} is required: this table rejects stale writes"))),
+        },
+        _ => None,
+    };
+    Ok(Checked { op, values, key, base_version, table })
+}
+
+/// A JSON value as the text PostgreSQL reads for the column: strings as written, numbers
+/// and booleans as their text, JSON for json/jsonb columns, array literals for arrays.
+fn to_text(table: &WriteTable, column: usize, v: &Value) -> Result<Option<String>, Refusal> {
+    let c = &table.schema.columns[column];
+    let json_column = matches!(c.type_name.as_str(), "json" | "jsonb") && c.dims == 0;
+    Ok(match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Array(_) | Value::Object(_) if json_column => Some(v.to_string()),
+        Value::Array(items) if c.dims > 0 => Some(array_literal(items)),
+        _ => {
+            return Err(Refusal(format!(
+                "column {:?} ({}) takes a string, number or boolean, not {}",
+                c.name,
+                table.types[column],
+                if v.is_array() { "an array" } else { "an object" }
+            )));
+        }
+    })
+}
+
+fn array_literal(items: &[Value]) -> String {
+    let parts: Vec<String> = items
+        .iter()
+        .map(|item| match item {
+            Value::Null => "NULL".into(),
+            Value::Array(inner) => array_literal(inner),
+            Value::String(s) => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
+            other => format!("\"{}\"", other.to_string().replace('\\', "\\\\").replace('"', "\\\"")),
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+impl Checked<'_> {
+    /// The statement; its single result column tells whether the written row is in scope
+    /// (`true` without a scope). No row back means nothing matched the key (and scope).
+    pub fn statement(&self, scope: Option<&ScopeSql>, version_column: Option<&str>) -> Statement {
+        let schema = &self.table.schema;
+        let name = schema.name.quoted();
+        let mut params: Vec<Option<String>> = Vec::new();
+        let mut param = |v: &Option<String>, ty: &str| {
+            params.push(v.clone());
+            format!("CAST(${}::text AS {ty})", params.len())
+        };
+        let col = |i: usize| quote_ident(&schema.columns[i].name);
+        let ty = |i: usize| self.table.types[i].as_str();
+        let in_scope = format!("({})", scope.map_or("true", |s| s.row.as_str()));
+        let existing_in_scope = format!("({})", scope.map_or("true", |s| s.existing.as_str()));
+        let version = version_column.map(quote_ident);
+        // An upsert names its key in the inserted values; updates and deletes match it.
+        let mut key_match: Vec<String> = Vec::new();
+        if matches!(self.op, Op::Update | Op::Delete) {
+            for (k, v) in &self.key {
+                key_match.push(format!("{} = {}", col(*k), param(v, ty(*k))));
+            }
+        }
+        let base = match (&version, &self.base_version) {
+            (Some(vc), Some(b)) => {
+                let vi = schema.column_index(version_column.unwrap_or_default()).unwrap_or(0);
+                Some(format!("{vc} = {}", param(&Some(b.clone()), ty(vi))))
+            }
+            _ => None,
+        };
+        let sql = match self.op {
+            Op::Insert | Op::Upsert => {
+                let cols: Vec<String> = self.values.iter().map(|(i, _)| col(*i)).collect();
+                let vals: Vec<String> = self.values.iter().map(|(i, v)| param(v, ty(*i))).collect();
+                let mut sql =
+                    format!("INSERT INTO {name} AS {TARGET} ({}) VALUES ({})", cols.join(", "), vals.join(", "));
+                if self.op == Op::Upsert {
+                    let keys: Vec<String> = schema.key_columns().into_iter().map(col).collect();
+                    let mut sets: Vec<String> = self
+                        .values
+                        .iter()
+                        .filter(|(i, _)| !schema.key_columns().contains(i))
+                        .map(|(i, _)| format!("{c} = EXCLUDED.{c}", c = col(*i)))
+                        .collect();
+                    if let Some(vc) = &version {
+                        sets.push(format!("{vc} = {TARGET}.{vc} + 1"));
+                    }
+                    if sets.is_empty() {
+                        // Nothing to change: touch the key so the row comes back.
+                        sets.push(format!("{k} = EXCLUDED.{k}", k = keys[0]));
+                    }
+                    let mut guard = vec![existing_in_scope];
+                    guard.extend(base.clone().map(|b| format!("{TARGET}.{b}")));
+                    sql.push_str(&format!(
+                        " ON CONFLICT ({}) DO UPDATE SET {} WHERE {}",
+                        keys.join(", "),
+                        sets.join(", "),
+                        guard.join(" AND ")
+                    ));
+                }
+                sql
+            }
+            Op::Update => {
+                let mut sets: Vec<String> =
+                    self.values.iter().map(|(i, v)| format!("{} = {}", col(*i), param(v, ty(*i)))).collect();
+                if let Some(vc) = &version {
+                    sets.push(format!("{vc} = {vc} + 1"));
+                }
+                let mut conds = key_match.clone();
+                conds.push(in_scope.clone());
+                conds.extend(base.clone());
+                format!("UPDATE {name} SET {} WHERE {}", sets.join(", "), conds.join(" AND "))
+            }
+            Op::Delete => {
+                let mut conds = key_match.clone();
+                conds.push(in_scope.clone());
+                conds.extend(base.clone());
+                format!("DELETE FROM {name} WHERE {}", conds.join(" AND "))
+            }
+        };
+        Statement { sql: format!("{sql} RETURNING {in_scope}"), params }
+    }
+
+    /// The row at this mutation's key as the caller may see it (readable columns only),
+    /// with whether it is in scope: tells "missing", "outside your scope" and "stale" apart.
+    pub fn current_row(&self, scope: Option<&ScopeSql>, readable: Option<&[String]>) -> Statement {
+        let schema = &self.table.schema;
+        let mut params = Vec::new();
+        let conds: Vec<String> = self
+            .key
+            .iter()
+            .map(|(k, v)| {
+                params.push(v.clone());
+                format!(
+                    "{} = CAST(${}::text AS {})",
+                    quote_ident(&schema.columns[*k].name),
+                    params.len(),
+                    self.table.types[*k]
+                )
+            })
+            .collect();
+        let hidden: Vec<String> = schema
+            .columns
+            .iter()
+            .filter(|c| readable.is_some_and(|r| !r.contains(&c.name)))
+            .map(|c| c.name.clone())
+            .collect();
+        params.push(Some(array_literal(&hidden.into_iter().map(Value::String).collect::<Vec<_>>())));
+        Statement {
+            sql: format!(
+                "SELECT ({}), to_jsonb(t.*) - CAST(${}::text AS text[]) FROM {} AS t WHERE {}",
+                scope.map_or("true", |s| s.row.as_str()),
+                params.len(),
+                schema.name.quoted(),
+                conds.join(" AND ")
+            ),
+            params,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use shapes::table::{Column, TableName, TableSchema};
+
+    use super::*;
+
+    fn table() -> WriteTable {
+        let col = |name: &str, ty: &str, sql: &str, pk: Option<u32>| Column {
+            name: name.into(),
+            type_oid: 0,
+            type_name: ty.into(),
+            type_sql: sql.into(),
+            dims: 0,
+            type_mod: -1,
+            not_null: pk.is_some(),
+            pk_index: pk,
+        };
+        let schema = TableSchema {
+            oid: 1,
+            name: TableName::new("public", "notes"),
+            columns: vec![
+                col("id", "int8", "bigint", Some(0)),
+                col("org", "text", "text", None),
+                col("Body", "text", "text", None),
+                col("version", "int4", "integer", None),
+            ],
+            replica_identity_full: true,
+        };
+        let types = schema.columns.iter().map(|c| c.type_sql.clone()).collect();
+        WriteTable { schema, types }
+    }
+
+    fn obj(v: serde_json::Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn values_are_parameters_cast_to_their_columns() {
+        let t = table();
+        let value = obj(json!({"id": 5, "Body": "x'); drop table notes; --", "org": "o"}));
+        let c = check(&t, Op::Upsert, None, Some(&value), None, None, None).unwrap();
+        let scope = ScopeSql { row: r#"("org" = 'o')"#.into(), existing: r#"("target"."org" = 'o')"#.into() };
+        let s = c.statement(Some(&scope), None);
+        assert_eq!(
+            s.sql,
+            r#"INSERT INTO "public"."notes" AS target ("id", "org", "Body") VALUES (CAST($1::text AS bigint), CAST($2::text AS text), CAST($3::text AS text)) ON CONFLICT ("id") DO UPDATE SET "org" = EXCLUDED."org", "Body" = EXCLUDED."Body" WHERE (("target"."org" = 'o')) RETURNING (("org" = 'o'))"#
+        );
+        assert_eq!(s.params[2].as_deref(), Some("x'); drop table notes; --"), "client text stays a parameter");
+    }
+
+    #[test]
+    fn stale_checks_and_version_bumps() {
+        let t = table();
+        let (key, value, base) = (obj(json!({"id": 1})), obj(json!({"Body": "b"})), obj(json!({"version": 3})));
+        let c = check(&t, Op::Update, Some(&key), Some(&value), Some(&base), None, Some("version")).unwrap();
+        let s = c.statement(None, Some("version"));
+        assert_eq!(
+            s.sql,
+            r#"UPDATE "public"."notes" SET "Body" = CAST($3::text AS text), "version" = "version" + 1 WHERE "id" = CAST($1::text AS bigint) AND (true) AND "version" = CAST($2::text AS integer) RETURNING (true)"#
+        );
+        assert_eq!(s.params, vec![Some("1".into()), Some("3".into()), Some("b".into())]);
+    }
+
+    #[test]
+    fn malformed_mutations_are_refused_with_the_fix() {
+        let t = table();
+        let refuse =
+            |op, key: Option<serde_json::Value>, value: Option<serde_json::Value>, writable: Option<&[String]>| {
+                let (k, v) = (key.map(obj), value.map(obj));
+                check(&t, op, k.as_ref(), v.as_ref(), None, writable, Some("version"))
+                    .err()
+                    .map(|r| r.0)
+                    .unwrap_or_default()
+            };
+        assert!(refuse(Op::Update, None, Some(json!({"Body": "x"})), None).contains("needs key"));
+        assert!(
+            refuse(Op::Update, Some(json!({"id": 1, "org": "x"})), Some(json!({"Body": "x"})), None)
+                .contains("not a primary key")
+        );
+        assert!(
+            refuse(Op::Update, Some(json!({"id": 1})), Some(json!({"id": 2})), None)
+                .contains("cannot change the primary key")
+        );
+        assert!(refuse(Op::Insert, None, Some(json!({"nope": 1})), None).contains("no column \"nope\""));
+        assert!(refuse(Op::Insert, None, Some(json!({"version": 9})), None).contains("gateway sets it"));
+        assert!(refuse(Op::Insert, None, Some(json!({"Body": {"a": 1}})), None).contains("not an object"));
+        assert!(refuse(Op::Delete, Some(json!({"id": 1})), None, None).contains("base.version"));
+        let only_id = ["id".to_string()];
+        assert!(refuse(Op::Insert, None, Some(json!({"id": 1, "Body": "x"})), Some(&only_id)).contains("not writable"));
+    }
+}
