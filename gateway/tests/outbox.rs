@@ -244,6 +244,18 @@ async fn values_of_every_type_land_as_their_column_types() {
     assert_eq!(row.get::<_, String>(4), r#"{a,"b c","q\"uote",NULL}"#);
     assert_eq!(row.get::<_, String>(5), "{1,2,3}");
     assert!(row.get::<_, bool>(6));
+
+    // A column added after the table was first written is writable at once.
+    env.sql("alter table kinds add column extra text").await;
+    let (_, body) = push(
+        &gw,
+        &a,
+        json!({"client_id": "types", "mutations": [
+            {"id": "3", "table": "kinds", "op": "update", "key": {"id": id}, "value": {"extra": "new column"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(statuses(&body), ["applied"], "{body}");
 }
 
 #[tokio::test]

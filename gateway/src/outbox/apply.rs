@@ -4,6 +4,7 @@
 //! half-applied: a batch commits whole or not at all.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
@@ -13,7 +14,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::plan::{self, Statement};
-use super::{Batch, BatchResult, FirstResult, Mutation, MutationResult, Op, Status, Tables, ledger};
+use super::{Batch, BatchResult, FirstResult, Mutation, MutationResult, Op, Status, Tables, WriteTable, ledger};
 use crate::auth::{Auth, Caller};
 
 /// Attempts of a batch that hit a serialization failure or deadlock.
@@ -50,6 +51,10 @@ impl Outbox {
             }
         }
         Err(PushError::Contended)
+    }
+
+    async fn table(&self, tx: &Transaction<'_>, name: &TableName) -> Result<Option<Arc<WriteTable>>, Attempt> {
+        self.tables.get(&**tx, name).await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))
     }
 
     async fn attempt(&self, auth: &Auth, caller: &Caller, batch: &Batch) -> Result<BatchResult, Attempt> {
@@ -114,11 +119,17 @@ impl Outbox {
             Ok(a) => a,
             Err(e) => return refuse(e.to_string()),
         };
-        let Some(table) =
-            self.tables.get(&**tx, &name).await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?
-        else {
+        let Some(mut table) = self.table(tx, &name).await? else {
             return refuse(format!("table {} does not exist", name.quoted()));
         };
+        // A column the cached definition lacks may be new: read the catalog again, once.
+        if m.value.iter().flat_map(|v| v.keys()).any(|k| table.schema.column_index(k).is_none()) {
+            self.tables.forget(&name);
+            match self.table(tx, &name).await? {
+                Some(fresh) => table = fresh,
+                None => return refuse(format!("table {} does not exist", name.quoted())),
+            }
+        }
         let scope = match &access.scope {
             None => None,
             Some(s) => {

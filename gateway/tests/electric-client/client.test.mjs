@@ -144,3 +144,24 @@ for (const method of ['GET', 'POST']) {
     controller.abort()
   })
 }
+
+test('a write pushed to the outbox comes back through the stream with its txid', async () => {
+  await db.query(`create table pushed (id int4 primary key, title text)`)
+  const seen = []
+  const controller = new AbortController()
+  const stream = new ShapeStream({ url, params: { table: 'pushed' }, signal: controller.signal })
+  stream.subscribe((messages) => seen.push(...messages))
+  await waitFor(() => seen.some((m) => m.headers?.control === 'up-to-date'), 'the first up-to-date')
+
+  const response = await fetch(`${GATEWAY}/v1/outbox`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ client_id: 'node', mutations: [{ id: 'w1', table: 'pushed', op: 'insert', value: { id: 1, title: 'mine' } }] }),
+  })
+  assert.equal(response.status, 200)
+  const { txid, results } = await response.json()
+  assert.equal(results[0].status, 'applied')
+  const echo = await waitFor(() => seen.find((m) => m.value?.title === 'mine'), 'the echo of the write')
+  assert.ok(echo.headers.txids.includes(Number(txid)), `txids ${echo.headers.txids} include ${txid}`)
+  controller.abort()
+})
