@@ -63,23 +63,55 @@ impl Outbox {
         let txid: i64 = tx.query_one("select (pg_current_xact_id()::text::bigint % 4294967296)", &[]).await?.get(0);
         let ids: Vec<&str> = batch.mutations.iter().map(|m| m.id.as_str()).collect();
         let earlier = ledger::lookup(&*tx, &batch.client_id, &ids).await?;
-        let mut results: Vec<MutationResult> = Vec::with_capacity(batch.mutations.len());
-        let mut in_batch: HashMap<&str, usize> = HashMap::new();
-        for m in &batch.mutations {
-            let first = earlier.get(&m.id).cloned().or_else(|| {
-                in_batch.get(m.id.as_str()).map(|&i| FirstResult { result: results[i].clone(), txid: txid.to_string() })
-            });
-            if let Some(first) = first {
-                results.push(MutationResult {
-                    first: Some(Box::new(first)),
-                    ..MutationResult::new(&m.id, Status::Duplicate)
-                });
+        // Duplicates first, then a plan for every new mutation (refused ones need no SQL).
+        let mut results: Vec<Option<MutationResult>> = vec![None; batch.mutations.len()];
+        let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
+        let mut writes: Vec<(usize, plan::Write)> = Vec::new();
+        for (i, m) in batch.mutations.iter().enumerate() {
+            if let Some(first) = earlier.get(&m.id) {
+                results[i] = Some(duplicate(&m.id, first.clone()));
                 continue;
             }
-            let result = self.apply_one(&tx, auth, caller, m).await?;
-            metrics::counter!("gateway_outbox_mutations_total", "table" => m.table.clone(), "status" => status_name(result.status)).increment(1);
-            in_batch.insert(&m.id, results.len());
-            results.push(result);
+            if first_in_batch.contains_key(m.id.as_str()) {
+                continue; // resolved below, once the first one's result is known
+            }
+            first_in_batch.insert(&m.id, i);
+            match self.plan(&tx, auth, caller, m).await? {
+                Ok(w) => writes.push((i, w)),
+                Err(refused) => results[i] = Some(refused),
+            }
+        }
+        // All writes in one pipelined round; if any needs undoing, one at a time instead.
+        tx.batch_execute("savepoint batch").await?;
+        let outcomes = match self.fast(&tx, &batch.mutations, &writes).await? {
+            Some(outcomes) => {
+                tx.batch_execute("release savepoint batch").await?;
+                outcomes
+            }
+            None => {
+                tx.batch_execute("rollback to savepoint batch").await?;
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for (i, w) in &writes {
+                    outcomes.push((*i, self.careful(&tx, &batch.mutations[*i].id, w).await?));
+                }
+                outcomes
+            }
+        };
+        for (i, r) in outcomes {
+            results[i] = Some(r);
+        }
+        let mut results: Vec<MutationResult> = (0..batch.mutations.len())
+            .map(|i| {
+                results[i].clone().unwrap_or_else(|| {
+                    let m = &batch.mutations[i];
+                    let first = results[first_in_batch[m.id.as_str()]].clone().expect("the first one is resolved");
+                    duplicate(&m.id, FirstResult { result: first, txid: txid.to_string() })
+                })
+            })
+            .collect();
+        for (r, m) in results.iter().zip(&batch.mutations) {
+            metrics::counter!("gateway_outbox_mutations_total", "table" => m.table.clone(), "status" => status_name(r.status))
+                .increment(1);
         }
         if batch.atomic
             && let Some(culprit) = results.iter().find(|r| r.fails())
@@ -99,15 +131,15 @@ impl Outbox {
         Ok(BatchResult { txid: Some(txid.to_string()), results })
     }
 
-    /// One mutation inside its savepoint. `Err` only for what must restart the batch.
-    async fn apply_one(
+    /// Checks a mutation against the rules and the table; `Ok(Err(_))` is its refusal.
+    async fn plan(
         &self,
         tx: &Transaction<'_>,
         auth: &Auth,
         caller: &Caller,
         m: &Mutation,
-    ) -> Result<MutationResult, Attempt> {
-        let refuse = |msg: String| Ok(MutationResult::refused(&m.id, Status::Rejected, msg));
+    ) -> Result<Result<plan::Write, MutationResult>, Attempt> {
+        let refuse = |msg: String| Ok(Err(MutationResult::refused(&m.id, Status::Rejected, msg)));
         let Some(op) = Op::parse(&m.op) else {
             return refuse(format!("unknown op {:?}; use insert, update, upsert or delete", m.op));
         };
@@ -140,66 +172,132 @@ impl Outbox {
                 }
             }
         };
-        let version = access.version_column.as_deref();
-        let checked = match plan::check(
-            &table,
-            op,
-            m.key.as_ref(),
-            m.value.as_ref(),
-            m.base.as_ref(),
-            access.writable.as_deref(),
-            version,
-        ) {
-            Ok(c) => c,
-            Err(plan::Refusal(msg)) => return refuse(msg),
+        let allowed = plan::Allowed {
+            scope,
+            writable: access.writable.as_deref(),
+            readable: access.readable.clone(),
+            version_column: access.version_column.as_deref(),
         };
+        match plan::check(table, op, m.key.as_ref(), m.value.as_ref(), m.base.as_ref(), allowed) {
+            Ok(w) => Ok(Ok(w)),
+            Err(plan::Refusal(msg)) => refuse(msg),
+        }
+    }
+
+    /// Every write at once, pipelined, inserts of one shape merged into one statement.
+    /// `None` when a write failed or left its scope: the caller undoes this round and
+    /// applies the batch one mutation at a time.
+    async fn fast(
+        &self,
+        tx: &Transaction<'_>,
+        mutations: &[Mutation],
+        writes: &[(usize, plan::Write)],
+    ) -> Result<Option<Vec<(usize, MutationResult)>>, Attempt> {
+        // Runs of inserts that fit one statement, and everything else alone.
+        let mut groups: Vec<&[(usize, plan::Write)]> = Vec::new();
+        let mut start = 0;
+        for end in 1..=writes.len() {
+            if end == writes.len() || !plan::same_insert(&writes[start].1, &writes[end].1) {
+                groups.push(&writes[start..end]);
+                start = end;
+            }
+        }
+        let statements: Vec<Statement> = groups
+            .iter()
+            .map(|g| {
+                if g.len() > 1 {
+                    plan::insert_many(&g.iter().map(|(_, w)| w).collect::<Vec<_>>())
+                } else {
+                    g[0].1.statement()
+                }
+            })
+            .collect();
+        let answers = futures::future::join_all(statements.iter().map(|s| run(tx, s))).await;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut unmatched = Vec::new();
+        for (group, answer) in groups.iter().zip(answers) {
+            let rows = match answer {
+                Ok(rows) => rows,
+                Err(e) if retryable(&e) => return Err(e.into()),
+                Err(_) => return Ok(None),
+            };
+            let in_scope: Vec<bool> = rows.iter().map(|r| r.get(0)).collect();
+            if in_scope.iter().any(|ok| !ok) {
+                return Ok(None);
+            }
+            match (group.len(), in_scope.len()) {
+                (n, m) if n == m => outcomes
+                    .extend(group.iter().map(|(i, _)| (*i, MutationResult::new(&mutations[*i].id, Status::Applied)))),
+                (1, 0) => unmatched.push(&group[0]),
+                _ => return Ok(None),
+            }
+        }
+        // Writes that matched nothing changed nothing: only their status needs the row.
+        let lookups: Vec<Statement> = unmatched.iter().map(|(_, w)| w.current_row()).collect();
+        let current = futures::future::join_all(lookups.iter().map(|s| run(tx, s))).await;
+        for ((i, w), rows) in unmatched.into_iter().zip(current) {
+            outcomes.push((*i, unmatched_result(&mutations[*i].id, w, &rows?)));
+        }
+        Ok(Some(outcomes))
+    }
+
+    /// One write inside its own savepoint, so a failure leaves the others.
+    async fn careful(&self, tx: &Transaction<'_>, id: &str, w: &plan::Write) -> Result<MutationResult, Attempt> {
         tx.batch_execute("savepoint mutation").await?;
-        let written = match run(tx, &checked.statement(scope.as_ref(), version)).await {
+        let written = match run(tx, &w.statement()).await {
             Ok(rows) => rows,
             Err(e) if retryable(&e) => return Err(e.into()),
             Err(e) => {
                 tx.batch_execute("rollback to savepoint mutation").await?;
                 if e.code() == Some(&SqlState::UNDEFINED_COLUMN) || e.code() == Some(&SqlState::UNDEFINED_TABLE) {
-                    self.tables.forget(&name);
+                    self.tables.forget(&w.table.schema.name);
                 }
-                return refuse(crate::db::DbError::from(e).to_string());
+                return Ok(MutationResult::refused(id, Status::Rejected, crate::db::DbError::from(e).to_string()));
             }
         };
         let result = match written.first().map(|r| r.get::<_, bool>(0)) {
-            Some(true) => MutationResult::new(&m.id, Status::Applied),
+            Some(true) => MutationResult::new(id, Status::Applied),
             Some(false) => {
                 tx.batch_execute("rollback to savepoint mutation").await?;
-                return refuse(format!("the {op} would leave the row outside your scope"));
+                return Ok(MutationResult::refused(
+                    id,
+                    Status::Rejected,
+                    format!("the {} would leave the row outside your scope", w.op),
+                ));
             }
-            // Nothing matched: the row is missing, outside the scope, or changed since `base`.
-            None => {
-                let current = run(tx, &checked.current_row(scope.as_ref(), access.readable.as_deref())).await?;
-                match current.first().map(|r| (r.get::<_, bool>(0), r.get::<_, serde_json::Value>(1))) {
-                    None if op == Op::Delete => MutationResult::new(&m.id, Status::Applied),
-                    None => MutationResult {
-                        row: Some(serde_json::Value::Null),
-                        ..MutationResult::new(&m.id, Status::Conflict)
-                    },
-                    Some((false, _)) => {
-                        MutationResult::refused(&m.id, Status::Rejected, "the row with this key is outside your scope")
-                    }
-                    Some((true, row)) => MutationResult {
-                        error: Some(format!("the row changed since base.{}", version.unwrap_or("version"))),
-                        row: Some(row),
-                        ..MutationResult::new(&m.id, Status::Conflict)
-                    },
-                }
-            }
+            None => unmatched_result(id, w, &run(tx, &w.current_row()).await?),
         };
         tx.batch_execute("release savepoint mutation").await?;
         Ok(result)
     }
 }
 
+fn duplicate(id: &str, first: FirstResult) -> MutationResult {
+    MutationResult { first: Some(Box::new(first)), ..MutationResult::new(id, Status::Duplicate) }
+}
+
+/// The result of a write that matched no row, from the row now at its key: missing,
+/// outside the caller's scope, or changed since the client's base version.
+fn unmatched_result(id: &str, w: &plan::Write, current: &[tokio_postgres::Row]) -> MutationResult {
+    match current.first().map(|r| (r.get::<_, bool>(0), r.get::<_, serde_json::Value>(1))) {
+        None if w.op == Op::Delete => MutationResult::new(id, Status::Applied),
+        None => MutationResult { row: Some(serde_json::Value::Null), ..MutationResult::new(id, Status::Conflict) },
+        Some((false, _)) => {
+            MutationResult::refused(id, Status::Rejected, "the row with this key is outside your scope")
+        }
+        Some((true, row)) => MutationResult {
+            error: Some(format!("the row changed since base.{}", w.version_column.as_deref().unwrap_or("version"))),
+            row: Some(row),
+            ..MutationResult::new(id, Status::Conflict)
+        },
+    }
+}
+
+/// Runs a statement unprepared-and-uncached: scopes put literals in the text, so caching
+/// would keep a statement per scope per session.
 async fn run(tx: &Transaction<'_>, s: &Statement) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    let prepared = tx.prepare_cached(&s.sql).await?;
     let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    tx.query(&prepared, &params).await
+    tx.query(s.sql.as_str(), &params).await
 }
 
 fn status_name(s: Status) -> &'static str {

@@ -2,6 +2,8 @@
 //! the catalog, every value a text parameter cast to its column's type in SQL. Nothing the
 //! client sends is spliced into the statement text. Pure, so it is tested without a database.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 use shapes::table::quote_ident;
 
@@ -28,8 +30,8 @@ pub struct Statement {
     pub params: Vec<Option<String>>,
 }
 
-/// The parts of a mutation after checking them against the table.
-pub struct Checked<'a> {
+/// A mutation checked against its table, ready to become SQL.
+pub struct Write {
     pub op: Op,
     /// (column index, value) to write.
     pub values: Vec<(usize, Option<String>)>,
@@ -37,19 +39,33 @@ pub struct Checked<'a> {
     pub key: Vec<(usize, Option<String>)>,
     /// The version the client's change was based on (`reject_stale`).
     pub base_version: Option<String>,
-    pub table: &'a WriteTable,
+    pub table: Arc<WriteTable>,
+    /// The caller's scope, if any.
+    pub scope: Option<ScopeSql>,
+    /// `reject_stale`: the version column.
+    pub version_column: Option<String>,
+    /// Columns the caller may read (shown on a conflict); `None` is all.
+    pub readable: Option<Arc<[String]>>,
+}
+
+/// What the caller may do to the table, as [`check`] needs it.
+pub struct Allowed<'a> {
+    pub scope: Option<ScopeSql>,
+    pub writable: Option<&'a [String]>,
+    pub readable: Option<Arc<[String]>>,
+    pub version_column: Option<&'a str>,
 }
 
 /// Checks a mutation's columns and key against the table and what the caller may write.
-pub fn check<'a>(
-    table: &'a WriteTable,
+pub fn check(
+    table: Arc<WriteTable>,
     op: Op,
     key: Option<&Map<String, Value>>,
     value: Option<&Map<String, Value>>,
     base: Option<&Map<String, Value>>,
-    writable: Option<&[String]>,
-    version_column: Option<&str>,
-) -> Result<Checked<'a>, Refusal> {
+    allowed: Allowed<'_>,
+) -> Result<Write, Refusal> {
+    let (writable, version_column) = (allowed.writable, allowed.version_column);
     let schema = &table.schema;
     let column = |name: &str| -> Result<usize, Refusal> {
         let i = schema
@@ -70,7 +86,7 @@ pub fn check<'a>(
                 return Err(Refusal(format!("{name:?} is the version column; the gateway sets it")));
             }
             let i = column(name)?;
-            values.push((i, to_text(table, i, v)?));
+            values.push((i, to_text(&table, i, v)?));
         }
     }
     values.sort_by_key(|(i, _)| *i);
@@ -89,7 +105,7 @@ pub fn check<'a>(
                 let name = &schema.columns[k].name;
                 match source.get(name) {
                     None | Some(Value::Null) => Err(Refusal(format!("{what} needs the primary key column {name:?}"))),
-                    Some(v) => Ok((k, to_text(table, k, v)?)),
+                    Some(v) => Ok((k, to_text(&table, k, v)?)),
                 }
             })
             .collect()
@@ -115,13 +131,22 @@ pub fn check<'a>(
     }
     let base_version = match version_column {
         Some(vc) if matches!(op, Op::Update | Op::Delete | Op::Upsert) => match base.and_then(|b| b.get(vc)) {
-            Some(v) => Some(to_text(table, schema.column_index(vc).unwrap_or(0), v)?.unwrap_or_default()),
+            Some(v) => Some(to_text(&table, schema.column_index(vc).unwrap_or(0), v)?.unwrap_or_default()),
             None if op == Op::Upsert => None,
             None => return Err(Refusal(format!("base.{vc} is required: this table rejects stale writes"))),
         },
         _ => None,
     };
-    Ok(Checked { op, values, key, base_version, table })
+    Ok(Write {
+        op,
+        values,
+        key,
+        base_version,
+        scope: allowed.scope,
+        version_column: version_column.map(str::to_string),
+        readable: allowed.readable,
+        table,
+    })
 }
 
 /// A JSON value as the text PostgreSQL reads for the column: strings as written, numbers
@@ -153,17 +178,76 @@ fn array_literal(items: &[Value]) -> String {
         .map(|item| match item {
             Value::Null => "NULL".into(),
             Value::Array(inner) => array_literal(inner),
-            Value::String(s) => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
-            other => format!("\"{}\"", other.to_string().replace('\\', "\\\\").replace('"', "\\\"")),
+            Value::String(s) => quote_element(s),
+            other => quote_element(&other.to_string()),
         })
         .collect();
     format!("{{{}}}", parts.join(","))
 }
 
-impl Checked<'_> {
+/// A PostgreSQL array literal of text values (NULL for `None`).
+fn text_array(values: &[&Option<String>]) -> String {
+    let parts: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            None => "NULL".into(),
+            Some(s) => quote_element(s),
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// One array element, double-quoted with `\` and `"` escaped.
+fn quote_element(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Inserts of one table with the same columns and scope become one statement.
+pub fn same_insert(a: &Write, b: &Write) -> bool {
+    a.op == Op::Insert
+        && b.op == Op::Insert
+        && Arc::ptr_eq(&a.table, &b.table)
+        && a.values.iter().map(|(i, _)| i).eq(b.values.iter().map(|(i, _)| i))
+        && a.scope.as_ref().map(|s| &s.row) == b.scope.as_ref().map(|s| &s.row)
+}
+
+/// One `INSERT … SELECT … FROM unnest(…)` for inserts that are [`same_insert`]: each
+/// column's values travel as one text-array parameter, so the statement text does not
+/// depend on the number of rows. Every row comes back with whether it is in scope.
+pub fn insert_many(writes: &[&Write]) -> Statement {
+    let first = writes[0];
+    let schema = &first.table.schema;
+    let mut cols = Vec::new();
+    let mut casts = Vec::new();
+    let mut arrays = Vec::new();
+    let mut params = Vec::new();
+    for (j, (i, _)) in first.values.iter().enumerate() {
+        cols.push(quote_ident(&schema.columns[*i].name));
+        casts.push(format!("CAST(u.v{j} AS {})", first.table.types[*i]));
+        let column: Vec<&Option<String>> = writes.iter().map(|w| &w.values[j].1).collect();
+        params.push(Some(text_array(&column)));
+        arrays.push(format!("CAST(${}::text AS text[])", params.len()));
+    }
+    let names: Vec<String> = (0..cols.len()).map(|j| format!("v{j}")).collect();
+    let scope = first.scope.as_ref().map_or("true", |s| s.row.as_str());
+    Statement {
+        sql: format!(
+            "INSERT INTO {} AS {TARGET} ({}) SELECT {} FROM unnest({}) AS u({}) RETURNING ({scope})",
+            schema.name.quoted(),
+            cols.join(", "),
+            casts.join(", "),
+            arrays.join(", "),
+            names.join(", ")
+        ),
+        params,
+    }
+}
+
+impl Write {
     /// The statement; its single result column tells whether the written row is in scope
     /// (`true` without a scope). No row back means nothing matched the key (and scope).
-    pub fn statement(&self, scope: Option<&ScopeSql>, version_column: Option<&str>) -> Statement {
+    pub fn statement(&self) -> Statement {
+        let (scope, version_column) = (self.scope.as_ref(), self.version_column.as_deref());
         let schema = &self.table.schema;
         let name = schema.name.quoted();
         let mut params: Vec<Option<String>> = Vec::new();
@@ -245,7 +329,8 @@ impl Checked<'_> {
 
     /// The row at this mutation's key as the caller may see it (readable columns only),
     /// with whether it is in scope: tells "missing", "outside your scope" and "stale" apart.
-    pub fn current_row(&self, scope: Option<&ScopeSql>, readable: Option<&[String]>) -> Statement {
+    pub fn current_row(&self) -> Statement {
+        let (scope, readable) = (self.scope.as_ref(), self.readable.as_deref());
         let schema = &self.table.schema;
         let mut params = Vec::new();
         let conds: Vec<String> = self
@@ -288,7 +373,7 @@ mod tests {
 
     use super::*;
 
-    fn table() -> WriteTable {
+    fn table() -> Arc<WriteTable> {
         let col = |name: &str, ty: &str, sql: &str, pk: Option<u32>| Column {
             name: name.into(),
             type_oid: 0,
@@ -311,7 +396,7 @@ mod tests {
             replica_identity_full: true,
         };
         let types = schema.columns.iter().map(|c| c.type_sql.clone()).collect();
-        WriteTable { schema, types }
+        Arc::new(WriteTable { schema, types })
     }
 
     fn obj(v: serde_json::Value) -> Map<String, Value> {
@@ -322,9 +407,10 @@ mod tests {
     fn values_are_parameters_cast_to_their_columns() {
         let t = table();
         let value = obj(json!({"id": 5, "Body": "x'); drop table notes; --", "org": "o"}));
-        let c = check(&t, Op::Upsert, None, Some(&value), None, None, None).unwrap();
         let scope = ScopeSql { row: r#"("org" = 'o')"#.into(), existing: r#"("target"."org" = 'o')"#.into() };
-        let s = c.statement(Some(&scope), None);
+        let allowed = Allowed { scope: Some(scope), writable: None, readable: None, version_column: None };
+        let c = check(t, Op::Upsert, None, Some(&value), None, allowed).unwrap();
+        let s = c.statement();
         assert_eq!(
             s.sql,
             r#"INSERT INTO "public"."notes" AS target ("id", "org", "Body") VALUES (CAST($1::text AS bigint), CAST($2::text AS text), CAST($3::text AS text)) ON CONFLICT ("id") DO UPDATE SET "org" = EXCLUDED."org", "Body" = EXCLUDED."Body" WHERE (("target"."org" = 'o')) RETURNING (("org" = 'o'))"#
@@ -336,8 +422,9 @@ mod tests {
     fn stale_checks_and_version_bumps() {
         let t = table();
         let (key, value, base) = (obj(json!({"id": 1})), obj(json!({"Body": "b"})), obj(json!({"version": 3})));
-        let c = check(&t, Op::Update, Some(&key), Some(&value), Some(&base), None, Some("version")).unwrap();
-        let s = c.statement(None, Some("version"));
+        let allowed = Allowed { scope: None, writable: None, readable: None, version_column: Some("version") };
+        let c = check(t, Op::Update, Some(&key), Some(&value), Some(&base), allowed).unwrap();
+        let s = c.statement();
         assert_eq!(
             s.sql,
             r#"UPDATE "public"."notes" SET "Body" = CAST($3::text AS text), "version" = "version" + 1 WHERE "id" = CAST($1::text AS bigint) AND (true) AND "version" = CAST($2::text AS integer) RETURNING (true)"#
@@ -346,15 +433,31 @@ mod tests {
     }
 
     #[test]
+    fn inserts_of_one_shape_become_one_statement() {
+        let t = table();
+        let allowed = || Allowed { scope: None, writable: None, readable: None, version_column: None };
+        let w = |id: i64, body: Option<&str>| {
+            let v = obj(json!({"id": id, "Body": body}));
+            check(t.clone(), Op::Insert, None, Some(&v), None, allowed()).unwrap()
+        };
+        let (a, b) = (w(1, Some("say \"hi\"")), w(2, None));
+        assert!(same_insert(&a, &b));
+        let s = insert_many(&[&a, &b]);
+        assert_eq!(
+            s.sql,
+            r#"INSERT INTO "public"."notes" AS target ("id", "Body") SELECT CAST(u.v0 AS bigint), CAST(u.v1 AS text) FROM unnest(CAST($1::text AS text[]), CAST($2::text AS text[])) AS u(v0, v1) RETURNING (true)"#
+        );
+        assert_eq!(s.params, vec![Some(r#"{"1","2"}"#.into()), Some(r#"{"say \"hi\"",NULL}"#.into())]);
+    }
+
+    #[test]
     fn malformed_mutations_are_refused_with_the_fix() {
         let t = table();
         let refuse =
             |op, key: Option<serde_json::Value>, value: Option<serde_json::Value>, writable: Option<&[String]>| {
                 let (k, v) = (key.map(obj), value.map(obj));
-                check(&t, op, k.as_ref(), v.as_ref(), None, writable, Some("version"))
-                    .err()
-                    .map(|r| r.0)
-                    .unwrap_or_default()
+                let allowed = Allowed { scope: None, writable, readable: None, version_column: Some("version") };
+                check(t.clone(), op, k.as_ref(), v.as_ref(), None, allowed).err().map(|r| r.0).unwrap_or_default()
             };
         assert!(refuse(Op::Update, None, Some(json!({"Body": "x"})), None).contains("needs key"));
         assert!(

@@ -1,0 +1,202 @@
+//! Outbox: (1) mutations/s of 100-mutation batches pushed by 16 concurrent clients, against
+//! the same rows inserted with plain multi-row `INSERT`s over 16 tokio-postgres sessions in
+//! the same run (rounds alternate; median ratio; target ≥ 0.5); (2) push → echo latency
+//! through an SSE subscription at a steady 500 mutations/s (target p99 ≤ 100 ms).
+//! Run: `cargo bench -p gateway --bench outbox`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::support::{Env, Gateway};
+use common::{env_or, median};
+use futures::StreamExt;
+
+const BATCH: usize = 100;
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let clients: usize = env_or("BENCH_CLIENTS", 16);
+    let batches: usize = env_or("BENCH_BATCHES", 40);
+    let env = Env::new().await;
+    env.sql("create table items (id int8 primary key, org text not null, title text, n int4)").await;
+    let mut gw =
+        Gateway::start(&env.url, &env.data_dir, &["--long-poll-timeout-ms", "20000", "--sse-timeout-s", "120"]);
+    gw.ready().await;
+    let base = gw.base();
+    let http = reqwest::Client::new();
+
+    println!("outbox: {clients} clients × {batches} batches of {BATCH} inserts per round, {rounds} interleaved rounds");
+    let mut ratios = Vec::new();
+    let mut next_id = 0i64;
+    for round in 0..rounds {
+        let start = next_id;
+        next_id += (clients * batches * BATCH) as i64;
+        let plain = plain_inserts(&env.url, clients, batches, start).await;
+        let start = next_id;
+        next_id += (clients * batches * BATCH) as i64;
+        let pushed = outbox_pushes(&http, &base, clients, batches, start, round).await;
+        let ratio = pushed / plain;
+        println!("  round {round}: plain INSERT {plain:.0} rows/s, outbox {pushed:.0} mutations/s, ratio {ratio:.2}");
+        ratios.push(ratio);
+    }
+    println!("outbox: median ratio outbox / plain INSERT = {:.2} (target ≥ 0.5)", median(ratios));
+
+    let (p50, p99, n) = echo_latency(&env, &http, &base, next_id).await;
+    println!(
+        "outbox: push → echo over SSE at 500 mutations/s: p50 {p50:.1} ms, p99 {p99:.1} ms over {n} mutations (target p99 ≤ 100 ms)"
+    );
+    gw.terminate();
+}
+
+fn row(id: i64) -> (i64, String, String, i32) {
+    (id, format!("org{}", id % 10), format!("title {id}"), (id % 1000) as i32)
+}
+
+/// Rows/s of `clients` sessions each inserting `batches` multi-row INSERTs of BATCH rows.
+async fn plain_inserts(url: &str, clients: usize, batches: usize, start: i64) -> f64 {
+    let mut sessions = Vec::new();
+    for _ in 0..clients {
+        sessions.push(common::support::connect(url).await);
+    }
+    let values: Vec<String> =
+        (0..BATCH).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
+    let sql = format!("insert into items (id, org, title, n) values {}", values.join(", "));
+    let t = Instant::now();
+    futures::future::join_all(sessions.iter().enumerate().map(|(c, db)| {
+        let sql = sql.clone();
+        async move {
+            let stmt = db.prepare(&sql).await.unwrap();
+            for b in 0..batches {
+                let rows: Vec<_> = (0..BATCH).map(|i| row(start + ((c * batches + b) * BATCH + i) as i64)).collect();
+                type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+                let mut params: Vec<Param> = Vec::with_capacity(4 * BATCH);
+                for r in &rows {
+                    params.extend::<[Param; 4]>([&r.0, &r.1, &r.2, &r.3]);
+                }
+                db.execute(&stmt, &params).await.unwrap();
+            }
+        }
+    }))
+    .await;
+    (clients * batches * BATCH) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn batch_body(client: &str, first: i64, round: usize, b: usize) -> String {
+    let mutations: Vec<serde_json::Value> = (0..BATCH as i64)
+        .map(|i| {
+            let (id, org, title, n) = row(first + i);
+            serde_json::json!({"id": format!("{round}-{b}-{i}"), "table": "items", "op": "insert",
+                "value": {"id": id, "org": org, "title": title, "n": n}})
+        })
+        .collect();
+    serde_json::json!({"client_id": client, "mutations": mutations}).to_string()
+}
+
+/// Mutations/s of `clients` HTTP clients each pushing `batches` batches of BATCH inserts.
+async fn outbox_pushes(
+    http: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    batches: usize,
+    start: i64,
+    round: usize,
+) -> f64 {
+    let t = Instant::now();
+    futures::future::join_all((0..clients).map(|c| async move {
+        for b in 0..batches {
+            let first = start + ((c * batches + b) * BATCH) as i64;
+            let body = batch_body(&format!("bench-{c}"), first, round, b);
+            let r = http
+                .post(format!("{base}/v1/outbox"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            assert!(v["results"].as_array().unwrap().iter().all(|r| r["status"] == "applied"), "{v}");
+        }
+    }))
+    .await;
+    (clients * batches * BATCH) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Pushes 10-mutation batches 50 times a second for 10 s while an SSE subscriber follows the
+/// table; returns p50 and p99 of push-sent → change-received, in ms.
+async fn echo_latency(env: &Env, http: &reqwest::Client, base: &str, start: i64) -> (f64, f64, usize) {
+    let _ = env;
+    let first = http.get(format!("{base}/v1/shape?table=items&offset=now")).send().await.unwrap();
+    let handle = first.headers()["electric-handle"].to_str().unwrap().to_string();
+    let offset = first.headers()["electric-offset"].to_str().unwrap().to_string();
+    let sent: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Default::default();
+    let expected = 50 * 10 * 10;
+    let reader = {
+        let (sent, latencies, http) = (sent.clone(), latencies.clone(), http.clone());
+        let url =
+            format!("{base}/v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true&cursor=");
+        tokio::spawn(async move {
+            let mut body = http.get(url).send().await.unwrap().bytes_stream();
+            let mut pending = Vec::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                let now = Instant::now();
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = pending.drain(..end + 2).collect();
+                    let text = String::from_utf8_lossy(&event);
+                    let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+                    let Ok(m) = serde_json::from_str::<serde_json::Value>(data.trim()) else { continue };
+                    if let Some(id) = m["value"]["id"].as_str().and_then(|s| s.parse::<i64>().ok())
+                        && let Some(at) = sent.lock().unwrap().remove(&id)
+                    {
+                        let mut l = latencies.lock().unwrap();
+                        l.push(now.duration_since(at).as_secs_f64() * 1000.0);
+                        if l.len() >= expected {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for b in 0..500usize {
+        tick.tick().await;
+        let first = start + (b * 10) as i64;
+        let mutations: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                let (id, org, title, n) = row(first + i);
+                serde_json::json!({"id": format!("echo-{b}-{i}"), "table": "items", "op": "insert", "value": {"id": id, "org": org, "title": title, "n": n}})
+            })
+            .collect();
+        let body = serde_json::json!({"client_id": "echo", "mutations": mutations}).to_string();
+        {
+            let now = Instant::now();
+            let mut s = sent.lock().unwrap();
+            for i in 0..10 {
+                s.insert(first + i, now);
+            }
+        }
+        let (http, base) = (http.clone(), base.to_string());
+        tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/v1/outbox"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), reader).await;
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| l.get(((l.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    (pick(0.5), pick(0.99), l.len())
+}
