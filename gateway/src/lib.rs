@@ -195,6 +195,13 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
     let server_cancel = cancel.clone();
+    // Live responses are many small writes: without TCP_NODELAY, Nagle's algorithm holds
+    // each one until the client's delayed ACK, adding tens of milliseconds per event.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let mut server = tokio::spawn(async move {
         axum::serve(listener, http::app(state).into_make_service())
             .with_graceful_shutdown(server_cancel.cancelled_owned())

@@ -27,11 +27,14 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Env {
+        Env::with(DevOptions::default()).await
+    }
+
+    /// A cluster with the given options (e.g. `fsync` on, as in production).
+    pub async fn with(options: DevOptions) -> Env {
         gateway::install_tls_provider();
-        let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default()))
-            .await
-            .unwrap()
-            .expect("start postgres");
+        let pg =
+            tokio::task::spawn_blocking(move || DevPostgres::start(&options)).await.unwrap().expect("start postgres");
         let url = pg.url("postgres");
         let db = connect(&url).await;
         let data_dir = pg.root().join("gateway-data");
