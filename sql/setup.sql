@@ -47,7 +47,8 @@ create table if not exists gateway.mutations (
     applied_at  timestamptz not null default now(),
     primary key (client_id, mutation_id)
 );
-create index if not exists mutations_applied_at on gateway.mutations (applied_at);
+-- For pruning by age on a large ledger (costs every write a second index entry):
+--   create index mutations_applied_at on gateway.mutations (applied_at);
 alter table gateway.mutations owner to gateway;
 
 -- Reading snapshots and the catalog:

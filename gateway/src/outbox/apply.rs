@@ -60,9 +60,14 @@ impl Outbox {
     async fn attempt(&self, auth: &Auth, caller: &Caller, batch: &Batch) -> Result<BatchResult, Attempt> {
         let mut client = self.pool.get().await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?;
         let tx = client.transaction().await?;
-        let txid: i64 = tx.query_one("select (pg_current_xact_id()::text::bigint % 4294967296)", &[]).await?.get(0);
         let ids: Vec<&str> = batch.mutations.iter().map(|m| m.id.as_str()).collect();
-        let earlier = ledger::lookup(&*tx, &batch.client_id, &ids).await?;
+        // Pipelined: one round trip for both.
+        let (txid, earlier) = futures::future::try_join(
+            tx.query_one("select (pg_current_xact_id()::text::bigint % 4294967296)", &[]),
+            ledger::lookup(&*tx, &batch.client_id, &ids),
+        )
+        .await?;
+        let txid: i64 = txid.get(0);
         // Duplicates first, then a plan for every new mutation (refused ones need no SQL).
         let mut results: Vec<Option<MutationResult>> = vec![None; batch.mutations.len()];
         let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
@@ -82,12 +87,8 @@ impl Outbox {
             }
         }
         // All writes in one pipelined round; if any needs undoing, one at a time instead.
-        tx.batch_execute("savepoint batch").await?;
         let outcomes = match self.fast(&tx, &batch.mutations, &writes).await? {
-            Some(outcomes) => {
-                tx.batch_execute("release savepoint batch").await?;
-                outcomes
-            }
+            Some(outcomes) => outcomes,
             None => {
                 tx.batch_execute("rollback to savepoint batch").await?;
                 let mut outcomes = Vec::with_capacity(writes.len());
@@ -126,7 +127,11 @@ impl Outbox {
             return Ok(BatchResult { txid: None, results });
         }
         let fresh: Vec<&MutationResult> = results.iter().filter(|r| r.status != Status::Duplicate).collect();
-        ledger::record(&*tx, &batch.client_id, txid, &fresh).await?;
+        futures::future::try_join(
+            tx.batch_execute("release savepoint batch"),
+            ledger::record(&*tx, &batch.client_id, txid, &fresh),
+        )
+        .await?;
         tx.commit().await?;
         Ok(BatchResult { txid: Some(txid.to_string()), results })
     }
@@ -184,9 +189,9 @@ impl Outbox {
         }
     }
 
-    /// Every write at once, pipelined, inserts of one shape merged into one statement.
-    /// `None` when a write failed or left its scope: the caller undoes this round and
-    /// applies the batch one mutation at a time.
+    /// Every write at once, pipelined after `savepoint batch`, inserts of one shape merged
+    /// into one statement. `None` when a write failed or left its scope: the caller rolls
+    /// back to the savepoint and applies the batch one mutation at a time.
     async fn fast(
         &self,
         tx: &Transaction<'_>,
@@ -212,7 +217,13 @@ impl Outbox {
                 }
             })
             .collect();
-        let answers = futures::future::join_all(statements.iter().map(|s| run(tx, s))).await;
+        // The savepoint that lets this round be undone travels in the same pipeline.
+        let (savepoint, answers) = futures::future::join(
+            tx.batch_execute("savepoint batch"),
+            futures::future::join_all(statements.iter().map(|s| run(tx, s))),
+        )
+        .await;
+        savepoint?;
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut unmatched = Vec::new();
         for (group, answer) in groups.iter().zip(answers) {

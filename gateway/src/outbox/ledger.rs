@@ -18,8 +18,7 @@ create table if not exists gateway.mutations (
     txid        bigint      not null,
     applied_at  timestamptz not null default now(),
     primary key (client_id, mutation_id)
-);
-create index if not exists mutations_applied_at on gateway.mutations (applied_at);";
+);";
 
 /// Creates the ledger when it is missing; the error says what a DBA should run otherwise.
 pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), String> {
