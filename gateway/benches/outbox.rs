@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::support::{Env, Gateway};
 use common::{env_or, median};
-use futures::StreamExt;
 
 const BATCH: usize = 100;
 
