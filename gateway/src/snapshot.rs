@@ -124,10 +124,20 @@ async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotE
 /// the subset's order and page, read in one REPEATABLE READ transaction whose snapshot the
 /// response reports so the client can drop stream changes the subset already holds.
 /// Returns the response body, `{"metadata":{…},"data":[…]}`.
-pub async fn subset(cfg: &Config, shape: &Arc<LiveShape>, subset: &Subset) -> Result<Vec<u8>, SnapshotError> {
-    let client = db::connect(cfg).await?;
-    client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
-    let row = client
+pub async fn subset(
+    client: &mut tokio_postgres::Client,
+    shape: &Arc<LiveShape>,
+    subset: &Subset,
+) -> Result<Vec<u8>, SnapshotError> {
+    // A transaction object, so an abandoned request rolls back before the session is reused.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(DbError::from)?;
+    let row = tx
         .query_one("select pg_current_snapshot()::text, pg_current_wal_lsn()::text", &[])
         .await
         .map_err(DbError::from)?;
@@ -152,13 +162,13 @@ pub async fn subset(cfg: &Config, shape: &Arc<LiveShape>, subset: &Subset) -> Re
         Ok(())
     });
     let sql = encoder.copy_sql(subset.filter.as_ref(), &subset.sql_tail(&shape.shape.table));
-    let stream = client.copy_out(sql.as_str()).await.map_err(DbError::from)?;
+    let stream = tx.copy_out(sql.as_str()).await.map_err(DbError::from)?;
     futures::pin_mut!(stream);
     while let Some(chunk) = stream.next().await {
         encoder.write(&chunk.map_err(DbError::from)?)?;
     }
     encoder.finish()?;
-    client.batch_execute("commit").await.map_err(DbError::from)?;
+    tx.commit().await.map_err(DbError::from)?;
     body.extend_from_slice(b"]}");
     Ok(body)
 }

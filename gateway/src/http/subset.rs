@@ -35,7 +35,11 @@ pub(super) async fn serve(state: &AppState, req: &ShapeRequest, spec: &SubsetSpe
     if let Some(filter) = &subset.filter {
         check_readable(req, &shape.shape.table, &filter.columns())?;
     }
-    let body = snapshot::subset(&state.settings.db, &shape, &subset).await.map_err(|e| {
+    let mut session = state.outbox.pool.get().await.map_err(|e| ApiError::Unavailable {
+        message: format!("no database session for the subset: {e}"),
+        retry_after: 1,
+    })?;
+    let body = snapshot::subset(&mut session, &shape, &subset).await.map_err(|e| {
         if e.is_client_error() {
             ApiError::invalid("subset", e.to_string())
         } else {
