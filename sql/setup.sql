@@ -38,17 +38,8 @@ end $$;
 -- The gateway's schema: the outbox ledger (what each client's mutation did, so retries
 -- apply once). Applied rows are kept for audit; prune old ones as you see fit:
 --   delete from gateway.mutations where applied_at < now() - interval '30 days';
-create schema if not exists gateway authorization gateway;
-create table if not exists gateway.mutations (
-    client_id   text        not null,
-    mutation_id text        not null,
-    result      jsonb       not null,
-    txid        bigint      not null,
-    applied_at  timestamptz not null default now(),
-    primary key (client_id, mutation_id)
-);
--- For pruning by age on a large ledger (costs every write a second index entry):
---   create index mutations_applied_at on gateway.mutations (applied_at);
+\ir ledger.sql
+alter schema gateway owner to gateway;
 alter table gateway.mutations owner to gateway;
 
 -- Reading snapshots and the catalog:

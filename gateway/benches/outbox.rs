@@ -87,11 +87,25 @@ async fn plain_inserts(url: &str, clients: usize, batches: usize, start: i64) ->
     (clients * batches * BATCH) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn batch_body(client: &str, first: i64, round: usize, b: usize) -> String {
-    let mutations: Vec<serde_json::Value> = (0..BATCH as i64)
+/// Pushes one batch body; returns the response body.
+async fn push(http: &reqwest::Client, base: &str, body: String) -> bytes::Bytes {
+    let r = http
+        .post(format!("{base}/v1/outbox"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap()
+}
+
+/// A batch of `size` inserts of rows `first…`, mutation ids prefixed with `tag`.
+fn batch_body(client: &str, first: i64, size: usize, tag: &str) -> String {
+    let mutations: Vec<serde_json::Value> = (0..size as i64)
         .map(|i| {
             let (id, org, title, n) = row(first + i);
-            serde_json::json!({"id": format!("{round}-{b}-{i}"), "table": "items", "op": "insert",
+            serde_json::json!({"id": format!("{tag}-{i}"), "table": "items", "op": "insert",
                 "value": {"id": id, "org": org, "title": title, "n": n}})
         })
         .collect();
@@ -111,22 +125,21 @@ async fn outbox_pushes(
     let bodies: Vec<Vec<String>> = (0..clients)
         .map(|c| {
             (0..batches)
-                .map(|b| batch_body(&format!("bench-{c}"), start + ((c * batches + b) * BATCH) as i64, round, b))
+                .map(|b| {
+                    batch_body(
+                        &format!("bench-{c}"),
+                        start + ((c * batches + b) * BATCH) as i64,
+                        BATCH,
+                        &format!("{round}-{b}"),
+                    )
+                })
                 .collect()
         })
         .collect();
     let t = Instant::now();
     futures::future::join_all(bodies.into_iter().map(|bodies| async move {
         for body in bodies {
-            let r = http
-                .post(format!("{base}/v1/outbox"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let body = r.bytes().await.unwrap();
+            let body = push(http, base, body).await;
             let applied = memchr::memmem::find_iter(&body, b"\"applied\"").count();
             assert_eq!(applied, BATCH, "{}", String::from_utf8_lossy(&body));
         }
@@ -188,13 +201,7 @@ async fn echo_latency(env: &Env, http: &reqwest::Client, base: &str, start: i64)
     for b in 0..500usize {
         tick.tick().await;
         let first = start + (b * 10) as i64;
-        let mutations: Vec<serde_json::Value> = (0..10)
-            .map(|i| {
-                let (id, org, title, n) = row(first + i);
-                serde_json::json!({"id": format!("echo-{b}-{i}"), "table": "items", "op": "insert", "value": {"id": id, "org": org, "title": title, "n": n}})
-            })
-            .collect();
-        let body = serde_json::json!({"client_id": "echo", "mutations": mutations}).to_string();
+        let body = batch_body("echo", first, 10, &format!("echo-{b}"));
         {
             let now = Instant::now();
             let mut s = sent.lock().unwrap();
@@ -203,16 +210,7 @@ async fn echo_latency(env: &Env, http: &reqwest::Client, base: &str, start: i64)
             }
         }
         let (http, base) = (http.clone(), base.to_string());
-        tokio::spawn(async move {
-            let r = http
-                .post(format!("{base}/v1/outbox"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        });
+        tokio::spawn(async move { push(&http, &base, body).await });
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), reader).await;
     let mut l = latencies.lock().unwrap().clone();

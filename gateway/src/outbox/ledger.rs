@@ -9,16 +9,7 @@ use tokio_postgres::GenericClient;
 use super::{FirstResult, MutationResult};
 
 /// The gateway's own schema and ledger, created when missing (and when the role may).
-pub const SCHEMA_SQL: &str = "
-create schema if not exists gateway;
-create table if not exists gateway.mutations (
-    client_id   text        not null,
-    mutation_id text        not null,
-    result      jsonb       not null,
-    txid        bigint      not null,
-    applied_at  timestamptz not null default now(),
-    primary key (client_id, mutation_id)
-);";
+pub const SCHEMA_SQL: &str = include_str!("../../../sql/ledger.sql");
 
 /// Creates the ledger when it is missing; the error says what a DBA should run otherwise.
 pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), String> {
