@@ -45,6 +45,7 @@ pub struct AppState {
     pub ack: Arc<AckState>,
     pub status: Arc<Status>,
     pub auth: Arc<Auth>,
+    /// Outbox writes; its pooled sessions also serve subset snapshots.
     pub outbox: Arc<crate::outbox::apply::Outbox>,
     pub cancel: CancellationToken,
     /// Serializes shape creation (publication changes, snapshot start).
