@@ -339,13 +339,16 @@ async fn a_batch_committed_before_a_crash_is_a_duplicate_when_retried() {
             .collect();
         json!({"client_id": "crash-client", "mutations": mutations})
     };
-    // Push many batches and kill -9 the gateway while they are in flight.
+    // Push many batches and kill -9 the gateway once some have been answered, so others
+    // are in flight: committed or not, unanswered.
+    const BATCHES: usize = 200;
     let base = gw.base();
-    let inflight = futures::stream::iter(0..60)
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let inflight = futures::stream::iter(0..BATCHES)
         .map(|b| {
-            let (base, a, body) = (base.clone(), a.clone(), batch(b).to_string());
+            let (base, a, body, answered) = (base.clone(), a.clone(), batch(b).to_string(), &answered);
             async move {
-                reqwest::Client::new()
+                let status = reqwest::Client::new()
                     .post(format!("{base}/v1/outbox"))
                     .bearer_auth(a)
                     .header("content-type", "application/json")
@@ -353,26 +356,30 @@ async fn a_batch_committed_before_a_crash_is_a_duplicate_when_retried() {
                     .send()
                     .await
                     .ok()
-                    .map(|r| r.status().as_u16())
+                    .map(|r| r.status().as_u16());
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                status
             }
         })
         .buffer_unordered(8)
         .collect::<Vec<_>>();
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        while answered.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         gw.kill9();
     };
     let (answers, ()) = tokio::join!(inflight, killer);
     assert!(answers.iter().any(Option::is_none), "the kill interrupted some pushes");
     gw.restart().await;
     // The client retries every batch it did not see answered (here: all of them).
-    for b in 0..60 {
+    for b in 0..BATCHES {
         let (status, body) = push(&gw, &a, batch(b)).await;
         assert_eq!(status, 200, "{body}");
         assert!(statuses(&body).iter().all(|s| s == "applied" || s == "duplicate"), "{body}");
     }
     let n: i64 = env.db.query_one("select count(*) from events", &[]).await.unwrap().get(0);
-    assert_eq!(n, 60 * 20, "every mutation exactly once");
+    assert_eq!(n as usize, BATCHES * 20, "every mutation exactly once");
 }
 
 #[tokio::test]
