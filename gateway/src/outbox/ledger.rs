@@ -61,12 +61,12 @@ pub async fn record(
     if results.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
-    let values: Vec<serde_json::Value> = results.iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect();
+    // One JSON array parameter, unpacked by the server: cheaper than a jsonb[] of values.
+    let results = serde_json::to_string(results).unwrap_or_else(|_| "[]".into());
     tx.execute(
         "insert into gateway.mutations (client_id, mutation_id, result, txid)
-         select $1, id, result, $4 from unnest($2::text[], $3::jsonb[]) as m(id, result)",
-        &[&client_id, &ids, &values, &txid],
+         select $1, r->>'id', r, $3 from jsonb_array_elements($2::text::jsonb) as r",
+        &[&client_id, &results, &txid],
     )
     .await?;
     Ok(())

@@ -199,7 +199,16 @@ fn text_array(values: &[&Option<String>]) -> String {
 
 /// One array element, double-quoted with `\` and `"` escaped.
 fn quote_element(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '\\' || c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// Inserts of one table with the same columns and scope become one statement.
