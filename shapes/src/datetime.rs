@@ -85,10 +85,20 @@ pub(crate) fn parse_date(s: &str) -> Option<i64> {
         "-infinity" => return Some(-INFINITY_DAYS),
         _ => {}
     }
-    let (s, bc) = match s.strip_suffix(" BC") {
+    let (s, bc) = split_era(s);
+    parse_ymd(s, bc)
+}
+
+/// Text without a trailing ` BC`, and whether it had one.
+fn split_era(s: &str) -> (&str, bool) {
+    match s.strip_suffix(" BC") {
         Some(rest) => (rest, true),
         None => (s, false),
-    };
+    }
+}
+
+/// `YYYY-MM-DD` (a BC year when `bc`) as days since 2000-01-01.
+fn parse_ymd(s: &str, bc: bool) -> Option<i64> {
     let mut it = s.splitn(3, '-');
     let y: i64 = it.next()?.parse().ok()?;
     let m: i64 = it.next()?.parse().ok()?;
@@ -147,13 +157,9 @@ pub(crate) fn parse_timestamp(s: &str, with_zone: bool) -> Option<i64> {
         "-infinity" => return Some(-INFINITY_MICROS),
         _ => {}
     }
-    let (s, bc) = match s.strip_suffix(" BC") {
-        Some(rest) => (rest, true),
-        None => (s, false),
-    };
+    let (s, bc) = split_era(s);
     let (date, rest) = s.split_once([' ', 'T']).unwrap_or((s, "00:00"));
-    let date = if bc { format!("{date} BC") } else { date.to_string() };
-    let days = parse_date(&date)?;
+    let days = parse_ymd(date, bc)?;
     let (time, zone) = parse_time(rest)?;
     let offset = match zone {
         "" => 0,
@@ -484,6 +490,8 @@ mod tests {
         let ts = parse_timestamp("2024-01-02 03:04:05.123+00", true).unwrap();
         assert_eq!(format_timestamp(ts), "2024-01-02 03:04:05.123");
         assert_eq!(parse_timestamp("2024-01-02 05:34:05.123+02:30", true), Some(ts), "offsets move the instant to UTC");
+        let bc = parse_timestamp("0044-03-15 12:00:00 BC", false).unwrap();
+        assert_eq!(format_timestamp(bc), "0044-03-15 12:00:00 BC");
     }
 
     /// Expected texts are PostgreSQL 15's output for the same input.
