@@ -321,8 +321,7 @@ fn status_name(s: Status) -> &'static str {
     }
 }
 
-/// Conflicts between concurrent transactions: the batch is retried whole. A unique
-/// violation outside a savepoint is the ledger: the same mutation pushed twice at once.
+/// Conflicts between concurrent transactions: the batch is retried whole.
 fn retryable(e: &tokio_postgres::Error) -> bool {
     matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
 }
@@ -334,6 +333,8 @@ enum Attempt {
 }
 
 impl From<tokio_postgres::Error> for Attempt {
+    /// Errors outside a mutation's own statement. A unique violation there is the ledger:
+    /// the same mutation pushed twice at once; the retry finds it a duplicate.
     fn from(e: tokio_postgres::Error) -> Self {
         if retryable(&e) || e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
             Attempt::Retry
