@@ -130,10 +130,6 @@ impl Auth {
         self.verifier.as_ref()
     }
 
-    pub fn rules(&self) -> &AccessRules {
-        &self.rules
-    }
-
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let Some(verifier) = &self.verifier else { return Ok(Caller::Anyone) };
         let value = headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;

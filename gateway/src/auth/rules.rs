@@ -185,10 +185,6 @@ impl AccessRules {
         self.by_table.get(table)
     }
 
-    pub fn tables(&self) -> impl Iterator<Item = &TableName> {
-        self.by_table.keys()
-    }
-
     /// Checks one rule against its table: the scope binds, the columns exist and hold the
     /// primary key, the version column exists.
     pub fn check_table(&self, schema: &TableSchema, options: BindOptions) -> Result<(), String> {
