@@ -63,8 +63,11 @@ impl Outbox {
         let ids: Vec<&str> = batch.mutations.iter().map(|m| m.id.as_str()).collect();
         // Pipelined: one round trip for both.
         let (txid, earlier) = futures::future::try_join(
-            tx.query_one("select (pg_current_xact_id()::text::bigint % 4294967296)", &[]),
-            ledger::lookup(&*tx, &batch.client_id, &ids),
+            async {
+                let stmt = tx.prepare_cached("select (pg_current_xact_id()::text::bigint % 4294967296)").await?;
+                tx.query_one(&stmt, &[]).await
+            },
+            ledger::lookup(&tx, &batch.client_id, &ids),
         )
         .await?;
         let txid: i64 = txid.get(0);
@@ -110,10 +113,7 @@ impl Outbox {
                 })
             })
             .collect();
-        for (r, m) in results.iter().zip(&batch.mutations) {
-            metrics::counter!("gateway_outbox_mutations_total", "table" => m.table.clone(), "status" => status_name(r.status))
-                .increment(1);
-        }
+        self.count(&batch.mutations, &results);
         if batch.atomic
             && let Some(culprit) = results.iter().find(|r| r.fails())
         {
@@ -129,11 +129,28 @@ impl Outbox {
         let fresh: Vec<&MutationResult> = results.iter().filter(|r| r.status != Status::Duplicate).collect();
         futures::future::try_join(
             tx.batch_execute("release savepoint batch"),
-            ledger::record(&*tx, &batch.client_id, txid, &fresh),
+            ledger::record(&tx, &batch.client_id, txid, &fresh),
         )
         .await?;
         tx.commit().await?;
         Ok(BatchResult { txid: Some(txid.to_string()), results })
+    }
+
+    /// Counts results by table and status. A table name the catalog does not know counts
+    /// as `unknown`, so clients cannot grow the label set.
+    fn count(&self, mutations: &[Mutation], results: &[MutationResult]) {
+        let mut counts: HashMap<(&str, Status), u64> = HashMap::new();
+        for (m, r) in mutations.iter().zip(results) {
+            *counts.entry((m.table.as_str(), r.status)).or_default() += 1;
+        }
+        for ((table, status), n) in counts {
+            let table = match TableName::parse(table) {
+                Ok(name) if self.tables.contains(&name) => name.to_string(),
+                _ => "unknown".to_string(),
+            };
+            metrics::counter!("gateway_outbox_mutations_total", "table" => table, "status" => status_name(status))
+                .increment(n);
+        }
     }
 
     /// Checks a mutation against the rules and the table; `Ok(Err(_))` is its refusal.

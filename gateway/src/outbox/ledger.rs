@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::GenericClient;
+use deadpool_postgres::Transaction;
 
 use super::{FirstResult, MutationResult};
 
@@ -31,16 +31,16 @@ pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), String> {
 
 /// First results of the batch's mutation ids that were applied before.
 pub async fn lookup(
-    tx: &impl GenericClient,
+    tx: &Transaction<'_>,
     client_id: &str,
     ids: &[&str],
 ) -> Result<HashMap<String, FirstResult>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
+    let stmt = tx
+        .prepare_cached(
             "select mutation_id, result, txid from gateway.mutations where client_id = $1 and mutation_id = any($2)",
-            &[&client_id, &ids],
         )
         .await?;
+    let rows = tx.query(&stmt, &[&client_id, &ids]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
@@ -53,7 +53,7 @@ pub async fn lookup(
 
 /// Records the batch's results (one statement for all of them).
 pub async fn record(
-    tx: &impl GenericClient,
+    tx: &Transaction<'_>,
     client_id: &str,
     txid: i64,
     results: &[&MutationResult],
@@ -63,11 +63,12 @@ pub async fn record(
     }
     // One JSON array parameter, unpacked by the server: cheaper than a jsonb[] of values.
     let results = serde_json::to_string(results).unwrap_or_else(|_| "[]".into());
-    tx.execute(
-        "insert into gateway.mutations (client_id, mutation_id, result, txid)
-         select $1, r->>'id', r, $3 from jsonb_array_elements($2::text::jsonb) as r",
-        &[&client_id, &results, &txid],
-    )
-    .await?;
+    let stmt = tx
+        .prepare_cached(
+            "insert into gateway.mutations (client_id, mutation_id, result, txid)
+             select $1, r->>'id', r, $3 from jsonb_array_elements($2::text::jsonb) as r",
+        )
+        .await?;
+    tx.execute(&stmt, &[&client_id, &results, &txid]).await?;
     Ok(())
 }

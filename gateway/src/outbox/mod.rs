@@ -75,7 +75,7 @@ impl fmt::Display for Op {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Applied,
@@ -160,6 +160,11 @@ impl Tables {
         let table = Arc::new(WriteTable { schema, types });
         self.cache.write().unwrap().insert(name.clone(), table.clone());
         Ok(Some(table))
+    }
+
+    /// Whether the table's columns are cached (it exists and was written to).
+    pub fn contains(&self, name: &TableName) -> bool {
+        self.cache.read().unwrap().contains_key(name)
     }
 
     /// Drops a table's cached columns (its definition changed).

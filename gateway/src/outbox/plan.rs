@@ -111,13 +111,14 @@ pub fn check(
             .collect()
     };
     let key = match (op, key, value) {
-        (Op::Insert | Op::Upsert, _, Some(v)) => {
+        (Op::Insert, _, Some(_)) => Vec::new(),
+        (Op::Upsert, _, Some(v)) => {
             let only_key: Map<String, Value> = v
                 .iter()
                 .filter(|(k, _)| key_columns.iter().any(|&c| schema.columns[c].name == **k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            if op == Op::Upsert { key_values(&only_key, "value")? } else { Vec::new() }
+            key_values(&only_key, "value")?
         }
         (Op::Insert | Op::Upsert, _, None) => return Err(Refusal("an insert needs value".into())),
         (Op::Update | Op::Delete, Some(k), _) => key_values(k, "key")?,
