@@ -17,6 +17,15 @@ pub enum AuthMode {
     Jwt,
 }
 
+/// What the gateway does when its slot holds the whole WAL budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BudgetAction {
+    /// Exit with an error; the slot and the shape logs stay for a restart.
+    Stop,
+    /// Drop and recreate the slot, releasing the WAL; every shape is refetched.
+    RecreateSlot,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeConfig {
     /// TOML file with settings (these flags' names as keys) and [[table]] access rules.
@@ -67,6 +76,15 @@ pub struct ServeConfig {
     /// Origins browsers may call from, comma-separated; `*` allows any (without credentials).
     #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
     pub cors_origins: Vec<String>,
+    /// WAL our slot may hold on the server before the budget acts (e.g. 512MB, 1GB, 2GiB):
+    /// at half it warns, at three quarters new shapes wait, at the full budget
+    /// `--wal-budget-action` applies.
+    #[arg(long, env = "GATEWAY_MAX_RETAINED_WAL", default_value = "1GB", value_parser = parse_bytes)]
+    pub max_retained_wal: u64,
+    /// At the full WAL budget: `stop` (exit with an error, keeping the slot and the logs) or
+    /// `recreate-slot` (drop the slot and start a new one; every shape is refetched).
+    #[arg(long, env = "GATEWAY_WAL_BUDGET_ACTION", value_enum, default_value = "stop")]
+    pub wal_budget_action: BudgetAction,
     /// The `[[table]]` access rules of the config file.
     #[arg(skip)]
     pub rules: Vec<TableRule>,
@@ -146,6 +164,24 @@ impl ConfigFile {
     }
 }
 
+/// A size in bytes: a number with an optional unit, `kB`/`MB`/`GB`/`TB` (1024-based, as
+/// PostgreSQL reads them) or `KiB`/`MiB`/`GiB`/`TiB`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a size; write e.g. 512MB or 2GB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kb" | "kib" => 10,
+        "mb" | "mib" => 20,
+        "gb" | "gib" => 30,
+        "tb" | "tib" => 40,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use kB, MB, GB or TB")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// The long names of `serve`'s flags.
 fn serve_flags() -> Vec<String> {
     use clap::Args;
@@ -172,6 +208,15 @@ pub fn config_path(args: &[OsString]) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_like_postgresql_settings() {
+        assert_eq!(parse_bytes("1GB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("1 parsec").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("lots").unwrap_err().contains("not a size"));
+    }
 
     #[test]
     fn a_config_file_holds_settings_and_rules() {

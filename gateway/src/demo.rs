@@ -69,6 +69,8 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
         jwt_issuer: None,
         jwt_audience: None,
         cors_origins: vec!["*".into()],
+        max_retained_wal: 1 << 30,
+        wal_budget_action: crate::config::BudgetAction::Stop,
         rules: Vec::new(),
     };
     let result = crate::serve(cfg, shutdown).await;

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod replication;
 pub mod snapshot;
 pub mod status;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ use crate::status::Status;
 /// Transactions decoded but not yet stored. Full means the fan-out is behind: the stream
 /// stops reading WAL until there is room (backpressure, never loss).
 const TXN_CHANNEL: usize = 1024;
+/// How long the server may take to release our slot after the stream stopped.
+const SLOT_RELEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// PostgreSQL sessions applying outbox batches at once; more batches wait for one.
 const OUTBOX_CONNECTIONS: usize = 16;
 
@@ -59,8 +62,18 @@ pub enum StartError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("shape storage failed: {0}")]
     Storage(std::io::Error),
+    #[error(transparent)]
+    WalBudget(#[from] replication::monitor::BudgetError),
     #[error("internal task failed: {0}")]
     Crashed(String),
+}
+
+/// How one run of the server ended without an error.
+enum Ended {
+    /// Shut down on request.
+    Shutdown,
+    /// The WAL budget was exceeded and `--wal-budget-action recreate-slot` is set.
+    RecreateSlot,
 }
 
 /// Installs ring as the process's TLS provider (JWKS over https). Call before building
@@ -124,6 +137,21 @@ async fn build_outbox(db_cfg: &tokio_postgres::Config, bind: BindOptions) -> Res
 
 /// Runs `gateway serve` until `shutdown` is cancelled or a fatal error.
 pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    loop {
+        match serve_once(&cfg, shutdown.clone()).await? {
+            Ended::Shutdown => return Ok(()),
+            Ended::RecreateSlot => {
+                // Everything that used the slot has stopped: drop it; the next run creates
+                // a new one at the current WAL position and rotates every shape.
+                let client = db::connect(&db::parse_url(&cfg.database_url)?).await?;
+                slot::drop_slot(&client, &cfg.slot, SLOT_RELEASE).await?;
+                tracing::warn!(slot = %cfg.slot, "dropped the replication slot to release WAL; every shape will be refetched");
+            }
+        }
+    }
+}
+
+async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<Ended, StartError> {
     match cfg.auth {
         AuthMode::None if !cfg.listen.ip().is_loopback() => {
             return Err(StartError::NoneAuthNotLoopback(cfg.listen));
@@ -133,6 +161,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
         }
         AuthMode::Jwt => {}
     }
+    let metrics = telemetry::recorder();
     let open_files = limits::raise_open_files();
     tracing::info!(open_files = ?open_files, "open-files limit");
     let db_cfg = db::parse_url(&cfg.database_url)?;
@@ -141,11 +170,12 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     slot::ensure_publication(&client, &cfg.publication).await?;
     let slot_state = slot::ensure_slot(&client, &cfg.slot).await?;
     let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
-    let auth = Arc::new(build_auth(&cfg, &client, bind).await?);
+    let auth = Arc::new(build_auth(cfg, &client, bind).await?);
     drop(client);
 
     let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
     let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
+    metrics::gauge!("gateway_shapes").set(registry.len() as f64);
     if slot_state.created && !registry.is_empty() {
         // A new slot starts at the current WAL position: stored logs may miss what came
         // between, so every client refetches.
@@ -170,6 +200,16 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     // Append descriptors kept open: a quarter of the limit, the rest is for clients.
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
     let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), open_writers, cancel.clone()));
+    let monitor = replication::monitor::Monitor {
+        db: db_cfg.clone(),
+        slot: cfg.slot.clone(),
+        budget: cfg.max_retained_wal,
+        action: cfg.wal_budget_action,
+        ack: ack.clone(),
+        status: status.clone(),
+    };
+    let mut monitor = tokio::spawn(monitor.run(cancel.clone()));
+    tokio::spawn(telemetry::upkeep(metrics, cfg.data_dir.clone(), cancel.clone()));
 
     let cors = http::Cors::new(&cfg.cors_origins);
     tracing::info!(origins = %cfg.cors_origins.join(","), "browsers may call from");
@@ -210,14 +250,20 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
 
     // Whichever ends first decides; the rest are stopped through the shared token.
     let (mut replication_done, mut fanout_done, mut server_done) = (false, false, false);
-    let outcome: Result<(), StartError> = tokio::select! {
+    let outcome: Result<Ended, StartError> = tokio::select! {
         r = &mut replication => {
             replication_done = true;
             match r {
-                Ok(result) => result.map_err(StartError::from),
+                Ok(result) => result.map(|()| Ended::Shutdown).map_err(StartError::from),
                 Err(panic) => Err(StartError::Crashed(format!("replication: {panic}"))),
             }
         }
+        r = &mut monitor => match r {
+            Ok(Ok(())) => Ok(Ended::Shutdown),
+            Ok(Err(replication::monitor::BudgetError::Recreate { .. })) => Ok(Ended::RecreateSlot),
+            Ok(Err(e)) => Err(e.into()),
+            Err(panic) => Err(StartError::Crashed(format!("slot monitor: {panic}"))),
+        },
         r = &mut fanout => {
             fanout_done = true;
             match r {
@@ -225,17 +271,17 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
                 Ok(Ok(())) if !cancel.is_cancelled() => {
                     replication_done = true;
                     match (&mut replication).await {
-                        Ok(result) => result.map_err(StartError::from),
+                        Ok(result) => result.map(|()| Ended::Shutdown).map_err(StartError::from),
                         Err(panic) => Err(StartError::Crashed(format!("replication: {panic}"))),
                     }
                 }
-                Ok(result) => result.map_err(StartError::Storage),
+                Ok(result) => result.map(|()| Ended::Shutdown).map_err(StartError::Storage),
                 Err(panic) => Err(StartError::Crashed(format!("fan-out: {panic}"))),
             }
         }
         _ = &mut server => {
             server_done = true;
-            Ok(())
+            Ok(Ended::Shutdown)
         }
     };
     cancel.cancel();

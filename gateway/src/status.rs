@@ -1,30 +1,88 @@
-//! Health the HTTP layer reports: is replication connected, and if not, why.
+//! Health the HTTP layer reports: is replication connected, and if not, why; when the
+//! stream last delivered a transaction.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::replication::monitor::{SlotHealth, Stage};
+
+/// PostgreSQL timestamps count microseconds from 2000-01-01.
+const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
 
 #[derive(Debug, Default)]
 pub struct Status {
     inner: Mutex<Inner>,
+    /// Unix milliseconds of the last transaction received (0: none yet).
+    last_commit_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     replication_connected: bool,
     last_error: Option<String>,
+    slot: Option<SlotHealth>,
 }
 
 impl Status {
     pub fn set_replication(&self, connected: bool, error: Option<String>) {
         let mut i = self.inner.lock().unwrap();
         i.replication_connected = connected;
+        metrics::gauge!("gateway_replication_connected").set(if connected { 1.0 } else { 0.0 });
         if error.is_some() || connected {
             i.last_error = error;
         }
     }
 
+    /// A transaction arrived from the stream: counts it and how old it was on arrival.
+    pub fn note_commit(&self, commit_time_micros: i64, changes: usize) {
+        let now = SystemTime::now();
+        let committed = UNIX_EPOCH
+            + Duration::from_secs(PG_EPOCH_UNIX_SECS)
+            + Duration::from_micros(commit_time_micros.max(0) as u64);
+        let age = now.duration_since(committed).unwrap_or_default();
+        metrics::counter!("gateway_replication_transactions_total").increment(1);
+        metrics::counter!("gateway_replication_changes_total").increment(changes as u64);
+        metrics::gauge!("gateway_replication_lag_seconds").set(age.as_secs_f64());
+        let ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.last_commit_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the stream last delivered a transaction; `None` before the first.
+    pub fn since_last_commit(&self) -> Option<Duration> {
+        let ms = self.last_commit_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        (ms > 0).then(|| now.saturating_sub(Duration::from_millis(ms)))
+    }
+
+    pub fn set_slot(&self, health: SlotHealth) {
+        self.inner.lock().unwrap().slot = Some(health);
+    }
+
+    /// The slot as last checked.
+    pub fn slot(&self) -> Option<SlotHealth> {
+        self.inner.lock().unwrap().slot.clone()
+    }
+
+    /// Why new shapes must wait, when the WAL budget says so.
+    pub fn new_shapes_paused(&self) -> Option<String> {
+        let i = self.inner.lock().unwrap();
+        let slot = i.slot.as_ref().filter(|s| s.stage >= Stage::PauseNewShapes)?;
+        Some(format!(
+            "new shapes are paused: the replication slot holds {} bytes of WAL, three quarters of --max-retained-wal; existing shapes keep working",
+            slot.retained_wal_bytes
+        ))
+    }
+
     /// `Ok` when ready to serve, else the reason.
     pub fn readiness(&self) -> Result<(), String> {
         let i = self.inner.lock().unwrap();
+        if let Some(slot) = i.slot.as_ref().filter(|s| s.stage == Stage::Exceeded) {
+            return Err(format!(
+                "the replication slot holds {} bytes of WAL, over --max-retained-wal",
+                slot.retained_wal_bytes
+            ));
+        }
         if i.replication_connected {
             Ok(())
         } else {

@@ -8,5 +8,6 @@ mod auth;
 mod durability;
 mod electric_client;
 mod filters;
+mod operations;
 mod outbox;
 mod sync;

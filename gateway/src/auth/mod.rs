@@ -73,6 +73,23 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A fixed name for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Rejected(_) => "rejected",
+            AuthError::TableNotAllowed(_) => "table_not_allowed",
+            AuthError::ColumnNotAllowed { .. } => "column_not_allowed",
+            AuthError::Claim { .. } => "claim",
+            AuthError::AdminOnly(_) => "admin_only",
+            AuthError::WriteNotAllowed { .. } => "write_not_allowed",
+        }
+    }
+
     /// 401 (no valid identity) rather than 403 (identity without the right).
     pub fn is_unauthenticated(&self) -> bool {
         matches!(

@@ -300,6 +300,8 @@ impl Registry {
         let log = ShapeLog::create(&self.dir.join(handle.as_str()), self.chunk_bytes)?;
         let live = Arc::new(self.live_shape(handle, shape, log, Visibility::Pending(Vec::new())));
         inner.insert(live.clone());
+        metrics::counter!("gateway_shapes_created_total").increment(1);
+        metrics::gauge!("gateway_shapes").set(inner.by_id.len() as f64);
         Ok((live, true))
     }
 
@@ -404,6 +406,8 @@ impl Registry {
                         inner.tables.remove(&shape.shape.table.oid);
                     }
                 }
+                metrics::counter!("gateway_shapes_rotated_total").increment(1);
+                metrics::gauge!("gateway_shapes").set(inner.by_id.len() as f64);
             }
             removed
         };

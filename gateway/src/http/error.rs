@@ -34,6 +34,7 @@ impl ApiError {
 
 impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
+        metrics::counter!("gateway_auth_failures_total", "reason" => e.reason()).increment(1);
         if e.is_unauthenticated() { ApiError::Unauthorized(e.to_string()) } else { ApiError::Forbidden(e.to_string()) }
     }
 }

@@ -22,6 +22,12 @@ pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "alive"}))
 }
 
+/// Prometheus text format.
+pub async fn metrics() -> Response {
+    let body = crate::telemetry::recorder().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.status.readiness() {
         Ok(()) => Json(serde_json::json!({
@@ -29,6 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "shapes": state.registry.len(),
             // Everything up to here is stored and acknowledged to PostgreSQL.
             "flushed_lsn": state.ack.durable().to_string(),
+            "slot": state.status.slot(),
         }))
         .into_response(),
         Err(reason) => {

@@ -99,6 +99,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/health"),
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
     ("get", "/v1/openapi.json"),
 ];
 
@@ -109,7 +110,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/health", get(health::health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/v1/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)

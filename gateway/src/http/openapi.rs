@@ -67,6 +67,7 @@ pub fn spec() -> Value {
             "/v1/health": {"get": {"summary": "Electric health check", "responses": {"200": {"description": "active"}, "503": {"description": "starting"}}}},
             "/healthz": {"get": {"summary": "the process is alive", "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "replication connected", "responses": {"200": {"description": "ready"}, "503": error}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (names in the README)", "responses": {"200": {"description": "Prometheus text format"}}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3"}}}}
         },
         "components": {"schemas": {

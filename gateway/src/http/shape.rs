@@ -113,6 +113,9 @@ pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<
     if let Some(existing) = state.registry.get(&shape.key()) {
         return Ok(existing);
     }
+    if let Some(why) = state.status.new_shapes_paused() {
+        return Err(ApiError::Unavailable { message: why, retry_after: 30 });
+    }
     let altered = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
         .await
         .map_err(|e| match e {
@@ -243,6 +246,7 @@ async fn serve_live(
     }
     let mut rx = shape.log.subscribe();
     let deadline = tokio::time::Instant::now() + state.settings.long_poll_timeout;
+    let _subscriber = req.live.then(|| crate::telemetry::LiveSubscriber::new("long_poll"));
     loop {
         let seen = state.ack.seen();
         let read = read_live(&shape, after).await?;

@@ -57,6 +57,7 @@ async fn produce(
     lifetime: std::time::Duration,
     tx: mpsc::Sender<Event>,
 ) {
+    let _subscriber = crate::telemetry::LiveSubscriber::new("sse");
     let deadline = tokio::time::Instant::now() + lifetime;
     let mut rx = shape.log.subscribe();
     let mut first = true;

@@ -3,6 +3,7 @@
 //! whole-transaction assembly ([`txn`]).
 
 pub mod decode;
+pub mod monitor;
 pub mod slot;
 pub mod stream;
 pub mod txn;

@@ -91,6 +91,33 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, Repli
     }
 }
 
+/// Drops our slot, waiting up to `release` for the server to let go of a stream that just
+/// stopped. Only ever the slot the gateway is configured with.
+pub async fn drop_slot(client: &Client, slot: &str, release: std::time::Duration) -> Result<(), ReplicationError> {
+    let deadline = tokio::time::Instant::now() + release;
+    loop {
+        let result = client
+            .execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(privilege(
+                    "drop the replication slot",
+                    e,
+                    format!("SELECT pg_drop_replication_slot('{slot}');"),
+                ));
+            }
+        }
+    }
+}
+
 /// Makes sure changes of `table` reach the stream, and that the stream carries old rows
 /// when `needs_old_rows`. Returns `true` when it changed the table or the publication.
 pub async fn ensure_published(

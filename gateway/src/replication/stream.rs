@@ -157,9 +157,16 @@ async fn session(
                 };
                 match event {
                     ReplicationEvent::Begin { xid, .. } => assembler.begin(xid),
-                    ReplicationEvent::XLogData { data, .. } => assembler.push(decode(data)?)?,
-                    ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                    ReplicationEvent::XLogData { data, .. } => {
+                        metrics::counter!("gateway_replication_bytes_total").increment(data.len() as u64);
+                        let message = decode(data).inspect_err(|_| {
+                            metrics::counter!("gateway_replication_decode_errors_total").increment(1);
+                        })?;
+                        assembler.push(message)?;
+                    }
+                    ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                         let txn = assembler.commit(Lsn(lsn.0), Lsn(end_lsn.0))?;
+                        status.note_commit(commit_time_micros, txn.items.len());
                         ack.note_enqueued(txn.end_lsn);
                         // Full channel: stop reading WAL until the fan-out catches up.
                         if txns.send(txn).await.is_err() {

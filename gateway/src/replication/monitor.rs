@@ -1,0 +1,221 @@
+//! Slot safety: watches how much WAL our slot holds on the server, keeps the slot moving on
+//! a quiet database with heartbeats, and acts in stages when the WAL budget fills
+//! (`--max-retained-wal`), so a stalled gateway never fills the primary's disk unnoticed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use shapes::offset::Lsn;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BudgetAction;
+use crate::db::DbError;
+use crate::fanout::ack::AckState;
+use crate::status::Status;
+
+/// How often the slot is checked.
+const POLL: Duration = Duration::from_secs(5);
+/// A quiet database gets a heartbeat after this long without a transaction, so the slot's
+/// position follows the server's WAL (other databases' writes included).
+const HEARTBEAT_AFTER: Duration = Duration::from_secs(60);
+
+/// What the server says about our slot, as `/readyz` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SlotHealth {
+    /// WAL the server keeps for the slot (current position − restart_lsn).
+    pub retained_wal_bytes: i64,
+    /// WAL that may still be written before the slot is invalidated (`max_slot_wal_keep_size`).
+    pub safe_wal_bytes: Option<i64>,
+    /// `wal_status` of the slot: reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+    /// WAL written by the server that our logs do not hold yet.
+    pub lag_bytes: i64,
+    /// Seconds since the stream delivered a transaction.
+    pub seconds_since_last_commit: Option<f64>,
+    pub stage: Stage,
+}
+
+/// How full the WAL budget is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    #[default]
+    Ok,
+    /// Half the budget: logged.
+    Warn,
+    /// Three quarters: new shapes wait (their snapshots would add load while WAL piles up).
+    PauseNewShapes,
+    /// The whole budget: `--wal-budget-action` applies.
+    Exceeded,
+}
+
+impl Stage {
+    const ALL: [Stage; 4] = [Stage::Ok, Stage::Warn, Stage::PauseNewShapes, Stage::Exceeded];
+
+    pub fn of(retained: i64, budget: u64) -> Stage {
+        let retained = retained.max(0) as u128 * 4;
+        let budget = budget as u128;
+        if retained >= budget * 4 {
+            Stage::Exceeded
+        } else if retained >= budget * 3 {
+            Stage::PauseNewShapes
+        } else if retained >= budget * 2 {
+            Stage::Warn
+        } else {
+            Stage::Ok
+        }
+    }
+
+    fn level(self) -> f64 {
+        match self {
+            Stage::Ok => 0.0,
+            Stage::Warn => 1.0,
+            Stage::PauseNewShapes => 2.0,
+            Stage::Exceeded => 3.0,
+        }
+    }
+}
+
+/// Why the monitor ended the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "replication slot {slot:?} holds {retained} bytes of WAL, over --max-retained-wal ({budget} bytes); the gateway stops so the primary's disk does not fill. \
+         The slot and the shape logs are kept: fix what stalled the gateway (its disk, its connection), raise --max-retained-wal, \
+         or set --wal-budget-action recreate-slot to drop the slot instead (clients then refetch)"
+    )]
+    Stopped { slot: String, retained: i64, budget: u64 },
+    #[error(
+        "replication slot {slot:?} held {retained} bytes of WAL, over --max-retained-wal ({budget} bytes): recreating it"
+    )]
+    Recreate { slot: String, retained: i64, budget: u64 },
+}
+
+pub struct Monitor {
+    pub db: tokio_postgres::Config,
+    pub slot: String,
+    pub budget: u64,
+    pub action: BudgetAction,
+    pub ack: Arc<AckState>,
+    pub status: Arc<Status>,
+}
+
+impl Monitor {
+    /// Runs until cancelled, or until the budget is exceeded.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), BudgetError> {
+        let mut client: Option<tokio_postgres::Client> = None;
+        let mut heartbeats = true;
+        let mut stage = Stage::Ok;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = crate::db::connect(&self.db).await.ok();
+            }
+            let Some(db) = &client else { continue };
+            let health = match self.check(db).await {
+                Ok(Some(h)) => h,
+                Ok(None) => continue, // no slot yet: the stream creates or reports it
+                Err(e) => {
+                    tracing::debug!(error = %e, "slot check failed");
+                    continue;
+                }
+            };
+            // Every threshold crossed upwards is logged, also when one check jumps several.
+            let crossed: Vec<Stage> = if health.stage > stage {
+                Stage::ALL.into_iter().filter(|s| stage < *s && *s <= health.stage).collect()
+            } else if health.stage < stage {
+                vec![health.stage]
+            } else {
+                Vec::new()
+            };
+            for s in crossed {
+                self.log_stage(s, health.retained_wal_bytes);
+            }
+            stage = health.stage;
+            self.status.set_slot(health.clone());
+            if health.stage == Stage::Exceeded {
+                let (slot, retained, budget) = (self.slot.clone(), health.retained_wal_bytes, self.budget);
+                return Err(match self.action {
+                    BudgetAction::Stop => BudgetError::Stopped { slot, retained, budget },
+                    BudgetAction::RecreateSlot => BudgetError::Recreate { slot, retained, budget },
+                });
+            }
+            let quiet = self.status.since_last_commit().is_none_or(|d| d >= HEARTBEAT_AFTER);
+            if heartbeats && quiet {
+                // Non-transactional and not published: it only moves the WAL position.
+                if let Err(e) = db.execute("select pg_logical_emit_message(false, 'gateway.heartbeat', '')", &[]).await
+                {
+                    tracing::info!(error = %DbError::from(e), "heartbeats are off: the role may not call pg_logical_emit_message");
+                    heartbeats = false;
+                }
+            }
+        }
+    }
+
+    async fn check(&self, db: &tokio_postgres::Client) -> Result<Option<SlotHealth>, DbError> {
+        let row = db
+            .query_opt(
+                "select pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
+                        safe_wal_size, wal_status
+                 from pg_replication_slots where slot_name = $1",
+                &[&self.slot],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let current: Lsn = row.get::<_, String>(0).parse().unwrap_or_default();
+        let retained: i64 = row.get::<_, Option<i64>>(1).unwrap_or(0);
+        let lag = current.0.saturating_sub(self.ack.durable().0) as i64;
+        let health = SlotHealth {
+            retained_wal_bytes: retained,
+            safe_wal_bytes: row.get(2),
+            wal_status: row.get(3),
+            lag_bytes: lag,
+            seconds_since_last_commit: self.status.since_last_commit().map(|d| d.as_secs_f64()),
+            stage: Stage::of(retained, self.budget),
+        };
+        metrics::gauge!("gateway_slot_retained_wal_bytes").set(retained as f64);
+        if let Some(safe) = health.safe_wal_bytes {
+            metrics::gauge!("gateway_slot_safe_wal_bytes").set(safe as f64);
+        }
+        metrics::gauge!("gateway_replication_lag_bytes").set(lag as f64);
+        if let Some(s) = health.seconds_since_last_commit {
+            metrics::gauge!("gateway_seconds_since_last_commit").set(s);
+        }
+        metrics::gauge!("gateway_wal_budget_stage").set(health.stage.level());
+        Ok(Some(health))
+    }
+
+    fn log_stage(&self, stage: Stage, retained: i64) {
+        let (slot, budget) = (&self.slot, self.budget);
+        match stage {
+            Stage::Ok => tracing::info!(slot, retained, budget, "retained WAL is back under half the budget"),
+            Stage::Warn => tracing::warn!(slot, retained, budget, "the slot holds over half the WAL budget"),
+            Stage::PauseNewShapes => tracing::warn!(
+                slot,
+                retained,
+                budget,
+                "the slot holds three quarters of the WAL budget: new shapes wait until it drains"
+            ),
+            Stage::Exceeded => tracing::error!(slot, retained, budget, "the slot holds the whole WAL budget"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_follow_the_budget() {
+        let gib = 1 << 30;
+        assert_eq!(Stage::of(0, gib), Stage::Ok);
+        assert_eq!(Stage::of(-5, gib), Stage::Ok);
+        assert_eq!(Stage::of(gib as i64 / 2, gib), Stage::Warn);
+        assert_eq!(Stage::of(gib as i64 * 3 / 4, gib), Stage::PauseNewShapes);
+        assert_eq!(Stage::of(gib as i64, gib), Stage::Exceeded);
+    }
+}

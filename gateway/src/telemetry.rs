@@ -1,0 +1,164 @@
+//! Metrics: the Prometheus recorder, the list of every metric the gateway exports (the
+//! README's table comes from it), the HTTP request middleware and the live-subscriber gauge.
+//! Labels are bounded: routes, methods, status codes, modes, reasons and existing tables,
+//! never scopes, tokens or values a client chooses.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric: name, kind, labels, meaning.
+pub const METRICS: &[(&str, Kind, &str, &str)] = &[
+    ("gateway_replication_connected", Kind::Gauge, "", "1 while the replication stream is connected"),
+    ("gateway_replication_transactions_total", Kind::Counter, "", "transactions received from the slot"),
+    ("gateway_replication_changes_total", Kind::Counter, "", "row changes received from the slot"),
+    ("gateway_replication_bytes_total", Kind::Counter, "", "pgoutput bytes received"),
+    ("gateway_replication_decode_errors_total", Kind::Counter, "", "pgoutput messages that did not decode"),
+    (
+        "gateway_replication_lag_bytes",
+        Kind::Gauge,
+        "",
+        "WAL written by PostgreSQL but not yet durable in the shape logs",
+    ),
+    (
+        "gateway_replication_lag_seconds",
+        Kind::Gauge,
+        "",
+        "age of the newest received transaction when it arrived (commit to receipt)",
+    ),
+    ("gateway_seconds_since_last_commit", Kind::Gauge, "", "time since the stream last delivered a transaction"),
+    ("gateway_slot_retained_wal_bytes", Kind::Gauge, "", "WAL our slot keeps on the server (current - restart_lsn)"),
+    (
+        "gateway_slot_safe_wal_bytes",
+        Kind::Gauge,
+        "",
+        "WAL that can still be written before the slot is lost (max_slot_wal_keep_size set)",
+    ),
+    (
+        "gateway_wal_budget_stage",
+        Kind::Gauge,
+        "",
+        "0 ok, 1 warn, 2 new shapes paused, 3 budget exceeded (see --max-retained-wal)",
+    ),
+    ("gateway_shapes", Kind::Gauge, "", "live shapes"),
+    ("gateway_shapes_created_total", Kind::Counter, "", "shapes created"),
+    ("gateway_shapes_rotated_total", Kind::Counter, "", "shapes rotated (clients get 409 must-refetch)"),
+    ("gateway_shape_log_bytes", Kind::Gauge, "", "bytes of shape logs on disk"),
+    ("gateway_subscribers", Kind::Gauge, "mode", "live requests waiting for changes, by mode (long_poll, sse)"),
+    ("gateway_http_requests_total", Kind::Counter, "route, method, status", "HTTP requests answered"),
+    (
+        "gateway_http_request_duration_seconds",
+        Kind::Histogram,
+        "route, method",
+        "time to the response head (a long-poll's hold included)",
+    ),
+    ("gateway_outbox_mutations_total", Kind::Counter, "table, status", "outbox mutations by result"),
+    ("gateway_outbox_batch_seconds", Kind::Histogram, "", "time to apply one outbox batch"),
+    ("gateway_auth_failures_total", Kind::Counter, "reason", "requests refused by authentication or access rules"),
+];
+
+const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0];
+const BATCH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// The process's recorder, installed on first use (the demo and tests may start `serve`
+/// more than once in one process).
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full("gateway_http_request_duration_seconds".into()), HTTP_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("gateway_outbox_batch_seconds".into()), BATCH_BUCKETS))
+            .expect("bucket lists are not empty");
+        let handle = builder.install_recorder().unwrap_or_else(|_| {
+            // Another recorder owns the process (an embedding program): render an empty one.
+            PrometheusBuilder::new().build_recorder().handle()
+        });
+        for (name, kind, labels, help) in METRICS {
+            match kind {
+                Kind::Counter => metrics::describe_counter!(*name, *help),
+                Kind::Gauge => metrics::describe_gauge!(*name, *help),
+                Kind::Histogram => metrics::describe_histogram!(*name, *help),
+            }
+            // Unlabelled series exist from the start, so dashboards see zeros, not gaps.
+            if labels.is_empty() {
+                match kind {
+                    Kind::Counter => metrics::counter!(*name).absolute(0),
+                    Kind::Gauge => metrics::gauge!(*name).set(0.0),
+                    Kind::Histogram => {}
+                }
+            }
+        }
+        handle
+    })
+}
+
+/// Drains histogram buckets and measures the shape logs on disk, every few seconds.
+pub async fn upkeep(handle: &'static PrometheusHandle, data_dir: PathBuf, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        handle.run_upkeep();
+        let dir = data_dir.clone();
+        if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_bytes(&dir)).await {
+            metrics::gauge!("gateway_shape_log_bytes").set(bytes as f64);
+        }
+    }
+}
+
+/// Bytes of the files under `dir` (shape logs sit one level down).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Counts and times every request by its route pattern (never the raw path).
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("gateway_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("gateway_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    resp
+}
+
+/// A live request waiting for changes; counted in `gateway_subscribers` while it lives.
+pub struct LiveSubscriber(&'static str);
+
+impl LiveSubscriber {
+    pub fn new(mode: &'static str) -> LiveSubscriber {
+        metrics::gauge!("gateway_subscribers", "mode" => mode).increment(1.0);
+        LiveSubscriber(mode)
+    }
+}
+
+impl Drop for LiveSubscriber {
+    fn drop(&mut self) {
+        metrics::gauge!("gateway_subscribers", "mode" => self.0).decrement(1.0);
+    }
+}

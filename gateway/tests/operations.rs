@@ -1,0 +1,133 @@
+//! Operating the gateway: `/metrics` carries every documented metric with bounded labels,
+//! and the WAL budget acts in stages when the slot holds too much WAL.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
+use crate::support::{Env, Response, connect, get_as};
+
+#[tokio::test]
+async fn metrics_carry_every_documented_name_and_no_client_values() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let gw = jwt_gateway(&env, &["--jwt-secret", SECRET]).await;
+    let base = gw.base();
+    let org = token(json!({"org_id": "org3"}));
+    let admin = token(json!({"gateway_admin": true}));
+
+    let first = get_as(&format!("{base}/v1/shape?table=todos&offset=-1"), Some(&org)).await;
+    assert_eq!(first.status, 200);
+    let (handle, offset) = (header(&first, "electric-handle"), header(&first, "electric-offset"));
+    // A live long-poll that times out (1.5 s in tests) makes a subscriber for a while.
+    let live =
+        get_as(&format!("{base}/v1/shape?table=todos&handle={handle}&offset={offset}&live=true"), Some(&org)).await;
+    assert_eq!(live.status, 200);
+    assert_eq!(get_as(&format!("{base}/v1/shape?table=todos&offset=-1"), None).await.status, 401);
+    let push = reqwest::Client::new()
+        .post(format!("{base}/v1/outbox"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(
+            json!({"client_id": "ops", "mutations": [
+                {"id": "1", "table": "todos", "op": "update", "key": {"id": 3}, "value": {"title": "x"}},
+                {"id": "2", "table": "no_such_table_e5c1", "op": "delete", "key": {"id": 1}}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), 200);
+
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    for (name, ..) in gateway::telemetry::METRICS {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains(r#"route="/v1/shape""#), "requests are labelled by route pattern:\n{text}");
+    assert!(text.contains(r#"reason="missing""#), "auth failures carry their reason:\n{text}");
+    assert!(text.contains(r#"table="unknown""#), "unknown tables do not become labels:\n{text}");
+    for private in ["org3", "no_such_table_e5c1", org.as_str(), admin.as_str()] {
+        assert!(!text.contains(private), "/metrics leaks {private:?}");
+    }
+}
+
+fn header(r: &Response, name: &str) -> String {
+    r.headers[name].to_str().unwrap().to_string()
+}
+
+/// The WAL budget stage, as `/readyz` reports it.
+async fn stage(base: &str) -> Option<String> {
+    let r = reqwest::get(format!("{base}/readyz")).await.ok()?;
+    let body: Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
+    body["slot"]["stage"].as_str().map(str::to_string)
+}
+
+#[tokio::test]
+async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the_slot() {
+    let env = Env::new().await;
+    env.sql("create table filler (id serial primary key, pad text); create table later (id int primary key)").await;
+    let budget = ["--max-retained-wal", "16MB"];
+    let mut gw = env.gateway_with(&budget);
+    gw.ready().await;
+    let base = gw.base();
+    let old = get_as(&format!("{base}/v1/shape?table=filler&offset=-1"), None).await;
+    assert_eq!(old.status, 200);
+    // An open transaction keeps the slot's restart position, so all WAL written after it
+    // stays on the server, as it would behind a stalled gateway.
+    let holder = connect(&env.url).await;
+    holder.batch_execute("begin; insert into filler (pad) values ('hold')").await.unwrap();
+    let fill = "insert into filler (pad) select repeat(md5(i::text), 32) from generate_series(1, 1000) i";
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while stage(&base).await.as_deref() != Some("pause_new_shapes") {
+        assert!(started.elapsed() < Duration::from_secs(120), "stages seen: {seen:?}; log: {}", gw.log());
+        env.sql(fill).await;
+        if let Some(s) = stage(&base).await
+            && seen.last() != Some(&s)
+        {
+            seen.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(gw.log().contains("over half the WAL budget"), "the warning stage is logged: {}", gw.log());
+    let paused = get_as(&format!("{base}/v1/shape?table=later&offset=-1"), None).await;
+    assert_eq!(paused.status, 503, "{}", paused.body);
+    assert!(paused.body.to_string().contains("new shapes are paused"), "{}", paused.body);
+    assert_eq!(get_as(&format!("{base}/v1/shape?table=filler&offset=-1"), None).await.status, 200);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gateway_wal_budget_stage 2"), "{metrics}");
+
+    // The whole budget with the default action: the gateway stops and says why.
+    let started = Instant::now();
+    while gw.exit_code().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(120), "gateway did not stop; log: {}", gw.log());
+        env.sql(fill).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(gw.exit_code(), Some(1));
+    assert!(gw.log().contains("--wal-budget-action recreate-slot"), "{}", gw.log());
+
+    // With recreate-slot, the gateway drops the slot, makes a new one once the holder is
+    // gone, and every shape is refetched.
+    let mut gw = env.gateway_with(&[budget[0], budget[1], "--wal-budget-action", "recreate-slot"]);
+    let started = Instant::now();
+    while !gw.log().contains("dropped the replication slot") {
+        assert!(started.elapsed() < Duration::from_secs(60), "slot not dropped; log: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    holder.batch_execute("commit").await.unwrap();
+    gw.ready().await;
+    let base = gw.base();
+    let stale = get_as(
+        &format!(
+            "{base}/v1/shape?table=filler&handle={}&offset={}",
+            header(&old, "electric-handle"),
+            header(&old, "electric-offset")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(stale.status, 409, "shapes are refetched after the slot is recreated: {}", stale.body);
+    assert_eq!(get_as(&format!("{base}/v1/shape?table=later&offset=-1"), None).await.status, 200);
+}
