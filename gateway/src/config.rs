@@ -88,6 +88,9 @@ pub struct ServeConfig {
     /// The `[[table]]` access rules of the config file.
     #[arg(skip)]
     pub rules: Vec<TableRule>,
+    /// A page served at `/demo` (`gateway demo` sets it).
+    #[arg(skip)]
+    pub demo_page: Option<String>,
 }
 
 impl ServeConfig {

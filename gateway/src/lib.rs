@@ -14,6 +14,7 @@ pub mod fanout;
 pub mod http;
 pub mod limits;
 pub mod outbox;
+pub mod preflight;
 pub mod replication;
 pub mod snapshot;
 pub mod status;
@@ -62,6 +63,8 @@ pub enum StartError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("shape storage failed: {0}")]
     Storage(std::io::Error),
+    #[error("the database is not ready for the gateway (`gateway check-db` shows the same):\n{0}")]
+    Preflight(preflight::Report),
     #[error(transparent)]
     WalBudget(#[from] replication::monitor::BudgetError),
     #[error("internal task failed: {0}")]
@@ -166,7 +169,13 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     tracing::info!(open_files = ?open_files, "open-files limit");
     let db_cfg = db::parse_url(&cfg.database_url)?;
     let client = db::connect(&db_cfg).await?;
-    slot::check_wal_level(&client).await?;
+    let report = preflight::check(cfg, &client).await?;
+    for finding in report.findings.iter().filter(|f| f.severity == preflight::Severity::Warning) {
+        tracing::warn!(fix = finding.fix.as_deref().unwrap_or_default(), "{}", finding.message);
+    }
+    if report.has_blockers() {
+        return Err(StartError::Preflight(report.only_blockers()));
+    }
     slot::ensure_publication(&client, &cfg.publication).await?;
     let slot_state = slot::ensure_slot(&client, &cfg.slot).await?;
     let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
@@ -221,6 +230,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         long_poll_timeout: cfg.long_poll_timeout(),
         sse_timeout: cfg.sse_timeout(),
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
+        demo_page: cfg.demo_page.as_deref().map(Arc::from),
     };
     if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
         let (auth, cancel) = (auth.clone(), cancel.clone());

@@ -14,6 +14,9 @@ struct Cli {
 enum Command {
     /// Tail logical replication and serve shapes.
     Serve(Box<gateway::config::ServeConfig>),
+    /// Check that the database is ready for the gateway; each problem comes with its fix.
+    /// Takes serve's flags and config file. Exit 1 on blockers.
+    CheckDb(Box<gateway::config::ServeConfig>),
     /// Start a throwaway PostgreSQL with demo data and serve it (Ctrl-C cleans up).
     Demo {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -45,10 +48,12 @@ async fn run() -> anyhow::Result<()> {
     let file = gateway::config::config_path(&args).map(|p| gateway::config::ConfigFile::read(&p)).transpose()?;
     let mut command = Cli::command();
     if let Some(file) = &file {
-        command = command.mut_subcommand("serve", |serve| file.apply(serve));
+        for name in ["serve", "check-db"] {
+            command = command.mut_subcommand(name, |c| file.apply(c));
+        }
     }
     let mut cli = Cli::from_arg_matches(&command.get_matches_from(args))?;
-    if let (Command::Serve(cfg), Some(file)) = (&mut cli.command, file) {
+    if let (Command::Serve(cfg) | Command::CheckDb(cfg), Some(file)) = (&mut cli.command, file) {
         cfg.rules = file.rules;
     }
     let shutdown = CancellationToken::new();
@@ -65,6 +70,13 @@ async fn run() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Serve(cfg) => gateway::serve(*cfg, shutdown).await?,
+        Command::CheckDb(cfg) => {
+            let report = gateway::preflight::run(&cfg).await?;
+            println!("{report}");
+            if report.has_blockers() {
+                std::process::exit(1);
+            }
+        }
         Command::Demo { listen } => gateway::demo::run(listen, shutdown).await?,
     }
     Ok(())

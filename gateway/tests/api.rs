@@ -155,7 +155,9 @@ async fn every_documented_route_answers() {
 }
 
 #[tokio::test]
-async fn demo_starts_serves_the_demo_schema_and_cleans_up_on_ctrl_c() {
+async fn demo_serves_each_org_its_todos_with_printed_tokens_and_cleans_up_on_ctrl_c() {
+    use std::io::BufRead;
+    gateway::install_tls_provider();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
@@ -163,26 +165,66 @@ async fn demo_starts_serves_the_demo_schema_and_cleans_up_on_ctrl_c() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/v1/shape?table=todos&offset=-1&where=org_id%3D%27acme%27");
-    let started = std::time::Instant::now();
-    let body = loop {
-        if let Ok(r) = reqwest::get(&url).await
-            && r.status() == 200
-        {
-            break r.text().await.unwrap();
+    // What the demo prints, up to its last line.
+    let stdout = child.stdout.take().unwrap();
+    let printed: Vec<String> = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let last = line.starts_with("Ctrl-C stops everything");
+            lines.push(line);
+            if last {
+                break;
+            }
         }
-        assert!(started.elapsed() < crate::support::DEADLINE, "demo never served");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        lines
+    })
+    .await
+    .unwrap();
+    let find = |prefix: &str| {
+        printed
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("the demo prints {prefix:?}: {printed:?}"))
     };
-    let rows: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(rows.as_array().unwrap().iter().filter(|m| m.get("key").is_some()).count(), 3);
+    let (acme, globex, pg_url) =
+        (find("acme token: "), find("globex token: "), find("gateway demo is running: PostgreSQL at "));
+    let base = format!("http://127.0.0.1:{port}");
+    let url = format!("{base}/v1/shape?table=todos&offset=-1");
+    let started = std::time::Instant::now();
+    let rows = |token: String| {
+        let url = url.clone();
+        async move {
+            loop {
+                let r = crate::support::get_as(&url, Some(&token)).await;
+                if r.status == 200 {
+                    let orgs: Vec<String> = r
+                        .body
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|m| m["value"]["org_id"].as_str())
+                        .map(str::to_string)
+                        .collect();
+                    return orgs;
+                }
+                assert!(started.elapsed() < crate::support::DEADLINE, "demo never served: {} {}", r.status, r.body);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(rows(acme).await, vec!["acme"; 3], "acme's token sees acme's todos only");
+    assert_eq!(rows(globex).await, vec!["globex"; 2]);
+    assert_eq!(get(&url).await.status, 401, "the demo needs a token");
+    let page = reqwest::get(find("demo page: ")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("\"globex\""), "the page carries the orgs' tokens");
+
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "demo exits cleanly on Ctrl-C");
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-    let pg_url = out.lines().find_map(|l| l.split("PostgreSQL at ").nth(1)).expect("the demo prints its database");
-    assert!(tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await.is_err(), "the throwaway database is gone");
+    assert!(tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await.is_err(), "the throwaway database is gone");
 }
 
 #[tokio::test]

@@ -131,3 +131,60 @@ async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the
     assert_eq!(stale.status, 409, "shapes are refetched after the slot is recreated: {}", stale.body);
     assert_eq!(get_as(&format!("{base}/v1/shape?table=later&offset=-1"), None).await.status, 200);
 }
+
+/// Runs `gateway check-db` with `args`; returns its exit code and what it printed.
+fn check_db(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway")).arg("check-db").args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn check_db_reports_each_problem_with_its_fix_and_serve_refuses_blockers() {
+    let env = Env::with(gateway::devdb::DevOptions {
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..Default::default()
+    })
+    .await;
+    env.sql("create table nopk (a int); create role weak login; grant select on nopk to weak").await;
+    let config = env.data_dir.with_extension("toml");
+    std::fs::write(&config, "[[table]]\nname = \"public.nopk\"\n").unwrap();
+    let weak = env.url.replacen("postgres://postgres@", "postgres://weak@", 1);
+    let (code, text) = check_db(&["--database-url", &weak, "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    for expected in [
+        "BLOCKER wal_level = replica",
+        "fix: ALTER SYSTEM SET wal_level = logical",
+        "BLOCKER role weak lacks REPLICATION",
+        "fix: ALTER ROLE \"weak\" WITH REPLICATION",
+        "BLOCKER publication \"gateway\" is missing",
+        "fix: CREATE PUBLICATION \"gateway\"",
+        "WARNING \"public\".\"nopk\" has no primary key",
+        "fix: ALTER TABLE \"public\".\"nopk\" ADD PRIMARY KEY",
+        "WARNING max_slot_wal_keep_size is unlimited",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+    }
+
+    let mut gw = crate::support::Gateway::start(&weak, &env.data_dir, &["--config", config.to_str().unwrap()]);
+    let started = Instant::now();
+    while gw.exit_code().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "serve started despite blockers: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.exit_code(), Some(1));
+    assert!(gw.log().contains("BLOCKER wal_level = replica"), "{}", gw.log());
+    assert!(!gw.log().contains("ok      PostgreSQL"), "serve names only the blockers: {}", gw.log());
+}
+
+#[tokio::test]
+async fn check_db_passes_a_ready_database() {
+    let env = Env::new().await;
+    env.sql("create table items (id int primary key)").await;
+    let config = env.data_dir.with_extension("toml");
+    std::fs::write(&config, "[[table]]\nname = \"public.items\"\n").unwrap();
+    let (code, text) = check_db(&["--database-url", &env.url, "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("0 blocker(s)"), "{text}");
+    assert!(text.contains("is not published yet; the gateway adds it"), "{text}");
+}

@@ -36,6 +36,8 @@ pub struct HttpSettings {
     pub sse_timeout: Duration,
     pub sse_keepalive: Duration,
     pub cors: Cors,
+    /// The demo's page at `/demo` (only `gateway demo` has one).
+    pub demo_page: Option<Arc<str>>,
 }
 
 #[derive(Clone)]
@@ -104,7 +106,11 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if let Some(page) = state.settings.demo_page.clone() {
+        router = router.route("/demo", get(move || async move { axum::response::Html(page.to_string()) }));
+    }
+    router
         .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape).post(subset::post_shape))
         .route("/v1/outbox", axum::routing::post(outbox::push))
         .route("/v1/health", get(health::health))

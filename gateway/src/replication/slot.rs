@@ -10,14 +10,6 @@ use tokio_postgres::error::SqlState;
 use super::ReplicationError;
 use crate::db::DbError;
 
-pub async fn check_wal_level(client: &Client) -> Result<(), ReplicationError> {
-    let level: String = client.query_one("show wal_level", &[]).await.map_err(DbError::from)?.get(0);
-    if level != "logical" {
-        return Err(ReplicationError::WalLevel(level));
-    }
-    Ok(())
-}
-
 fn privilege(what: &str, e: tokio_postgres::Error, fix: String) -> ReplicationError {
     match e.code() {
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => ReplicationError::Privilege {
