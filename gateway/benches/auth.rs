@@ -43,7 +43,7 @@ async fn main() {
             "--config",
             config.to_str().unwrap(),
             "--slot",
-            "bench_jwt",
+            "gateway_bench_jwt",
             "--publication",
             "bench_jwt",
             "--long-poll-timeout-ms",

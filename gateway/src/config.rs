@@ -40,8 +40,9 @@ pub struct ServeConfig {
     /// Where shape logs are stored.
     #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "./gateway-data")]
     pub data_dir: PathBuf,
-    /// Logical replication slot name.
-    #[arg(long, env = "GATEWAY_SLOT", default_value = "gateway")]
+    /// Logical replication slot name; it starts with `gateway`, so the gateway never
+    /// mistakes (or drops) a slot it did not create.
+    #[arg(long, env = "GATEWAY_SLOT", default_value = "gateway", value_parser = parse_slot_name)]
     pub slot: String,
     /// Publication name.
     #[arg(long, env = "GATEWAY_PUBLICATION", default_value = "gateway")]
@@ -167,6 +168,24 @@ impl ConfigFile {
     }
 }
 
+/// The prefix of every slot the gateway creates.
+pub const SLOT_PREFIX: &str = "gateway";
+
+/// A slot name PostgreSQL accepts (lower-case letters, digits, `_`; at most 63) that
+/// starts with [`SLOT_PREFIX`].
+pub fn parse_slot_name(text: &str) -> Result<String, String> {
+    let valid = text.len() <= 63 && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return Err(format!("{text:?}: slot names are lower-case letters, digits and _, at most 63"));
+    }
+    if !text.starts_with(SLOT_PREFIX) {
+        return Err(format!(
+            "{text:?} must start with {SLOT_PREFIX:?} (e.g. {SLOT_PREFIX}_{text}), so the gateway only ever touches its own slots"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 /// A size in bytes: a number with an optional unit, `kB`/`MB`/`GB`/`TB` (1024-based, as
 /// PostgreSQL reads them) or `KiB`/`MiB`/`GiB`/`TiB`.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -211,6 +230,13 @@ pub fn config_path(args: &[OsString]) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_names_carry_the_prefix() {
+        assert_eq!(parse_slot_name("gateway_eu").as_deref(), Ok("gateway_eu"));
+        assert!(parse_slot_name("debezium").unwrap_err().contains("must start with \"gateway\""));
+        assert!(parse_slot_name("Gateway-1").unwrap_err().contains("lower-case"));
+    }
 
     #[test]
     fn sizes_read_like_postgresql_settings() {

@@ -17,10 +17,28 @@ enum Command {
     /// Check that the database is ready for the gateway; each problem comes with its fix.
     /// Takes serve's flags and config file. Exit 1 on blockers.
     CheckDb(Box<gateway::config::ServeConfig>),
+    /// The gateway's replication slot.
+    Slot {
+        #[command(subcommand)]
+        action: SlotAction,
+    },
     /// Start a throwaway PostgreSQL with demo data and serve it (Ctrl-C cleans up).
     Demo {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlotAction {
+    /// Drop the slot (stop the gateway first), e.g. when uninstalling. Takes serve's flags
+    /// and config file.
+    Drop {
+        #[command(flatten)]
+        cfg: Box<gateway::config::ServeConfig>,
+        /// Drop the publication too.
+        #[arg(long)]
+        drop_publication: bool,
     },
 }
 
@@ -51,9 +69,14 @@ async fn run() -> anyhow::Result<()> {
         for name in ["serve", "check-db"] {
             command = command.mut_subcommand(name, |c| file.apply(c));
         }
+        command = command.mut_subcommand("slot", |slot| slot.mut_subcommand("drop", |c| file.apply(c)));
     }
     let mut cli = Cli::from_arg_matches(&command.get_matches_from(args))?;
-    if let (Command::Serve(cfg) | Command::CheckDb(cfg), Some(file)) = (&mut cli.command, file) {
+    if let (
+        Command::Serve(cfg) | Command::CheckDb(cfg) | Command::Slot { action: SlotAction::Drop { cfg, .. } },
+        Some(file),
+    ) = (&mut cli.command, file)
+    {
         cfg.rules = file.rules;
     }
     let shutdown = CancellationToken::new();
@@ -76,6 +99,9 @@ async fn run() -> anyhow::Result<()> {
             if report.has_blockers() {
                 std::process::exit(1);
             }
+        }
+        Command::Slot { action: SlotAction::Drop { cfg, drop_publication } } => {
+            println!("{}", gateway::replication::slot::uninstall(&cfg, drop_publication).await?);
         }
         Command::Demo { listen } => gateway::demo::run(listen, shutdown).await?,
     }

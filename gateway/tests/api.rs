@@ -273,7 +273,8 @@ async fn gateways_with_their_own_slot_publication_and_data_dir_share_a_database(
     env.sql(ITEMS).await;
     let other_dir = env.data_dir.with_file_name("other-data");
     let mut a = env.gateway();
-    let mut b = crate::support::Gateway::start(&env.url, &other_dir, &["--slot", "second", "--publication", "second"]);
+    let mut b =
+        crate::support::Gateway::start(&env.url, &other_dir, &["--slot", "gateway_second", "--publication", "second"]);
     a.ready().await;
     b.ready().await;
     let mut fa = Follower::new(&a, "table=items");

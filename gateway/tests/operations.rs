@@ -188,3 +188,36 @@ async fn check_db_passes_a_ready_database() {
     assert!(text.contains("0 blocker(s)"), "{text}");
     assert!(text.contains("is not published yet; the gateway adds it"), "{text}");
 }
+
+#[tokio::test]
+async fn slot_drop_removes_only_our_stopped_slot_and_on_request_the_publication() {
+    let env = Env::new().await;
+    env.sql("select pg_create_logical_replication_slot('someone_else', 'pgoutput')").await;
+    let mut gw = env.ready_gateway().await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway")).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["slot", "drop", "--database-url", &env.url]);
+    assert!(!ok && text.contains("stop the gateway that streams from it first"), "{text}");
+    let (ok, text) = run(&["slot", "drop", "--database-url", &env.url, "--slot", "someone_else"]);
+    assert!(!ok && text.contains("must start with \"gateway\""), "{text}");
+    gw.terminate();
+    let (ok, text) = run(&["slot", "drop", "--database-url", &env.url, "--drop-publication"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("dropped replication slot \"gateway\"; dropped publication \"gateway\""), "{text}");
+    let slots: Vec<String> = env
+        .db
+        .query("select slot_name::text from pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slots, vec!["someone_else".to_string()]);
+    let publications: i64 = env.db.query_one("select count(*) from pg_publication", &[]).await.unwrap().get(0);
+    assert_eq!(publications, 0);
+    let (ok, text) = run(&["slot", "drop", "--database-url", &env.url]);
+    assert!(ok && text.contains("nothing to drop"), "{text}");
+}

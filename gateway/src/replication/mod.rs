@@ -20,6 +20,8 @@ pub enum ReplicationError {
         "replication slot {slot:?} is lost ({detail}); drop it with `SELECT pg_drop_replication_slot('{slot}');` and restart the gateway with an empty --data-dir (clients will refetch)"
     )]
     SlotInvalidated { slot: String, detail: String },
+    #[error("replication slot {slot:?} is in use by process {pid}: stop the gateway that streams from it first")]
+    SlotInUse { slot: String, pid: i32 },
     #[error("replication slot {slot:?} uses plugin {plugin:?} or another database; choose another --slot")]
     SlotMismatch { slot: String, plugin: String },
     #[error("the role may not {what}: {detail}. Run as a superuser: {fix}")]

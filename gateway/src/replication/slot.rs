@@ -110,6 +110,32 @@ pub async fn drop_slot(client: &Client, slot: &str, release: std::time::Duration
     }
 }
 
+/// `gateway slot drop`: drops the configured slot (refusing while a gateway streams from
+/// it) and, when asked, the publication. Returns what was done.
+pub async fn uninstall(cfg: &crate::config::ServeConfig, with_publication: bool) -> Result<String, ReplicationError> {
+    let client = crate::db::connect(&crate::db::parse_url(&cfg.database_url)?).await?;
+    let slot = &cfg.slot;
+    let active: Option<Option<i32>> = client
+        .query_opt("select active_pid from pg_replication_slots where slot_name = $1", &[slot])
+        .await
+        .map_err(DbError::from)?
+        .map(|r| r.get(0));
+    let mut done = match active {
+        None => format!("no replication slot {slot:?}; nothing to drop"),
+        Some(Some(pid)) => return Err(ReplicationError::SlotInUse { slot: slot.clone(), pid }),
+        Some(None) => {
+            drop_slot(&client, slot, std::time::Duration::ZERO).await?;
+            format!("dropped replication slot {slot:?}")
+        }
+    };
+    if with_publication {
+        let sql = format!("drop publication if exists {}", quote_ident(&cfg.publication));
+        client.batch_execute(&sql).await.map_err(|e| privilege("drop the publication", e, format!("{sql};")))?;
+        done.push_str(&format!("; dropped publication {:?}", cfg.publication));
+    }
+    Ok(done)
+}
+
 /// Makes sure changes of `table` reach the stream, and that the stream carries old rows
 /// when `needs_old_rows`. Returns `true` when it changed the table or the publication.
 pub async fn ensure_published(
