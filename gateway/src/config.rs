@@ -17,6 +17,12 @@ pub enum AuthMode {
     Jwt,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// What the gateway does when its slot holds the whole WAL budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BudgetAction {
@@ -86,6 +92,13 @@ pub struct ServeConfig {
     /// `recreate-slot` (drop the slot and start a new one; every shape is refetched).
     #[arg(long, env = "GATEWAY_WAL_BUDGET_ACTION", value_enum, default_value = "stop")]
     pub wal_budget_action: BudgetAction,
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Print the effective settings (flags > environment > config file > defaults, secrets
+    /// redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// The `[[table]]` access rules of the config file.
     #[arg(skip)]
     pub rules: Vec<TableRule>,
@@ -168,6 +181,55 @@ impl ConfigFile {
     }
 }
 
+/// Settings whose values are never printed.
+const SECRETS: &[&str] = &["jwt-secret"];
+
+/// The effective settings as a config file (TOML), each with where its value came from;
+/// secrets and the database password redacted.
+pub fn effective(matches: &clap::ArgMatches, file: Option<&ConfigFile>, rules: &[TableRule]) -> String {
+    use clap::Args;
+    use clap::parser::ValueSource;
+    let mut out = String::new();
+    for arg in ServeConfig::augment_args(clap::Command::new("serve")).get_arguments() {
+        let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else { continue };
+        if ["config", "print-config"].contains(&long) {
+            continue;
+        }
+        let Some(values) = matches.get_raw(id) else { continue };
+        let text: Vec<String> = values.map(|v| v.to_string_lossy().into_owned()).collect();
+        let mut value = text.join(",");
+        if SECRETS.contains(&long) {
+            value = "<redacted>".into();
+        } else if long == "database-url" {
+            value = redact_password(&value);
+        }
+        let in_file = file.is_some_and(|f| f.settings.iter().any(|(k, _)| k == long));
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "environment",
+            _ if in_file => "config file",
+            _ => "default",
+        };
+        let key = long.replace('-', "_");
+        out.push_str(&format!("{key} = {}  # {source}\n", toml::Value::String(value)));
+    }
+    for rule in rules {
+        let table = toml::Table::try_from(rule).unwrap_or_default();
+        out.push_str(&format!("\n[[table]]\n{table}"));
+    }
+    out
+}
+
+/// A connection URL with its password replaced.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
 /// The prefix of every slot the gateway creates.
 pub const SLOT_PREFIX: &str = "gateway";
 
@@ -230,6 +292,12 @@ pub fn config_path(args: &[OsString]) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_password("postgres://app:s3cr@t@db:5432/x"), "postgres://app:<redacted>@db:5432/x");
+        assert_eq!(redact_password("postgres://app@db/x"), "postgres://app@db/x");
+    }
 
     #[test]
     fn slot_names_carry_the_prefix() {

@@ -1,6 +1,7 @@
 //! `gateway`: wiring only.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use gateway::config::LogFormat;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -55,13 +56,17 @@ fn main() -> anyhow::Result<()> {
         .block_on(run())
 }
 
+/// Logs go to stderr; stdout is for what commands print for people (the demo's lines).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
-    // Logs go to stderr; stdout is for what commands print for people (the demo's lines).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let file = gateway::config::config_path(&args).map(|p| gateway::config::ConfigFile::read(&p)).transpose()?;
     let mut command = Cli::command();
@@ -71,13 +76,23 @@ async fn run() -> anyhow::Result<()> {
         }
         command = command.mut_subcommand("slot", |slot| slot.mut_subcommand("drop", |c| file.apply(c)));
     }
-    let mut cli = Cli::from_arg_matches(&command.get_matches_from(args))?;
-    if let (
-        Command::Serve(cfg) | Command::CheckDb(cfg) | Command::Slot { action: SlotAction::Drop { cfg, .. } },
-        Some(file),
-    ) = (&mut cli.command, file)
+    let matches = command.get_matches_from(args);
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let cfg = match &mut cli.command {
+        Command::Serve(cfg) | Command::CheckDb(cfg) | Command::Slot { action: SlotAction::Drop { cfg, .. } } => {
+            Some(cfg)
+        }
+        Command::Demo { .. } => None,
+    };
+    init_logging(cfg.as_ref().map_or(LogFormat::Text, |c| c.log_format));
+    if let (Some(cfg), Some(file)) = (cfg, &file) {
+        cfg.rules = file.rules.clone();
+    }
+    if let (Command::Serve(cfg), Some(("serve", serve))) = (&cli.command, matches.subcommand())
+        && cfg.print_config
     {
-        cfg.rules = file.rules;
+        print!("{}", gateway::config::effective(serve, file.as_ref(), &cfg.rules));
+        return Ok(());
     }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -165,6 +165,14 @@ async fn demo_serves_each_org_its_todos_with_printed_tokens_and_cleans_up_on_ctr
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // A failing assertion still stops the demo (and its database).
+    struct StopOnDrop(u32);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").args(["-INT", &self.0.to_string()]).status();
+        }
+    }
+    let _stop = StopOnDrop(child.id());
     // What the demo prints, up to its last line.
     let stdout = child.stdout.take().unwrap();
     let printed: Vec<String> = tokio::task::spawn_blocking(move || {

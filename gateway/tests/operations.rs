@@ -221,3 +221,31 @@ async fn slot_drop_removes_only_our_stopped_slot_and_on_request_the_publication(
     let (ok, text) = run(&["slot", "drop", "--database-url", &env.url]);
     assert!(ok && text.contains("nothing to drop"), "{text}");
 }
+
+#[test]
+fn print_config_shows_each_setting_with_its_source_and_hides_secrets() {
+    let dir = std::env::temp_dir().join(format!("gateway-print-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:4000\"\nsse_timeout_s = 90\n[[table]]\nname = \"public.todos\"\nscope = \"org_id = :org_id\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["serve", "--print-config", "--config", file.to_str().unwrap()])
+        .args(["--database-url", "postgres://app:hunter2@db/app", "--jwt-secret", "very-secret"])
+        .env("GATEWAY_SSE_TIMEOUT_S", "30")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "database_url = \"postgres://app:<redacted>@db/app\"  # flag",
+        "listen = \"127.0.0.1:4000\"  # config file",
+        "sse_timeout_s = \"30\"  # environment",
+        "slot = \"gateway\"  # default",
+        "jwt_secret = \"<redacted>\"  # flag",
+        "[[table]]\nname = \"public.todos\"",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("hunter2") && !text.contains("very-secret"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -6,14 +6,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shapes::shape::ScopeSpec;
 use shapes::table::{TableName, TableSchema};
 use shapes::where_clause::{BindOptions, parse_where_template, rewrite_named};
 
 /// One `[[table]]` entry as written.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TableRule {
     pub name: String,
@@ -25,7 +25,7 @@ pub struct TableRule {
     pub version_column: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WriteOp {
     Insert,
@@ -33,7 +33,7 @@ pub enum WriteOp {
     Delete,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Conflict {
     #[default]
