@@ -15,6 +15,8 @@ pub struct Status {
     inner: Mutex<Inner>,
     /// Unix milliseconds of the last transaction received (0: none yet).
     last_commit_ms: AtomicU64,
+    /// How old that transaction was on arrival, in microseconds.
+    last_commit_age_us: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +48,13 @@ impl Status {
         metrics::gauge!("gateway_replication_lag_seconds").set(age.as_secs_f64());
         let ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         self.last_commit_ms.store(ms, Ordering::Relaxed);
+        self.last_commit_age_us.store(age.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How old the last received transaction was when it arrived (commit to receipt).
+    pub fn last_commit_age(&self) -> Option<Duration> {
+        (self.last_commit_ms.load(Ordering::Relaxed) > 0)
+            .then(|| Duration::from_micros(self.last_commit_age_us.load(Ordering::Relaxed)))
     }
 
     /// Time since the stream last delivered a transaction; `None` before the first.

@@ -162,3 +162,16 @@ impl Drop for LiveSubscriber {
         metrics::gauge!("gateway_subscribers", "mode" => self.0).decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = include_str!("../../README.md");
+        for (name, ..) in METRICS {
+            assert!(readme.contains(&format!("| `{name}` |")), "README's metrics table lacks {name}");
+        }
+    }
+}

@@ -31,6 +31,8 @@ pub struct SlotHealth {
     pub wal_status: Option<String>,
     /// WAL written by the server that our logs do not hold yet.
     pub lag_bytes: i64,
+    /// How old the newest received transaction was when it arrived.
+    pub lag_seconds: Option<f64>,
     /// Seconds since the stream delivered a transaction.
     pub seconds_since_last_commit: Option<f64>,
     pub stage: Stage,
@@ -174,6 +176,7 @@ impl Monitor {
             safe_wal_bytes: row.get(2),
             wal_status: row.get(3),
             lag_bytes: lag,
+            lag_seconds: self.status.last_commit_age().map(|d| d.as_secs_f64()),
             seconds_since_last_commit: self.status.since_last_commit().map(|d| d.as_secs_f64()),
             stage: Stage::of(retained, self.budget),
         };
