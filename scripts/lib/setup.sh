@@ -27,3 +27,41 @@ ensure_node() {
     apt_install nodejs npm
   fi
 }
+
+# The wasm toolchain for client-sdk. rustup's wasm32 target cannot be downloaded here, so
+# Debian's rustc-web (an LLVM with the WebAssembly backend) builds std for wasm32 from its
+# source package (-Zbuild-std), and rust-lld links. wasm-bindgen-cli is built with the host
+# toolchain at exactly the version in Cargo.lock (the CLI and the crate must match).
+WASM_PACKAGES=(rustc-web cargo-web rust-web-src lld-22)
+WASM_TOOLS=${WASM_TOOLS:-$HOME/.cache/gateway-wasm}
+
+ensure_wasm_toolchain() {
+  local missing=() p
+  for p in "${WASM_PACKAGES[@]}"; do
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing the wasm toolchain: ${missing[*]}" >&2
+    apt_install "${missing[@]}"
+  fi
+  local version
+  version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+  WASM_BINDGEN="$WASM_TOOLS/wasm-bindgen-$version/bin/wasm-bindgen"
+  if [ ! -x "$WASM_BINDGEN" ]; then
+    echo "building wasm-bindgen-cli $version (once; a few minutes)" >&2
+    # Its own lockfile may pin crates the registry no longer serves; then take the newest
+    # compatible ones.
+    cargo install --quiet --locked wasm-bindgen-cli --version "$version" --root "$WASM_TOOLS/wasm-bindgen-$version" 2>/dev/null ||
+      cargo install --quiet wasm-bindgen-cli --version "$version" --root "$WASM_TOOLS/wasm-bindgen-$version"
+  fi
+}
+
+# Builds client-sdk to wasm and generates its JS bindings into client-sdk/js/pkg.
+build_sdk() {
+  ensure_wasm_toolchain
+  env -u RUSTC_WRAPPER RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+    /usr/bin/cargo build --quiet --release -p client-sdk --target wasm32-unknown-unknown \
+    -Zbuild-std=std,panic_abort --target-dir target/wasm
+  "$WASM_BINDGEN" --target web --out-dir client-sdk/js/pkg --out-name sdk \
+    target/wasm/wasm32-unknown-unknown/release/client_sdk.wasm
+}

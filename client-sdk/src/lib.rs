@@ -1,0 +1,8 @@
+//! The gateway's browser SDK. The sync and outbox logic is plain Rust, tested on the host;
+//! only [`web`] touches wasm-bindgen and the browser.
+
+pub mod protocol;
+pub mod values;
+
+#[cfg(target_arch = "wasm32")]
+mod web;

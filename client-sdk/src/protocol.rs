@@ -1,0 +1,321 @@
+//! Following one shape over the Electric shape protocol: which request comes next, and
+//! what a response means. No I/O: the browser layer sends the requests and stores what
+//! [`ShapeStream::on_response`] hands back. Changes are handed back only at `up-to-date`,
+//! whole, so a store applies a transaction all at once or not at all.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::values::Schema;
+
+/// What to sync: the shape's definition as the gateway takes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeDefinition {
+    pub table: String,
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub where_clause: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
+}
+
+/// Where a shape's mirror stands: stored with its rows, so a reload resumes here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub handle: Option<String>,
+    pub offset: String,
+    /// Whether the mirror has been up to date once: later requests are live.
+    pub live: bool,
+    pub schema: Option<Schema>,
+}
+
+impl Default for Position {
+    fn default() -> Position {
+        Position { handle: None, offset: "-1".into(), live: false, schema: None }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// One row change, with its values still as PostgreSQL text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub key: String,
+    pub operation: Operation,
+    pub value: Map<String, Value>,
+    /// The transaction that made it (absent for snapshot rows).
+    pub txid: Option<u64>,
+}
+
+/// What a response asks of the store.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Nothing to store yet (a chunk of a larger batch); send the next request.
+    Continue,
+    /// Apply these changes and the new position in one transaction.
+    Apply(Vec<Change>),
+    /// The shape was replaced: clear its rows and start over from the position given.
+    Refetch,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The gateway refused the request; `retry` says whether the same request may succeed
+    /// later (429, 5xx) or needs a change (4xx: the message says which).
+    #[error("the gateway answered {status}: {message}")]
+    Status { status: u16, message: String, retry: bool },
+    #[error("the gateway's response is not the shape protocol: {0}")]
+    Malformed(String),
+}
+
+/// A response as the protocol needs it.
+#[derive(Debug, Default)]
+pub struct Response<'a> {
+    pub status: u16,
+    pub handle: Option<&'a str>,
+    pub offset: Option<&'a str>,
+    pub cursor: Option<&'a str>,
+    pub schema: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// The state of following one shape.
+#[derive(Debug, Default)]
+pub struct ShapeStream {
+    pub position: Position,
+    cursor: Option<String>,
+    /// Changes received since the last `up-to-date`.
+    pending: Vec<Change>,
+}
+
+impl ShapeStream {
+    pub fn resume(position: Position) -> ShapeStream {
+        ShapeStream { position, ..Default::default() }
+    }
+
+    /// The next request's query parameters.
+    pub fn query(&self, shape: &ShapeDefinition) -> Vec<(String, String)> {
+        let mut q = vec![("table".to_string(), shape.table.clone())];
+        if let Some(w) = &shape.where_clause {
+            q.push(("where".into(), w.clone()));
+        }
+        if let Some(c) = &shape.columns {
+            q.push(("columns".into(), c.join(",")));
+        }
+        for (i, p) in shape.params.iter().enumerate() {
+            q.push((format!("params[{}]", i + 1), p.clone()));
+        }
+        q.push(("offset".into(), self.position.offset.clone()));
+        if let Some(h) = &self.position.handle {
+            q.push(("handle".into(), h.clone()));
+        }
+        if self.position.live {
+            q.push(("live".into(), "true".into()));
+            q.push(("cursor".into(), self.cursor.clone().unwrap_or_default()));
+        }
+        q
+    }
+
+    /// Takes one long-poll response.
+    pub fn on_response(&mut self, r: &Response<'_>) -> Result<Outcome, ProtocolError> {
+        match r.status {
+            200 => {}
+            409 => {
+                self.restart(r.handle);
+                return Ok(Outcome::Refetch);
+            }
+            status => {
+                return Err(ProtocolError::Status {
+                    status,
+                    message: error_message(r.body),
+                    retry: status == 429 || status >= 500,
+                });
+            }
+        }
+        if let Some(h) = r.handle {
+            self.position.handle = Some(h.to_string());
+        }
+        if let Some(c) = r.cursor {
+            self.cursor = Some(c.to_string());
+        }
+        if let Some(s) = r.schema {
+            let schema =
+                serde_json::from_str(s).map_err(|e| ProtocolError::Malformed(format!("electric-schema: {e}")))?;
+            self.position.schema = Some(schema);
+        }
+        let messages: Vec<Value> = if r.body.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(r.body).map_err(|e| ProtocolError::Malformed(format!("body: {e}")))?
+        };
+        let mut up_to_date = false;
+        for m in messages {
+            up_to_date |= self.take(m)?;
+        }
+        let offset = r.offset.ok_or_else(|| ProtocolError::Malformed("no electric-offset header".into()))?;
+        self.position.offset = offset.to_string();
+        Ok(self.settle(up_to_date))
+    }
+
+    /// Takes one message of a live SSE stream; `offset` is only known from `up-to-date`.
+    pub fn on_event(&mut self, data: &str) -> Result<Outcome, ProtocolError> {
+        let m: Value = serde_json::from_str(data).map_err(|e| ProtocolError::Malformed(format!("event: {e}")))?;
+        let lsn = m["headers"]["global_last_seen_lsn"].as_str().map(str::to_string);
+        if m["headers"]["control"] == "must-refetch" {
+            self.restart(None);
+            return Ok(Outcome::Refetch);
+        }
+        let up_to_date = self.take(m)?;
+        if up_to_date && let Some(lsn) = lsn {
+            // SSE carries no offset header per event: the transaction's LSN is the position.
+            self.position.offset = format!("{lsn}_0");
+        }
+        Ok(self.settle(up_to_date))
+    }
+
+    /// Buffers a change; `true` for `up-to-date`.
+    fn take(&mut self, m: Value) -> Result<bool, ProtocolError> {
+        let headers = &m["headers"];
+        if let Some(control) = headers["control"].as_str() {
+            return Ok(control == "up-to-date");
+        }
+        let Some(key) = m["key"].as_str() else { return Ok(false) };
+        let operation = match headers["operation"].as_str() {
+            Some("insert") => Operation::Insert,
+            Some("update") => Operation::Update,
+            Some("delete") => Operation::Delete,
+            other => return Err(ProtocolError::Malformed(format!("unknown operation {other:?}"))),
+        };
+        let value = match &m["value"] {
+            Value::Object(v) => v.clone(),
+            _ => Map::new(),
+        };
+        let txid = headers["txids"].as_array().and_then(|t| t.first()).and_then(Value::as_u64);
+        self.pending.push(Change { key: key.to_string(), operation, value, txid });
+        Ok(false)
+    }
+
+    fn settle(&mut self, up_to_date: bool) -> Outcome {
+        if !up_to_date {
+            return Outcome::Continue;
+        }
+        self.position.live = true;
+        Outcome::Apply(std::mem::take(&mut self.pending))
+    }
+
+    /// Back to the start of a shape (with the replacement's handle when known).
+    fn restart(&mut self, handle: Option<&str>) {
+        self.position = Position { handle: handle.map(str::to_string), ..Position::default() };
+        self.cursor = None;
+        self.pending.clear();
+    }
+}
+
+/// The `message` of a JSON error body, or the body itself.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(500).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn todos() -> ShapeDefinition {
+        ShapeDefinition {
+            table: "todos".into(),
+            where_clause: Some("done = $1".into()),
+            params: vec!["false".into()],
+            ..Default::default()
+        }
+    }
+
+    fn ok<'a>(offset: &'a str, body: &'a str) -> Response<'a> {
+        Response { status: 200, handle: Some("h1"), offset: Some(offset), body, ..Default::default() }
+    }
+
+    const ROW: &str =
+        r#"{"key":"\"public\".\"todos\"/\"1\"","value":{"id":"1","title":"a"},"headers":{"operation":"insert"}}"#;
+    const UP_TO_DATE: &str = r#"{"headers":{"control":"up-to-date","global_last_seen_lsn":"42"}}"#;
+
+    #[test]
+    fn a_snapshot_in_chunks_is_applied_once_whole_then_the_stream_goes_live() {
+        let mut s = ShapeStream::default();
+        let q = s.query(&todos());
+        assert!(q.contains(&("offset".into(), "-1".into())) && q.contains(&("params[1]".into(), "false".into())));
+        assert!(!q.iter().any(|(k, _)| k == "live"));
+        let body = format!("[{ROW}]");
+        let first = Response { schema: Some(r#"{"id":{"type":"int4","pk_index":0}}"#), ..ok("0_0", &body) };
+        assert_eq!(s.on_response(&first), Ok(Outcome::Continue), "no up-to-date: keep it for now");
+        let Ok(Outcome::Apply(changes)) = s.on_response(&ok("0_inf", &format!("[{UP_TO_DATE}]"))) else { panic!() };
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].value["title"], "a");
+        assert_eq!(s.position.offset, "0_inf");
+        assert!(s.position.schema.is_some());
+        let q = s.query(&todos());
+        assert!(q.contains(&("live".into(), "true".into())) && q.contains(&("handle".into(), "h1".into())));
+    }
+
+    #[test]
+    fn live_changes_carry_their_txid_and_a_409_restarts_with_the_new_handle() {
+        let mut s = ShapeStream::resume(Position {
+            handle: Some("h1".into()),
+            offset: "0_inf".into(),
+            live: true,
+            schema: None,
+        });
+        let update = r#"{"key":"k","value":{"id":"1","done":"t"},"headers":{"operation":"update","txids":[755],"lsn":"9","op_position":0,"last":true}}"#;
+        let Ok(Outcome::Apply(changes)) = s.on_response(&ok("9_0", &format!("[{update},{UP_TO_DATE}]"))) else {
+            panic!()
+        };
+        assert_eq!((changes[0].operation, changes[0].txid), (Operation::Update, Some(755)));
+        let gone = Response {
+            status: 409,
+            handle: Some("h2"),
+            body: r#"[{"headers":{"control":"must-refetch"}}]"#,
+            ..Default::default()
+        };
+        assert_eq!(s.on_response(&gone), Ok(Outcome::Refetch));
+        assert_eq!(s.position, Position { handle: Some("h2".into()), ..Position::default() });
+    }
+
+    #[test]
+    fn sse_events_advance_the_offset_from_up_to_date() {
+        let mut s = ShapeStream::resume(Position {
+            handle: Some("h".into()),
+            offset: "0_inf".into(),
+            live: true,
+            schema: None,
+        });
+        assert_eq!(s.on_event(ROW), Ok(Outcome::Continue));
+        let Ok(Outcome::Apply(changes)) = s.on_event(UP_TO_DATE) else { panic!() };
+        assert_eq!(changes.len(), 1);
+        assert_eq!(s.position.offset, "42_0");
+    }
+
+    #[test]
+    fn errors_say_whether_a_retry_can_help() {
+        let mut s = ShapeStream::default();
+        let bad = Response {
+            status: 400,
+            body: r#"{"error":"invalid_request","message":"where: no column \"x\""}"#,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.on_response(&bad),
+            Err(ProtocolError::Status { status: 400, message: "where: no column \"x\"".into(), retry: false })
+        );
+        let busy = Response { status: 503, body: "", ..Default::default() };
+        assert!(matches!(s.on_response(&busy), Err(ProtocolError::Status { retry: true, .. })));
+        assert!(matches!(s.on_response(&ok("0_0", "{}")), Err(ProtocolError::Malformed(_))));
+    }
+}
