@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Runs every test of the project. On a fresh Debian/Ubuntu machine it first installs what
-# is missing: PostgreSQL server binaries, Node.js and npm, and the Node packages of the
-# protocol suite (the official @electric-sql/client).
+# is missing: PostgreSQL server binaries, Node.js and npm, Chromium, the wasm toolchain,
+# and the Node packages of the protocol suite (the official @electric-sql/client) and of
+# the SDK's browser suite (playwright-core); then it builds the SDK for wasm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
 
 ensure_postgres
 ensure_node
+ensure_chromium
 (cd gateway/tests/electric-client && npm ci --no-audit --no-fund --loglevel=error)
+(cd client-sdk/tests && npm ci --no-audit --no-fund --loglevel=error)
+build_sdk
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,14 +1,12 @@
 //! The official `@electric-sql/client` (npm) against the gateway: runs the Node suites in
 //! `tests/electric-client/` with a fresh PostgreSQL and gateway.
 
-use std::process::Command;
-
 use serde_json::json;
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use crate::support::{Env, Gateway};
+use crate::support::{Env, Gateway, node_suite};
 
-/// Runs one Node test file against `gw`; `extra` are more environment variables.
+/// Runs one Node test file of `tests/electric-client/` against `gw`.
 async fn run_suite(env: &Env, gw: &Gateway, file: &str, extra: Vec<(&'static str, String)>, tests: usize) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/electric-client");
     assert!(
@@ -16,27 +14,7 @@ async fn run_suite(env: &Env, gw: &Gateway, file: &str, extra: Vec<(&'static str
         "the Node packages are missing: run `npm ci` in {} (scripts/test.sh does)",
         dir.display()
     );
-    let out = tokio::task::spawn_blocking({
-        let (base, url, file) = (gw.base(), env.url.clone(), file.to_string());
-        move || {
-            Command::new("node")
-                .args(["--test", "--test-concurrency=1", &file])
-                .current_dir(dir)
-                .env("GATEWAY_URL", base)
-                .env("DATABASE_URL", url)
-                .envs(extra)
-                .output()
-                .expect("run node")
-        }
-    })
-    .await
-    .unwrap();
-    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the official client's suite {file} failed:\n{report}\ngateway log:\n{}", gw.log());
-    assert!(
-        report.contains(&format!("# pass {tests}")) && report.contains("# fail 0"),
-        "all {tests} tests of {file} ran:\n{report}"
-    );
+    node_suite(&dir, file, env, gw, extra, tests).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,4 +10,5 @@ mod electric_client;
 mod filters;
 mod operations;
 mod outbox;
+mod sdk;
 mod sync;

@@ -21,6 +21,14 @@ ensure_postgres() {
   fi
 }
 
+# Debian's Chromium, for the SDK's browser tests (never a downloaded browser).
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "installing Chromium" >&2
+    apt_install chromium
+  fi
+}
+
 ensure_node() {
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "installing Node.js and npm" >&2
@@ -56,12 +64,18 @@ ensure_wasm_toolchain() {
   fi
 }
 
-# Builds client-sdk to wasm and generates its JS bindings into client-sdk/js/pkg.
+# Builds client-sdk to wasm (small: size-optimized, LTO, no debug info), generates its JS
+# bindings into client-sdk/js/pkg and prints the bundle's gzipped size against its budget.
 build_sdk() {
   ensure_wasm_toolchain
   env -u RUSTC_WRAPPER RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+    CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=true \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_STRIP=debuginfo \
     /usr/bin/cargo build --quiet --release -p client-sdk --target wasm32-unknown-unknown \
-    -Zbuild-std=std,panic_abort --target-dir target/wasm
+    -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size --target-dir target/wasm
   "$WASM_BINDGEN" --target web --out-dir client-sdk/js/pkg --out-name sdk \
     target/wasm/wasm32-unknown-unknown/release/client_sdk.wasm
+  local bytes
+  bytes=$(cat client-sdk/js/pkg/sdk_bg.wasm client-sdk/js/pkg/sdk.js client-sdk/js/index.js | gzip -9 | wc -c)
+  echo "client-sdk bundle (wasm + JS): $((bytes / 1024)) KiB gzipped (budget 250 KB)" >&2
 }

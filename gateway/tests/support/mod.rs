@@ -391,3 +391,39 @@ pub async fn oracle(db: &tokio_postgres::Client, table: &str, filter: &str, col:
         .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1).map(Value::String).unwrap_or(Value::Null)))
         .collect()
 }
+
+/// Runs the Node test file `file` in `dir` against `gw` and `env`'s database (as
+/// `GATEWAY_URL`, `DATABASE_URL` and `PSQL`, plus `extra`), and checks that all `tests`
+/// of it ran and passed.
+pub async fn node_suite(
+    dir: &std::path::Path,
+    file: &str,
+    env: &Env,
+    gw: &Gateway,
+    extra: Vec<(&'static str, String)>,
+    tests: usize,
+) {
+    let psql = gateway::devdb::find_binaries().expect("PostgreSQL binaries").join("psql");
+    let out = tokio::task::spawn_blocking({
+        let (dir, base, url, file) = (dir.to_path_buf(), gw.base(), env.url.clone(), file.to_string());
+        move || {
+            Command::new("node")
+                .args(["--test", "--test-concurrency=1", &file])
+                .current_dir(dir)
+                .env("GATEWAY_URL", base)
+                .env("DATABASE_URL", url)
+                .env("PSQL", psql)
+                .envs(extra)
+                .output()
+                .expect("run node")
+        }
+    })
+    .await
+    .unwrap();
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the Node suite {file} failed:\n{report}\ngateway log:\n{}", gw.log());
+    assert!(
+        report.contains(&format!("# pass {tests}")) && report.contains("# fail 0"),
+        "all {tests} tests of {file} ran:\n{report}"
+    );
+}
