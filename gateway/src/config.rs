@@ -92,6 +92,10 @@ pub struct ServeConfig {
     /// `recreate-slot` (drop the slot and start a new one; every shape is refetched).
     #[arg(long, env = "GATEWAY_WAL_BUDGET_ACTION", value_enum, default_value = "stop")]
     pub wal_budget_action: BudgetAction,
+    /// Seconds without a transaction after which the gateway writes a heartbeat to the WAL
+    /// (`pg_logical_emit_message`), so its slot keeps moving on a quiet database.
+    #[arg(long, env = "GATEWAY_HEARTBEAT_S", default_value_t = 60)]
+    pub heartbeat_s: u64,
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -214,6 +214,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         slot: cfg.slot.clone(),
         budget: cfg.max_retained_wal,
         action: cfg.wal_budget_action,
+        heartbeat_after: std::time::Duration::from_secs(cfg.heartbeat_s),
         ack: ack.clone(),
         status: status.clone(),
     };

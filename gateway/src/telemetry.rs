@@ -39,6 +39,7 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
         "",
         "age of the newest received transaction when it arrived (commit to receipt)",
     ),
+    ("gateway_heartbeats_total", Kind::Counter, "", "heartbeats written to the WAL on a quiet database"),
     ("gateway_seconds_since_last_commit", Kind::Gauge, "", "time since the stream last delivered a transaction"),
     ("gateway_slot_retained_wal_bytes", Kind::Gauge, "", "WAL our slot keeps on the server (current - restart_lsn)"),
     (

@@ -16,9 +16,6 @@ use crate::status::Status;
 
 /// How often the slot is checked.
 const POLL: Duration = Duration::from_secs(5);
-/// A quiet database gets a heartbeat after this long without a transaction, so the slot's
-/// position follows the server's WAL (other databases' writes included).
-const HEARTBEAT_AFTER: Duration = Duration::from_secs(60);
 
 /// What the server says about our slot, as `/readyz` shows it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -99,6 +96,9 @@ pub struct Monitor {
     pub slot: String,
     pub budget: u64,
     pub action: BudgetAction,
+    /// A quiet database gets a heartbeat after this long without a transaction, so the
+    /// slot's position follows the server's WAL (other databases' writes included).
+    pub heartbeat_after: Duration,
     pub ack: Arc<AckState>,
     pub status: Arc<Status>,
 }
@@ -109,6 +109,7 @@ impl Monitor {
         let mut client: Option<tokio_postgres::Client> = None;
         let mut heartbeats = true;
         let mut stage = Stage::Ok;
+        let started = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -146,13 +147,15 @@ impl Monitor {
                     BudgetAction::RecreateSlot => BudgetError::Recreate { slot, retained, budget },
                 });
             }
-            let quiet = self.status.since_last_commit().is_none_or(|d| d >= HEARTBEAT_AFTER);
+            let quiet = self.status.since_last_commit().unwrap_or(started.elapsed()) >= self.heartbeat_after;
             if heartbeats && quiet {
                 // Non-transactional and not published: it only moves the WAL position.
-                if let Err(e) = db.execute("select pg_logical_emit_message(false, 'gateway.heartbeat', '')", &[]).await
-                {
-                    tracing::info!(error = %DbError::from(e), "heartbeats are off: the role may not call pg_logical_emit_message");
-                    heartbeats = false;
+                match db.execute("select pg_logical_emit_message(false, 'gateway.heartbeat', '')", &[]).await {
+                    Ok(_) => metrics::counter!("gateway_heartbeats_total").increment(1),
+                    Err(e) => {
+                        tracing::info!(error = %DbError::from(e), "heartbeats are off: the role may not call pg_logical_emit_message");
+                        heartbeats = false;
+                    }
                 }
             }
         }
