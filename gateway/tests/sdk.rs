@@ -20,5 +20,5 @@ async fn the_sdk_mirrors_shapes_into_indexeddb_in_chromium() {
     )
     .await;
     let gw = env.ready_gateway().await;
-    node_suite(&root.join("tests"), "browser.test.mjs", &env, &gw, Vec::new(), 3).await;
+    node_suite(&root.join("tests"), "browser.test.mjs", &env, &gw, Vec::new(), 4).await;
 }
