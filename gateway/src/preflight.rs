@@ -316,22 +316,11 @@ fn identity_name(code: &str) -> &'static str {
 }
 
 async fn slot(client: &Client, name: &str, out: &mut Vec<Finding>) -> Result<(), DbError> {
-    let row = client
-        .query_opt(
-            "select plugin::text, database::text = current_database(), wal_status, active_pid,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, safe_wal_size
-             from pg_replication_slots where slot_name = $1",
-            &[&name],
-        )
-        .await?;
-    let Some(r) = row else {
+    let Some(info) = crate::replication::slot::describe(client, name).await? else {
         out.push(Finding::ok(format!("replication slot {name:?} is missing; the gateway creates it")));
         return Ok(());
     };
-    let (plugin, same_db, wal_status, active): (Option<String>, Option<bool>, Option<String>, Option<i32>) =
-        (r.get(0), r.get(1), r.get(2), r.get(3));
-    let (retained, safe): (Option<i64>, Option<i64>) = (r.get(4), r.get(5));
-    if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+    if !info.is_ours() {
         out.push(Finding::problem(
             Severity::Blocker,
             format!("replication slot {name:?} belongs to another plugin or database"),
@@ -340,7 +329,7 @@ async fn slot(client: &Client, name: &str, out: &mut Vec<Finding>) -> Result<(),
         ));
         return Ok(());
     }
-    if wal_status.as_deref() == Some("lost") {
+    if info.is_lost() {
         out.push(Finding::problem(
             Severity::Blocker,
             format!("replication slot {name:?} is lost (its WAL was removed)"),
@@ -351,13 +340,13 @@ async fn slot(client: &Client, name: &str, out: &mut Vec<Finding>) -> Result<(),
     }
     let mut message = format!(
         "replication slot {name:?}: wal_status {}, retained WAL {} bytes",
-        wal_status.as_deref().unwrap_or("unknown"),
-        retained.unwrap_or(0)
+        info.wal_status.as_deref().unwrap_or("unknown"),
+        info.retained_wal_bytes
     );
-    if let Some(safe) = safe {
+    if let Some(safe) = info.safe_wal_bytes {
         message.push_str(&format!(", {safe} bytes before it is invalidated"));
     }
-    match active {
+    match info.active_pid {
         Some(pid) => out.push(Finding::problem(
             Severity::Warning,
             format!("{message}; in use by process {pid}"),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use shapes::offset::Lsn;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BudgetAction;
@@ -162,22 +161,13 @@ impl Monitor {
     }
 
     async fn check(&self, db: &tokio_postgres::Client) -> Result<Option<SlotHealth>, DbError> {
-        let row = db
-            .query_opt(
-                "select pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
-                        safe_wal_size, wal_status
-                 from pg_replication_slots where slot_name = $1",
-                &[&self.slot],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let current: Lsn = row.get::<_, String>(0).parse().unwrap_or_default();
-        let retained: i64 = row.get::<_, Option<i64>>(1).unwrap_or(0);
-        let lag = current.0.saturating_sub(self.ack.durable().0) as i64;
+        let Some(info) = super::slot::describe(db, &self.slot).await? else { return Ok(None) };
+        let retained = info.retained_wal_bytes;
+        let lag = info.current.0.saturating_sub(self.ack.durable().0) as i64;
         let health = SlotHealth {
             retained_wal_bytes: retained,
-            safe_wal_bytes: row.get(2),
-            wal_status: row.get(3),
+            safe_wal_bytes: info.safe_wal_bytes,
+            wal_status: info.wal_status,
             lag_bytes: lag,
             lag_seconds: self.status.last_commit_age().map(|d| d.as_secs_f64()),
             seconds_since_last_commit: self.status.since_last_commit().map(|d| d.as_secs_f64()),

@@ -42,32 +42,77 @@ pub struct SlotState {
     pub created: bool,
 }
 
-/// Creates the slot if missing.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, ReplicationError> {
+/// What the server says about a slot (`pg_replication_slots`).
+#[derive(Clone, Debug)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    /// Whether it belongs to the connected database.
+    pub same_database: bool,
+    pub wal_status: Option<String>,
+    /// The process streaming from it, if any.
+    pub active_pid: Option<i32>,
+    pub confirmed: Lsn,
+    /// The server's current WAL position.
+    pub current: Lsn,
+    /// WAL the server keeps for it (current position − restart_lsn).
+    pub retained_wal_bytes: i64,
+    /// WAL left before it is invalidated (`max_slot_wal_keep_size` set).
+    pub safe_wal_bytes: Option<i64>,
+}
+
+impl SlotInfo {
+    /// A pgoutput slot of this database, as the gateway creates them.
+    pub fn is_ours(&self) -> bool {
+        self.plugin.as_deref() == Some("pgoutput") && self.same_database
+    }
+
+    /// Its WAL was removed: the changes it held are gone.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
+/// The slot named `slot`, if it exists.
+pub async fn describe(client: &Client, slot: &str) -> Result<Option<SlotInfo>, DbError> {
     let row = client
         .query_opt(
-            "select plugin::text, database::text = current_database(), confirmed_flush_lsn::text, wal_status
+            "select plugin::text, database::text = current_database(), wal_status, active_pid,
+                    confirmed_flush_lsn::text, pg_current_wal_lsn()::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, safe_wal_size
              from pg_replication_slots where slot_name = $1",
             &[&slot],
         )
-        .await
-        .map_err(DbError::from)?;
-    match row {
-        Some(r) => {
-            let plugin: Option<String> = r.get(0);
-            let same_db: Option<bool> = r.get(1);
-            if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-                return Err(ReplicationError::SlotMismatch { slot: slot.into(), plugin: plugin.unwrap_or_default() });
+        .await?;
+    let lsn = |text: Option<String>| text.and_then(|l| l.parse().ok()).unwrap_or_default();
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        same_database: r.get::<_, Option<bool>>(1) == Some(true),
+        wal_status: r.get(2),
+        active_pid: r.get(3),
+        confirmed: lsn(r.get(4)),
+        current: lsn(r.get(5)),
+        retained_wal_bytes: r.get::<_, Option<i64>>(6).unwrap_or(0),
+        safe_wal_bytes: r.get(7),
+    }))
+}
+
+/// Creates the slot if missing.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, ReplicationError> {
+    match describe(client, slot).await? {
+        Some(info) => {
+            if !info.is_ours() {
+                return Err(ReplicationError::SlotMismatch {
+                    slot: slot.into(),
+                    plugin: info.plugin.unwrap_or_default(),
+                });
             }
-            let status: Option<String> = r.get(3);
-            if status.as_deref() == Some("lost") {
+            if info.is_lost() {
                 return Err(ReplicationError::SlotInvalidated {
                     slot: slot.into(),
                     detail: "wal_status = lost".into(),
                 });
             }
-            let lsn: Option<String> = r.get(2);
-            Ok(SlotState { confirmed: lsn.and_then(|l| l.parse().ok()).unwrap_or_default(), created: false })
+            Ok(SlotState { confirmed: info.confirmed, created: false })
         }
         None => {
             let r = client
@@ -115,12 +160,7 @@ pub async fn drop_slot(client: &Client, slot: &str, release: std::time::Duration
 pub async fn uninstall(cfg: &crate::config::ServeConfig, with_publication: bool) -> Result<String, ReplicationError> {
     let client = crate::db::connect(&crate::db::parse_url(&cfg.database_url)?).await?;
     let slot = &cfg.slot;
-    let active: Option<Option<i32>> = client
-        .query_opt("select active_pid from pg_replication_slots where slot_name = $1", &[slot])
-        .await
-        .map_err(DbError::from)?
-        .map(|r| r.get(0));
-    let mut done = match active {
+    let mut done = match describe(&client, slot).await?.map(|info| info.active_pid) {
         None => format!("no replication slot {slot:?}; nothing to drop"),
         Some(Some(pid)) => return Err(ReplicationError::SlotInUse { slot: slot.clone(), pid }),
         Some(None) => {
