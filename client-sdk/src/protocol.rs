@@ -93,6 +93,8 @@ pub struct ShapeStream {
     cursor: Option<String>,
     /// Changes received since the last `up-to-date`.
     pending: Vec<Change>,
+    /// `(lsn, op_position)` of the last change received.
+    last_change: Option<(u64, u64)>,
 }
 
 impl ShapeStream {
@@ -164,18 +166,27 @@ impl ShapeStream {
         Ok(self.settle(up_to_date))
     }
 
+    /// Takes the headers of a live SSE response (its events follow).
+    pub fn on_events_open(&mut self, cursor: Option<&str>) {
+        if let Some(c) = cursor {
+            self.cursor = Some(c.to_string());
+        }
+    }
+
     /// Takes one message of a live SSE stream; `offset` is only known from `up-to-date`.
     pub fn on_event(&mut self, data: &str) -> Result<Outcome, ProtocolError> {
         let m: Value = serde_json::from_str(data).map_err(|e| ProtocolError::Malformed(format!("event: {e}")))?;
-        let lsn = m["headers"]["global_last_seen_lsn"].as_str().map(str::to_string);
+        let lsn = m["headers"]["global_last_seen_lsn"].as_str().and_then(|l| l.parse::<u64>().ok());
         if m["headers"]["control"] == "must-refetch" {
             self.restart(None);
             return Ok(Outcome::Refetch);
         }
         let up_to_date = self.take(m)?;
         if up_to_date && let Some(lsn) = lsn {
-            // SSE carries no offset header per event: the transaction's LSN is the position.
-            self.position.offset = format!("{lsn}_0");
+            // SSE carries no offset per event: the position is the last change's own
+            // (`<lsn>_<op_position>`), or `<lsn>_0` past it, so nothing is delivered twice.
+            let (tx, op) = self.last_change.filter(|&(tx, _)| tx >= lsn).unwrap_or((lsn, 0));
+            self.position.offset = format!("{tx}_{op}");
         }
         Ok(self.settle(up_to_date))
     }
@@ -198,6 +209,11 @@ impl ShapeStream {
             _ => Map::new(),
         };
         let txid = headers["txids"].as_array().and_then(|t| t.first()).and_then(Value::as_u64);
+        if let (Some(lsn), Some(op)) =
+            (headers["lsn"].as_str().and_then(|l| l.parse().ok()), headers["op_position"].as_u64())
+        {
+            self.last_change = Some((lsn, op));
+        }
         self.pending.push(Change { key: key.to_string(), operation, value, txid });
         Ok(false)
     }
@@ -215,11 +231,12 @@ impl ShapeStream {
         self.position = Position { handle: handle.map(str::to_string), ..Position::default() };
         self.cursor = None;
         self.pending.clear();
+        self.last_change = None;
     }
 }
 
 /// The `message` of a JSON error body, or the body itself.
-fn error_message(body: &str) -> String {
+pub fn error_message(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))
@@ -300,6 +317,13 @@ mod tests {
         let Ok(Outcome::Apply(changes)) = s.on_event(UP_TO_DATE) else { panic!() };
         assert_eq!(changes.len(), 1);
         assert_eq!(s.position.offset, "42_0");
+        let second = r#"{"key":"k","value":{"id":"2"},"headers":{"operation":"insert","txids":[7],"lsn":"50","op_position":4,"last":true}}"#;
+        assert_eq!(s.on_event(second), Ok(Outcome::Continue));
+        let Ok(Outcome::Apply(_)) = s.on_event(r#"{"headers":{"control":"up-to-date","global_last_seen_lsn":"50"}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(s.position.offset, "50_4", "the last change's own offset: a reconnect skips all of it");
     }
 
     #[test]

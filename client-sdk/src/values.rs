@@ -21,6 +21,14 @@ pub struct ColumnType {
 /// Column name → type, as the gateway sends it.
 pub type Schema = BTreeMap<String, ColumnType>;
 
+/// The primary-key columns of a schema, in key order.
+pub fn key_columns(schema: &Schema) -> Vec<(&str, &ColumnType)> {
+    let mut columns: Vec<(u32, &str, &ColumnType)> =
+        schema.iter().filter_map(|(name, ty)| ty.pk_index.map(|i| (i, name.as_str(), ty))).collect();
+    columns.sort_by_key(|(i, ..)| *i);
+    columns.into_iter().map(|(_, name, ty)| (name, ty)).collect()
+}
+
 /// A parsed value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Typed {
@@ -139,6 +147,13 @@ mod tests {
 
     fn ty(name: &str, dims: u32) -> ColumnType {
         ColumnType { type_name: name.into(), dims, pk_index: None }
+    }
+
+    #[test]
+    fn key_columns_come_in_key_order() {
+        let pk = |i| ColumnType { pk_index: Some(i), ..ty("int4", 0) };
+        let schema = Schema::from([("b".into(), pk(0)), ("a".into(), pk(1)), ("c".into(), ty("text", 0))]);
+        assert_eq!(key_columns(&schema).iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["b", "a"]);
     }
 
     #[test]

@@ -1,10 +1,26 @@
 //! The client SDK (`client-sdk/`) in real headless Chromium against this gateway: runs the
 //! Node/Playwright suite in `client-sdk/tests/`.
 
+use serde_json::json;
+
+use crate::auth::{SECRET, token};
 use crate::support::{Env, node_suite};
 
+/// `items` takes every write; `notes` rejects stale ones by its version column.
+const RULES: &str = r#"
+[[table]]
+name = "items"
+write = ["insert", "update", "delete"]
+
+[[table]]
+name = "notes"
+write = ["insert", "update", "delete"]
+conflict = "reject_stale"
+version_column = "version"
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_mirrors_shapes_into_indexeddb_in_chromium() {
+async fn the_sdk_mirrors_shapes_and_syncs_its_outbox_in_chromium() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-sdk");
     for (path, fix) in [
         ("js/pkg/sdk_bg.wasm", "build the SDK: scripts/test.sh does (build_sdk in scripts/lib/setup.sh)"),
@@ -14,11 +30,18 @@ async fn the_sdk_mirrors_shapes_into_indexeddb_in_chromium() {
     }
     let env = Env::new().await;
     env.sql(
-        "create table items (id int4 primary key, title text, big int8, tags text[], doc jsonb, done bool);
+        "create table items (id int4 primary key, title text, big int8, tags text[], doc jsonb, done bool,
+                             stamp text not null default 'server');
          insert into items select i, 'item ' || i, i, array['a', 'b c'], jsonb_build_object('n', i), i % 2 = 0
-         from generate_series(1, 50) i",
+         from generate_series(1, 50) i;
+         create table notes (id int4 primary key, body text, version int4 not null default 1);
+         insert into notes values (1, 'first', 1), (2, 'second', 1);",
     )
     .await;
-    let gw = env.ready_gateway().await;
-    node_suite(&root.join("tests"), "browser.test.mjs", &env, &gw, Vec::new(), 4).await;
+    let config = env.data_dir.with_extension("toml");
+    std::fs::write(&config, RULES).unwrap();
+    let mut gw = env.gateway_with(&["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()]);
+    gw.ready().await;
+    let token = token(json!({"sub": "sdk-test"}));
+    node_suite(&root.join("tests"), "browser.test.mjs", &env, &gw, vec![("TOKEN", token)], 9).await;
 }

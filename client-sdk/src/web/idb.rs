@@ -4,10 +4,17 @@ use js_sys::Promise;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{IdbDatabase, IdbObjectStore, IdbOpenDbRequest, IdbRequest, IdbTransaction, IdbTransactionMode};
+use web_sys::{
+    IdbDatabase, IdbObjectStore, IdbObjectStoreParameters, IdbOpenDbRequest, IdbRequest, IdbTransaction,
+    IdbTransactionMode,
+};
 
-/// The store of shape positions (name → position JSON).
+/// Shape positions (name → position JSON) and the client id.
 pub const POSITIONS: &str = "_positions";
+/// Local writes, in the order they were made (see [`crate::outbox`]).
+pub const OUTBOX: &str = "_outbox";
+/// The server's version of rows that local writes in flight cover, keyed `[shape, key]`.
+pub const SERVER: &str = "_server";
 
 /// The result of a request, once it succeeds.
 pub async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
@@ -41,31 +48,82 @@ pub async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
     JsFuture::from(promise).await.map(|_| ())
 }
 
-/// Opens the database with an object store per name in `stores` (and [`POSITIONS`]),
-/// upgrading it when one is missing.
-pub async fn open(name: &str, stores: &[String]) -> Result<IdbDatabase, JsValue> {
+/// A shape's object store and the indexes declared for its queries (an index over several
+/// columns is named by them joined with `+`).
+pub struct ShapeStore {
+    pub name: String,
+    pub indexes: Vec<Vec<String>>,
+}
+
+/// Opens the database with a store per shape (and its indexes), [`POSITIONS`], [`OUTBOX`]
+/// and [`SERVER`], upgrading it when one is missing.
+pub async fn open(name: &str, shapes: &[ShapeStore]) -> Result<IdbDatabase, JsValue> {
     let factory = web_sys::window().ok_or("no window")?.indexed_db()?.ok_or("this browser has no IndexedDB")?;
-    let mut wanted: Vec<String> = stores.to_vec();
-    wanted.push(POSITIONS.to_string());
     let db: IdbDatabase = request(&factory.open(name)?.into()).await?.dyn_into()?;
-    let existing = db.object_store_names();
-    let missing: Vec<String> = wanted.iter().filter(|s| !existing.contains(s)).cloned().collect();
-    if missing.is_empty() {
+    if complete(&db, shapes)? {
         return Ok(db);
     }
     let version = db.version() as u32 + 1;
     db.close();
     let open: IdbOpenDbRequest = factory.open_with_u32(name, version)?;
     let target = open.clone();
+    let wanted: Vec<(String, Vec<Vec<String>>)> = shapes.iter().map(|s| (s.name.clone(), s.indexes.clone())).collect();
     let upgrade = Closure::once_into_js(move || {
-        if let Ok(db) = target.result().and_then(|r| r.dyn_into::<IdbDatabase>()) {
-            for store in &missing {
-                let _ = db.create_object_store(store);
-            }
-        }
+        let _ = upgrade(&target, &wanted);
     });
     open.set_onupgradeneeded(Some(upgrade.unchecked_ref()));
     request(&open.into()).await?.dyn_into()
+}
+
+/// Whether every store and index exists.
+fn complete(db: &IdbDatabase, shapes: &[ShapeStore]) -> Result<bool, JsValue> {
+    let existing = db.object_store_names();
+    if ![POSITIONS, OUTBOX, SERVER].iter().all(|s| existing.contains(s))
+        || !shapes.iter().all(|s| existing.contains(&s.name))
+    {
+        return Ok(false);
+    }
+    for shape in shapes.iter().filter(|s| !s.indexes.is_empty()) {
+        let names = read(db, &shape.name)?.index_names();
+        if !shape.indexes.iter().all(|columns| names.contains(&columns.join("+"))) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn upgrade(open: &IdbOpenDbRequest, shapes: &[(String, Vec<Vec<String>>)]) -> Result<(), JsValue> {
+    let db: IdbDatabase = open.result()?.dyn_into()?;
+    let tx = open.transaction().ok_or("no upgrade transaction")?;
+    let existing = db.object_store_names();
+    for plain in [POSITIONS, SERVER] {
+        if !existing.contains(plain) {
+            db.create_object_store(plain)?;
+        }
+    }
+    if !existing.contains(OUTBOX) {
+        let options = IdbObjectStoreParameters::new();
+        options.set_key_path(&JsValue::from_str("seq"));
+        options.set_auto_increment(true);
+        db.create_object_store_with_optional_parameters(OUTBOX, &options)?.create_index_with_str("state", "state")?;
+    }
+    for (name, indexes) in shapes {
+        let store = if existing.contains(name) { tx.object_store(name)? } else { db.create_object_store(name)? };
+        let names = store.index_names();
+        for columns in indexes {
+            let index = columns.join("+");
+            if names.contains(&index) {
+                continue;
+            }
+            if let [one] = columns.as_slice() {
+                store.create_index_with_str(&index, one)?;
+            } else {
+                let path: js_sys::Array = columns.iter().map(|c| JsValue::from_str(c)).collect();
+                store.create_index_with_str_sequence(&index, &path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A read-write transaction over `stores`, and those stores.

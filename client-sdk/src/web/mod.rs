@@ -1,120 +1,283 @@
-//! The browser side: follows each shape with `fetch`, mirrors it into IndexedDB (one object
-//! store per shape, keyed by primary key), and tells listeners what changed. The decisions
-//! are [`crate::protocol`]'s; this module only does the I/O.
+//! The browser side: follows each shape ([`follow`]), mirrors it into IndexedDB (one object
+//! store per shape, keyed by primary key), queues and pushes local writes ([`outbox`]),
+//! and tells listeners what changed. The decisions are the plain-Rust modules'; this one
+//! only does the I/O. Only the tab that leads (see the JS wrapper) follows and pushes.
 
+mod follow;
 mod idb;
 mod net;
+mod outbox;
+mod rows;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use js_sys::{Array, Function, Object, Reflect};
-use serde_json::{Map, Value};
+use serde::Deserialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::IdbDatabase;
+use web_sys::{AbortController, IdbDatabase};
 
-use crate::protocol::{Change, Operation, Outcome, Position, ProtocolError, ShapeDefinition, ShapeStream};
-use crate::values::{self, Schema, Typed};
+use crate::protocol::ShapeDefinition;
+use crate::values::{self, Schema};
 
-/// Longest wait between retries of a failing request.
-const BACKOFF_MAX_MS: u32 = 32_000;
+/// How often the leader looks at the outbox without being asked: writes of other tabs,
+/// retries, echoes that will not come.
+const OUTBOX_TICK_MS: u32 = 1000;
 
-/// A sync engine: the shapes it follows and the database it mirrors them into.
+/// Transactions remembered per shape: enough to cover the time a push's answer takes.
+const SEEN_TXIDS: usize = 1000;
+
+/// A shape as `openSync` takes it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ShapeOptions {
+    #[serde(flatten)]
+    definition: ShapeDefinition,
+    /// The primary key's columns, for writes before the first sync told them.
+    #[serde(default)]
+    key: Option<Columns>,
+    /// The table's `reject_stale` version column: writes send it as their base.
+    #[serde(default)]
+    version_column: Option<String>,
+    /// Indexes for queries: a column, or several for a compound index.
+    #[serde(default)]
+    indexes: Vec<Columns>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+enum Columns {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Columns {
+    fn list(self) -> Vec<String> {
+        match self {
+            Columns::One(c) => vec![c],
+            Columns::Many(cs) => cs,
+        }
+    }
+}
+
+/// A shape as the engine uses it.
+pub struct ShapeConfig {
+    pub definition: ShapeDefinition,
+    key: Option<Vec<String>>,
+    pub version_column: Option<String>,
+}
+
+impl ShapeConfig {
+    /// The primary key's columns: declared, or from the schema the gateway sent.
+    pub fn key_columns(&self, schema: &Schema) -> Option<Vec<String>> {
+        self.key.clone().or_else(|| {
+            let columns: Vec<String> = values::key_columns(schema).into_iter().map(|(n, _)| n.to_string()).collect();
+            (!columns.is_empty()).then_some(columns)
+        })
+    }
+}
+
+/// A sync engine: the shapes it follows, the database it mirrors them into, its outbox.
 #[wasm_bindgen]
 pub struct Engine {
     inner: Rc<Inner>,
 }
 
-struct Inner {
+pub struct Inner {
     /// The gateway's base URL.
     url: String,
     token: RefCell<Option<String>>,
     get_token: Option<Function>,
     db: IdbDatabase,
-    shapes: BTreeMap<String, ShapeDefinition>,
+    shapes: BTreeMap<String, ShapeConfig>,
     listeners: RefCell<Vec<Function>>,
+    /// Whether this tab follows the shapes and pushes the outbox.
+    leading: Cell<bool>,
     closed: Cell<bool>,
-}
-
-/// What is stored per shape besides its rows.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    shape: ShapeDefinition,
-    position: Position,
+    /// Cancels the requests in flight on close.
+    abort: AbortController,
+    /// Identifies this database's writes to the gateway's ledger.
+    client_id: String,
+    sse: bool,
+    max_retries: u32,
+    confirm_timeout_ms: f64,
+    push_again: Cell<bool>,
+    /// The latest transactions each shape's stream brought, for writes whose answer comes
+    /// after their echo.
+    seen: RefCell<BTreeMap<String, std::collections::VecDeque<u64>>>,
+    /// Ends the current waits (backoffs, the outbox worker's tick).
+    wakers: RefCell<Vec<Function>>,
 }
 
 #[wasm_bindgen]
 impl Engine {
-    /// `{url, token?, getToken?, database?, shapes: {name: {table, where?, columns?, params?}}}`.
+    /// `{url, token?, getToken?, database?, sse?, maxRetries?, confirmTimeoutMs?,
+    /// shapes: {name: {table, where?, columns?, params?, key?, versionColumn?, indexes?}}}`.
     pub async fn open(options: JsValue) -> Result<Engine, JsValue> {
         let get = |name: &str| Reflect::get(&options, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED);
         let url = get("url").as_string().ok_or("openSync: `url` (the gateway's base URL) is required")?;
         let shapes_json = js_sys::JSON::stringify(&get("shapes"))?.as_string().unwrap_or_default();
-        let shapes: BTreeMap<String, ShapeDefinition> = serde_json::from_str(&shapes_json).map_err(|e| {
+        let shapes: BTreeMap<String, ShapeOptions> = serde_json::from_str(&shapes_json).map_err(|e| {
             JsValue::from_str(&format!(
-                "openSync: `shapes` must map names to {{table, where?, columns?, params?}}: {e}"
+                "openSync: `shapes` must map names to {{table, where?, columns?, params?, key?, versionColumn?, indexes?}}: {e}"
             ))
         })?;
         if shapes.is_empty() {
             return Err("openSync: `shapes` names no shape".into());
         }
+        if let Some(bad) = shapes.keys().find(|n| n.starts_with('_')) {
+            return Err(format!("openSync: shape names starting with `_` are the SDK's own: rename {bad:?}").into());
+        }
         let database = get("database").as_string().unwrap_or_else(|| format!("gateway-sync {url}"));
-        let names: Vec<String> = shapes.keys().cloned().collect();
-        let db = idb::open(&database, &names).await?;
+        let stores: Vec<idb::ShapeStore> = shapes
+            .iter()
+            .map(|(name, s)| idb::ShapeStore {
+                name: name.clone(),
+                indexes: s.indexes.iter().cloned().map(Columns::list).collect(),
+            })
+            .collect();
+        let db = idb::open(&database, &stores).await?;
+        let client_id = client_id(&db).await?;
+        let number = |name: &str, default: f64| get(name).as_f64().filter(|n| *n >= 0.0).unwrap_or(default);
         let inner = Inner {
             url: url.trim_end_matches('/').to_string(),
             token: RefCell::new(get("token").as_string()),
             get_token: get("getToken").dyn_into::<Function>().ok(),
             db,
-            shapes,
+            shapes: shapes
+                .into_iter()
+                .map(|(name, s)| {
+                    let config = ShapeConfig {
+                        definition: s.definition,
+                        key: s.key.map(Columns::list),
+                        version_column: s.version_column,
+                    };
+                    (name, config)
+                })
+                .collect(),
             listeners: RefCell::default(),
+            leading: Cell::new(false),
             closed: Cell::new(false),
+            abort: AbortController::new()?,
+            client_id,
+            sse: get("sse").as_bool().unwrap_or(true),
+            max_retries: number("maxRetries", 10.0) as u32,
+            confirm_timeout_ms: number("confirmTimeoutMs", 15_000.0),
+            push_again: Cell::new(false),
+            seen: RefCell::default(),
+            wakers: RefCell::default(),
         };
         Ok(Engine { inner: Rc::new(inner) })
     }
 
-    /// Starts following every shape.
-    pub fn start(&self) {
-        for (name, shape) in &self.inner.shapes {
-            wasm_bindgen_futures::spawn_local(follow(self.inner.clone(), name.clone(), shape.clone()));
+    /// Makes this tab the one that follows every shape and pushes the outbox.
+    pub fn lead(&self) {
+        if self.inner.leading.replace(true) || self.inner.closed.get() {
+            return;
         }
+        for name in self.inner.shapes.keys() {
+            wasm_bindgen_futures::spawn_local(follow::follow(self.inner.clone(), name.clone()));
+        }
+        wasm_bindgen_futures::spawn_local(work(self.inner.clone()));
     }
 
-    /// Calls `listener(event)` for every `sync` and `status` event.
+    /// Calls `listener(event)` for every `sync`, `status` and `outbox` event.
     pub fn on(&self, listener: Function) {
         self.inner.listeners.borrow_mut().push(listener);
+    }
+
+    /// The IndexedDB database, for queries.
+    pub fn database(&self) -> IdbDatabase {
+        self.inner.db.clone()
     }
 
     /// Every row of a shape, from IndexedDB.
     #[wasm_bindgen(js_name = getAll)]
     pub async fn get_all(&self, shape: String) -> Result<JsValue, JsValue> {
-        self.inner.store_name(&shape)?;
+        self.inner.shape(&shape)?;
         idb::request(&idb::read(&self.inner.db, &shape)?.get_all()?).await
     }
 
     /// One row of a shape by primary key (an array for composite keys).
     pub async fn get(&self, shape: String, key: JsValue) -> Result<JsValue, JsValue> {
-        self.inner.store_name(&shape)?;
+        self.inner.shape(&shape)?;
         idb::request(&idb::read(&self.inner.db, &shape)?.get(&key)?).await
     }
 
-    /// Stops following; rows stay in IndexedDB for the next open.
+    /// Writes `[{shape, op: "put"|"update"|"delete", key?, value?}]` locally (unless
+    /// `network_first`) and queues them; returns their mutation ids. `atomic`: they reach
+    /// the gateway as one all-or-nothing batch.
+    pub async fn write(&self, writes: JsValue, atomic: bool, network_first: bool) -> Result<Array, JsValue> {
+        let ids = outbox::write(&self.inner, &writes, atomic, network_first).await?;
+        self.wake();
+        Ok(ids.into_iter().map(|id| JsValue::from_str(&id)).collect())
+    }
+
+    /// Tries now what waits (if this tab leads): pushes the outbox, and reconnects the
+    /// shapes that are backing off after a failure. For `online` events and other tabs' writes.
+    pub fn wake(&self) {
+        self.inner.push_again.set(true);
+        for waker in self.inner.wakers.take() {
+            let _ = waker.call0(&JsValue::NULL);
+        }
+    }
+
+    /// `{pending, synced, failed, abandoned}`.
+    #[wasm_bindgen(js_name = outboxStats)]
+    pub async fn outbox_stats(&self) -> Result<JsValue, JsValue> {
+        let records = outbox::all_records(&idb::read(&self.inner.db, idb::OUTBOX)?).await?;
+        let stats = crate::outbox::stats(records.iter().map(|r| &r.entry));
+        js_sys::JSON::parse(&serde_json::to_string(&stats).unwrap_or_default())
+    }
+
+    /// Every entry (or those with `status`), oldest first.
+    #[wasm_bindgen(js_name = outboxEntries)]
+    pub async fn outbox_entries(&self, status: Option<String>) -> Result<Array, JsValue> {
+        let records = outbox::all_records(&idb::read(&self.inner.db, idb::OUTBOX)?).await?;
+        let wanted = |r: &&outbox::Record| {
+            status.as_deref().is_none_or(|s| serde_json::to_value(r.entry.status).is_ok_and(|v| v == s))
+        };
+        Ok(records.iter().filter(wanted).map(outbox::Record::describe).collect())
+    }
+
+    /// Removes the entries the gateway applied and the stream echoed; returns how many.
+    #[wasm_bindgen(js_name = clearSynced)]
+    pub async fn clear_synced(&self) -> Result<u32, JsValue> {
+        let (tx, stores) = idb::write(&self.inner.db, &[idb::OUTBOX])?;
+        let records = outbox::all_records(&stores[0]).await?;
+        let mut removed = 0;
+        for r in records.iter().filter(|r| r.entry.status == crate::outbox::Status::Synced && r.entry.settled()) {
+            if let Some(seq) = r.seq {
+                stores[0].delete(&seq.into())?;
+                removed += 1;
+            }
+        }
+        idb::committed(&tx).await?;
+        Ok(removed)
+    }
+
+    /// Stops syncing; rows and the outbox stay in IndexedDB for the next open.
     pub fn close(&self) {
         self.inner.closed.set(true);
+        self.inner.abort.abort();
+        self.wake();
+        self.inner.db.close();
     }
 }
 
 impl Inner {
-    fn store_name(&self, shape: &str) -> Result<(), JsValue> {
-        if self.shapes.contains_key(shape) {
-            Ok(())
-        } else {
-            Err(format!("no shape named {shape:?}; openSync was given: {:?}", self.shapes.keys().collect::<Vec<_>>())
-                .into())
-        }
+    pub fn shape(&self, name: &str) -> Result<&ShapeConfig, String> {
+        self.shapes.get(name).ok_or_else(|| {
+            format!("no shape named {name:?}; openSync was given: {:?}", self.shapes.keys().collect::<Vec<_>>())
+        })
+    }
+
+    /// Whether this tab still follows and pushes.
+    pub fn running(&self) -> bool {
+        self.leading.get() && !self.closed.get()
     }
 
     fn emit(&self, event: &[(&str, JsValue)]) {
@@ -127,7 +290,7 @@ impl Inner {
         }
     }
 
-    fn status(&self, shape: &str, status: &str, reason: Option<&str>) {
+    pub fn status(&self, shape: &str, status: &str, reason: Option<&str>) {
         let mut event = vec![("type", "status".into()), ("shape", shape.into()), ("status", status.into())];
         if let Some(r) = reason {
             event.push(("reason", r.into()));
@@ -135,8 +298,23 @@ impl Inner {
         self.emit(&event);
     }
 
+    pub fn sync_event(&self, shape: &str, op: &str, key: JsValue, origin: &str) {
+        self.emit(&[
+            ("type", "sync".into()),
+            ("shape", shape.into()),
+            ("op", op.into()),
+            ("key", key),
+            ("origin", origin.into()),
+        ]);
+    }
+
+    /// An entry changed status (synced, failed, abandoned, or a retry).
+    pub fn outbox_event(&self, record: &outbox::Record) {
+        self.emit(&[("type", "outbox".into()), ("entry", record.describe())]);
+    }
+
     /// The token for the next request; `fresh` asks `getToken` for a new one.
-    async fn token(&self, fresh: bool) -> Option<String> {
+    pub async fn token(&self, fresh: bool) -> Option<String> {
         if (fresh || self.token.borrow().is_none())
             && let Some(get) = &self.get_token
             && let Ok(value) = get.call0(&JsValue::NULL)
@@ -149,217 +327,74 @@ impl Inner {
         }
         self.token.borrow().clone()
     }
+
+    /// Notes the transactions a shape's stream brought.
+    pub fn saw_txids(&self, shape: &str, txids: impl IntoIterator<Item = u64>) {
+        let mut seen = self.seen.borrow_mut();
+        let recent = seen.entry(shape.to_string()).or_default();
+        recent.extend(txids);
+        let excess = recent.len().saturating_sub(SEEN_TXIDS);
+        recent.drain(..excess);
+    }
+
+    pub fn seen_txids(&self, shape: &str) -> std::collections::HashSet<u64> {
+        self.seen.borrow().get(shape).map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Waits `ms`, or less when [`Engine::wake`] is called.
+    pub async fn nap(&self, ms: u32) {
+        let mut waker = None;
+        let promise = js_sys::Promise::new(&mut |resolve, _| {
+            if let Some(w) = web_sys::window() {
+                let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
+            }
+            waker = Some(resolve);
+        });
+        if let Some(w) = &waker {
+            self.wakers.borrow_mut().push(w.clone());
+        }
+        let _ = JsFuture::from(promise).await;
+        if let Some(w) = waker {
+            self.wakers.borrow_mut().retain(|f| f != &w);
+        }
+    }
 }
 
-/// Follows one shape until the engine closes or the gateway refuses it for good.
-async fn follow(inner: Rc<Inner>, name: String, shape: ShapeDefinition) {
-    let mut stream = match load(&inner.db, &name, &shape).await {
-        Ok(position) => ShapeStream::resume(position),
-        Err(e) => return inner.status(&name, "error", Some(&describe(&e))),
-    };
-    inner.status(&name, "connecting", None);
-    // `live` is announced at the first up-to-date of this session, and after recoveries.
-    let mut announced = false;
+/// The outbox worker of the leading tab: pushes what is pending, retries with backoff,
+/// and ends waits for echoes that will not come.
+async fn work(inner: Rc<Inner>) {
     let mut failures = 0u32;
-    let mut fresh_token = false;
-    while !inner.closed.get() {
-        let url = format!("{}/v1/shape?{}", inner.url, encode(&stream.query(&shape)));
-        let token = inner.token(fresh_token).await;
-        fresh_token = false;
-        let answer = match net::get(&url, token.as_deref()).await {
-            Ok(a) => a,
-            Err(e) => {
-                inner.status(&name, "offline", Some(&describe(&e)));
-                failures += 1;
-                sleep(backoff(failures)).await;
+    while inner.running() {
+        inner.push_again.set(false);
+        match outbox::push_once(&inner).await {
+            Ok(outbox::Pushed::Answered) => {
+                failures = 0;
                 continue;
             }
-        };
-        if answer.status == 401 && inner.get_token.is_some() && failures < 3 {
-            fresh_token = true;
-            failures += 1;
+            Ok(outbox::Pushed::Idle) => failures = 0,
+            Ok(outbox::Pushed::Failed) | Err(_) => failures += 1,
+        }
+        let _ = outbox::expire(&inner).await;
+        if inner.push_again.get() && failures == 0 {
             continue;
         }
-        // Ok(true): the mirror caught up with the gateway.
-        let step = match stream.on_response(&answer.as_response()) {
-            Ok(Outcome::Continue) => Ok(false),
-            Ok(Outcome::Apply(changes)) => {
-                apply(&inner, &name, &shape, &stream.position, &changes).await.map(|()| true)
-            }
-            Ok(Outcome::Refetch) => reset(&inner.db, &name, &shape, &stream.position).await.map(|()| false),
-            Err(ProtocolError::Status { retry: true, message, .. }) => {
-                inner.status(&name, "offline", Some(&message));
-                failures += 1;
-                sleep(backoff(failures)).await;
-                continue;
-            }
-            Err(e) => return inner.status(&name, "error", Some(&e.to_string())),
-        };
-        let caught_up = matches!(step, Ok(true));
-        if let Err(e) = step {
-            return inner.status(&name, "error", Some(&describe(&e)));
-        }
-        if caught_up && (!announced || failures > 0) {
-            inner.status(&name, "live", None);
-            announced = true;
-        }
-        failures = 0;
+        let wait = if failures > 0 { follow::backoff(failures).max(OUTBOX_TICK_MS / 4) } else { OUTBOX_TICK_MS };
+        inner.nap(wait).await;
     }
 }
 
-/// The stored position of a shape; a changed definition starts over.
-async fn load(db: &IdbDatabase, name: &str, shape: &ShapeDefinition) -> Result<Position, JsValue> {
-    let stored = idb::request(&idb::read(db, idb::POSITIONS)?.get(&JsValue::from_str(name))?).await?;
-    let stored: Option<Stored> = stored.as_string().and_then(|s| serde_json::from_str(&s).ok());
-    match stored {
-        Some(s) if &s.shape == shape => Ok(s.position),
-        _ => {
-            reset(db, name, shape, &Position::default()).await?;
-            Ok(Position::default())
+/// This database's client id, made once.
+async fn client_id(db: &IdbDatabase) -> Result<String, JsValue> {
+    let key = JsValue::from_str("\u{0}client_id");
+    let (tx, stores) = idb::write(db, &[idb::POSITIONS])?;
+    let id = match idb::request(&stores[0].get(&key)?).await?.as_string() {
+        Some(id) => id,
+        None => {
+            let id = format!("c-{}{}", outbox::random_id(), outbox::random_id());
+            stores[0].put_with_key(&JsValue::from_str(&id), &key)?;
+            id
         }
-    }
-}
-
-/// Clears a shape's rows and stores its new position, in one transaction.
-async fn reset(db: &IdbDatabase, name: &str, shape: &ShapeDefinition, position: &Position) -> Result<(), JsValue> {
-    let (tx, stores) = idb::write(db, &[name, idb::POSITIONS])?;
-    stores[0].clear()?;
-    stores[1].put_with_key(&stored(shape, position), &JsValue::from_str(name))?;
-    idb::committed(&tx).await
-}
-
-fn stored(shape: &ShapeDefinition, position: &Position) -> JsValue {
-    let s = Stored { shape: shape.clone(), position: position.clone() };
-    JsValue::from_str(&serde_json::to_string(&s).unwrap_or_default())
-}
-
-/// Applies a batch of changes and the position after it in one transaction, then tells
-/// the listeners.
-async fn apply(
-    inner: &Inner,
-    name: &str,
-    shape: &ShapeDefinition,
-    position: &Position,
-    changes: &[Change],
-) -> Result<(), JsValue> {
-    let schema = position.schema.clone().unwrap_or_default();
-    let (tx, stores) = idb::write(&inner.db, &[name, idb::POSITIONS])?;
-    let rows = &stores[0];
-    let mut keys = Vec::with_capacity(changes.len());
-    for change in changes {
-        let key = primary_key(&schema, &change.value).ok_or_else(|| {
-            JsValue::from_str(&format!("a change of {name} lacks its primary key (key {})", change.key))
-        })?;
-        match change.operation {
-            Operation::Insert => {
-                rows.put_with_key(&row(&schema, &change.value, None), &key)?;
-            }
-            Operation::Update => {
-                let existing = idb::request(&rows.get(&key)?).await?;
-                let base = existing.dyn_into::<Object>().ok();
-                rows.put_with_key(&row(&schema, &change.value, base), &key)?;
-            }
-            Operation::Delete => {
-                rows.delete(&key)?;
-            }
-        }
-        keys.push(key);
-    }
-    stores[1].put_with_key(&stored(shape, position), &JsValue::from_str(name))?;
+    };
     idb::committed(&tx).await?;
-    for (change, key) in changes.iter().zip(keys) {
-        let op = match change.operation {
-            Operation::Insert => "insert",
-            Operation::Update => "update",
-            Operation::Delete => "delete",
-        };
-        inner.emit(&[
-            ("type", "sync".into()),
-            ("shape", name.into()),
-            ("op", op.into()),
-            ("key", key),
-            ("origin", "server".into()),
-        ]);
-    }
-    Ok(())
-}
-
-/// A row as a JS object with typed values, merged over `base` (updates carry only what
-/// changed).
-fn row(schema: &Schema, value: &Map<String, Value>, base: Option<Object>) -> JsValue {
-    let object = base.unwrap_or_default();
-    for (column, v) in value {
-        let typed = match schema.get(column) {
-            Some(ty) => values::parse(v.as_str(), ty),
-            None => v.as_str().map_or(Typed::Null, |s| Typed::Text(s.to_string())),
-        };
-        let _ = Reflect::set(&object, &JsValue::from_str(column), &to_js(&typed));
-    }
-    object.into()
-}
-
-/// The IndexedDB key of a row: its primary key value, or an array of them in key order.
-/// int8 keys stay text (a bigint is no valid IndexedDB key).
-fn primary_key(schema: &Schema, value: &Map<String, Value>) -> Option<JsValue> {
-    let mut columns: Vec<(&u32, &String, &values::ColumnType)> =
-        schema.iter().filter_map(|(name, ty)| ty.pk_index.as_ref().map(|i| (i, name, ty))).collect();
-    columns.sort_by_key(|(i, ..)| **i);
-    let parts: Vec<JsValue> = columns
-        .iter()
-        .map(|(_, name, ty)| {
-            let text = value.get(*name)?.as_str()?;
-            Some(match values::parse(Some(text), ty) {
-                Typed::BigInt(s) => JsValue::from_str(&s),
-                typed => to_js(&typed),
-            })
-        })
-        .collect::<Option<_>>()?;
-    match parts.len() {
-        0 => None,
-        1 => parts.into_iter().next(),
-        _ => Some(parts.into_iter().collect::<Array>().into()),
-    }
-}
-
-fn to_js(v: &Typed) -> JsValue {
-    match v {
-        Typed::Null => JsValue::NULL,
-        Typed::Bool(b) => JsValue::from_bool(*b),
-        Typed::Number(n) => JsValue::from_f64(*n),
-        Typed::BigInt(s) => {
-            js_sys::BigInt::new(&JsValue::from_str(s)).map(JsValue::from).unwrap_or_else(|_| JsValue::from_str(s))
-        }
-        Typed::Text(s) => JsValue::from_str(s),
-        Typed::Json(j) => js_sys::JSON::parse(&j.to_string()).unwrap_or(JsValue::NULL),
-        Typed::Array(items) => items.iter().map(to_js).collect::<Array>().into(),
-    }
-}
-
-fn encode(query: &[(String, String)]) -> String {
-    query
-        .iter()
-        .map(|(k, v)| format!("{}={}", js_sys::encode_uri_component(k), js_sys::encode_uri_component(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// Full-jitter exponential backoff: 1 s, 2 s, 4 s … capped at 32 s.
-fn backoff(failures: u32) -> u32 {
-    let cap = 1000u32.saturating_mul(1 << failures.min(5)).min(BACKOFF_MAX_MS);
-    (js_sys::Math::random() * f64::from(cap)) as u32
-}
-
-async fn sleep(ms: u32) {
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        if let Some(w) = web_sys::window() {
-            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
-        }
-    });
-    let _ = JsFuture::from(promise).await;
-}
-
-fn describe(e: &JsValue) -> String {
-    e.as_string()
-        .or_else(|| Reflect::get(e, &JsValue::from_str("message")).ok().and_then(|m| m.as_string()))
-        .unwrap_or_else(|| format!("{e:?}"))
+    Ok(id)
 }
