@@ -106,9 +106,9 @@ pub struct ServeConfig {
     /// The `[[table]]` access rules of the config file.
     #[arg(skip)]
     pub rules: Vec<TableRule>,
-    /// A page served at `/demo` (`gateway demo` sets it).
+    /// The site served at `/demo/` (`gateway demo` sets it).
     #[arg(skip)]
-    pub demo_page: Option<String>,
+    pub demo: Option<std::sync::Arc<crate::demo::site::DemoSite>>,
 }
 
 impl ServeConfig {

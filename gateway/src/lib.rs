@@ -231,7 +231,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         long_poll_timeout: cfg.long_poll_timeout(),
         sse_timeout: cfg.sse_timeout(),
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
-        demo_page: cfg.demo_page.as_deref().map(Arc::from),
+        demo: cfg.demo.clone(),
     };
     if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
         let (auth, cancel) = (auth.clone(), cancel.clone());

@@ -27,6 +27,9 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: std::net::SocketAddr,
+        /// The client SDK folder (built), whose example app the demo page is.
+        #[arg(long, default_value = gateway::demo::SDK_DIR)]
+        sdk_dir: std::path::PathBuf,
     },
 }
 
@@ -118,7 +121,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Slot { action: SlotAction::Drop { cfg, drop_publication } } => {
             println!("{}", gateway::replication::slot::uninstall(&cfg, drop_publication).await?);
         }
-        Command::Demo { listen } => gateway::demo::run(listen, shutdown).await?,
+        Command::Demo { listen, sdk_dir } => gateway::demo::run(listen, sdk_dir, shutdown).await?,
     }
     Ok(())
 }

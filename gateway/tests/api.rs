@@ -225,9 +225,16 @@ async fn demo_serves_each_org_its_todos_with_printed_tokens_and_cleans_up_on_ctr
     assert_eq!(rows(acme).await, vec!["acme"; 3], "acme's token sees acme's todos only");
     assert_eq!(rows(globex).await, vec!["globex"; 2]);
     assert_eq!(get(&url).await.status, 401, "the demo needs a token");
-    let page = reqwest::get(find("demo page: ")).await.unwrap();
-    assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("\"globex\""), "the page carries the orgs' tokens");
+    assert_eq!(find("demo page: "), format!("{base}/demo"));
+    let config = get(&format!("{base}/demo/config.json")).await.body;
+    assert!(config["tokens"]["globex"].is_string(), "the page gets the orgs' tokens: {config}");
+    for outside in ["/demo/js/..%2F..%2FCargo.toml", "/demo/Cargo.toml", "/demo/js/package.json"] {
+        assert_eq!(get(&format!("{base}{outside}")).await.status, 404, "{outside} is not served");
+    }
+    // The example app, driven in Chromium.
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-sdk");
+    let vars = vec![("DEMO_URL", base.clone()), ("DATABASE_URL", pg_url.clone())];
+    crate::support::run_node_suite(&sdk.join("tests"), "example.test.mjs", vars, 1, String::new).await;
 
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();

@@ -1,8 +1,10 @@
 //! `gateway demo`: a throwaway PostgreSQL with the demo schema, access rules scoped by org,
-//! tokens for two orgs, a page that shows both orgs live, and `serve` against it all.
+//! tokens for two orgs, the client SDK's example app showing both orgs live ([`site`]), and
+//! `serve` against it all.
 //! Ctrl-C stops everything and removes the temporary directory.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, FromArgMatches};
@@ -11,10 +13,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigFile, ServeConfig};
 use crate::devdb::{DevOptions, DevPostgres};
 
+pub mod site;
+
+/// The `client-sdk/` folder of the checkout this binary was built from.
+pub const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../client-sdk");
+
 /// The demo schema and rows (`sql/demo.sql`), built into the binary.
 pub const DEMO_SQL: &str = include_str!("../../../sql/demo.sql");
-/// The demo page; `/*DEMO_CONFIG*/null` becomes the tokens.
-const PAGE: &str = include_str!("page.html");
 /// Each org sees its own todos and its own org row; todos are writable in scope.
 const RULES: &str = r#"
 [[table]]
@@ -81,7 +86,7 @@ fn serve_config(url: &str, listen: SocketAddr, pg: &DevPostgres, secret: &str) -
     Ok(cfg)
 }
 
-pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), DemoError> {
+pub async fn run(listen: SocketAddr, sdk_dir: PathBuf, shutdown: CancellationToken) -> Result<(), DemoError> {
     println!("starting a throwaway PostgreSQL …");
     let pg = tokio::task::spawn_blocking(|| DevPostgres::start(&DevOptions::default()))
         .await
@@ -97,11 +102,17 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> Result<(), 
         ORGS.iter().map(|org| Ok((*org, token(&secret, org)?))).collect::<Result<_, DemoError>>()?;
     let by_org: serde_json::Map<String, serde_json::Value> =
         tokens.iter().map(|(org, t)| (org.to_string(), serde_json::Value::from(t.as_str()))).collect();
-    let page_config = serde_json::json!({ "tokens": by_org });
-    let mut cfg = serve_config(&url, listen, &pg, &secret)?;
-    cfg.demo_page = Some(PAGE.replace("/*DEMO_CONFIG*/null", &page_config.to_string()));
-
     let base = format!("http://{listen}");
+    let site = site::DemoSite { sdk_dir, config: serde_json::json!({ "url": base, "tokens": by_org }).to_string() };
+    if !site.sdk_built() {
+        println!(
+            "note: the client SDK is not built in {}: the demo page needs it (scripts/demo.sh builds it)",
+            site.sdk_dir.display()
+        );
+    }
+    let mut cfg = serve_config(&url, listen, &pg, &secret)?;
+    cfg.demo = Some(std::sync::Arc::new(site));
+
     // Printed once the gateway answers, so every line works when it appears.
     let ready = wait_until_ready(base.clone(), shutdown.clone());
     tokio::spawn(async move {

@@ -36,8 +36,8 @@ pub struct HttpSettings {
     pub sse_timeout: Duration,
     pub sse_keepalive: Duration,
     pub cors: Cors,
-    /// The demo's page at `/demo` (only `gateway demo` has one).
-    pub demo_page: Option<Arc<str>>,
+    /// The demo's site at `/demo/` (only `gateway demo` has one).
+    pub demo: Option<Arc<crate::demo::site::DemoSite>>,
 }
 
 #[derive(Clone)]
@@ -107,8 +107,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new();
-    if let Some(page) = state.settings.demo_page.clone() {
-        router = router.route("/demo", get(move || async move { axum::response::Html(page.to_string()) }));
+    if let Some(site) = state.settings.demo.clone() {
+        router = router.merge(crate::demo::site::router(site));
     }
     router
         .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape).post(subset::post_shape))

@@ -467,7 +467,7 @@ mod size_tests {
             sse_timeout: std::time::Duration::from_secs(60),
             sse_keepalive: std::time::Duration::from_secs(21),
             cors: super::super::Cors::new(&["*".into()]),
-            demo_page: None,
+            demo: None,
         };
         let state = AppState::new(
             settings,

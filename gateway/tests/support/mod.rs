@@ -403,17 +403,28 @@ pub async fn node_suite(
     extra: Vec<(&'static str, String)>,
     tests: usize,
 ) {
+    let mut vars = vec![("GATEWAY_URL", gw.base()), ("DATABASE_URL", env.url.clone())];
+    vars.extend(extra);
+    run_node_suite(dir, file, vars, tests, || gw.log()).await;
+}
+
+/// Runs `node --test file` in `dir` with `vars` (and `PSQL`); expects `tests` passing tests.
+pub async fn run_node_suite(
+    dir: &std::path::Path,
+    file: &str,
+    vars: Vec<(&'static str, String)>,
+    tests: usize,
+    log: impl FnOnce() -> String,
+) {
     let psql = gateway::devdb::find_binaries().expect("PostgreSQL binaries").join("psql");
     let out = tokio::task::spawn_blocking({
-        let (dir, base, url, file) = (dir.to_path_buf(), gw.base(), env.url.clone(), file.to_string());
+        let (dir, file) = (dir.to_path_buf(), file.to_string());
         move || {
             Command::new("node")
                 .args(["--test", "--test-concurrency=1", &file])
                 .current_dir(dir)
-                .env("GATEWAY_URL", base)
-                .env("DATABASE_URL", url)
                 .env("PSQL", psql)
-                .envs(extra)
+                .envs(vars)
                 .output()
                 .expect("run node")
         }
@@ -421,7 +432,7 @@ pub async fn node_suite(
     .await
     .unwrap();
     let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the Node suite {file} failed:\n{report}\ngateway log:\n{}", gw.log());
+    assert!(out.status.success(), "the Node suite {file} failed:\n{report}\ngateway log:\n{}", log());
     assert!(
         report.contains(&format!("# pass {tests}")) && report.contains("# fail 0"),
         "all {tests} tests of {file} ran:\n{report}"
