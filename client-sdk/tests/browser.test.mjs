@@ -296,6 +296,47 @@ test("queries on declared indexes, and a live query that re-runs when its rows c
   await context.close();
 });
 
+test("network-first writes show only once the gateway applied them", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await open(page, { items: { table: "items" } });
+  await cut(context, true);
+  await page.evaluate(() => {
+    window.written = window.sync.shape("items").put({ id: 700, title: "network first" }, { strategy: "network-first" }).then(() => "applied", (e) => e.message);
+  });
+  await new Promise((ok) => setTimeout(ok, 500));
+  assert.equal(await row(page, "items", 700), null, "not shown before the gateway applied it");
+  await cut(context, false);
+  await page.evaluate(() => window.dispatchEvent(new Event("online")));
+  assert.equal(await page.evaluate(() => window.written), "applied");
+  assert.equal((await row(page, "items", 700))?.title, "network first", "shown once applied");
+  assert.equal(sql("select title from items where id = 700"), "network first");
+  await context.close();
+});
+
+test("getToken is asked again when a token expires, and the stream goes on", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await page.evaluate(async ({ url, secret }) => {
+    const key = await crypto.subtle.importKey("raw", new TextEncoder().encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+    const text = (o) => b64(new TextEncoder().encode(JSON.stringify(o)));
+    window.tokens = 0;
+    const getToken = async () => {
+      window.tokens += 1;
+      const body = `${text({ alg: "HS256", typ: "JWT" })}.${text({ sub: "sdk-test", exp: Math.floor(Date.now() / 1000) + 3 })}`;
+      return `${body}.${b64(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(body)))}`;
+    };
+    window.sync = await window.openSync({ url, getToken, shapes: { items: { table: "items" } } });
+    await window.sync.ready("items");
+  }, { url: GATEWAY, secret: process.env.JWT_SECRET });
+  await new Promise((ok) => setTimeout(ok, 4500));
+  sql("update items set title = 'after the first token expired' where id = 11");
+  await until("the change after expiry", async () => (await row(page, "items", 11))?.title === "after the first token expired");
+  assert.ok((await page.evaluate(() => window.tokens)) >= 2, "getToken was called again");
+  await context.close();
+});
+
 test("a truncate makes the gateway rotate the shape: the store is cleared and resynced", { timeout: 30_000 }, async () => {
   const context = await browser.newContext();
   const page = await openPage(context);

@@ -43,5 +43,13 @@ async fn the_sdk_mirrors_shapes_and_syncs_its_outbox_in_chromium() {
     let mut gw = env.gateway_with(&["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()]);
     gw.ready().await;
     let token = token(json!({"sub": "sdk-test"}));
-    node_suite(&root.join("tests"), "browser.test.mjs", &env, &gw, vec![("TOKEN", token)], 9).await;
+    node_suite(
+        &root.join("tests"),
+        "browser.test.mjs",
+        &env,
+        &gw,
+        vec![("TOKEN", token), ("JWT_SECRET", SECRET.to_string())],
+        11,
+    )
+    .await;
 }

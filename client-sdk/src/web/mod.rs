@@ -27,6 +27,9 @@ use crate::values::{self, Schema};
 /// retries, echoes that will not come.
 const OUTBOX_TICK_MS: u32 = 1000;
 
+/// A token this close to its expiry (seconds) is replaced before the next request.
+const TOKEN_MARGIN_S: f64 = 5.0;
+
 /// Transactions remembered per shape: enough to cover the time a push's answer takes.
 const SEEN_TXIDS: usize = 1000;
 
@@ -313,9 +316,16 @@ impl Inner {
         self.emit(&[("type", "outbox".into()), ("entry", record.describe())]);
     }
 
-    /// The token for the next request; `fresh` asks `getToken` for a new one.
+    /// The token for the next request; `fresh` asks `getToken` for a new one, as does a
+    /// token about to expire (a live stream ends at expiry: the next request needs a new one).
     pub async fn token(&self, fresh: bool) -> Option<String> {
-        if (fresh || self.token.borrow().is_none())
+        let expiring = self
+            .token
+            .borrow()
+            .as_deref()
+            .and_then(expires_at)
+            .is_some_and(|exp| exp - TOKEN_MARGIN_S <= js_sys::Date::now() / 1000.0);
+        if (fresh || expiring || self.token.borrow().is_none())
             && let Some(get) = &self.get_token
             && let Ok(value) = get.call0(&JsValue::NULL)
         {
@@ -381,6 +391,24 @@ async fn work(inner: Rc<Inner>) {
         let wait = if failures > 0 { follow::backoff(failures).max(OUTBOX_TICK_MS / 4) } else { OUTBOX_TICK_MS };
         inner.nap(wait).await;
     }
+}
+
+/// A JWT's `exp` (not verified: the gateway does that), to renew it in time.
+fn expires_at(token: &str) -> Option<f64> {
+    let payload = token.split('.').nth(1)?;
+    let mut base64: String = payload
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while base64.len() % 4 != 0 {
+        base64.push('=');
+    }
+    let json = web_sys::window()?.atob(&base64).ok()?;
+    serde_json::from_str::<serde_json::Value>(&json).ok()?["exp"].as_f64()
 }
 
 /// This database's client id, made once.
