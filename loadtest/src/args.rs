@@ -1,0 +1,116 @@
+//! Command-line settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Sse,
+    LongPoll,
+    /// Half the subscribers on each.
+    Mixed,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sse => "sse",
+            Mode::LongPoll => "long-poll",
+            Mode::Mixed => "mixed",
+        }
+    }
+}
+
+/// What is measured, wherever the gateway runs.
+#[derive(Clone, Debug, clap::Args, serde::Serialize)]
+pub struct Load {
+    /// Distinct scopes (one shape each).
+    #[arg(long, default_value_t = 100)]
+    pub scopes: usize,
+    /// Subscribers, spread evenly over the scopes.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Rows written per second, each to a random scope.
+    #[arg(long, default_value_t = 100.0)]
+    pub write_rate: f64,
+    /// How long to write, e.g. `60s`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub duration: Duration,
+    #[arg(long, value_enum, default_value = "sse")]
+    pub mode: Mode,
+    /// The scoped table (created when missing).
+    #[arg(long, default_value = "loadtest_events")]
+    pub table: String,
+    /// Its scope column; tokens carry a claim of the same name.
+    #[arg(long, default_value = "scope")]
+    pub scope_column: String,
+    /// Connect subscribers through this URL (a proxy or cache) instead of the gateway's.
+    #[arg(long)]
+    pub through: Option<String>,
+    /// Where to write summary.json and report.html (default: loadtest-results/<time>).
+    #[arg(long)]
+    #[serde(skip)]
+    pub out: Option<PathBuf>,
+    /// Most seconds to wait after the writes for the last events.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub drain: Duration,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// The gateway's base URL (loopback or the project's own test hosts).
+    #[arg(long)]
+    pub gateway: String,
+    /// The gateway's database, for the writer.
+    #[arg(long)]
+    pub database_url: String,
+    /// The gateway's HS256 secret, to mint one token per scope. The gateway needs a rule
+    /// `[[table]] name = "<table>"  scope = "<scope_column> = :<scope_column>"`.
+    #[arg(long, env = "LOADTEST_JWT_SECRET")]
+    pub jwt_secret: String,
+    #[command(flatten)]
+    pub load: Load,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct LocalArgs {
+    /// The gateway binary (default: the one beside this binary).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: Load,
+}
+
+/// `90`, `90s`, `2m`, `500ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 2m or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("1h").is_err() && parse_duration("fast").is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! `loadtest local`: a throwaway PostgreSQL (the gateway's `devdb`, durable commits so
+//! latencies are real) and a gateway process with a rule scoping the table, then the run.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway::devdb::{DevOptions, DevPostgres};
+
+use crate::args::{LocalArgs, RunArgs};
+use crate::report::Summary;
+use crate::scenario::{self, RunError};
+
+/// A gateway process, stopped on drop.
+struct GatewayProcess(Child);
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
+    let bin = args.gateway_bin.clone().unwrap_or_else(beside_this_binary);
+    if !bin.is_file() {
+        return Err(RunError::Setup(format!(
+            "no gateway binary at {}: build it (`cargo build --release -p gateway`) or pass --gateway-bin",
+            bin.display()
+        )));
+    }
+    let options = DevOptions { fsync: true, settings: vec![("max_connections".into(), "200".into())] };
+    let pg = tokio::task::spawn_blocking(move || DevPostgres::start(&options))
+        .await
+        .map_err(|e| RunError::Setup(e.to_string()))?
+        .map_err(|e| RunError::Setup(format!("starting PostgreSQL: {e}")))?;
+    let url = pg.url("postgres");
+    let load = &args.load;
+    let rules = pg.root().join("loadtest.toml");
+    let rule = format!("[[table]]\nname = \"{}\"\nscope = \"{col} = :{col}\"\n", load.table, col = load.scope_column);
+    std::fs::write(&rules, rule).map_err(|e| RunError::Setup(e.to_string()))?;
+    // The table must exist before the gateway checks its rules.
+    let db = gateway::db::connect(&gateway::db::parse_url(&url).map_err(|e| RunError::Setup(e.to_string()))?)
+        .await
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    crate::writer::prepare(&db, &load.table, &load.scope_column)
+        .await
+        .map_err(|e| RunError::Setup(format!("creating {}: {e}", load.table)))?;
+    drop(db);
+    let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    let listen = free_port().map_err(|e| RunError::Setup(e.to_string()))?;
+    let base = format!("http://{listen}");
+    let log = std::fs::File::create(pg.root().join("gateway.log")).map_err(|e| RunError::Setup(e.to_string()))?;
+    let child = Command::new(&bin)
+        .args(["serve", "--database-url", &url, "--listen", &listen.to_string()])
+        .arg("--data-dir")
+        .arg(pg.root().join("gateway-data"))
+        .args(["--auth", "jwt", "--jwt-secret", &secret, "--config"])
+        .arg(&rules)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| RunError::Setup(format!("starting {}: {e}", bin.display())))?;
+    let gateway = GatewayProcess(child);
+    wait_ready(&base).await.map_err(|why| {
+        let log = std::fs::read_to_string(pg.root().join("gateway.log")).unwrap_or_default();
+        RunError::Setup(format!("{why}; its log:\n{log}"))
+    })?;
+    let run = RunArgs { gateway: base, database_url: url, jwt_secret: secret, load: args.load.clone() };
+    let result = scenario::run(run, Some(gateway.0.id())).await;
+    drop(gateway);
+    drop(pg);
+    result
+}
+
+/// `gateway` in the folder of this binary (cargo builds both into the same target folder).
+fn beside_this_binary() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("gateway"))).unwrap_or_else(|| "gateway".into())
+}
+
+fn free_port() -> std::io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+async fn wait_ready(base: &str) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the gateway did not become ready within 60 s".into())
+}

@@ -1,0 +1,40 @@
+//! A local process's memory and CPU, from `/proc`.
+
+use std::time::Instant;
+
+/// Resident set size in MiB.
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// CPU time used (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields count from after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU use between calls, as a percentage of one core.
+#[derive(Debug)]
+pub struct CpuMeter {
+    pid: u32,
+    last: Option<(Instant, u64)>,
+}
+
+impl CpuMeter {
+    pub fn new(pid: u32) -> CpuMeter {
+        CpuMeter { pid, last: None }
+    }
+
+    pub fn percent(&mut self) -> Option<f64> {
+        // USER_HZ, the unit of /proc/PID/stat, is 100 on every Linux architecture.
+        const TICKS_PER_SECOND: f64 = 100.0;
+        let now = (Instant::now(), cpu_ticks(self.pid)?);
+        let previous = self.last.replace(now)?;
+        let seconds = (now.0 - previous.0).as_secs_f64();
+        (seconds > 0.0).then(|| (now.1 - previous.1) as f64 / TICKS_PER_SECOND / seconds * 100.0)
+    }
+}

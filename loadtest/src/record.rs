@@ -1,0 +1,123 @@
+//! What the run measures as it goes: latencies (overall and per second), delivered events,
+//! connection counters, and one sample per second of the gateway's state.
+
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+
+/// Latencies in microseconds, up to an hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// Microseconds since the epoch: the clock both the writer and the subscribers read.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// One second of the run (from the first write).
+#[derive(Clone, Debug)]
+pub struct Second {
+    pub delivered: u64,
+    pub latency: Histogram<u64>,
+}
+
+/// The state sampled once a second.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    /// Seconds since the first write (negative while subscribers connect).
+    pub t: f64,
+    pub connected: usize,
+    pub gateway_rss_mb: Option<f64>,
+    pub gateway_cpu_percent: Option<f64>,
+    pub replication_lag_s: Option<f64>,
+}
+
+/// The timeline of a finished run.
+#[derive(Debug)]
+pub struct Recorded {
+    pub total: Histogram<u64>,
+    pub seconds: Vec<Second>,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// When the first write was sent.
+    writes_started: OnceLock<Instant>,
+    timeline: Mutex<Timeline>,
+    /// Subscribers whose first `up-to-date` arrived.
+    pub up_to_date: AtomicUsize,
+    /// Subscribers with a live connection open now.
+    pub connected: AtomicUsize,
+    pub delivered: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub http_errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Timeline {
+    total: Option<Histogram<u64>>,
+    seconds: Vec<Second>,
+    samples: Vec<(Instant, Sample)>,
+}
+
+impl Recorder {
+    pub fn start_writes(&self) {
+        let _ = self.writes_started.set(Instant::now());
+    }
+
+    /// Seconds since the first write (negative before).
+    pub fn clock(&self, at: Instant) -> f64 {
+        self.writes_started.get().map_or(
+            0.0,
+            |s| {
+                if at >= *s { (at - *s).as_secs_f64() } else { -(*s - at).as_secs_f64() }
+            },
+        )
+    }
+
+    /// One delivered event, `latency_us` after it was sent.
+    pub fn delivered(&self, latency_us: u64) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let second = self.clock(Instant::now()).max(0.0) as usize;
+        let mut t = self.timeline.lock().unwrap();
+        let value = latency_us.max(1);
+        let _ = t.total.get_or_insert_with(histogram).record(value);
+        while t.seconds.len() <= second {
+            t.seconds.push(Second { delivered: 0, latency: histogram() });
+        }
+        let s = &mut t.seconds[second];
+        s.delivered += 1;
+        let _ = s.latency.record(value);
+    }
+
+    /// A sample taken now; its `t` is set when the run is taken.
+    pub fn sample(&self, sample: Sample) {
+        self.timeline.lock().unwrap().samples.push((Instant::now(), sample));
+    }
+
+    /// The latency of the last whole second, at `q`, in ms.
+    pub fn recent_quantile_ms(&self, q: f64) -> Option<f64> {
+        let t = self.timeline.lock().unwrap();
+        let n = t.seconds.len();
+        let s = t.seconds.get(n.checked_sub(2)?)?;
+        (s.delivered > 0).then(|| s.latency.value_at_quantile(q) as f64 / 1000.0)
+    }
+
+    /// Everything recorded, for the report.
+    pub fn take(&self) -> Recorded {
+        let mut t = self.timeline.lock().unwrap();
+        Recorded {
+            total: t.total.take().unwrap_or_else(histogram),
+            seconds: std::mem::take(&mut t.seconds),
+            samples: std::mem::take(&mut t.samples)
+                .into_iter()
+                .map(|(at, sample)| Sample { t: self.clock(at), ..sample })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The results: `summary.json` (a stable schema, see loadtest/README.md), a self-contained
+//! `report.html` with its plots drawn as inline SVG, and a few lines on the terminal.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::args::Load;
+use crate::record::{Recorded, Recorder, Sample};
+use crate::scenario::Completeness;
+
+/// The version of `summary.json`'s layout.
+const SCHEMA: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub schema: u32,
+    /// No event missing, duplicated or foreign, and no HTTP error.
+    pub pass: bool,
+    pub failures: Vec<String>,
+    pub load: Load,
+    pub subscribers_up_to_date: usize,
+    pub catch_up_s: f64,
+    pub connect_ms: Spread,
+    pub written: u64,
+    pub write_rate: f64,
+    /// Events the subscribers should have received (each row × the subscribers of its scope).
+    pub expected: u64,
+    pub delivered: u64,
+    pub missing: u64,
+    pub duplicated: u64,
+    pub foreign: u64,
+    /// Send (just before the INSERT) → the subscriber has the event, over every event.
+    pub latency_ms: Latency,
+    pub events_per_s: f64,
+    pub reconnects: u64,
+    pub http_errors: u64,
+    pub gateway: GatewayStats,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Spread {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Only known when `loadtest local` started the gateway (memory, CPU) or it serves /metrics (lag).
+#[derive(Debug, Default, Serialize)]
+pub struct GatewayStats {
+    pub rss_mb_max: Option<f64>,
+    pub cpu_percent_mean: Option<f64>,
+    pub replication_lag_s_max: Option<f64>,
+}
+
+pub struct Inputs<'a> {
+    pub load: &'a Load,
+    pub recorder: &'a Recorder,
+    pub recorded: &'a Recorded,
+    pub catch_up: Duration,
+    pub write_secs: f64,
+    pub written: u64,
+    pub expected: u64,
+    pub completeness: Completeness,
+    pub connects: Vec<Duration>,
+}
+
+pub fn summarize(i: Inputs<'_>) -> Summary {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = i.recorder;
+    let (total, samples) = (&i.recorded.total, &i.recorded.samples);
+    let ms = |v: u64| v as f64 / 1000.0;
+    let latency = Latency {
+        p50: ms(total.value_at_quantile(0.5)),
+        p90: ms(total.value_at_quantile(0.9)),
+        p99: ms(total.value_at_quantile(0.99)),
+        p999: ms(total.value_at_quantile(0.999)),
+        max: ms(total.max()),
+        mean: total.mean() / 1000.0,
+    };
+    let mut connects: Vec<f64> = i.connects.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    connects.sort_by(f64::total_cmp);
+    let at = |q: f64| connects.get(((connects.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+    let max_of = |f: fn(&Sample) -> Option<f64>| samples.iter().filter_map(f).reduce(f64::max);
+    let cpu: Vec<f64> = samples.iter().filter(|s| s.t >= 0.0).filter_map(|s| s.gateway_cpu_percent).collect();
+    let (delivered, http_errors) = (r.delivered.load(Relaxed), r.http_errors.load(Relaxed));
+    let c = i.completeness;
+    let mut failures = Vec::new();
+    for (n, what) in [(c.missing, "missing"), (c.duplicated, "duplicated"), (c.foreign, "foreign")] {
+        if n > 0 {
+            failures.push(format!("{n} {what} events"));
+        }
+    }
+    if http_errors > 0 {
+        failures.push(format!("{http_errors} HTTP errors"));
+    }
+    Summary {
+        schema: SCHEMA,
+        pass: failures.is_empty(),
+        failures,
+        load: i.load.clone(),
+        subscribers_up_to_date: r.up_to_date.load(Relaxed),
+        catch_up_s: i.catch_up.as_secs_f64(),
+        connect_ms: Spread { p50: at(0.5), p99: at(0.99), max: connects.last().copied().unwrap_or(0.0) },
+        written: i.written,
+        write_rate: i.written as f64 / i.write_secs.max(f64::EPSILON),
+        expected: i.expected,
+        delivered,
+        missing: c.missing,
+        duplicated: c.duplicated,
+        foreign: c.foreign,
+        latency_ms: latency,
+        events_per_s: delivered as f64 / i.write_secs.max(f64::EPSILON),
+        reconnects: r.reconnects.load(Relaxed),
+        http_errors,
+        gateway: GatewayStats {
+            rss_mb_max: max_of(|s| s.gateway_rss_mb),
+            cpu_percent_mean: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
+            replication_lag_s_max: max_of(|s| s.replication_lag_s),
+        },
+    }
+}
+
+/// Writes `summary.json` and `report.html` into `dir`.
+pub fn write(dir: &Path, summary: &Summary, recorded: &Recorded) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("summary.json"), json + "\n")?;
+    std::fs::write(dir.join("report.html"), html(summary, recorded))
+}
+
+pub fn print(s: &Summary, dir: &Path) {
+    let l = &s.latency_ms;
+    println!(
+        "{}: {} subscribers over {} scopes ({}), {} rows at {:.0}/s",
+        if s.pass { "PASS" } else { "FAIL" },
+        s.load.subscribers,
+        s.load.scopes,
+        s.load.mode.name(),
+        s.written,
+        s.write_rate
+    );
+    println!(
+        "  delivered {}/{} events ({:.0}/s): missing {}, duplicated {}, foreign {}; reconnects {}, HTTP errors {}",
+        s.delivered, s.expected, s.events_per_s, s.missing, s.duplicated, s.foreign, s.reconnects, s.http_errors
+    );
+    println!(
+        "  latency send → client: p50 {:.1} ms, p90 {:.1}, p99 {:.1}, p99.9 {:.1}, max {:.1}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    println!(
+        "  catch-up {:.1}s (connect p50 {:.0} ms, p99 {:.0} ms); gateway RSS max {}, CPU mean {}, replication lag max {}",
+        s.catch_up_s,
+        s.connect_ms.p50,
+        s.connect_ms.p99,
+        s.gateway.rss_mb_max.map_or("–".into(), |v| format!("{v:.0} MB")),
+        s.gateway.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}%")),
+        s.gateway.replication_lag_s_max.map_or("–".into(), |v| format!("{v:.2}s"))
+    );
+    println!("  report: {}", dir.join("report.html").display());
+}
+
+fn html(s: &Summary, r: &Recorded) -> String {
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let at = |i: usize| i as f64 + 0.5;
+    let percentile = |q: f64| -> Vec<(f64, f64)> {
+        r.seconds.iter().enumerate().filter(|(_, x)| x.delivered > 0).map(|(i, x)| (at(i), ms(&x.latency, q))).collect()
+    };
+    let latency_chart = line_chart(
+        "Latency over time (send → client)",
+        "ms",
+        &[
+            ("p50", "#2b7bb9", percentile(0.5)),
+            ("p90", "#e09b2d", percentile(0.9)),
+            ("p99", "#c0392b", percentile(0.99)),
+        ],
+    );
+    let rate_chart = line_chart(
+        "Events delivered per second",
+        "events/s",
+        &[("events/s", "#2b7bb9", r.seconds.iter().enumerate().map(|(i, x)| (at(i), x.delivered as f64)).collect())],
+    );
+    let connected_chart = line_chart(
+        "Subscribers connected (t < 0: catching up)",
+        "subscribers",
+        &[("connected", "#27ae60", r.samples.iter().map(|x| (x.t, x.connected as f64)).collect())],
+    );
+    let rss: Vec<(f64, f64)> = r.samples.iter().filter_map(|x| Some((x.t, x.gateway_rss_mb?))).collect();
+    let rss_chart = if rss.is_empty() {
+        String::new()
+    } else {
+        line_chart("Gateway memory (RSS)", "MB", &[("RSS", "#8e44ad", rss)])
+    };
+    let (labels, counts) = histogram_buckets(&r.total);
+    let histogram_chart = bar_chart("Latency histogram (all events)", &labels, &counts);
+    let l = &s.latency_ms;
+    let verdict = if s.pass {
+        "<b class=pass>PASS</b>".to_string()
+    } else {
+        format!("<b class=fail>FAIL</b>: {}", escape(&s.failures.join("; ")))
+    };
+    let rows = [
+        ("subscribers / scopes / mode", format!("{} / {} / {}", s.load.subscribers, s.load.scopes, s.load.mode.name())),
+        ("rows written", format!("{} at {:.0}/s for {:.0}s", s.written, s.write_rate, s.load.duration.as_secs_f64())),
+        ("events delivered", format!("{} of {} ({:.0}/s)", s.delivered, s.expected, s.events_per_s)),
+        ("missing / duplicated / foreign", format!("{} / {} / {}", s.missing, s.duplicated, s.foreign)),
+        (
+            "latency p50 / p90 / p99 / p99.9 / max",
+            format!("{:.1} / {:.1} / {:.1} / {:.1} / {:.1} ms", l.p50, l.p90, l.p99, l.p999, l.max),
+        ),
+        (
+            "catch-up, connect p50 / p99",
+            format!("{:.1}s, {:.0} / {:.0} ms", s.catch_up_s, s.connect_ms.p50, s.connect_ms.p99),
+        ),
+        ("reconnects, HTTP errors", format!("{}, {}", s.reconnects, s.http_errors)),
+        (
+            "gateway RSS max, CPU mean",
+            format!(
+                "{}, {}",
+                s.gateway.rss_mb_max.map_or("–".into(), |v| format!("{v:.0} MB")),
+                s.gateway.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}% of a core"))
+            ),
+        ),
+        ("replication lag max", s.gateway.replication_lag_s_max.map_or("–".into(), |v| format!("{v:.2} s"))),
+    ];
+    let table: String = rows.iter().map(|(k, v)| format!("<tr><th>{k}</th><td>{}</td></tr>", escape(v))).collect();
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>loadtest report</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0 2rem; }}
+th {{ text-align: left; font-weight: normal; color: #555; padding: .2rem 1.5rem .2rem 0; }}
+.pass {{ color: #1e7e34; }} .fail {{ color: #b02a1e; }}
+.charts {{ display: grid; grid-template-columns: 1fr 1fr; gap: 1.5rem; }}
+svg text {{ font: 11px system-ui, sans-serif; fill: #444; }}
+</style></head><body>
+<h1>Scoped fan-out: {verdict}</h1>
+<table>{table}</table>
+<div class="charts">{latency_chart}{histogram_chart}{rate_chart}{connected_chart}{rss_chart}</div>
+</body></html>
+"#
+    )
+}
+
+/// Counts per latency range, in ms.
+fn histogram_buckets(h: &Histogram<u64>) -> (Vec<String>, Vec<u64>) {
+    const EDGES_MS: [u64; 11] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000];
+    let mut labels = Vec::new();
+    let mut counts = Vec::new();
+    let mut low = 0u64;
+    for &edge in &EDGES_MS {
+        labels.push(format!("<{edge}"));
+        counts.push(h.count_between(low * 1000, edge * 1000 - 1));
+        low = edge;
+    }
+    labels.push(format!("≥{low}"));
+    counts.push(h.count_between(low * 1000, u64::MAX));
+    (labels, counts)
+}
+
+const WIDTH: f64 = 440.0;
+const HEIGHT: f64 = 240.0;
+const LEFT: f64 = 52.0;
+const BOTTOM: f64 = 30.0;
+const TOP: f64 = 40.0;
+
+/// A line chart with axes, five ticks each, and a legend.
+/// A named line: its name, colour and points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
+    let points = series.iter().flat_map(|(_, _, p)| p.iter());
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
+    for &(x, y) in points {
+        (x0, x1, y1) = (x0.min(x), x1.max(x), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if (x1 - x0).abs() < f64::EPSILON {
+        x1 = x0 + 1.0;
+    }
+    let y1 = nice_ceiling(y1);
+    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - 10.0);
+    let sy = |y: f64| HEIGHT - BOTTOM - y / y1 * (HEIGHT - BOTTOM - TOP);
+    let mut svg = frame(title);
+    y_grid(&mut svg, y1, sy);
+    for i in 0..=4 {
+        let x = x0 + (x1 - x0) * f64::from(i) / 4.0;
+        let (px, label_y) = (sx(x), HEIGHT - BOTTOM + 14.0);
+        let _ = write!(svg, r#"<text x="{px:.1}" y="{label_y}" text-anchor="middle">{x:.0}s</text>"#);
+    }
+    let _ = write!(svg, r#"<text x="4" y="{}">{}</text>"#, TOP - 10.0, escape(unit));
+    for (n, (name, color, points)) in series.iter().enumerate() {
+        let path: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        let _ =
+            write!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{}"/>"#, path.join(" "));
+        let lx = WIDTH - 70.0 * (series.len() - n) as f64;
+        let _ = write!(
+            svg,
+            r#"<rect x="{lx}" y="20" width="10" height="10" fill="{color}"/><text x="{}" y="29">{}</text>"#,
+            lx + 14.0,
+            escape(name)
+        );
+    }
+    svg + "</svg>"
+}
+
+fn bar_chart(title: &str, labels: &[String], counts: &[u64]) -> String {
+    let top = nice_ceiling(counts.iter().copied().max().unwrap_or(0) as f64);
+    let step = (WIDTH - LEFT - 10.0) / labels.len().max(1) as f64;
+    let sy = |y: f64| HEIGHT - BOTTOM - y / top * (HEIGHT - BOTTOM - TOP);
+    let mut svg = frame(title);
+    y_grid(&mut svg, top, sy);
+    for (i, (label, &count)) in labels.iter().zip(counts).enumerate() {
+        let x = LEFT + step * i as f64;
+        let _ = write!(
+            svg,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#2b7bb9"><title>{label} ms: {count}</title></rect><text x="{:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            x + 2.0,
+            sy(count as f64),
+            step - 4.0,
+            HEIGHT - BOTTOM - sy(count as f64),
+            x + step / 2.0,
+            HEIGHT - BOTTOM + 14.0,
+            escape(label)
+        );
+    }
+    let _ = write!(svg, r#"<text x="{:.1}" y="{}" text-anchor="middle">ms</text>"#, WIDTH / 2.0, HEIGHT - 2.0);
+    svg + "</svg>"
+}
+
+/// Five horizontal grid lines from 0 to `top`, labelled.
+fn y_grid(svg: &mut String, top: f64, sy: impl Fn(f64) -> f64) {
+    for i in 0..=4 {
+        let y = top * f64::from(i) / 4.0;
+        let (right, ty, label_x, tick) = (WIDTH - 10.0, sy(y), LEFT - 4.0, short(y));
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" x2="{right}" y1="{ty:.1}" y2="{ty:.1}" stroke="#eee"/><text x="{label_x}" y="{:.1}" text-anchor="end">{tick}</text>"##,
+            ty + 4.0
+        );
+    }
+}
+
+fn frame(title: &str) -> String {
+    let (title, axis_y, right) = (escape(title), HEIGHT - BOTTOM, WIDTH - 10.0);
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%"><text x="{LEFT}" y="14" font-weight="bold">{title}</text><line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{axis_y}" stroke="#999"/><line x1="{LEFT}" x2="{right}" y1="{axis_y}" y2="{axis_y}" stroke="#999"/>"##
+    )
+}
+
+/// The next round number at or above `v` (1, 2 or 5 × 10ⁿ).
+fn nice_ceiling(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|&c| c >= v).unwrap_or(10.0 * magnitude)
+}
+
+fn short(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axes_end_on_round_numbers() {
+        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_ceiling(7.3), 10.0);
+        assert_eq!(nice_ceiling(130.0), 200.0);
+        assert_eq!(nice_ceiling(0.04), 0.05);
+    }
+
+    #[test]
+    fn charts_are_well_formed_svg() {
+        let chart = line_chart("t <x>", "ms", &[("p50", "#000", vec![(0.5, 1.0), (1.5, 3.0)])]);
+        assert!(chart.starts_with("<svg") && chart.ends_with("</svg>") && chart.contains("t &lt;x&gt;"));
+        assert!(chart.contains("<polyline"));
+        let mut h = crate::record::histogram();
+        h.record(1500).unwrap();
+        h.record(250_000).unwrap();
+        let (labels, counts) = histogram_buckets(&h);
+        assert_eq!(counts.iter().sum::<u64>(), 2);
+        assert_eq!(labels.len(), counts.len());
+    }
+}

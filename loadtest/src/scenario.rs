@@ -1,0 +1,267 @@
+//! One run: subscribers connect and catch up, the writer writes for the duration, the last
+//! events drain, then every subscriber's events are checked against what was written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Mode, RunArgs};
+use crate::procfs::{CpuMeter, rss_mb};
+use crate::record::{Recorder, Sample};
+use crate::report::{self, Summary};
+use crate::subscriber::{Seen, Subscriber, scope_name};
+
+/// Subscribers taking their first snapshot at the same time.
+const CONNECTING: usize = 256;
+/// Most time for every subscriber to catch up.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{connected} of {wanted} subscribers caught up within {limit:?}; the gateway's log says why")]
+    CatchUp { connected: usize, wanted: usize, limit: Duration },
+    #[error("writing: {0}")]
+    Write(String),
+    #[error("writing the report to {path}: {source}")]
+    Report { path: String, source: std::io::Error },
+}
+
+/// Runs the load against `args.gateway`; `gateway_pid` adds its memory and CPU.
+pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, RunError> {
+    let load = args.load.clone();
+    if load.scopes == 0 || load.subscribers == 0 || load.write_rate <= 0.0 {
+        return Err(RunError::Setup("--scopes, --subscribers and --write-rate must be above 0".into()));
+    }
+    let open_files = gateway::limits::raise_open_files();
+    if open_files.is_some_and(|n| (n as usize) < load.subscribers + 64) {
+        eprintln!(
+            "loadtest: the open-files limit is {open_files:?}, below one socket per subscriber: raise `ulimit -n` (hard limit) or expect connection errors"
+        );
+    }
+    let db =
+        gateway::db::connect(&gateway::db::parse_url(&args.database_url).map_err(|e| RunError::Setup(e.to_string()))?)
+            .await
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+    let first_id = crate::writer::prepare(&db, &load.table, &load.scope_column)
+        .await
+        .map_err(|e| RunError::Setup(format!("creating {}: {e}", load.table)))?;
+    let base = load.through.clone().unwrap_or_else(|| args.gateway.clone());
+    let shape_url = format!("{}/v1/shape", base.trim_end_matches('/'));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+
+    let recorder = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+    let expires = SystemTime::now() + load.duration + CATCH_UP_LIMIT + Duration::from_secs(3600);
+    let tokens: Vec<String> =
+        (0..load.scopes).map(|s| token(&args.jwt_secret, &load.scope_column, s, expires)).collect::<Result<_, _>>()?;
+    let progress = progress_bar();
+    let started = Instant::now();
+    let subscribers: Vec<_> = (0..load.subscribers)
+        .map(|i| {
+            let scope = i % load.scopes;
+            let sub = Subscriber {
+                scope,
+                token: tokens[scope].clone(),
+                sse: match load.mode {
+                    Mode::Sse => true,
+                    Mode::LongPoll => false,
+                    Mode::Mixed => i % 2 == 0,
+                },
+                shape_url: shape_url.clone(),
+                table: load.table.clone(),
+                first_id,
+            };
+            tokio::spawn(sub.run(http.clone(), recorder.clone(), connecting.clone(), stop.clone()))
+        })
+        .collect();
+    let sampler = tokio::spawn(sample(recorder.clone(), args.gateway.clone(), gateway_pid, stop.clone()));
+
+    // Catch-up: every subscriber has its snapshot and is live.
+    while recorder.up_to_date.load(Ordering::Relaxed) < load.subscribers {
+        let up = recorder.up_to_date.load(Ordering::Relaxed);
+        progress.set_message(format!("connecting: {up}/{} subscribers up to date", load.subscribers));
+        if started.elapsed() > CATCH_UP_LIMIT {
+            stop.cancel();
+            progress.finish_and_clear();
+            return Err(RunError::CatchUp { connected: up, wanted: load.subscribers, limit: CATCH_UP_LIMIT });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let catch_up = started.elapsed();
+
+    // The writes, with progress.
+    recorder.start_writes();
+    let writer = tokio::spawn({
+        let (url, load) = (args.database_url.clone(), load.clone());
+        async move {
+            crate::writer::write(&url, &load.table, &load.scope_column, load.scopes, load.write_rate, load.duration)
+                .await
+        }
+    });
+    let writing = Instant::now();
+    while !writer.is_finished() {
+        progress.set_message(format!(
+            "writing {:.0}/{:.0}s: {} connected, {} events, p99 {}",
+            writing.elapsed().as_secs_f64(),
+            load.duration.as_secs_f64(),
+            recorder.connected.load(Ordering::Relaxed),
+            recorder.delivered.load(Ordering::Relaxed),
+            recorder.recent_quantile_ms(0.99).map_or("–".into(), |ms| format!("{ms:.1} ms"))
+        ));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let written = writer.await.map_err(|e| RunError::Write(e.to_string()))?.map_err(RunError::Write)?;
+    let write_secs = writing.elapsed().as_secs_f64();
+
+    // Drain: until every expected event arrived, or the limit.
+    let mut per_scope = vec![0u64; load.scopes];
+    for &(_, scope) in &written {
+        per_scope[scope] += 1;
+    }
+    let subscribers_per_scope =
+        |s: usize| (load.subscribers / load.scopes + usize::from(s < load.subscribers % load.scopes)) as u64;
+    let expected: u64 = per_scope.iter().enumerate().map(|(s, n)| n * subscribers_per_scope(s)).sum();
+    let draining = Instant::now();
+    while recorder.delivered.load(Ordering::Relaxed) < expected && draining.elapsed() < load.drain {
+        progress.set_message(format!("draining: {}/{expected} events", recorder.delivered.load(Ordering::Relaxed)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A little longer, so duplicates that would follow show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let mut seen: Vec<Seen> = Vec::with_capacity(subscribers.len());
+    for s in subscribers {
+        seen.push(s.await.map_err(|e| RunError::Setup(e.to_string()))?);
+    }
+    let _ = sampler.await;
+    progress.finish_and_clear();
+
+    let completeness = check(&written, &seen);
+    let recorded = recorder.take();
+    let summary = report::summarize(report::Inputs {
+        load: &load,
+        recorder: &recorder,
+        recorded: &recorded,
+        catch_up,
+        write_secs,
+        written: written.len() as u64,
+        expected,
+        completeness,
+        connects: seen.iter().filter_map(|s| s.connect).collect(),
+    });
+    let out = load.out.clone().unwrap_or_else(default_out);
+    report::write(&out, &summary, &recorded)
+        .map_err(|source| RunError::Report { path: out.display().to_string(), source })?;
+    report::print(&summary, &out);
+    Ok(summary)
+}
+
+/// Missing, duplicated and foreign events over all subscribers.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Completeness {
+    pub missing: u64,
+    pub duplicated: u64,
+    pub foreign: u64,
+}
+
+fn check(written: &[(u64, usize)], seen: &[Seen]) -> Completeness {
+    let mut by_scope: HashMap<usize, Vec<u64>> = HashMap::new();
+    let scope_of: HashMap<u64, usize> = written.iter().copied().collect();
+    for &(id, scope) in written {
+        by_scope.entry(scope).or_default().push(id);
+    }
+    let mut c = Completeness::default();
+    for s in seen {
+        let mut ids = s.ids.clone();
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        c.duplicated += (before - ids.len()) as u64;
+        c.foreign += ids.iter().filter(|id| scope_of.get(id).is_some_and(|&sc| sc != s.scope)).count() as u64;
+        let mine = by_scope.get(&s.scope).map_or(&[][..], Vec::as_slice);
+        c.missing += mine.iter().filter(|id| ids.binary_search(id).is_err()).count() as u64;
+    }
+    c
+}
+
+/// One sample a second of connected subscribers and the gateway's memory, CPU and lag.
+async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop: CancellationToken) {
+    let http = reqwest::Client::new();
+    let mut cpu = pid.map(CpuMeter::new);
+    let metrics = format!("{}/metrics", gateway.trim_end_matches('/'));
+    while !stop.is_cancelled() {
+        let lag = match http.get(&metrics).send().await {
+            Ok(r) => r.text().await.ok().and_then(|body| {
+                body.lines()
+                    .find_map(|l| l.strip_prefix("gateway_replication_lag_seconds "))
+                    .and_then(|v| v.trim().parse().ok())
+            }),
+            Err(_) => None,
+        };
+        recorder.sample(Sample {
+            t: 0.0,
+            connected: recorder.connected.load(Ordering::Relaxed),
+            gateway_rss_mb: pid.and_then(rss_mb),
+            gateway_cpu_percent: cpu.as_mut().and_then(CpuMeter::percent),
+            replication_lag_s: lag,
+        });
+        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.cancelled() => {} }
+    }
+}
+
+fn token(secret: &str, claim: &str, scope: usize, expires: SystemTime) -> Result<String, RunError> {
+    let exp = expires.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let claims = serde_json::json!({ claim: scope_name(scope), "sub": format!("loadtest-{scope}"), "exp": exp });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| RunError::Setup(format!("minting tokens: {e}")))
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// `loadtest-results/<unix time>`.
+fn default_out() -> std::path::PathBuf {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    std::path::PathBuf::from("loadtest-results").join(now.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(scope: usize, ids: &[u64]) -> Seen {
+        Seen { scope, ids: ids.to_vec(), connect: None }
+    }
+
+    #[test]
+    fn completeness_counts_missing_duplicated_and_foreign_events() {
+        let written = [(1, 0), (2, 1), (3, 0)];
+        let all_good = [seen(0, &[1, 3]), seen(1, &[2])];
+        assert_eq!(check(&written, &all_good).missing + check(&written, &all_good).duplicated, 0);
+        let bad = [seen(0, &[1, 1, 2]), seen(1, &[])];
+        let c = check(&written, &bad);
+        assert_eq!((c.missing, c.duplicated, c.foreign), (2, 1, 1), "3 and 2 missing, 1 twice, 2 foreign");
+    }
+}

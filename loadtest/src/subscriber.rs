@@ -1,0 +1,169 @@
+//! One subscriber: follows its scope's shape with the shape protocol (the client SDK's
+//! state machine), over SSE or long-polling, and keeps the ids of the rows it was sent.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use client_sdk::protocol::{Change, Outcome, Response, ShapeDefinition, ShapeStream};
+use client_sdk::sse::EventParser;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::{Recorder, now_us};
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub scope: usize,
+    /// Ids of the rows written during the run, in arrival order.
+    pub ids: Vec<u64>,
+    /// Time from start to the first `up-to-date`.
+    pub connect: Option<Duration>,
+}
+
+pub struct Subscriber {
+    pub scope: usize,
+    pub token: String,
+    pub sse: bool,
+    /// The shape URL without its position (`…/v1/shape?table=…`).
+    pub shape_url: String,
+    pub table: String,
+    /// Rows with an id below this were there before the run.
+    pub first_id: u64,
+}
+
+impl Subscriber {
+    /// Follows the shape until `stop`; `connecting` limits how many take their snapshot at once.
+    pub async fn run(
+        self,
+        http: reqwest::Client,
+        recorder: Arc<Recorder>,
+        connecting: Arc<tokio::sync::Semaphore>,
+        stop: CancellationToken,
+    ) -> Seen {
+        let started = Instant::now();
+        let mut seen = Seen { scope: self.scope, ..Seen::default() };
+        let shape = ShapeDefinition { table: self.table.clone(), ..ShapeDefinition::default() };
+        let mut stream = ShapeStream::default();
+        let mut permit = Some(connecting.acquire_owned().await);
+        let mut failures = 0u32;
+        while !stop.is_cancelled() {
+            let live_sse = self.sse && stream.position.live;
+            let step = tokio::select! {
+                step = self.step(&http, &shape, &mut stream, live_sse, &recorder, &mut seen) => step,
+                _ = stop.cancelled() => break,
+            };
+            match step {
+                Ok(caught_up) => {
+                    failures = 0;
+                    if caught_up && seen.connect.is_none() {
+                        seen.connect = Some(started.elapsed());
+                        permit = None;
+                        recorder.up_to_date.fetch_add(1, Ordering::Relaxed);
+                        recorder.connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if live_sse {
+                        recorder.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {
+                    recorder.http_errors.fetch_add(1, Ordering::Relaxed);
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * u64::from(failures.min(10)));
+                    tokio::select! { _ = tokio::time::sleep(pause) => {}, _ = stop.cancelled() => break }
+                }
+            }
+        }
+        drop(permit);
+        if seen.connect.is_some() {
+            recorder.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        seen
+    }
+
+    /// One request: `Ok(true)` when it ended caught up.
+    async fn step(
+        &self,
+        http: &reqwest::Client,
+        shape: &ShapeDefinition,
+        stream: &mut ShapeStream,
+        live_sse: bool,
+        recorder: &Recorder,
+        seen: &mut Seen,
+    ) -> Result<bool, String> {
+        let mut query = stream.query(shape);
+        if live_sse {
+            query.push(("live_sse".into(), "true".into()));
+        }
+        let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
+        let request = http.get(format!("{}?{query}", self.shape_url)).bearer_auth(&self.token);
+        let request = if live_sse { request.header("accept", "text/event-stream") } else { request };
+        let resp = request.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (handle, offset, cursor, schema) = (
+            header("electric-handle"),
+            header("electric-offset"),
+            header("electric-cursor"),
+            header("electric-schema"),
+        );
+        if live_sse && status == 200 {
+            stream.on_events_open(cursor.as_deref());
+            let mut parser = EventParser::default();
+            let mut body = resp.bytes_stream();
+            let mut caught_up = false;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                for data in parser.feed(&String::from_utf8_lossy(&chunk)) {
+                    if let Outcome::Apply(changes) = stream.on_event(&data).map_err(|e| e.to_string())? {
+                        self.take(&changes, recorder, seen);
+                        caught_up = true;
+                    }
+                }
+            }
+            return Ok(caught_up);
+        }
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        let response = Response {
+            status,
+            handle: handle.as_deref(),
+            offset: offset.as_deref(),
+            cursor: cursor.as_deref(),
+            schema: schema.as_deref(),
+            body: &body,
+        };
+        match stream.on_response(&response).map_err(|e| e.to_string())? {
+            Outcome::Apply(changes) => {
+                self.take(&changes, recorder, seen);
+                Ok(true)
+            }
+            Outcome::Continue => Ok(false),
+            Outcome::Refetch => {
+                recorder.reconnects.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+        }
+    }
+
+    fn take(&self, changes: &[Change], recorder: &Recorder, seen: &mut Seen) {
+        let now = now_us();
+        let first_id = self.first_id;
+        for change in changes {
+            let field = |name: &str| change.value.get(name).and_then(|v| v.as_str());
+            let Some(id) = field("id").and_then(|v| v.parse::<u64>().ok()) else { continue };
+            if id < first_id {
+                continue; // a row from before the run
+            }
+            seen.ids.push(id);
+            if let Some(sent) = field("sent_us").and_then(|v| v.parse::<u64>().ok()) {
+                recorder.delivered(now.saturating_sub(sent));
+            }
+        }
+    }
+}
+
+/// The scope value of scope `i` (the writer's and the tokens').
+pub fn scope_name(i: usize) -> String {
+    format!("s{i}")
+}

@@ -1,0 +1,48 @@
+//! A short `loadtest local` run: 200 subscribers over 20 scopes for 10 s must get exactly
+//! their scope's events, and the report files must be written and parse.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The gateway binary `loadtest local` starts; built here when missing (`cargo test
+/// --workspace` builds it anyway).
+fn gateway_bin() -> std::path::PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_loadtest")).with_file_name("gateway");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "-p", "gateway", "--bin", "gateway"]).status().unwrap();
+        assert!(status.success(), "building the gateway failed");
+    }
+    bin
+}
+
+#[test]
+fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_report() {
+    let out = std::env::temp_dir().join(format!("loadtest-test-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["local", "--subscribers", "200", "--scopes", "20", "--duration", "10s", "--write-rate", "50"])
+        .args(["--mode", "mixed", "--out"])
+        .arg(&out)
+        .arg("--gateway-bin")
+        .arg(gateway_bin())
+        .output()
+        .unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the run failed:\n{printed}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["schema"], 1);
+    assert_eq!(summary["pass"], true, "{summary}");
+    for field in ["missing", "duplicated", "foreign", "http_errors"] {
+        assert_eq!(summary[field], 0, "{field}: {summary}");
+    }
+    let written = summary["written"].as_u64().unwrap();
+    assert!(written >= 400, "about 50 rows/s for 10 s were written: {written}");
+    assert_eq!(summary["delivered"].as_u64(), Some(written * 10), "each row reached the 10 subscribers of its scope");
+    assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(summary["gateway"]["rss_mb_max"].as_f64().unwrap() > 0.0, "the local gateway's memory was sampled");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("PASS") && html.ends_with("</html>\n"));
+    assert_eq!(html.matches("<svg").count(), 5, "latency over time, histogram, events/s, connected, memory");
+    let _ = std::fs::remove_dir_all(out);
+}
