@@ -94,6 +94,32 @@ async fn protocol_headers_etags_and_409s() {
 }
 
 #[tokio::test]
+async fn an_idle_shape_resumes_from_the_global_last_seen_lsn() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("create table other (id int4 primary key)").await;
+    let gw = env.ready_gateway().await;
+    let base = gw.base();
+    let idle = get(&format!("{base}/v1/shape?table=items&offset=-1")).await;
+    let handle = idle.headers["electric-handle"].to_str().unwrap().to_string();
+    assert_eq!(get(&format!("{base}/v1/shape?table=other&offset=-1")).await.status, 200);
+    env.sql("insert into other values (1)").await;
+    // A transaction on another table moves the global position; this shape's log stays put.
+    let lsn = loop {
+        let r = get(&format!("{base}/v1/shape?table=items&offset=0_inf&handle={handle}&live=true&cursor=")).await;
+        let seen = r.body.as_array().unwrap().iter().find_map(|m| m["headers"]["global_last_seen_lsn"].as_str());
+        if let Some(lsn) = seen.filter(|l| *l != "0") {
+            break lsn.to_string();
+        }
+    };
+    let resumed = get(&format!("{base}/v1/shape?table=items&offset={lsn}_0&handle={handle}&live=true&cursor=")).await;
+    assert_eq!(resumed.status, 200, "`<global_last_seen_lsn>_0` is a valid resume point: {:?}", resumed.body);
+    env.sql("insert into items (id, org, title) values (9001, 'o', 'after')").await;
+    let next = get(&format!("{base}/v1/shape?table=items&offset={lsn}_0&handle={handle}&live=true&cursor=")).await;
+    assert!(next.body.to_string().contains("9001"), "the next change comes after it: {}", next.body);
+}
+
+#[tokio::test]
 async fn sse_streams_each_message_and_up_to_date() {
     let env = Env::new().await;
     env.sql(ITEMS).await;

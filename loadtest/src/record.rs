@@ -56,6 +56,8 @@ pub struct Recorder {
     pub delivered: AtomicU64,
     pub reconnects: AtomicU64,
     pub http_errors: AtomicU64,
+    /// The first few distinct errors, to say what failed.
+    errors: Mutex<Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +95,19 @@ impl Recorder {
         let s = &mut t.seconds[second];
         s.delivered += 1;
         let _ = s.latency.record(value);
+    }
+
+    /// A failed request.
+    pub fn error(&self, what: String) {
+        self.http_errors.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() < 10 && !errors.contains(&what) {
+            errors.push(what);
+        }
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
     }
 
     /// A sample taken now; its `t` is set when the run is taken.

@@ -105,7 +105,7 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
         }
     }
     if http_errors > 0 {
-        failures.push(format!("{http_errors} HTTP errors"));
+        failures.push(format!("{http_errors} HTTP errors ({})", r.errors().join("; ")));
     }
     Summary {
         schema: SCHEMA,

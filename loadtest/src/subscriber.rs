@@ -67,8 +67,8 @@ impl Subscriber {
                         recorder.reconnects.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Err(_) => {
-                    recorder.http_errors.fetch_add(1, Ordering::Relaxed);
+                Err(why) => {
+                    recorder.error(why);
                     failures += 1;
                     let pause = Duration::from_millis(100 * u64::from(failures.min(10)));
                     tokio::select! { _ = tokio::time::sleep(pause) => {}, _ = stop.cancelled() => break }
@@ -99,7 +99,7 @@ impl Subscriber {
         let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
         let request = http.get(format!("{}?{query}", self.shape_url)).bearer_auth(&self.token);
         let request = if live_sse { request.header("accept", "text/event-stream") } else { request };
-        let resp = request.send().await.map_err(|e| e.to_string())?;
+        let resp = request.send().await.map_err(|e| chain(&e))?;
         let status = resp.status().as_u16();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (handle, offset, cursor, schema) = (
@@ -114,7 +114,7 @@ impl Subscriber {
             let mut body = resp.bytes_stream();
             let mut caught_up = false;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| e.to_string())?;
+                let chunk = chunk.map_err(|e| chain(&e))?;
                 for data in parser.feed(&String::from_utf8_lossy(&chunk)) {
                     if let Outcome::Apply(changes) = stream.on_event(&data).map_err(|e| e.to_string())? {
                         self.take(&changes, recorder, seen);
@@ -124,7 +124,7 @@ impl Subscriber {
             }
             return Ok(caught_up);
         }
-        let body = resp.text().await.map_err(|e| e.to_string())?;
+        let body = resp.text().await.map_err(|e| chain(&e))?;
         let response = Response {
             status,
             handle: handle.as_deref(),
@@ -166,4 +166,16 @@ impl Subscriber {
 /// The scope value of scope `i` (the writer's and the tokens').
 pub fn scope_name(i: usize) -> String {
     format!("s{i}")
+}
+
+/// An error with its causes, which say what went wrong on the wire.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -231,7 +231,9 @@ async fn serve_live(
     after: LogOffset,
 ) -> Result<Response, ApiError> {
     let v = wait_for(&shape, |v| v.snapshot_complete).await?;
-    if after > v.head {
+    // Past the head but not past what every log holds (`<global_last_seen_lsn>_0`, as SSE
+    // clients resume): nothing for this shape lies in between, the client is at the head.
+    if after > v.head && Lsn(after.tx()) > state.ack.seen() {
         // A client ahead of the log (e.g. after a failover): give the log a moment to catch up.
         let wait = state.settings.long_poll_timeout / 2;
         let mut rx = shape.log.subscribe();
