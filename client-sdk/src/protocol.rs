@@ -192,7 +192,12 @@ impl ShapeStream {
     }
 
     /// Buffers a change; `true` for `up-to-date`.
-    fn take(&mut self, m: Value) -> Result<bool, ProtocolError> {
+    fn take(&mut self, mut m: Value) -> Result<bool, ProtocolError> {
+        // Moved out, not cloned: a snapshot or a busy stream passes many rows through here.
+        let value = match m.get_mut("value").map(Value::take) {
+            Some(Value::Object(v)) => v,
+            _ => Map::new(),
+        };
         let headers = &m["headers"];
         if let Some(control) = headers["control"].as_str() {
             return Ok(control == "up-to-date");
@@ -203,10 +208,6 @@ impl ShapeStream {
             Some("update") => Operation::Update,
             Some("delete") => Operation::Delete,
             other => return Err(ProtocolError::Malformed(format!("unknown operation {other:?}"))),
-        };
-        let value = match &m["value"] {
-            Value::Object(v) => v.clone(),
-            _ => Map::new(),
         };
         let txid = headers["txids"].as_array().and_then(|t| t.first()).and_then(Value::as_u64);
         if let (Some(lsn), Some(op)) =

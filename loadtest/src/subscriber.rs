@@ -44,7 +44,9 @@ impl Subscriber {
     ) -> Seen {
         let started = Instant::now();
         let mut seen = Seen { scope: self.scope, ..Seen::default() };
-        let shape = ShapeDefinition { table: self.table.clone(), ..ShapeDefinition::default() };
+        // Only what the check and the clock need: less JSON per event for both sides.
+        let columns = Some(vec!["id".to_string(), "sent_us".to_string()]);
+        let shape = ShapeDefinition { table: self.table.clone(), columns, ..ShapeDefinition::default() };
         let mut stream = ShapeStream::default();
         let mut permit = Some(connecting.acquire_owned().await);
         let mut failures = 0u32;
