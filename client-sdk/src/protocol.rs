@@ -3,6 +3,8 @@
 //! [`ShapeStream::on_response`] hands back. Changes are handed back only at `up-to-date`,
 //! whole, so a store applies a transaction all at once or not at all.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -86,6 +88,34 @@ pub struct Response<'a> {
     pub body: &'a str,
 }
 
+/// One message of a response body or an SSE event, read without building a JSON tree for
+/// its headers (a busy stream passes many through here).
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(default, borrow)]
+    key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    value: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    headers: Headers<'a>,
+}
+
+#[derive(Default, Deserialize)]
+struct Headers<'a> {
+    #[serde(default, borrow)]
+    control: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(default)]
+    txids: Vec<Value>,
+    #[serde(default, borrow)]
+    lsn: Option<Cow<'a, str>>,
+    #[serde(default)]
+    op_position: Option<u64>,
+    #[serde(default, borrow)]
+    global_last_seen_lsn: Option<Cow<'a, str>>,
+}
+
 /// The state of following one shape.
 #[derive(Debug, Default)]
 pub struct ShapeStream {
@@ -152,7 +182,7 @@ impl ShapeStream {
                 serde_json::from_str(s).map_err(|e| ProtocolError::Malformed(format!("electric-schema: {e}")))?;
             self.position.schema = Some(schema);
         }
-        let messages: Vec<Value> = if r.body.trim().is_empty() {
+        let messages: Vec<Message<'_>> = if r.body.trim().is_empty() {
             Vec::new()
         } else {
             serde_json::from_str(r.body).map_err(|e| ProtocolError::Malformed(format!("body: {e}")))?
@@ -175,9 +205,9 @@ impl ShapeStream {
 
     /// Takes one message of a live SSE stream; `offset` is only known from `up-to-date`.
     pub fn on_event(&mut self, data: &str) -> Result<Outcome, ProtocolError> {
-        let m: Value = serde_json::from_str(data).map_err(|e| ProtocolError::Malformed(format!("event: {e}")))?;
-        let lsn = m["headers"]["global_last_seen_lsn"].as_str().and_then(|l| l.parse::<u64>().ok());
-        if m["headers"]["control"] == "must-refetch" {
+        let m: Message<'_> = serde_json::from_str(data).map_err(|e| ProtocolError::Malformed(format!("event: {e}")))?;
+        let lsn = m.headers.global_last_seen_lsn.as_deref().and_then(|l| l.parse::<u64>().ok());
+        if m.headers.control.as_deref() == Some("must-refetch") {
             self.restart(None);
             return Ok(Outcome::Refetch);
         }
@@ -192,30 +222,24 @@ impl ShapeStream {
     }
 
     /// Buffers a change; `true` for `up-to-date`.
-    fn take(&mut self, mut m: Value) -> Result<bool, ProtocolError> {
-        // Moved out, not cloned: a snapshot or a busy stream passes many rows through here.
-        let value = match m.get_mut("value").map(Value::take) {
-            Some(Value::Object(v)) => v,
-            _ => Map::new(),
-        };
-        let headers = &m["headers"];
-        if let Some(control) = headers["control"].as_str() {
+    fn take(&mut self, m: Message<'_>) -> Result<bool, ProtocolError> {
+        let headers = &m.headers;
+        if let Some(control) = &headers.control {
             return Ok(control == "up-to-date");
         }
-        let Some(key) = m["key"].as_str() else { return Ok(false) };
-        let operation = match headers["operation"].as_str() {
+        let Some(key) = m.key else { return Ok(false) };
+        let operation = match headers.operation.as_deref() {
             Some("insert") => Operation::Insert,
             Some("update") => Operation::Update,
             Some("delete") => Operation::Delete,
             other => return Err(ProtocolError::Malformed(format!("unknown operation {other:?}"))),
         };
-        let txid = headers["txids"].as_array().and_then(|t| t.first()).and_then(Value::as_u64);
-        if let (Some(lsn), Some(op)) =
-            (headers["lsn"].as_str().and_then(|l| l.parse().ok()), headers["op_position"].as_u64())
-        {
+        let value = m.value.unwrap_or_default();
+        let txid = headers.txids.first().and_then(Value::as_u64);
+        if let (Some(lsn), Some(op)) = (headers.lsn.as_deref().and_then(|l| l.parse().ok()), headers.op_position) {
             self.last_change = Some((lsn, op));
         }
-        self.pending.push(Change { key: key.to_string(), operation, value, txid });
+        self.pending.push(Change { key: key.into_owned(), operation, value, txid });
         Ok(false)
     }
 

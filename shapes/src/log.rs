@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -122,6 +122,16 @@ pub struct ShapeLog {
     snapshot: Mutex<Snapshot>,
     live: Mutex<Live>,
     version: watch::Sender<LogVersion>,
+    /// The latest live read, while a reader still holds it: the subscribers of one shape
+    /// wake together at the same position, and share one file read. Weak, so an idle shape
+    /// keeps no body in memory.
+    shared_read: Mutex<Option<SharedRead>>,
+}
+
+struct SharedRead {
+    after: LogOffset,
+    durable_len: u64,
+    read: Weak<LiveRead>,
 }
 
 impl std::fmt::Debug for ShapeLog {
@@ -206,6 +216,7 @@ impl ShapeLog {
             snapshot: Mutex::new(snapshot),
             live: Mutex::new(live),
             version: watch::channel(version).0,
+            shared_read: Mutex::new(None),
         }
     }
 
@@ -375,6 +386,30 @@ impl ShapeLog {
 
     /// Reads durable live entries after `after` up to the end of that entry's chunk.
     pub fn read_live(&self, after: LogOffset) -> io::Result<LiveRead> {
+        self.read_live_at(after).map(|(read, _)| read)
+    }
+
+    /// The read another reader at `after` holds now, if the log has not grown since.
+    pub fn shared_live(&self, after: LogOffset) -> Option<Arc<LiveRead>> {
+        let durable_len = self.live.lock().unwrap().durable_len;
+        let shared = self.shared_read.lock().unwrap();
+        shared.as_ref().filter(|s| s.after == after && s.durable_len == durable_len).and_then(|s| s.read.upgrade())
+    }
+
+    /// [`ShapeLog::read_live`], shared with the readers at the same position (see
+    /// [`ShapeLog::shared_live`]).
+    pub fn read_live_shared(&self, after: LogOffset) -> io::Result<Arc<LiveRead>> {
+        if let Some(read) = self.shared_live(after) {
+            return Ok(read);
+        }
+        let (read, durable_len) = self.read_live_at(after)?;
+        let read = Arc::new(read);
+        *self.shared_read.lock().unwrap() = Some(SharedRead { after, durable_len, read: Arc::downgrade(&read) });
+        Ok(read)
+    }
+
+    /// A live read and the durable length it read up to.
+    fn read_live_at(&self, after: LogOffset) -> io::Result<(LiveRead, u64)> {
         let (durable_len, start_pos, chunk_starts) = {
             let l = self.live.lock().unwrap();
             let i = l.sparse.partition_point(|(o, _)| *o <= after);
@@ -407,7 +442,7 @@ impl ShapeLog {
             out.last = Some(r.offset);
         }
         out.at_end = records.pos >= durable_len;
-        Ok(out)
+        Ok((out, durable_len))
     }
 
     /// The LSN of the last written live entry, durable or not (0 when none).
@@ -670,6 +705,26 @@ mod tests {
         assert_eq!(r.body, br#"{"m":"10_0"},{"m":"10_2"}"#);
         let r = log.read_live(LogOffset::At { tx: 10, op: 0 }).unwrap();
         assert_eq!(r.body, br#"{"m":"10_2"}"#);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn readers_at_one_position_share_a_read_while_one_holds_it() {
+        let dir = tmp("shared");
+        let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+        log.finish_snapshot(b"{}").unwrap();
+        log.append(&[vec![entry(10, 0)]]).unwrap();
+        log.sync_and_publish().unwrap();
+        let first = log.read_live_shared(LogOffset::SNAPSHOT_END).unwrap();
+        let second = log.shared_live(LogOffset::SNAPSHOT_END).expect("shared while held");
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(log.shared_live(LogOffset::At { tx: 10, op: 0 }).is_none(), "another position reads its own");
+        log.append(&[vec![entry(11, 0)]]).unwrap();
+        log.sync_and_publish().unwrap();
+        assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "the log grew: read again");
+        assert_eq!(log.read_live_shared(LogOffset::SNAPSHOT_END).unwrap().count, 2);
+        drop((first, second));
+        assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "nobody holds it: nothing kept");
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -212,12 +212,16 @@ async fn serve_snapshot_chunk(
 
 /// Reads the log after `after` on the blocking pool; a client at the head reads nothing,
 /// so idle live clients never occupy a thread.
-pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<LiveRead, ApiError> {
+/// Readers at the same position share one read (the subscribers of a shape wake together).
+pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<Arc<LiveRead>, ApiError> {
     if shape.log.version().head <= after {
-        return Ok(LiveRead { at_end: true, ..LiveRead::default() });
+        return Ok(Arc::new(LiveRead { at_end: true, ..LiveRead::default() }));
+    }
+    if let Some(read) = shape.log.shared_live(after) {
+        return Ok(read);
     }
     let s = shape.clone();
-    tokio::task::spawn_blocking(move || s.log.read_live(after))
+    tokio::task::spawn_blocking(move || s.log.read_live_shared(after))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)
