@@ -53,8 +53,13 @@ function column(org, sync) {
   todos.orderBy("title").subscribe((result) => ((rows = result), render()));
   refreshOutbox();
 
+  // The todo being edited survives re-renders (changes keep arriving while one types).
+  let editing = null;
+  let rerendering = false;
+
   function render() {
-    list.replaceChildren(...rows.map((row) => {
+    let field = null;
+    const items = rows.map((row) => {
       const li = document.createElement("li");
       li.className = `${row.done ? "done" : ""} ${unsynced.has(row.id) ? "unsynced" : ""}`;
       li.innerHTML = `<input type="checkbox"><span class="title"></span><button title="delete">✕</button>`;
@@ -62,20 +67,30 @@ function column(org, sync) {
       box.checked = row.done;
       box.onchange = () => todos.update(row.id, { done: box.checked });
       title.textContent = row.title;
-      title.onclick = () => edit(title, row);
+      title.onclick = () => ((editing = { id: row.id, draft: row.title }), render());
       remove.onclick = () => todos.delete(row.id);
+      if (editing?.id === row.id) title.replaceWith((field = editor(row)));
       return li;
-    }));
+    });
+    rerendering = true; // removing a focused field blurs it: that is not the user leaving it
+    list.replaceChildren(...items);
+    rerendering = false;
+    field?.focus();
   }
 
-  function edit(title, row) {
+  function editor(row) {
     const input = document.createElement("input");
-    input.value = row.title;
-    title.replaceWith(input);
-    input.focus();
-    const save = () => (input.value.trim() && input.value !== row.title ? todos.update(row.id, { title: input.value.trim() }) : render());
-    input.onkeydown = (e) => (e.key === "Enter" ? save() : e.key === "Escape" && render());
-    input.onblur = save;
+    input.value = editing.draft;
+    input.oninput = () => (editing.draft = input.value);
+    const done = (save) => {
+      const title = editing.draft.trim();
+      editing = null;
+      if (save && title && title !== row.title) todos.update(row.id, { title });
+      render();
+    };
+    input.onkeydown = (e) => (e.key === "Enter" ? done(true) : e.key === "Escape" && done(false));
+    input.onblur = () => !rerendering && editing && done(true);
+    return input;
   }
 
   form.onsubmit = (e) => {
