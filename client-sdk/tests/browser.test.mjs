@@ -2,43 +2,17 @@
 // Rust test that runs this file (gateway/tests/sdk.rs): GATEWAY_URL, DATABASE_URL, PSQL.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
-import { execFileSync } from "node:child_process";
-import { extname, join, normalize } from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import { chromium } from "playwright-core";
+import { CHROMIUM, servePage, sql, until } from "./helpers.mjs";
 
 const GATEWAY = process.env.GATEWAY_URL;
 const TOKEN = process.env.TOKEN;
-const here = new URL(".", import.meta.url).pathname;
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".ts": "text/plain" };
-
-/** Runs SQL with psql; returns its unaligned output. */
-function sql(text) {
-  return execFileSync(process.env.PSQL, [process.env.DATABASE_URL, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", text], { encoding: "utf8" }).trim();
-}
-
 let server, origin, browser;
 
 before(async () => {
-  // The page and the SDK come from their own origin, as in an app: requests to the gateway are cross-origin.
-  server = createServer(async (req, res) => {
-    const path = new URL(req.url, "http://x").pathname;
-    const file = path === "/" ? join(here, "page.html") : normalize(join(here, "..", path));
-    let body;
-    try {
-      body = await readFile(file);
-    } catch {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream" });
-    res.end(body);
-  });
-  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
-  origin = `http://127.0.0.1:${server.address().port}`;
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: ["--no-sandbox"] });
+  ({ server, origin } = await servePage());
+  browser = await chromium.launch(CHROMIUM);
 });
 
 after(async () => {
@@ -68,17 +42,6 @@ async function open(page, shapes, { wait = true } = {}) {
     await Promise.all(Object.keys(shapes).map((name) => window.sync.ready(name)));
     window.events = []; // from here on: changes made after the mirror caught up
   }, { url: GATEWAY, token: TOKEN, shapes, wait });
-}
-
-/** Polls `check` (in Node) until it returns a truthy value. */
-async function until(what, check, timeout = 15_000) {
-  const started = Date.now();
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    assert.ok(Date.now() - started < timeout, `timed out waiting for ${what}`);
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
 }
 
 /** Cuts (or restores) the page's network to the gateway, as when the device goes offline. */

@@ -3,26 +3,12 @@
 // DEMO_URL, DATABASE_URL and PSQL.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { chromium } from "playwright-core";
-
-function sql(text) {
-  return execFileSync(process.env.PSQL, [process.env.DATABASE_URL, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", text], { encoding: "utf8" }).trim();
-}
-
-async function until(what, check, timeout = 15_000) {
-  const started = Date.now();
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    assert.ok(Date.now() - started < timeout, `timed out waiting for ${what}`);
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
-}
+import { CHROMIUM, sql, until } from "./helpers.mjs";
 
 let browser;
 before(async () => {
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: ["--no-sandbox"] });
+  browser = await chromium.launch(CHROMIUM);
 });
 after(() => browser?.close());
 

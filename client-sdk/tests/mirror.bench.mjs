@@ -2,37 +2,26 @@
 // BENCH_ROUNDS): snapshot mirroring rate against a hand-written reference, cross-tab write
 // latency against a bare BroadcastChannel message, and the bundle size. Rounds interleave;
 // medians are reported, since absolute times on shared machines drift.
-import { createServer } from "node:http";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { gzipSync } from "node:zlib";
-import { extname, join, normalize } from "node:path";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { CHROMIUM, servePage } from "./helpers.mjs";
 
 const GATEWAY = process.env.GATEWAY_URL;
 const ROWS = Number(process.env.BENCH_ROWS ?? 100_000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const here = new URL(".", import.meta.url).pathname;
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const server = createServer(async (req, res) => {
-  const path = new URL(req.url, "http://x").pathname;
-  const file = path === "/" ? join(here, "page.html") : normalize(join(here, "..", path));
-  try {
-    const body = await readFile(file);
-    res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream" }).end(body);
-  } catch {
-    res.writeHead(404).end();
-  }
-});
-await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+const { server, origin } = await servePage();
 // A profile on disk, as a user's browser has: an incognito context keeps IndexedDB in
 // memory, which is several times slower in Chromium.
 const profile = await mkdtemp(join(tmpdir(), "sdk-bench-"));
-const context = await chromium.launchPersistentContext(profile, { executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: ["--no-sandbox"] });
+const context = await chromium.launchPersistentContext(profile, CHROMIUM);
 const page = await context.newPage();
-await page.goto(`http://127.0.0.1:${server.address().port}/`);
+await page.goto(`${origin}/`);
 await page.waitForFunction(() => window.pageReady);
 
 // The reference: the same shape fetched with the protocol's requests and every row put in
