@@ -21,10 +21,15 @@ impl EventParser {
             rest = rest.strip_prefix('\n').unwrap_or(rest);
             self.after_cr = false;
         }
-        while let Some(end) = rest.find(['\r', '\n']) {
-            self.line.push_str(&rest[..end]);
-            let line = std::mem::take(&mut self.line);
-            self.take_line(&line, &mut events);
+        while let Some(end) = rest.bytes().position(|b| b == b'\r' || b == b'\n') {
+            if self.line.is_empty() {
+                self.take_line(&rest[..end], &mut events);
+            } else {
+                // Only a line split between chunks is copied.
+                self.line.push_str(&rest[..end]);
+                let line = std::mem::take(&mut self.line);
+                self.take_line(&line, &mut events);
+            }
             let crlf = rest[end..].starts_with("\r\n");
             if rest[end..].starts_with('\r') && end + 1 == rest.len() {
                 self.after_cr = true;

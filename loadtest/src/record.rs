@@ -33,6 +33,8 @@ pub struct Sample {
     pub connected: usize,
     pub gateway_rss_mb: Option<f64>,
     pub gateway_cpu_percent: Option<f64>,
+    /// The load tester's own CPU: on a shared machine it competes with the gateway.
+    pub tester_cpu_percent: Option<f64>,
     pub replication_lag_s: Option<f64>,
 }
 
@@ -82,19 +84,24 @@ impl Recorder {
         )
     }
 
-    /// One delivered event, `latency_us` after it was sent.
-    pub fn delivered(&self, latency_us: u64) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
+    /// Events delivered together, each `latency_us` after it was sent (one lock per batch).
+    pub fn delivered(&self, latencies_us: &[u64]) {
+        if latencies_us.is_empty() {
+            return;
+        }
+        self.delivered.fetch_add(latencies_us.len() as u64, Ordering::Relaxed);
         let second = self.clock(Instant::now()).max(0.0) as usize;
         let mut t = self.timeline.lock().unwrap();
-        let value = latency_us.max(1);
-        let _ = t.total.get_or_insert_with(histogram).record(value);
         while t.seconds.len() <= second {
             t.seconds.push(Second { delivered: 0, latency: histogram() });
         }
-        let s = &mut t.seconds[second];
-        s.delivered += 1;
-        let _ = s.latency.record(value);
+        for &latency in latencies_us {
+            let value = latency.max(1);
+            let _ = t.total.get_or_insert_with(histogram).record(value);
+            let s = &mut t.seconds[second];
+            s.delivered += 1;
+            let _ = s.latency.record(value);
+        }
     }
 
     /// A failed request.

@@ -39,6 +39,7 @@ pub struct Summary {
     pub reconnects: u64,
     pub http_errors: u64,
     pub gateway: GatewayStats,
+    pub tester: TesterStats,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -64,6 +65,12 @@ pub struct GatewayStats {
     pub rss_mb_max: Option<f64>,
     pub cpu_percent_mean: Option<f64>,
     pub replication_lag_s_max: Option<f64>,
+}
+
+/// The load tester's own cost, which shares the machine when it runs beside the gateway.
+#[derive(Debug, Default, Serialize)]
+pub struct TesterStats {
+    pub cpu_percent_mean: Option<f64>,
 }
 
 pub struct Inputs<'a> {
@@ -95,7 +102,10 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
     connects.sort_by(f64::total_cmp);
     let at = |q: f64| connects.get(((connects.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
     let max_of = |f: fn(&Sample) -> Option<f64>| samples.iter().filter_map(f).reduce(f64::max);
-    let cpu: Vec<f64> = samples.iter().filter(|s| s.t >= 0.0).filter_map(|s| s.gateway_cpu_percent).collect();
+    let mean_while_writing = |f: fn(&Sample) -> Option<f64>| {
+        let values: Vec<f64> = samples.iter().filter(|s| s.t >= 0.0).filter_map(f).collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
     let (delivered, http_errors) = (r.delivered.load(Relaxed), r.http_errors.load(Relaxed));
     let c = i.completeness;
     let mut failures = Vec::new();
@@ -128,9 +138,10 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
         http_errors,
         gateway: GatewayStats {
             rss_mb_max: max_of(|s| s.gateway_rss_mb),
-            cpu_percent_mean: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
+            cpu_percent_mean: mean_while_writing(|s| s.gateway_cpu_percent),
             replication_lag_s_max: max_of(|s| s.replication_lag_s),
         },
+        tester: TesterStats { cpu_percent_mean: mean_while_writing(|s| s.tester_cpu_percent) },
     }
 }
 
@@ -162,12 +173,13 @@ pub fn print(s: &Summary, dir: &Path) {
         l.p50, l.p90, l.p99, l.p999, l.max
     );
     println!(
-        "  catch-up {:.1}s (connect p50 {:.0} ms, p99 {:.0} ms); gateway RSS max {}, CPU mean {}, replication lag max {}",
+        "  catch-up {:.1}s (connect p50 {:.0} ms, p99 {:.0} ms); gateway RSS max {}, CPU mean {} (tester {}), replication lag max {}",
         s.catch_up_s,
         s.connect_ms.p50,
         s.connect_ms.p99,
         s.gateway.rss_mb_max.map_or("–".into(), |v| format!("{v:.0} MB")),
         s.gateway.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}%")),
+        s.tester.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}%")),
         s.gateway.replication_lag_s_max.map_or("–".into(), |v| format!("{v:.2}s"))
     );
     println!("  report: {}", dir.join("report.html").display());
@@ -234,6 +246,7 @@ fn html(s: &Summary, r: &Recorded) -> String {
                 s.gateway.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}% of a core"))
             ),
         ),
+        ("load tester CPU mean", s.tester.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}% of a core"))),
         ("replication lag max", s.gateway.replication_lag_s_max.map_or("–".into(), |v| format!("{v:.2} s"))),
     ];
     let table: String = rows.iter().map(|(k, v)| format!("<tr><th>{k}</th><td>{}</td></tr>", escape(v))).collect();

@@ -199,6 +199,7 @@ fn check(written: &[(u64, usize)], seen: &[Seen]) -> Completeness {
 async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop: CancellationToken) {
     let http = reqwest::Client::new();
     let mut cpu = pid.map(CpuMeter::new);
+    let mut own_cpu = CpuMeter::new(std::process::id());
     let metrics = format!("{}/metrics", gateway.trim_end_matches('/'));
     while !stop.is_cancelled() {
         let lag = match http.get(&metrics).send().await {
@@ -214,6 +215,7 @@ async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop
             connected: recorder.connected.load(Ordering::Relaxed),
             gateway_rss_mb: pid.and_then(rss_mb),
             gateway_cpu_percent: cpu.as_mut().and_then(CpuMeter::percent),
+            tester_cpu_percent: own_cpu.percent(),
             replication_lag_s: lag,
         });
         tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.cancelled() => {} }

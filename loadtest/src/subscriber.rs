@@ -115,9 +115,10 @@ impl Subscriber {
             let mut parser = EventParser::default();
             let mut body = resp.bytes_stream();
             let mut caught_up = false;
+            let mut text = Utf8Carry::default();
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| chain(&e))?;
-                for data in parser.feed(&String::from_utf8_lossy(&chunk)) {
+                for data in parser.feed(text.decode(&chunk)?) {
                     if let Outcome::Apply(changes) = stream.on_event(&data).map_err(|e| e.to_string())? {
                         self.take(&changes, recorder, seen);
                         caught_up = true;
@@ -151,6 +152,7 @@ impl Subscriber {
     fn take(&self, changes: &[Change], recorder: &Recorder, seen: &mut Seen) {
         let now = now_us();
         let first_id = self.first_id;
+        let mut latencies = Vec::with_capacity(changes.len());
         for change in changes {
             let field = |name: &str| change.value.get(name).and_then(|v| v.as_str());
             let Some(id) = field("id").and_then(|v| v.parse::<u64>().ok()) else { continue };
@@ -159,9 +161,35 @@ impl Subscriber {
             }
             seen.ids.push(id);
             if let Some(sent) = field("sent_us").and_then(|v| v.parse::<u64>().ok()) {
-                recorder.delivered(now.saturating_sub(sent));
+                latencies.push(now.saturating_sub(sent));
             }
         }
+        recorder.delivered(&latencies);
+    }
+}
+
+/// Decodes a byte stream as UTF-8, holding back a character split between two chunks.
+#[derive(Default)]
+struct Utf8Carry {
+    pending: Vec<u8>,
+    text: String,
+}
+
+impl Utf8Carry {
+    fn decode(&mut self, chunk: &[u8]) -> Result<&str, String> {
+        self.pending.extend_from_slice(chunk);
+        self.text = match String::from_utf8(std::mem::take(&mut self.pending)) {
+            Ok(text) => text,
+            Err(e) if e.utf8_error().error_len().is_none() => {
+                // Rare: a character split between chunks; keep its first bytes for the next.
+                let whole = e.utf8_error().valid_up_to();
+                let mut bytes = e.into_bytes();
+                self.pending = bytes.split_off(whole);
+                String::from_utf8(bytes).map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(format!("the event stream is not UTF-8: {e}")),
+        };
+        Ok(&self.text)
     }
 }
 

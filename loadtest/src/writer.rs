@@ -11,7 +11,7 @@ use crate::record::now_us;
 use crate::subscriber::scope_name;
 
 /// Connections writing in parallel, so one slow commit does not hold the rate back.
-const CONNECTIONS: usize = 4;
+const CONNECTIONS: usize = 16;
 
 /// The rows written: `(id, scope)`.
 pub type Written = Vec<(u64, usize)>;

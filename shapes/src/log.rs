@@ -60,6 +60,41 @@ pub struct LiveRead {
     pub last: Option<LogOffset>,
     /// The read reached the durable end of the log (not a chunk boundary).
     pub at_end: bool,
+    /// The messages as Server-Sent Events, built once for every reader sharing this read.
+    sse: std::sync::OnceLock<Bytes>,
+}
+
+impl LiveRead {
+    /// A read that found nothing past the reader's position.
+    pub fn nothing_new() -> Self {
+        LiveRead { at_end: true, ..LiveRead::default() }
+    }
+
+    /// The messages as one `data:` event each, built on first use and then shared (a cheap
+    /// clone): a thousand SSE readers of a shape format a transaction once, not a thousand times.
+    pub fn sse_events(&self) -> Bytes {
+        self.sse
+            .get_or_init(|| {
+                let mut out = Vec::with_capacity(self.body.len() + self.messages.len() * 8);
+                for &(start, end) in &self.messages {
+                    write_sse_event(&mut out, &self.body[start..end]);
+                }
+                Bytes::from(out)
+            })
+            .clone()
+    }
+}
+
+/// Appends one SSE event carrying `data`; a line break in the data continues it on another
+/// `data:` line, as the SSE format requires (compact JSON has none, but the framing must not
+/// depend on that).
+pub fn write_sse_event(out: &mut Vec<u8>, data: &[u8]) {
+    for line in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
 }
 
 struct Snapshot {
@@ -726,6 +761,15 @@ mod tests {
         drop((first, second));
         assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "nobody holds it: nothing kept");
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_read_becomes_one_sse_event_per_message() {
+        let read = LiveRead { body: b"{\"a\":1},{\"b\":2}".to_vec(), messages: vec![(0, 7), (8, 15)], ..LiveRead::default() };
+        assert_eq!(&read.sse_events()[..], b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n");
+        let mut out = Vec::new();
+        write_sse_event(&mut out, b"one\r\ntwo");
+        assert_eq!(out, b"data: one\ndata: two\n\n", "a line break in the data continues on a new data line");
     }
 
     #[test]

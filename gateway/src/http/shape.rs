@@ -215,7 +215,7 @@ async fn serve_snapshot_chunk(
 /// Readers at the same position share one read (the subscribers of a shape wake together).
 pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<Arc<LiveRead>, ApiError> {
     if shape.log.version().head <= after {
-        return Ok(Arc::new(LiveRead { at_end: true, ..LiveRead::default() }));
+        return Ok(Arc::new(LiveRead::nothing_new()));
     }
     if let Some(read) = shape.log.shared_live(after) {
         return Ok(read);

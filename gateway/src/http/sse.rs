@@ -1,13 +1,18 @@
 //! Live mode over Server-Sent Events: one `data:` event per message, an `up-to-date` after
 //! each batch, keep-alive comments, and an end after `--sse-timeout` (so CDNs can collapse
 //! requests and tokens are re-checked), on rotation, or on shutdown.
+//!
+//! The body is written as raw bytes rather than through axum's `Sse`: a batch's events are
+//! formatted once per shared log read and handed to every stream of the shape as one chunk.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::http::{HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use bytes::Bytes;
+use shapes::log::write_sse_event;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::wire::up_to_date;
 use tokio::sync::mpsc;
@@ -17,12 +22,14 @@ use super::request::ShapeRequest;
 use super::shape::{cursor_for, next_version, read_live};
 use crate::fanout::registry::LiveShape;
 
-/// Events buffered per stream before the producer waits for the client: a slow client
+/// Chunks buffered per stream before the producer waits for the client: a slow client
 /// slows only itself, and reads the log at its own pace.
-const EVENT_BUFFER: usize = 64;
+const CHUNK_BUFFER: usize = 16;
+
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after: LogOffset) -> Response {
-    let (tx, rx) = mpsc::channel::<Event>(EVENT_BUFFER);
+    let (tx, rx) = mpsc::channel::<Bytes>(CHUNK_BUFFER);
     let cursor = cursor_for(&state, req);
     let handle = shape.handle.clone();
     // The stream ends when the token expires, so the client comes back with a fresh one.
@@ -31,11 +38,9 @@ pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after:
         .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
         .map_or(state.settings.sse_timeout, |left| left.min(state.settings.sse_timeout));
     tokio::spawn(produce(state.clone(), shape, after, lifetime, tx));
-    let events =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
-    let mut resp = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(state.settings.sse_keepalive).text("keep-alive"))
-        .into_response();
+    let chunks =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, Infallible>(c), rx)) });
+    let mut resp = Response::new(Body::from_stream(chunks));
     let h = resp.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, k: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -45,6 +50,7 @@ pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after:
     set(h, "electric-handle", handle.to_string());
     set(h, "electric-offset", after.to_string());
     set(h, "electric-cursor", cursor.to_string());
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=59"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
@@ -55,7 +61,7 @@ async fn produce(
     shape: Arc<LiveShape>,
     mut after: LogOffset,
     lifetime: std::time::Duration,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Bytes>,
 ) {
     let _subscriber = crate::telemetry::LiveSubscriber::new("sse");
     let deadline = tokio::time::Instant::now() + lifetime;
@@ -66,36 +72,42 @@ async fn produce(
         let Ok(read) = read_live(&shape, after).await else {
             return;
         };
-        for &(start, end) in &read.messages {
-            let Ok(text) = std::str::from_utf8(&read.body[start..end]) else {
-                return;
-            };
-            if tx.send(Event::default().data(text)).await.is_err() {
-                return;
-            }
-        }
         if let Some(last) = read.last {
             after = last;
         }
+        let mut chunk = read.sse_events();
         if read.at_end && (read.count > 0 || first) {
-            let msg = up_to_date(seen.max(Lsn(after.tx())));
-            if tx.send(Event::default().data(String::from_utf8_lossy(&msg))).await.is_err() {
-                return;
-            }
+            // The batch and its `up-to-date` go out as one write.
+            let mut with_end = Vec::with_capacity(chunk.len() + 128);
+            with_end.extend_from_slice(&chunk);
+            write_sse_event(&mut with_end, &up_to_date(seen.max(Lsn(after.tx()))));
+            chunk = with_end.into();
+        }
+        if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+            return;
         }
         first = false;
         if !read.at_end {
             continue;
         }
-        tokio::select! {
-            changed = next_version(&mut rx, |v| v.head > after) => {
-                if changed.is_none_or(|v| v.gone) {
-                    return; // rotated: the client reconnects and gets 409
+        // Quiet streams get a comment now and then, so proxies keep them open.
+        loop {
+            tokio::select! {
+                changed = next_version(&mut rx, |v| v.head > after) => {
+                    if changed.is_none_or(|v| v.gone) {
+                        return; // rotated: the client reconnects and gets 409
+                    }
+                    break;
                 }
+                _ = tokio::time::sleep(state.settings.sse_keepalive) => {
+                    if tx.send(Bytes::from_static(KEEP_ALIVE)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = state.cancel.cancelled() => return,
+                _ = tx.closed() => return,
             }
-            _ = tokio::time::sleep_until(deadline) => return,
-            _ = state.cancel.cancelled() => return,
-            _ = tx.closed() => return,
         }
     }
 }
