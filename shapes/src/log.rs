@@ -765,7 +765,8 @@ mod tests {
 
     #[test]
     fn a_read_becomes_one_sse_event_per_message() {
-        let read = LiveRead { body: b"{\"a\":1},{\"b\":2}".to_vec(), messages: vec![(0, 7), (8, 15)], ..LiveRead::default() };
+        let read =
+            LiveRead { body: b"{\"a\":1},{\"b\":2}".to_vec(), messages: vec![(0, 7), (8, 15)], ..LiveRead::default() };
         assert_eq!(&read.sse_events()[..], b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n");
         let mut out = Vec::new();
         write_sse_event(&mut out, b"one\r\ntwo");
