@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod data_dir;
 pub mod db;
 pub mod demo;
 pub mod devdb;
@@ -22,16 +23,18 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
+use shapes::offset::Lsn;
 use shapes::where_clause::BindOptions;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, ServeConfig};
+use crate::data_dir::DataDir;
 use crate::fanout::ack::AckState;
 use crate::fanout::registry::Registry;
 use crate::http::{AppState, HttpSettings};
-use crate::replication::stream::StreamSettings;
+use crate::replication::stream::{Candidate, Leadership, StreamSettings};
 use crate::replication::{ReplicationError, slot};
 use crate::status::Status;
 
@@ -40,6 +43,11 @@ use crate::status::Status;
 const TXN_CHANNEL: usize = 1024;
 /// How long the server may take to release our slot after the stream stopped.
 const SLOT_RELEASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a gateway that just became the leader waits for the previous one to let go of
+/// a shared data dir (it finishes at most one batch once it lost the slot).
+const DATA_DIR_RELEASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a standby asks for the leader lock.
+const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// PostgreSQL sessions applying outbox batches at once; more batches wait for one.
 const OUTBOX_CONNECTIONS: usize = 16;
 
@@ -59,6 +67,8 @@ pub enum StartError {
     Replication(#[from] ReplicationError),
     #[error("data dir {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    DataDirLock(#[from] data_dir::DataDirError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("shape storage failed: {0}")]
@@ -77,6 +87,8 @@ enum Ended {
     Shutdown,
     /// The WAL budget was exceeded and `--wal-budget-action recreate-slot` is set.
     RecreateSlot,
+    /// Another gateway took the slot over while this one reconnected: stand by.
+    LostLeadership,
 }
 
 /// Installs ring as the process's TLS provider (JWKS over https). Call before building
@@ -143,6 +155,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     loop {
         match serve_once(&cfg, shutdown.clone()).await? {
             Ended::Shutdown => return Ok(()),
+            Ended::LostLeadership => tracing::warn!(slot = %cfg.slot, "another gateway took over the slot; standing by"),
             Ended::RecreateSlot => {
                 // Everything that used the slot has stopped: drop it; the next run creates
                 // a new one at the current WAL position and rotates every shape.
@@ -177,30 +190,39 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         return Err(StartError::Preflight(report.only_blockers()));
     }
     slot::ensure_publication(&client, &cfg.publication).await?;
+    let stream_settings =
+        StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
+    let Some(leadership) = lead(cfg, &stream_settings, &shutdown).await? else {
+        return Ok(Ended::Shutdown);
+    };
+    metrics::gauge!("gateway_leader").set(1.0);
+    // Read after taking the lock: the previous leader may have advanced it until it stopped.
     let slot_state = slot::ensure_slot(&client, &cfg.slot).await?;
     let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
     let auth = Arc::new(build_auth(cfg, &client, bind).await?);
     drop(client);
 
     let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
+    let data_dir = Arc::new(DataDir::open(&cfg.data_dir, DATA_DIR_RELEASE).await?);
     let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
     metrics::gauge!("gateway_shapes").set(registry.len() as f64);
-    if slot_state.created && !registry.is_empty() {
-        // A new slot starts at the current WAL position: stored logs may miss what came
-        // between, so every client refetches.
-        registry.rotate_all("the replication slot was created anew");
+    if let Some(reason) = data_dir.stale_logs(slot_state.confirmed, slot_state.created) {
+        // The logs may miss changes before the slot's position: every client refetches.
+        if !registry.is_empty() {
+            registry.rotate_all(&reason);
+        }
+        data_dir.record(slot_state.confirmed).map_err(data_err)?;
     }
     let ack = Arc::new(AckState::new(slot_state.confirmed));
     let status = Arc::new(Status::default());
     let cancel = shutdown.child_token();
 
     let (txn_tx, txn_rx) = mpsc::channel(TXN_CHANNEL);
-    let stream_settings =
-        StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
     // The stream stops last, so it can report the position the fan-out ended at.
     let stream_cancel = CancellationToken::new();
     let mut replication = tokio::spawn(replication::stream::run(
         stream_settings,
+        leadership,
         txn_tx,
         ack.clone(),
         status.clone(),
@@ -209,6 +231,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     // Append descriptors kept open: a quarter of the limit, the rest is for clients.
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
     let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), open_writers, cancel.clone()));
+    let mut positions = tokio::spawn(data_dir::record_positions(data_dir.clone(), ack.clone(), cancel.clone()));
     let monitor = replication::monitor::Monitor {
         db: db_cfg.clone(),
         slot: cfg.slot.clone(),
@@ -265,10 +288,17 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         r = &mut replication => {
             replication_done = true;
             match r {
+                Ok(Err(ReplicationError::LostLeadership { .. })) => Ok(Ended::LostLeadership),
                 Ok(result) => result.map(|()| Ended::Shutdown).map_err(StartError::from),
                 Err(panic) => Err(StartError::Crashed(format!("replication: {panic}"))),
             }
         }
+        r = &mut positions => match r {
+            // Cancelled: another task ended first and decides.
+            Ok(Ok(())) => Ok(Ended::Shutdown),
+            Ok(Err(e)) => Err(StartError::Storage(e)),
+            Err(panic) => Err(StartError::Crashed(format!("position record: {panic}"))),
+        },
         r = &mut monitor => match r {
             Ok(Ok(())) => Ok(Ended::Shutdown),
             Ok(Err(replication::monitor::BudgetError::Recreate { .. })) => Ok(Ended::RecreateSlot),
@@ -304,6 +334,10 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         let registry = registry.clone();
         let _ = tokio::task::spawn_blocking(move || registry.checkpoint_all()).await;
     }
+    // What the fan-out made durable is recorded, so the stream may report it at the end.
+    if let Err(e) = data_dir::record_now(&data_dir, &ack).await {
+        tracing::warn!(error = %e, "could not record the final position; PostgreSQL will resend from the last one");
+    }
     stream_cancel.cancel();
     if !replication_done {
         let _ = replication.await;
@@ -313,4 +347,58 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     }
     tracing::info!(flushed = %ack.durable(), "stopped");
     outcome
+}
+
+/// Becomes the gateway that streams from the slot, or waits as a standby until it can:
+/// meanwhile `/healthz` answers, `/readyz` and the API answer 503. `None`: shut down while
+/// waiting.
+async fn lead(
+    cfg: &ServeConfig,
+    settings: &StreamSettings,
+    shutdown: &CancellationToken,
+) -> Result<Option<Leadership>, StartError> {
+    let candidate = Candidate::connect(settings, Lsn(0), Lsn(0)).await?;
+    let mut candidate = match candidate.try_lock().await? {
+        Ok(leadership) => return Ok(Some(leadership)),
+        Err(candidate) => Some(candidate),
+    };
+    tracing::info!(slot = %cfg.slot, "another gateway streams from the slot: standing by");
+    metrics::gauge!("gateway_leader").set(0.0);
+    let standby_cancel = shutdown.child_token();
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+    let server = {
+        let (cancel, app) = (standby_cancel.clone(), http::health::standby_app(cfg.slot.clone()));
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service())
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await
+        })
+    };
+    let leadership = loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = shutdown.cancelled() => break None,
+        }
+        // A broken session is replaced on the next round; only fatal errors stop the wait.
+        let attempt = match candidate.take() {
+            Some(c) => c.try_lock().await,
+            None => match Candidate::connect(settings, Lsn(0), Lsn(0)).await {
+                Ok(c) => c.try_lock().await,
+                Err(e) => Err(e),
+            },
+        };
+        match attempt {
+            Ok(Ok(leadership)) => break Some(leadership),
+            Ok(Err(waiting)) => candidate = Some(waiting),
+            Err(e) if e.is_transient() => tracing::warn!(error = %e, "standby: replication session lost; reconnecting"),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    standby_cancel.cancel();
+    let _ = server.await;
+    if leadership.is_some() {
+        tracing::info!(slot = %cfg.slot, "took over the slot");
+    }
+    Ok(leadership)
 }

@@ -350,8 +350,8 @@ async fn slot(client: &Client, name: &str, out: &mut Vec<Finding>) -> Result<(),
         Some(pid) => out.push(Finding::problem(
             Severity::Warning,
             format!("{message}; in use by process {pid}"),
-            "another gateway with the same --slot, or one that stopped a moment ago; two gateways cannot share a slot",
-            "give each gateway its own --slot, --publication and --data-dir",
+            "another gateway streams from it (or one stopped a moment ago); a gateway started with the same --slot waits as its standby",
+            "nothing, for a standby; otherwise give each gateway its own --slot, --publication and --data-dir",
         )),
         None => out.push(Finding::ok(message)),
     }

@@ -54,6 +54,7 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
         "",
         "0 ok, 1 warn, 2 new shapes paused, 3 budget exceeded (see --max-retained-wal)",
     ),
+    ("gateway_leader", Kind::Gauge, "", "1 while this gateway streams from the slot, 0 while it stands by"),
     ("gateway_shapes", Kind::Gauge, "", "live shapes"),
     ("gateway_shapes_created_total", Kind::Counter, "", "shapes created"),
     ("gateway_shapes_rotated_total", Kind::Counter, "", "shapes rotated (clients get 409 must-refetch)"),

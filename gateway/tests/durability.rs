@@ -8,7 +8,7 @@ use gateway::devdb::StopMode;
 use crate::support::{DEADLINE, Env, Follower, ITEMS, oracle};
 
 /// Inserts and updates continuously until stopped; returns how many transactions ran.
-fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+pub fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let db = crate::support::connect(&url).await;
         let n = AtomicU64::new(0);

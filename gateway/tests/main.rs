@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod durability;
 mod electric_client;
+mod failover;
 mod filters;
 mod operations;
 mod outbox;

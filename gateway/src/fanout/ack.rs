@@ -3,7 +3,8 @@
 //!
 //! The stream notes what it hands to the fan-out; the fan-out notes what it made durable;
 //! when both agree and the stream is idle, keepalive positions can be acknowledged too
-//! (so a quiet publication does not pin WAL).
+//! (so a quiet publication does not pin WAL). A durable position is acknowledged once the
+//! data dir recorded it (`data_dir::record_positions`).
 
 use std::sync::Mutex;
 
@@ -24,13 +25,15 @@ struct Positions {
 pub struct AckState {
     positions: Mutex<Positions>,
     durable: watch::Sender<Lsn>,
+    /// Durable and recorded in the data dir: what may be acknowledged.
+    recorded: watch::Sender<Lsn>,
 }
 
 impl AckState {
     /// Starts from the slot's confirmed position.
     pub fn new(confirmed: Lsn) -> AckState {
         let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed };
-        AckState { positions: Mutex::new(p), durable: watch::channel(confirmed).0 }
+        AckState { positions: Mutex::new(p), durable: watch::channel(confirmed).0, recorded: watch::channel(confirmed).0 }
     }
 
     pub fn note_enqueued(&self, end: Lsn) {
@@ -73,8 +76,28 @@ impl AckState {
         self.positions.lock().unwrap().seen
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+    pub fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
         self.durable.subscribe()
+    }
+
+    /// The data dir recorded that its logs hold everything through `lsn`.
+    pub fn note_recorded(&self, lsn: Lsn) {
+        self.recorded.send_if_modified(|v| {
+            let raise = lsn > *v;
+            if raise {
+                *v = lsn;
+            }
+            raise
+        });
+    }
+
+    /// The position that may be acknowledged to PostgreSQL.
+    pub fn acknowledgeable(&self) -> Lsn {
+        *self.recorded.borrow()
+    }
+
+    pub fn subscribe_acknowledgeable(&self) -> watch::Receiver<Lsn> {
+        self.recorded.subscribe()
     }
 }
 

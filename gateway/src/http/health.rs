@@ -44,3 +44,25 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     }
 }
+
+/// What a standby serves while another gateway streams from the slot: alive, not ready
+/// (so Kubernetes sends it no traffic), metrics, and 503 with `retry-after` for the rest.
+pub fn standby_app(slot: String) -> axum::Router {
+    use axum::routing::get;
+    let why = format!(
+        "standby: another gateway streams from replication slot {slot:?}; this one takes over when that one stops"
+    );
+    let not_ready = {
+        let why = why.clone();
+        move || async move { super::ApiError::Unavailable { message: why, retry_after: 5 }.into_response() }
+    };
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(not_ready.clone()))
+        .route(
+            "/v1/health",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "starting"}))) }),
+        )
+        .fallback(not_ready)
+}

@@ -34,6 +34,10 @@ pub enum ReplicationError {
     Decode(#[from] decode::DecodeError),
     #[error("replication stream out of order: {0}")]
     Sequence(#[from] txn::SequenceError),
+    #[error(
+        "another gateway took over replication slot {slot:?} while this one was reconnecting; this one becomes a standby"
+    )]
+    LostLeadership { slot: String },
     #[error("replication connection: {0}")]
     Transport(String),
     #[error(transparent)]

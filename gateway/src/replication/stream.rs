@@ -1,6 +1,12 @@
 //! The pgoutput stream: connects with the transport crate (the only module that names it),
 //! decodes messages, hands whole transactions to the fan-out and reports the durable
 //! position back. Reconnects with capped backoff; fatal errors end the task.
+//!
+//! One gateway streams from a slot at a time: its replication session holds an advisory
+//! lock ([`Candidate::try_lock`]) before it starts, so the lock ends with the session (a killed
+//! gateway's lock goes when PostgreSQL sees its connection close) and standbys take it
+//! over. A reconnecting session must take the lock again; if another gateway has it, this
+//! one lost the slot ([`ReplicationError::LostLeadership`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,17 +37,65 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
-/// Runs until cancelled or a fatal error.
+/// A replication session that has not started streaming: it may take the slot's leader
+/// lock, and keeps its place while another gateway holds it.
+pub struct Candidate {
+    client: ReplicationClient,
+    lock_sql: String,
+}
+
+/// A session that holds the leader lock: this gateway streams from the slot.
+pub struct Leadership {
+    client: ReplicationClient,
+}
+
+impl Candidate {
+    /// A session that will start at `start` and report `ack` until told more; `Lsn(0)`
+    /// for both starts where the slot's confirmed position is when it starts.
+    pub async fn connect(settings: &StreamSettings, start: Lsn, ack: Lsn) -> Result<Candidate, ReplicationError> {
+        let config = transport_config(settings, start).with_ack_lsn(pgwire_replication::Lsn(ack.0));
+        let client = ReplicationClient::connect_gated(config).await.map_err(|e| classify(e, settings))?;
+        let key = format!("gateway slot {}", settings.slot).replace('\'', "''");
+        Ok(Candidate { client, lock_sql: format!("select pg_try_advisory_lock(hashtextextended('{key}', 0))") })
+    }
+
+    /// Takes the leader lock if no other session holds it.
+    pub async fn try_lock(mut self) -> Result<Result<Leadership, Candidate>, ReplicationError> {
+        let rows = self.client.simple_query(&self.lock_sql).await.map_err(|e| ReplicationError::Transport(e.to_string()))?;
+        let locked = rows.first().and_then(|row| row.first()).and_then(|v| v.as_deref()) == Some(b"t".as_slice());
+        Ok(if locked { Ok(Leadership { client: self.client }) } else { Err(self) })
+    }
+}
+
+/// Streams from the slot, starting with the session `leadership` holds, until cancelled
+/// or a fatal error.
 pub async fn run(
     settings: StreamSettings,
+    leadership: Leadership,
     txns: mpsc::Sender<Txn>,
     ack: Arc<AckState>,
     status: Arc<Status>,
     cancel: CancellationToken,
 ) -> Result<(), ReplicationError> {
     let mut backoff = BACKOFF_MIN;
+    let mut held = Some(leadership);
     loop {
-        let result = session(&settings, &txns, &ack, &status, &cancel, &mut backoff).await;
+        let result = match held.take() {
+            Some(leadership) => Ok(leadership),
+            None => {
+                // Resume where the logs end; report only what the data dir recorded.
+                match Candidate::connect(&settings, ack.durable(), ack.acknowledgeable()).await {
+                    Ok(candidate) => candidate.try_lock().await.and_then(|locked| {
+                        locked.map_err(|_| ReplicationError::LostLeadership { slot: settings.slot.clone() })
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let result = match result {
+            Ok(leadership) => session(leadership, &settings, &txns, &ack, &status, &cancel, &mut backoff).await,
+            Err(e) => Err(e),
+        };
         status.set_replication(false, result.as_ref().err().map(|e| e.to_string()));
         match result {
             Ok(()) => return Ok(()),
@@ -120,6 +174,7 @@ async fn report_final_position(client: &ReplicationClient, durable: Lsn) {
 }
 
 async fn session(
+    leadership: Leadership,
     settings: &StreamSettings,
     txns: &mpsc::Sender<Txn>,
     ack: &AckState,
@@ -127,27 +182,28 @@ async fn session(
     cancel: &CancellationToken,
     backoff: &mut Duration,
 ) -> Result<(), ReplicationError> {
-    let start = ack.durable();
-    let mut client =
-        ReplicationClient::connect(transport_config(settings, start)).await.map_err(|e| classify(e, settings))?;
+    let mut client = leadership.client;
+    client.start().await.map_err(|e| classify(e, settings))?;
     client.wait_started().await.map_err(|e| classify(e, settings))?;
-    tracing::info!(slot = %settings.slot, start = %start, "replication streaming");
+    // A session started at the slot's position reports 0 until told otherwise.
+    client.update_applied_lsn(pgwire_replication::Lsn(ack.acknowledgeable().0));
+    tracing::info!(slot = %settings.slot, durable = %ack.durable(), "replication streaming");
     status.set_replication(true, None);
     *backoff = BACKOFF_MIN;
-    let mut durable = ack.subscribe();
+    let mut acknowledgeable = ack.subscribe_acknowledgeable();
     let mut assembler = TxnAssembler::default();
     loop {
         tokio::select! {
             biased;
-            // 1. Shutdown: report the final durable position, then stop.
+            // 1. Shutdown: report the final position, then stop.
             _ = cancel.cancelled() => {
-                report_final_position(&client, ack.durable()).await;
+                report_final_position(&client, ack.acknowledgeable()).await;
                 let _ = client.shutdown().await;
                 return Ok(());
             }
-            // 2. The fan-out made more durable: acknowledge it.
-            Ok(()) = durable.changed() => {
-                let lsn = *durable.borrow_and_update();
+            // 2. More is durable and recorded: acknowledge it.
+            Ok(()) = acknowledgeable.changed() => {
+                let lsn = *acknowledgeable.borrow_and_update();
                 client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
             }
             // 3. The next stream event.

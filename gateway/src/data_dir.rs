@@ -1,0 +1,149 @@
+//! The data dir as a whole: which process owns it, and how far its shape logs reach.
+//!
+//! - `lock`: an exclusive file lock, so two gateways never write the same logs (standbys
+//!   that share the directory with the active one wait for it; a misconfigured second
+//!   gateway is refused).
+//! - `position`: the LSN through which the logs hold every change. It is recorded before
+//!   that LSN is acknowledged to PostgreSQL, so at start a slot confirmed past it means
+//!   someone else streamed from the slot meanwhile (another gateway with its own disk, or
+//!   this directory is an old copy): the logs miss changes and every shape is refetched.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shapes::offset::Lsn;
+use tokio_util::sync::CancellationToken;
+
+use crate::fanout::ack::AckState;
+
+/// How often the position is recorded at most: one small fsync per interval, and the
+/// acknowledged position trails the durable one by about this much.
+const RECORD_EVERY: Duration = Duration::from_millis(200);
+/// The record's fixed size: the LSN as text, space-padded (one sector: written whole).
+const RECORD_LEN: usize = 32;
+
+/// The data dir, held exclusively while this value lives.
+#[derive(Debug)]
+pub struct DataDir {
+    _lock: File,
+    position: File,
+    /// The recorded position when opened (`None`: none recorded yet).
+    pub stored_through: Option<Lsn>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error(
+        "data dir {path} is in use by another gateway process; give each gateway its own --data-dir, or let standbys share it only with the one active gateway"
+    )]
+    InUse { path: String },
+    #[error("data dir {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl DataDir {
+    /// Creates `dir` when missing and takes its lock, waiting up to `wait` for another
+    /// process to let go (a gateway that just lost the slot finishing its last batch).
+    pub async fn open(dir: &Path, wait: Duration) -> Result<DataDir, DataDirError> {
+        let io_err = |source| DataDirError::Io { path: dir.display().to_string(), source };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io_err)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(TryLockError::WouldBlock) => return Err(DataDirError::InUse { path: dir.display().to_string() }),
+                Err(TryLockError::Error(e)) => return Err(io_err(e)),
+            }
+        }
+        let position = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("position"))
+            .map_err(io_err)?;
+        let mut record = [0u8; RECORD_LEN];
+        let read = position.read_at(&mut record, 0).map_err(io_err)?;
+        let stored_through = std::str::from_utf8(&record[..read]).ok().and_then(|t| t.trim().parse().ok());
+        Ok(DataDir { _lock: lock, position, stored_through })
+    }
+
+    /// Durably records that the logs hold every change through `lsn`.
+    pub fn record(&self, lsn: Lsn) -> io::Result<()> {
+        let text = format!("{:<width$}", lsn.to_string(), width = RECORD_LEN - 1) + "\n";
+        self.position.write_all_at(text.as_bytes(), 0)?;
+        self.position.sync_data()
+    }
+
+    /// Why the stored logs cannot be trusted against a slot confirmed up to `confirmed`
+    /// (`slot_created`: the slot is new), if they cannot.
+    pub fn stale_logs(&self, confirmed: Lsn, slot_created: bool) -> Option<String> {
+        if slot_created {
+            return Some("the replication slot was created anew".into());
+        }
+        match self.stored_through {
+            None => Some("the data dir records no position (written by an older gateway or damaged)".into()),
+            Some(stored) if stored < confirmed => Some(format!(
+                "the logs reach {stored} but the slot was confirmed up to {confirmed} (another gateway streamed from it, or the data dir is an old copy)"
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Records the fan-out's durable position at most every [`RECORD_EVERY`] and only then
+/// lets it be acknowledged to PostgreSQL. Ends on cancellation or an I/O error (then
+/// nothing more is acknowledged, and PostgreSQL keeps the WAL).
+pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, cancel: CancellationToken) -> io::Result<()> {
+    let mut durable = ack.subscribe_durable();
+    loop {
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { return Ok(()) },
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        tokio::time::sleep(RECORD_EVERY).await;
+        record_now(&dir, &ack).await?;
+    }
+}
+
+/// Records the durable position now and lets it be acknowledged (also used at shutdown).
+pub async fn record_now(dir: &Arc<DataDir>, ack: &Arc<AckState>) -> io::Result<()> {
+    let lsn = ack.durable();
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || d.record(lsn)).await.map_err(io::Error::other)??;
+    ack.note_recorded(lsn);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_process_at_a_time_and_the_position_survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("gateway-data-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = DataDir::open(&dir, Duration::ZERO).await.unwrap();
+        assert_eq!(first.stored_through, None);
+        assert!(first.stale_logs(Lsn(10), false).is_some(), "no record: not trusted");
+        first.record(Lsn(500)).unwrap();
+        // File locks are per open file description, so a second open in one process conflicts too.
+        let second = DataDir::open(&dir, Duration::from_millis(200)).await;
+        assert!(matches!(second, Err(DataDirError::InUse { .. })), "{second:?}");
+        drop(first);
+        let reopened = DataDir::open(&dir, Duration::ZERO).await.unwrap();
+        assert_eq!(reopened.stored_through, Some(Lsn(500)));
+        assert_eq!(reopened.stale_logs(Lsn(500), false), None);
+        assert!(reopened.stale_logs(Lsn(501), false).unwrap().contains("confirmed up to"));
+        assert!(reopened.stale_logs(Lsn(400), true).is_some(), "a new slot: nothing before it is known");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
