@@ -43,6 +43,10 @@ enum SlotAction {
         /// Drop the publication too.
         #[arg(long)]
         drop_publication: bool,
+        /// Wait up to this many seconds for a gateway that is stopping to let go of the slot
+        /// (as when uninstalling while its pods terminate).
+        #[arg(long, default_value_t = 0)]
+        wait_s: u64,
     },
 }
 
@@ -118,8 +122,9 @@ async fn run() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Slot { action: SlotAction::Drop { cfg, drop_publication } } => {
-            println!("{}", gateway::replication::slot::uninstall(&cfg, drop_publication).await?);
+        Command::Slot { action: SlotAction::Drop { cfg, drop_publication, wait_s } } => {
+            let wait = std::time::Duration::from_secs(wait_s);
+            println!("{}", gateway::replication::slot::uninstall(&cfg, drop_publication, wait).await?);
         }
         Command::Demo { listen, sdk_dir } => gateway::demo::run(listen, sdk_dir, shutdown).await?,
     }

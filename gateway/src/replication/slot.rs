@@ -156,11 +156,22 @@ pub async fn drop_slot(client: &Client, slot: &str, release: std::time::Duration
 }
 
 /// `gateway slot drop`: drops the configured slot (refusing while a gateway streams from
-/// it) and, when asked, the publication. Returns what was done.
-pub async fn uninstall(cfg: &crate::config::ServeConfig, with_publication: bool) -> Result<String, ReplicationError> {
+/// it after waiting up to `wait` for it to stop) and, when asked, the publication. Returns
+/// what was done.
+pub async fn uninstall(
+    cfg: &crate::config::ServeConfig,
+    with_publication: bool,
+    wait: std::time::Duration,
+) -> Result<String, ReplicationError> {
     let client = crate::db::connect(&crate::db::parse_url(&cfg.database_url)?).await?;
     let slot = &cfg.slot;
-    let mut done = match describe(&client, slot).await?.map(|info| info.active_pid) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut active = describe(&client, slot).await?.map(|info| info.active_pid);
+    while matches!(active, Some(Some(_))) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        active = describe(&client, slot).await?.map(|info| info.active_pid);
+    }
+    let mut done = match active {
         None => format!("no replication slot {slot:?}; nothing to drop"),
         Some(Some(pid)) => return Err(ReplicationError::SlotInUse { slot: slot.clone(), pid }),
         Some(None) => {
