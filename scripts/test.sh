@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project. On a fresh Debian/Ubuntu machine it first installs what
-# is missing: PostgreSQL server binaries, Node.js and npm, Chromium, the wasm toolchain,
-# and the Node packages of the protocol suite (the official @electric-sql/client) and of
-# the SDK's browser suite (playwright-core); then it builds the SDK for wasm.
+# is missing: PostgreSQL server binaries, Node.js and npm, Chromium, nginx, the wasm
+# toolchain, helm and a Python virtualenv for the chart test, and the Node packages of the
+# protocol suite (the official @electric-sql/client) and of the SDK's browser suite
+# (playwright-core); then it builds the SDK for wasm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
@@ -10,6 +11,9 @@ cd "$(dirname "$0")/.."
 ensure_postgres
 ensure_node
 ensure_chromium
+ensure_nginx
+ensure_helm
+ensure_chart_python
 (cd gateway/tests/electric-client && npm ci --no-audit --no-fund --loglevel=error)
 (cd client-sdk/tests && npm ci --no-audit --no-fund --loglevel=error)
 build_sdk
@@ -17,3 +21,5 @@ build_sdk
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The Helm chart: lint, render variants, assert, validate (needs the gateway binary built above).
+GATEWAY_BIN=target/debug/gateway "$CHART_PYTHON" deploy/helm/tests/test_chart.py

@@ -51,7 +51,8 @@ impl DataDir {
     pub async fn open(dir: &Path, wait: Duration) -> Result<DataDir, DataDirError> {
         let io_err = |source| DataDirError::Io { path: dir.display().to_string(), source };
         std::fs::create_dir_all(dir).map_err(io_err)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io_err)?;
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io_err)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match lock.try_lock() {

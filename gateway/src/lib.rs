@@ -155,7 +155,9 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     loop {
         match serve_once(&cfg, shutdown.clone()).await? {
             Ended::Shutdown => return Ok(()),
-            Ended::LostLeadership => tracing::warn!(slot = %cfg.slot, "another gateway took over the slot; standing by"),
+            Ended::LostLeadership => {
+                tracing::warn!(slot = %cfg.slot, "another gateway took over the slot; standing by")
+            }
             Ended::RecreateSlot => {
                 // Everything that used the slot has stopped: drop it; the next run creates
                 // a new one at the current WAL position and rotates every shape.
@@ -370,9 +372,7 @@ async fn lead(
     let server = {
         let (cancel, app) = (standby_cancel.clone(), http::health::standby_app(cfg.slot.clone()));
         tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await
+            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(cancel.cancelled_owned()).await
         })
     };
     let leadership = loop {

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod auth;
+mod cache_tier;
 mod durability;
 mod electric_client;
 mod failover;

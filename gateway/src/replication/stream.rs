@@ -61,7 +61,8 @@ impl Candidate {
 
     /// Takes the leader lock if no other session holds it.
     pub async fn try_lock(mut self) -> Result<Result<Leadership, Candidate>, ReplicationError> {
-        let rows = self.client.simple_query(&self.lock_sql).await.map_err(|e| ReplicationError::Transport(e.to_string()))?;
+        let rows =
+            self.client.simple_query(&self.lock_sql).await.map_err(|e| ReplicationError::Transport(e.to_string()))?;
         let locked = rows.first().and_then(|row| row.first()).and_then(|v| v.as_deref()) == Some(b"t".as_slice());
         Ok(if locked { Ok(Leadership { client: self.client }) } else { Err(self) })
     }

@@ -72,7 +72,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
