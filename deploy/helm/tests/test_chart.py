@@ -56,6 +56,12 @@ REFUSED = {
         ["--set", "monitoring.serviceMonitor.enabled=true", "--set", "headlessService.enabled=false"], "headless"),
 }
 
+# Values the README documents as a whole rather than key by key.
+DOCUMENTED_WHOLE = {
+    "resources", "podSecurityContext", "securityContext", "cache.resources",
+    "probes.startup", "probes.liveness", "probes.readiness",
+}
+
 # Set by the chart itself (or from Secrets), not through values.config.
 CHART_MANAGED = {"listen", "data_dir", "database_url", "jwt_secret", "jwt_public_key"}
 
@@ -233,6 +239,20 @@ class Chart(unittest.TestCase):
         self.assertEqual(args[:2], ["slot", "drop"])
         self.assertIn("--drop-publication", args)
         self.assertIn("--wait-s", args)
+
+    def test_the_readme_documents_every_value(self):
+        readme = (CHART / "README.md").read_text()
+        values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+        def leaves(prefix, node):
+            if isinstance(node, dict) and node and prefix not in DOCUMENTED_WHOLE:
+                for k, v in node.items():
+                    yield from leaves(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                yield prefix
+
+        for path in leaves("", values):
+            self.assertTrue(f"`{path}" in readme, f"{path} is not in the chart README")
 
     def test_every_built_in_object_passes_kubernetes_schema_validation(self):
         validated = 0
