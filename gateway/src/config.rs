@@ -96,6 +96,16 @@ pub struct ServeConfig {
     /// (`pg_logical_emit_message`), so its slot keeps moving on a quiet database.
     #[arg(long, env = "GATEWAY_HEARTBEAT_S", default_value_t = 60)]
     pub heartbeat_s: u64,
+    /// New shapes whose snapshot may run at once; past it, creating one answers 503 with
+    /// `retry-after` (existing shapes are served as usual).
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENT_SNAPSHOTS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_snapshots: u32,
+    /// Live requests (long-polls and SSE streams) held at once; past it, 503 with `retry-after`.
+    #[arg(long, env = "GATEWAY_MAX_LIVE_CONNECTIONS", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_connections: u32,
+    /// Shapes one table may have; past it, creating another answers 429.
+    #[arg(long, env = "GATEWAY_MAX_SHAPES_PER_TABLE", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_shapes_per_table: u32,
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -138,9 +148,15 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and checks a config file: every key must be a `serve` flag or `table`.
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let fail = |problem: String| ConfigError::File { path: path.display().to_string(), problem };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: path.display().to_string(), problem: e.to_string() })?;
+        ConfigFile::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks a config file's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
+        let fail = |problem: String| ConfigError::File { path: origin.to_string(), problem };
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
         let rules = match doc.remove("table") {
             None => Vec::new(),
             Some(t) => t.try_into().map_err(|e: toml::de::Error| fail(format!("[[table]]: {}", e.message())))?,

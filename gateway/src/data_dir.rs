@@ -19,6 +19,7 @@ use shapes::offset::Lsn;
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::ack::AckState;
+use crate::status::Status;
 
 /// How often the position is recorded at most: one small fsync per interval, and the
 /// acknowledged position trails the durable one by about this much.
@@ -101,17 +102,35 @@ impl DataDir {
 }
 
 /// Records the fan-out's durable position at most every [`RECORD_EVERY`] and only then
-/// lets it be acknowledged to PostgreSQL. Ends on cancellation or an I/O error (then
-/// nothing more is acknowledged, and PostgreSQL keeps the WAL).
-pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, cancel: CancellationToken) -> io::Result<()> {
+/// lets it be acknowledged to PostgreSQL. A failed record (a full disk) is retried, with
+/// the gateway not ready meanwhile; nothing more is acknowledged until it succeeds.
+pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc<Status>, cancel: CancellationToken) {
     let mut durable = ack.subscribe_durable();
+    let mut failing = false;
     loop {
-        tokio::select! {
-            changed = durable.changed() => if changed.is_err() { return Ok(()) },
-            _ = cancel.cancelled() => return Ok(()),
+        if !failing {
+            tokio::select! {
+                changed = durable.changed() => if changed.is_err() { return },
+                _ = cancel.cancelled() => return,
+            }
         }
-        tokio::time::sleep(RECORD_EVERY).await;
-        record_now(&dir, &ack).await?;
+        tokio::select! {
+            _ = tokio::time::sleep(RECORD_EVERY) => {}
+            _ = cancel.cancelled() => return,
+        }
+        match record_now(&dir, &ack).await {
+            Ok(()) if failing => {
+                tracing::info!("the data dir's position is recorded again; acknowledging resumes");
+                status.set_storage_error(None);
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the data dir's position; retrying");
+                status.set_storage_error(Some(format!("recording the position: {e}")));
+                failing = true;
+            }
+        }
     }
 }
 

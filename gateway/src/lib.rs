@@ -16,6 +16,8 @@ pub mod http;
 pub mod limits;
 pub mod outbox;
 pub mod preflight;
+#[cfg(test)]
+mod properties;
 pub mod replication;
 pub mod snapshot;
 pub mod status;
@@ -232,8 +234,9 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     ));
     // Append descriptors kept open: a quarter of the limit, the rest is for clients.
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
-    let mut fanout = tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), open_writers, cancel.clone()));
-    let mut positions = tokio::spawn(data_dir::record_positions(data_dir.clone(), ack.clone(), cancel.clone()));
+    let mut fanout =
+        tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), status.clone(), open_writers, cancel.clone()));
+    tokio::spawn(data_dir::record_positions(data_dir.clone(), ack.clone(), status.clone(), cancel.clone()));
     let monitor = replication::monitor::Monitor {
         db: db_cfg.clone(),
         slot: cfg.slot.clone(),
@@ -257,6 +260,11 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         sse_timeout: cfg.sse_timeout(),
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
         demo: cfg.demo.clone(),
+        limits: http::admission::Limits {
+            max_concurrent_snapshots: cfg.max_concurrent_snapshots as usize,
+            max_live_connections: cfg.max_live_connections as usize,
+            max_shapes_per_table: cfg.max_shapes_per_table as usize,
+        },
     };
     if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
         let (auth, cancel) = (auth.clone(), cancel.clone());
@@ -295,12 +303,6 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
                 Err(panic) => Err(StartError::Crashed(format!("replication: {panic}"))),
             }
         }
-        r = &mut positions => match r {
-            // Cancelled: another task ended first and decides.
-            Ok(Ok(())) => Ok(Ended::Shutdown),
-            Ok(Err(e)) => Err(StartError::Storage(e)),
-            Err(panic) => Err(StartError::Crashed(format!("position record: {panic}"))),
-        },
         r = &mut monitor => match r {
             Ok(Ok(())) => Ok(Ended::Shutdown),
             Ok(Err(replication::monitor::BudgetError::Recreate { .. })) => Ok(Ended::RecreateSlot),

@@ -24,6 +24,8 @@ struct Inner {
     replication_connected: bool,
     last_error: Option<String>,
     slot: Option<SlotHealth>,
+    /// Why shape storage is failing (a full disk, an I/O error), while it is.
+    storage_error: Option<String>,
 }
 
 impl Status {
@@ -64,6 +66,12 @@ impl Status {
         (ms > 0).then(|| now.saturating_sub(Duration::from_millis(ms)))
     }
 
+    /// Shape storage failed (`Some`: why) or works again (`None`).
+    pub fn set_storage_error(&self, error: Option<String>) {
+        metrics::gauge!("gateway_storage_failing").set(if error.is_some() { 1.0 } else { 0.0 });
+        self.inner.lock().unwrap().storage_error = error;
+    }
+
     pub fn set_slot(&self, health: SlotHealth) {
         self.inner.lock().unwrap().slot = Some(health);
     }
@@ -86,6 +94,11 @@ impl Status {
     /// `Ok` when ready to serve, else the reason.
     pub fn readiness(&self) -> Result<(), String> {
         let i = self.inner.lock().unwrap();
+        if let Some(e) = &i.storage_error {
+            return Err(format!(
+                "shape storage is failing ({e}); nothing new is acknowledged to PostgreSQL until it works again, what is stored is still served"
+            ));
+        }
         if let Some(slot) = i.slot.as_ref().filter(|s| s.stage == Stage::Exceeded) {
             return Err(format!(
                 "the replication slot holds {} bytes of WAL, over --max-retained-wal",

@@ -59,6 +59,13 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("gateway_shapes_created_total", Kind::Counter, "", "shapes created"),
     ("gateway_shapes_rotated_total", Kind::Counter, "", "shapes rotated (clients get 409 must-refetch)"),
     ("gateway_shape_log_bytes", Kind::Gauge, "", "bytes of shape logs on disk"),
+    (
+        "gateway_storage_failing",
+        Kind::Gauge,
+        "",
+        "1 while shape storage fails (full disk, I/O error): nothing new is acknowledged",
+    ),
+    ("gateway_storage_errors_total", Kind::Counter, "", "failed attempts to store a batch"),
     ("gateway_subscribers", Kind::Gauge, "mode", "live requests waiting for changes, by mode (long_poll, sse)"),
     ("gateway_http_requests_total", Kind::Counter, "route, method, status", "HTTP requests answered"),
     (

@@ -399,6 +399,15 @@ impl ShapeLog {
         WriteMark { len: l.written_len, head: l.written_head }
     }
 
+    /// Forgets entries written but not yet published (their write or sync failed), so they
+    /// can be written again: the next append overwrites them.
+    pub fn discard_unpublished(&self) {
+        let mut l = self.live.lock().unwrap();
+        l.written_len = l.durable_len;
+        l.written_head = l.head;
+        l.forget_unwritten();
+    }
+
     /// Makes entries up to `mark` visible. Call only once they are durable.
     pub fn publish(&self, mark: WriteMark) {
         let mut l = self.live.lock().unwrap();
@@ -573,11 +582,12 @@ impl Live {
         self.chunk_bytes_so_far += size;
     }
 
-    /// Drops index entries for bytes past `durable_len` after a failed write.
+    /// Drops index entries for bytes past `written_len` after a failed write.
     fn forget_unwritten(&mut self) {
         let len = self.written_len;
         self.sparse.retain(|(_, p)| *p < len);
         self.chunk_starts.retain(|p| *p < len || *p == 0);
+        self.chunk_bytes_so_far = len - self.chunk_starts.last().copied().unwrap_or(0);
     }
 
     /// Scans the file, rebuilding the indexes and cutting a torn tail back to the end of the
@@ -761,6 +771,37 @@ mod tests {
         drop((first, second));
         assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "nobody holds it: nothing kept");
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn discarded_unpublished_writes_are_written_again_once() {
+        let (a, b) = (tmp("discard-a"), tmp("discard-b"));
+        let (retried, straight) = (ShapeLog::create(&a, 64).unwrap(), ShapeLog::create(&b, 64).unwrap());
+        for log in [&retried, &straight] {
+            log.finish_snapshot(b"{}").unwrap();
+            log.append(&(1..=5).map(|i| vec![entry(i, 0)]).collect::<Vec<_>>()).unwrap();
+            log.sync_and_publish().unwrap();
+        }
+        let rest: Vec<_> = (6..=9).map(|i| vec![entry(i, 0), entry(i, 1)]).collect();
+        retried.append(&rest).unwrap();
+        retried.discard_unpublished();
+        assert_eq!(retried.read_live(LogOffset::At { tx: 5, op: 0 }).unwrap().count, 0, "nothing unpublished shows");
+        retried.append(&rest).unwrap();
+        retried.sync_and_publish().unwrap();
+        straight.append(&rest).unwrap();
+        straight.sync_and_publish().unwrap();
+        // Same entries, same chunk boundaries: read both from the start, chunk by chunk.
+        let (mut x, mut y) = (LogOffset::SNAPSHOT_END, LogOffset::SNAPSHOT_END);
+        loop {
+            let (rx, ry) = (retried.read_live(x).unwrap(), straight.read_live(y).unwrap());
+            assert_eq!((rx.count, rx.last, &rx.body), (ry.count, ry.last, &ry.body));
+            if rx.count == 0 {
+                break;
+            }
+            (x, y) = (rx.last.unwrap(), ry.last.unwrap());
+        }
+        fs::remove_dir_all(a).unwrap();
+        fs::remove_dir_all(b).unwrap();
     }
 
     #[test]

@@ -119,7 +119,27 @@ impl FromStr for LogOffset {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_an_offset_or_a_refusal(s in "\\PC{0,40}|-?[0-9]{0,25}_([0-9]{0,25}|inf)") {
+            if let Ok(o) = s.parse::<LogOffset>() {
+                prop_assert_eq!(o.to_string().parse::<LogOffset>().unwrap(), o, "prints as it parses");
+            }
+            if let Ok(l) = s.parse::<Lsn>() {
+                prop_assert_eq!(l.to_string().parse::<Lsn>().unwrap(), l);
+            }
+        }
+
+        #[test]
+        fn offsets_round_trip(tx in 0..=i64::MAX as u64, op in 0..=i64::MAX as u64) {
+            let o = LogOffset::At { tx, op };
+            prop_assert_eq!(o.to_string().parse::<LogOffset>(), Ok(o));
+        }
+    }
 
     #[test]
     fn offsets_parse_and_print_as_the_protocol_writes_them() {

@@ -217,3 +217,20 @@ impl FromStr for ShapeHandle {
         if ok && s.len() <= 40 { Ok(ShapeHandle(s.to_string())) } else { Err(format!("malformed handle {s:?}")) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::ShapeHandle;
+
+    proptest! {
+        #[test]
+        fn a_handle_is_always_a_safe_file_name(s in "\\PC{0,50}|[0-9]{1,20}-[0-9]{1,20}|\\.\\./[0-9-]{0,8}") {
+            if let Ok(h) = s.parse::<ShapeHandle>() {
+                let text = h.to_string();
+                prop_assert!(text.len() <= 40 && text.bytes().all(|b| b.is_ascii_digit() || b == b'-'), "{}", text);
+            }
+        }
+    }
+}

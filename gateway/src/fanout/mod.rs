@@ -17,18 +17,26 @@ use tokio_util::sync::CancellationToken;
 
 use self::ack::AckState;
 use self::registry::{LiveShape, Registry, TxnEntries};
+use crate::status::Status;
 
 /// Most transactions in one group commit.
 const MAX_BATCH: usize = 4096;
 /// Up to this many touched logs are synced one by one; more share one `syncfs`.
 const SYNC_EACH_UP_TO: usize = 4;
 
-/// Runs until the channel closes or cancellation. An I/O error ends it: nothing after the
-/// last durable batch is acknowledged, so PostgreSQL resends it after a restart.
+/// First and longest pause before writing a batch again after a storage error.
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs until the channel closes or cancellation. A storage error (a full disk, an I/O
+/// error) does not end it: the batch's unpublished writes are discarded, the gateway
+/// reports not-ready with the reason, and the batch is written again until it succeeds.
+/// Meanwhile nothing new is acknowledged and the stream waits (the channel fills).
 pub async fn run(
     mut txns: mpsc::Receiver<Txn>,
     registry: Arc<Registry>,
     ack: Arc<AckState>,
+    status: Arc<Status>,
     open_writers: usize,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
@@ -40,67 +48,115 @@ pub async fn run(
             _ = cancel.cancelled() => return Ok(()),
             n = txns.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return Ok(()) },
         }
-        let registry = registry.clone();
-        let ack = ack.clone();
-        let taken = std::mem::take(&mut batch);
-        let mut w = writers.take().expect("returned by the previous batch");
-        // File I/O and fsync block: run the batch off the async workers.
-        let (returned, w) = tokio::task::spawn_blocking(move || {
-            let r = apply_batch(&registry, &ack, &mut w, taken);
-            (r, w)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        batch = returned?;
-        writers = Some(w);
+        let (registry_, taken) = (registry.clone(), std::mem::take(&mut batch));
+        // Routing and file I/O block: run them off the async workers.
+        let (planned, taken) = tokio::task::spawn_blocking(move || (plan_batch(&registry_, &taken), taken))
+            .await
+            .map_err(std::io::Error::other)?;
+        batch = taken;
+        let mut planned = Some(planned);
+        let mut backoff = RETRY_MIN;
+        loop {
+            let mut w = writers.take().expect("returned by the previous write");
+            let p = planned.take().expect("returned by the previous write");
+            let registry_ = registry.clone();
+            let (result, w, p) = tokio::task::spawn_blocking(move || {
+                let r = write_batch(&registry_, &mut w, &p);
+                (r, w, p)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            (writers, planned) = (Some(w), Some(p));
+            match result {
+                Ok(()) => {
+                    if backoff > RETRY_MIN {
+                        tracing::info!("shape storage works again; acknowledging resumes");
+                        status.set_storage_error(None);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!("gateway_storage_errors_total").increment(1);
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "shape storage failed; writing the batch again");
+                    status.set_storage_error(Some(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        // Shutting down: what is not durable was not acknowledged and comes again.
+                        _ = cancel.cancelled() => return Err(e),
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            ack.note_durable(last.end_lsn, last.commit_lsn);
+        }
     }
 }
 
 /// Each touched shape's entries in this batch, appended with one write per shape.
 type BatchWrites = HashMap<u64, (Arc<LiveShape>, Vec<TxnEntries>)>;
 
-fn apply_batch(
-    registry: &Registry,
-    ack: &AckState,
-    open: &mut writers::Writers,
-    batch: Vec<Txn>,
-) -> std::io::Result<Vec<Txn>> {
+/// Routes every transaction of the batch to the shapes it touches (once, whatever happens
+/// to the writes).
+fn plan_batch(registry: &Registry, batch: &[Txn]) -> BatchWrites {
     let mut writes: BatchWrites = HashMap::new();
-    for txn in &batch {
+    for txn in batch {
         apply_txn(registry, txn, &mut writes);
     }
-    if !writes.is_empty() {
-        let mut marks = Vec::with_capacity(writes.len());
-        for (shape, txns) in writes.values() {
-            // A shape rotated meanwhile (DDL, DELETE) has no files left to write to.
-            match shape.log.append(txns) {
-                Err(_) if shape.log.version().gone => continue,
+    writes
+}
+
+/// Appends, makes durable and publishes the batch's entries. On an error nothing of the
+/// batch stays written-but-unpublished, so writing it again appends each entry once.
+fn write_batch(registry: &Registry, open: &mut writers::Writers, writes: &BatchWrites) -> std::io::Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let result = append_and_sync(registry, open, writes);
+    match result {
+        Ok(marks) => {
+            for (shape, mark) in marks {
+                shape.log.publish(mark);
+            }
+            open.trim();
+            Ok(())
+        }
+        Err(e) => {
+            for (shape, _) in writes.values() {
+                shape.log.discard_unpublished();
+            }
+            Err(e)
+        }
+    }
+}
+
+fn append_and_sync<'a>(
+    registry: &Registry,
+    open: &mut writers::Writers,
+    writes: &'a BatchWrites,
+) -> std::io::Result<Vec<(&'a Arc<LiveShape>, shapes::log::WriteMark)>> {
+    let mut marks = Vec::with_capacity(writes.len());
+    for (shape, txns) in writes.values() {
+        // A shape rotated meanwhile (DDL, DELETE) has no files left to write to.
+        match shape.log.append(txns) {
+            Err(_) if shape.log.version().gone => continue,
+            result => result?,
+        }
+        marks.push((shape, shape.log.written_mark()));
+        open.used(shape);
+    }
+    if marks.len() <= SYNC_EACH_UP_TO {
+        for (shape, _) in &marks {
+            match shape.log.sync() {
+                Err(_) if shape.log.version().gone => {}
                 result => result?,
             }
-            marks.push((shape, shape.log.written_mark()));
-            open.used(shape);
         }
-        if marks.len() <= SYNC_EACH_UP_TO {
-            for (shape, _) in &marks {
-                match shape.log.sync() {
-                    Err(_) if shape.log.version().gone => {}
-                    result => result?,
-                }
-            }
-        } else {
-            sync_filesystem(registry.data_dir())?;
-        }
-        for (shape, mark) in marks {
-            shape.log.publish(mark);
-        }
+    } else {
+        sync_filesystem(registry.data_dir())?;
     }
-    if let Some(last) = batch.last() {
-        ack.note_durable(last.end_lsn, last.commit_lsn);
-    }
-    open.trim();
-    let mut batch = batch;
-    batch.clear();
-    Ok(batch)
+    Ok(marks)
 }
 
 fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {

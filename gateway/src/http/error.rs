@@ -16,6 +16,13 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    UriTooLong(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// A limit on how many of something may exist (e.g. shapes of a table).
+    #[error("{0}")]
+    TooMany(String),
     #[error("{message}")]
     Unavailable { message: String, retry_after: u32 },
     #[error("internal error")]
@@ -55,6 +62,17 @@ impl IntoResponse for ApiError {
             }
             ApiError::TooLarge(m) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({"error": "too_large", "message": m}), None)
+            }
+            ApiError::UriTooLong(m) => {
+                (StatusCode::URI_TOO_LONG, serde_json::json!({"error": "uri_too_long", "message": m}), None)
+            }
+            ApiError::HeadersTooLarge(m) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                serde_json::json!({"error": "headers_too_large", "message": m}),
+                None,
+            ),
+            ApiError::TooMany(m) => {
+                (StatusCode::TOO_MANY_REQUESTS, serde_json::json!({"error": "too_many", "message": m}), None)
             }
             ApiError::NotFound(m) => {
                 (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": m}), None)

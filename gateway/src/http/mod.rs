@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, CORS. Handlers are thin: parse, call one
 //! domain function, map the result.
 
+pub mod admission;
 pub mod error;
 pub mod health;
 pub mod openapi;
@@ -38,6 +39,7 @@ pub struct HttpSettings {
     pub cors: Cors,
     /// The demo's site at `/demo/` (only `gateway demo` has one).
     pub demo: Option<Arc<crate::demo::site::DemoSite>>,
+    pub limits: admission::Limits,
 }
 
 #[derive(Clone)]
@@ -52,6 +54,7 @@ pub struct AppState {
     pub cancel: CancellationToken,
     /// Serializes shape creation (publication changes, snapshot start).
     pub create_lock: Arc<tokio::sync::Mutex<()>>,
+    pub admission: Arc<admission::Admission>,
     catalog: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 
@@ -66,6 +69,7 @@ impl AppState {
         cancel: CancellationToken,
     ) -> Self {
         AppState {
+            admission: Arc::new(admission::Admission::new(settings.limits)),
             settings: Arc::new(settings),
             registry,
             ack,
@@ -120,6 +124,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)
+        .layer(middleware::from_fn(admission::request_size))
         .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }

@@ -116,6 +116,8 @@ pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<
     if let Some(why) = state.status.new_shapes_paused() {
         return Err(ApiError::Unavailable { message: why, retry_after: 30 });
     }
+    state.admission.check_shape_count(&req.table.quoted(), state.registry.shapes_of(&req.table).len())?;
+    let permit = state.admission.snapshot()?;
     let altered = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
         .await
         .map_err(|e| match e {
@@ -123,9 +125,16 @@ pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<
         e => ApiError::internal(e),
     })?;
     let shape = if altered { bind(fresh_schema(state, &client, req).await?)? } else { shape };
-    let (live, created) = state.registry.get_or_create(shape).map_err(ApiError::internal)?;
+    let (live, created) = state.registry.get_or_create(shape).map_err(|e| ApiError::Unavailable {
+        message: format!("cannot create the shape's log ({e}); retry when the gateway's storage has room"),
+        retry_after: 10,
+    })?;
     if created {
-        tokio::spawn(crate::snapshot::run(state.settings.db.clone(), state.registry.clone(), live.clone()));
+        let (db, registry, shape) = (state.settings.db.clone(), state.registry.clone(), live.clone());
+        tokio::spawn(async move {
+            crate::snapshot::run(db, registry, shape).await;
+            drop(permit);
+        });
     }
     Ok(live)
 }
@@ -248,11 +257,11 @@ async fn serve_live(
         }
     }
     if req.sse {
-        return Ok(super::sse::stream(state.clone(), req, shape, after));
+        return super::sse::stream(state.clone(), req, shape, after);
     }
     let mut rx = shape.log.subscribe();
     let deadline = tokio::time::Instant::now() + state.settings.long_poll_timeout;
-    let _subscriber = req.live.then(|| crate::telemetry::LiveSubscriber::new("long_poll"));
+    let _permit = if req.live { Some(state.admission.live("long_poll")?) } else { None };
     loop {
         let seen = state.ack.seen();
         let read = read_live(&shape, after).await?;
@@ -474,6 +483,11 @@ mod size_tests {
             sse_keepalive: std::time::Duration::from_secs(21),
             cors: super::super::Cors::new(&["*".into()]),
             demo: None,
+            limits: super::super::admission::Limits {
+                max_concurrent_snapshots: 1,
+                max_live_connections: 1,
+                max_shapes_per_table: 1,
+            },
         };
         let state = AppState::new(
             settings,

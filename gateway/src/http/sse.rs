@@ -18,6 +18,8 @@ use shapes::wire::up_to_date;
 use tokio::sync::mpsc;
 
 use super::AppState;
+use super::admission::LivePermit;
+use super::error::ApiError;
 use super::request::ShapeRequest;
 use super::shape::{cursor_for, next_version, read_live};
 use crate::fanout::registry::LiveShape;
@@ -28,7 +30,13 @@ const CHUNK_BUFFER: usize = 16;
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
-pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after: LogOffset) -> Response {
+pub fn stream(
+    state: AppState,
+    req: &ShapeRequest,
+    shape: Arc<LiveShape>,
+    after: LogOffset,
+) -> Result<Response, ApiError> {
+    let permit = state.admission.live("sse")?;
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNK_BUFFER);
     let cursor = cursor_for(&state, req);
     let handle = shape.handle.clone();
@@ -37,7 +45,7 @@ pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after:
         .expires
         .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
         .map_or(state.settings.sse_timeout, |left| left.min(state.settings.sse_timeout));
-    tokio::spawn(produce(state.clone(), shape, after, lifetime, tx));
+    tokio::spawn(produce(state.clone(), shape, after, lifetime, tx, permit));
     let chunks =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, Infallible>(c), rx)) });
     let mut resp = Response::new(Body::from_stream(chunks));
@@ -53,7 +61,7 @@ pub fn stream(state: AppState, req: &ShapeRequest, shape: Arc<LiveShape>, after:
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=59"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    Ok(resp)
 }
 
 async fn produce(
@@ -62,8 +70,8 @@ async fn produce(
     mut after: LogOffset,
     lifetime: std::time::Duration,
     tx: mpsc::Sender<Bytes>,
+    _permit: LivePermit,
 ) {
-    let _subscriber = crate::telemetry::LiveSubscriber::new("sse");
     let deadline = tokio::time::Instant::now() + lifetime;
     let mut rx = shape.log.subscribe();
     let mut first = true;

@@ -377,13 +377,13 @@ impl Write {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
     use shapes::table::{Column, TableName, TableSchema};
 
     use super::*;
 
-    fn table() -> Arc<WriteTable> {
+    pub(crate) fn table() -> Arc<WriteTable> {
         let col = |name: &str, ty: &str, sql: &str, pk: Option<u32>| Column {
             name: name.into(),
             type_oid: 0,

@@ -6,6 +6,8 @@ mod arith;
 pub mod eval;
 mod named;
 pub mod parse;
+#[cfg(test)]
+mod properties;
 pub mod render;
 
 use crate::value::{Datum, SqlType};

@@ -1,0 +1,100 @@
+//! Storage faults: a full disk stops acknowledgement, reports not-ready with the reason,
+//! keeps serving what is stored, and recovers by itself when space returns.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, get};
+
+/// A small tmpfs, unmounted when dropped (after the gateway using it, declared later).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let out =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).output();
+        let ok = out.as_ref().is_ok_and(|o| o.status.success());
+        assert!(ok, "mounting a tmpfs needs root (the suite runs as root, like scripts/test.sh): {out:?}");
+        SmallDisk(path.into())
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn lsn(text: &str) -> shapes::offset::Lsn {
+    text.parse().unwrap()
+}
+
+async fn confirmed(env: &Env) -> String {
+    env.db
+        .query_one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 'gateway'", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items select i, 'o', 't', 0 from generate_series(1, 20) i").await;
+    let disk = SmallDisk::mount(&env.pg.root().join("small-disk"), "4m");
+    let mut gw = Gateway::start(&env.url, &disk.0, &[]);
+    gw.ready().await;
+    let mut f = Follower::new(&gw, "table=items");
+    f.sync().await;
+    let filler = disk.fill();
+    env.sql("insert into items select i, 'o', repeat('x', 3000), 0 from generate_series(100, 300) i").await;
+    // The end of the insert's commit: acknowledging it would claim the logs hold the insert.
+    let committed: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+
+    let started = Instant::now();
+    let reason = loop {
+        let r = get(&format!("{}/readyz", gw.base())).await;
+        if r.status == 503 {
+            break r.body["message"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed() < DEADLINE, "never reported not-ready; log: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("storage") && reason.contains("space"), "{reason}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        lsn(&confirmed(&env).await) < lsn(&committed),
+        "nothing past the stored logs was acknowledged; log: {}",
+        gw.log()
+    );
+    // What is stored is still served.
+    let snapshot = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
+    assert_eq!(snapshot.status, 200, "{}", snapshot.body);
+    let metrics = reqwest::get(format!("{}/metrics", gw.base())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gateway_storage_failing 1"), "{metrics}");
+
+    std::fs::remove_file(filler).unwrap();
+    gw.ready().await;
+    f.live_until(|rows| rows.len() == 221).await;
+    assert_eq!((f.duplicates, f.refetches), (0, 0), "every change once, same shape");
+    let started = Instant::now();
+    while lsn(&confirmed(&env).await) < lsn(&committed) {
+        assert!(started.elapsed() < DEADLINE, "acknowledging never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(gw);
+}

@@ -1,0 +1,116 @@
+//! Admission control and request limits: past each bound a clear answer, never a pile-up.
+
+use std::time::Duration;
+
+use crate::support::{Env, ITEMS, get};
+
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[tokio::test]
+async fn a_herd_asking_for_one_new_shape_triggers_one_snapshot() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items select i, 'o', 't', i from generate_series(1, 1000) i").await;
+    let gw = env.ready_gateway().await;
+    let url = format!("{}/v1/shape?table=items&where=n%20%3E%2010&offset=-1", gw.base());
+    let herd: Vec<_> = (0..40).map(|_| tokio::spawn(get_owned(url.clone()))).collect();
+    let mut handles = std::collections::BTreeSet::new();
+    for r in herd {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        handles.insert(r.headers["electric-handle"].to_str().unwrap().to_string());
+    }
+    assert_eq!(handles.len(), 1, "one shape for everyone");
+    assert_eq!(metric(&gw.base(), "gateway_shapes_created_total").await, 1.0, "one snapshot, not one per client");
+    assert_eq!(gw.log().matches("snapshot complete").count(), 1);
+}
+
+async fn get_owned(url: String) -> crate::support::Response {
+    get(&url).await
+}
+
+#[tokio::test]
+async fn snapshots_past_the_bound_wait_their_turn_with_503_and_retry_after() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items select i, 'o', 't', i from generate_series(1, 10) i").await;
+    let gw = env.gateway_with(&["--max-concurrent-snapshots", "1"]);
+    let mut gw = gw;
+    gw.ready().await;
+    let shape = |filter: &str| format!("{}/v1/shape?table=items&where={filter}&offset=-1", gw.base());
+    // Publishes the table with full replica identity, so later shapes only snapshot.
+    assert_eq!(get(&shape("n%3E0")).await.status, 200);
+    // A transaction holding the table keeps the next snapshot (and its permit) waiting.
+    let blocker = crate::support::connect(&env.url).await;
+    blocker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
+    let first = tokio::spawn(get_owned(shape("n%3D1")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = get(&shape("n%3D2")).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(refused.body["message"].as_str().unwrap().contains("--max-concurrent-snapshots"), "{}", refused.body);
+    // Existing shapes are served meanwhile.
+    let existing = get(&format!("{}/v1/shape?table=items&where=n%3E0&offset=-1", gw.base())).await;
+    assert_eq!(existing.status, 200);
+    blocker.batch_execute("commit").await.unwrap();
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(get(&shape("n%3D2")).await.status, 200, "admitted once the first snapshot ended");
+}
+
+#[tokio::test]
+async fn live_connections_and_shapes_per_table_are_bounded() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let mut gw = env.gateway_with(&["--max-live-connections", "2", "--max-shapes-per-table", "2"]);
+    gw.ready().await;
+    let initial = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
+    let handle = initial.headers["electric-handle"].to_str().unwrap().to_string();
+    let offset = initial.headers["electric-offset"].to_str().unwrap().to_string();
+    let live = format!("{}/v1/shape?table=items&handle={handle}&offset={offset}&live=true", gw.base());
+    let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(get_owned(live.clone()))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = get(&live).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(refused.body["message"].as_str().unwrap().contains("--max-live-connections"));
+    let sse = get(&format!("{live}&live_sse=true")).await;
+    assert_eq!(sse.status, 503, "SSE counts too: {}", sse.body);
+    for w in waiting {
+        assert_eq!(w.await.unwrap().status, 200, "the admitted ones are answered as usual");
+    }
+    assert_eq!(get(&live).await.status, 200, "room again once they ended");
+
+    assert_eq!(get(&format!("{}/v1/shape?table=items&where=n%3D1&offset=-1", gw.base())).await.status, 200);
+    let third = get(&format!("{}/v1/shape?table=items&where=n%3D2&offset=-1", gw.base())).await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert_eq!(third.body["error"], "too_many");
+    assert!(third.body["message"].as_str().unwrap().contains("--max-shapes-per-table"));
+}
+
+#[tokio::test]
+async fn oversized_requests_get_414_or_431_with_a_json_reason() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let gw = env.ready_gateway().await;
+    let long = format!("{}/v1/shape?table=items&offset=-1&where={}", gw.base(), "n%3D1%20or%20".repeat(3000));
+    let r = get(&long).await;
+    assert_eq!(r.status, 414, "{}", r.body);
+    assert_eq!(r.body["error"], "uri_too_long");
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{}/v1/shape?table=items&offset=-1", gw.base()))
+        .header("x-padding", "p".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "headers_too_large", "{body}");
+    let where_too_long = format!("{}/v1/shape?table=items&offset=-1&where={}", gw.base(), "n%3D1%20or%20".repeat(1300));
+    let r = get(&where_too_long).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["message"].as_str().unwrap().contains("where"), "{}", r.body);
+}
