@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project. On a fresh Debian/Ubuntu machine it first installs what
 # is missing: PostgreSQL server binaries, Node.js and npm, Chromium, nginx, the wasm
-# toolchain, helm and a Python virtualenv for the chart test, and the Node packages of the
+# toolchain, helm and a Python virtualenv (chart validation, schemathesis), and the Node packages of the
 # protocol suite (the official @electric-sql/client) and of the SDK's browser suite
 # (playwright-core); then it builds the SDK for wasm.
 set -euo pipefail
@@ -13,7 +13,7 @@ ensure_node
 ensure_chromium
 ensure_nginx
 ensure_helm
-ensure_chart_python
+ensure_test_python
 (cd gateway/tests/electric-client && npm ci --no-audit --no-fund --loglevel=error)
 (cd client-sdk/tests && npm ci --no-audit --no-fund --loglevel=error)
 build_sdk
@@ -22,4 +22,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 # The Helm chart: lint, render variants, assert, validate (needs the gateway binary built above).
-GATEWAY_BIN=target/debug/gateway "$CHART_PYTHON" deploy/helm/tests/test_chart.py
+GATEWAY_BIN=target/debug/gateway "$TEST_PYTHON" deploy/helm/tests/test_chart.py

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, get};
 
 /// A small tmpfs, unmounted when dropped (after the gateway using it, declared later).
-struct SmallDisk(PathBuf);
+pub struct SmallDisk(pub PathBuf);
 
 impl SmallDisk {
-    fn mount(path: &Path, size: &str) -> SmallDisk {
+    pub fn mount(path: &Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(path).unwrap();
         let out =
             Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).output();
@@ -22,7 +22,7 @@ impl SmallDisk {
     }
 
     /// Writes a file until the disk is full.
-    fn fill(&self) -> PathBuf {
+    pub fn fill(&self) -> PathBuf {
         let path = self.0.join("filler");
         let mut f = std::fs::File::create(&path).unwrap();
         let block = vec![0u8; 64 * 1024];

@@ -110,15 +110,18 @@ ensure_python() {
   fi
 }
 
-# A virtualenv with PyYAML and kubernetes-validate (it bundles the Kubernetes schemas).
-ensure_chart_python() {
+# A virtualenv with the Python tools of the suite: PyYAML and kubernetes-validate (it
+# bundles the Kubernetes schemas) for the chart test, schemathesis for the API fuzz test.
+TEST_PYTHON_PACKAGES=(pyyaml kubernetes-validate "schemathesis==4.32.5")
+ensure_test_python() {
   ensure_python
-  CHART_PYTHON="$TOOLS/chart-venv/bin/python"
-  if ! "$CHART_PYTHON" -c 'import yaml, kubernetes_validate' >/dev/null 2>&1; then
-    echo "installing the chart test's Python packages" >&2
-    python3 -m venv "$TOOLS/chart-venv"
-    "$TOOLS/chart-venv/bin/pip" install --quiet --disable-pip-version-check pyyaml kubernetes-validate
+  TEST_PYTHON="$TOOLS/test-venv/bin/python"
+  if ! "$TEST_PYTHON" -c 'import yaml, kubernetes_validate, schemathesis' >/dev/null 2>&1; then
+    echo "installing the suite's Python tools: ${TEST_PYTHON_PACKAGES[*]}" >&2
+    python3 -m venv "$TOOLS/test-venv"
+    "$TOOLS/test-venv/bin/pip" install --quiet --disable-pip-version-check "${TEST_PYTHON_PACKAGES[@]}"
   fi
+  export SCHEMATHESIS="$TOOLS/test-venv/bin/st"
 }
 
 # Debian's nginx, for the cache tier test.
