@@ -208,7 +208,8 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
 
     let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
     let data_dir = Arc::new(DataDir::open(&cfg.data_dir, DATA_DIR_RELEASE).await?);
-    let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind).map_err(data_err)?);
+    let acknowledged = data_dir.stored_through.unwrap_or_default();
+    let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind, acknowledged).map_err(data_err)?);
     metrics::gauge!("gateway_shapes").set(registry.len() as f64);
     if let Some(reason) = data_dir.stale_logs(slot_state.confirmed, slot_state.created) {
         // The logs may miss changes before the slot's position: every client refetches.

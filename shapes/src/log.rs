@@ -212,6 +212,13 @@ impl ShapeLog {
     /// Opens an existing log. Returns `Ok(None)` when its snapshot never completed (the shape
     /// must be discarded). A torn or corrupt tail of the live log is truncated.
     pub fn open(dir: &Path, chunk_bytes: u64) -> io::Result<Option<ShapeLog>> {
+        ShapeLog::open_checked(dir, chunk_bytes, Lsn(0))
+    }
+
+    /// [`ShapeLog::open`], refusing (`InvalidData`) a log whose unreadable part held entries
+    /// of transactions before `acknowledged`: those were durable and acknowledged, so the
+    /// damage is not a torn last write, and serving the rest would hide a gap.
+    pub fn open_checked(dir: &Path, chunk_bytes: u64, acknowledged: Lsn) -> io::Result<Option<ShapeLog>> {
         let idx = match fs::read(dir.join("snapshot.idx")) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -231,7 +238,7 @@ impl ShapeLog {
             Some(live) => live,
             None => {
                 let mut live = Live::empty();
-                live.recover(&file, chunk_bytes)?;
+                live.recover(&file, chunk_bytes, acknowledged)?;
                 live
             }
         };
@@ -592,7 +599,7 @@ impl Live {
 
     /// Scans the file, rebuilding the indexes and cutting a torn tail back to the end of the
     /// last whole transaction.
-    fn recover(&mut self, file: &File, chunk_bytes: u64) -> io::Result<()> {
+    fn recover(&mut self, file: &File, chunk_bytes: u64, acknowledged: Lsn) -> io::Result<()> {
         let file_len = file.metadata()?.len();
         let mut records = Records::new(file.try_clone()?, 0, file_len)?;
         let mut msg = Vec::new();
@@ -612,6 +619,20 @@ impl Live {
                 (cut, cut_head, cut_entries) = (records.pos, r.offset, seen.len());
             }
         }
+        // Cutting may only drop what was never acknowledged: the entries of a partial last
+        // transaction, or a torn write. Past the last whole record, a header naming an
+        // acknowledged transaction, or a whole valid record after a bad one, is damage.
+        let next = seen.last().map_or(0, |(_, p, size)| p + size);
+        let damaged = match seen.get(cut_entries) {
+            Some((offset, _, _)) => offset_parts(*offset).0 < acknowledged.0,
+            None => damaged_past(file, next, file_len, last, acknowledged)?,
+        };
+        if damaged {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("damaged: entries of transactions before {acknowledged}, already acknowledged, are unreadable"),
+            ));
+        }
         for (offset, p, size) in seen.into_iter().take(cut_entries) {
             self.note_entry(offset, p, size, chunk_bytes);
         }
@@ -629,6 +650,40 @@ impl Live {
         self.written_head = cut_head;
         Ok(())
     }
+}
+
+/// Whether the unreadable record at `at` (after the last good entry, `last`) is damage
+/// rather than a torn last write (see `Live::recover`).
+fn damaged_past(file: &File, at: u64, file_len: u64, last: LogOffset, acknowledged: Lsn) -> io::Result<bool> {
+    let header = |pos: u64| -> io::Result<Option<[u8; HEADER]>> {
+        if pos + HEADER as u64 > file_len {
+            return Ok(None);
+        }
+        let mut h = [0u8; HEADER];
+        file.read_exact_at(&mut h, pos)?;
+        Ok(Some(h))
+    };
+    // A header of zeros is space the file system extended but never wrote.
+    let Some(h) = header(at)?.filter(|h| *h != [0u8; HEADER]) else {
+        return Ok(false);
+    };
+    let tx = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    if (LogOffset::At { tx, op: u64::MAX }) > last && tx < acknowledged.0 {
+        return Ok(true);
+    }
+    // A torn write is the end of the file: a whole, valid record after it means damage.
+    let len = (u32::from_le_bytes(h[0..4].try_into().unwrap()) & !TXN_END) as u64;
+    let following = at + HEADER as u64 + len;
+    let Some(g) = header(following)? else { return Ok(false) };
+    let glen = (u32::from_le_bytes(g[0..4].try_into().unwrap()) & !TXN_END) as u64;
+    if following + HEADER as u64 + glen > file_len {
+        return Ok(false);
+    }
+    let mut msg = vec![0u8; glen as usize];
+    file.read_exact_at(&mut msg, following + HEADER as u64)?;
+    let (gtx, gop) =
+        (u64::from_le_bytes(g[8..16].try_into().unwrap()), u64::from_le_bytes(g[16..24].try_into().unwrap()));
+    Ok(crc(gtx, gop, &msg) == u32::from_le_bytes(g[4..8].try_into().unwrap()))
 }
 
 /// One record header, at byte `pos` of the log.
@@ -770,6 +825,42 @@ mod tests {
         assert_eq!(log.read_live_shared(LogOffset::SNAPSHOT_END).unwrap().count, 2);
         drop((first, second));
         assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "nobody holds it: nothing kept");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn damage_before_the_acknowledged_position_is_refused_a_torn_tail_is_cut() {
+        let dir = tmp("damage");
+        let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+        log.finish_snapshot(b"{}").unwrap();
+        log.append(&(10..=50).map(|i| vec![entry(i, 0)]).collect::<Vec<_>>()).unwrap();
+        log.sync_and_publish().unwrap();
+        drop(log);
+        let path = dir.join("log");
+        let whole = fs::read(&path).unwrap();
+        // A torn last write (the last record cut short, its transaction not acknowledged yet:
+        // only unsynced writes tear) is cut back.
+        fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        let torn = ShapeLog::open_checked(&dir, 1 << 20, Lsn(50)).unwrap().unwrap();
+        assert_eq!(torn.version().head, LogOffset::At { tx: 49, op: 0 });
+        drop(torn);
+        // A flipped byte in the middle, wherever it lands (length, checksum, payload): entries
+        // before transaction 30 were acknowledged, so they cannot be torn.
+        for at in [whole.len() / 4, whole.len() / 4 + 1, whole.len() / 4 + 9] {
+            let mut damaged = whole.clone();
+            damaged[at] ^= 0xff;
+            fs::write(&path, &damaged).unwrap();
+            let Err(refused) = ShapeLog::open_checked(&dir, 1 << 20, Lsn(30)) else {
+                panic!("damage at byte {at} was served")
+            };
+            assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+        }
+        // Garbage at the very end (a torn write of a later transaction) is cut back.
+        let mut tail = whole.clone();
+        tail.extend_from_slice(&[0xab; 30]);
+        fs::write(&path, &tail).unwrap();
+        let cut = ShapeLog::open_checked(&dir, 1 << 20, Lsn(51)).unwrap().unwrap();
+        assert_eq!(cut.version().head, LogOffset::At { tx: 50, op: 0 });
         fs::remove_dir_all(dir).unwrap();
     }
 

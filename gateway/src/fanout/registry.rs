@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use shapes::change::{Change, Relation, Txn};
 use shapes::index::RoutingIndex;
 use shapes::log::{ShapeLog, write_atomically};
-use shapes::offset::LogOffset;
+use shapes::offset::{LogOffset, Lsn};
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
 use shapes::table::{TableName, TableSchema};
 use shapes::where_clause::BindOptions;
@@ -190,14 +190,17 @@ pub struct Registry {
     chunk_bytes: u64,
     bind: BindOptions,
     inner: RwLock<Inner>,
+    /// Everything before this was acknowledged to PostgreSQL: logs must hold it intact.
+    acknowledged: Lsn,
     next_id: AtomicU64,
     last_handle_micros: AtomicU64,
     schemas: Mutex<HashMap<TableName, TableSchema>>,
 }
 
 impl Registry {
-    /// Opens the shapes stored under `data_dir`.
-    pub fn open(data_dir: &Path, chunk_bytes: u64, bind: BindOptions) -> io::Result<Registry> {
+    /// Opens the shapes stored under `data_dir`. A shape whose log lost entries from before
+    /// `acknowledged` (damage, not a torn last write) is discarded: its clients refetch.
+    pub fn open(data_dir: &Path, chunk_bytes: u64, bind: BindOptions, acknowledged: Lsn) -> io::Result<Registry> {
         let dir = data_dir.join("shapes");
         std::fs::create_dir_all(&dir)?;
         let registry = Registry {
@@ -205,6 +208,7 @@ impl Registry {
             chunk_bytes,
             bind,
             inner: RwLock::new(Inner::default()),
+            acknowledged,
             next_id: AtomicU64::new(1),
             last_handle_micros: AtomicU64::new(0),
             schemas: Mutex::new(HashMap::new()),
@@ -234,7 +238,7 @@ impl Registry {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
-        let Some(log) = ShapeLog::open(path, self.chunk_bytes)? else {
+        let Some(log) = ShapeLog::open_checked(path, self.chunk_bytes, self.acknowledged)? else {
             return Ok(false);
         };
         let shape = Shape::bind(meta.spec, meta.table, self.bind).map_err(io::Error::other)?;

@@ -474,7 +474,8 @@ mod size_tests {
     #[test]
     fn a_waiting_long_poll_holds_little_state() {
         let dir = std::env::temp_dir().join(format!("gateway-size-{}", std::process::id()));
-        let registry = Arc::new(crate::fanout::registry::Registry::open(&dir, 1 << 20, Default::default()).unwrap());
+        let registry =
+            Arc::new(crate::fanout::registry::Registry::open(&dir, 1 << 20, Default::default(), Lsn(0)).unwrap());
         let settings = super::super::HttpSettings {
             db: crate::db::parse_url("postgres://u@localhost/db").unwrap(),
             publication: "p".into(),
