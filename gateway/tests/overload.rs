@@ -114,3 +114,38 @@ async fn oversized_requests_get_414_or_431_with_a_json_reason() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body["message"].as_str().unwrap().contains("where"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn a_stalled_subscriber_slows_no_one() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let mut gw = env.gateway_with(&["--chunk-bytes", "262144"]);
+    gw.ready().await;
+    let mut follower = crate::support::Follower::new(&gw, "table=items");
+    follower.sync().await;
+    // SSE streams whose clients never read: their sockets fill, then their bounded buffers.
+    let initial = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
+    let handle = initial.headers["electric-handle"].to_str().unwrap().to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let request = format!(
+            "GET /v1/shape?table=items&handle={handle}&offset=-1&live=true&live_sse=true HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    // About 40 MB of changes flow past them; the reading client gets every one.
+    for batch in 0..20 {
+        env.sql(&format!(
+            "insert into items select i, 'o', repeat(md5(i::text), 64), 0 from generate_series({}, {}) i",
+            batch * 1000 + 1,
+            batch * 1000 + 1000
+        ))
+        .await;
+    }
+    follower.live_until(|rows| rows.len() == 20_000).await;
+    assert_eq!(follower.duplicates, 0);
+    drop(stalled);
+}
