@@ -46,6 +46,10 @@ pub struct Load {
     /// Its scope column; tokens carry a claim of the same name.
     #[arg(long, default_value = "scope")]
     pub scope_column: String,
+    /// Idle SSE connections held besides the subscribers, on a scope that gets no writes
+    /// (they must receive nothing): what holding many quiet clients costs.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: usize,
     /// Connect subscribers through this URL (a proxy or cache) instead of the gateway's.
     #[arg(long)]
     pub through: Option<String>,

@@ -31,6 +31,7 @@ pub struct Sample {
     /// Seconds since the first write (negative while subscribers connect).
     pub t: f64,
     pub connected: usize,
+    pub idle_connected: usize,
     pub gateway_rss_mb: Option<f64>,
     pub gateway_cpu_percent: Option<f64>,
     /// The load tester's own CPU: on a shared machine it competes with the gateway.
@@ -55,6 +56,8 @@ pub struct Recorder {
     pub up_to_date: AtomicUsize,
     /// Subscribers with a live connection open now.
     pub connected: AtomicUsize,
+    /// Idle connections (`--idle-connections`) up to date and open now.
+    pub idle_connected: AtomicUsize,
     pub delivered: AtomicU64,
     pub reconnects: AtomicU64,
     pub http_errors: AtomicU64,

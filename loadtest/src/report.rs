@@ -153,14 +153,23 @@ pub fn write(dir: &Path, summary: &Summary, recorded: &Recorded) -> std::io::Res
     std::fs::write(dir.join("report.html"), html(summary, recorded))
 }
 
+/// ", plus N idle connections" when the run held any.
+fn idle_note(s: &Summary) -> String {
+    match s.load.idle_connections {
+        0 => String::new(),
+        n => format!(", plus {n} idle SSE connections"),
+    }
+}
+
 pub fn print(s: &Summary, dir: &Path) {
     let l = &s.latency_ms;
     println!(
-        "{}: {} subscribers over {} scopes ({}), {} rows at {:.0}/s",
+        "{}: {} subscribers over {} scopes ({}){}, {} rows at {:.0}/s",
         if s.pass { "PASS" } else { "FAIL" },
         s.load.subscribers,
         s.load.scopes,
         s.load.mode.name(),
+        idle_note(s),
         s.written,
         s.write_rate
     );
@@ -225,7 +234,10 @@ fn html(s: &Summary, r: &Recorded) -> String {
         format!("<b class=fail>FAIL</b>: {}", escape(&s.failures.join("; ")))
     };
     let rows = [
-        ("subscribers / scopes / mode", format!("{} / {} / {}", s.load.subscribers, s.load.scopes, s.load.mode.name())),
+        (
+            "subscribers / scopes / mode",
+            format!("{} / {} / {}{}", s.load.subscribers, s.load.scopes, s.load.mode.name(), idle_note(s)),
+        ),
         ("rows written", format!("{} at {:.0}/s for {:.0}s", s.written, s.write_rate, s.load.duration.as_secs_f64())),
         ("events delivered", format!("{} of {} ({:.0}/s)", s.delivered, s.expected, s.events_per_s)),
         ("missing / duplicated / foreign", format!("{} / {} / {}", s.missing, s.duplicated, s.foreign)),

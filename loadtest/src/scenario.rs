@@ -39,7 +39,7 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         return Err(RunError::Setup("--scopes, --subscribers and --write-rate must be above 0".into()));
     }
     let open_files = gateway::limits::raise_open_files();
-    if open_files.is_some_and(|n| (n as usize) < load.subscribers + 64) {
+    if open_files.is_some_and(|n| (n as usize) < load.subscribers + load.idle_connections + 64) {
         eprintln!(
             "loadtest: the open-files limit is {open_files:?}, below one socket per subscriber: raise `ulimit -n` (hard limit) or expect connection errors"
         );
@@ -63,21 +63,25 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     let stop = CancellationToken::new();
     let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
     let expires = SystemTime::now() + load.duration + CATCH_UP_LIMIT + Duration::from_secs(3600);
+    // One more scope than written to: the idle connections' (it never gets a row).
     let tokens: Vec<String> =
-        (0..load.scopes).map(|s| token(&args.jwt_secret, &load.scope_column, s, expires)).collect::<Result<_, _>>()?;
+        (0..=load.scopes).map(|s| token(&args.jwt_secret, &load.scope_column, s, expires)).collect::<Result<_, _>>()?;
     let progress = progress_bar();
     let started = Instant::now();
-    let subscribers: Vec<_> = (0..load.subscribers)
+    let subscribers: Vec<_> = (0..load.subscribers + load.idle_connections)
         .map(|i| {
-            let scope = i % load.scopes;
+            let idle = i >= load.subscribers;
+            let scope = if idle { load.scopes } else { i % load.scopes };
             let sub = Subscriber {
                 scope,
+                idle,
                 token: tokens[scope].clone(),
-                sse: match load.mode {
-                    Mode::Sse => true,
-                    Mode::LongPoll => false,
-                    Mode::Mixed => i % 2 == 0,
-                },
+                sse: idle
+                    || match load.mode {
+                        Mode::Sse => true,
+                        Mode::LongPoll => false,
+                        Mode::Mixed => i % 2 == 0,
+                    },
                 shape_url: shape_url.clone(),
                 table: load.table.clone(),
                 first_id,
@@ -87,10 +91,16 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         .collect();
     let sampler = tokio::spawn(sample(recorder.clone(), args.gateway.clone(), gateway_pid, stop.clone()));
 
-    // Catch-up: every subscriber has its snapshot and is live.
-    while recorder.up_to_date.load(Ordering::Relaxed) < load.subscribers {
+    // Catch-up: every subscriber has its snapshot and is live, and the idle ones too.
+    while recorder.up_to_date.load(Ordering::Relaxed) < load.subscribers
+        || recorder.idle_connected.load(Ordering::Relaxed) < load.idle_connections
+    {
         let up = recorder.up_to_date.load(Ordering::Relaxed);
-        progress.set_message(format!("connecting: {up}/{} subscribers up to date", load.subscribers));
+        let idle = recorder.idle_connected.load(Ordering::Relaxed);
+        progress.set_message(format!(
+            "connecting: {up}/{} subscribers up to date, {idle}/{} idle connections",
+            load.subscribers, load.idle_connections
+        ));
         if started.elapsed() > CATCH_UP_LIMIT {
             stop.cancel();
             progress.finish_and_clear();
@@ -213,6 +223,7 @@ async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop
         recorder.sample(Sample {
             t: 0.0,
             connected: recorder.connected.load(Ordering::Relaxed),
+            idle_connected: recorder.idle_connected.load(Ordering::Relaxed),
             gateway_rss_mb: pid.and_then(rss_mb),
             gateway_cpu_percent: cpu.as_mut().and_then(CpuMeter::percent),
             tester_cpu_percent: own_cpu.percent(),

@@ -31,6 +31,8 @@ pub struct Subscriber {
     pub table: String,
     /// Rows with an id below this were there before the run.
     pub first_id: u64,
+    /// One of the idle connections: counted apart from the subscribers.
+    pub idle: bool,
 }
 
 impl Subscriber {
@@ -62,8 +64,12 @@ impl Subscriber {
                     if caught_up && seen.connect.is_none() {
                         seen.connect = Some(started.elapsed());
                         permit = None;
-                        recorder.up_to_date.fetch_add(1, Ordering::Relaxed);
-                        recorder.connected.fetch_add(1, Ordering::Relaxed);
+                        if self.idle {
+                            recorder.idle_connected.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            recorder.up_to_date.fetch_add(1, Ordering::Relaxed);
+                            recorder.connected.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     if live_sse {
                         recorder.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -79,7 +85,8 @@ impl Subscriber {
         }
         drop(permit);
         if seen.connect.is_some() {
-            recorder.connected.fetch_sub(1, Ordering::Relaxed);
+            let count = if self.idle { &recorder.idle_connected } else { &recorder.connected };
+            count.fetch_sub(1, Ordering::Relaxed);
         }
         seen
     }

@@ -21,7 +21,7 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
     let out = std::env::temp_dir().join(format!("loadtest-test-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["local", "--subscribers", "200", "--scopes", "20", "--duration", "10s", "--write-rate", "50"])
-        .args(["--mode", "mixed", "--out"])
+        .args(["--mode", "mixed", "--idle-connections", "50", "--out"])
         .arg(&out)
         .arg("--gateway-bin")
         .arg(gateway_bin())
@@ -38,7 +38,12 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
     }
     let written = summary["written"].as_u64().unwrap();
     assert!(written >= 400, "about 50 rows/s for 10 s were written: {written}");
-    assert_eq!(summary["delivered"].as_u64(), Some(written * 10), "each row reached the 10 subscribers of its scope");
+    assert_eq!(
+        summary["delivered"].as_u64(),
+        Some(written * 10),
+        "each row reached the 10 subscribers of its scope, and none the 50 idle connections"
+    );
+    assert_eq!(summary["load"]["idle_connections"], 50);
     assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(summary["gateway"]["rss_mb_max"].as_f64().unwrap() > 0.0, "the local gateway's memory was sampled");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
