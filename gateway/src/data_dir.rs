@@ -24,6 +24,8 @@ use crate::status::Status;
 /// How often the position is recorded at most: one small fsync per interval, and the
 /// acknowledged position trails the durable one by about this much.
 const RECORD_EVERY: Duration = Duration::from_millis(200);
+/// What fails, in `/readyz`, when the position cannot be recorded.
+const RECORDING: &str = "recording the data dir's position";
 /// The record's fixed size: the LSN as text, space-padded (one sector: written whole).
 const RECORD_LEN: usize = 32;
 
@@ -121,13 +123,13 @@ pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc
         match record_now(&dir, &ack).await {
             Ok(()) if failing => {
                 tracing::info!("the data dir's position is recorded again; acknowledging resumes");
-                status.set_storage_error(None);
+                status.set_storage_error(RECORDING, None);
                 failing = false;
             }
             Ok(()) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the data dir's position; retrying");
-                status.set_storage_error(Some(format!("recording the position: {e}")));
+                status.set_storage_error(RECORDING, Some(e.to_string()));
                 failing = true;
             }
         }

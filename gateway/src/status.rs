@@ -24,8 +24,8 @@ struct Inner {
     replication_connected: bool,
     last_error: Option<String>,
     slot: Option<SlotHealth>,
-    /// Why shape storage is failing (a full disk, an I/O error), while it is.
-    storage_error: Option<String>,
+    /// Why shape storage is failing (a full disk, an I/O error), by what failed, while it is.
+    storage_errors: std::collections::BTreeMap<&'static str, String>,
 }
 
 impl Status {
@@ -66,10 +66,15 @@ impl Status {
         (ms > 0).then(|| now.saturating_sub(Duration::from_millis(ms)))
     }
 
-    /// Shape storage failed (`Some`: why) or works again (`None`).
-    pub fn set_storage_error(&self, error: Option<String>) {
-        metrics::gauge!("gateway_storage_failing").set(if error.is_some() { 1.0 } else { 0.0 });
-        self.inner.lock().unwrap().storage_error = error;
+    /// Storing `what` failed (`Some`: why) or works again (`None`). Each part of the
+    /// storage reports for itself, so one recovering does not hide another still failing.
+    pub fn set_storage_error(&self, what: &'static str, error: Option<String>) {
+        let mut i = self.inner.lock().unwrap();
+        match error {
+            Some(e) => i.storage_errors.insert(what, e),
+            None => i.storage_errors.remove(what),
+        };
+        metrics::gauge!("gateway_storage_failing").set(if i.storage_errors.is_empty() { 0.0 } else { 1.0 });
     }
 
     pub fn set_slot(&self, health: SlotHealth) {
@@ -94,9 +99,9 @@ impl Status {
     /// `Ok` when ready to serve, else the reason.
     pub fn readiness(&self) -> Result<(), String> {
         let i = self.inner.lock().unwrap();
-        if let Some(e) = &i.storage_error {
+        if let Some((what, e)) = i.storage_errors.iter().next() {
             return Err(format!(
-                "shape storage is failing ({e}); nothing new is acknowledged to PostgreSQL until it works again, what is stored is still served"
+                "shape storage is failing ({what}: {e}); nothing new is acknowledged to PostgreSQL until it works again, what is stored is still served"
             ));
         }
         if let Some(slot) = i.slot.as_ref().filter(|s| s.stage == Stage::Exceeded) {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use crate::support::{DEADLINE, Env, free_port, get_as};
+use crate::support::{DEADLINE, Env, free_port, get_as, metric_sum};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/helm/gateway");
 
@@ -87,15 +87,6 @@ fn nginx_conf(rendered: &str) -> String {
     conf
 }
 
-/// Upstream shape requests the gateway has answered so far.
-async fn shape_requests(gateway: &str) -> u64 {
-    let text = reqwest::get(format!("{gateway}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("gateway_http_requests_total{") && l.contains("route=\"/v1/shape\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 fn orgs(body: &Value) -> BTreeSet<String> {
     body.as_array().unwrap().iter().filter_map(|m| m["value"]["org_id"].as_str().map(str::to_string)).collect()
 }
@@ -131,7 +122,7 @@ async fn the_cache_tier_collapses_live_requests_streams_sse_and_keeps_scopes_apa
         }
     }
     let live = format!("{}/v1/shape?table=todos&handle={handle}&offset={offset}&live=true", cache.base());
-    let before = shape_requests(&gw.base()).await;
+    let before = metric_sum(&gw.base(), "gateway_http_requests_total", &["route=\"/v1/shape\""]).await;
     let waiting: Vec<_> = (0..20)
         .map(|_| {
             let (url, token) = (live.clone(), org1.clone());
@@ -148,8 +139,8 @@ async fn the_cache_tier_collapses_live_requests_streams_sse_and_keeps_scopes_apa
     }
     assert_eq!(bodies.len(), 1, "every waiter got the same answer");
     assert!(bodies.iter().next().unwrap().contains("1001"), "{bodies:?}");
-    let upstream = shape_requests(&gw.base()).await - before;
-    assert_eq!(upstream, 1, "20 identical live requests reached the gateway {upstream} times");
+    let upstream = metric_sum(&gw.base(), "gateway_http_requests_total", &["route=\"/v1/shape\""]).await - before;
+    assert_eq!(upstream, 1.0, "20 identical live requests reached the gateway {upstream} times");
 
     // SSE through the cache: each change arrives as it happens, not when the stream ends.
     let sse = format!("{}/v1/shape?table=todos&handle={handle}&offset={offset}&live=true&live_sse=true", cache.base());

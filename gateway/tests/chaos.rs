@@ -15,7 +15,7 @@ use std::time::Duration;
 use gateway::devdb::{DevOptions, StopMode};
 
 use crate::faults::SmallDisk;
-use crate::support::{Env, Follower, Gateway, ITEMS, get, oracle};
+use crate::support::{Env, Follower, Gateway, ITEMS, get, oracle, slot_confirmed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
@@ -76,16 +76,6 @@ fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     })
 }
 
-async fn confirmed(env: &Env) -> shapes::offset::Lsn {
-    let text: String = env
-        .db
-        .query_one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 'gateway'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    text.parse().unwrap()
-}
-
 /// The data dir's recorded position (`data_dir::DataDir`).
 fn recorded(dir: &std::path::Path) -> shapes::offset::Lsn {
     std::fs::read_to_string(dir.join("position")).unwrap().trim().parse().unwrap()
@@ -129,7 +119,10 @@ async fn faults_in_a_loop_lose_nothing_and_deliver_nothing_twice() {
         match fault {
             Fault::KillGateway => {
                 gw.kill9();
-                assert!(confirmed(&env).await <= recorded(&disk.0), "the slot passed what the data dir recorded");
+                assert!(
+                    slot_confirmed(&env.db).await <= recorded(&disk.0),
+                    "the slot passed what the data dir recorded"
+                );
                 gw.restart().await;
             }
             Fault::RestartPostgresFast | Fault::RestartPostgresImmediate => {
@@ -147,7 +140,7 @@ async fn faults_in_a_loop_lose_nothing_and_deliver_nothing_twice() {
                     waited += 1;
                 }
                 assert!(not_ready(&gw).await, "a full disk makes the gateway not ready");
-                assert!(confirmed(&env).await <= recorded(&disk.0));
+                assert!(slot_confirmed(&env.db).await <= recorded(&disk.0));
                 std::fs::remove_file(filler).unwrap();
                 gw.ready().await;
             }
@@ -174,7 +167,7 @@ async fn faults_in_a_loop_lose_nothing_and_deliver_nothing_twice() {
         assert_eq!(f.duplicates, 0, "{filter}: nothing delivered twice");
         assert_eq!(f.refetches, 0, "{filter}: the same shape throughout");
     }
-    assert!(confirmed(&env).await <= recorded(&disk.0));
+    assert!(slot_confirmed(&env.db).await <= recorded(&disk.0));
     println!("chaos: {writes} transactions committed; faults survived: {survived:?}");
     drop(gw);
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gateway::devdb::StopMode;
 
-use crate::support::{DEADLINE, Env, Follower, ITEMS, oracle};
+use crate::support::{DEADLINE, Env, Follower, ITEMS, current_wal, oracle, slot_confirmed};
 
 /// Inserts and updates continuously until stopped; returns how many transactions ran.
 pub fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
@@ -82,18 +82,11 @@ async fn sigterm_stops_cleanly_acknowledges_what_is_stored_and_restarts_from_a_c
     let mut gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
-    let before_insert: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    let before_insert: shapes::offset::Lsn = before_insert.parse().unwrap();
+    let before_insert = current_wal(&env.db).await;
     env.sql("insert into items values (1, 'o', 't', 0)").await;
     f.live_until(|rows| rows.len() == 1).await;
     assert_eq!(gw.terminate(), Some(0), "exit 0 on SIGTERM; log: {}", gw.log());
-    let confirmed: String = env
-        .db
-        .query_one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 'gateway'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(confirmed.parse::<shapes::offset::Lsn>().unwrap() > before_insert, "the stored insert was acknowledged");
+    assert!(slot_confirmed(&env.db).await > before_insert, "the stored insert was acknowledged");
     let checkpoints = std::fs::read_dir(env.data_dir.join("shapes"))
         .unwrap()
         .filter(|d| d.as_ref().unwrap().path().join("log.idx").exists())

@@ -6,27 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::durability::writer;
-use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, get, oracle};
+use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, current_wal, get, oracle, slot_confirmed};
 
 /// Failover must complete within this (the bound).
 const TAKEOVER: Duration = Duration::from_secs(10);
 
-/// Waits until the process answers `/healthz`.
-async fn alive(gw: &Gateway) {
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/healthz", gw.base())).await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(started.elapsed() < DEADLINE, "no /healthz; log: {}", gw.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn assert_standing_by(gw: &Gateway) {
-    alive(gw).await;
+    gw.alive().await;
     let ready = get(&format!("{}/readyz", gw.base())).await;
     assert_eq!(ready.status, 503, "a standby is not ready: {}", ready.body);
     assert!(ready.body["message"].as_str().unwrap().contains("standby"), "{}", ready.body);
@@ -97,18 +83,8 @@ async fn logs_that_missed_another_gateways_stream_are_refetched_never_served_wit
     env.sql("insert into items values (2, 'o', 'while the first was down', 0)").await;
     let mut g = Follower::new(&second, "table=items");
     g.live_until(|rows| rows.len() == 2).await;
-    let confirmed = || async {
-        env.db
-            .query_one(
-                "select confirmed_flush_lsn >= pg_current_wal_lsn() from pg_replication_slots where slot_name = 'gateway'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-    };
     let started = Instant::now();
-    while !confirmed().await {
+    while slot_confirmed(&env.db).await < current_wal(&env.db).await {
         assert!(started.elapsed() < DEADLINE, "the second gateway never acknowledged the insert");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, get};
+use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, current_wal, get, slot_confirmed};
 
 /// A small tmpfs, unmounted when dropped (after the gateway using it, declared later).
 pub struct SmallDisk(pub PathBuf);
@@ -38,18 +38,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn lsn(text: &str) -> shapes::offset::Lsn {
-    text.parse().unwrap()
-}
-
-async fn confirmed(env: &Env) -> String {
-    env.db
-        .query_one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 'gateway'", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     let env = Env::new().await;
@@ -63,7 +51,7 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     let filler = disk.fill();
     env.sql("insert into items select i, 'o', repeat('x', 3000), 0 from generate_series(100, 300) i").await;
     // The end of the insert's commit: acknowledging it would claim the logs hold the insert.
-    let committed: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let committed = current_wal(&env.db).await;
 
     let started = Instant::now();
     let reason = loop {
@@ -77,7 +65,7 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     assert!(reason.contains("storage") && reason.contains("space"), "{reason}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        lsn(&confirmed(&env).await) < lsn(&committed),
+        slot_confirmed(&env.db).await < committed,
         "nothing past the stored logs was acknowledged; log: {}",
         gw.log()
     );
@@ -92,7 +80,7 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     f.live_until(|rows| rows.len() == 221).await;
     assert_eq!((f.duplicates, f.refetches), (0, 0), "every change once, same shape");
     let started = Instant::now();
-    while lsn(&confirmed(&env).await) < lsn(&committed) {
+    while slot_confirmed(&env.db).await < committed {
         assert!(started.elapsed() < DEADLINE, "acknowledging never resumed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use crate::support::{Env, Response, connect, get_as};
+use crate::support::{Env, Response, connect, current_wal, get_as, metric_sum, slot_confirmed};
 
 #[tokio::test]
 async fn metrics_carry_every_documented_name_and_no_client_values() {
@@ -255,33 +255,18 @@ async fn heartbeats_keep_the_slot_moving_on_a_quiet_database() {
     let env = Env::new().await;
     let mut gw = env.gateway_with(&["--heartbeat-s", "1"]);
     gw.ready().await;
-    let confirmed = || async {
-        let row = env
-            .db
-            .query_one("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 'gateway'", &[])
-            .await
-            .unwrap();
-        row.get::<_, String>(0).parse::<shapes::offset::Lsn>().unwrap()
-    };
-    let current = || async {
-        let row = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap();
-        row.get::<_, String>(0).parse::<shapes::offset::Lsn>().unwrap()
-    };
     // First the slot catches up with what start-up wrote.
     let started = Instant::now();
-    while confirmed().await < current().await {
+    while slot_confirmed(&env.db).await < current_wal(&env.db).await {
         assert!(started.elapsed() < Duration::from_secs(20), "the slot never caught up; log: {}", gw.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let before = confirmed().await;
+    let before = slot_confirmed(&env.db).await;
     // Nothing writes now: heartbeats (one per 5 s check) add WAL and, once acknowledged,
     // move the slot.
-    let heartbeats = || async {
-        let text = reqwest::get(format!("{}/metrics", gw.base())).await.unwrap().text().await.unwrap();
-        text.lines().find_map(|l| l.strip_prefix("gateway_heartbeats_total ")).unwrap_or("0").parse::<f64>().unwrap()
-    };
     let started = Instant::now();
-    while heartbeats().await < 1.0 || confirmed().await <= before {
+    while metric_sum(&gw.base(), "gateway_heartbeats_total", &[]).await < 1.0 || slot_confirmed(&env.db).await <= before
+    {
         assert!(started.elapsed() < Duration::from_secs(30), "no heartbeat moved the slot; log: {}", gw.log());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -2,12 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Env, ITEMS, get};
-
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
+use crate::support::{Env, ITEMS, get, metric_sum};
 
 #[tokio::test]
 async fn a_herd_asking_for_one_new_shape_triggers_one_snapshot() {
@@ -24,7 +19,11 @@ async fn a_herd_asking_for_one_new_shape_triggers_one_snapshot() {
         handles.insert(r.headers["electric-handle"].to_str().unwrap().to_string());
     }
     assert_eq!(handles.len(), 1, "one shape for everyone");
-    assert_eq!(metric(&gw.base(), "gateway_shapes_created_total").await, 1.0, "one snapshot, not one per client");
+    assert_eq!(
+        metric_sum(&gw.base(), "gateway_shapes_created_total", &[]).await,
+        1.0,
+        "one snapshot, not one per client"
+    );
     assert_eq!(gw.log().matches("snapshot complete").count(), 1);
 }
 

@@ -24,6 +24,8 @@ const MAX_BATCH: usize = 4096;
 /// Up to this many touched logs are synced one by one; more share one `syncfs`.
 const SYNC_EACH_UP_TO: usize = 4;
 
+/// What fails, in `/readyz`, when a batch cannot be stored.
+const STORAGE: &str = "writing shape logs";
 /// First and longest pause before writing a batch again after a storage error.
 const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
@@ -71,14 +73,14 @@ pub async fn run(
                 Ok(()) => {
                     if backoff > RETRY_MIN {
                         tracing::info!("shape storage works again; acknowledging resumes");
-                        status.set_storage_error(None);
+                        status.set_storage_error(STORAGE, None);
                     }
                     break;
                 }
                 Err(e) => {
                     metrics::counter!("gateway_storage_errors_total").increment(1);
                     tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "shape storage failed; writing the batch again");
-                    status.set_storage_error(Some(e.to_string()));
+                    status.set_storage_error(STORAGE, Some(e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         // Shutting down: what is not durable was not acknowledged and comes again.

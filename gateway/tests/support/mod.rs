@@ -161,6 +161,20 @@ impl Gateway {
         }
     }
 
+    /// Waits until `/healthz` answers (a standby is alive but never ready).
+    pub async fn alive(&self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", self.base())).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "no /healthz; log: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
@@ -379,6 +393,26 @@ impl Follower {
 /// The rows as (id → value of `col`).
 pub fn column_of(rows: &BTreeMap<String, Map<String, Value>>, id: &str, col: &str) -> BTreeMap<String, Value> {
     rows.values().map(|r| (r[id].as_str().unwrap().to_string(), r.get(col).cloned().unwrap_or(Value::Null))).collect()
+}
+
+/// The test slot's confirmed position.
+pub async fn slot_confirmed(db: &tokio_postgres::Client) -> shapes::offset::Lsn {
+    let sql = "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 'gateway'";
+    db.query_one(sql, &[]).await.unwrap().get::<_, String>(0).parse().unwrap()
+}
+
+/// PostgreSQL's current WAL position.
+pub async fn current_wal(db: &tokio_postgres::Client) -> shapes::offset::Lsn {
+    db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get::<_, String>(0).parse().unwrap()
+}
+
+/// The sum of a metric's samples on `/metrics` whose line holds every one of `labels`.
+pub async fn metric_sum(base: &str, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// `select id, col from table where filter` as the same map, from PostgreSQL itself.
