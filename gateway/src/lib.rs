@@ -362,46 +362,47 @@ async fn lead(
     settings: &StreamSettings,
     shutdown: &CancellationToken,
 ) -> Result<Option<Leadership>, StartError> {
-    let candidate = Candidate::connect(settings, Lsn(0), Lsn(0)).await?;
-    let mut candidate = match candidate.try_lock().await? {
-        Ok(leadership) => return Ok(Some(leadership)),
-        Err(candidate) => Some(candidate),
-    };
-    tracing::info!(slot = %cfg.slot, "another gateway streams from the slot: standing by");
-    metrics::gauge!("gateway_leader").set(0.0);
-    let standby_cancel = shutdown.child_token();
-    let listener =
-        TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
-    let server = {
-        let (cancel, app) = (standby_cancel.clone(), http::health::standby_app(cfg.slot.clone()));
-        tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(cancel.cancelled_owned()).await
-        })
-    };
+    // The first answer decides whether a standby server is needed at all.
+    let mut waiting: Option<Candidate> = None;
+    let mut standby: Option<(CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>)> = None;
     let leadership = loop {
+        let attempt = match waiting.take() {
+            Some(c) => c.try_lock().await,
+            None => Candidate::lock(settings, Lsn(0), Lsn(0)).await,
+        };
+        match attempt {
+            Ok(Ok(leadership)) => break Some(leadership),
+            Ok(Err(candidate)) => waiting = Some(candidate),
+            // A broken session is replaced on the next round; only fatal errors stop the wait.
+            Err(e) if e.is_transient() && standby.is_some() => {
+                tracing::warn!(error = %e, "standby: replication session lost; reconnecting")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if standby.is_none() {
+            tracing::info!(slot = %cfg.slot, "another gateway streams from the slot: standing by");
+            metrics::gauge!("gateway_leader").set(0.0);
+            let listener = TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+            let (cancel, app) = (shutdown.child_token(), http::health::standby_app(cfg.slot.clone()));
+            let stop = cancel.clone();
+            let server = tokio::spawn(async move {
+                axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop.cancelled_owned()).await
+            });
+            standby = Some((cancel, server));
+        }
         tokio::select! {
             _ = tokio::time::sleep(STANDBY_POLL) => {}
             _ = shutdown.cancelled() => break None,
         }
-        // A broken session is replaced on the next round; only fatal errors stop the wait.
-        let attempt = match candidate.take() {
-            Some(c) => c.try_lock().await,
-            None => match Candidate::connect(settings, Lsn(0), Lsn(0)).await {
-                Ok(c) => c.try_lock().await,
-                Err(e) => Err(e),
-            },
-        };
-        match attempt {
-            Ok(Ok(leadership)) => break Some(leadership),
-            Ok(Err(waiting)) => candidate = Some(waiting),
-            Err(e) if e.is_transient() => tracing::warn!(error = %e, "standby: replication session lost; reconnecting"),
-            Err(e) => return Err(e.into()),
-        }
     };
-    standby_cancel.cancel();
-    let _ = server.await;
-    if leadership.is_some() {
-        tracing::info!(slot = %cfg.slot, "took over the slot");
+    if let Some((cancel, server)) = standby {
+        cancel.cancel();
+        let _ = server.await;
+        if leadership.is_some() {
+            tracing::info!(slot = %cfg.slot, "took over the slot");
+        }
     }
     Ok(leadership)
 }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::offset::{LogOffset, Lsn};
+use crate::wire::write_sse_event;
 
 const HEADER: usize = 24;
 const TXN_END: u32 = 1 << 31;
@@ -83,18 +84,6 @@ impl LiveRead {
             })
             .clone()
     }
-}
-
-/// Appends one SSE event carrying `data`; a line break in the data continues it on another
-/// `data:` line, as the SSE format requires (compact JSON has none, but the framing must not
-/// depend on that).
-pub fn write_sse_event(out: &mut Vec<u8>, data: &[u8]) {
-    for line in data.split(|&b| b == b'\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
-        out.push(b'\n');
-    }
-    out.push(b'\n');
 }
 
 struct Snapshot {
@@ -667,23 +656,22 @@ fn damaged_past(file: &File, at: u64, file_len: u64, last: LogOffset, acknowledg
     let Some(h) = header(at)?.filter(|h| *h != [0u8; HEADER]) else {
         return Ok(false);
     };
-    let tx = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    let r = Record::parse(at, &h);
+    let (tx, _) = offset_parts(r.offset);
     if (LogOffset::At { tx, op: u64::MAX }) > last && tx < acknowledged.0 {
         return Ok(true);
     }
     // A torn write is the end of the file: a whole, valid record after it means damage.
-    let len = (u32::from_le_bytes(h[0..4].try_into().unwrap()) & !TXN_END) as u64;
-    let following = at + HEADER as u64 + len;
+    let following = at + HEADER as u64 + r.len;
     let Some(g) = header(following)? else { return Ok(false) };
-    let glen = (u32::from_le_bytes(g[0..4].try_into().unwrap()) & !TXN_END) as u64;
-    if following + HEADER as u64 + glen > file_len {
+    let g = Record::parse(following, &g);
+    if following + HEADER as u64 + g.len > file_len {
         return Ok(false);
     }
-    let mut msg = vec![0u8; glen as usize];
+    let mut msg = vec![0u8; g.len as usize];
     file.read_exact_at(&mut msg, following + HEADER as u64)?;
-    let (gtx, gop) =
-        (u64::from_le_bytes(g[8..16].try_into().unwrap()), u64::from_le_bytes(g[16..24].try_into().unwrap()));
-    Ok(crc(gtx, gop, &msg) == u32::from_le_bytes(g[4..8].try_into().unwrap()))
+    let (gtx, gop) = offset_parts(g.offset);
+    Ok(crc(gtx, gop, &msg) == g.crc)
 }
 
 /// One record header, at byte `pos` of the log.
@@ -693,6 +681,23 @@ struct Record {
     crc: u32,
     offset: LogOffset,
     ends_txn: bool,
+}
+
+impl Record {
+    /// Decodes the header bytes `h` found at `pos` (as `ShapeLog::append` writes them).
+    fn parse(pos: u64, h: &[u8; HEADER]) -> Record {
+        let raw_len = u32::from_le_bytes(h[0..4].try_into().unwrap());
+        Record {
+            pos,
+            len: (raw_len & !TXN_END) as u64,
+            crc: u32::from_le_bytes(h[4..8].try_into().unwrap()),
+            offset: LogOffset::At {
+                tx: u64::from_le_bytes(h[8..16].try_into().unwrap()),
+                op: u64::from_le_bytes(h[16..24].try_into().unwrap()),
+            },
+            ends_txn: raw_len & TXN_END != 0,
+        }
+    }
 }
 
 /// Sequential, buffered reading of log records between two positions.
@@ -720,20 +725,9 @@ impl Records {
         }
         let mut h = [0u8; HEADER];
         self.reader.read_exact(&mut h)?;
-        let raw_len = u32::from_le_bytes(h[0..4].try_into().unwrap());
-        let len = (raw_len & !TXN_END) as u64;
-        let record = Record {
-            pos: self.pos,
-            len,
-            crc: u32::from_le_bytes(h[4..8].try_into().unwrap()),
-            offset: LogOffset::At {
-                tx: u64::from_le_bytes(h[8..16].try_into().unwrap()),
-                op: u64::from_le_bytes(h[16..24].try_into().unwrap()),
-            },
-            ends_txn: raw_len & TXN_END != 0,
-        };
+        let record = Record::parse(self.pos, &h);
         self.pos += HEADER as u64;
-        if self.pos + len > self.end {
+        if self.pos + record.len > self.end {
             return Ok(None);
         }
         Ok(Some(record))

@@ -271,6 +271,18 @@ pub fn subset_metadata(xmin: u64, xmax: u64, xip: &[u64], mark: u32, database_ls
     .into_bytes()
 }
 
+/// Appends one SSE event carrying `data`; a line break in the data continues it on another
+/// `data:` line, as the SSE format requires (compact JSON has none, but the framing must not
+/// depend on that).
+pub fn write_sse_event(out: &mut Vec<u8>, data: &[u8]) {
+    for line in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
 pub fn up_to_date(global_last_seen_lsn: Lsn) -> Vec<u8> {
     format!(r#"{{"headers":{{"control":"up-to-date","global_last_seen_lsn":"{}"}}}}"#, global_last_seen_lsn.0)
         .into_bytes()

@@ -12,9 +12,8 @@ use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
-use shapes::log::write_sse_event;
 use shapes::offset::{LogOffset, Lsn};
-use shapes::wire::up_to_date;
+use shapes::wire::{up_to_date, write_sse_event};
 use tokio::sync::mpsc;
 
 use super::AppState;

@@ -59,6 +59,15 @@ impl Candidate {
         Ok(Candidate { client, lock_sql: format!("select pg_try_advisory_lock(hashtextextended('{key}', 0))") })
     }
 
+    /// Connects a session ([`Candidate::connect`]) and tries the lock at once.
+    pub async fn lock(
+        settings: &StreamSettings,
+        start: Lsn,
+        ack: Lsn,
+    ) -> Result<Result<Leadership, Candidate>, ReplicationError> {
+        Candidate::connect(settings, start, ack).await?.try_lock().await
+    }
+
     /// Takes the leader lock if no other session holds it.
     pub async fn try_lock(mut self) -> Result<Result<Leadership, Candidate>, ReplicationError> {
         let rows =
@@ -85,12 +94,9 @@ pub async fn run(
             Some(leadership) => Ok(leadership),
             None => {
                 // Resume where the logs end; report only what the data dir recorded.
-                match Candidate::connect(&settings, ack.durable(), ack.acknowledgeable()).await {
-                    Ok(candidate) => candidate.try_lock().await.and_then(|locked| {
-                        locked.map_err(|_| ReplicationError::LostLeadership { slot: settings.slot.clone() })
-                    }),
-                    Err(e) => Err(e),
-                }
+                Candidate::lock(&settings, ack.durable(), ack.acknowledgeable()).await.and_then(|locked| {
+                    locked.map_err(|_| ReplicationError::LostLeadership { slot: settings.slot.clone() })
+                })
             }
         };
         let result = match result {
