@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
 
+ensure_tool rust
 ensure_postgres
 build_sdk
 cargo build --release --locked -p gateway

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test of the project. On a fresh Debian/Ubuntu machine it first installs what
-# is missing: PostgreSQL server binaries, Node.js and npm, Chromium, nginx, the wasm
-# toolchain, helm and a Python virtualenv (chart validation, schemathesis), and the Node packages of the
-# protocol suite (the official @electric-sql/client) and of the SDK's browser suite
-# (playwright-core); then it builds the SDK for wasm.
+# is missing (each tool is checked by running it; scripts/doctor.sh lists them): PostgreSQL
+# server binaries, Node.js and npm, Chromium, nginx, the wasm toolchain, helm and a Python
+# virtualenv (chart validation, schemathesis), and the Node packages of the protocol suite
+# (the official @electric-sql/client) and of the SDK's browser suite (playwright-core); then
+# it builds the SDK for wasm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
 
+ensure_tool rust
 ensure_postgres
+ensure_psql
 ensure_node
 ensure_chromium
 ensure_nginx
