@@ -80,6 +80,16 @@ pub struct ServeConfig {
     /// Required `aud` of tokens.
     #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Clock skew tolerated on a token's exp, nbf and iat (s). A token is honoured until exp
+    /// plus this: requests are accepted and live streams (SSE, long-polls) end by then.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_S", default_value_t = crate::auth::token::DEFAULT_LEEWAY_SECS)]
+    pub jwt_leeway_s: u64,
+    /// Let shared caches store answers to authenticated requests (`public`, `s-maxage`).
+    /// Only behind a cache that keys on the Authorization header, like the chart's nginx
+    /// tier; otherwise such answers are `private`, since a CDN that ignores `Vary` would
+    /// hand one caller's rows to another.
+    #[arg(long, env = "GATEWAY_SHARED_CACHE_BY_CALLER")]
+    pub shared_cache_by_caller: bool,
     /// Origins browsers may call from, comma-separated; `*` allows any (without credentials).
     #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
     pub cors_origins: Vec<String>,
@@ -106,6 +116,11 @@ pub struct ServeConfig {
     /// Shapes one table may have; past it, creating another answers 429.
     #[arg(long, env = "GATEWAY_MAX_SHAPES_PER_TABLE", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_shapes_per_table: u32,
+    /// Shapes of one table one scope may have (the table's rule scope bound to a caller's
+    /// claims: a tenant, a user); past it, creating another answers 429. Keep it well under
+    /// --max-shapes-per-table, so no tenant can use up a table's shapes.
+    #[arg(long, env = "GATEWAY_MAX_SHAPES_PER_SCOPE", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_shapes_per_scope: u32,
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -3,6 +3,8 @@
 //! - `lock`: an exclusive file lock, so two gateways never write the same logs (standbys
 //!   that share the directory with the active one wait for it; a misconfigured second
 //!   gateway is refused).
+//! - `slot`: the slot whose changes the logs hold. A gateway of another slot finding the
+//!   directory locked is refused at once, without waiting for it to be let go.
 //! - `position`: the LSN through which the logs hold every change. It is recorded before
 //!   that LSN is acknowledged to PostgreSQL, so at start a slot confirmed past it means
 //!   someone else streamed from the slot meanwhile (another gateway with its own disk, or
@@ -44,15 +46,21 @@ pub enum DataDirError {
         "data dir {path} is in use by another gateway process; give each gateway its own --data-dir, or let standbys share it only with the one active gateway"
     )]
     InUse { path: String },
+    #[error(
+        "data dir {path} holds the logs of slot {theirs:?}, streamed by another gateway process; this gateway streams slot {ours:?}: give it its own --data-dir"
+    )]
+    OtherSlot { path: String, theirs: String, ours: String },
     #[error("data dir {path}: {source}")]
     Io { path: String, source: io::Error },
 }
 
 impl DataDir {
-    /// Creates `dir` when missing and takes its lock, waiting up to `wait` for another
-    /// process to let go (a gateway that just lost the slot finishing its last batch).
-    pub async fn open(dir: &Path, wait: Duration) -> Result<DataDir, DataDirError> {
-        let io_err = |source| DataDirError::Io { path: dir.display().to_string(), source };
+    /// Creates `dir` when missing and takes its lock for `slot`, waiting up to `wait` for
+    /// another process of the same slot to let go (a gateway that just lost the slot
+    /// finishing its last batch).
+    pub async fn open(dir: &Path, slot: &str, wait: Duration) -> Result<DataDir, DataDirError> {
+        let path = dir.display().to_string();
+        let io_err = |source| DataDirError::Io { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(io_err)?;
         let lock =
             OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io_err)?;
@@ -60,13 +68,21 @@ impl DataDir {
         loop {
             match lock.try_lock() {
                 Ok(()) => break,
-                Err(TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                Err(TryLockError::WouldBlock) => {
+                    if let Ok(theirs) = std::fs::read_to_string(dir.join("slot"))
+                        && theirs != slot
+                    {
+                        return Err(DataDirError::OtherSlot { path: path.clone(), theirs, ours: slot.to_string() });
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(DataDirError::InUse { path: path.clone() });
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(TryLockError::WouldBlock) => return Err(DataDirError::InUse { path: dir.display().to_string() }),
                 Err(TryLockError::Error(e)) => return Err(io_err(e)),
             }
         }
+        std::fs::write(dir.join("slot"), slot).map_err(io_err)?;
         let position = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -153,15 +169,17 @@ mod tests {
     async fn one_process_at_a_time_and_the_position_survives_reopening() {
         let dir = std::env::temp_dir().join(format!("gateway-data-dir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let first = DataDir::open(&dir, Duration::ZERO).await.unwrap();
+        let first = DataDir::open(&dir, "gateway", Duration::ZERO).await.unwrap();
         assert_eq!(first.stored_through, None);
         assert!(first.stale_logs(Lsn(10), false).is_some(), "no record: not trusted");
         first.record(Lsn(500)).unwrap();
         // File locks are per open file description, so a second open in one process conflicts too.
-        let second = DataDir::open(&dir, Duration::from_millis(200)).await;
+        let second = DataDir::open(&dir, "gateway", Duration::from_millis(200)).await;
         assert!(matches!(second, Err(DataDirError::InUse { .. })), "{second:?}");
+        let other = DataDir::open(&dir, "gateway_other", Duration::from_secs(60)).await;
+        assert!(matches!(other, Err(DataDirError::OtherSlot { .. })), "another slot is refused at once: {other:?}");
         drop(first);
-        let reopened = DataDir::open(&dir, Duration::ZERO).await.unwrap();
+        let reopened = DataDir::open(&dir, "gateway", Duration::ZERO).await.unwrap();
         assert_eq!(reopened.stored_through, Some(Lsn(500)));
         assert_eq!(reopened.stale_logs(Lsn(500), false), None);
         assert!(reopened.stale_logs(Lsn(501), false).unwrap().contains("confirmed up to"));

@@ -31,6 +31,40 @@ fn query_error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// What a client may learn from a statement PostgreSQL refused: a reason of ours for its
+/// SQLSTATE, naming the constraint, and the column when `may_name` allows it. PostgreSQL's
+/// own text never passes: its message, DETAIL and HINT can hold row values (a duplicate
+/// key, "Failing row contains (…)", hidden columns, another tenant's data).
+pub fn client_reason(e: &tokio_postgres::Error, may_name: impl Fn(&str) -> bool) -> String {
+    let Some(db) = e.as_db_error() else { return "the database session failed; retry".into() };
+    let code = db.code().code();
+    let constraint = db.constraint().map(|c| format!(" (constraint {c:?})")).unwrap_or_default();
+    let reason = match code {
+        "23505" => format!("the key or a unique value is already taken{constraint}"),
+        "23502" => match db.column().filter(|c| may_name(c)) {
+            Some(c) => format!("column {c:?} must not be null"),
+            None => "a column outside what you may write must not be null; the table needs a default for it".into(),
+        },
+        "23514" => format!("the row fails a check{constraint}"),
+        "23503" => format!("the row refers to a row that does not exist, or a row refers to it{constraint}"),
+        "23P01" => format!("the row conflicts with another row{constraint}"),
+        "22001" => "a value is too long for its column".into(),
+        "22003" => "a number is out of range for its type".into(),
+        "22007" | "22008" => "a date or time is malformed or out of range".into(),
+        "22012" => "division by zero".into(),
+        "22P02" => "a value is not valid input for its type".into(),
+        "22021" | "22P05" => "a value holds a character the database cannot store".into(),
+        "2202E" => "an array subscript is out of range".into(),
+        "2201B" => "a regular expression is invalid".into(),
+        "22023" => "a value is outside what its function accepts".into(),
+        c if c.starts_with("22") => "a value is invalid where it is used".into(),
+        "P0001" => "refused by a trigger or rule of the database".into(),
+        c if c.starts_with("42") => "the statement no longer fits the table, which changed; retry".into(),
+        _ => "the database refused it".into(),
+    };
+    format!("{reason} [SQLSTATE {code}]")
+}
+
 impl DbError {
     /// Errors worth retrying: the server went away or is starting.
     pub fn is_transient(&self) -> bool {

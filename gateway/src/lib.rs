@@ -130,7 +130,7 @@ async fn build_auth(
     if cfg.rules.is_empty() {
         tracing::warn!("--auth jwt without [[table]] rules: only admin tokens can read anything");
     }
-    let verifier = auth::token::Verifier::new(keys, cfg.jwt_issuer.clone(), cfg.jwt_audience.clone());
+    let verifier = auth::token::Verifier::new(keys, cfg.jwt_issuer.clone(), cfg.jwt_audience.clone(), cfg.jwt_leeway_s);
     Ok(auth::Auth::jwt(verifier, rules))
 }
 
@@ -193,21 +193,23 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     if report.has_blockers() {
         return Err(StartError::Preflight(report.only_blockers()));
     }
-    slot::ensure_publication(&client, &cfg.publication).await?;
     let stream_settings =
         StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
     let Some(leadership) = lead(cfg, &stream_settings, &shutdown).await? else {
         return Ok(Ended::Shutdown);
     };
     metrics::gauge!("gateway_leader").set(1.0);
+    // The data dir is ours before anything is created in PostgreSQL: a gateway pointed at a
+    // directory another one uses stops here, leaving no slot behind to hold WAL.
+    let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
+    let data_dir = Arc::new(DataDir::open(&cfg.data_dir, &cfg.slot, DATA_DIR_RELEASE).await?);
+    slot::ensure_publication(&client, &cfg.publication).await?;
     // Read after taking the lock: the previous leader may have advanced it until it stopped.
     let slot_state = slot::ensure_slot(&client, &cfg.slot).await?;
     let bind = BindOptions { text_sorts_bytewise: db::text_sorts_bytewise(&client).await? };
     let auth = Arc::new(build_auth(cfg, &client, bind).await?);
     drop(client);
 
-    let data_err = |source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source };
-    let data_dir = Arc::new(DataDir::open(&cfg.data_dir, DATA_DIR_RELEASE).await?);
     let acknowledged = data_dir.stored_through.unwrap_or_default();
     let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind, acknowledged).map_err(data_err)?);
     metrics::gauge!("gateway_shapes").set(registry.len() as f64);
@@ -255,6 +257,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     let outbox = Arc::new(build_outbox(&db_cfg, bind).await?);
     let settings = HttpSettings {
         cors,
+        shared_cache_by_caller: cfg.shared_cache_by_caller,
         db: db_cfg,
         publication: cfg.publication.clone(),
         long_poll_timeout: cfg.long_poll_timeout(),
@@ -265,6 +268,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
             max_concurrent_snapshots: cfg.max_concurrent_snapshots as usize,
             max_live_connections: cfg.max_live_connections as usize,
             max_shapes_per_table: cfg.max_shapes_per_table as usize,
+            max_shapes_per_scope: cfg.max_shapes_per_scope as usize,
         },
     };
     if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {

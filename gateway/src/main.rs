@@ -71,6 +71,7 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    gateway::telemetry::log_panics();
 }
 
 async fn run() -> anyhow::Result<()> {

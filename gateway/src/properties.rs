@@ -7,6 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::auth::ColumnSet;
 use crate::auth::rules::AccessRules;
 use crate::config::ConfigFile;
 use crate::outbox::plan::{self, Allowed};
@@ -78,7 +79,7 @@ proptest! {
             m
         };
         let (key, value, base) = (mark(key), mark(value), mark(base));
-        let allowed = Allowed { scope: None, writable: None, readable: None, version_column: Some("version") };
+        let allowed = Allowed { scope: None, writable: ColumnSet::all(), readable: ColumnSet::all(), version_column: Some("version") };
         if let Ok(write) = plan::check(plan::tests::table(), op, Some(&key), Some(&value), Some(&base), allowed) {
             let statement = write.statement();
             prop_assert!(!statement.sql.contains(MARK), "{}", statement.sql);

@@ -205,8 +205,7 @@ impl<S: FnMut(&mut Vec<u8>) -> Result<(), SnapshotError>> RowEncoder<S> {
     fn copy_sql(&self, extra: Option<&Expr>, tail: &str) -> String {
         let s = &self.shape.shape;
         let cols: Vec<String> = self.read.iter().map(|&i| quote_ident(&s.table.columns[i].name)).collect();
-        let filters: Vec<String> = s.filter.iter().chain(extra).map(Expr::to_sql).collect();
-        let filter = if filters.is_empty() { String::new() } else { format!(" where {}", filters.join(" and ")) };
+        let filter = s.where_sql(extra).map(|w| format!(" where {w}")).unwrap_or_default();
         format!("copy (select {} from {}{filter}{tail}) to stdout", cols.join(", "), s.table.name.quoted())
     }
 

@@ -77,10 +77,26 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("gateway_outbox_mutations_total", Kind::Counter, "table, status", "outbox mutations by result"),
     ("gateway_outbox_batch_seconds", Kind::Histogram, "", "time to apply one outbox batch"),
     ("gateway_auth_failures_total", Kind::Counter, "reason", "requests refused by authentication or access rules"),
+    ("gateway_panics_total", Kind::Counter, "", "request handlers that panicked (answered 500; the log has where)"),
 ];
 
 const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0];
 const BATCH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Logs every panic once, with where it happened, through the gateway's log (so JSON log
+/// collectors see it) instead of the default hook's stderr line.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%location, %message, "panic");
+    }));
+}
 
 /// The process's recorder, installed on first use (the demo and tests may start `serve`
 /// more than once in one process).

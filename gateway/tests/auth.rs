@@ -38,7 +38,7 @@ name = "public.teams"
 scope = "team = :team"
 "#;
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
@@ -291,7 +291,7 @@ async fn public_keys_and_jwks_verify_their_own_algorithms_only() {
 async fn an_sse_stream_ends_when_its_token_expires() {
     let env = Env::new().await;
     env.sql(SCHEMA).await;
-    let gw = jwt_gateway(&env, &["--jwt-secret", SECRET, "--sse-timeout-s", "60"]).await;
+    let gw = jwt_gateway(&env, &["--jwt-secret", SECRET, "--sse-timeout-s", "60", "--jwt-leeway-s", "1"]).await;
     let t = token(json!({"org_id": "org1", "exp": now() + 4}));
     let first = get_as(&format!("{}/v1/shape?table=todos&offset=-1", gw.base()), Some(&t)).await;
     let handle = first.headers["electric-handle"].to_str().unwrap().to_string();
@@ -303,7 +303,10 @@ async fn an_sse_stream_ends_when_its_token_expires() {
     let mut body = resp.bytes_stream();
     let ended = tokio::time::timeout(Duration::from_secs(30), async { while body.next().await.is_some() {} }).await;
     assert!(ended.is_ok(), "the stream outlived its token");
-    assert!(started.elapsed() < Duration::from_secs(15), "ended at the token's exp, not the SSE timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "ended at the token's exp plus the leeway, not the SSE timeout"
+    );
 }
 
 #[tokio::test]

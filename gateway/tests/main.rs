@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod attacks;
 mod auth;
 mod cache_tier;
 mod chaos;

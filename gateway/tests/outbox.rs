@@ -49,7 +49,7 @@ async fn gateway(env: &Env) -> Gateway {
     gw
 }
 
-async fn push(gw: &Gateway, token: &str, batch: Value) -> (u16, Value) {
+pub async fn push(gw: &Gateway, token: &str, batch: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{}/v1/outbox", gw.base()))
         .bearer_auth(token)
@@ -96,20 +96,20 @@ async fn every_op_and_status_and_a_retry_applies_once() {
     assert_eq!(
         statuses(&body),
         [
-            "applied", "applied", "applied", "applied", "applied", "conflict", "rejected", "rejected", "rejected",
-            "rejected", "rejected", "rejected", "rejected", "rejected", "rejected", "rejected"
+            "applied", "applied", "applied", "applied", "applied", "conflict", "rejected", "rejected", "conflict",
+            "applied", "rejected", "rejected", "rejected", "rejected", "rejected", "rejected"
         ]
     );
     let r = &body["results"];
     assert_eq!(r[5]["row"], Value::Null, "updating a missing row is a conflict with row: null");
     assert!(r[5].as_object().unwrap().contains_key("row"));
+    // Another scope's row answers as a missing one (nothing is written): no key probing.
+    assert_eq!((&r[8]["row"], &r[8]["error"]), (&r[5]["row"], &r[5]["error"]));
     for (i, needle) in [
         (6, "outside your scope"),
         (7, "outside your scope"),
-        (8, "outside your scope"),
-        (9, "outside your scope"),
         (10, "not writable"),
-        (11, "invalid input syntax"),
+        (11, "not valid input for its type"),
         (12, "unknown op"),
         (13, "no access rule"),
         (14, "no column \"colour\""),

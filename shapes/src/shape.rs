@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::table::{TableSchema, split_identifiers};
-use crate::where_clause::{BindOptions, Expr, WhereError, parse_where};
+use crate::where_clause::{BindOptions, EvalError, Expr, Row, WhereError, parse_where};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,7 +92,13 @@ pub fn parse_columns(s: &str) -> Result<Vec<String>, String> {
 pub struct Shape {
     pub spec: ShapeSpec,
     pub table: TableSchema,
-    /// The rows in the shape: the scope AND the client's filter.
+    /// The rule's scope bound to the caller's claims (`None`: an unscoped caller).
+    pub scope: Option<Expr>,
+    /// The client's own `where`.
+    pub client_filter: Option<Expr>,
+    /// The rows in the shape, the scope AND the client's filter, as one tree: the shape's
+    /// identity and its routing terms. Rows are tested with [`Shape::admits`] and read with
+    /// [`Shape::where_sql`], which never apply the client's filter outside the scope.
     pub filter: Option<Expr>,
     /// Columns the client's own filter reads (access rules may hide some).
     pub where_columns: Vec<usize>,
@@ -118,9 +124,9 @@ impl Shape {
             None => None,
         };
         // Parsed apart and joined as trees: no client text can reach into the scope.
-        let filter = match (scope, client) {
-            (Some(s), Some(c)) => Some(Expr::And(vec![s, c])),
-            (s, c) => s.or(c),
+        let filter = match (&scope, &client) {
+            (Some(s), Some(c)) => Some(Expr::And(vec![s.clone(), c.clone()])),
+            (s, c) => s.clone().or_else(|| c.clone()),
         };
         let key = table.key_columns();
         let selected = match &spec.columns {
@@ -148,7 +154,37 @@ impl Shape {
                 idx
             }
         };
-        Ok(Shape { spec, table, filter, where_columns, selected, key })
+        Ok(Shape { spec, table, scope, client_filter: client, filter, where_columns, selected, key })
+    }
+
+    /// Whether a row is in the shape. The client's filter is evaluated only on rows the
+    /// scope admits (true, not unknown): an expression that fails on some values (a
+    /// division, a cast) must not tell the client anything about rows outside its scope.
+    pub fn admits<R: Row + ?Sized>(&self, row: &R) -> Result<bool, EvalError> {
+        if let Some(scope) = &self.scope
+            && !scope.matches(row)?
+        {
+            return Ok(false);
+        }
+        match &self.client_filter {
+            None => Ok(true),
+            Some(client) => client.matches(row),
+        }
+    }
+
+    /// The shape's rows, narrowed by `extra` (a subset's filter), as a SQL condition; `None`
+    /// is every row. Client expressions sit inside `CASE WHEN <scope> THEN … END`, whose
+    /// branches PostgreSQL evaluates only for rows where the condition holds, whatever
+    /// order the planner picks for the other quals; the scope also stands alone, so its
+    /// indexes still serve the query.
+    pub fn where_sql(&self, extra: Option<&Expr>) -> Option<String> {
+        let client: Vec<String> = self.client_filter.iter().chain(extra).map(Expr::to_sql).collect();
+        let client = (!client.is_empty()).then(|| client.join(" AND "));
+        match (self.scope.as_ref().map(Expr::to_sql), client) {
+            (None, client) => client,
+            (Some(scope), None) => Some(scope),
+            (Some(scope), Some(client)) => Some(format!("{scope} AND CASE WHEN {scope} THEN {client} ELSE false END")),
+        }
     }
 
     /// Canonical identity: the same table, filter, columns and modes give the same key,

@@ -24,6 +24,9 @@ impl TableName {
     /// Parses the protocol's `table` parameter: `name` or `schema.name`; unquoted parts fold to
     /// lower case, double-quoted parts keep case and may contain dots.
     pub fn parse(s: &str) -> Result<TableName, String> {
+        if s.contains('\0') {
+            return Err("a table name cannot contain a NUL character".into());
+        }
         let parts = split_identifiers(s, '.')?;
         match parts.as_slice() {
             [name] => Ok(TableName::new("public", name.clone())),

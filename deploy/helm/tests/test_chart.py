@@ -212,6 +212,9 @@ class Chart(unittest.TestCase):
         service = [s for s in of_kind(objects, "Service") if s["metadata"]["name"] == "t-gateway-cache"]
         self.assertEqual(len(service), 1)
         self.assertEqual(of_kind(self.rendered["default"], "Deployment"), [], "no cache tier unless asked")
+        # Only a tier that keys on the caller may store authenticated answers.
+        self.assertIn("shared_cache_by_caller = true", gateway_toml(objects))
+        self.assertNotIn("shared_cache_by_caller", gateway_toml(self.rendered["default"]))
 
     def test_monitoring_scrapes_every_pod_and_alerts_on_metrics_the_gateway_exports(self):
         objects = self.rendered["monitoring"]

@@ -35,11 +35,12 @@ impl Caller {
         }
     }
 
-    /// When the caller's token stops being valid (live streams end then).
-    pub fn expires(&self) -> Option<SystemTime> {
+    /// The last instant the caller's token is honoured (`exp` plus the leeway): live
+    /// streams end then and nothing is sent after it.
+    pub fn valid_until(&self) -> Option<SystemTime> {
         match self {
             Caller::Anyone => None,
-            Caller::Token(c) => Some(c.expires),
+            Caller::Token(c) => Some(c.valid_until),
         }
     }
 }
@@ -62,8 +63,8 @@ pub enum AuthError {
     Rejected(String),
     #[error("no access rule allows table {0}; add a [[table]] rule for it to the config file")]
     TableNotAllowed(String),
-    #[error("column {column:?} of {table} is not readable under its access rule (readable: {readable})")]
-    ColumnNotAllowed { table: String, column: String, readable: String },
+    #[error("column {column:?} of {table} is not {how} under its access rule ({how}: {allowed})")]
+    ColumnNotAllowed { table: String, column: String, how: ColumnUse, allowed: String },
     #[error("{table}: {problem}")]
     Claim { table: String, problem: ClaimError },
     #[error("only admin tokens (\"gateway_admin\": true) may {0}")]
@@ -104,11 +105,75 @@ impl AuthError {
     }
 }
 
+/// How a client uses the columns it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnUse {
+    /// Selected, filtered on (`where`, subset `where`) or ordered by: every use that lets
+    /// values or their order reach the client.
+    Readable,
+    /// Set by an outbox write.
+    Writable,
+}
+
+impl std::fmt::Display for ColumnUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ColumnUse::Readable => "readable",
+            ColumnUse::Writable => "writable",
+        })
+    }
+}
+
+/// The columns of a table an access rule grants for one use: every column, or a list.
+#[derive(Clone, Debug, Default)]
+pub struct ColumnSet {
+    only: Option<Arc<[String]>>,
+}
+
+impl ColumnSet {
+    pub fn all() -> ColumnSet {
+        ColumnSet { only: None }
+    }
+
+    pub fn only(columns: Arc<[String]>) -> ColumnSet {
+        ColumnSet { only: Some(columns) }
+    }
+
+    pub fn allows(&self, column: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|c| c == column))
+    }
+
+    /// The listed columns; `None` when every column is granted.
+    pub fn listed(&self) -> Option<&[String]> {
+        self.only.as_deref()
+    }
+
+    /// The one check of the columns a client names (in `columns`, a filter, an `order_by`,
+    /// an outbox value) against what the rule grants for that use.
+    pub fn check<'a>(
+        &self,
+        table: &TableName,
+        how: ColumnUse,
+        named: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), AuthError> {
+        let Some(only) = &self.only else { return Ok(()) };
+        match named.into_iter().find(|c| !only.iter().any(|o| o == c)) {
+            None => Ok(()),
+            Some(column) => Err(AuthError::ColumnNotAllowed {
+                table: table.quoted(),
+                column: column.to_string(),
+                how,
+                allowed: only.join(", "),
+            }),
+        }
+    }
+}
+
 /// What a caller may read of one table.
 #[derive(Clone, Debug, Default)]
 pub struct Access {
-    /// Readable columns; `None` is all. The client's `where` may read only these.
-    pub readable: Option<Arc<[String]>>,
+    /// Every column the client names in a read (filters, order, selection) must be one.
+    pub readable: ColumnSet,
 }
 
 /// What a caller may write to one table.
@@ -116,10 +181,9 @@ pub struct Access {
 pub struct WriteAccess {
     /// The row scope with the caller's claims; written rows must stay inside it.
     pub scope: Option<ScopeSpec>,
-    /// Writable columns; `None` is all.
-    pub writable: Option<Arc<[String]>>,
-    /// Readable columns (for the row shown on a conflict); `None` is all.
-    pub readable: Option<Arc<[String]>>,
+    pub writable: ColumnSet,
+    /// For the row shown on a conflict.
+    pub readable: ColumnSet,
     /// `reject_stale`: the column that versions rows.
     pub version_column: Option<String>,
 }
@@ -175,8 +239,8 @@ impl Auth {
             return Err(AuthError::WriteNotAllowed { table: table.quoted(), op: op.to_string() });
         }
         let version_column = (rule.conflict == Conflict::RejectStale).then(|| rule.version_column.clone()).flatten();
-        let mut access =
-            WriteAccess { scope: None, writable: rule.columns.clone(), readable: rule.columns.clone(), version_column };
+        let columns = rule.columns.clone().map_or_else(ColumnSet::all, ColumnSet::only);
+        let mut access = WriteAccess { scope: None, writable: columns.clone(), readable: columns, version_column };
         if !claims.is_admin()
             && let Some(scope) = &rule.scope
         {
@@ -194,25 +258,16 @@ impl Auth {
             return Ok(Access::default());
         }
         let rule = self.rules.get(table).ok_or_else(|| AuthError::TableNotAllowed(table.quoted()))?;
-        if let Some(allowed) = &rule.columns {
-            match &spec.columns {
-                Some(asked) => {
-                    if let Some(c) = asked.iter().find(|c| !allowed.contains(c)) {
-                        return Err(AuthError::ColumnNotAllowed {
-                            table: table.quoted(),
-                            column: c.clone(),
-                            readable: allowed.join(", "),
-                        });
-                    }
-                }
-                None => spec.columns = Some(allowed.to_vec()),
-            }
+        let readable = rule.columns.clone().map_or_else(ColumnSet::all, ColumnSet::only);
+        match &spec.columns {
+            Some(asked) => readable.check(table, ColumnUse::Readable, asked.iter().map(String::as_str))?,
+            None => spec.columns = readable.listed().map(<[String]>::to_vec),
         }
         if let Some(scope) = &rule.scope {
             let bound =
                 scope.bind(&claims.map).map_err(|problem| AuthError::Claim { table: table.quoted(), problem })?;
             spec.scope = Some(bound);
         }
-        Ok(Access { readable: rule.columns.clone() })
+        Ok(Access { readable })
     }
 }

@@ -186,7 +186,8 @@ impl AccessRules {
     }
 
     /// Checks one rule against its table: the scope binds, the columns exist and hold the
-    /// primary key, the version column exists.
+    /// primary key (a table without one cannot hide columns), the version column exists and
+    /// is readable.
     pub fn check_table(&self, schema: &TableSchema, options: BindOptions) -> Result<(), String> {
         let Some(access) = self.get(&schema.name) else { return Ok(()) };
         if let Some(scope) = &access.scope {
@@ -198,20 +199,28 @@ impl AccessRules {
             if !unknown.is_empty() {
                 return Err(format!("columns: no such column(s): {}", unknown.join(", ")));
             }
+            if !schema.has_primary_key() {
+                return Err("columns: the table has no primary key, so a row's key is every column and would \
+                     carry the hidden ones; add a primary key to the table or drop columns from the rule"
+                    .into());
+            }
             let missing: Vec<&str> = schema
                 .key_columns()
                 .into_iter()
                 .map(|k| schema.columns[k].name.as_str())
                 .filter(|k| !cols.iter().any(|c| c == k))
                 .collect();
-            if schema.has_primary_key() && !missing.is_empty() {
+            if !missing.is_empty() {
                 return Err(format!("columns: must include the primary key, missing {}", missing.join(", ")));
             }
         }
-        if let Some(v) = &access.version_column
-            && schema.column_index(v).is_none()
-        {
-            return Err(format!("version_column: no column {v:?}"));
+        if let Some(v) = &access.version_column {
+            if schema.column_index(v).is_none() {
+                return Err(format!("version_column: no column {v:?}"));
+            }
+            if access.columns.as_ref().is_some_and(|cols| !cols.contains(v)) {
+                return Err(format!("version_column: {v:?} must be one of columns, so clients can send it as base"));
+            }
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! JWT verification: the signature against the configured keys (only the algorithms of
-//! that key's family), `exp` required, `nbf` and `iat` with a small leeway, and optional
-//! `iss`/`aud`. Verified tokens are remembered until they expire, so a client polling with
-//! the same token pays for the signature once.
+//! that key's family), `exp` required, `nbf` and `iat` with one leeway for clock skew
+//! (`--jwt-leeway-s`), and optional `iss`/`aud`. A token is valid until `exp` plus that
+//! leeway: requests are accepted and live streams end by the same instant. Verified tokens
+//! are remembered until then, so a client polling with the same token pays for the signature
+//! once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +16,11 @@ use serde_json::{Map, Value};
 use super::AuthError;
 use super::keys::{Key, KeySource};
 
-/// Clock skew tolerated on `exp`, `nbf` and `iat`.
-const LEEWAY_SECS: u64 = 30;
+/// Clock skew tolerated on `exp`, `nbf` and `iat` unless `--jwt-leeway-s` says otherwise.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// The last second of year 9999: an `exp` past it is not a time but an attempt to make the
+/// token immortal (or to overflow the clock).
+const LATEST_EXP: u64 = 253_402_300_799;
 /// Verified tokens remembered; past this the memory is cleared.
 const CACHE_ENTRIES: usize = 10_000;
 
@@ -23,7 +28,8 @@ const CACHE_ENTRIES: usize = 10_000;
 #[derive(Debug)]
 pub struct Claims {
     pub map: Map<String, Value>,
-    pub expires: SystemTime,
+    /// `exp` plus the leeway: the last instant the token is honoured.
+    pub valid_until: SystemTime,
 }
 
 impl Claims {
@@ -36,12 +42,13 @@ pub struct Verifier {
     keys: KeySource,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway_secs: u64,
     cache: Mutex<HashMap<Box<str>, Arc<Claims>>>,
 }
 
 impl Verifier {
-    pub fn new(keys: KeySource, issuer: Option<String>, audience: Option<String>) -> Verifier {
-        Verifier { keys, issuer, audience, cache: Mutex::new(HashMap::new()) }
+    pub fn new(keys: KeySource, issuer: Option<String>, audience: Option<String>, leeway_secs: u64) -> Verifier {
+        Verifier { keys, issuer, audience, leeway_secs, cache: Mutex::new(HashMap::new()) }
     }
 
     pub fn keys(&self) -> &KeySource {
@@ -51,7 +58,7 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
         let now = SystemTime::now();
         if let Some(claims) = self.cache.lock().unwrap().get(token) {
-            if claims.expires + Duration::from_secs(LEEWAY_SECS) > now {
+            if claims.valid_until > now {
                 return Ok(claims.clone());
             }
             return Err(AuthError::Expired);
@@ -79,14 +86,21 @@ impl Verifier {
         let map = checked?;
         let seconds = |name: &str| map.get(name).and_then(Value::as_u64);
         let exp = seconds("exp").ok_or(AuthError::Malformed)?;
+        if exp > LATEST_EXP {
+            return Err(AuthError::Rejected("the token's exp is not a plausible time (after year 9999)".into()));
+        }
         let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        if seconds("iat").is_some_and(|iat| iat > now_secs + LEEWAY_SECS) {
+        if seconds("iat").is_some_and(|iat| iat > now_secs.saturating_add(self.leeway_secs)) {
             return Err(AuthError::NotYetValid);
         }
-        let claims = Arc::new(Claims { map, expires: UNIX_EPOCH + Duration::from_secs(exp) });
+        let valid_until = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.leeway_secs));
+        if valid_until <= now {
+            return Err(AuthError::Expired);
+        }
+        let claims = Arc::new(Claims { map, valid_until });
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE_ENTRIES {
-            cache.retain(|_, c| c.expires > now);
+            cache.retain(|_, c| c.valid_until > now);
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
@@ -103,7 +117,7 @@ impl Verifier {
             )));
         }
         let mut v = Validation::new(alg);
-        v.leeway = LEEWAY_SECS;
+        v.leeway = self.leeway_secs;
         v.set_required_spec_claims(&["exp"]);
         v.validate_nbf = true;
         match &self.audience {

@@ -46,18 +46,11 @@ fn key_of(shape: &Shape, enc: &MessageEncoder, row: &[Cell]) -> String {
     enc.key(shape.key.iter().map(|&i| row.get(i).and_then(Cell::as_str)))
 }
 
-fn matches(shape: &Shape, row: &[Cell]) -> Result<bool, EvalError> {
-    match &shape.filter {
-        None => Ok(true),
-        Some(f) => f.matches(row),
-    }
-}
-
 pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<Planned>, EvalError> {
     let all = &shape.selected;
     Ok(match change {
         Change::Insert { new } => {
-            if matches(shape, new)? {
+            if shape.admits(new.as_slice())? {
                 complete(new)?;
                 vec![Planned::new(Operation::Insert, key_of(shape, enc, new), fields(new, all))]
             } else {
@@ -70,7 +63,7 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
                     "a delete without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
                 ));
             }
-            if !matches(shape, old)? {
+            if !shape.admits(old.as_slice())? {
                 return Ok(vec![]);
             }
             let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
@@ -87,14 +80,14 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
             let full_old = old.as_ref().filter(|_| *old_is_full);
             let was_in = match (&shape.filter, full_old) {
                 (None, _) => true,
-                (Some(f), Some(o)) => f.matches(o.as_slice())?,
+                (Some(_), Some(o)) => shape.admits(o.as_slice())?,
                 (Some(_), None) => {
                     return Err(EvalError::Value(
                         "an update without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
                     ));
                 }
             };
-            let is_in = matches(shape, &new)?;
+            let is_in = shape.admits(new.as_slice())?;
             let new_key = key_of(shape, enc, &new);
             let old_key = old.as_ref().map(|o| key_of(shape, enc, o)).unwrap_or_else(|| new_key.clone());
             match (was_in, is_in) {

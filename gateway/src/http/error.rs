@@ -39,6 +39,13 @@ impl ApiError {
     }
 }
 
+/// A handler panicked: the client gets the same 500 as any internal error, the panic is
+/// counted, and the panic hook ([`crate::telemetry::log_panics`]) has logged where.
+pub fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    metrics::counter!("gateway_panics_total").increment(1);
+    ApiError::Internal("a request handler panicked".into()).into_response()
+}
+
 impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
         metrics::counter!("gateway_auth_failures_total", "reason" => e.reason()).increment(1);
@@ -103,5 +110,35 @@ impl IntoResponse for ApiError {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::routing::get;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    async fn boom() -> &'static str {
+        panic!("a bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json_and_the_connection_survives() {
+        crate::install_tls_provider();
+        let app: Router = Router::new()
+            .route("/boom", get(boom))
+            .route("/fine", get(|| async { "ok" }))
+            .layer(CatchPanicLayer::custom(super::panicked));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        let boom = client.get(format!("{base}/boom")).send().await.unwrap();
+        assert_eq!(boom.status(), 500);
+        let body: serde_json::Value = serde_json::from_slice(&boom.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "internal");
+        assert!(!body.to_string().contains("a bug"), "the panic's text stays in the log: {body}");
+        assert_eq!(client.get(format!("{base}/fine")).send().await.unwrap().status(), 200);
     }
 }

@@ -37,6 +37,8 @@ pub struct HttpSettings {
     pub sse_timeout: Duration,
     pub sse_keepalive: Duration,
     pub cors: Cors,
+    /// Shared caches may store answers to authenticated requests (`--shared-cache-by-caller`).
+    pub shared_cache_by_caller: bool,
     /// The demo's site at `/demo/` (only `gateway demo` has one).
     pub demo: Option<Arc<crate::demo::site::DemoSite>>,
     pub limits: admission::Limits,
@@ -124,6 +126,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
         .layer(middleware::from_fn(admission::request_size))
         .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)

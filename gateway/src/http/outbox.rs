@@ -37,11 +37,17 @@ pub async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body)
             batch.mutations.len()
         )));
     }
-    if batch.client_id.is_empty() || batch.client_id.len() > MAX_ID {
-        return Err(ApiError::invalid("client_id", format!("must be 1 to {MAX_ID} bytes, stable per client")));
+    if batch.client_id.is_empty() || batch.client_id.len() > MAX_ID || batch.client_id.contains('\0') {
+        return Err(ApiError::invalid(
+            "client_id",
+            format!("must be 1 to {MAX_ID} bytes without NUL characters, stable per client"),
+        ));
     }
-    if let Some(m) = batch.mutations.iter().find(|m| m.id.is_empty() || m.id.len() > MAX_ID) {
-        return Err(ApiError::invalid("mutations", format!("mutation id {:?} must be 1 to {MAX_ID} bytes", m.id)));
+    if let Some(m) = batch.mutations.iter().find(|m| m.id.is_empty() || m.id.len() > MAX_ID || m.id.contains('\0')) {
+        return Err(ApiError::invalid(
+            "mutations",
+            format!("mutation id {:?} must be 1 to {MAX_ID} bytes without NUL characters", m.id),
+        ));
     }
     let started = std::time::Instant::now();
     let result = state.outbox.push(&state.auth, &caller, &batch).await.map_err(|e| match e {

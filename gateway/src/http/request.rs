@@ -38,8 +38,8 @@ pub struct ShapeRequest {
     pub subset: Option<SubsetSpec>,
     /// What the caller may read (set after authentication).
     pub access: Access,
-    /// When the caller's token expires; live streams end then.
-    pub expires: Option<std::time::SystemTime>,
+    /// The last instant the caller's token is honoured; nothing is sent after it.
+    pub valid_until: Option<std::time::SystemTime>,
 }
 
 fn flag(v: &str) -> bool {
@@ -151,7 +151,7 @@ pub fn parse(raw: Option<&str>) -> Result<ShapeRequest, ApiError> {
         cursor,
         subset,
         access: Access::default(),
-        expires: None,
+        valid_until: None,
     })
 }
 

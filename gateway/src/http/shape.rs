@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::AppState;
 use super::error::ApiError;
 use super::request::{self, RequestOffset, ShapeRequest};
-use crate::auth::AuthError;
+use crate::auth::{AuthError, ColumnUse};
 use crate::db;
 use crate::fanout::registry::LiveShape;
 use crate::replication::{ReplicationError, slot};
@@ -42,7 +42,7 @@ pub async fn get_shape(
     // waiting long-poll's state.
     let shape = Box::pin(resolve(&state, &req)).await?;
     if req.handle.as_ref().is_some_and(|h| *h != shape.handle) {
-        return Ok(must_refetch(Some(&shape)));
+        return Ok(must_refetch(&state, Some(&shape)));
     }
     match req.offset {
         RequestOffset::Start => Box::pin(serve_snapshot_chunk(&state, &req, &headers, shape, 0)).await,
@@ -66,23 +66,19 @@ pub(super) async fn authorized(
     let caller = state.auth.authenticate(headers).await?;
     let mut req = request::parse(raw)?;
     req.access = state.auth.scope(&caller, &req.table, &mut req.spec)?;
-    req.expires = caller.expires();
+    req.valid_until = caller.valid_until();
     Ok(req)
 }
 
-/// Refuses a filter that reads a column the caller may not read (it would leak the
-/// hidden values through which rows match).
-pub(super) fn check_readable(req: &ShapeRequest, table: &TableSchema, columns: &[usize]) -> Result<(), ApiError> {
-    let Some(readable) = &req.access.readable else { return Ok(()) };
-    match columns.iter().map(|&c| &table.columns[c].name).find(|name| !readable.contains(name)) {
-        None => Ok(()),
-        Some(column) => Err(AuthError::ColumnNotAllowed {
-            table: table.name.quoted(),
-            column: column.clone(),
-            readable: readable.join(", "),
-        }
-        .into()),
-    }
+/// Refuses a filter or order that reads a column the caller may not read (it would leak
+/// the hidden values through which rows match, or how they rank).
+pub(super) fn check_readable(
+    req: &ShapeRequest,
+    table: &TableSchema,
+    columns: impl IntoIterator<Item = usize>,
+) -> Result<(), ApiError> {
+    let names = columns.into_iter().map(|c| table.columns[c].name.as_str());
+    Ok(req.access.readable.check(&table.name, ColumnUse::Readable, names)?)
 }
 
 /// Finds the shape for the request's definition, creating it (and its snapshot) if new.
@@ -96,7 +92,7 @@ pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<
                 req.table.quoted()
             )),
         })?;
-        check_readable(req, &shape.table, &shape.where_columns)?;
+        check_readable(req, &shape.table, shape.where_columns.iter().copied())?;
         Ok::<_, ApiError>(shape)
     };
     if let Some(schema) = state.registry.cached_schema(&req.table)
@@ -116,8 +112,11 @@ pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<
     if let Some(why) = state.status.new_shapes_paused() {
         return Err(ApiError::Unavailable { message: why, retry_after: 30 });
     }
-    state.admission.check_shape_count(&req.table.quoted(), state.registry.shapes_of(&req.table).len())?;
-    let permit = state.admission.snapshot()?;
+    let existing = state.registry.shapes_of(&req.table);
+    let scope = req.spec.scope.as_ref();
+    let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
+    state.admission.check_shape_count(&req.table.quoted(), existing.len(), in_scope)?;
+    let permit = state.admission.snapshot(scope)?;
     let altered = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
         .await
         .map_err(|e| match e {
@@ -260,11 +259,15 @@ async fn serve_live(
         return super::sse::stream(state.clone(), req, shape, after);
     }
     let mut rx = shape.log.subscribe();
-    let deadline = tokio::time::Instant::now() + state.settings.long_poll_timeout;
+    let deadline = token_deadline(req, state.settings.long_poll_timeout);
     let _permit = if req.live { Some(state.admission.live("long_poll")?) } else { None };
     loop {
         let seen = state.ack.seen();
         let read = read_live(&shape, after).await?;
+        // A hold may outlast the token: what was written after it is not the caller's to see.
+        if req.valid_until.is_some_and(|t| std::time::SystemTime::now() >= t) {
+            return Err(AuthError::Expired.into());
+        }
         if read.count > 0 || !req.live {
             let last = read.last.unwrap_or(after);
             let mut body = Vec::with_capacity(read.body.len() + 100);
@@ -301,6 +304,15 @@ async fn serve_live(
             }
         }
     }
+}
+
+/// When a live answer must be sent by: after `limit`, and never after the caller's token
+/// stops being honoured.
+pub(super) fn token_deadline(req: &ShapeRequest, limit: Duration) -> tokio::time::Instant {
+    let left = req
+        .valid_until
+        .map_or(limit, |t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default().min(limit));
+    tokio::time::Instant::now() + left
 }
 
 /// The next `electric-cursor`: the end of the current long-poll interval, so clients at
@@ -383,9 +395,25 @@ fn respond(
         (_, true) => CACHE_LIVE,
         _ => CACHE_CATCH_UP,
     };
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(header::CACHE_CONTROL, cache_control(state, cache));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     resp
+}
+
+/// The `cache-control` of a shape answer. With tokens, answers are `private` (browser
+/// caches only) unless `--shared-cache-by-caller` vouches for a shared cache that keys on
+/// the caller, like the chart's nginx tier: RFC 9111 lets shared caches store an
+/// authenticated answer marked `public`, and several CDNs do not key on `Vary`.
+pub(super) fn cache_control(state: &AppState, public: &'static str) -> HeaderValue {
+    if !state.auth.enabled() || state.settings.shared_cache_by_caller {
+        return HeaderValue::from_static(public);
+    }
+    let private: Vec<&str> = public
+        .split(", ")
+        .filter(|d| !d.starts_with("s-maxage"))
+        .map(|d| if d == "public" { "private" } else { d })
+        .collect();
+    HeaderValue::from_str(&private.join(", ")).unwrap_or(HeaderValue::from_static("private, no-cache"))
 }
 
 /// A response of just `up-to-date`: nothing new after `offset`.
@@ -407,21 +435,21 @@ fn nothing_new(
 /// the client refetches straight into it.
 async fn replacement(state: &AppState, req: &ShapeRequest) -> Result<Response, ApiError> {
     let current = Box::pin(resolve(state, req)).await?;
-    Ok(must_refetch(Some(&current)))
+    Ok(must_refetch(state, Some(&current)))
 }
 
 /// 409: the handle is gone or belongs to another definition; `current` is its replacement.
-pub(super) fn must_refetch(current: Option<&LiveShape>) -> Response {
+pub(super) fn must_refetch(state: &AppState, current: Option<&LiveShape>) -> Response {
     let mut resp = (StatusCode::CONFLICT, MUST_REFETCH).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     match current.and_then(|s| HeaderValue::from_str(s.handle.as_str()).ok()) {
         Some(v) => {
             h.insert("electric-handle", v);
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60, must-revalidate"));
+            h.insert(header::CACHE_CONTROL, cache_control(state, "public, max-age=60, must-revalidate"));
         }
         None => {
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1, must-revalidate"));
+            h.insert(header::CACHE_CONTROL, cache_control(state, "public, max-age=1, must-revalidate"));
         }
     }
     resp
@@ -483,11 +511,13 @@ mod size_tests {
             sse_timeout: std::time::Duration::from_secs(60),
             sse_keepalive: std::time::Duration::from_secs(21),
             cors: super::super::Cors::new(&["*".into()]),
+            shared_cache_by_caller: false,
             demo: None,
             limits: super::super::admission::Limits {
                 max_concurrent_snapshots: 1,
                 max_live_connections: 1,
                 max_shapes_per_table: 1,
+                max_shapes_per_scope: 1,
             },
         };
         let state = AppState::new(

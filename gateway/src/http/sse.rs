@@ -1,6 +1,8 @@
 //! Live mode over Server-Sent Events: one `data:` event per message, an `up-to-date` after
 //! each batch, keep-alive comments, and an end after `--sse-timeout` (so CDNs can collapse
-//! requests and tokens are re-checked), on rotation, or on shutdown.
+//! requests and tokens are re-checked), when the caller's token stops being honoured (checked
+//! before every read and write, so a stream behind its backlog ends like an idle one), on
+//! rotation, or on shutdown.
 //!
 //! The body is written as raw bytes rather than through axum's `Sse`: a batch's events are
 //! formatted once per shared log read and handed to every stream of the shape as one chunk.
@@ -15,12 +17,13 @@ use bytes::Bytes;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::wire::{up_to_date, write_sse_event};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::AppState;
 use super::admission::LivePermit;
 use super::error::ApiError;
 use super::request::ShapeRequest;
-use super::shape::{cursor_for, next_version, read_live};
+use super::shape::{cache_control, cursor_for, next_version, read_live, token_deadline};
 use crate::fanout::registry::LiveShape;
 
 /// Chunks buffered per stream before the producer waits for the client: a slow client
@@ -39,12 +42,9 @@ pub fn stream(
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNK_BUFFER);
     let cursor = cursor_for(&state, req);
     let handle = shape.handle.clone();
-    // The stream ends when the token expires, so the client comes back with a fresh one.
-    let lifetime = req
-        .expires
-        .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
-        .map_or(state.settings.sse_timeout, |left| left.min(state.settings.sse_timeout));
-    tokio::spawn(produce(state.clone(), shape, after, lifetime, tx, permit));
+    // The stream ends when the token does, so the client comes back with a fresh one.
+    let deadline = token_deadline(req, state.settings.sse_timeout);
+    tokio::spawn(produce(state.clone(), shape, after, deadline, tx, permit));
     let chunks =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, Infallible>(c), rx)) });
     let mut resp = Response::new(Body::from_stream(chunks));
@@ -58,7 +58,7 @@ pub fn stream(
     set(h, "electric-offset", after.to_string());
     set(h, "electric-cursor", cursor.to_string());
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=59"));
+    h.insert(header::CACHE_CONTROL, cache_control(&state, "public, max-age=59"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }
@@ -67,14 +67,16 @@ async fn produce(
     state: AppState,
     shape: Arc<LiveShape>,
     mut after: LogOffset,
-    lifetime: std::time::Duration,
+    deadline: Instant,
     tx: mpsc::Sender<Bytes>,
     _permit: LivePermit,
 ) {
-    let deadline = tokio::time::Instant::now() + lifetime;
     let mut rx = shape.log.subscribe();
     let mut first = true;
     loop {
+        if Instant::now() >= deadline {
+            return;
+        }
         let seen = state.ack.seen();
         let Ok(read) = read_live(&shape, after).await else {
             return;
@@ -90,7 +92,7 @@ async fn produce(
             write_sse_event(&mut with_end, &up_to_date(seen.max(Lsn(after.tx()))));
             chunk = with_end.into();
         }
-        if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+        if !chunk.is_empty() && !send_before(deadline, &tx, chunk).await {
             return;
         }
         first = false;
@@ -107,7 +109,7 @@ async fn produce(
                     break;
                 }
                 _ = tokio::time::sleep(state.settings.sse_keepalive) => {
-                    if tx.send(Bytes::from_static(KEEP_ALIVE)).await.is_err() {
+                    if !send_before(deadline, &tx, Bytes::from_static(KEEP_ALIVE)).await {
                         return;
                     }
                 }
@@ -117,4 +119,10 @@ async fn produce(
             }
         }
     }
+}
+
+/// Queues `chunk` for the client unless the deadline has passed or passes while a slow
+/// client keeps the queue full; false means the stream ends.
+async fn send_before(deadline: Instant, tx: &mpsc::Sender<Bytes>, chunk: Bytes) -> bool {
+    Instant::now() < deadline && matches!(tokio::time::timeout_at(deadline, tx.send(chunk)).await, Ok(Ok(())))
 }

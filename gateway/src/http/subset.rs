@@ -28,13 +28,12 @@ pub async fn post_shape(
 pub(super) async fn serve(state: &AppState, req: &ShapeRequest, spec: &SubsetSpec) -> Result<Response, ApiError> {
     let shape = Box::pin(resolve(state, req)).await?;
     if req.handle.as_ref().is_some_and(|h| *h != shape.handle) {
-        return Ok(must_refetch(Some(&shape)));
+        return Ok(must_refetch(state, Some(&shape)));
     }
     let subset = Subset::bind(spec, &shape.shape.table, state.registry.bind_options())
         .map_err(|e| ApiError::invalid("subset", e.to_string()))?;
-    if let Some(filter) = &subset.filter {
-        check_readable(req, &shape.shape.table, &filter.columns())?;
-    }
+    let filtered = subset.filter.iter().flat_map(|f| f.columns());
+    check_readable(req, &shape.shape.table, filtered.chain(subset.order_by.iter().map(|k| k.column)))?;
     let mut session = state.outbox.pool.get().await.map_err(|e| ApiError::Unavailable {
         message: format!("no database session for the subset: {e}"),
         retry_after: 1,

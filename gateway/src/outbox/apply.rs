@@ -202,8 +202,8 @@ impl Outbox {
         };
         let allowed = plan::Allowed {
             scope,
-            writable: access.writable.as_deref(),
-            readable: access.readable.clone(),
+            writable: access.writable,
+            readable: access.readable,
             version_column: access.version_column.as_deref(),
         };
         match plan::check(table, op, m.key.as_ref(), m.value.as_ref(), m.base.as_ref(), allowed) {
@@ -281,7 +281,8 @@ impl Outbox {
                 if e.code() == Some(&SqlState::UNDEFINED_COLUMN) || e.code() == Some(&SqlState::UNDEFINED_TABLE) {
                     self.tables.forget(&w.table.schema.name);
                 }
-                return Ok(MutationResult::refused(id, Status::Rejected, crate::db::DbError::from(e).to_string()));
+                let reason = crate::db::client_reason(&e, |c| w.writable.allows(c));
+                return Ok(MutationResult::refused(id, Status::Rejected, reason));
             }
         };
         let result = match written.first().map(|r| r.get::<_, bool>(0)) {
@@ -309,13 +310,21 @@ fn duplicate(id: &str, first: FirstResult) -> MutationResult {
 /// outside the caller's scope, or changed since the client's base version.
 fn unmatched_result(id: &str, w: &plan::Write, current: &[tokio_postgres::Row]) -> MutationResult {
     match current.first().map(|r| (r.get::<_, bool>(0), r.get::<_, serde_json::Value>(1))) {
-        None if w.op == Op::Delete => MutationResult::new(id, Status::Applied),
-        None => MutationResult { row: Some(serde_json::Value::Null), ..MutationResult::new(id, Status::Conflict) },
-        Some((false, _)) => {
-            MutationResult::refused(id, Status::Rejected, "the row with this key is outside your scope")
+        // A row outside the caller's scope answers as a missing one would, so keys of other
+        // scopes cannot be probed; only an upsert, which would create a missing row, says
+        // that the key is taken, as an insert's unique violation does.
+        None | Some((false, _)) if w.op == Op::Delete => MutationResult::new(id, Status::Applied),
+        Some((false, _)) if w.op == Op::Upsert => {
+            MutationResult::refused(id, Status::Rejected, "the key is already taken by a row you may not write")
+        }
+        None | Some((false, _)) => {
+            MutationResult { row: Some(serde_json::Value::Null), ..MutationResult::new(id, Status::Conflict) }
         }
         Some((true, row)) => MutationResult {
-            error: Some(format!("the row changed since base.{}", w.version_column.as_deref().unwrap_or("version"))),
+            error: Some(match (w.version_column.as_deref().unwrap_or("version"), &w.base_version) {
+                (vc, None) => format!("a row with this key exists; send base.{vc} to change it"),
+                (vc, Some(_)) => format!("the row changed since base.{vc}"),
+            }),
             row: Some(row),
             ..MutationResult::new(id, Status::Conflict)
         },

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use shapes::table::quote_ident;
 
 use super::{Op, WriteTable};
+use crate::auth::{ColumnSet, ColumnUse};
 
 /// A mutation that cannot be applied as sent; the text says what to change.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,15 +45,17 @@ pub struct Write {
     pub scope: Option<ScopeSql>,
     /// `reject_stale`: the version column.
     pub version_column: Option<String>,
-    /// Columns the caller may read (shown on a conflict); `None` is all.
-    pub readable: Option<Arc<[String]>>,
+    /// Columns the caller may read (shown on a conflict).
+    pub readable: ColumnSet,
+    /// Columns the caller may write (named in refusals).
+    pub writable: ColumnSet,
 }
 
 /// What the caller may do to the table, as [`check`] needs it.
 pub struct Allowed<'a> {
     pub scope: Option<ScopeSql>,
-    pub writable: Option<&'a [String]>,
-    pub readable: Option<Arc<[String]>>,
+    pub writable: ColumnSet,
+    pub readable: ColumnSet,
     pub version_column: Option<&'a str>,
 }
 
@@ -65,15 +68,13 @@ pub fn check(
     base: Option<&Map<String, Value>>,
     allowed: Allowed<'_>,
 ) -> Result<Write, Refusal> {
-    let (writable, version_column) = (allowed.writable, allowed.version_column);
+    let (writable, version_column) = (&allowed.writable, allowed.version_column);
     let schema = &table.schema;
     let column = |name: &str| -> Result<usize, Refusal> {
         let i = schema
             .column_index(name)
             .ok_or_else(|| Refusal(format!("{} has no column {name:?}", schema.name.quoted())))?;
-        if writable.is_some_and(|w| !w.iter().any(|c| c == name)) {
-            return Err(Refusal(format!("column {name:?} is not writable under the table's access rule")));
-        }
+        writable.check(&schema.name, ColumnUse::Writable, [name]).map_err(|e| Refusal(e.to_string()))?;
         Ok(i)
     };
     if !schema.has_primary_key() {
@@ -146,6 +147,7 @@ pub fn check(
         scope: allowed.scope,
         version_column: version_column.map(str::to_string),
         readable: allowed.readable,
+        writable: allowed.writable,
         table,
     })
 }
@@ -154,6 +156,12 @@ pub fn check(
 /// and booleans as their text, JSON for json/jsonb columns, array literals for arrays.
 fn to_text(table: &WriteTable, column: usize, v: &Value) -> Result<Option<String>, Refusal> {
     let c = &table.schema.columns[column];
+    if has_nul(v) {
+        return Err(Refusal(format!(
+            "the value of {:?} contains a NUL character (\\u0000), which PostgreSQL cannot store; remove it",
+            c.name
+        )));
+    }
     let json_column = matches!(c.type_name.as_str(), "json" | "jsonb") && c.dims == 0;
     Ok(match v {
         Value::Null => None,
@@ -171,6 +179,15 @@ fn to_text(table: &WriteTable, column: usize, v: &Value) -> Result<Option<String
             )));
         }
     })
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 fn array_literal(items: &[Value]) -> String {
@@ -212,6 +229,12 @@ fn quote_element(s: &str) -> String {
     out
 }
 
+/// Whether a row is in the caller's scope, as a SQL boolean that is never NULL: a scope over
+/// a NULL column is unknown, and unknown is outside.
+fn scope_test(scope: Option<&str>) -> String {
+    scope.map_or_else(|| "true".to_string(), |s| format!("coalesce(({s}), false)"))
+}
+
 /// Inserts of one table with the same columns and scope become one statement.
 pub fn same_insert(a: &Write, b: &Write) -> bool {
     a.op == Op::Insert
@@ -239,10 +262,10 @@ pub fn insert_many(writes: &[&Write]) -> Statement {
         arrays.push(format!("CAST(${}::text AS text[])", params.len()));
     }
     let names: Vec<String> = (0..cols.len()).map(|j| format!("v{j}")).collect();
-    let scope = first.scope.as_ref().map_or("true", |s| s.row.as_str());
+    let scope = scope_test(first.scope.as_ref().map(|s| s.row.as_str()));
     Statement {
         sql: format!(
-            "INSERT INTO {} AS {TARGET} ({}) SELECT {} FROM unnest({}) AS u({}) RETURNING ({scope})",
+            "INSERT INTO {} AS {TARGET} ({}) SELECT {} FROM unnest({}) AS u({}) RETURNING {scope}",
             schema.name.quoted(),
             cols.join(", "),
             casts.join(", "),
@@ -267,8 +290,8 @@ impl Write {
         };
         let col = |i: usize| quote_ident(&schema.columns[i].name);
         let ty = |i: usize| self.table.types[i].as_str();
-        let in_scope = format!("({})", scope.map_or("true", |s| s.row.as_str()));
-        let existing_in_scope = format!("({})", scope.map_or("true", |s| s.existing.as_str()));
+        let in_scope = scope_test(scope.map(|s| s.row.as_str()));
+        let existing_in_scope = scope_test(scope.map(|s| s.existing.as_str()));
         let version = version_column.map(quote_ident);
         // An upsert names its key in the inserted values; updates and deletes match it.
         let mut key_match: Vec<String> = Vec::new();
@@ -307,6 +330,10 @@ impl Write {
                     }
                     let mut guard = vec![existing_in_scope];
                     guard.extend(base.clone().map(|b| format!("{TARGET}.{b}")));
+                    if version.is_some() && base.is_none() {
+                        // Without a base version an upsert may only create the row.
+                        guard.push("false".into());
+                    }
                     sql.push_str(&format!(
                         " ON CONFLICT ({}) DO UPDATE SET {} WHERE {}",
                         keys.join(", "),
@@ -340,7 +367,7 @@ impl Write {
     /// The row at this mutation's key as the caller may see it (readable columns only),
     /// with whether it is in scope: tells "missing", "outside your scope" and "stale" apart.
     pub fn current_row(&self) -> Statement {
-        let (scope, readable) = (self.scope.as_ref(), self.readable.as_deref());
+        let (scope, readable) = (self.scope.as_ref(), &self.readable);
         let schema = &self.table.schema;
         let mut params = Vec::new();
         let conds: Vec<String> = self
@@ -356,17 +383,13 @@ impl Write {
                 )
             })
             .collect();
-        let hidden: Vec<String> = schema
-            .columns
-            .iter()
-            .filter(|c| readable.is_some_and(|r| !r.contains(&c.name)))
-            .map(|c| c.name.clone())
-            .collect();
+        let hidden: Vec<String> =
+            schema.columns.iter().filter(|c| !readable.allows(&c.name)).map(|c| c.name.clone()).collect();
         params.push(Some(array_literal(&hidden.into_iter().map(Value::String).collect::<Vec<_>>())));
         Statement {
             sql: format!(
-                "SELECT ({}), to_jsonb(t.*) - CAST(${}::text AS text[]) FROM {} AS t WHERE {}",
-                scope.map_or("true", |s| s.row.as_str()),
+                "SELECT {}, to_jsonb(t.*) - CAST(${}::text AS text[]) FROM {} AS t WHERE {}",
+                scope_test(scope.map(|s| s.row.as_str())),
                 params.len(),
                 schema.name.quoted(),
                 conds.join(" AND ")
@@ -418,12 +441,17 @@ pub(crate) mod tests {
         let t = table();
         let value = obj(json!({"id": 5, "Body": "x'); drop table notes; --", "org": "o"}));
         let scope = ScopeSql { row: r#"("org" = 'o')"#.into(), existing: r#"("target"."org" = 'o')"#.into() };
-        let allowed = Allowed { scope: Some(scope), writable: None, readable: None, version_column: None };
+        let allowed = Allowed {
+            scope: Some(scope),
+            writable: ColumnSet::all(),
+            readable: ColumnSet::all(),
+            version_column: None,
+        };
         let c = check(t, Op::Upsert, None, Some(&value), None, allowed).unwrap();
         let s = c.statement();
         assert_eq!(
             s.sql,
-            r#"INSERT INTO "public"."notes" AS target ("id", "org", "Body") VALUES (CAST($1::text AS bigint), CAST($2::text AS text), CAST($3::text AS text)) ON CONFLICT ("id") DO UPDATE SET "org" = EXCLUDED."org", "Body" = EXCLUDED."Body" WHERE (("target"."org" = 'o')) RETURNING (("org" = 'o'))"#
+            r#"INSERT INTO "public"."notes" AS target ("id", "org", "Body") VALUES (CAST($1::text AS bigint), CAST($2::text AS text), CAST($3::text AS text)) ON CONFLICT ("id") DO UPDATE SET "org" = EXCLUDED."org", "Body" = EXCLUDED."Body" WHERE coalesce((("target"."org" = 'o')), false) RETURNING coalesce((("org" = 'o')), false)"#
         );
         assert_eq!(s.params[2].as_deref(), Some("x'); drop table notes; --"), "client text stays a parameter");
     }
@@ -432,12 +460,17 @@ pub(crate) mod tests {
     fn stale_checks_and_version_bumps() {
         let t = table();
         let (key, value, base) = (obj(json!({"id": 1})), obj(json!({"Body": "b"})), obj(json!({"version": 3})));
-        let allowed = Allowed { scope: None, writable: None, readable: None, version_column: Some("version") };
+        let allowed = Allowed {
+            scope: None,
+            writable: ColumnSet::all(),
+            readable: ColumnSet::all(),
+            version_column: Some("version"),
+        };
         let c = check(t, Op::Update, Some(&key), Some(&value), Some(&base), allowed).unwrap();
         let s = c.statement();
         assert_eq!(
             s.sql,
-            r#"UPDATE "public"."notes" SET "Body" = CAST($3::text AS text), "version" = "version" + 1 WHERE "id" = CAST($1::text AS bigint) AND (true) AND "version" = CAST($2::text AS integer) RETURNING (true)"#
+            r#"UPDATE "public"."notes" SET "Body" = CAST($3::text AS text), "version" = "version" + 1 WHERE "id" = CAST($1::text AS bigint) AND true AND "version" = CAST($2::text AS integer) RETURNING true"#
         );
         assert_eq!(s.params, vec![Some("1".into()), Some("3".into()), Some("b".into())]);
     }
@@ -445,7 +478,8 @@ pub(crate) mod tests {
     #[test]
     fn inserts_of_one_shape_become_one_statement() {
         let t = table();
-        let allowed = || Allowed { scope: None, writable: None, readable: None, version_column: None };
+        let allowed =
+            || Allowed { scope: None, writable: ColumnSet::all(), readable: ColumnSet::all(), version_column: None };
         let w = |id: i64, body: Option<&str>| {
             let v = obj(json!({"id": id, "Body": body}));
             check(t.clone(), Op::Insert, None, Some(&v), None, allowed()).unwrap()
@@ -455,7 +489,7 @@ pub(crate) mod tests {
         let s = insert_many(&[&a, &b]);
         assert_eq!(
             s.sql,
-            r#"INSERT INTO "public"."notes" AS target ("id", "Body") SELECT CAST(u.v0 AS bigint), CAST(u.v1 AS text) FROM unnest(CAST($1::text AS text[]), CAST($2::text AS text[])) AS u(v0, v1) RETURNING (true)"#
+            r#"INSERT INTO "public"."notes" AS target ("id", "Body") SELECT CAST(u.v0 AS bigint), CAST(u.v1 AS text) FROM unnest(CAST($1::text AS text[]), CAST($2::text AS text[])) AS u(v0, v1) RETURNING true"#
         );
         assert_eq!(s.params, vec![Some(r#"{"1","2"}"#.into()), Some(r#"{"say \"hi\"",NULL}"#.into())]);
     }
@@ -463,26 +497,27 @@ pub(crate) mod tests {
     #[test]
     fn malformed_mutations_are_refused_with_the_fix() {
         let t = table();
-        let refuse =
-            |op, key: Option<serde_json::Value>, value: Option<serde_json::Value>, writable: Option<&[String]>| {
-                let (k, v) = (key.map(obj), value.map(obj));
-                let allowed = Allowed { scope: None, writable, readable: None, version_column: Some("version") };
-                check(t.clone(), op, k.as_ref(), v.as_ref(), None, allowed).err().map(|r| r.0).unwrap_or_default()
-            };
-        assert!(refuse(Op::Update, None, Some(json!({"Body": "x"})), None).contains("needs key"));
+        let refuse = |op, key: Option<serde_json::Value>, value: Option<serde_json::Value>, writable: ColumnSet| {
+            let (k, v) = (key.map(obj), value.map(obj));
+            let allowed =
+                Allowed { scope: None, writable, readable: ColumnSet::all(), version_column: Some("version") };
+            check(t.clone(), op, k.as_ref(), v.as_ref(), None, allowed).err().map(|r| r.0).unwrap_or_default()
+        };
+        assert!(refuse(Op::Update, None, Some(json!({"Body": "x"})), ColumnSet::all()).contains("needs key"));
         assert!(
-            refuse(Op::Update, Some(json!({"id": 1, "org": "x"})), Some(json!({"Body": "x"})), None)
+            refuse(Op::Update, Some(json!({"id": 1, "org": "x"})), Some(json!({"Body": "x"})), ColumnSet::all())
                 .contains("not a primary key")
         );
         assert!(
-            refuse(Op::Update, Some(json!({"id": 1})), Some(json!({"id": 2})), None)
+            refuse(Op::Update, Some(json!({"id": 1})), Some(json!({"id": 2})), ColumnSet::all())
                 .contains("cannot change the primary key")
         );
-        assert!(refuse(Op::Insert, None, Some(json!({"nope": 1})), None).contains("no column \"nope\""));
-        assert!(refuse(Op::Insert, None, Some(json!({"version": 9})), None).contains("gateway sets it"));
-        assert!(refuse(Op::Insert, None, Some(json!({"Body": {"a": 1}})), None).contains("not an object"));
-        assert!(refuse(Op::Delete, Some(json!({"id": 1})), None, None).contains("base.version"));
-        let only_id = ["id".to_string()];
-        assert!(refuse(Op::Insert, None, Some(json!({"id": 1, "Body": "x"})), Some(&only_id)).contains("not writable"));
+        assert!(refuse(Op::Insert, None, Some(json!({"nope": 1})), ColumnSet::all()).contains("no column \"nope\""));
+        assert!(refuse(Op::Insert, None, Some(json!({"version": 9})), ColumnSet::all()).contains("gateway sets it"));
+        assert!(refuse(Op::Insert, None, Some(json!({"Body": {"a": 1}})), ColumnSet::all()).contains("not an object"));
+        assert!(refuse(Op::Insert, None, Some(json!({"id": 1, "Body": "a\u{0}b"})), ColumnSet::all()).contains("NUL"));
+        assert!(refuse(Op::Delete, Some(json!({"id": 1})), None, ColumnSet::all()).contains("base.version"));
+        let only_id = ColumnSet::only(Arc::from(["id".to_string()]));
+        assert!(refuse(Op::Insert, None, Some(json!({"id": 1, "Body": "x"})), only_id).contains("not writable"));
     }
 }

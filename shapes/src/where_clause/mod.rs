@@ -35,6 +35,8 @@ pub enum WhereError {
     Param(String),
     #[error("the filter is too long or too deeply nested (at most {MAX_WHERE_LEN} bytes and {MAX_DEPTH} levels)")]
     TooComplex,
+    #[error("{0} contains a NUL character (\\u0000 or %00), which PostgreSQL text cannot hold; remove it")]
+    Nul(&'static str),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

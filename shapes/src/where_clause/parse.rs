@@ -49,6 +49,15 @@ fn parse_bound(text: &str, table: &TableSchema, params: Params<'_>, options: Bin
     if text.len() > MAX_WHERE_LEN {
         return Err(WhereError::TooComplex);
     }
+    // Checked here, before anything becomes SQL: PostgreSQL would refuse the statement.
+    if text.contains('\0') {
+        return Err(WhereError::Nul("the filter"));
+    }
+    if let Params::Values(values) = params
+        && values.values().any(|v| v.contains('\0'))
+    {
+        return Err(WhereError::Nul("a parameter"));
+    }
     let dialect = PostgreSqlDialect {};
     let syntax = |e: sqlparser::parser::ParserError| WhereError::Syntax(strip_parser_prefix(&e.to_string()));
     let tokens =

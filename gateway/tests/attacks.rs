@@ -1,0 +1,413 @@
+//! Attacks by a caller holding a valid token for org A, one test per class (the table in
+//! docs/reliability.md names them). Each fails without its defence: the assertion is what
+//! the undefended gateway did.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::auth::{SECRET, now, token};
+use crate::outbox::push;
+use crate::support::{Env, Gateway, get_as};
+
+const SCHEMA: &str = "
+create table todos (id int8 primary key, org_id text, title text not null, done bool default false,
+                    secret text, constraint title_short check (length(title) < 100));
+insert into todos values (1, 'A', 'a1', false, 'hush-A1'), (2, 'B', 'b1', false, 'hush-B1');
+create table probe (id int4 primary key, org_id text, n int4, t text, d date, arr int4[], p text);
+insert into probe values
+  (1, 'A', 1, '1', '2000-01-01', '{1}', 'a'),
+  (2, 'B', 42, 'not a number', '5874897-12-31', '{{1,2}}', 'ab');
+create table stale (id int4 primary key, org_id text not null, body text, version int4 not null default 1);
+insert into stale values (1, 'A', 'first', 3);
+create table nokey (org_id text, title text, secret text);
+";
+
+const RULES: &str = r#"
+[[table]]
+name = "todos"
+scope = "org_id = :org_id"
+columns = ["id", "org_id", "title", "done"]
+write = ["insert", "update", "delete"]
+
+[[table]]
+name = "probe"
+scope = "org_id IN :orgs"
+
+[[table]]
+name = "stale"
+scope = "org_id = :org_id"
+write = ["insert", "update", "delete"]
+conflict = "reject_stale"
+version_column = "version"
+"#;
+
+async fn gateway(env: &Env, extra: &[&str]) -> Gateway {
+    env.sql(SCHEMA).await;
+    let config = env.data_dir.with_extension("toml");
+    std::fs::write(&config, RULES).unwrap();
+    let mut args = vec!["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut gw = env.gateway_with(&args);
+    gw.ready().await;
+    gw
+}
+
+fn org_a() -> String {
+    // Eight orgs, none of them B: the attacker's scope is wide but never reaches B's rows.
+    token(json!({"org_id": "A", "orgs": ["A", "C", "D", "E", "F", "G", "H", "I"], "sub": "alice"}))
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn result(body: &Value) -> &Value {
+    &body["results"][0]
+}
+
+/// Class 1: PostgreSQL's DETAIL ("Failing row contains (…)") named hidden columns' values.
+#[tokio::test]
+async fn outbox_errors_never_echo_row_values() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let a = org_a();
+    for (id, value, names) in [
+        ("1", json!({"title": null}), "\"title\" must not be null"),
+        ("2", json!({"title": "x".repeat(200)}), "title_short"),
+    ] {
+        let batch = json!({"client_id": "c", "mutations": [
+            {"id": id, "table": "todos", "op": "update", "key": {"id": 1}, "value": value}]});
+        let (status, body) = push(&gw, &a, batch).await;
+        assert_eq!(status, 200, "{body}");
+        let r = result(&body);
+        assert_eq!(r["status"], "rejected", "{body}");
+        let error = r["error"].as_str().unwrap();
+        assert!(error.contains(names), "the reason names the constraint or column: {error}");
+        assert!(!error.contains("hush") && !error.contains("Failing row"), "row values leaked: {error}");
+    }
+}
+
+/// Class 2: a client filter that fails on some values told A about B's rows (scope and
+/// filter were plain quals, evaluated in the planner's order).
+#[tokio::test]
+async fn client_expressions_never_run_outside_the_scope() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let a = org_a();
+    // Each fails on B's row only (1 / 0, 'not a number'::int4, 42 * 10^8 > int4, the last
+    // date + 1, a 2-D array joined to a 1-D one, the square root of -1). Regular
+    // expressions are not in the filter language at all.
+    let constructs = [
+        ("division", "(1 / (n - 42)) > 0"),
+        ("cast", "CAST(t AS int4) > 0"),
+        ("overflow", "n * 100000000 > 0"),
+        ("date range", "d + 1 > '1999-01-01'"),
+        ("array bounds", "array_ndims(arr || ARRAY[3]) > 0"),
+        ("square root", "|/ (41 - n) >= 0"),
+    ];
+    let base = gw.base();
+    for (what, filter) in constructs {
+        let shape = get_as(&format!("{base}/v1/shape?table=probe&offset=-1&where={}", enc(filter)), Some(&a)).await;
+        let subset = get_as(
+            &format!("{base}/v1/shape?table=probe&offset=-1&subset__where={}&subset__order_by=id", enc(filter)),
+            Some(&a),
+        )
+        .await;
+        let post = reqwest::Client::new()
+            .post(format!("{base}/v1/shape?table=probe&offset=-1"))
+            .bearer_auth(&a)
+            .header("content-type", "application/json")
+            .body(json!({"where": filter, "order_by": "id"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        for (how, status, body) in [
+            ("shape", shape.status, shape.body.to_string()),
+            ("subset", subset.status, subset.body.to_string()),
+            ("post", post.status().as_u16(), post.text().await.unwrap()),
+        ] {
+            // Whatever the answer, it is not an error caused by B's row.
+            assert_eq!(status, 200, "{what} via {how}: {body}");
+            assert!(!body.contains("\"B\""), "{what} via {how}: {body}");
+        }
+    }
+    // Live: a row no scope admits (org_id NULL) with the poison value must not make A's
+    // shape fail (evaluating A's filter on it would, and the shape would be rotated).
+    let first =
+        get_as(&format!("{base}/v1/shape?table=probe&offset=-1&where={}", enc(constructs[0].1)), Some(&a)).await;
+    let handle = first.headers["electric-handle"].to_str().unwrap().to_string();
+    env.sql("insert into probe values (3, null, 42, 'x', '2000-01-01', '{1}', 'a'); insert into probe values (4, 'A', 43, '2', '2000-01-01', '{1}', 'a')").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut offset = first.headers["electric-offset"].to_str().unwrap().to_string();
+    loop {
+        let live = get_as(
+            &format!(
+                "{base}/v1/shape?table=probe&offset={offset}&handle={handle}&live=true&where={}",
+                enc(constructs[0].1)
+            ),
+            Some(&a),
+        )
+        .await;
+        assert_eq!(live.status, 200, "A's shape was not disturbed by a row outside its scope: {}", live.body);
+        offset = live.headers["electric-offset"].to_str().unwrap().to_string();
+        if live.body.to_string().contains("\"4\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A's own row never arrived");
+    }
+}
+
+/// Class 3: ordering a subset by a hidden column ranked rows by it.
+#[tokio::test]
+async fn ordering_by_a_hidden_column_is_refused() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let a = org_a();
+    let url = format!("{}/v1/shape?table=todos&offset=-1&subset__order_by=secret+desc&subset__limit=1", gw.base());
+    let r = get_as(&url, Some(&a)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body["message"].as_str().unwrap().contains("\"secret\""), "{}", r.body);
+    let post = reqwest::Client::new()
+        .post(format!("{}/v1/shape?table=todos&offset=-1", gw.base()))
+        .bearer_auth(&a)
+        .header("content-type", "application/json")
+        .body(json!({"order_by": "secret", "limit": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 403);
+}
+
+/// Class 4: without a primary key a row's key is every column, hidden ones included.
+#[tokio::test]
+async fn a_rule_cannot_hide_columns_of_a_table_without_a_primary_key() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let config = env.data_dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[[table]]\nname = \"nokey\"\nscope = \"org_id = :org_id\"\ncolumns = [\"org_id\", \"title\"]\n",
+    )
+    .unwrap();
+    let mut gw = env.gateway_with(&["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()]);
+    let started = Instant::now();
+    while gw.exit_code().is_none() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.exit_code(), Some(1), "{}", gw.log());
+    assert!(gw.log().contains("add a primary key to the table or drop columns"), "{}", gw.log());
+}
+
+/// Class 5: a stream behind a large backlog, read slowly, went on past its token.
+#[tokio::test]
+async fn a_stream_behind_its_backlog_ends_with_its_token() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &["--jwt-leeway-s", "1", "--sse-timeout-s", "120", "--chunk-bytes", "1048576"]).await;
+    let t = token(json!({"org_id": "A", "exp": now() + 4}));
+    let first = get_as(&format!("{}/v1/shape?table=todos&offset=-1", gw.base()), Some(&t)).await;
+    let handle = first.headers["electric-handle"].to_str().unwrap().to_string();
+    let offset = first.headers["electric-offset"].to_str().unwrap().to_string();
+    // A backlog of ~30 MB in 15 transactions, then a row written after the token stopped
+    // being honoured.
+    for k in 0..15 {
+        let (from, to) = (10 + k * 10_000, 9 + (k + 1) * 10_000);
+        env.sql(&format!(
+            "insert into todos select i, 'A', repeat('x', 90), false, 'h' from generate_series({from}, {to}) i"
+        ))
+        .await;
+    }
+    let url = format!("{}/v1/shape?table=todos&offset={offset}&handle={handle}&live=true&live_sse=true", gw.base());
+    let resp = reqwest::Client::new().get(url).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let valid_until = now() + 5;
+    let writer = {
+        let url = env.url.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(valid_until.saturating_sub(now()) + 1)).await;
+            let db = crate::support::connect(&url).await;
+            db.batch_execute("insert into todos values (1000000, 'A', 'late', false, 'h')").await.unwrap();
+        })
+    };
+    let mut body = resp.bytes_stream();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(chunk) = body.next().await {
+            seen.extend_from_slice(&chunk.unwrap());
+            tokio::time::sleep(Duration::from_millis(5)).await; // a slow reader
+        }
+    })
+    .await;
+    writer.await.unwrap();
+    assert!(read.is_ok(), "the stream did not end");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(!text.contains("late"), "a row written after the token's end was delivered");
+}
+
+/// Class 7: an upsert without `base` overwrote a row of a `reject_stale` table.
+#[tokio::test]
+async fn an_upsert_without_base_cannot_overwrite_a_checked_row() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let a = org_a();
+    let batch = json!({"client_id": "c", "mutations": [
+        {"id": "1", "table": "stale", "op": "upsert", "value": {"id": 1, "org_id": "A", "body": "blind"}},
+        {"id": "2", "table": "stale", "op": "upsert", "value": {"id": 2, "org_id": "A", "body": "new row"}}]});
+    let (status, body) = push(&gw, &a, batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "conflict", "{body}");
+    assert_eq!(body["results"][0]["row"]["version"], 3, "{body}");
+    assert_eq!(body["results"][1]["status"], "applied", "an upsert may still create a row: {body}");
+    let db = crate::support::connect(&env.url).await;
+    let row = db.query_one("select body, version from stale where id = 1", &[]).await.unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("first".to_string(), 3));
+}
+
+/// Class 8: a write to a row whose scope column is NULL, and an `exp` past the clock's
+/// range, panicked the handler and closed the connection without an answer.
+#[tokio::test]
+async fn no_panic_reaches_a_socket() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    env.sql("insert into todos values (3, null, 'orphan', false, 'h')").await;
+    let a = org_a();
+    let batch = json!({"client_id": "c", "mutations": [
+        {"id": "1", "table": "todos", "op": "update", "key": {"id": 3}, "value": {"title": "mine"}},
+        {"id": "2", "table": "todos", "op": "insert", "value": {"id": 4, "title": "no org"}}]});
+    let (status, body) = push(&gw, &a, batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "conflict", "as a missing row: {body}");
+    assert_eq!(body["results"][1]["status"], "rejected", "a row outside the scope: {body}");
+    for exp in [json!(u64::MAX), json!(253_402_300_800u64), json!(1e300)] {
+        let t = token(json!({"org_id": "A", "exp": exp}));
+        let r = get_as(&format!("{}/v1/shape?table=todos&offset=-1", gw.base()), Some(&t)).await;
+        assert_eq!(r.status, 401, "exp {exp}: {}", r.body);
+        assert!(r.body["message"].is_string(), "a JSON reason: {}", r.body);
+    }
+    assert!(!gw.log().contains("panic"), "{}", gw.log());
+}
+
+/// Class 9: one tenant filled --max-shapes-per-table and locked the others out.
+#[tokio::test]
+async fn one_tenant_cannot_use_up_a_tables_shapes() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &["--max-shapes-per-table", "20", "--max-shapes-per-scope", "5"]).await;
+    let a = org_a();
+    let b = token(json!({"org_id": "B"}));
+    let shape = |k: usize| format!("{}/v1/shape?table=todos&offset=-1&where={}", gw.base(), enc(&format!("id <> {k}")));
+    for k in 0..5 {
+        assert_eq!(get_as(&shape(k), Some(&a)).await.status, 200);
+    }
+    let refused = get_as(&shape(5), Some(&a)).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body["message"].as_str().unwrap().contains("your scope"), "{}", refused.body);
+    assert_eq!(get_as(&shape(0), Some(&b)).await.status, 200, "B's shapes are B's own");
+}
+
+/// Class 10: "outside your scope" for B's key, "applied" for a free one, told A which keys
+/// B holds; a duplicate key's DETAIL echoed the key.
+#[tokio::test]
+async fn keys_outside_the_scope_answer_as_missing_ones() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let a = org_a();
+    let answer = |op: &str, id: i64| {
+        let value = if op == "update" { json!({"title": "t"}) } else { Value::Null };
+        let mutation = format!("{op}-{id}");
+        json!({"client_id": "c", "mutations": [{"id": mutation, "table": "todos", "op": op, "key": {"id": id}, "value": value}]})
+    };
+    for op in ["update", "delete"] {
+        let (_, theirs) = push(&gw, &a, answer(op, 2)).await;
+        let (_, free) = push(&gw, &a, answer(op, 99)).await;
+        let strip =
+            |v: &Value| json!({"status": result(v)["status"], "error": result(v)["error"], "row": result(v)["row"]});
+        assert_eq!(strip(&theirs), strip(&free), "{op}: B's key answers as a missing one");
+    }
+    let insert = json!({"client_id": "c", "mutations": [
+        {"id": "insert-2", "table": "todos", "op": "insert", "value": {"id": 2, "org_id": "A", "title": "taken"}}]});
+    let (_, body) = push(&gw, &a, insert).await;
+    let error = result(&body)["error"].as_str().unwrap();
+    assert!(!error.contains("(id)=(2)") && !error.contains("Key"), "{error}");
+    let db = crate::support::connect(&env.url).await;
+    assert_eq!(db.query_one("select count(*) from todos where id = 2", &[]).await.unwrap().get::<_, i64>(0), 1);
+}
+
+/// Class 11: a second gateway on a busy data dir created its slot, then gave up, leaving
+/// the slot to hold WAL.
+#[tokio::test]
+async fn a_gateway_refused_its_data_dir_leaves_no_slot_behind() {
+    let env = Env::new().await;
+    let _first = gateway(&env, &[]).await;
+    let config = env.data_dir.with_extension("toml");
+    let mut second = Gateway::start(
+        &env.url,
+        &env.data_dir,
+        &["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap(), "--slot", "gateway_second"],
+    );
+    let started = Instant::now();
+    while second.exit_code().is_none() && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.exit_code(), Some(1));
+    assert!(second.log().contains("gateway_second"), "the error names the slots: {}", second.log());
+    let db = crate::support::connect(&env.url).await;
+    let slots: i64 = db
+        .query_one("select count(*) from pg_replication_slots where slot_name = 'gateway_second'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "no slot was created");
+}
+
+/// Class 12: authenticated answers were `public, s-maxage=…`, storable by any shared cache.
+#[tokio::test]
+async fn authenticated_answers_stay_out_of_shared_caches_unless_vouched_for() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let a = org_a();
+    let first = get_as(&format!("{}/v1/shape?table=todos&offset=-1", gw.base()), Some(&a)).await;
+    let cache = first.headers["cache-control"].to_str().unwrap();
+    assert!(cache.starts_with("private") && !cache.contains("s-maxage") && !cache.contains("public"), "{cache}");
+    let (handle, offset) =
+        (first.headers["electric-handle"].to_str().unwrap(), first.headers["electric-offset"].to_str().unwrap());
+    let live = get_as(&format!("{}/v1/shape?table=todos&offset={offset}&handle={handle}", gw.base()), Some(&a)).await;
+    assert!(live.headers["cache-control"].to_str().unwrap().starts_with("private"));
+    let refetch = get_as(&format!("{}/v1/shape?table=todos&offset={offset}&handle=1-1", gw.base()), Some(&a)).await;
+    assert_eq!(refetch.status, 409);
+    assert!(refetch.headers["cache-control"].to_str().unwrap().starts_with("private"));
+}
+
+/// Class 13: a NUL character reached PostgreSQL and came back as a 503 outage.
+#[tokio::test]
+async fn nul_characters_are_input_errors_not_outages() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let a = org_a();
+    let base = gw.base();
+    for query in [
+        "table=todos%00&offset=-1",
+        "table=todos&offset=-1&where=title+%3D+%27a%00%27",
+        "table=todos&offset=-1&where=title+%3D+%241&params%5B1%5D=a%00",
+        "table=todos&offset=-1&subset__where=title+%3D+%27%00%27",
+        "table=probe&offset=-1&where=p+%3D+%241&params%5B1%5D=%00",
+    ] {
+        let r = get_as(&format!("{base}/v1/shape?{query}"), Some(&a)).await;
+        assert!((400..500).contains(&r.status), "{query}: {} {}", r.status, r.body);
+    }
+    let nul = "a\u{0}b";
+    let batches = [
+        json!({"client_id": nul, "mutations": [{"id": "1", "table": "todos", "op": "delete", "key": {"id": 1}}]}),
+        json!({"client_id": "c", "mutations": [{"id": nul, "table": "todos", "op": "delete", "key": {"id": 1}}]}),
+    ];
+    for batch in batches {
+        let (status, body) = push(&gw, &a, batch).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let value = json!({"client_id": "c", "mutations": [
+        {"id": "1", "table": "todos", "op": "insert", "value": {"id": 5, "org_id": "A", "title": nul}}]});
+    let (status, body) = push(&gw, &a, value).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(result(&body)["status"], "rejected");
+    assert!(result(&body)["error"].as_str().unwrap().contains("NUL"), "{body}");
+}
