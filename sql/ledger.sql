@@ -1,11 +1,24 @@
--- The outbox's mutation ledger: what each client's mutation did, so a retried batch
--- applies once. The gateway runs this file itself when its role may; setup.sql includes it.
+-- The outbox's ledger: one row per (token subject, client id) with the last mutation id
+-- applied for it, that batch's transaction id and its results. Mutation ids are integers,
+-- strictly increasing per client, so a retried batch applies once (the Replicache / Zero
+-- model). Written in the same transaction as the writes. The gateway runs this file itself
+-- when its role may; setup.sql includes it.
 create schema if not exists gateway;
-create table if not exists gateway.mutations (
-    client_id   text        not null,
-    mutation_id text        not null,
-    result      jsonb       not null,
-    txid        bigint      not null,
-    applied_at  timestamptz not null default now(),
-    primary key (client_id, mutation_id)
+create table if not exists gateway.clients (
+    subject          text        not null,
+    client_id        text        not null,
+    last_mutation_id bigint      not null default 0,
+    last_txid        bigint,
+    last_results     jsonb       not null default '[]',
+    updated_at       timestamptz not null default now(),
+    primary key (subject, client_id)
 );
+-- The first ledger kept a row per mutation under client-chosen text ids, shared by every
+-- caller. It cannot vouch for integer ids per subject, so it is no longer read: kept for
+-- audit under another name (drop it when you like).
+do $$
+begin
+  if to_regclass('gateway.mutations') is not null and to_regclass('gateway.mutations_v1') is null then
+    alter table gateway.mutations rename to mutations_v1;
+  end if;
+end $$;

@@ -35,12 +35,14 @@ end $$;
 --   alter publication gateway add table public.todos;
 -- or let the gateway own them.
 
--- The gateway's schema: the outbox ledger (what each client's mutation did, so retries
--- apply once). Applied rows are kept for audit; prune old ones as you see fit:
---   delete from gateway.mutations where applied_at < now() - interval '30 days';
+-- The gateway's schema: the outbox ledger (per token subject and client, the last mutation
+-- applied, so retries apply once). Clients that stopped syncing can be pruned:
+--   delete from gateway.clients where updated_at < now() - interval '90 days';
+-- (a pruned client that comes back is answered 409 out_of_order with the next id, 1; the
+-- SDK then renumbers its pending writes from there).
 \ir ledger.sql
 alter schema gateway owner to gateway;
-alter table gateway.mutations owner to gateway;
+alter table gateway.clients owner to gateway;
 
 -- Reading snapshots and the catalog:
 grant usage on schema public to gateway;

@@ -58,7 +58,11 @@ export interface StatusEvent {
 }
 
 export interface OutboxEntry<Row = Record<string, unknown>> {
+  /** The write's local id (what put/update/delete returned). */
   id: string;
+  /** Its id in the gateway's ledger: integers counting up by one per local database, given
+   * at the first push and kept for retries. */
+  mutation_id?: number;
   shape: string;
   op: "put" | "update" | "delete";
   key: Key;

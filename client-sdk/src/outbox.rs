@@ -50,8 +50,12 @@ pub enum Status {
 /// One local write.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The mutation id, unique per client.
+    /// The write's local id, handed to the app.
     pub id: String,
+    /// Its id in the gateway's ledger: integers counting up by one per client, given when
+    /// the write is first pushed (so they follow push order) and kept for its retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutation_id: Option<u64>,
     pub shape: String,
     pub op: Op,
     /// The mutation as `POST /v1/outbox` takes it.
@@ -132,8 +136,9 @@ pub struct Push {
 
 /// The next push from `entries` (in the order they were written): the oldest pending
 /// write and those after it, so the gateway applies them in order. A `transaction()`
-/// batch goes alone and atomic.
-pub fn next_push(client_id: &str, entries: &[Entry]) -> Option<Push> {
+/// batch goes alone and atomic. Writes pushed for the first time get mutation ids from
+/// `next_id`, which moves past them: store both before sending, so a retry sends the same.
+pub fn next_push(client_id: &str, entries: &mut [Entry], next_id: &mut u64) -> Option<Push> {
     let first = entries.iter().position(|e| e.status == Status::Pending)?;
     let batch = entries[first].batch.clone();
     let chosen: Vec<usize> = match &batch {
@@ -144,9 +149,33 @@ pub fn next_push(client_id: &str, entries: &[Entry]) -> Option<Push> {
             .take(MAX_PUSH)
             .collect(),
     };
-    let mutations: Vec<&Value> = chosen.iter().map(|&i| &entries[i].mutation).collect();
+    let mutations: Vec<Value> = chosen
+        .iter()
+        .map(|&i| {
+            let entry = &mut entries[i];
+            let id = *entry.mutation_id.get_or_insert_with(|| {
+                *next_id += 1;
+                *next_id - 1
+            });
+            let mut mutation = entry.mutation.clone();
+            mutation["id"] = json!(id);
+            mutation
+        })
+        .collect();
     let body = json!({"client_id": client_id, "atomic": batch.is_some(), "mutations": mutations});
     Some(Push { entries: chosen, body })
+}
+
+/// The gateway's ledger has applied this client's mutations only up to `expected - 1` (a
+/// 409 `out_of_order`: e.g. the ledger row was pruned): the pending writes, none of which
+/// it applied, take ids from `expected` in write order. Returns the next free id.
+pub fn renumber(entries: &mut [Entry], expected: u64) -> u64 {
+    let mut next = expected;
+    for entry in entries.iter_mut().filter(|e| e.status == Status::Pending) {
+        entry.mutation_id = Some(next);
+        next += 1;
+    }
+    next
 }
 
 /// The gateway's answer to a push.
@@ -158,7 +187,7 @@ pub struct PushResponse {
 
 #[derive(Debug, Deserialize)]
 pub struct PushResult {
-    pub id: String,
+    pub id: u64,
     pub status: String,
     #[serde(default)]
     pub error: Option<String>,
@@ -176,19 +205,23 @@ pub struct FirstResult {
     pub error: Option<String>,
     #[serde(default)]
     pub row: Option<Value>,
-    pub txid: String,
+    /// Absent when that batch committed no writes.
+    #[serde(default)]
+    pub txid: Option<String>,
 }
 
 /// Takes the gateway's answer for the pushed `entries`.
 pub fn settle(entries: &mut [Entry], response: &PushResponse, now_ms: f64) {
     for entry in entries.iter_mut() {
-        let Some(result) = response.results.iter().find(|r| r.id == entry.id) else {
+        let Some(result) = response.results.iter().find(|r| Some(r.id) == entry.mutation_id) else {
             fail(entry, Status::Failed, "the gateway's answer had no result for this write".into(), None);
             continue;
         };
-        // A duplicate is the first answer again: a retry after a lost response.
+        // A duplicate is the first answer again: a retry after a lost response. One from
+        // before the client's last batch comes without it: it was applied, long ago.
         let (status, error, row, txid) = match (&*result.status, &result.first) {
-            ("duplicate", Some(first)) => (&*first.status, &first.error, &first.row, Some(first.txid.as_str())),
+            ("duplicate", Some(first)) => (&*first.status, &first.error, &first.row, first.txid.as_deref()),
+            ("duplicate", None) => ("duplicate", &None, &None, None),
             (status, _) => (status, &result.error, &result.row, response.txid.as_deref()),
         };
         match status {
@@ -321,6 +354,7 @@ mod tests {
     fn entry(id: &str, op: Op, batch: Option<&str>) -> Entry {
         Entry {
             id: id.into(),
+            mutation_id: None,
             shape: "todos".into(),
             op,
             mutation: json!({"id": id, "table": "todos", "op": op.wire()}),
@@ -358,33 +392,58 @@ mod tests {
             vec![entry("a", Op::Put, None), entry("b", Op::Update, None), entry("t1", Op::Put, Some("tx"))];
         entries.push(entry("t2", Op::Delete, Some("tx")));
         entries.push(entry("c", Op::Delete, None));
-        let push = next_push("client", &entries).unwrap();
+        let mut next = 1;
+        let push = next_push("client", &mut entries, &mut next).unwrap();
         assert_eq!(push.entries, vec![0, 1], "stops before the transaction");
         assert_eq!(push.body["atomic"], false);
         assert_eq!(push.body["mutations"][1]["op"], "update");
+        assert_eq!(
+            (push.body["mutations"][0]["id"].clone(), push.body["mutations"][1]["id"].clone()),
+            (json!(1), json!(2))
+        );
+        // A retry sends the same ids.
+        let again = next_push("client", &mut entries, &mut next).unwrap();
+        assert_eq!((again.body["mutations"][1]["id"].clone(), next), (json!(2), 3));
         entries[0].status = Status::Synced;
         entries[1].status = Status::Synced;
-        let push = next_push("client", &entries).unwrap();
+        let push = next_push("client", &mut entries, &mut next).unwrap();
         assert_eq!((push.entries, push.body["atomic"].clone()), (vec![2, 3], json!(true)));
+        assert_eq!(push.body["mutations"][0]["id"], 3, "ids follow push order");
         entries[2].status = Status::Failed;
         entries[3].status = Status::Failed;
-        assert_eq!(next_push("client", &entries).unwrap().entries, vec![4]);
+        assert_eq!(next_push("client", &mut entries, &mut next).unwrap().entries, vec![4]);
+        assert_eq!(entries[4].mutation_id, Some(5));
         entries[4].status = Status::Synced;
-        assert_eq!(next_push("client", &entries), None);
-        let many: Vec<Entry> = (0..MAX_PUSH + 5).map(|i| entry(&i.to_string(), Op::Put, None)).collect();
-        assert_eq!(next_push("client", &many).unwrap().entries.len(), MAX_PUSH);
+        assert_eq!(next_push("client", &mut entries, &mut next), None);
+        let mut many: Vec<Entry> = (0..MAX_PUSH + 5).map(|i| entry(&i.to_string(), Op::Put, None)).collect();
+        assert_eq!(next_push("client", &mut many, &mut next).unwrap().entries.len(), MAX_PUSH);
+    }
+
+    #[test]
+    fn an_out_of_order_answer_renumbers_the_pending_writes_from_the_expected_id() {
+        let mut entries = vec![entry("a", Op::Put, None), entry("b", Op::Put, None), entry("c", Op::Put, None)];
+        entries[0].status = Status::Synced;
+        entries[0].mutation_id = Some(40);
+        let mut next = 41;
+        next_push("client", &mut entries, &mut next).unwrap();
+        assert_eq!(renumber(&mut entries, 1), 3);
+        assert_eq!(entries.iter().map(|e| e.mutation_id).collect::<Vec<_>>(), [Some(40), Some(1), Some(2)]);
     }
 
     #[test]
     fn answers_settle_each_write_and_a_duplicate_takes_the_first_answer() {
         let mut pushed = vec![entry("a", Op::Put, None), entry("b", Op::Update, None), entry("c", Op::Delete, None)];
         pushed.push(entry("d", Op::Put, None));
+        pushed.push(entry("e", Op::Put, None));
         pushed[3].local = false; // network-first
+        let mut next = 1;
+        next_push("client", &mut pushed, &mut next).unwrap();
         let answer = response(json!({"txid": "748", "results": [
-            {"id": "a", "status": "applied"},
-            {"id": "b", "status": "conflict", "error": "the row changed since base.version", "row": {"id": 2}},
-            {"id": "c", "status": "duplicate", "first": {"id": "c", "status": "applied", "txid": "700"}},
-            {"id": "d", "status": "applied"}]}));
+            {"id": 1, "status": "applied"},
+            {"id": 2, "status": "conflict", "error": "the row changed since base.version", "row": {"id": 2}},
+            {"id": 3, "status": "duplicate", "first": {"id": 3, "status": "applied", "txid": "700"}},
+            {"id": 4, "status": "applied"},
+            {"id": 5, "status": "duplicate"}]}));
         settle(&mut pushed, &answer, 5.0);
         assert_eq!((pushed[0].status, pushed[0].txid, pushed[0].outstanding()), (Status::Synced, Some(748), true));
         assert_eq!(pushed[1].status, Status::Failed);
@@ -393,10 +452,13 @@ mod tests {
         assert!(!pushed[1].outstanding(), "a refused write leaves the row to the server");
         assert_eq!((pushed[2].status, pushed[2].txid), (Status::Synced, Some(700)));
         assert!(pushed[3].local && pushed[3].outstanding(), "a network-first write is shown once applied");
+        assert_eq!(pushed[4].status, Status::Synced);
+        assert!(pushed[4].settled(), "an old duplicate has no transaction to wait for");
 
         let mut tx = vec![entry("t1", Op::Put, Some("x")), entry("t2", Op::Put, Some("x"))];
+        next_push("client", &mut tx, &mut next).unwrap();
         let answer = response(json!({"results": [
-            {"id": "t1", "status": "aborted"}, {"id": "t2", "status": "rejected", "error": "outside your scope"}]}));
+            {"id": 6, "status": "aborted"}, {"id": 7, "status": "rejected", "error": "outside your scope"}]}));
         settle(&mut tx, &answer, 5.0);
         assert!(tx.iter().all(|e| e.status == Status::Failed && e.settled()));
         assert!(tx[0].error.as_deref().unwrap().starts_with("aborted"));
@@ -421,10 +483,13 @@ mod tests {
     #[test]
     fn an_echo_or_the_timeout_ends_the_wait_for_a_synced_write() {
         let mut entries = vec![entry("a", Op::Put, None), entry("b", Op::Put, None), entry("c", Op::Put, None)];
+        for (i, e) in entries.iter_mut().enumerate() {
+            e.mutation_id = Some(i as u64 + 1);
+        }
         settle(
             &mut entries[..2],
             &response(
-                json!({"txid": "9", "results": [{"id": "a", "status": "applied"}, {"id": "b", "status": "applied"}]}),
+                json!({"txid": "9", "results": [{"id": 1, "status": "applied"}, {"id": 2, "status": "applied"}]}),
             ),
             1000.0,
         );
@@ -436,7 +501,7 @@ mod tests {
 
         settle(
             &mut entries[2..],
-            &response(json!({"txid": "10", "results": [{"id": "c", "status": "applied"}]})),
+            &response(json!({"txid": "10", "results": [{"id": 3, "status": "applied"}]})),
             1000.0,
         );
         assert_eq!(expire(&mut entries, 1500.0, 1000.0), Vec::<usize>::new());

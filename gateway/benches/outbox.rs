@@ -100,12 +100,12 @@ async fn push(http: &reqwest::Client, base: &str, body: String) -> bytes::Bytes 
     r.bytes().await.unwrap()
 }
 
-/// A batch of `size` inserts of rows `first…`, mutation ids prefixed with `tag`.
-fn batch_body(client: &str, first: i64, size: usize, tag: &str) -> String {
+/// A batch of `size` inserts of rows `first…`, mutation ids from `first_id`.
+fn batch_body(client: &str, first: i64, size: usize, first_id: u64) -> String {
     let mutations: Vec<serde_json::Value> = (0..size as i64)
         .map(|i| {
             let (id, org, title, n) = row(first + i);
-            serde_json::json!({"id": format!("{tag}-{i}"), "table": "items", "op": "insert",
+            serde_json::json!({"id": first_id + i as u64, "table": "items", "op": "insert",
                 "value": {"id": id, "org": org, "title": title, "n": n}})
         })
         .collect();
@@ -127,10 +127,10 @@ async fn outbox_pushes(
             (0..batches)
                 .map(|b| {
                     batch_body(
-                        &format!("bench-{c}"),
+                        &format!("bench-{round}-{c}"),
                         start + ((c * batches + b) * BATCH) as i64,
                         BATCH,
-                        &format!("{round}-{b}"),
+                        (b * BATCH + 1) as u64,
                     )
                 })
                 .collect()
@@ -201,7 +201,7 @@ async fn echo_latency(env: &Env, http: &reqwest::Client, base: &str, start: i64)
     for b in 0..500usize {
         tick.tick().await;
         let first = start + (b * 10) as i64;
-        let body = batch_body("echo", first, 10, &format!("echo-{b}"));
+        let body = batch_body("echo", first, 10, (b * 10 + 1) as u64);
         {
             let now = Instant::now();
             let mut s = sent.lock().unwrap();

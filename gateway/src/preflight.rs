@@ -359,15 +359,15 @@ async fn slot(client: &Client, name: &str, out: &mut Vec<Finding>) -> Result<(),
 }
 
 async fn ledger(client: &Client, role: &Role, out: &mut Vec<Finding>) -> Result<(), DbError> {
-    let exists: bool = client.query_one("select to_regclass('gateway.mutations') is not null", &[]).await?.get(0);
+    let exists: bool = client.query_one("select to_regclass('gateway.clients') is not null", &[]).await?.get(0);
     if exists {
-        out.push(Finding::ok("outbox ledger gateway.mutations exists"));
+        out.push(Finding::ok("outbox ledger gateway.clients exists"));
     } else if role.superuser || role.may_create_in_db {
-        out.push(Finding::ok("outbox ledger gateway.mutations is missing; the gateway creates it"));
+        out.push(Finding::ok("outbox ledger gateway.clients is missing; the gateway creates it"));
     } else {
         out.push(Finding::problem(
             Severity::Warning,
-            "outbox ledger gateway.mutations is missing and the role may not create it",
+            "outbox ledger gateway.clients is missing and the role may not create it",
             "POST /v1/outbox answers 503 until it exists",
             "run sql/setup.sql as a superuser",
         ));

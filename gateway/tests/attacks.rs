@@ -74,8 +74,8 @@ async fn outbox_errors_never_echo_row_values() {
     let gw = gateway(&env, &[]).await;
     let a = org_a();
     for (id, value, names) in [
-        ("1", json!({"title": null}), "\"title\" must not be null"),
-        ("2", json!({"title": "x".repeat(200)}), "title_short"),
+        (1, json!({"title": null}), "\"title\" must not be null"),
+        (2, json!({"title": "x".repeat(200)}), "title_short"),
     ] {
         let batch = json!({"client_id": "c", "mutations": [
             {"id": id, "table": "todos", "op": "update", "key": {"id": 1}, "value": value}]});
@@ -245,6 +245,49 @@ async fn a_stream_behind_its_backlog_ends_with_its_token() {
     assert!(!text.contains("late"), "a row written after the token's end was delivered");
 }
 
+/// Class 6: the ledger was keyed by client-chosen (client_id, mutation id) alone: B
+/// replaying A's ids got A's results, and B claiming A's next id first made A's real write
+/// a "duplicate" that was never applied.
+#[tokio::test]
+async fn the_outbox_ledger_belongs_to_its_caller() {
+    let env = Env::new().await;
+    let gw = gateway(&env, &[]).await;
+    let alice = org_a();
+    let bob = token(json!({"org_id": "B", "sub": "bob"}));
+    let write = |id: u64, key: i64, title: &str, org: &str| {
+        json!({"client_id": "tab-1", "mutations": [
+            {"id": id, "table": "todos", "op": "upsert", "value": {"id": key, "org_id": org, "title": title}}]})
+    };
+    // B claims the client id and mutation id A is about to use.
+    let (_, claimed) = push(&gw, &bob, write(1, 20, "bob's", "B")).await;
+    assert_eq!(result(&claimed)["status"], "applied", "{claimed}");
+    let (_, mine) = push(&gw, &alice, write(1, 10, "alice's", "A")).await;
+    assert_eq!(result(&mine)["status"], "applied", "A's write is A's, whatever B sent: {mine}");
+    // B replays A's ids: its own ledger, never A's results.
+    let (_, replay) = push(&gw, &bob, write(1, 10, "bob's", "B")).await;
+    assert_eq!(result(&replay)["status"], "duplicate", "{replay}");
+    assert_eq!(result(&replay)["first"]["status"], "applied");
+    assert!(!replay.to_string().contains("alice"), "{replay}");
+    let db = crate::support::connect(&env.url).await;
+    let title = |id: i64| {
+        let db = &db;
+        async move { db.query_one("select title from todos where id = $1", &[&id]).await.unwrap().get::<_, String>(0) }
+    };
+    assert_eq!((title(10).await, title(20).await), ("alice's".to_string(), "bob's".to_string()));
+    // A gap is refused whole, naming the next id; a batch's ids are consecutive.
+    let (status, gap) = push(&gw, &alice, write(5, 11, "skipped", "A")).await;
+    assert_eq!((status, &gap["error"], &gap["expected"]), (409, &json!("out_of_order"), &json!(2)), "{gap}");
+    let split = json!({"client_id": "tab-1", "mutations": [
+        {"id": 2, "table": "todos", "op": "delete", "key": {"id": 10}},
+        {"id": 4, "table": "todos", "op": "delete", "key": {"id": 10}}]});
+    assert_eq!(push(&gw, &alice, split).await.0, 400);
+    assert_eq!(title(10).await, "alice's", "nothing of a refused batch applies");
+    // Writes need a subject.
+    let anonymous = token(json!({"org_id": "A", "sub": null}));
+    let (status, body) = push(&gw, &anonymous, write(1, 12, "who?", "A")).await;
+    assert_eq!(status, 403, "{body}");
+}
+
 /// Class 7: an upsert without `base` overwrote a row of a `reject_stale` table.
 #[tokio::test]
 async fn an_upsert_without_base_cannot_overwrite_a_checked_row() {
@@ -252,8 +295,8 @@ async fn an_upsert_without_base_cannot_overwrite_a_checked_row() {
     let gw = gateway(&env, &[]).await;
     let a = org_a();
     let batch = json!({"client_id": "c", "mutations": [
-        {"id": "1", "table": "stale", "op": "upsert", "value": {"id": 1, "org_id": "A", "body": "blind"}},
-        {"id": "2", "table": "stale", "op": "upsert", "value": {"id": 2, "org_id": "A", "body": "new row"}}]});
+        {"id": 1, "table": "stale", "op": "upsert", "value": {"id": 1, "org_id": "A", "body": "blind"}},
+        {"id": 2, "table": "stale", "op": "upsert", "value": {"id": 2, "org_id": "A", "body": "new row"}}]});
     let (status, body) = push(&gw, &a, batch).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["status"], "conflict", "{body}");
@@ -273,8 +316,8 @@ async fn no_panic_reaches_a_socket() {
     env.sql("insert into todos values (3, null, 'orphan', false, 'h')").await;
     let a = org_a();
     let batch = json!({"client_id": "c", "mutations": [
-        {"id": "1", "table": "todos", "op": "update", "key": {"id": 3}, "value": {"title": "mine"}},
-        {"id": "2", "table": "todos", "op": "insert", "value": {"id": 4, "title": "no org"}}]});
+        {"id": 1, "table": "todos", "op": "update", "key": {"id": 3}, "value": {"title": "mine"}},
+        {"id": 2, "table": "todos", "op": "insert", "value": {"id": 4, "title": "no org"}}]});
     let (status, body) = push(&gw, &a, batch).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["status"], "conflict", "as a missing row: {body}");
@@ -314,8 +357,8 @@ async fn keys_outside_the_scope_answer_as_missing_ones() {
     let a = org_a();
     let answer = |op: &str, id: i64| {
         let value = if op == "update" { json!({"title": "t"}) } else { Value::Null };
-        let mutation = format!("{op}-{id}");
-        json!({"client_id": "c", "mutations": [{"id": mutation, "table": "todos", "op": op, "key": {"id": id}, "value": value}]})
+        let client = format!("{op}-{id}");
+        json!({"client_id": client, "mutations": [{"id": 1, "table": "todos", "op": op, "key": {"id": id}, "value": value}]})
     };
     for op in ["update", "delete"] {
         let (_, theirs) = push(&gw, &a, answer(op, 2)).await;
@@ -324,8 +367,8 @@ async fn keys_outside_the_scope_answer_as_missing_ones() {
             |v: &Value| json!({"status": result(v)["status"], "error": result(v)["error"], "row": result(v)["row"]});
         assert_eq!(strip(&theirs), strip(&free), "{op}: B's key answers as a missing one");
     }
-    let insert = json!({"client_id": "c", "mutations": [
-        {"id": "insert-2", "table": "todos", "op": "insert", "value": {"id": 2, "org_id": "A", "title": "taken"}}]});
+    let insert = json!({"client_id": "insert", "mutations": [
+        {"id": 1, "table": "todos", "op": "insert", "value": {"id": 2, "org_id": "A", "title": "taken"}}]});
     let (_, body) = push(&gw, &a, insert).await;
     let error = result(&body)["error"].as_str().unwrap();
     assert!(!error.contains("(id)=(2)") && !error.contains("Key"), "{error}");
@@ -397,7 +440,7 @@ async fn nul_characters_are_input_errors_not_outages() {
     }
     let nul = "a\u{0}b";
     let batches = [
-        json!({"client_id": nul, "mutations": [{"id": "1", "table": "todos", "op": "delete", "key": {"id": 1}}]}),
+        json!({"client_id": nul, "mutations": [{"id": 1, "table": "todos", "op": "delete", "key": {"id": 1}}]}),
         json!({"client_id": "c", "mutations": [{"id": nul, "table": "todos", "op": "delete", "key": {"id": 1}}]}),
     ];
     for batch in batches {
@@ -405,7 +448,7 @@ async fn nul_characters_are_input_errors_not_outages() {
         assert_eq!(status, 400, "{body}");
     }
     let value = json!({"client_id": "c", "mutations": [
-        {"id": "1", "table": "todos", "op": "insert", "value": {"id": 5, "org_id": "A", "title": nul}}]});
+        {"id": 1, "table": "todos", "op": "insert", "value": {"id": 5, "org_id": "A", "title": nul}}]});
     let (status, body) = push(&gw, &a, value).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(result(&body)["status"], "rejected");

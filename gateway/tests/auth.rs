@@ -42,10 +42,11 @@ pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// An HS256 token with `claims` plus an `exp` an hour ahead (unless given).
+/// An HS256 token with `claims` plus an `exp` an hour ahead and a `sub` (unless given).
 pub fn token(claims: Value) -> String {
     let mut c = claims.as_object().unwrap().clone();
     c.entry("exp").or_insert(json!(now() + 3600));
+    c.entry("sub").or_insert(json!("tester"));
     encode(&Header::new(Algorithm::HS256), &c, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 

@@ -15,7 +15,7 @@ async fn metrics_carry_every_documented_name_and_no_client_values() {
     let gw = jwt_gateway(&env, &["--jwt-secret", SECRET]).await;
     let base = gw.base();
     let org = token(json!({"org_id": "org3"}));
-    let admin = token(json!({"gateway_admin": true}));
+    let admin = token(json!({"gateway_admin": true, "sub": "ops"}));
 
     let first = get_as(&format!("{base}/v1/shape?table=todos&offset=-1"), Some(&org)).await;
     assert_eq!(first.status, 200);
@@ -31,8 +31,8 @@ async fn metrics_carry_every_documented_name_and_no_client_values() {
         .header("content-type", "application/json")
         .body(
             json!({"client_id": "ops", "mutations": [
-                {"id": "1", "table": "todos", "op": "update", "key": {"id": 3}, "value": {"title": "x"}},
-                {"id": "2", "table": "no_such_table_e5c1", "op": "delete", "key": {"id": 1}}]})
+                {"id": 1, "table": "todos", "op": "update", "key": {"id": 3}, "value": {"title": "x"}},
+                {"id": 2, "table": "no_such_table_e5c1", "op": "delete", "key": {"id": 1}}]})
             .to_string(),
         )
         .send()

@@ -73,22 +73,22 @@ async fn every_op_and_status_and_a_retry_applies_once() {
     let gw = gateway(&env).await;
     let a = token(json!({"org_id": "org1"}));
     let batch = json!({"client_id": "tab-1", "mutations": [
-        {"id": "m1", "table": "todos", "op": "insert", "value": {"id": 10, "org_id": "org1", "title": "new"}},
-        {"id": "m2", "table": "todos", "op": "update", "key": {"id": 1}, "value": {"done": true}},
-        {"id": "m3", "table": "public.todos", "op": "upsert", "value": {"id": 11, "org_id": "org1", "title": "up"}},
-        {"id": "m4", "table": "todos", "op": "delete", "key": {"id": 10}},
-        {"id": "m5", "table": "todos", "op": "delete", "key": {"id": 999}},
-        {"id": "m6", "table": "todos", "op": "update", "key": {"id": 999}, "value": {"title": "ghost"}},
-        {"id": "m7", "table": "todos", "op": "insert", "value": {"id": 12, "org_id": "org2", "title": "escape"}},
-        {"id": "m8", "table": "todos", "op": "update", "key": {"id": 1}, "value": {"org_id": "org2"}},
-        {"id": "m9", "table": "todos", "op": "update", "key": {"id": 2}, "value": {"title": "theirs"}},
-        {"id": "m10", "table": "todos", "op": "delete", "key": {"id": 2}},
-        {"id": "m11", "table": "todos", "op": "update", "key": {"id": 1}, "value": {"secret": "mine"}},
-        {"id": "m12", "table": "todos", "op": "insert", "value": {"id": "not-a-number", "org_id": "org1"}},
-        {"id": "m13", "table": "todos", "op": "merge", "value": {"id": 13}},
-        {"id": "m14", "table": "nope", "op": "insert", "value": {"id": 1}},
-        {"id": "m15", "table": "todos", "op": "insert", "value": {"id": 14, "org_id": "org1", "colour": "red"}},
-        {"id": "m16", "table": "events", "op": "delete", "key": {"id": 1}},
+        {"id": 1, "table": "todos", "op": "insert", "value": {"id": 10, "org_id": "org1", "title": "new"}},
+        {"id": 2, "table": "todos", "op": "update", "key": {"id": 1}, "value": {"done": true}},
+        {"id": 3, "table": "public.todos", "op": "upsert", "value": {"id": 11, "org_id": "org1", "title": "up"}},
+        {"id": 4, "table": "todos", "op": "delete", "key": {"id": 10}},
+        {"id": 5, "table": "todos", "op": "delete", "key": {"id": 999}},
+        {"id": 6, "table": "todos", "op": "update", "key": {"id": 999}, "value": {"title": "ghost"}},
+        {"id": 7, "table": "todos", "op": "insert", "value": {"id": 12, "org_id": "org2", "title": "escape"}},
+        {"id": 8, "table": "todos", "op": "update", "key": {"id": 1}, "value": {"org_id": "org2"}},
+        {"id": 9, "table": "todos", "op": "update", "key": {"id": 2}, "value": {"title": "theirs"}},
+        {"id": 10, "table": "todos", "op": "delete", "key": {"id": 2}},
+        {"id": 11, "table": "todos", "op": "update", "key": {"id": 1}, "value": {"secret": "mine"}},
+        {"id": 12, "table": "todos", "op": "insert", "value": {"id": "not-a-number", "org_id": "org1"}},
+        {"id": 13, "table": "todos", "op": "merge", "value": {"id": 13}},
+        {"id": 14, "table": "nope", "op": "insert", "value": {"id": 1}},
+        {"id": 15, "table": "todos", "op": "insert", "value": {"id": 14, "org_id": "org1", "colour": "red"}},
+        {"id": 16, "table": "events", "op": "delete", "key": {"id": 1}},
     ]});
     let (status, body) = push(&gw, &a, batch.clone()).await;
     assert_eq!(status, 200, "{body}");
@@ -144,29 +144,29 @@ async fn atomic_batches_apply_whole_or_not_at_all() {
     env.sql(SCHEMA).await;
     let gw = gateway(&env).await;
     let a = token(json!({"org_id": "org1"}));
-    let (_, body) = push(
-        &gw,
-        &a,
-        json!({"client_id": "c", "atomic": true, "mutations": [
-            {"id": "1", "table": "todos", "op": "insert", "value": {"id": 20, "org_id": "org1"}},
-            {"id": "2", "table": "todos", "op": "insert", "value": {"id": 21, "org_id": "org2"}},
-            {"id": "3", "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": "t"}},
-        ]}),
-    )
-    .await;
+    let aborted = json!({"client_id": "c", "atomic": true, "mutations": [
+        {"id": 1, "table": "todos", "op": "insert", "value": {"id": 20, "org_id": "org1"}},
+        {"id": 2, "table": "todos", "op": "insert", "value": {"id": 21, "org_id": "org2"}},
+        {"id": 3, "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": "t"}},
+    ]});
+    let (_, body) = push(&gw, &a, aborted.clone()).await;
     assert_eq!(statuses(&body), ["aborted", "rejected", "aborted"]);
-    assert!(body["results"][0]["error"].as_str().unwrap().contains("\"2\""));
+    assert!(body["results"][0]["error"].as_str().unwrap().contains("mutation 2 "), "{body}");
     assert!(body.get("txid").is_none(), "nothing committed");
     let n: i64 =
         env.db.query_one("select count(*) from todos where id in (20, 21) or title = 't'", &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
-    // Fixed and pushed again under the same ids: it applies (aborted ids were not recorded).
+    // An aborted batch still used its ids: pushed again, it answers as it did.
+    let (_, again) = push(&gw, &a, aborted).await;
+    assert_eq!(statuses(&again), ["duplicate", "duplicate", "duplicate"]);
+    assert_eq!(again["results"][1]["first"]["status"], "rejected", "{again}");
+    // Fixed, under the next ids: it applies.
     let (_, body) = push(
         &gw,
         &a,
         json!({"client_id": "c", "atomic": true, "mutations": [
-            {"id": "1", "table": "todos", "op": "insert", "value": {"id": 20, "org_id": "org1"}},
-            {"id": "3", "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": "t"}},
+            {"id": 4, "table": "todos", "op": "insert", "value": {"id": 20, "org_id": "org1"}},
+            {"id": 5, "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": "t"}},
         ]}),
     )
     .await;
@@ -182,7 +182,7 @@ async fn stale_writes_conflict_and_last_writer_wins_elsewhere() {
     // Two clients edit note 1, both based on version 1: one wins, the other sees the row.
     let edit = |client: &str, body: &str| {
         json!({"client_id": client, "mutations": [
-            {"id": "e", "table": "notes", "op": "update", "key": {"id": 1}, "value": {"body": body}, "base": {"version": 1}}
+            {"id": 1, "table": "notes", "op": "update", "key": {"id": 1}, "value": {"body": body}, "base": {"version": 1}}
         ]})
     };
     let (r1, r2) = tokio::join!(push(&gw, &a, edit("c1", "from c1")), push(&gw, &a, edit("c2", "from c2")));
@@ -197,14 +197,14 @@ async fn stale_writes_conflict_and_last_writer_wins_elsewhere() {
         &gw,
         &a,
         json!({"client_id": "c3", "mutations": [
-            {"id": "x", "table": "notes", "op": "update", "key": {"id": 1}, "value": {"body": "no base"}}
+            {"id": 1, "table": "notes", "op": "update", "key": {"id": 1}, "value": {"body": "no base"}}
         ]}),
     )
     .await;
     assert!(missing_base["results"][0]["error"].as_str().unwrap().contains("base.version"));
 
     // Last write wins on todos: both apply, in commit order.
-    let set = |client: &str, title: &str| json!({"client_id": client, "mutations": [{"id": "t", "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": title}}]});
+    let set = |client: &str, title: &str| json!({"client_id": client, "mutations": [{"id": 2, "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": title}}]});
     let (r1, r2) = tokio::join!(push(&gw, &a, set("c1", "a")), push(&gw, &a, set("c2", "b")));
     assert_eq!((statuses(&r1.1)[0].as_str(), statuses(&r2.1)[0].as_str()), ("applied", "applied"));
 }
@@ -220,11 +220,11 @@ async fn values_of_every_type_land_as_their_column_types() {
         &gw,
         &a,
         json!({"client_id": "types", "mutations": [
-            {"id": "1", "table": "kinds", "op": "insert", "value": {
+            {"id": 1, "table": "kinds", "op": "insert", "value": {
                 "id": id, "n": "12345678901234567890.123", "b": true, "at": "2024-05-06T07:08:09.123+02:00",
                 "doc": {"k": [1, "two", null]}, "tags": ["a", "b c", "q\"uote", null], "nums": [1, 2, 3], "t": null
             }},
-            {"id": "2", "table": "kinds", "op": "update", "key": {"id": id}, "value": {"n": 1.5}},
+            {"id": 2, "table": "kinds", "op": "update", "key": {"id": id}, "value": {"n": 1.5}},
         ]}),
     )
     .await;
@@ -251,7 +251,7 @@ async fn values_of_every_type_land_as_their_column_types() {
         &gw,
         &a,
         json!({"client_id": "types", "mutations": [
-            {"id": "3", "table": "kinds", "op": "update", "key": {"id": id}, "value": {"extra": "new column"}},
+            {"id": 3, "table": "kinds", "op": "update", "key": {"id": id}, "value": {"extra": "new column"}},
         ]}),
     )
     .await;
@@ -270,7 +270,7 @@ async fn a_pushed_write_comes_back_through_the_stream_with_its_txid() {
         &gw,
         &a,
         json!({"client_id": "echo", "mutations": [
-            {"id": "1", "table": "todos", "op": "insert", "value": {"id": 30, "org_id": "org1", "title": "echo"}}
+            {"id": 1, "table": "todos", "op": "insert", "value": {"id": 30, "org_id": "org1", "title": "echo"}}
         ]}),
     )
     .await;
@@ -315,7 +315,7 @@ async fn bad_batches_get_a_clear_4xx() {
     assert_eq!(s, 400);
     assert!(b.contains("line 1 column"), "{b}");
     let many: Vec<Value> = (0..1001)
-        .map(|i| json!({"id": i.to_string(), "table": "events", "op": "insert", "value": {"client": "x", "n": i}}))
+        .map(|i| json!({"id": i + 1, "table": "events", "op": "insert", "value": {"client": "x", "n": i}}))
         .collect();
     let (s, b) = raw(json!({"client_id": "x", "mutations": many}).to_string()).await;
     assert_eq!(s, 413, "{b}");
@@ -333,11 +333,12 @@ async fn a_batch_committed_before_a_crash_is_a_duplicate_when_retried() {
     env.sql(SCHEMA).await;
     let mut gw = gateway(&env).await;
     let a = token(json!({"org_id": "org1"}));
+    // One client per batch, so the batches may race each other.
     let batch = |b: usize| {
         let mutations: Vec<Value> = (0..20)
-            .map(|i| json!({"id": format!("{b}-{i}"), "table": "events", "op": "insert", "value": {"client": "crash", "n": i}}))
+            .map(|i| json!({"id": i + 1, "table": "events", "op": "insert", "value": {"client": "crash", "n": i}}))
             .collect();
-        json!({"client_id": "crash-client", "mutations": mutations})
+        json!({"client_id": format!("crash-{b}"), "mutations": mutations})
     };
     // Push many batches and kill -9 the gateway once some have been answered, so others
     // are in flight: committed or not, unanswered.
@@ -386,6 +387,8 @@ async fn a_batch_committed_before_a_crash_is_a_duplicate_when_retried() {
 async fn setup_sql_runs_twice_and_is_enough_for_a_least_privilege_gateway() {
     let env = Env::new().await;
     env.sql(SCHEMA).await;
+    // The first ledger, as an older gateway left it: kept aside, no longer read.
+    env.sql("create schema gateway; create table gateway.mutations (client_id text, mutation_id text, result jsonb, txid bigint, primary key (client_id, mutation_id)); insert into gateway.mutations values ('c', 'm1', '{}', 1)").await;
     let psql = gateway::devdb::find_binaries().unwrap().join("psql");
     let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/setup.sql");
     for _ in 0..2 {
@@ -395,6 +398,9 @@ async fn setup_sql_runs_twice_and_is_enough_for_a_least_privilege_gateway() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    let kept: i64 = env.db.query_one("select count(*) from gateway.mutations_v1", &[]).await.unwrap().get(0);
+    assert_eq!(kept, 1, "the old ledger is renamed, not dropped");
+    assert!(env.db.query_one("select to_regclass('gateway.mutations') is null", &[]).await.unwrap().get::<_, bool>(0));
     // What the DBA adds for the tables the rules name (the gateway may not, as it owns none).
     env.sql("alter publication gateway add table todos, events, kinds, notes; alter table todos replica identity full; grant insert, update, delete on todos to gateway;").await;
     let url = env.url.replacen("postgres://postgres@", "postgres://gateway@", 1);
@@ -412,7 +418,7 @@ async fn setup_sql_runs_twice_and_is_enough_for_a_least_privilege_gateway() {
         &gw,
         &a,
         json!({"client_id": "least", "mutations": [
-            {"id": "1", "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": "by gateway role"}}
+            {"id": 1, "table": "todos", "op": "update", "key": {"id": 1}, "value": {"title": "by gateway role"}}
         ]}),
     )
     .await;

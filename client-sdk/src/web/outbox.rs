@@ -148,10 +148,10 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
             let current = (!current.is_undefined()).then(|| JsRow(current.unchecked_into()));
             let (value, mut mutation) = prepare(config, &key_columns, w, current.as_ref(), &key)?;
             let id = format!("m-{}", random_id());
-            mutation["id"] = json!(id);
             mutation["table"] = json!(config.definition.table);
             let entry = Entry {
                 id: id.clone(),
+                mutation_id: None,
                 shape: w.shape.clone(),
                 op: w.op,
                 mutation,
@@ -284,12 +284,12 @@ pub enum Pushed {
     Failed,
 }
 
+/// Where the next mutation id is kept, beside the client id.
+const NEXT_MUTATION_ID: &str = "\u{0}next_mutation_id";
+
 /// Sends the next batch of pending writes and takes the answer.
 pub async fn push_once(inner: &Inner) -> Result<Pushed, JsValue> {
-    let records = open_records(&idb::read(&inner.db, idb::OUTBOX)?).await?;
-    let entries: Vec<Entry> = records.iter().map(|r| r.entry.clone()).collect();
-    let Some(push) = outbox::next_push(&inner.client_id, &entries) else { return Ok(Pushed::Idle) };
-    let mut pushed: Vec<Entry> = push.entries.iter().map(|&i| entries[i].clone()).collect();
+    let Some((push, mut pushed)) = next_push(inner).await? else { return Ok(Pushed::Idle) };
     let body = push.body.to_string();
     let mut answer = net::post(&format!("{}/v1/outbox", inner.url), &body, inner.token(false).await.as_deref()).await;
     if matches!(&answer, Ok(a) if a.status == 401) && inner.get_token.is_some() {
@@ -304,6 +304,15 @@ pub async fn push_once(inner: &Inner) -> Result<Pushed, JsValue> {
             }
             Err(e) => Some(PushFailure::Retry(format!("the gateway's answer is not an outbox result: {e}"))),
         },
+        Ok(a) if a.status == 409 => {
+            match serde_json::from_str::<Value>(&a.body).ok().and_then(|v| v["expected"].as_u64()) {
+                Some(expected) => {
+                    renumber(inner, expected).await?;
+                    return Ok(Pushed::Answered);
+                }
+                None => Some(PushFailure::Refused(format!("409: {}", error_message(&a.body)))),
+            }
+        }
         Ok(a) if a.status == 408 || a.status == 429 || a.status >= 500 => {
             Some(PushFailure::Retry(format!("{}: {}", a.status, error_message(&a.body))))
         }
@@ -316,6 +325,50 @@ pub async fn push_once(inner: &Inner) -> Result<Pushed, JsValue> {
     let shapes: BTreeSet<String> = updated.values().map(|e| e.shape.clone()).collect();
     store_updates(inner, &shapes, &updated).await?;
     Ok(if failure.is_some() { Pushed::Failed } else { Pushed::Answered })
+}
+
+/// Picks the next push and stores the mutation ids its new writes get, with the next free
+/// id, before anything is sent: a retry, even after a reload, sends the same ids.
+async fn next_push(inner: &Inner) -> Result<Option<(outbox::Push, Vec<Entry>)>, JsValue> {
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX, idb::POSITIONS])?;
+    let (store, positions) = (&stores[0], &stores[1]);
+    let mut records = open_records(store).await?;
+    let mut entries: Vec<Entry> = records.iter().map(|r| r.entry.clone()).collect();
+    let key = JsValue::from_str(NEXT_MUTATION_ID);
+    let stored = idb::request(&positions.get(&key)?).await?.as_f64().map_or(1, |n| n as u64);
+    let mut next_id = stored;
+    let push = outbox::next_push(&inner.client_id, &mut entries, &mut next_id);
+    if let Some(push) = &push
+        && next_id != stored
+    {
+        for &i in &push.entries {
+            records[i].entry = entries[i].clone();
+            store.put(&records[i].to_js())?;
+        }
+        positions.put_with_key(&JsValue::from_f64(next_id as f64), &key)?;
+    }
+    idb::committed(&tx).await?;
+    Ok(push.map(|push| {
+        let pushed = push.entries.iter().map(|&i| entries[i].clone()).collect();
+        (push, pushed)
+    }))
+}
+
+/// The gateway expects mutation `expected` next (409 `out_of_order`): the pending writes
+/// take ids from there (see [`outbox::renumber`]).
+async fn renumber(inner: &Inner, expected: u64) -> Result<(), JsValue> {
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX, idb::POSITIONS])?;
+    let mut records = open_records(&stores[0]).await?;
+    let mut entries: Vec<Entry> = records.iter().map(|r| r.entry.clone()).collect();
+    let next_id = outbox::renumber(&mut entries, expected);
+    for (record, entry) in records.iter_mut().zip(entries) {
+        if record.entry != entry {
+            record.entry = entry;
+            stores[0].put(&record.to_js())?;
+        }
+    }
+    stores[1].put_with_key(&JsValue::from_f64(next_id as f64), &JsValue::from_str(NEXT_MUTATION_ID))?;
+    idb::committed(&tx).await
 }
 
 /// Ends the wait for echoes that will not come (see [`outbox::expire`]).

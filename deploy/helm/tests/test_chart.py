@@ -63,7 +63,7 @@ DOCUMENTED_WHOLE = {
 }
 
 # Set by the chart itself (or from Secrets), not through values.config.
-CHART_MANAGED = {"listen", "data_dir", "database_url", "jwt_secret", "jwt_public_key"}
+CHART_MANAGED = {"listen", "data_dir", "database_url", "jwt_secret", "jwt_public_key", "shared_cache_by_caller"}
 
 
 def helm(*args):

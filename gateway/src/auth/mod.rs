@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::http::{HeaderMap, header};
+use serde_json::Value;
 use shapes::shape::{ScopeSpec, ShapeSpec};
 use shapes::table::TableName;
 
@@ -32,6 +33,19 @@ impl Caller {
         match self {
             Caller::Anyone => true,
             Caller::Token(c) => c.is_admin(),
+        }
+    }
+
+    /// Whose outbox ledger rows a push writes: the token's `sub` (required for writes),
+    /// or one fixed subject under `--auth none`.
+    pub fn subject(&self) -> Result<String, AuthError> {
+        match self {
+            Caller::Anyone => Ok("anonymous".into()),
+            Caller::Token(c) => match c.map.get("sub") {
+                Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => Ok(s.clone()),
+                Some(Value::Number(n)) => Ok(n.to_string()),
+                _ => Err(AuthError::NoSubject),
+            },
         }
     }
 
@@ -71,6 +85,8 @@ pub enum AuthError {
     AdminOnly(&'static str),
     #[error("{table} does not allow {op} (its access rule's write list)")]
     WriteNotAllowed { table: String, op: String },
+    #[error("writes need a token with a sub claim: the outbox keeps each subject's clients apart")]
+    NoSubject,
 }
 
 impl AuthError {
@@ -88,6 +104,7 @@ impl AuthError {
             AuthError::Claim { .. } => "claim",
             AuthError::AdminOnly(_) => "admin_only",
             AuthError::WriteNotAllowed { .. } => "write_not_allowed",
+            AuthError::NoSubject => "no_subject",
         }
     }
 

@@ -20,6 +20,9 @@ pub enum ApiError {
     UriTooLong(String),
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// An outbox batch whose first new mutation id skips ahead of the client's ledger.
+    #[error("{message}")]
+    OutOfOrder { message: String, expected: u64 },
     /// A limit on how many of something may exist (e.g. shapes of a table).
     #[error("{0}")]
     TooMany(String),
@@ -81,6 +84,11 @@ impl IntoResponse for ApiError {
             ApiError::TooMany(m) => {
                 (StatusCode::TOO_MANY_REQUESTS, serde_json::json!({"error": "too_many", "message": m}), None)
             }
+            ApiError::OutOfOrder { message, expected } => (
+                StatusCode::CONFLICT,
+                serde_json::json!({"error": "out_of_order", "message": message, "expected": expected}),
+                None,
+            ),
             ApiError::NotFound(m) => {
                 (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": m}), None)
             }

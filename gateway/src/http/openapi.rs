@@ -73,10 +73,10 @@ pub fn spec() -> Value {
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
             "Batch": {"type": "object", "required": ["client_id", "mutations"], "properties": {
-                "client_id": {"type": "string", "description": "stable per client; with a mutation id it makes the mutation idempotent"},
+                "client_id": {"type": "string", "description": "one per local database; with the token's subject it names the ledger row that makes mutations idempotent"},
                 "atomic": {"type": "boolean", "description": "all mutations apply or none"},
                 "mutations": {"type": "array", "maxItems": crate::outbox::MAX_MUTATIONS, "items": {"type": "object", "required": ["id", "table", "op"], "properties": {
-                    "id": {"type": "string"}, "table": {"type": "string"},
+                    "id": {"type": "integer", "minimum": 1, "description": "strictly increasing by one per client; ids at or below the last applied are duplicates, a gap is a 409 out_of_order"}, "table": {"type": "string"},
                     "op": {"type": "string", "enum": ["insert", "update", "upsert", "delete"]},
                     "key": {"type": "object", "description": "primary key columns (update, delete)"},
                     "value": {"type": "object", "description": "columns to write; strings are PostgreSQL text input, JSON for json columns, arrays for array columns"},
@@ -86,10 +86,10 @@ pub fn spec() -> Value {
             "BatchResult": {"type": "object", "required": ["results"], "properties": {
                 "txid": {"type": "string", "description": "the transaction id the shape stream shows in headers.txids; absent when nothing committed"},
                 "results": {"type": "array", "items": {"type": "object", "required": ["id", "status"], "properties": {
-                    "id": {"type": "string"},
+                    "id": {"type": "integer"},
                     "status": {"type": "string", "enum": ["applied", "duplicate", "conflict", "rejected", "aborted"]},
                     "error": {"type": "string"}, "row": {"description": "the server's row on a conflict (null when missing)"},
-                    "first": {"type": "object", "description": "for duplicate: the first result and its txid"}
+                    "first": {"type": "object", "description": "for a duplicate of the client's last batch: the first result and its txid"}
                 }}}
             }}
         }}

@@ -13,7 +13,7 @@ use crate::outbox::{Batch, MAX_MUTATIONS};
 
 /// Largest batch body accepted.
 pub const MAX_BODY: usize = 8 << 20;
-/// Longest `client_id` or mutation `id`.
+/// Longest `client_id`.
 const MAX_ID: usize = 200;
 
 pub async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -25,7 +25,7 @@ pub async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body)
         ApiError::invalid(
             "body",
             format!(
-                "malformed batch at line {} column {}: {e}; expected {{\"client_id\": …, \"mutations\": [{{\"id\", \"table\", \"op\", \"key\"?, \"value\"?, \"base\"?}}], \"atomic\"?}}",
+                "malformed batch at line {} column {}: {e}; expected {{\"client_id\": …, \"mutations\": [{{\"id\": <integer>, \"table\", \"op\", \"key\"?, \"value\"?, \"base\"?}}], \"atomic\"?}}",
                 e.line(),
                 e.column()
             ),
@@ -43,18 +43,30 @@ pub async fn push(State(state): State<AppState>, headers: HeaderMap, body: Body)
             format!("must be 1 to {MAX_ID} bytes without NUL characters, stable per client"),
         ));
     }
-    if let Some(m) = batch.mutations.iter().find(|m| m.id.is_empty() || m.id.len() > MAX_ID || m.id.contains('\0')) {
-        return Err(ApiError::invalid(
-            "mutations",
-            format!("mutation id {:?} must be 1 to {MAX_ID} bytes without NUL characters", m.id),
-        ));
-    }
+    check_ids(&batch)?;
+    let subject = caller.subject()?;
     let started = std::time::Instant::now();
-    let result = state.outbox.push(&state.auth, &caller, &batch).await.map_err(|e| match e {
+    let result = state.outbox.push(&state.auth, &caller, &subject, &batch).await.map_err(|e| match e {
+        PushError::OutOfOrder { expected, .. } => ApiError::OutOfOrder { message: e.to_string(), expected },
         PushError::Contended => ApiError::Unavailable { message: e.to_string(), retry_after: 1 },
         PushError::Unavailable(_) => ApiError::Unavailable { message: e.to_string(), retry_after: 5 },
         PushError::NotSetUp(m) => ApiError::Unavailable { message: m, retry_after: 30 },
     })?;
     metrics::histogram!("gateway_outbox_batch_seconds").record(started.elapsed().as_secs_f64());
     Ok(Json(result).into_response())
+}
+
+/// Mutation ids count from 1, one by one, in the order the client wrote them.
+fn check_ids(batch: &Batch) -> Result<(), ApiError> {
+    let ids: Vec<u64> = batch.mutations.iter().map(|m| m.id).collect();
+    if ids.first() == Some(&0) {
+        return Err(ApiError::invalid("mutations", "mutation ids start at 1"));
+    }
+    match ids.windows(2).find(|w| w[1] != w[0] + 1) {
+        None => Ok(()),
+        Some(w) => Err(ApiError::invalid(
+            "mutations",
+            format!("mutation {} follows {}: a batch's ids must be consecutive (41, 42, 43, …)", w[1], w[0]),
+        )),
+    }
 }

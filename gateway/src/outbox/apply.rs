@@ -1,8 +1,9 @@
-//! Applying a batch: one transaction; all writes in one pipelined round, and when one is
-//! refused, the batch again with each mutation in a savepoint, so a refused one leaves the
-//! others; the ledger rows in the same transaction; the whole batch retried a few
-//! times on serialization failures and deadlocks, then refused with 503. Nothing is ever
-//! half-applied: a batch commits whole or not at all.
+//! Applying a batch: one transaction, which first locks the client's ledger row; all writes
+//! in one pipelined round, and when one is refused, the batch again with each mutation in a
+//! savepoint, so a refused one leaves the others; the ledger row written in the same
+//! transaction; the whole batch retried a few times on serialization failures and
+//! deadlocks, then refused with 503. Nothing is ever half-applied: a batch commits whole or
+//! not at all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,8 +22,19 @@ use crate::auth::{Auth, Caller};
 /// Attempts of a batch that hit a serialization failure or deadlock.
 const ATTEMPTS: u32 = 4;
 
+/// Who pushes a batch: what they may write, and the subject their ledger rows are kept under.
+struct Pusher<'a> {
+    auth: &'a Auth,
+    caller: &'a Caller,
+    subject: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
+    #[error(
+        "mutation {got} does not follow the last one applied for this client: the next id must be {expected}; push the pending mutations numbered from {expected}"
+    )]
+    OutOfOrder { expected: u64, got: u64 },
     #[error("the database is busy with conflicting writes; retry the batch (it is idempotent)")]
     Contended,
     #[error("the database is unavailable: {0}")]
@@ -39,13 +51,21 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub async fn push(&self, auth: &Auth, caller: &Caller, batch: &Batch) -> Result<BatchResult, PushError> {
+    /// Applies `batch` for `caller`, whose ledger rows are kept under `subject`.
+    pub async fn push(
+        &self,
+        auth: &Auth,
+        caller: &Caller,
+        subject: &str,
+        batch: &Batch,
+    ) -> Result<BatchResult, PushError> {
+        let who = Pusher { auth, caller, subject };
         // Optimistic first: all writes in one pipelined round. When one fails, the batch
         // runs again, one mutation at a time, each in its own savepoint.
         let mut mode = Mode::Fast;
         let mut attempt = 0;
         loop {
-            match self.attempt(auth, caller, batch, mode).await {
+            match self.attempt(&who, batch, mode).await {
                 Ok(result) => return Ok(result),
                 Err(Attempt::OneByOne) => mode = Mode::OneByOne,
                 Err(Attempt::Retry) if attempt + 1 < ATTEMPTS => {
@@ -63,37 +83,45 @@ impl Outbox {
         self.tables.get(&**tx, name).await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))
     }
 
-    async fn attempt(&self, auth: &Auth, caller: &Caller, batch: &Batch, mode: Mode) -> Result<BatchResult, Attempt> {
+    async fn attempt(&self, who: &Pusher<'_>, batch: &Batch, mode: Mode) -> Result<BatchResult, Attempt> {
         let mut client = self.pool.get().await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?;
         let tx = client.transaction().await?;
-        let ids: Vec<&str> = batch.mutations.iter().map(|m| m.id.as_str()).collect();
-        // Pipelined: one round trip for both.
-        let (txid, earlier) = futures::future::try_join(
+        // Pipelined: one round trip for both. The ledger row stays locked until commit.
+        let (txid, ledger) = futures::future::try_join(
             async {
                 let stmt = tx.prepare_cached("select (pg_current_xact_id()::text::bigint % 4294967296)").await?;
                 tx.query_one(&stmt, &[]).await
             },
-            ledger::lookup(&tx, &batch.client_id, &ids),
+            ledger::open(&tx, who.subject, &batch.client_id),
         )
         .await?;
         let txid: i64 = txid.get(0);
-        // Duplicates first, then a plan for every new mutation (refused ones need no SQL).
+        // Ids up to the last applied one are duplicates; the rest must continue from it.
+        let fresh_from = batch.mutations.iter().position(|m| m.id > ledger.last_id).unwrap_or(batch.mutations.len());
+        if let Some(first) = batch.mutations.get(fresh_from)
+            && first.id != ledger.last_id + 1
+        {
+            return Err(Attempt::Failed(PushError::OutOfOrder { expected: ledger.last_id + 1, got: first.id }));
+        }
         let mut results: Vec<Option<MutationResult>> = vec![None; batch.mutations.len()];
-        let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
+        for (i, m) in batch.mutations[..fresh_from].iter().enumerate() {
+            results[i] = Some(duplicate(m.id, &ledger));
+        }
         let mut writes: Vec<(usize, plan::Write)> = Vec::new();
-        for (i, m) in batch.mutations.iter().enumerate() {
-            if let Some(first) = earlier.get(&m.id) {
-                results[i] = Some(duplicate(&m.id, first.clone()));
-                continue;
-            }
-            if first_in_batch.contains_key(m.id.as_str()) {
-                continue; // resolved below, once the first one's result is known
-            }
-            first_in_batch.insert(&m.id, i);
-            match self.plan(&tx, auth, caller, m).await? {
+        for (i, m) in batch.mutations.iter().enumerate().skip(fresh_from) {
+            match self.plan(&tx, who, m).await? {
                 Ok(w) => writes.push((i, w)),
                 Err(refused) => results[i] = Some(refused),
             }
+        }
+        if fresh_from == batch.mutations.len() {
+            tx.rollback().await?;
+            let results = results.into_iter().flatten().collect();
+            return Ok(BatchResult { txid: None, results });
+        }
+        if batch.atomic {
+            // An aborted batch still consumes its ids: its writes go, its results stay.
+            tx.batch_execute("savepoint batch").await?;
         }
         let outcomes = match mode {
             Mode::Fast => match self.fast(&tx, &batch.mutations, &writes).await? {
@@ -106,7 +134,7 @@ impl Outbox {
             Mode::OneByOne => {
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for (i, w) in &writes {
-                    outcomes.push((*i, self.careful(&tx, &batch.mutations[*i].id, w).await?));
+                    outcomes.push((*i, self.careful(&tx, batch.mutations[*i].id, w).await?));
                 }
                 outcomes
             }
@@ -114,32 +142,27 @@ impl Outbox {
         for (i, r) in outcomes {
             results[i] = Some(r);
         }
-        let mut results: Vec<MutationResult> = (0..batch.mutations.len())
-            .map(|i| {
-                results[i].clone().unwrap_or_else(|| {
-                    let m = &batch.mutations[i];
-                    let first = results[first_in_batch[m.id.as_str()]].clone().expect("the first one is resolved");
-                    duplicate(&m.id, FirstResult { result: first, txid: txid.to_string() })
-                })
-            })
-            .collect();
+        let mut results: Vec<MutationResult> =
+            results.into_iter().map(|r| r.expect("every mutation has a result")).collect();
         self.count(&batch.mutations, &results);
+        let mut committed = Some(txid);
         if batch.atomic
-            && let Some(culprit) = results.iter().find(|r| r.fails())
+            && let Some(culprit) = results[fresh_from..].iter().find(|r| r.fails())
         {
-            let why = format!("the batch is atomic and mutation {:?} was refused", culprit.id);
-            tx.rollback().await?;
-            for r in &mut results {
-                if !r.fails() && r.status != Status::Duplicate {
-                    *r = MutationResult::refused(&r.id, Status::Aborted, why.clone());
+            let why = format!("the batch is atomic and mutation {} was refused", culprit.id);
+            tx.batch_execute("rollback to savepoint batch").await?;
+            for r in &mut results[fresh_from..] {
+                if !r.fails() {
+                    *r = MutationResult::refused(r.id, Status::Aborted, why.clone());
                 }
             }
-            return Ok(BatchResult { txid: None, results });
+            committed = None;
         }
-        let fresh: Vec<&MutationResult> = results.iter().filter(|r| r.status != Status::Duplicate).collect();
-        ledger::record(&tx, &batch.client_id, txid, &fresh).await?;
+        let fresh: Vec<&MutationResult> = results[fresh_from..].iter().collect();
+        let last_id = batch.mutations.last().map_or(ledger.last_id, |m| m.id);
+        ledger::record(&tx, who.subject, &batch.client_id, last_id, committed, &fresh).await?;
         tx.commit().await?;
-        Ok(BatchResult { txid: Some(txid.to_string()), results })
+        Ok(BatchResult { txid: committed.map(|t| t.to_string()), results })
     }
 
     /// Counts results by table and status. A table name the catalog does not know counts
@@ -163,11 +186,10 @@ impl Outbox {
     async fn plan(
         &self,
         tx: &Transaction<'_>,
-        auth: &Auth,
-        caller: &Caller,
+        who: &Pusher<'_>,
         m: &Mutation,
     ) -> Result<Result<plan::Write, MutationResult>, Attempt> {
-        let refuse = |msg: String| Ok(Err(MutationResult::refused(&m.id, Status::Rejected, msg)));
+        let refuse = |msg: String| Ok(Err(MutationResult::refused(m.id, Status::Rejected, msg)));
         let Some(op) = Op::parse(&m.op) else {
             return refuse(format!("unknown op {:?}; use insert, update, upsert or delete", m.op));
         };
@@ -175,7 +197,7 @@ impl Outbox {
             Ok(n) => n,
             Err(e) => return refuse(format!("table: {e}")),
         };
-        let access = match auth.write_access(caller, &name, op) {
+        let access = match who.auth.write_access(who.caller, &name, op) {
             Ok(a) => a,
             Err(e) => return refuse(e.to_string()),
         };
@@ -256,7 +278,7 @@ impl Outbox {
             }
             match (group.len(), in_scope.len()) {
                 (n, m) if n == m => outcomes
-                    .extend(group.iter().map(|(i, _)| (*i, MutationResult::new(&mutations[*i].id, Status::Applied)))),
+                    .extend(group.iter().map(|(i, _)| (*i, MutationResult::new(mutations[*i].id, Status::Applied)))),
                 (1, 0) => unmatched.push(&group[0]),
                 _ => return Ok(None),
             }
@@ -265,13 +287,13 @@ impl Outbox {
         let lookups: Vec<Statement> = unmatched.iter().map(|(_, w)| w.current_row()).collect();
         let current = futures::future::join_all(lookups.iter().map(|s| run(tx, s))).await;
         for ((i, w), rows) in unmatched.into_iter().zip(current) {
-            outcomes.push((*i, unmatched_result(&mutations[*i].id, w, &rows?)));
+            outcomes.push((*i, unmatched_result(mutations[*i].id, w, &rows?)));
         }
         Ok(Some(outcomes))
     }
 
     /// One write inside its own savepoint, so a failure leaves the others.
-    async fn careful(&self, tx: &Transaction<'_>, id: &str, w: &plan::Write) -> Result<MutationResult, Attempt> {
+    async fn careful(&self, tx: &Transaction<'_>, id: u64, w: &plan::Write) -> Result<MutationResult, Attempt> {
         tx.batch_execute("savepoint mutation").await?;
         let written = match run(tx, &w.statement()).await {
             Ok(rows) => rows,
@@ -302,13 +324,19 @@ impl Outbox {
     }
 }
 
-fn duplicate(id: &str, first: FirstResult) -> MutationResult {
-    MutationResult { first: Some(Box::new(first)), ..MutationResult::new(id, Status::Duplicate) }
+/// A mutation applied before; its first result when it was in the client's last batch.
+fn duplicate(id: u64, ledger: &ledger::ClientLedger) -> MutationResult {
+    let first = ledger
+        .last_results
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| Box::new(FirstResult { result: r.clone(), txid: ledger.last_txid.map(|t| t.to_string()) }));
+    MutationResult { first, ..MutationResult::new(id, Status::Duplicate) }
 }
 
 /// The result of a write that matched no row, from the row now at its key: missing,
 /// outside the caller's scope, or changed since the client's base version.
-fn unmatched_result(id: &str, w: &plan::Write, current: &[tokio_postgres::Row]) -> MutationResult {
+fn unmatched_result(id: u64, w: &plan::Write, current: &[tokio_postgres::Row]) -> MutationResult {
     match current.first().map(|r| (r.get::<_, bool>(0), r.get::<_, serde_json::Value>(1))) {
         // A row outside the caller's scope answers as a missing one would, so keys of other
         // scopes cannot be probed; only an upsert, which would create a missing row, says
@@ -371,17 +399,26 @@ enum Attempt {
 }
 
 impl From<tokio_postgres::Error> for Attempt {
-    /// Errors outside a mutation's own statement. A unique violation there is the ledger:
-    /// the same mutation pushed twice at once; the retry finds it a duplicate.
+    /// Errors outside a mutation's own statement (the ledger, savepoints, commit): the
+    /// client learns the SQLSTATE, the log gets PostgreSQL's text.
     fn from(e: tokio_postgres::Error) -> Self {
-        if retryable(&e) || e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        if retryable(&e) {
             Attempt::Retry
         } else if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
             Attempt::Failed(PushError::NotSetUp(
-                "the outbox ledger gateway.mutations is missing; run sql/setup.sql (or give the gateway's role CREATE on the database)".into(),
+                "the outbox ledger gateway.clients is missing; run sql/setup.sql (or give the gateway's role CREATE on the database)".into(),
             ))
         } else {
-            Attempt::Failed(PushError::Unavailable(crate::db::DbError::from(e).to_string()))
+            let error = crate::db::DbError::from(e);
+            tracing::warn!(%error, "outbox batch failed outside its mutations");
+            let code = match &error {
+                crate::db::DbError::Query(q) => q.code().map(|c| c.code().to_string()),
+                _ => None,
+            };
+            Attempt::Failed(PushError::Unavailable(match code {
+                Some(code) => format!("the database refused the batch (SQLSTATE {code}; the gateway log has more)"),
+                None => "the database session failed".into(),
+            }))
         }
     }
 }

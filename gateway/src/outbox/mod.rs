@@ -1,7 +1,7 @@
 //! `POST /v1/outbox`: batches of client writes applied to PostgreSQL exactly once, inside
 //! the caller's scope. [`plan`] turns a mutation into SQL from the table's catalog columns,
-//! [`ledger`] remembers what each `(client_id, id)` did, and [`apply`] runs a batch in one
-//! transaction with a savepoint per mutation.
+//! [`ledger`] remembers how far each (subject, client) got, and [`apply`] runs a batch in
+//! one transaction.
 
 pub mod apply;
 pub mod ledger;
@@ -33,7 +33,8 @@ pub struct Batch {
 /// One write. `op` stays text so an unknown one is refused per mutation, not per batch.
 #[derive(Debug, Deserialize)]
 pub struct Mutation {
-    pub id: String,
+    /// Integers strictly increasing per client, from 1.
+    pub id: u64,
     pub table: String,
     pub op: String,
     #[serde(default)]
@@ -88,14 +89,15 @@ pub enum Status {
 /// What happened to one mutation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MutationResult {
-    pub id: String,
+    pub id: u64,
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
     /// The server's current row on a conflict (`null` when the row does not exist).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub row: Option<Value>,
-    /// For `duplicate`: the result of the first time, with its transaction id.
+    /// For `duplicate` of a mutation of the client's last batch: the result of the first
+    /// time, with its transaction id (older duplicates carry none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub first: Option<Box<FirstResult>>,
 }
@@ -104,15 +106,17 @@ pub struct MutationResult {
 pub struct FirstResult {
     #[serde(flatten)]
     pub result: MutationResult,
-    pub txid: String,
+    /// Absent when that batch committed no writes (an aborted atomic batch).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub txid: Option<String>,
 }
 
 impl MutationResult {
-    pub fn new(id: &str, status: Status) -> MutationResult {
-        MutationResult { id: id.to_string(), status, error: None, row: None, first: None }
+    pub fn new(id: u64, status: Status) -> MutationResult {
+        MutationResult { id, status, error: None, row: None, first: None }
     }
 
-    pub fn refused(id: &str, status: Status, error: impl Into<String>) -> MutationResult {
+    pub fn refused(id: u64, status: Status, error: impl Into<String>) -> MutationResult {
         MutationResult { error: Some(error.into()), ..MutationResult::new(id, status) }
     }
 

@@ -156,7 +156,7 @@ test('a write pushed to the outbox comes back through the stream with its txid',
   const response = await fetch(`${GATEWAY}/v1/outbox`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ client_id: 'node', mutations: [{ id: 'w1', table: 'pushed', op: 'insert', value: { id: 1, title: 'mine' } }] }),
+    body: JSON.stringify({ client_id: 'node', mutations: [{ id: 1, table: 'pushed', op: 'insert', value: { id: 1, title: 'mine' } }] }),
   })
   assert.equal(response.status, 200)
   const { txid, results } = await response.json()
