@@ -42,6 +42,18 @@ impl SnapshotError {
         matches!(self, SnapshotError::SubsetTooLarge)
             || matches!(self, SnapshotError::Db(DbError::Query(q)) if q.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("42")))
     }
+
+    /// What the client is told: a reason of ours, never PostgreSQL's text (which can quote
+    /// row values); the log keeps the full error.
+    pub fn client_message(&self) -> String {
+        match self {
+            SnapshotError::Db(DbError::Query(q)) if self.is_client_error() => {
+                format!("evaluating the filter failed: {}", crate::db::client_reason(q, |_| false))
+            }
+            SnapshotError::SubsetTooLarge => self.to_string(),
+            _ => "the snapshot query failed; retry (the gateway log has the cause)".into(),
+        }
+    }
 }
 
 /// Largest subset response kept in memory.
@@ -58,7 +70,7 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
         Err(e) => {
             let client_error = e.is_client_error();
             tracing::warn!(handle = %shape.handle, error = %e, "snapshot failed");
-            shape.fail(ShapeFailure { client_error, message: e.to_string() });
+            shape.fail(ShapeFailure { client_error, message: e.client_message() });
             registry.rotate(&shape, "its snapshot failed");
         }
     }

@@ -133,6 +133,14 @@ async fn client_expressions_never_run_outside_the_scope() {
             assert!(!body.contains("\"B\""), "{what} via {how}: {body}");
         }
     }
+    // An error on A's own rows is told in the gateway's words, never PostgreSQL's (whose
+    // message quotes the value).
+    env.sql("insert into probe values (5, 'A', 1, 'quoted-value', '2000-01-01', '{1}', 'a')").await;
+    let own =
+        get_as(&format!("{base}/v1/shape?table=probe&offset=-1&where={}", enc("CAST(t AS int4) > -1")), Some(&a)).await;
+    assert_eq!(own.status, 400, "{}", own.body);
+    assert!(!own.body.to_string().contains("quoted-value"), "{}", own.body);
+    assert!(own.body.to_string().contains("not valid input"), "{}", own.body);
     // Live: a row no scope admits (org_id NULL) with the poison value must not make A's
     // shape fail (evaluating A's filter on it would, and the shape would be rotated).
     let first =

@@ -88,9 +88,9 @@ impl AppState {
     pub async fn catalog(&self) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, ApiError> {
         let mut guard = self.catalog.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = crate::db::connect(&self.settings.db).await.map_err(|e| ApiError::Unavailable {
-                message: format!("database unreachable: {e}"),
-                retry_after: 10,
+            let client = crate::db::connect(&self.settings.db).await.map_err(|e| {
+                tracing::warn!(error = %e, "catalog session");
+                ApiError::Unavailable { message: "the database is unreachable; retry".into(), retry_after: 10 }
             })?;
             *guard = Some(client);
         }

@@ -34,15 +34,16 @@ pub(super) async fn serve(state: &AppState, req: &ShapeRequest, spec: &SubsetSpe
         .map_err(|e| ApiError::invalid("subset", e.to_string()))?;
     let filtered = subset.filter.iter().flat_map(|f| f.columns());
     check_readable(req, &shape.shape.table, filtered.chain(subset.order_by.iter().map(|k| k.column)))?;
-    let mut session = state.outbox.pool.get().await.map_err(|e| ApiError::Unavailable {
-        message: format!("no database session for the subset: {e}"),
-        retry_after: 1,
+    let mut session = state.outbox.pool.get().await.map_err(|e| {
+        tracing::warn!(error = %e, "no database session for a subset");
+        ApiError::Unavailable { message: "no database session for the subset; retry".into(), retry_after: 1 }
     })?;
     let body = snapshot::subset(&mut session, &shape, &subset).await.map_err(|e| {
+        tracing::info!(handle = %shape.handle, error = %e, "subset query failed");
         if e.is_client_error() {
-            ApiError::invalid("subset", e.to_string())
+            ApiError::invalid("subset", e.client_message())
         } else {
-            ApiError::Unavailable { message: format!("the subset query failed: {e}"), retry_after: 1 }
+            ApiError::Unavailable { message: e.client_message(), retry_after: 1 }
         }
     })?;
     let mut resp = Response::new(Body::from(body));
