@@ -200,11 +200,7 @@ async fn a_rule_cannot_hide_columns_of_a_table_without_a_primary_key() {
     )
     .unwrap();
     let mut gw = env.gateway_with(&["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()]);
-    let started = Instant::now();
-    while gw.exit_code().is_none() && started.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(gw.exit_code(), Some(1), "{}", gw.log());
+    assert_eq!(gw.exit_within(Duration::from_secs(20)).await, Some(1), "{}", gw.log());
     assert!(gw.log().contains("add a primary key to the table or drop columns"), "{}", gw.log());
 }
 
@@ -396,11 +392,7 @@ async fn a_gateway_refused_its_data_dir_leaves_no_slot_behind() {
         &env.data_dir,
         &["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap(), "--slot", "gateway_second"],
     );
-    let started = Instant::now();
-    while second.exit_code().is_none() && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(second.exit_code(), Some(1));
+    assert_eq!(second.exit_within(Duration::from_secs(60)).await, Some(1));
     assert!(second.log().contains("gateway_second"), "the error names the slots: {}", second.log());
     let db = crate::support::connect(&env.url).await;
     let slots: i64 = db

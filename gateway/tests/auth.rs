@@ -323,11 +323,7 @@ async fn a_broken_rule_stops_the_gateway_at_start_naming_it() {
         let config = env.data_dir.with_extension("toml");
         std::fs::write(&config, rules).unwrap();
         let mut gw = env.gateway_with(&["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()]);
-        let started = Instant::now();
-        while gw.exit_code().is_none() && started.elapsed() < Duration::from_secs(20) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(gw.exit_code(), Some(1), "{rules}");
+        assert_eq!(gw.exit_within(Duration::from_secs(20)).await, Some(1), "{rules}");
         assert!(gw.log().contains(needle), "{needle}: {}", gw.log());
     }
 }

@@ -125,6 +125,15 @@ impl Gateway {
             .collect()
     }
 
+    /// Waits up to `limit` for the process to end on its own; then its exit code.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while self.exit_code().is_none() && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.exit_code()
+    }
+
     /// The exit code, once the process has ended on its own.
     pub fn exit_code(&mut self) -> Option<i32> {
         self.child.as_mut().and_then(|c| c.try_wait().unwrap()).map(|s| s.code().unwrap_or(-1))
