@@ -65,7 +65,8 @@ until curl -fsS -o /dev/null "$base/index.html" 2>/dev/null; do
   sleep 2
 done
 demo_s=$((SECONDS - start))
-curl -fsS "http://127.0.0.1:$port/demo/js/pkg/sdk_bg.wasm" | head -c 4 | od -An -c | grep -q 'a   s   m' ||
+curl -fsS -o "$work/sdk_bg.wasm" "http://127.0.0.1:$port/demo/js/pkg/sdk_bg.wasm" &&
+  [ "$(head -c 4 "$work/sdk_bg.wasm" | od -An -tx1 | tr -d ' \n')" = 0061736d ] ||
   die "the demo serves its page but not the SDK's wasm"
 grep -q "demo page: " "$work/demo.log" || die "scripts/demo.sh did not print the demo page's address"
 kill -INT -- -"$demo_pid"

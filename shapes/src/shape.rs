@@ -173,18 +173,25 @@ impl Shape {
     }
 
     /// The shape's rows, narrowed by `extra` (a subset's filter), as a SQL condition; `None`
-    /// is every row. Client expressions sit inside `CASE WHEN <scope> THEN … END`, whose
-    /// branches PostgreSQL evaluates only for rows where the condition holds, whatever
-    /// order the planner picks for the other quals; the scope also stands alone, so its
-    /// indexes still serve the query.
+    /// is every row. Client terms that could fail on some rows ([`Expr::may_fail_on_rows`])
+    /// sit inside `CASE WHEN <scope> THEN … END`, whose branch PostgreSQL evaluates only for
+    /// rows where the condition holds, whatever order the planner picks for the other
+    /// quals. The scope and the client's terms that cannot fail stand alone, so indexes
+    /// still serve them.
     pub fn where_sql(&self, extra: Option<&Expr>) -> Option<String> {
-        let client: Vec<String> = self.client_filter.iter().chain(extra).map(Expr::to_sql).collect();
-        let client = (!client.is_empty()).then(|| client.join(" AND "));
-        match (self.scope.as_ref().map(Expr::to_sql), client) {
-            (None, client) => client,
-            (Some(scope), None) => Some(scope),
-            (Some(scope), Some(client)) => Some(format!("{scope} AND CASE WHEN {scope} THEN {client} ELSE false END")),
+        let terms: Vec<&Expr> = self.client_filter.iter().chain(extra).flat_map(Expr::conjuncts).collect();
+        let Some(scope) = self.scope.as_ref().map(Expr::to_sql) else {
+            let all: Vec<String> = terms.iter().map(|t| t.to_sql()).collect();
+            return (!all.is_empty()).then(|| all.join(" AND "));
+        };
+        let (risky, safe): (Vec<&Expr>, Vec<&Expr>) = terms.into_iter().partition(|t| t.may_fail_on_rows());
+        let mut out = vec![scope.clone()];
+        out.extend(safe.iter().map(|t| t.to_sql()));
+        if !risky.is_empty() {
+            let guarded: Vec<String> = risky.iter().map(|t| t.to_sql()).collect();
+            out.push(format!("CASE WHEN {scope} THEN {} ELSE false END", guarded.join(" AND ")));
         }
+        Some(out.join(" AND "))
     }
 
     /// Canonical identity: the same table, filter, columns and modes give the same key,
@@ -258,7 +265,42 @@ impl FromStr for ShapeHandle {
 mod tests {
     use proptest::prelude::*;
 
-    use super::ShapeHandle;
+    use super::{ScopeSpec, Shape, ShapeHandle, ShapeSpec};
+    use crate::table::{Column, TableName, TableSchema};
+
+    #[test]
+    fn client_terms_that_can_fail_run_only_inside_the_scope() {
+        let col = |name: &str, ty: &str, pk: Option<u32>| Column {
+            name: name.into(),
+            type_oid: 0,
+            type_name: ty.into(),
+            type_sql: ty.into(),
+            dims: 0,
+            type_mod: -1,
+            not_null: false,
+            pk_index: pk,
+        };
+        let table = TableSchema {
+            oid: 1,
+            name: TableName::new("public", "t"),
+            columns: vec![col("id", "int4", Some(0)), col("org", "text", None), col("n", "int4", None)],
+            replica_identity_full: true,
+        };
+        let spec = ShapeSpec {
+            where_text: Some("id > 5 AND 1 / (n - 42) > 0 AND org LIKE 'a%'".into()),
+            params: Vec::new(),
+            columns: None,
+            replica: Default::default(),
+            log: Default::default(),
+            scope: Some(ScopeSpec { where_text: "org = $1".into(), params: vec![(1, "A".into())] }),
+        };
+        let shape = Shape::bind(spec, table, Default::default()).unwrap();
+        let sql = shape.where_sql(None).unwrap();
+        let scope = r#"("org" = CAST('A' AS text))"#;
+        let safe = r#"("id" > CAST('5' AS int8)) AND ("org" LIKE CAST('a%' AS text))"#;
+        let risky = r#"((CAST('1' AS int8) / ("n" - CAST('42' AS int8))) > CAST('0' AS int8))"#;
+        assert_eq!(sql, format!("{scope} AND {safe} AND CASE WHEN {scope} THEN {risky} ELSE false END"));
+    }
 
     proptest! {
         #[test]

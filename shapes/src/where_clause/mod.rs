@@ -310,6 +310,26 @@ impl Expr {
         }
     }
 
+    /// Whether evaluating this can raise an error for some rows and not for others: a
+    /// division, a cast, an overflow, a function, a `LIKE` whose pattern is a column.
+    /// Comparisons, boolean logic, `IN`, `IS` and array membership of columns cannot, and a
+    /// part that reads no column fails on every row or none.
+    pub fn may_fail_on_rows(&self) -> bool {
+        let mut risky = false;
+        self.visit(&mut |e| {
+            risky |= match e {
+                Expr::Arith { .. }
+                | Expr::Unary { .. }
+                | Expr::Concat { .. }
+                | Expr::Func { .. }
+                | Expr::Cast { .. } => !e.columns().is_empty(),
+                Expr::Like { pattern, .. } => !pattern.columns().is_empty(),
+                _ => false,
+            }
+        });
+        risky
+    }
+
     /// The top-level `AND` terms of this expression.
     pub fn conjuncts(&self) -> Vec<&Expr> {
         match self {
