@@ -64,9 +64,10 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     };
     assert!(reason.contains("storage") && reason.contains("space"), "{reason}");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let confirmed = slot_confirmed(&env.db).await;
     assert!(
-        slot_confirmed(&env.db).await < committed,
-        "nothing past the stored logs was acknowledged; log: {}",
+        confirmed < committed,
+        "nothing past the stored logs was acknowledged: confirmed {confirmed}, the insert ended at {committed}; log: {}",
         gw.log()
     );
     // What is stored is still served.

@@ -410,9 +410,11 @@ pub async fn slot_confirmed(db: &tokio_postgres::Client) -> shapes::offset::Lsn 
     db.query_one(sql, &[]).await.unwrap().get::<_, String>(0).parse().unwrap()
 }
 
-/// PostgreSQL's current WAL position.
+/// PostgreSQL's current WAL position: the insert position, past every record written so
+/// far. (Test clusters commit asynchronously, so the write position `pg_current_wal_lsn()`
+/// can still lag behind a transaction that has just committed.)
 pub async fn current_wal(db: &tokio_postgres::Client) -> shapes::offset::Lsn {
-    db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get::<_, String>(0).parse().unwrap()
+    db.query_one("select pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get::<_, String>(0).parse().unwrap()
 }
 
 /// The sum of a metric's samples on `/metrics` whose line holds every one of `labels`.
