@@ -67,7 +67,8 @@ impl Cache {
 
 impl Drop for Cache {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // TERM: the master stops its workers and exits (KILL left the workers running).
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
 }

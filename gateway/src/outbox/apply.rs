@@ -85,6 +85,9 @@ impl Outbox {
 
     async fn attempt(&self, who: &Pusher<'_>, batch: &Batch, mode: Mode) -> Result<BatchResult, Attempt> {
         let mut client = self.pool.get().await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?;
+        if client.statement_cache.size() > STATEMENTS_PER_SESSION {
+            client.statement_cache.clear();
+        }
         let tx = client.transaction().await?;
         // Pipelined: one round trip for both. The ledger row stays locked until commit.
         let (txid, ledger) = futures::future::try_join(
@@ -359,12 +362,17 @@ fn unmatched_result(id: u64, w: &plan::Write, current: &[tokio_postgres::Row]) -
     }
 }
 
-/// Runs a statement unprepared-and-uncached: scopes put literals in the text, so caching
-/// would keep a statement per scope per session.
+/// Runs a statement, prepared once per session: an unprepared one costs a second round
+/// trip and a fresh parse and plan every time. Scopes put their claim values in the text,
+/// so each session's cache is bounded ([`STATEMENTS_PER_SESSION`]).
 async fn run(tx: &Transaction<'_>, s: &Statement) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
     let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    tx.query(s.sql.as_str(), &params).await
+    let statement = tx.prepare_cached(&s.sql).await?;
+    tx.query(&statement, &params).await
 }
+
+/// Prepared statements a pooled session keeps before its cache is emptied.
+const STATEMENTS_PER_SESSION: usize = 512;
 
 fn status_name(s: Status) -> &'static str {
     match s {
