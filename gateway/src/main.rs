@@ -54,6 +54,11 @@ enum SlotAction {
 /// clients catching up queues instead of spawning a thread (and its stack) each.
 const MAX_BLOCKING_THREADS: usize = 32;
 
+/// Requests allocate many small, short-lived values (JSON, SQL text, results); glibc's
+/// allocator spent about a fifth of the outbox's CPU in a profile, mimalloc far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     gateway::install_tls_provider();
     tokio::runtime::Builder::new_multi_thread()
