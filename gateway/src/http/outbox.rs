@@ -62,11 +62,33 @@ fn check_ids(batch: &Batch) -> Result<(), ApiError> {
     if ids.first() == Some(&0) {
         return Err(ApiError::invalid("mutations", "mutation ids start at 1"));
     }
-    match ids.windows(2).find(|w| w[1] != w[0] + 1) {
+    match ids.windows(2).find(|w| w[0].checked_add(1) != Some(w[1])) {
         None => Ok(()),
         Some(w) => Err(ApiError::invalid(
             "mutations",
             format!("mutation {} follows {}: a batch's ids must be consecutive (41, 42, 43, …)", w[1], w[0]),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ids: &[u64]) -> Batch {
+        let mutations: Vec<serde_json::Value> =
+            ids.iter().map(|id| serde_json::json!({"id": id, "table": "t", "op": "delete"})).collect();
+        serde_json::from_value(serde_json::json!({"client_id": "c", "mutations": mutations})).unwrap()
+    }
+
+    #[test]
+    fn a_batchs_ids_are_consecutive_from_one_up() {
+        assert!(check_ids(&batch(&[41, 42, 43])).is_ok());
+        assert!(check_ids(&batch(&[])).is_ok());
+        assert!(check_ids(&batch(&[0, 1])).is_err());
+        assert!(check_ids(&batch(&[41, 43])).is_err());
+        assert!(check_ids(&batch(&[42, 41])).is_err());
+        // The largest id is followed by nothing: no wrap to 0, no overflow.
+        assert!(check_ids(&batch(&[u64::MAX, 0])).is_err());
     }
 }
