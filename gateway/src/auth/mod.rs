@@ -173,14 +173,13 @@ impl ColumnSet {
         how: ColumnUse,
         named: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), AuthError> {
-        let Some(only) = &self.only else { return Ok(()) };
-        match named.into_iter().find(|c| !only.iter().any(|o| o == c)) {
+        match named.into_iter().find(|c| !self.allows(c)) {
             None => Ok(()),
             Some(column) => Err(AuthError::ColumnNotAllowed {
                 table: table.quoted(),
                 column: column.to_string(),
                 how,
-                allowed: only.join(", "),
+                allowed: self.listed().unwrap_or_default().join(", "),
             }),
         }
     }
@@ -256,8 +255,8 @@ impl Auth {
             return Err(AuthError::WriteNotAllowed { table: table.quoted(), op: op.to_string() });
         }
         let version_column = (rule.conflict == Conflict::RejectStale).then(|| rule.version_column.clone()).flatten();
-        let columns = rule.columns.clone().map_or_else(ColumnSet::all, ColumnSet::only);
-        let mut access = WriteAccess { scope: None, writable: columns.clone(), readable: columns, version_column };
+        let mut access =
+            WriteAccess { scope: None, writable: rule.columns.clone(), readable: rule.columns.clone(), version_column };
         if !claims.is_admin()
             && let Some(scope) = &rule.scope
         {
@@ -275,7 +274,7 @@ impl Auth {
             return Ok(Access::default());
         }
         let rule = self.rules.get(table).ok_or_else(|| AuthError::TableNotAllowed(table.quoted()))?;
-        let readable = rule.columns.clone().map_or_else(ColumnSet::all, ColumnSet::only);
+        let readable = rule.columns.clone();
         match &spec.columns {
             Some(asked) => readable.check(table, ColumnUse::Readable, asked.iter().map(String::as_str))?,
             None => spec.columns = readable.listed().map(<[String]>::to_vec),

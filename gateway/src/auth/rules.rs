@@ -12,6 +12,8 @@ use shapes::shape::ScopeSpec;
 use shapes::table::{TableName, TableSchema};
 use shapes::where_clause::{BindOptions, parse_where_template, rewrite_named};
 
+use super::ColumnSet;
+
 /// One `[[table]]` entry as written.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -138,8 +140,8 @@ fn array_literal(name: &str, items: &[Value]) -> Result<String, ClaimError> {
 #[derive(Clone, Debug)]
 pub struct TableAccess {
     pub scope: Option<ScopeTemplate>,
-    /// Readable (and writable) columns; `None` is all.
-    pub columns: Option<Arc<[String]>>,
+    /// Readable (and writable) columns.
+    pub columns: ColumnSet,
     pub write: Vec<WriteOp>,
     pub conflict: Conflict,
     pub version_column: Option<String>,
@@ -169,7 +171,7 @@ impl AccessRules {
             }
             let access = TableAccess {
                 scope,
-                columns: rule.columns.clone().map(Arc::from),
+                columns: rule.columns.clone().map_or_else(ColumnSet::all, |c| ColumnSet::only(Arc::from(c))),
                 write: rule.write.clone(),
                 conflict,
                 version_column: rule.version_column.clone(),
@@ -193,7 +195,7 @@ impl AccessRules {
         if let Some(scope) = &access.scope {
             parse_where_template(&scope.text, schema, options).map_err(|e| format!("scope: {e}"))?;
         }
-        if let Some(cols) = &access.columns {
+        if let Some(cols) = access.columns.listed() {
             let unknown: Vec<&str> =
                 cols.iter().filter(|c| schema.column_index(c).is_none()).map(String::as_str).collect();
             if !unknown.is_empty() {
@@ -218,7 +220,7 @@ impl AccessRules {
             if schema.column_index(v).is_none() {
                 return Err(format!("version_column: no column {v:?}"));
             }
-            if access.columns.as_ref().is_some_and(|cols| !cols.contains(v)) {
+            if !access.columns.allows(v) {
                 return Err(format!("version_column: {v:?} must be one of columns, so clients can send it as base"));
             }
         }

@@ -93,10 +93,8 @@ impl Verifier {
         if seconds("iat").is_some_and(|iat| iat > now_secs.saturating_add(self.leeway_secs)) {
             return Err(AuthError::NotYetValid);
         }
+        // `exp` itself was checked, with the same leeway, by the JWT validation above.
         let valid_until = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.leeway_secs));
-        if valid_until <= now {
-            return Err(AuthError::Expired);
-        }
         let claims = Arc::new(Claims { map, valid_until });
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE_ENTRIES {

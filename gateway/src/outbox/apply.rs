@@ -417,16 +417,14 @@ impl From<tokio_postgres::Error> for Attempt {
                 "the outbox ledger gateway.clients is missing; run sql/setup.sql (or give the gateway's role CREATE on the database)".into(),
             ))
         } else {
-            let error = crate::db::DbError::from(e);
-            tracing::warn!(%error, "outbox batch failed outside its mutations");
-            let code = match &error {
-                crate::db::DbError::Query(q) => q.code().map(|c| c.code().to_string()),
-                _ => None,
-            };
-            Attempt::Failed(PushError::Unavailable(match code {
-                Some(code) => format!("the database refused the batch (SQLSTATE {code}; the gateway log has more)"),
+            let message = match e.code() {
+                Some(code) => {
+                    format!("the database refused the batch (SQLSTATE {}; the gateway log has more)", code.code())
+                }
                 None => "the database session failed".into(),
-            }))
+            };
+            tracing::warn!(error = %crate::db::DbError::from(e), "outbox batch failed outside its mutations");
+            Attempt::Failed(PushError::Unavailable(message))
         }
     }
 }
