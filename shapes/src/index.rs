@@ -9,9 +9,10 @@ use crate::change::Cell;
 use crate::value::{Datum, SqlType};
 use crate::where_clause::{CmpOp, Expr};
 
-/// Where a filter can be looked up: the column and the text values that select rows.
-pub fn index_terms(filter: &Expr) -> Option<(usize, Vec<String>)> {
-    filter.conjuncts().into_iter().find_map(|term| match term {
+/// Where a filter, given as its top-level `AND` terms, can be looked up: the column and the
+/// text values that select rows.
+pub fn index_terms(conjuncts: &[&Expr]) -> Option<(usize, Vec<String>)> {
+    conjuncts.iter().find_map(|term| match term {
         Expr::Compare { op: CmpOp::Eq, left, right } => match (left.as_ref(), right.as_ref()) {
             (Expr::Column { index, ty, .. }, Expr::Const { value, .. })
             | (Expr::Const { value, .. }, Expr::Column { index, ty, .. }) => {
@@ -62,8 +63,9 @@ impl<Id> Default for RoutingIndex<Id> {
 }
 
 impl<Id: Copy + Eq + Hash + Ord> RoutingIndex<Id> {
-    pub fn insert(&mut self, id: Id, filter: Option<&Expr>) {
-        match filter.and_then(index_terms) {
+    /// Adds a shape by its filter's top-level `AND` terms (none: every row).
+    pub fn insert(&mut self, id: Id, conjuncts: &[&Expr]) {
+        match index_terms(conjuncts) {
             Some((col, values)) => {
                 let by_value = self.by_column.entry(col).or_default();
                 for v in values {
@@ -148,11 +150,11 @@ mod tests {
     fn equality_shapes_are_found_by_value() {
         let mut idx = RoutingIndex::default();
         for i in 0..1000u32 {
-            idx.insert(i, Some(&filter(&format!("org = 'o{i}' AND id > 0"))));
+            idx.insert(i, &filter(&format!("org = 'o{i}' AND id > 0")).conjuncts());
         }
-        idx.insert(5000, Some(&filter("id IN (1, 2)")));
-        idx.insert(6000, Some(&filter("org LIKE 'x%'")));
-        idx.insert(7000, None);
+        idx.insert(5000, &filter("id IN (1, 2)").conjuncts());
+        idx.insert(6000, &filter("org LIKE 'x%'").conjuncts());
+        idx.insert(7000, &[]);
         let row = [Cell::text("1"), Cell::text("o42")];
         let mut out = Vec::new();
         idx.candidates(&[&row], &mut out);
@@ -165,8 +167,8 @@ mod tests {
     #[test]
     fn old_and_new_rows_both_route() {
         let mut idx = RoutingIndex::default();
-        idx.insert(1u32, Some(&filter("org = 'a'")));
-        idx.insert(2u32, Some(&filter("org = 'b'")));
+        idx.insert(1u32, &filter("org = 'a'").conjuncts());
+        idx.insert(2u32, &filter("org = 'b'").conjuncts());
         let (old, new) = ([Cell::text("1"), Cell::text("a")], [Cell::text("1"), Cell::text("b")]);
         let mut out = Vec::new();
         idx.candidates(&[&old, &new], &mut out);

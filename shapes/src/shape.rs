@@ -94,12 +94,10 @@ pub struct Shape {
     pub table: TableSchema,
     /// The rule's scope bound to the caller's claims (`None`: an unscoped caller).
     pub scope: Option<Expr>,
-    /// The client's own `where`.
+    /// The client's own `where`. The shape's rows are the scope AND this: tested with
+    /// [`Shape::admits`] and read with [`Shape::where_sql`], which never apply the client's
+    /// filter outside the scope.
     pub client_filter: Option<Expr>,
-    /// The rows in the shape, the scope AND the client's filter, as one tree: the shape's
-    /// identity and its routing terms. Rows are tested with [`Shape::admits`] and read with
-    /// [`Shape::where_sql`], which never apply the client's filter outside the scope.
-    pub filter: Option<Expr>,
     /// Columns the client's own filter reads (access rules may hide some).
     pub where_columns: Vec<usize>,
     /// Indexes of the selected columns, in table order.
@@ -123,11 +121,7 @@ impl Shape {
             }
             None => None,
         };
-        // Parsed apart and joined as trees: no client text can reach into the scope.
-        let filter = match (&scope, &client) {
-            (Some(s), Some(c)) => Some(Expr::And(vec![s.clone(), c.clone()])),
-            (s, c) => s.clone().or_else(|| c.clone()),
-        };
+        // Parsed apart and kept apart: no client text can reach into the scope.
         let key = table.key_columns();
         let selected = match &spec.columns {
             None => (0..table.columns.len()).collect(),
@@ -154,7 +148,17 @@ impl Shape {
                 idx
             }
         };
-        Ok(Shape { spec, table, scope, client_filter: client, filter, where_columns, selected, key })
+        Ok(Shape { spec, table, scope, client_filter: client, where_columns, selected, key })
+    }
+
+    /// Whether the shape holds only some of the table's rows.
+    pub fn is_filtered(&self) -> bool {
+        self.scope.is_some() || self.client_filter.is_some()
+    }
+
+    /// The top-level `AND` terms of the shape's rows, the scope's first (for routing).
+    pub fn conjuncts(&self) -> Vec<&Expr> {
+        self.scope.iter().chain(&self.client_filter).flat_map(Expr::conjuncts).collect()
     }
 
     /// Whether a row is in the shape. The client's filter is evaluated only on rows the
@@ -197,7 +201,12 @@ impl Shape {
     /// Canonical identity: the same table, filter, columns and modes give the same key,
     /// whatever the spelling of the request.
     pub fn key(&self) -> ShapeKey {
-        let filter = self.filter.as_ref().map(Expr::to_sql).unwrap_or_default();
+        // Rendered as `Expr::And(vec![scope, client]).to_sql()` would be (a test keeps them
+        // equal), so existing shapes keep their keys.
+        let filter = match (&self.scope, &self.client_filter) {
+            (Some(scope), Some(client)) => format!("({} AND {})", scope.to_sql(), client.to_sql()),
+            (scope, client) => scope.as_ref().or(client.as_ref()).map(Expr::to_sql).unwrap_or_default(),
+        };
         let cols: Vec<&str> = self.selected.iter().map(|i| self.table.columns[*i].name.as_str()).collect();
         ShapeKey(format!(
             "{}|{}|{}|{}|{:?}|{:?}",
@@ -212,7 +221,7 @@ impl Shape {
 
     /// Whether applying changes needs the old row (to see rows leave the filter).
     pub fn needs_old_rows(&self) -> bool {
-        self.filter.is_some() || self.spec.replica == Replica::Full
+        self.is_filtered() || self.spec.replica == Replica::Full
     }
 }
 
@@ -300,6 +309,10 @@ mod tests {
         let safe = r#"("id" > CAST('5' AS int8)) AND ("org" LIKE CAST('a%' AS text))"#;
         let risky = r#"((CAST('1' AS int8) / ("n" - CAST('42' AS int8))) > CAST('0' AS int8))"#;
         assert_eq!(sql, format!("{scope} AND {safe} AND CASE WHEN {scope} THEN {risky} ELSE false END"));
+        let joined =
+            crate::where_clause::Expr::And(vec![shape.scope.clone().unwrap(), shape.client_filter.clone().unwrap()]);
+        assert!(shape.key().0.contains(&format!("|{}|", joined.to_sql())), "keys stay as they were");
+        assert_eq!(shape.conjuncts().len(), 4, "the scope's term and the client's three");
     }
 
     proptest! {

@@ -58,7 +58,7 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
             }
         }
         Change::Delete { old, old_is_full } => {
-            if shape.filter.is_some() && !old_is_full {
+            if shape.is_filtered() && !old_is_full {
                 return Err(EvalError::Value(
                     "a delete without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
                 ));
@@ -78,10 +78,10 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
                 _ => new.clone(),
             };
             let full_old = old.as_ref().filter(|_| *old_is_full);
-            let was_in = match (&shape.filter, full_old) {
-                (None, _) => true,
-                (Some(_), Some(o)) => shape.admits(o.as_slice())?,
-                (Some(_), None) => {
+            let was_in = match (shape.is_filtered(), full_old) {
+                (false, _) => true,
+                (true, Some(o)) => shape.admits(o.as_slice())?,
+                (true, None) => {
                     return Err(EvalError::Value(
                         "an update without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
                     ));

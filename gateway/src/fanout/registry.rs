@@ -178,7 +178,7 @@ struct Inner {
 
 impl Inner {
     fn insert(&mut self, live: Arc<LiveShape>) {
-        self.tables.entry(live.shape.table.oid).or_default().insert(live.id, live.shape.filter.as_ref());
+        self.tables.entry(live.shape.table.oid).or_default().insert(live.id, &live.shape.conjuncts());
         self.by_key.insert(live.key.clone(), live.clone());
         self.by_handle.insert(live.handle.clone(), live.clone());
         self.by_id.insert(live.id, live);
