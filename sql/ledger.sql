@@ -1,5 +1,6 @@
 -- The outbox's ledger: one row per (token subject, client id) with the last mutation id
--- applied for it, that batch's transaction id and its results. Mutation ids are integers,
+-- applied for it, that batch's transaction id, its first id and the results of its mutations
+-- that were not simply applied (any other id of the batch was applied). Mutation ids are integers,
 -- strictly increasing per client, so a retried batch applies once (the Replicache / Zero
 -- model). Written in the same transaction as the writes. The gateway runs this file itself
 -- when its role may; setup.sql includes it.
@@ -13,6 +14,9 @@ create table if not exists gateway.clients (
     updated_at       timestamptz not null default now(),
     primary key (subject, client_id)
 );
+-- Added after the first release of this table; null in rows written before (whose
+-- last_results then lists every result of the batch).
+alter table gateway.clients add column if not exists last_batch_from bigint;
 -- The first ledger kept a row per mutation under client-chosen text ids, shared by every
 -- caller. It cannot vouch for integer ids per subject, so it is no longer read: kept for
 -- audit under another name (drop it when you like).

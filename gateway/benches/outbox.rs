@@ -37,9 +37,11 @@ async fn main() {
     for round in 0..rounds {
         let start = next_id;
         next_id += (clients * batches * BATCH) as i64;
+        caught_up(&env, &base).await;
         let plain = plain_inserts(&env.url, clients, batches, start).await;
         let start = next_id;
         next_id += (clients * batches * BATCH) as i64;
+        caught_up(&env, &base).await;
         let pushed = outbox_pushes(&http, &base, clients, batches, start, round).await;
         let ratio = pushed / plain;
         println!("  round {round}: plain INSERT {plain:.0} rows/s, outbox {pushed:.0} mutations/s, ratio {ratio:.2}");
@@ -52,6 +54,13 @@ async fn main() {
         "outbox: push → echo over SSE at 500 mutations/s: p50 {p50:.1} ms, p99 {p99:.1} ms over {n} mutations (target p99 ≤ 100 ms)"
     );
     gw.terminate();
+}
+
+/// Waits until the gateway has streamed all WAL written so far, so neither side of a round
+/// pays for decoding the other's rows.
+async fn caught_up(env: &Env, base: &str) {
+    let lsn: String = env.db.query_one("select pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    common::wait_flushed(base, lsn.parse().unwrap()).await;
 }
 
 fn row(id: i64) -> (i64, String, String, i32) {
@@ -152,8 +161,7 @@ async fn outbox_pushes(
 /// table; returns p50 and p99 of push-sent → change-received, in ms.
 async fn echo_latency(env: &Env, http: &reqwest::Client, base: &str, start: i64) -> (f64, f64, usize) {
     // Measure from a caught-up gateway: the rounds above left WAL for the stream to read.
-    let lsn: String = env.db.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    common::wait_flushed(base, lsn.parse().unwrap()).await;
+    caught_up(env, base).await;
     let first = http.get(format!("{base}/v1/shape?table=items&offset=now")).send().await.unwrap();
     let handle = first.headers()["electric-handle"].to_str().unwrap().to_string();
     let offset = first.headers()["electric-offset"].to_str().unwrap().to_string();
@@ -201,7 +209,9 @@ async fn echo_latency(env: &Env, http: &reqwest::Client, base: &str, start: i64)
     for b in 0..500usize {
         tick.tick().await;
         let first = start + (b * 10) as i64;
-        let body = batch_body("echo", first, 10, (b * 10 + 1) as u64);
+        // A client pushes its batches one after another; these overlap when a push is slow,
+        // so each batch comes from its own client.
+        let body = batch_body(&format!("echo-{b}"), first, 10, 1);
         {
             let now = Instant::now();
             let mut s = sent.lock().unwrap();

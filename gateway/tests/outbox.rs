@@ -389,6 +389,8 @@ async fn setup_sql_runs_twice_and_is_enough_for_a_least_privilege_gateway() {
     env.sql(SCHEMA).await;
     // The first ledger, as an older gateway left it: kept aside, no longer read.
     env.sql("create schema gateway; create table gateway.mutations (client_id text, mutation_id text, result jsonb, txid bigint, primary key (client_id, mutation_id)); insert into gateway.mutations values ('c', 'm1', '{}', 1)").await;
+    // The per-client ledger as its first release made it, before it kept each batch's first id.
+    env.sql("create table gateway.clients (subject text, client_id text, last_mutation_id bigint not null default 0, last_txid bigint, last_results jsonb not null default '[]', updated_at timestamptz not null default now(), primary key (subject, client_id))").await;
     let psql = gateway::devdb::find_binaries().unwrap().join("psql");
     let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/setup.sql");
     for _ in 0..2 {
@@ -400,6 +402,13 @@ async fn setup_sql_runs_twice_and_is_enough_for_a_least_privilege_gateway() {
     }
     let kept: i64 = env.db.query_one("select count(*) from gateway.mutations_v1", &[]).await.unwrap().get(0);
     assert_eq!(kept, 1, "the old ledger is renamed, not dropped");
+    let upgraded: bool = env
+        .db
+        .query_one("select exists (select 1 from pg_attribute where attrelid = 'gateway.clients'::regclass and attname = 'last_batch_from')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(upgraded, "setup.sql adds the ledger's newer columns");
     assert!(env.db.query_one("select to_regclass('gateway.mutations') is null", &[]).await.unwrap().get::<_, bool>(0));
     // What the DBA adds for the tables the rules name (the gateway may not, as it owns none).
     env.sql("alter publication gateway add table todos, events, kinds, notes; alter table todos replica identity full; grant insert, update, delete on todos to gateway;").await;

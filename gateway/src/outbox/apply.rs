@@ -16,7 +16,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::plan::{self, Statement};
-use super::{Batch, BatchResult, FirstResult, Mutation, MutationResult, Op, Status, Tables, WriteTable, ledger};
+use super::{Batch, BatchResult, Mutation, MutationResult, Op, Status, Tables, WriteTable, ledger};
 use crate::auth::{Auth, Caller};
 
 /// Attempts of a batch that hit a serialization failure or deadlock.
@@ -89,16 +89,9 @@ impl Outbox {
             client.statement_cache.clear();
         }
         let tx = client.transaction().await?;
-        // Pipelined: one round trip for both. The ledger row stays locked until commit.
-        let (txid, ledger) = futures::future::try_join(
-            async {
-                let stmt = tx.prepare_cached("select (pg_current_xact_id()::text::bigint % 4294967296)").await?;
-                tx.query_one(&stmt, &[]).await
-            },
-            ledger::open(&tx, who.subject, &batch.client_id),
-        )
-        .await?;
-        let txid: i64 = txid.get(0);
+        // The ledger row stays locked until commit.
+        let first_id = batch.mutations.first().map_or(0, |m| m.id);
+        let (ledger, txid) = ledger::open(&tx, who.subject, &batch.client_id, first_id).await?;
         // Ids up to the last applied one are duplicates; the rest must continue from it.
         let fresh_from = batch.mutations.iter().position(|m| m.id > ledger.last_id).unwrap_or(batch.mutations.len());
         if let Some(first) = batch.mutations.get(fresh_from)
@@ -108,7 +101,8 @@ impl Outbox {
         }
         let mut results: Vec<Option<MutationResult>> = vec![None; batch.mutations.len()];
         for (i, m) in batch.mutations[..fresh_from].iter().enumerate() {
-            results[i] = Some(duplicate(m.id, &ledger));
+            let first = ledger.first_result(m.id).map(Box::new);
+            results[i] = Some(MutationResult { first, ..MutationResult::new(m.id, Status::Duplicate) });
         }
         let mut writes: Vec<(usize, plan::Write)> = Vec::new();
         for (i, m) in batch.mutations.iter().enumerate().skip(fresh_from) {
@@ -161,9 +155,8 @@ impl Outbox {
             }
             committed = None;
         }
-        let fresh: Vec<&MutationResult> = results[fresh_from..].iter().collect();
-        let last_id = batch.mutations.last().map_or(ledger.last_id, |m| m.id);
-        ledger::record(&tx, who.subject, &batch.client_id, last_id, committed, &fresh).await?;
+        let ids = (batch.mutations[fresh_from].id, batch.mutations.last().map_or(ledger.last_id, |m| m.id));
+        ledger::record(&tx, who.subject, &batch.client_id, ids, committed, &results[fresh_from..]).await?;
         tx.commit().await?;
         Ok(BatchResult { txid: committed.map(|t| t.to_string()), results })
     }
@@ -325,16 +318,6 @@ impl Outbox {
         tx.batch_execute("release savepoint mutation").await?;
         Ok(result)
     }
-}
-
-/// A mutation applied before; its first result when it was in the client's last batch.
-fn duplicate(id: u64, ledger: &ledger::ClientLedger) -> MutationResult {
-    let first = ledger
-        .last_results
-        .iter()
-        .find(|r| r.id == id)
-        .map(|r| Box::new(FirstResult { result: r.clone(), txid: ledger.last_txid.map(|t| t.to_string()) }));
-    MutationResult { first, ..MutationResult::new(id, Status::Duplicate) }
 }
 
 /// The result of a write that matched no row, from the row now at its key: missing,

@@ -7,24 +7,29 @@
 
 use deadpool_postgres::Transaction;
 
-use super::MutationResult;
+use super::{FirstResult, MutationResult, Status};
 
 /// The gateway's own schema and ledger, created when missing (and when the role may).
 pub const SCHEMA_SQL: &str = include_str!("../../../sql/ledger.sql");
 
-/// Creates the ledger when it is missing; the error says what a DBA should run otherwise.
+/// Creates the ledger, or adds what an older gateway's ledger lacks; the error says what a
+/// DBA should run when the role may not.
 pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), String> {
-    let exists: bool = client
-        .query_one("select to_regclass('gateway.clients') is not null", &[])
+    let current: bool = client
+        .query_one(
+            "select exists (select 1 from pg_attribute
+              where attrelid = to_regclass('gateway.clients') and attname = 'last_batch_from' and not attisdropped)",
+            &[],
+        )
         .await
         .map_err(|e| e.to_string())?
         .get(0);
-    if exists {
+    if current {
         return Ok(());
     }
     client.batch_execute(SCHEMA_SQL).await.map_err(|e| {
         format!(
-            "the outbox ledger gateway.clients is missing and the gateway may not create it ({}); run sql/setup.sql as a superuser",
+            "the outbox ledger gateway.clients is missing or older than this gateway, and the gateway may not change it ({}); run sql/setup.sql as a superuser",
             crate::db::DbError::from(e)
         )
     })
@@ -36,48 +41,80 @@ pub struct ClientLedger {
     /// The last mutation id applied (0: none yet).
     pub last_id: u64,
     /// The transaction of the last batch that applied something.
-    pub last_txid: Option<i64>,
-    /// That batch's results, for duplicates of its mutations.
-    pub last_results: Vec<MutationResult>,
+    last_txid: Option<i64>,
+    /// The first id of the last batch (absent in rows written by older gateways).
+    last_batch_from: Option<u64>,
+    /// That batch's results other than `applied`; read only when the pushed batch repeats ids.
+    last_results: Vec<MutationResult>,
+}
+
+impl ClientLedger {
+    /// The first result of mutation `id`, already applied, when it was in the client's last
+    /// batch: stored when it was anything but `applied`, otherwise implied by the batch's range.
+    pub fn first_result(&self, id: u64) -> Option<FirstResult> {
+        let txid = self.last_txid.map(|t| t.to_string());
+        if let Some(r) = self.last_results.iter().find(|r| r.id == id) {
+            return Some(FirstResult { result: r.clone(), txid });
+        }
+        let from = self.last_batch_from?;
+        (from..=self.last_id)
+            .contains(&id)
+            .then(|| FirstResult { result: MutationResult::new(id, Status::Applied), txid })
+    }
 }
 
 /// Reads the client's row, creating it when new, and locks it until the transaction ends:
-/// two pushes of one client are applied one after the other.
-pub async fn open(tx: &Transaction<'_>, subject: &str, client_id: &str) -> Result<ClientLedger, tokio_postgres::Error> {
+/// two pushes of one client are applied one after the other. The last batch's results are
+/// read only when the pushed batch, starting at `first_id`, repeats some of its ids. Also
+/// returns the transaction's id, as the stream shows it.
+pub async fn open(
+    tx: &Transaction<'_>,
+    subject: &str,
+    client_id: &str,
+    first_id: u64,
+) -> Result<(ClientLedger, i64), tokio_postgres::Error> {
     let stmt = tx
         .prepare_cached(
             "insert into gateway.clients as c (subject, client_id) values ($1, $2)
              on conflict (subject, client_id) do update set subject = c.subject
-             returning c.last_mutation_id, c.last_txid, c.last_results",
+             returning c.last_mutation_id, c.last_txid, c.last_batch_from,
+                       case when $3 <= c.last_mutation_id then c.last_results end,
+                       pg_current_xact_id()::text::bigint % 4294967296",
         )
         .await?;
-    let row = tx.query_one(&stmt, &[&subject, &client_id]).await?;
-    let last_results: serde_json::Value = row.get(2);
-    Ok(ClientLedger {
+    let row = tx.query_one(&stmt, &[&subject, &client_id, &(first_id.min(i64::MAX as u64) as i64)]).await?;
+    let last_results: Option<serde_json::Value> = row.get(3);
+    let ledger = ClientLedger {
         last_id: row.get::<_, i64>(0).max(0) as u64,
         last_txid: row.get(1),
+        last_batch_from: row.get::<_, Option<i64>>(2).map(|f| f.max(0) as u64),
         // Written by the gateway itself; an unreadable one only loses duplicates' details.
-        last_results: serde_json::from_value(last_results).unwrap_or_default(),
-    })
+        last_results: last_results.and_then(|r| serde_json::from_value(r).ok()).unwrap_or_default(),
+    };
+    Ok((ledger, row.get(4)))
 }
 
-/// Records a batch: its last mutation id, its transaction and its results.
+/// Records a batch: its first and last mutation ids, its transaction and the results of its
+/// mutations that were not simply applied.
 pub async fn record(
     tx: &Transaction<'_>,
     subject: &str,
     client_id: &str,
-    last_id: u64,
+    ids: (u64, u64),
     txid: Option<i64>,
-    results: &[&MutationResult],
+    results: &[MutationResult],
 ) -> Result<(), tokio_postgres::Error> {
-    let results = serde_json::to_string(results).unwrap_or_else(|_| "[]".into());
+    let notable: Vec<&MutationResult> = results.iter().filter(|r| r.status != Status::Applied).collect();
+    let notable = serde_json::to_string(&notable).unwrap_or_else(|_| "[]".into());
     let stmt = tx
         .prepare_cached(
             "update gateway.clients
-             set last_mutation_id = $3, last_txid = $4, last_results = $5::text::jsonb, updated_at = now()
+             set last_batch_from = $3, last_mutation_id = $4, last_txid = $5, last_results = $6::text::jsonb,
+                 updated_at = now()
              where subject = $1 and client_id = $2",
         )
         .await?;
-    tx.execute(&stmt, &[&subject, &client_id, &(last_id as i64), &txid, &results]).await?;
+    let (from, last) = (ids.0 as i64, ids.1 as i64);
+    tx.execute(&stmt, &[&subject, &client_id, &from, &last, &txid, &notable]).await?;
     Ok(())
 }
