@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{ClientWrapper, Pool};
 use shapes::table::TableName;
 use shapes::where_clause::{BindOptions, parse_where};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::plan::{self, Statement};
+use super::session::BatchTx;
 use super::{Batch, BatchResult, Mutation, MutationResult, Op, Status, Tables, WriteTable, ledger};
 use crate::auth::{Auth, Caller};
 
@@ -79,19 +80,19 @@ impl Outbox {
         }
     }
 
-    async fn table(&self, tx: &Transaction<'_>, name: &TableName) -> Result<Option<Arc<WriteTable>>, Attempt> {
+    async fn table(&self, tx: &ClientWrapper, name: &TableName) -> Result<Option<Arc<WriteTable>>, Attempt> {
         self.tables.get(&**tx, name).await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))
     }
 
     async fn attempt(&self, who: &Pusher<'_>, batch: &Batch, mode: Mode) -> Result<BatchResult, Attempt> {
-        let mut client = self.pool.get().await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?;
-        if client.statement_cache.size() > STATEMENTS_PER_SESSION {
-            client.statement_cache.clear();
+        let session = self.pool.get().await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?;
+        if session.statement_cache.size() > STATEMENTS_PER_SESSION {
+            session.statement_cache.clear();
         }
-        let tx = client.transaction().await?;
+        let tx = BatchTx::new(session);
         // The ledger row stays locked until commit.
         let first_id = batch.mutations.first().map_or(0, |m| m.id);
-        let (ledger, txid) = ledger::open(&tx, who.subject, &batch.client_id, first_id).await?;
+        let (ledger, txid) = tx.begin_with(ledger::open(&tx, who.subject, &batch.client_id, first_id)).await?;
         // Ids up to the last applied one are duplicates; the rest must continue from it.
         let fresh_from = batch.mutations.iter().position(|m| m.id > ledger.last_id).unwrap_or(batch.mutations.len());
         if let Some(first) = batch.mutations.get(fresh_from)
@@ -120,14 +121,39 @@ impl Outbox {
             // An aborted batch still consumes its ids: its writes go, its results stay.
             tx.batch_execute("savepoint batch").await?;
         }
+        let ids = (batch.mutations[fresh_from].id, batch.mutations.last().map_or(ledger.last_id, |m| m.id));
+        // Inserts in the fast round either all apply or the round is rolled back, so their
+        // results are known beforehand and the ledger is written in the same round.
+        let foreseen: Option<Vec<MutationResult>> = (matches!(mode, Mode::Fast)
+            && writes.iter().all(|(_, w)| w.op == Op::Insert)
+            && !(batch.atomic && results.iter().flatten().any(|r| r.fails())))
+        .then(|| {
+            results[fresh_from..]
+                .iter()
+                .zip(&batch.mutations[fresh_from..])
+                .map(|(r, m)| r.clone().unwrap_or_else(|| MutationResult::new(m.id, Status::Applied)))
+                .collect()
+        });
         let outcomes = match mode {
-            Mode::Fast => match self.fast(&tx, &batch.mutations, &writes).await? {
-                Some(outcomes) => outcomes,
-                None => {
-                    tx.rollback().await?;
-                    return Err(Attempt::OneByOne);
+            Mode::Fast => {
+                let record = async {
+                    match &foreseen {
+                        Some(r) => ledger::record(&tx, who.subject, &batch.client_id, ids, Some(txid), r).await,
+                        None => Ok(()),
+                    }
+                };
+                let (outcomes, recorded) = futures::future::join(self.fast(&tx, &batch.mutations, &writes), record).await;
+                match outcomes? {
+                    Some(outcomes) => {
+                        recorded?;
+                        outcomes
+                    }
+                    None => {
+                        tx.rollback().await?;
+                        return Err(Attempt::OneByOne);
+                    }
                 }
-            },
+            }
             Mode::OneByOne => {
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for (i, w) in &writes {
@@ -155,8 +181,10 @@ impl Outbox {
             }
             committed = None;
         }
-        let ids = (batch.mutations[fresh_from].id, batch.mutations.last().map_or(ledger.last_id, |m| m.id));
-        ledger::record(&tx, who.subject, &batch.client_id, ids, committed, &results[fresh_from..]).await?;
+        match &foreseen {
+            Some(recorded) => debug_assert_eq!(recorded[..], results[fresh_from..]),
+            None => ledger::record(&tx, who.subject, &batch.client_id, ids, committed, &results[fresh_from..]).await?,
+        }
         tx.commit().await?;
         Ok(BatchResult { txid: committed.map(|t| t.to_string()), results })
     }
@@ -181,7 +209,7 @@ impl Outbox {
     /// Checks a mutation against the rules and the table; `Ok(Err(_))` is its refusal.
     async fn plan(
         &self,
-        tx: &Transaction<'_>,
+        tx: &ClientWrapper,
         who: &Pusher<'_>,
         m: &Mutation,
     ) -> Result<Result<plan::Write, MutationResult>, Attempt> {
@@ -236,7 +264,7 @@ impl Outbox {
     /// costs PostgreSQL about a quarter of a plain batch's work, and refusals are rare.)
     async fn fast(
         &self,
-        tx: &Transaction<'_>,
+        tx: &ClientWrapper,
         mutations: &[Mutation],
         writes: &[(usize, plan::Write)],
     ) -> Result<Option<Vec<(usize, MutationResult)>>, Attempt> {
@@ -289,7 +317,7 @@ impl Outbox {
     }
 
     /// One write inside its own savepoint, so a failure leaves the others.
-    async fn careful(&self, tx: &Transaction<'_>, id: u64, w: &plan::Write) -> Result<MutationResult, Attempt> {
+    async fn careful(&self, tx: &ClientWrapper, id: u64, w: &plan::Write) -> Result<MutationResult, Attempt> {
         tx.batch_execute("savepoint mutation").await?;
         let written = match run(tx, &w.statement()).await {
             Ok(rows) => rows,
@@ -348,7 +376,7 @@ fn unmatched_result(id: u64, w: &plan::Write, current: &[tokio_postgres::Row]) -
 /// Runs a statement, prepared once per session: an unprepared one costs a second round
 /// trip and a fresh parse and plan every time. Scopes put their claim values in the text,
 /// so each session's cache is bounded ([`STATEMENTS_PER_SESSION`]).
-async fn run(tx: &Transaction<'_>, s: &Statement) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+async fn run(tx: &ClientWrapper, s: &Statement) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
     let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let statement = tx.prepare_cached(&s.sql).await?;
     tx.query(&statement, &params).await

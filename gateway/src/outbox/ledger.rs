@@ -5,7 +5,7 @@
 //! another row: nothing is shared between callers. `sql/setup.sql` creates the same objects
 //! for a DBA.
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::ClientWrapper;
 
 use super::{FirstResult, MutationResult, Status};
 
@@ -68,7 +68,7 @@ impl ClientLedger {
 /// read only when the pushed batch, starting at `first_id`, repeats some of its ids. Also
 /// returns the transaction's id, as the stream shows it.
 pub async fn open(
-    tx: &Transaction<'_>,
+    tx: &ClientWrapper,
     subject: &str,
     client_id: &str,
     first_id: u64,
@@ -97,7 +97,7 @@ pub async fn open(
 /// Records a batch: its first and last mutation ids, its transaction and the results of its
 /// mutations that were not simply applied.
 pub async fn record(
-    tx: &Transaction<'_>,
+    tx: &ClientWrapper,
     subject: &str,
     client_id: &str,
     ids: (u64, u64),

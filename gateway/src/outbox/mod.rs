@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod ledger;
 pub mod plan;
+mod session;
 
 use std::collections::HashMap;
 use std::fmt;
