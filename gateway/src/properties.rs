@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::auth::ColumnSet;
 use crate::auth::rules::AccessRules;
 use crate::config::ConfigFile;
-use crate::outbox::plan::{self, Allowed};
+use crate::outbox::plan;
 use crate::outbox::{Batch, Op};
 use crate::replication::decode::decode;
 
@@ -79,8 +79,8 @@ proptest! {
             m
         };
         let (key, value, base) = (mark(key), mark(value), mark(base));
-        let allowed = Allowed { scope: None, writable: ColumnSet::all(), readable: ColumnSet::all(), version_column: Some("version") };
-        if let Ok(write) = plan::check(plan::tests::table(), op, Some(&key), Some(&value), Some(&base), allowed) {
+        let target = plan::tests::target(plan::tests::table(), None, ColumnSet::all(), Some("version"));
+        if let Ok(write) = plan::check(&target, op, Some(&key), Some(&value), Some(&base)) {
             let statement = write.statement();
             prop_assert!(!statement.sql.contains(MARK), "{}", statement.sql);
             let current = write.current_row();

@@ -20,6 +20,10 @@ use super::session::BatchTx;
 use super::{Batch, BatchResult, Mutation, MutationResult, Op, Status, Tables, WriteTable, ledger};
 use crate::auth::{Auth, Caller};
 
+/// Tables resolved for a batch, by name and op: the target or why it may not be written,
+/// and whether its columns were read again from the catalog.
+type Targets<'m> = HashMap<(&'m str, Op), (Result<Arc<plan::Target>, String>, bool)>;
+
 /// Attempts of a batch that hit a serialization failure or deadlock.
 const ATTEMPTS: u32 = 4;
 
@@ -106,8 +110,9 @@ impl Outbox {
             results[i] = Some(MutationResult { first, ..MutationResult::new(m.id, Status::Duplicate) });
         }
         let mut writes: Vec<(usize, plan::Write)> = Vec::new();
+        let mut targets = HashMap::new();
         for (i, m) in batch.mutations.iter().enumerate().skip(fresh_from) {
-            match self.plan(&tx, who, m).await? {
+            match self.plan(&tx, who, &mut targets, m).await? {
                 Ok(w) => writes.push((i, w)),
                 Err(refused) => results[i] = Some(refused),
             }
@@ -142,7 +147,8 @@ impl Outbox {
                         None => Ok(()),
                     }
                 };
-                let (outcomes, recorded) = futures::future::join(self.fast(&tx, &batch.mutations, &writes), record).await;
+                let (outcomes, recorded) =
+                    futures::future::join(self.fast(&tx, &batch.mutations, &writes), record).await;
                 match outcomes? {
                     Some(outcomes) => {
                         recorded?;
@@ -207,55 +213,78 @@ impl Outbox {
     }
 
     /// Checks a mutation against the rules and the table; `Ok(Err(_))` is its refusal.
-    async fn plan(
+    /// Tables are resolved once per batch (`targets`), as most batches write one or two.
+    async fn plan<'m>(
         &self,
         tx: &ClientWrapper,
         who: &Pusher<'_>,
-        m: &Mutation,
+        targets: &mut Targets<'m>,
+        m: &'m Mutation,
     ) -> Result<Result<plan::Write, MutationResult>, Attempt> {
         let refuse = |msg: String| Ok(Err(MutationResult::refused(m.id, Status::Rejected, msg)));
         let Some(op) = Op::parse(&m.op) else {
             return refuse(format!("unknown op {:?}; use insert, update, upsert or delete", m.op));
         };
-        let name = match TableName::parse(&m.table) {
+        let key = (m.table.as_str(), op);
+        let (mut target, mut refreshed) = match targets.get(&key) {
+            Some(known) => known.clone(),
+            None => (self.target(tx, who, &m.table, op).await?, false),
+        };
+        // A column the cached definition lacks may be new: read the catalog again, once
+        // per table and batch.
+        if !refreshed
+            && let Ok(t) = &target
+            && m.value.iter().flat_map(|v| v.keys()).any(|k| t.table.schema.column_index(k).is_none())
+        {
+            self.tables.forget(&t.table.schema.name);
+            target = self.target(tx, who, &m.table, op).await?;
+            refreshed = true;
+        }
+        targets.insert(key, (target.clone(), refreshed));
+        match target
+            .and_then(|t| plan::check(&t, op, m.key.as_ref(), m.value.as_ref(), m.base.as_ref()).map_err(|r| r.0))
+        {
+            Ok(w) => Ok(Ok(w)),
+            Err(msg) => refuse(msg),
+        }
+    }
+
+    /// A table as the caller may write it with `op`; `Ok(Err(_))` says why it may not.
+    async fn target(
+        &self,
+        tx: &ClientWrapper,
+        who: &Pusher<'_>,
+        table: &str,
+        op: Op,
+    ) -> Result<Result<Arc<plan::Target>, String>, Attempt> {
+        let name = match TableName::parse(table) {
             Ok(n) => n,
-            Err(e) => return refuse(format!("table: {e}")),
+            Err(e) => return Ok(Err(format!("table: {e}"))),
         };
         let access = match who.auth.write_access(who.caller, &name, op) {
             Ok(a) => a,
-            Err(e) => return refuse(e.to_string()),
+            Err(e) => return Ok(Err(e.to_string())),
         };
-        let Some(mut table) = self.table(tx, &name).await? else {
-            return refuse(format!("table {} does not exist", name.quoted()));
+        let Some(table) = self.table(tx, &name).await? else {
+            return Ok(Err(format!("table {} does not exist", name.quoted())));
         };
-        // A column the cached definition lacks may be new: read the catalog again, once.
-        if m.value.iter().flat_map(|v| v.keys()).any(|k| table.schema.column_index(k).is_none()) {
-            self.tables.forget(&name);
-            match self.table(tx, &name).await? {
-                Some(fresh) => table = fresh,
-                None => return refuse(format!("table {} does not exist", name.quoted())),
-            }
-        }
         let scope = match &access.scope {
             None => None,
             Some(s) => {
                 let params = s.params.iter().cloned().collect();
                 match parse_where(&s.where_text, &table.schema, &params, self.bind) {
                     Ok(expr) => Some(plan::ScopeSql { row: expr.to_sql(), existing: expr.to_sql_on(plan::TARGET) }),
-                    Err(e) => return refuse(format!("the token's claims do not fit the access rule: {e}")),
+                    Err(e) => return Ok(Err(format!("the token's claims do not fit the access rule: {e}"))),
                 }
             }
         };
-        let allowed = plan::Allowed {
+        Ok(Ok(Arc::new(plan::Target {
+            table,
             scope,
             writable: access.writable,
             readable: access.readable,
-            version_column: access.version_column.as_deref(),
-        };
-        match plan::check(table, op, m.key.as_ref(), m.value.as_ref(), m.base.as_ref(), allowed) {
-            Ok(w) => Ok(Ok(w)),
-            Err(plan::Refusal(msg)) => refuse(msg),
-        }
+            version_column: access.version_column,
+        })))
     }
 
     /// Every write at once, pipelined, inserts of one shape merged into one statement.
@@ -325,9 +354,9 @@ impl Outbox {
             Err(e) => {
                 tx.batch_execute("rollback to savepoint mutation").await?;
                 if e.code() == Some(&SqlState::UNDEFINED_COLUMN) || e.code() == Some(&SqlState::UNDEFINED_TABLE) {
-                    self.tables.forget(&w.table.schema.name);
+                    self.tables.forget(&w.target.table.schema.name);
                 }
-                let reason = crate::db::client_reason(&e, |c| w.writable.allows(c));
+                let reason = crate::db::client_reason(&e, |c| w.target.writable.allows(c));
                 return Ok(MutationResult::refused(id, Status::Rejected, reason));
             }
         };
@@ -363,7 +392,7 @@ fn unmatched_result(id: u64, w: &plan::Write, current: &[tokio_postgres::Row]) -
             MutationResult { row: Some(serde_json::Value::Null), ..MutationResult::new(id, Status::Conflict) }
         }
         Some((true, row)) => MutationResult {
-            error: Some(match (w.version_column.as_deref().unwrap_or("version"), &w.base_version) {
+            error: Some(match (w.target.version_column.as_deref().unwrap_or("version"), &w.base_version) {
                 (vc, None) => format!("a row with this key exists; send base.{vc} to change it"),
                 (vc, Some(_)) => format!("the row changed since base.{vc}"),
             }),

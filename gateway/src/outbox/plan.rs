@@ -40,35 +40,31 @@ pub struct Write {
     pub key: Vec<(usize, Option<String>)>,
     /// The version the client's change was based on (`reject_stale`).
     pub base_version: Option<String>,
+    pub target: Arc<Target>,
+}
+
+/// A table as one caller may write it, resolved once per table and batch.
+pub struct Target {
     pub table: Arc<WriteTable>,
     /// The caller's scope, if any.
     pub scope: Option<ScopeSql>,
-    /// `reject_stale`: the version column.
-    pub version_column: Option<String>,
-    /// Columns the caller may read (shown on a conflict).
-    pub readable: ColumnSet,
     /// Columns the caller may write (named in refusals).
     pub writable: ColumnSet,
-}
-
-/// What the caller may do to the table, as [`check`] needs it.
-pub struct Allowed<'a> {
-    pub scope: Option<ScopeSql>,
-    pub writable: ColumnSet,
+    /// Columns the caller may read (shown on a conflict).
     pub readable: ColumnSet,
-    pub version_column: Option<&'a str>,
+    /// `reject_stale`: the version column.
+    pub version_column: Option<String>,
 }
 
 /// Checks a mutation's columns and key against the table and what the caller may write.
 pub fn check(
-    table: Arc<WriteTable>,
+    target: &Arc<Target>,
     op: Op,
     key: Option<&Map<String, Value>>,
     value: Option<&Map<String, Value>>,
     base: Option<&Map<String, Value>>,
-    allowed: Allowed<'_>,
 ) -> Result<Write, Refusal> {
-    let (writable, version_column) = (&allowed.writable, allowed.version_column);
+    let (table, writable, version_column) = (&target.table, &target.writable, target.version_column.as_deref());
     let schema = &table.schema;
     let column = |name: &str| -> Result<usize, Refusal> {
         let i = schema
@@ -139,17 +135,7 @@ pub fn check(
         },
         _ => None,
     };
-    Ok(Write {
-        op,
-        values,
-        key,
-        base_version,
-        scope: allowed.scope,
-        version_column: version_column.map(str::to_string),
-        readable: allowed.readable,
-        writable: allowed.writable,
-        table,
-    })
+    Ok(Write { op, values, key, base_version, target: target.clone() })
 }
 
 /// A JSON value as the text PostgreSQL reads for the column: strings as written, numbers
@@ -203,21 +189,33 @@ fn array_literal(items: &[Value]) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-/// A PostgreSQL array literal of text values (NULL for `None`).
+/// A PostgreSQL array literal of text values (NULL for `None`), built in one buffer: it
+/// carries every value of a column of a batch.
 fn text_array(values: &[&Option<String>]) -> String {
-    let parts: Vec<String> = values
-        .iter()
-        .map(|v| match v {
-            None => "NULL".into(),
-            Some(s) => quote_element(s),
-        })
-        .collect();
-    format!("{{{}}}", parts.join(","))
+    let mut out =
+        String::with_capacity(2 + values.iter().map(|v| v.as_ref().map_or(5, |s| s.len() + 3)).sum::<usize>());
+    out.push('{');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match v {
+            None => out.push_str("NULL"),
+            Some(s) => push_element(&mut out, s),
+        }
+    }
+    out.push('}');
+    out
 }
 
 /// One array element, double-quoted with `\` and `"` escaped.
 fn quote_element(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
+    push_element(&mut out, s);
+    out
+}
+
+fn push_element(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         if c == '\\' || c == '"' {
@@ -226,7 +224,6 @@ fn quote_element(s: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
 }
 
 /// Whether a row is in the caller's scope, as a SQL boolean that is never NULL: a scope over
@@ -239,9 +236,8 @@ fn scope_test(scope: Option<&str>) -> String {
 pub fn same_insert(a: &Write, b: &Write) -> bool {
     a.op == Op::Insert
         && b.op == Op::Insert
-        && Arc::ptr_eq(&a.table, &b.table)
+        && Arc::ptr_eq(&a.target, &b.target)
         && a.values.iter().map(|(i, _)| i).eq(b.values.iter().map(|(i, _)| i))
-        && a.scope.as_ref().map(|s| &s.row) == b.scope.as_ref().map(|s| &s.row)
 }
 
 /// One `INSERT … SELECT … FROM unnest(…)` for inserts that are [`same_insert`]: each
@@ -249,20 +245,20 @@ pub fn same_insert(a: &Write, b: &Write) -> bool {
 /// depend on the number of rows. Every row comes back with whether it is in scope.
 pub fn insert_many(writes: &[&Write]) -> Statement {
     let first = writes[0];
-    let schema = &first.table.schema;
+    let schema = &first.target.table.schema;
     let mut cols = Vec::new();
     let mut casts = Vec::new();
     let mut arrays = Vec::new();
     let mut params = Vec::new();
     for (j, (i, _)) in first.values.iter().enumerate() {
         cols.push(quote_ident(&schema.columns[*i].name));
-        casts.push(format!("CAST(u.v{j} AS {})", first.table.types[*i]));
+        casts.push(format!("CAST(u.v{j} AS {})", first.target.table.types[*i]));
         let column: Vec<&Option<String>> = writes.iter().map(|w| &w.values[j].1).collect();
         params.push(Some(text_array(&column)));
         arrays.push(format!("CAST(${}::text AS text[])", params.len()));
     }
     let names: Vec<String> = (0..cols.len()).map(|j| format!("v{j}")).collect();
-    let scope = scope_test(first.scope.as_ref().map(|s| s.row.as_str()));
+    let scope = scope_test(first.target.scope.as_ref().map(|s| s.row.as_str()));
     Statement {
         sql: format!(
             "INSERT INTO {} AS {TARGET} ({}) SELECT {} FROM unnest({}) AS u({}) RETURNING {scope}",
@@ -280,8 +276,8 @@ impl Write {
     /// The statement; its single result column tells whether the written row is in scope
     /// (`true` without a scope). No row back means nothing matched the key (and scope).
     pub fn statement(&self) -> Statement {
-        let (scope, version_column) = (self.scope.as_ref(), self.version_column.as_deref());
-        let schema = &self.table.schema;
+        let (scope, version_column) = (self.target.scope.as_ref(), self.target.version_column.as_deref());
+        let schema = &self.target.table.schema;
         let name = schema.name.quoted();
         let mut params: Vec<Option<String>> = Vec::new();
         let mut param = |v: &Option<String>, ty: &str| {
@@ -289,7 +285,7 @@ impl Write {
             format!("CAST(${}::text AS {ty})", params.len())
         };
         let col = |i: usize| quote_ident(&schema.columns[i].name);
-        let ty = |i: usize| self.table.types[i].as_str();
+        let ty = |i: usize| self.target.table.types[i].as_str();
         let in_scope = scope_test(scope.map(|s| s.row.as_str()));
         let existing_in_scope = scope_test(scope.map(|s| s.existing.as_str()));
         let version = version_column.map(quote_ident);
@@ -367,8 +363,8 @@ impl Write {
     /// The row at this mutation's key as the caller may see it (readable columns only),
     /// with whether it is in scope: tells "missing", "outside your scope" and "stale" apart.
     pub fn current_row(&self) -> Statement {
-        let (scope, readable) = (self.scope.as_ref(), &self.readable);
-        let schema = &self.table.schema;
+        let (scope, readable) = (self.target.scope.as_ref(), &self.target.readable);
+        let schema = &self.target.table.schema;
         let mut params = Vec::new();
         let conds: Vec<String> = self
             .key
@@ -379,7 +375,7 @@ impl Write {
                     "{} = CAST(${}::text AS {})",
                     quote_ident(&schema.columns[*k].name),
                     params.len(),
-                    self.table.types[*k]
+                    self.target.table.types[*k]
                 )
             })
             .collect();
@@ -432,6 +428,16 @@ pub(crate) mod tests {
         Arc::new(WriteTable { schema, types })
     }
 
+    pub(crate) fn target(
+        table: Arc<WriteTable>,
+        scope: Option<ScopeSql>,
+        writable: ColumnSet,
+        version_column: Option<&str>,
+    ) -> Arc<Target> {
+        let version_column = version_column.map(str::to_string);
+        Arc::new(Target { table, scope, writable, readable: ColumnSet::all(), version_column })
+    }
+
     fn obj(v: serde_json::Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
@@ -441,13 +447,7 @@ pub(crate) mod tests {
         let t = table();
         let value = obj(json!({"id": 5, "Body": "x'); drop table notes; --", "org": "o"}));
         let scope = ScopeSql { row: r#"("org" = 'o')"#.into(), existing: r#"("target"."org" = 'o')"#.into() };
-        let allowed = Allowed {
-            scope: Some(scope),
-            writable: ColumnSet::all(),
-            readable: ColumnSet::all(),
-            version_column: None,
-        };
-        let c = check(t, Op::Upsert, None, Some(&value), None, allowed).unwrap();
+        let c = check(&target(t, Some(scope), ColumnSet::all(), None), Op::Upsert, None, Some(&value), None).unwrap();
         let s = c.statement();
         assert_eq!(
             s.sql,
@@ -460,13 +460,8 @@ pub(crate) mod tests {
     fn stale_checks_and_version_bumps() {
         let t = table();
         let (key, value, base) = (obj(json!({"id": 1})), obj(json!({"Body": "b"})), obj(json!({"version": 3})));
-        let allowed = Allowed {
-            scope: None,
-            writable: ColumnSet::all(),
-            readable: ColumnSet::all(),
-            version_column: Some("version"),
-        };
-        let c = check(t, Op::Update, Some(&key), Some(&value), Some(&base), allowed).unwrap();
+        let t = target(t, None, ColumnSet::all(), Some("version"));
+        let c = check(&t, Op::Update, Some(&key), Some(&value), Some(&base)).unwrap();
         let s = c.statement();
         assert_eq!(
             s.sql,
@@ -478,11 +473,10 @@ pub(crate) mod tests {
     #[test]
     fn inserts_of_one_shape_become_one_statement() {
         let t = table();
-        let allowed =
-            || Allowed { scope: None, writable: ColumnSet::all(), readable: ColumnSet::all(), version_column: None };
+        let t = target(t, None, ColumnSet::all(), None);
         let w = |id: i64, body: Option<&str>| {
             let v = obj(json!({"id": id, "Body": body}));
-            check(t.clone(), Op::Insert, None, Some(&v), None, allowed()).unwrap()
+            check(&t, Op::Insert, None, Some(&v), None).unwrap()
         };
         let (a, b) = (w(1, Some("say \"hi\"")), w(2, None));
         assert!(same_insert(&a, &b));
@@ -499,9 +493,8 @@ pub(crate) mod tests {
         let t = table();
         let refuse = |op, key: Option<serde_json::Value>, value: Option<serde_json::Value>, writable: ColumnSet| {
             let (k, v) = (key.map(obj), value.map(obj));
-            let allowed =
-                Allowed { scope: None, writable, readable: ColumnSet::all(), version_column: Some("version") };
-            check(t.clone(), op, k.as_ref(), v.as_ref(), None, allowed).err().map(|r| r.0).unwrap_or_default()
+            let t = target(t.clone(), None, writable, Some("version"));
+            check(&t, op, k.as_ref(), v.as_ref(), None).err().map(|r| r.0).unwrap_or_default()
         };
         assert!(refuse(Op::Update, None, Some(json!({"Body": "x"})), ColumnSet::all()).contains("needs key"));
         assert!(
