@@ -83,7 +83,7 @@ pub fn check(
                 return Err(Refusal(format!("{name:?} is the version column; the gateway sets it")));
             }
             let i = column(name)?;
-            values.push((i, to_text(&table, i, v)?));
+            values.push((i, to_text(table, i, v)?));
         }
     }
     values.sort_by_key(|(i, _)| *i);
@@ -102,7 +102,7 @@ pub fn check(
                 let name = &schema.columns[k].name;
                 match source.get(name) {
                     None | Some(Value::Null) => Err(Refusal(format!("{what} needs the primary key column {name:?}"))),
-                    Some(v) => Ok((k, to_text(&table, k, v)?)),
+                    Some(v) => Ok((k, to_text(table, k, v)?)),
                 }
             })
             .collect()
@@ -129,7 +129,7 @@ pub fn check(
     }
     let base_version = match version_column {
         Some(vc) if matches!(op, Op::Update | Op::Delete | Op::Upsert) => match base.and_then(|b| b.get(vc)) {
-            Some(v) => Some(to_text(&table, schema.column_index(vc).unwrap_or(0), v)?.unwrap_or_default()),
+            Some(v) => Some(to_text(table, schema.column_index(vc).unwrap_or(0), v)?.unwrap_or_default()),
             None if op == Op::Upsert => None,
             None => return Err(Refusal(format!("base.{vc} is required: this table rejects stale writes"))),
         },
