@@ -75,10 +75,11 @@ fn check_ids(batch: &Batch) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    fn batch(ids: &[u64]) -> Batch {
+    fn batch(ids: &[u64]) -> Batch<'static> {
         let mutations: Vec<serde_json::Value> =
             ids.iter().map(|id| serde_json::json!({"id": id, "table": "t", "op": "delete"})).collect();
-        serde_json::from_value(serde_json::json!({"client_id": "c", "mutations": mutations})).unwrap()
+        let body = serde_json::json!({"client_id": "c", "mutations": mutations}).to_string();
+        serde_json::from_str(body.leak()).unwrap()
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Outbox {
         auth: &Auth,
         caller: &Caller,
         subject: &str,
-        batch: &Batch,
+        batch: &Batch<'_>,
     ) -> Result<BatchResult, PushError> {
         let who = Pusher { auth, caller, subject };
         // Optimistic first: all writes in one pipelined round. When one fails, the batch
@@ -88,7 +88,7 @@ impl Outbox {
         self.tables.get(&**tx, name).await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))
     }
 
-    async fn attempt(&self, who: &Pusher<'_>, batch: &Batch, mode: Mode) -> Result<BatchResult, Attempt> {
+    async fn attempt(&self, who: &Pusher<'_>, batch: &Batch<'_>, mode: Mode) -> Result<BatchResult, Attempt> {
         let session = self.pool.get().await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?;
         if session.statement_cache.size() > STATEMENTS_PER_SESSION {
             session.statement_cache.clear();
@@ -197,10 +197,10 @@ impl Outbox {
 
     /// Counts results by table and status. A table name the catalog does not know counts
     /// as `unknown`, so clients cannot grow the label set.
-    fn count(&self, mutations: &[Mutation], results: &[MutationResult]) {
+    fn count(&self, mutations: &[Mutation<'_>], results: &[MutationResult]) {
         let mut counts: HashMap<(&str, Status), u64> = HashMap::new();
         for (m, r) in mutations.iter().zip(results) {
-            *counts.entry((m.table.as_str(), r.status)).or_default() += 1;
+            *counts.entry((m.table.as_ref(), r.status)).or_default() += 1;
         }
         for ((table, status), n) in counts {
             let table = match TableName::parse(table) {
@@ -219,13 +219,13 @@ impl Outbox {
         tx: &ClientWrapper,
         who: &Pusher<'_>,
         targets: &mut Targets<'m>,
-        m: &'m Mutation,
+        m: &'m Mutation<'_>,
     ) -> Result<Result<plan::Write, MutationResult>, Attempt> {
         let refuse = |msg: String| Ok(Err(MutationResult::refused(m.id, Status::Rejected, msg)));
         let Some(op) = Op::parse(&m.op) else {
             return refuse(format!("unknown op {:?}; use insert, update, upsert or delete", m.op));
         };
-        let key = (m.table.as_str(), op);
+        let key = (m.table.as_ref(), op);
         let (mut target, mut refreshed) = match targets.get(&key) {
             Some(known) => known.clone(),
             None => (self.target(tx, who, &m.table, op).await?, false),
@@ -294,7 +294,7 @@ impl Outbox {
     async fn fast(
         &self,
         tx: &ClientWrapper,
-        mutations: &[Mutation],
+        mutations: &[Mutation<'_>],
         writes: &[(usize, plan::Write)],
     ) -> Result<Option<Vec<(usize, MutationResult)>>, Attempt> {
         // Runs of inserts that fit one statement, and everything else alone.

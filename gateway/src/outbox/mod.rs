@@ -8,12 +8,14 @@ pub mod ledger;
 pub mod plan;
 mod session;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use shapes::table::{TableName, TableSchema};
 
 use crate::db::{self, DbError};
@@ -21,29 +23,82 @@ use crate::db::{self, DbError};
 /// Most mutations in one batch.
 pub const MAX_MUTATIONS: usize = 1000;
 
-/// A batch as the client sends it.
+/// A batch as the client sends it, borrowing its text from the request body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Batch {
-    pub client_id: String,
-    pub mutations: Vec<Mutation>,
+pub struct Batch<'a> {
+    #[serde(borrow)]
+    pub client_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub mutations: Vec<Mutation<'a>>,
     #[serde(default)]
     pub atomic: bool,
 }
 
 /// One write. `op` stays text so an unknown one is refused per mutation, not per batch.
 #[derive(Debug, Deserialize)]
-pub struct Mutation {
+pub struct Mutation<'a> {
     /// Integers strictly increasing per client, from 1.
     pub id: u64,
-    pub table: String,
-    pub op: String,
-    #[serde(default)]
-    pub key: Option<Map<String, Value>>,
-    #[serde(default)]
-    pub value: Option<Map<String, Value>>,
-    #[serde(default)]
-    pub base: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    pub table: Cow<'a, str>,
+    #[serde(borrow)]
+    pub op: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub key: Option<Fields<'a>>,
+    #[serde(borrow, default)]
+    pub value: Option<Fields<'a>>,
+    #[serde(borrow, default)]
+    pub base: Option<Fields<'a>>,
+}
+
+/// Columns and their JSON values as the client wrote them, in its order. Values stay
+/// unparsed until the column's type is known ([`plan`] reads them); a column named twice
+/// is refused, as it would be ambiguous.
+#[derive(Debug, Default)]
+pub struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_ref())
+    }
+
+    pub fn get(&self, column: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == column).map(|(_, v)| *v)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A column name, borrowed unless it has escapes.
+        #[derive(Deserialize)]
+        struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Fields<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of column names and values")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
+                let mut fields: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Name(name), value)) = map.next_entry::<Name<'a>, &'a RawValue>()? {
+                    if fields.iter().any(|(k, _)| *k == name) {
+                        return Err(serde::de::Error::custom(format!("column {name:?} is named twice")));
+                    }
+                    fields.push((name, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

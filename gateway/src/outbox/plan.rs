@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use shapes::table::quote_ident;
 
-use super::{Op, WriteTable};
+use super::{Fields, Op, WriteTable};
 use crate::auth::{ColumnSet, ColumnUse};
 
 /// A mutation that cannot be applied as sent; the text says what to change.
@@ -60,9 +61,9 @@ pub struct Target {
 pub fn check(
     target: &Arc<Target>,
     op: Op,
-    key: Option<&Map<String, Value>>,
-    value: Option<&Map<String, Value>>,
-    base: Option<&Map<String, Value>>,
+    key: Option<&Fields>,
+    value: Option<&Fields>,
+    base: Option<&Fields>,
 ) -> Result<Write, Refusal> {
     let (table, writable, version_column) = (&target.table, &target.writable, target.version_column.as_deref());
     let schema = &table.schema;
@@ -78,8 +79,8 @@ pub fn check(
     }
     let mut values = Vec::new();
     if let Some(value) = value {
-        for (name, v) in value {
-            if Some(name.as_str()) == version_column {
+        for (name, v) in value.iter() {
+            if Some(name) == version_column {
                 return Err(Refusal(format!("{name:?} is the version column; the gateway sets it")));
             }
             let i = column(name)?;
@@ -88,9 +89,10 @@ pub fn check(
     }
     values.sort_by_key(|(i, _)| *i);
     let key_columns = schema.key_columns();
-    let key_values = |source: &Map<String, Value>, what: &str| -> Result<Vec<(usize, Option<String>)>, Refusal> {
+    // The key's columns from `source`; with `only_key`, `source` may name no other column.
+    let key_values = |source: &Fields, what: &str, only_key: bool| -> Result<Vec<(usize, Option<String>)>, Refusal> {
         let names: Vec<&str> = key_columns.iter().map(|&k| schema.columns[k].name.as_str()).collect();
-        if let Some(extra) = source.keys().find(|k| !names.contains(&k.as_str())) {
+        if only_key && let Some(extra) = source.keys().find(|k| !names.contains(k)) {
             return Err(Refusal(format!(
                 "{what} names {extra:?}, which is not a primary key column ({})",
                 names.join(", ")
@@ -100,25 +102,18 @@ pub fn check(
             .iter()
             .map(|&k| {
                 let name = &schema.columns[k].name;
-                match source.get(name) {
-                    None | Some(Value::Null) => Err(Refusal(format!("{what} needs the primary key column {name:?}"))),
-                    Some(v) => Ok((k, to_text(table, k, v)?)),
+                match source.get(name).map(|v| (v, to_text(table, k, v))) {
+                    None | Some((_, Ok(None))) => Err(Refusal(format!("{what} needs the primary key column {name:?}"))),
+                    Some((_, text)) => Ok((k, text?)),
                 }
             })
             .collect()
     };
     let key = match (op, key, value) {
         (Op::Insert, _, Some(_)) => Vec::new(),
-        (Op::Upsert, _, Some(v)) => {
-            let only_key: Map<String, Value> = v
-                .iter()
-                .filter(|(k, _)| key_columns.iter().any(|&c| schema.columns[c].name == **k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            key_values(&only_key, "value")?
-        }
+        (Op::Upsert, _, Some(v)) => key_values(v, "value", false)?,
         (Op::Insert | Op::Upsert, _, None) => return Err(Refusal("an insert needs value".into())),
-        (Op::Update | Op::Delete, Some(k), _) => key_values(k, "key")?,
+        (Op::Update | Op::Delete, Some(k), _) => key_values(k, "key", true)?,
         (Op::Update | Op::Delete, None, _) => return Err(Refusal(format!("{op} needs key (the primary key)"))),
     };
     if op == Op::Update && values.is_empty() {
@@ -139,31 +134,47 @@ pub fn check(
 }
 
 /// A JSON value as the text PostgreSQL reads for the column: strings as written, numbers
-/// and booleans as their text, JSON for json/jsonb columns, array literals for arrays.
-fn to_text(table: &WriteTable, column: usize, v: &Value) -> Result<Option<String>, Refusal> {
+/// and booleans as their JSON text, JSON for json/jsonb columns, array literals for arrays.
+/// Only strings, arrays and objects are parsed: the rest are already the text needed.
+fn to_text(table: &WriteTable, column: usize, raw: &RawValue) -> Result<Option<String>, Refusal> {
     let c = &table.schema.columns[column];
-    if has_nul(v) {
-        return Err(Refusal(format!(
+    let nul = || {
+        Refusal(format!(
             "the value of {:?} contains a NUL character (\\u0000), which PostgreSQL cannot store; remove it",
             c.name
-        )));
-    }
+        ))
+    };
+    let text = raw.get();
     let json_column = matches!(c.type_name.as_str(), "json" | "jsonb") && c.dims == 0;
-    Ok(match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Array(_) | Value::Object(_) if json_column => Some(v.to_string()),
-        Value::Array(items) if c.dims > 0 => Some(array_literal(items)),
-        _ => {
-            return Err(Refusal(format!(
-                "column {:?} ({}) takes a string, number or boolean, not {}",
-                c.name,
-                table.types[column],
-                if v.is_array() { "an array" } else { "an object" }
-            )));
+    Ok(match text.as_bytes().first() {
+        Some(b'n') => None,
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text).map_err(|e| Refusal(format!("{:?}: {e}", c.name)))?;
+            if s.contains('\0') {
+                return Err(nul());
+            }
+            Some(s)
         }
+        Some(b'[' | b'{') => {
+            let v: Value = serde_json::from_str(text).map_err(|e| Refusal(format!("{:?}: {e}", c.name)))?;
+            if has_nul(&v) {
+                return Err(nul());
+            }
+            match v {
+                _ if json_column => Some(text.to_string()),
+                Value::Array(items) if c.dims > 0 => Some(array_literal(&items)),
+                _ => {
+                    return Err(Refusal(format!(
+                        "column {:?} ({}) takes a string, number or boolean, not {}",
+                        c.name,
+                        table.types[column],
+                        if v.is_array() { "an array" } else { "an object" }
+                    )));
+                }
+            }
+        }
+        // A number, `true` or `false`: JSON's text is PostgreSQL's.
+        _ => Some(text.to_string()),
     })
 }
 
@@ -438,8 +449,9 @@ pub(crate) mod tests {
         Arc::new(Target { table, scope, writable, readable: ColumnSet::all(), version_column })
     }
 
-    fn obj(v: serde_json::Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
+    /// Fields as a request body carries them (the text lives as long as the test).
+    pub(crate) fn obj(v: serde_json::Value) -> Fields<'static> {
+        serde_json::from_str(v.to_string().leak()).unwrap()
     }
 
     #[test]
@@ -486,6 +498,23 @@ pub(crate) mod tests {
             r#"INSERT INTO "public"."notes" AS target ("id", "Body") SELECT CAST(u.v0 AS bigint), CAST(u.v1 AS text) FROM unnest(CAST($1::text AS text[]), CAST($2::text AS text[])) AS u(v0, v1) RETURNING true"#
         );
         assert_eq!(s.params, vec![Some(r#"{"1","2"}"#.into()), Some(r#"{"say \"hi\"",NULL}"#.into())]);
+    }
+
+    #[test]
+    fn values_reach_postgresql_as_the_client_wrote_them() {
+        let t = target(table(), None, ColumnSet::all(), None);
+        let v = obj(json!({"id": 12345678901234567_i64, "Body": "a \"quoted\" \u{e9}"}));
+        let w = check(&t, Op::Insert, None, Some(&v), None).unwrap();
+        let texts: Vec<Option<&str>> = w.values.iter().map(|(_, v)| v.as_deref()).collect();
+        assert_eq!(texts, [Some("12345678901234567"), Some("a \"quoted\" \u{e9}")]);
+        // Numbers keep their digits (no trip through a float), escapes are decoded.
+        let raw: Fields = serde_json::from_str(r#"{"id": 1.50, "Body": "tab\tnew\u000aline"}"#).unwrap();
+        let w = check(&t, Op::Insert, None, Some(&raw), None).unwrap();
+        assert_eq!(w.values[0].1.as_deref(), Some("1.50"));
+        assert_eq!(w.values[1].1.as_deref(), Some("tab\tnew\nline"));
+        // A column named twice is ambiguous: refused when the body is read.
+        let twice = serde_json::from_str::<Fields>(r#"{"id": 1, "id": 2}"#).unwrap_err();
+        assert!(twice.to_string().contains("named twice"), "{twice}");
     }
 
     #[test]
