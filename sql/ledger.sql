@@ -17,6 +17,16 @@ create table if not exists gateway.clients (
 -- Added after the first release of this table; null in rows written before (whose
 -- last_results then lists every result of the batch).
 alter table gateway.clients add column if not exists last_batch_from bigint;
+-- Aborts the statement writing a row outside the caller's scope: a batch of inserts is
+-- applied in one statement, with its ledger claim, only when every row is in scope.
+create or replace function gateway.assert_in_scope(in_scope boolean) returns boolean
+language plpgsql as $$
+begin
+  if not in_scope then
+    raise exception 'a written row is outside the caller''s scope';
+  end if;
+  return true;
+end $$;
 -- The first ledger kept a row per mutation under client-chosen text ids, shared by every
 -- caller. It cannot vouch for integer ids per subject, so it is no longer read: kept for
 -- audit under another name (drop it when you like).

@@ -139,6 +139,54 @@ async fn every_op_and_status_and_a_retry_applies_once() {
 }
 
 #[tokio::test]
+async fn a_batch_of_inserts_applies_in_one_statement_only_whole_and_in_scope() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let gw = gateway(&env).await;
+    let a = token(json!({"org_id": "org1"}));
+    let insert = |id: u64, row: i64, org: &str| json!({"id": id, "table": "todos", "op": "insert", "value": {"id": row, "org_id": org, "title": "t"}});
+    let count = |sql: &'static str| {
+        let db = &env.db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    // A new client's first batch, then its next: both applied whole, with their txids.
+    for (first, rows) in [(1u64, 20i64), (3, 30)] {
+        let batch =
+            json!({"client_id": "c", "mutations": [insert(first, rows, "org1"), insert(first + 1, rows + 1, "org1")]});
+        let (status, body) = push(&gw, &a, batch).await;
+        assert_eq!((status, statuses(&body)), (200, vec!["applied".to_string(), "applied".to_string()]), "{body}");
+        assert!(body["txid"].as_str().unwrap().parse::<u32>().is_ok(), "{body}");
+    }
+    // One row outside the scope: the others still apply, that one alone is refused, and
+    // nothing of org2 is written.
+    let mixed =
+        json!({"client_id": "c", "mutations": [insert(5, 40, "org1"), insert(6, 41, "org2"), insert(7, 42, "org1")]});
+    let (_, body) = push(&gw, &a, mixed.clone()).await;
+    assert_eq!(statuses(&body), ["applied", "rejected", "applied"], "{body}");
+    assert_eq!(count("select count(*) from todos where org_id = 'org2' and id >= 20").await, 0);
+    // A row already there: the batch is decided mutation by mutation, the ledger moves on.
+    let taken = json!({"client_id": "c", "mutations": [insert(8, 20, "org1"), insert(9, 43, "org1")]});
+    let (_, body) = push(&gw, &a, taken.clone()).await;
+    assert_eq!(statuses(&body), ["rejected", "applied"], "{body}");
+    // Retried, each batch is all duplicates (the last one with its first results); nothing
+    // is written twice.
+    let (_, again) = push(&gw, &a, taken).await;
+    assert_eq!(statuses(&again), ["duplicate", "duplicate"], "{again}");
+    assert_eq!(again["results"][0]["first"]["status"], "rejected", "{again}");
+    assert_eq!(again["results"][1]["first"]["status"], "applied", "{again}");
+    let (_, again) = push(&gw, &a, mixed).await;
+    assert_eq!(statuses(&again), ["duplicate", "duplicate", "duplicate"], "{again}");
+    let retried = json!({"client_id": "c", "mutations": [insert(3, 30, "org1"), insert(4, 31, "org1")]});
+    let (_, again) = push(&gw, &a, retried).await;
+    assert_eq!(statuses(&again), ["duplicate", "duplicate"], "{again}");
+    assert_eq!(count("select count(*) from todos where id >= 20").await, 7);
+    // Out of order: nothing written, the expected id told.
+    let (status, body) = push(&gw, &a, json!({"client_id": "c", "mutations": [insert(11, 50, "org1")]})).await;
+    assert_eq!((status, body["expected"].as_u64()), (409, Some(10)), "{body}");
+    assert_eq!(count("select count(*) from todos where id = 50").await, 0);
+}
+
+#[tokio::test]
 async fn atomic_batches_apply_whole_or_not_at_all() {
     let env = Env::new().await;
     env.sql(SCHEMA).await;

@@ -65,12 +65,18 @@ impl Outbox {
         batch: &Batch<'_>,
     ) -> Result<BatchResult, PushError> {
         let who = Pusher { auth, caller, subject };
-        // Optimistic first: all writes in one pipelined round. When one fails, the batch
-        // runs again, one mutation at a time, each in its own savepoint.
+        let session = self.session().await.map_err(failed)?;
+        let plans = self.plan_all(&session, &who, batch).await.map_err(failed)?;
+        if let Some(result) = self.in_one_statement(&session, &who, batch, &plans).await {
+            return Ok(result);
+        }
+        drop(session);
+        // Then in a transaction, optimistic first: all writes in one pipelined round. When
+        // one fails, the batch runs again, one mutation at a time, each in its own savepoint.
         let mut mode = Mode::Fast;
         let mut attempt = 0;
         loop {
-            match self.attempt(&who, batch, mode).await {
+            match self.attempt(&who, batch, &plans, mode).await {
                 Ok(result) => return Ok(result),
                 Err(Attempt::OneByOne) => mode = Mode::OneByOne,
                 Err(Attempt::Retry) if attempt + 1 < ATTEMPTS => {
@@ -84,16 +90,75 @@ impl Outbox {
         }
     }
 
-    async fn table(&self, tx: &ClientWrapper, name: &TableName) -> Result<Option<Arc<WriteTable>>, Attempt> {
-        self.tables.get(&**tx, name).await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))
-    }
-
-    async fn attempt(&self, who: &Pusher<'_>, batch: &Batch<'_>, mode: Mode) -> Result<BatchResult, Attempt> {
+    /// A pooled session, its prepared statements bounded.
+    async fn session(&self) -> Result<deadpool_postgres::Object, Attempt> {
         let session = self.pool.get().await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))?;
         if session.statement_cache.size() > STATEMENTS_PER_SESSION {
             session.statement_cache.clear();
         }
-        let tx = BatchTx::new(session);
+        Ok(session)
+    }
+
+    /// Every mutation checked against the rules and its table: its write or its refusal.
+    async fn plan_all(
+        &self,
+        session: &ClientWrapper,
+        who: &Pusher<'_>,
+        batch: &Batch<'_>,
+    ) -> Result<Vec<Result<plan::Write, MutationResult>>, Attempt> {
+        let mut targets = HashMap::new();
+        let mut plans = Vec::with_capacity(batch.mutations.len());
+        for m in &batch.mutations {
+            plans.push(self.plan(session, who, &mut targets, m).await?);
+        }
+        Ok(plans)
+    }
+
+    /// The common batch, new inserts into one table, as one statement with the ledger's
+    /// claim on its ids ([`ledger::claiming`]): one round trip instead of a transaction's
+    /// three. `None` when the batch does not qualify or the statement did not apply it whole
+    /// (its ids are not the next ones, a row is refused or outside the scope); the
+    /// transaction then decides each mutation.
+    async fn in_one_statement(
+        &self,
+        session: &ClientWrapper,
+        who: &Pusher<'_>,
+        batch: &Batch<'_>,
+        plans: &[Result<plan::Write, MutationResult>],
+    ) -> Option<BatchResult> {
+        let writes: Vec<&plan::Write> = plans.iter().map(|p| p.as_ref().ok()).collect::<Option<_>>()?;
+        let first = writes.first()?;
+        if !writes.iter().all(|w| plan::same_insert(first, w)) {
+            return None;
+        }
+        let insert = plan::insert_many(&writes, plan::Rows::RequireScope { when: ledger::CLAIMED });
+        let ids = (batch.mutations.first()?.id, batch.mutations.last()?.id);
+        let statement = ledger::claiming(insert, who.subject, &batch.client_id, ids);
+        let txid: i64 = match run(session, &statement).await {
+            Ok(rows) => rows.first()?.get::<_, Option<i64>>(0)?,
+            Err(e) => {
+                tracing::debug!(error = %crate::db::DbError::from(e), "a batch's one statement failed; applying it in a transaction");
+                return None;
+            }
+        };
+        let results: Vec<MutationResult> =
+            batch.mutations.iter().map(|m| MutationResult::new(m.id, Status::Applied)).collect();
+        self.count(&batch.mutations, &results);
+        Some(BatchResult { txid: Some(txid.to_string()), results })
+    }
+
+    async fn table(&self, tx: &ClientWrapper, name: &TableName) -> Result<Option<Arc<WriteTable>>, Attempt> {
+        self.tables.get(&**tx, name).await.map_err(|e| Attempt::Failed(PushError::Unavailable(e.to_string())))
+    }
+
+    async fn attempt(
+        &self,
+        who: &Pusher<'_>,
+        batch: &Batch<'_>,
+        plans: &[Result<plan::Write, MutationResult>],
+        mode: Mode,
+    ) -> Result<BatchResult, Attempt> {
+        let tx = BatchTx::new(self.session().await?);
         // The ledger row stays locked until commit.
         let first_id = batch.mutations.first().map_or(0, |m| m.id);
         let (ledger, txid) = tx.begin_with(ledger::open(&tx, who.subject, &batch.client_id, first_id)).await?;
@@ -109,12 +174,11 @@ impl Outbox {
             let first = ledger.first_result(m.id).map(Box::new);
             results[i] = Some(MutationResult { first, ..MutationResult::new(m.id, Status::Duplicate) });
         }
-        let mut writes: Vec<(usize, plan::Write)> = Vec::new();
-        let mut targets = HashMap::new();
-        for (i, m) in batch.mutations.iter().enumerate().skip(fresh_from) {
-            match self.plan(&tx, who, &mut targets, m).await? {
+        let mut writes: Vec<(usize, &plan::Write)> = Vec::new();
+        for (i, p) in plans.iter().enumerate().skip(fresh_from) {
+            match p {
                 Ok(w) => writes.push((i, w)),
-                Err(refused) => results[i] = Some(refused),
+                Err(refused) => results[i] = Some(refused.clone()),
             }
         }
         if fresh_from == batch.mutations.len() {
@@ -295,13 +359,13 @@ impl Outbox {
         &self,
         tx: &ClientWrapper,
         mutations: &[Mutation<'_>],
-        writes: &[(usize, plan::Write)],
+        writes: &[(usize, &plan::Write)],
     ) -> Result<Option<Vec<(usize, MutationResult)>>, Attempt> {
         // Runs of inserts that fit one statement, and everything else alone.
-        let mut groups: Vec<&[(usize, plan::Write)]> = Vec::new();
+        let mut groups: Vec<&[(usize, &plan::Write)]> = Vec::new();
         let mut start = 0;
         for end in 1..=writes.len() {
-            if end == writes.len() || !plan::same_insert(&writes[start].1, &writes[end].1) {
+            if end == writes.len() || !plan::same_insert(writes[start].1, writes[end].1) {
                 groups.push(&writes[start..end]);
                 start = end;
             }
@@ -310,7 +374,7 @@ impl Outbox {
             .iter()
             .map(|g| {
                 if g.len() > 1 {
-                    plan::insert_many(&g.iter().map(|(_, w)| w).collect::<Vec<_>>())
+                    plan::insert_many(&g.iter().map(|(_, w)| *w).collect::<Vec<_>>(), plan::Rows::ReportScope)
                 } else {
                     g[0].1.statement()
                 }
@@ -421,6 +485,14 @@ fn status_name(s: Status) -> &'static str {
         Status::Conflict => "conflict",
         Status::Rejected => "rejected",
         Status::Aborted => "aborted",
+    }
+}
+
+/// The error of a step that can only fail (not retry or fall back).
+fn failed(a: Attempt) -> PushError {
+    match a {
+        Attempt::Failed(e) => e,
+        Attempt::OneByOne | Attempt::Retry => PushError::Unavailable("the database session failed".into()),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use deadpool_postgres::ClientWrapper;
 
+use super::plan::Statement;
 use super::{FirstResult, MutationResult, Status};
 
 /// The gateway's own schema and ledger, created when missing (and when the role may).
@@ -18,7 +19,8 @@ pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), String> {
     let current: bool = client
         .query_one(
             "select exists (select 1 from pg_attribute
-              where attrelid = to_regclass('gateway.clients') and attname = 'last_batch_from' and not attisdropped)",
+              where attrelid = to_regclass('gateway.clients') and attname = 'last_batch_from' and not attisdropped)
+              and to_regprocedure('gateway.assert_in_scope(boolean)') is not null",
             &[],
         )
         .await
@@ -117,4 +119,36 @@ pub async fn record(
     let (from, last) = (ids.0 as i64, ids.1 as i64);
     tx.execute(&stmt, &[&subject, &client_id, &from, &last, &txid, &notable]).await?;
     Ok(())
+}
+
+/// The ledger's claim on a batch's ids `(first, last)`, as a condition for [`claiming`]'s
+/// writes to name.
+pub const CLAIMED: &str = "EXISTS (SELECT FROM claim)";
+
+/// `writes` (guarded by [`CLAIMED`]) and the ledger's claim on the batch's ids as one
+/// statement, so PostgreSQL applies both in one round trip and one implicit transaction:
+/// the client's row moves to the batch only when its last id is the one just before
+/// (a retried or out-of-order batch claims nothing and so writes nothing), and every write
+/// is then in the ledger as applied. One row comes back: the transaction's id, NULL when
+/// nothing was claimed.
+pub fn claiming(writes: Statement, subject: &str, client_id: &str, ids: (u64, u64)) -> Statement {
+    let mut params = writes.params;
+    let mut param = |v: String| {
+        params.push(Some(v));
+        format!("${}::text", params.len())
+    };
+    let (from, last) = (param(ids.0.to_string()), param(ids.1.to_string()));
+    let (subject, client_id) = (param(subject.to_string()), param(client_id.to_string()));
+    let sql = format!(
+        "WITH claim AS (
+           UPDATE gateway.clients
+           SET last_batch_from = CAST({from} AS int8), last_mutation_id = CAST({last} AS int8),
+               last_txid = pg_current_xact_id()::text::bigint % 4294967296, last_results = '[]', updated_at = now()
+           WHERE subject = {subject} AND client_id = {client_id} AND last_mutation_id = CAST({from} AS int8) - 1
+           RETURNING last_txid),
+         written AS ({})
+         SELECT (SELECT last_txid FROM claim)",
+        writes.sql
+    );
+    Statement { sql, params }
 }

@@ -251,10 +251,20 @@ pub fn same_insert(a: &Write, b: &Write) -> bool {
         && a.values.iter().map(|(i, _)| i).eq(b.values.iter().map(|(i, _)| i))
 }
 
+/// What [`insert_many`] does with the caller's scope.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// Every row comes back with whether it is in scope.
+    ReportScope,
+    /// Rows are inserted only when the SQL condition `when` holds, and a row outside the
+    /// scope aborts the statement (`gateway.assert_in_scope`).
+    RequireScope { when: &'a str },
+}
+
 /// One `INSERT … SELECT … FROM unnest(…)` for inserts that are [`same_insert`]: each
 /// column's values travel as one text-array parameter, so the statement text does not
-/// depend on the number of rows. Every row comes back with whether it is in scope.
-pub fn insert_many(writes: &[&Write]) -> Statement {
+/// depend on the number of rows.
+pub fn insert_many(writes: &[&Write], rows: Rows<'_>) -> Statement {
     let first = writes[0];
     let schema = &first.target.table.schema;
     let mut cols = Vec::new();
@@ -269,10 +279,17 @@ pub fn insert_many(writes: &[&Write]) -> Statement {
         arrays.push(format!("CAST(${}::text AS text[])", params.len()));
     }
     let names: Vec<String> = (0..cols.len()).map(|j| format!("v{j}")).collect();
-    let scope = scope_test(first.target.scope.as_ref().map(|s| s.row.as_str()));
+    let scope = first.target.scope.as_ref().map(|s| s.row.as_str());
+    let (condition, returning) = match (rows, scope) {
+        (Rows::ReportScope, _) => (String::new(), scope_test(scope)),
+        (Rows::RequireScope { when }, None) => (format!(" WHERE {when}"), "true".into()),
+        (Rows::RequireScope { when }, Some(_)) => {
+            (format!(" WHERE {when}"), format!("gateway.assert_in_scope({})", scope_test(scope)))
+        }
+    };
     Statement {
         sql: format!(
-            "INSERT INTO {} AS {TARGET} ({}) SELECT {} FROM unnest({}) AS u({}) RETURNING {scope}",
+            "INSERT INTO {} AS {TARGET} ({}) SELECT {} FROM unnest({}) AS u({}){condition} RETURNING {returning}",
             schema.name.quoted(),
             cols.join(", "),
             casts.join(", "),
@@ -492,12 +509,18 @@ pub(crate) mod tests {
         };
         let (a, b) = (w(1, Some("say \"hi\"")), w(2, None));
         assert!(same_insert(&a, &b));
-        let s = insert_many(&[&a, &b]);
+        let s = insert_many(&[&a, &b], Rows::ReportScope);
         assert_eq!(
             s.sql,
             r#"INSERT INTO "public"."notes" AS target ("id", "Body") SELECT CAST(u.v0 AS bigint), CAST(u.v1 AS text) FROM unnest(CAST($1::text AS text[]), CAST($2::text AS text[])) AS u(v0, v1) RETURNING true"#
         );
         assert_eq!(s.params, vec![Some(r#"{"1","2"}"#.into()), Some(r#"{"say \"hi\"",NULL}"#.into())]);
+        let guarded = insert_many(&[&a, &b], Rows::RequireScope { when: "EXISTS (SELECT FROM claim)" });
+        assert!(
+            guarded.sql.ends_with("AS u(v0, v1) WHERE EXISTS (SELECT FROM claim) RETURNING true"),
+            "{}",
+            guarded.sql
+        );
     }
 
     #[test]
