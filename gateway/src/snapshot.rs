@@ -21,7 +21,7 @@ use shapes::wire::{mark_snapshot, snapshot_end, subset_metadata};
 use tokio_postgres::Config;
 
 use crate::db::{self, DbError};
-use crate::fanout::registry::{LiveShape, Registry, ShapeFailure, SnapshotInfo};
+use crate::fanout::registry::{LiveShape, Registry, ShapeFailure, SnapshotInfo, Unservable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -31,6 +31,9 @@ pub enum SnapshotError {
     Io(#[from] std::io::Error),
     #[error("unexpected snapshot output: {0}")]
     Format(String),
+    /// The stream after the snapshot cannot be served (the shape is rotated, not failed).
+    #[error("{0}")]
+    Unservable(String),
     #[error("the subset is larger than {} MiB; page it with limit, offset and order_by", MAX_SUBSET_BYTES >> 20)]
     SubsetTooLarge,
 }
@@ -67,6 +70,7 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
         Ok(rows) => {
             tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, rows, ms = started.elapsed().as_millis() as u64, "snapshot complete")
         }
+        Err(SnapshotError::Unservable(why)) => registry.rotate(&shape, &why),
         Err(e) => {
             let client_error = e.is_client_error();
             tracing::warn!(handle = %shape.handle, error = %e, "snapshot failed");
@@ -85,7 +89,10 @@ async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotE
     let text: String = client.query_one("select pg_current_snapshot()::text", &[]).await.map_err(DbError::from)?.get(0);
     let info =
         SnapshotInfo::parse(&text).ok_or_else(|| SnapshotError::Format(format!("pg_current_snapshot() = {text}")))?;
-    shape.set_snapshot(info.clone())?;
+    shape.set_snapshot(info.clone()).map_err(|e| match e {
+        Unservable::Io(e) => SnapshotError::Io(e),
+        unreadable => SnapshotError::Unservable(unreadable.to_string()),
+    })?;
 
     let mut rows = 0u64;
     if shape.shape.spec.log == LogMode::Full {

@@ -217,3 +217,24 @@ async fn truncate_and_column_changes_rotate_shapes() {
     assert_ne!(f.handle.clone().unwrap(), second);
     assert_eq!(f.schema.as_ref().unwrap()["extra"]["type"], "text");
 }
+
+#[tokio::test]
+async fn a_change_the_snapshot_already_holds_never_rotates_the_shape() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let gw = env.ready_gateway().await;
+    let mut busy = Follower::new(&gw, "table=items");
+    busy.sync().await;
+    // The stream is kept busy with a large transaction; behind it, a row the new shape's
+    // filter cannot evaluate (n = 42 divides by zero) comes and goes before the shape is
+    // asked for. Its snapshot holds that transaction, so the stream must not evaluate it.
+    env.sql("insert into items select i, 'o', 't', 1 from generate_series(1, 200000) i").await;
+    env.sql("begin; insert into items values (0, 'o', 'poison', 42); delete from items where id = 0; commit").await;
+    let mut f = Follower::new(&gw, "table=items&where=(1%20%2F%20(n%20-%2042))%20%3E%200");
+    f.sync().await;
+    let handle = f.handle.clone().unwrap();
+    env.sql("insert into items values (300000, 'o', 'after', 43)").await;
+    f.live_until(|rows| rows.contains_key(r#""public"."items"/"300000""#)).await;
+    assert_eq!(f.handle.clone().unwrap(), handle, "the shape was rotated by a change its snapshot held");
+    assert_eq!(f.refetches, 0);
+}

@@ -182,7 +182,10 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
                         }
                         Err(e) => {
                             // Never send a value we cannot vouch for: the client refetches.
-                            registry.rotate(&shape, &format!("a change could not be evaluated: {e}"));
+                            // (Unless the shape's snapshot already has the transaction.)
+                            if let Some(why) = shape.admit_unreadable(txn, e.to_string()) {
+                                registry.rotate(&shape, &format!("a change could not be evaluated: {why}"));
+                            }
                         }
                     }
                 }

@@ -52,12 +52,23 @@ impl SnapshotInfo {
 /// One transaction's encoded entries for one shape.
 pub type TxnEntries = Vec<(LogOffset, Vec<u8>)>;
 
-/// Stream transactions held until the snapshot's visibility is known.
-type PendingTxn = (u32, TxnEntries);
+/// Stream transactions held until the snapshot's visibility is known: their entries, or
+/// why the shape could not evaluate them.
+type PendingTxn = (u32, Result<TxnEntries, String>);
 
 enum Visibility {
     Pending(Vec<PendingTxn>),
     Known(SnapshotInfo),
+}
+
+/// Why a shape's snapshot cannot be followed by its stream.
+#[derive(Debug, thiserror::Error)]
+pub enum Unservable {
+    /// A change after the snapshot could not be evaluated for the shape.
+    #[error("a change could not be evaluated: {0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -94,14 +105,37 @@ impl LiveShape {
     /// (a replay after restart), or the snapshot is still pending (then they are held here).
     pub fn admit(&self, txn: &Txn, planned: &[Planned]) -> Option<TxnEntries> {
         let mut vis = self.visibility.lock().unwrap();
+        let held = self.holds(&vis, txn);
         match &mut *vis {
-            Visibility::Known(snap) if snap.contains(txn.xid) || txn.commit_lsn <= self.log.written_lsn() => None,
+            Visibility::Known(_) if held => None,
             Visibility::Known(_) => Some(self.encode(txn, planned)),
             Visibility::Pending(buffer) => {
-                buffer.push((txn.xid, self.encode(txn, planned)));
+                buffer.push((txn.xid, Ok(self.encode(txn, planned))));
                 None
             }
         }
+    }
+
+    /// A transaction whose changes this shape could not evaluate (`why`). Returns why the
+    /// shape must go now; `None` when its snapshot already holds the transaction (nothing
+    /// of it is to be sent), or when that is not known yet: the snapshot then decides
+    /// ([`LiveShape::set_snapshot`]).
+    pub fn admit_unreadable(&self, txn: &Txn, why: String) -> Option<String> {
+        let mut vis = self.visibility.lock().unwrap();
+        let held = self.holds(&vis, txn);
+        match &mut *vis {
+            Visibility::Known(_) if held => None,
+            Visibility::Known(_) => Some(why),
+            Visibility::Pending(buffer) => {
+                buffer.push((txn.xid, Err(why)));
+                None
+            }
+        }
+    }
+
+    /// Whether the snapshot or the log already has `txn`.
+    fn holds(&self, vis: &Visibility, txn: &Txn) -> bool {
+        matches!(vis, Visibility::Known(snap) if snap.contains(txn.xid) || txn.commit_lsn <= self.log.written_lsn())
     }
 
     fn encode(&self, txn: &Txn, planned: &[Planned]) -> TxnEntries {
@@ -132,11 +166,17 @@ impl LiveShape {
 
     /// The snapshot's visibility is known: stream transactions it already contains are
     /// dropped, the rest are written, and from now on transactions go straight to the log.
-    pub fn set_snapshot(&self, snap: SnapshotInfo) -> io::Result<()> {
+    /// When one of the rest could not be evaluated, nothing is written and the error says
+    /// why the shape must go.
+    pub fn set_snapshot(&self, snap: SnapshotInfo) -> Result<(), Unservable> {
         let mut vis = self.visibility.lock().unwrap();
         if let Visibility::Pending(buffer) = &mut *vis {
-            let kept: Vec<TxnEntries> =
-                std::mem::take(buffer).into_iter().filter(|(xid, _)| !snap.contains(*xid)).map(|(_, e)| e).collect();
+            let kept: Vec<TxnEntries> = std::mem::take(buffer)
+                .into_iter()
+                .filter(|(xid, _)| !snap.contains(*xid))
+                .map(|(_, e)| e)
+                .collect::<Result<_, String>>()
+                .map_err(Unservable::Unreadable)?;
             self.log.append(&kept)?;
         }
         *vis = Visibility::Known(snap);
