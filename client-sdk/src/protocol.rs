@@ -260,17 +260,32 @@ impl ShapeStream {
     }
 }
 
-/// The `message` of a JSON error body, or the body itself.
+/// The `message` of a JSON error body with what its `errors` say of each parameter (a 400
+/// says only "Invalid request" in `message`, as Electric's do), or the body itself.
 pub fn error_message(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.chars().take(500).collect())
+    let Some(message) = serde_json::from_str::<Value>(body).ok().filter(|v| v["message"].is_string()) else {
+        return body.chars().take(500).collect();
+    };
+    let mut out = message["message"].as_str().unwrap_or_default().to_string();
+    for (param, said) in message["errors"].as_object().into_iter().flatten() {
+        let said: Vec<&str> = said.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        out.push_str(&format!("; {param}: {}", said.join("; ")));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_messages_carry_what_each_parameter_got_wrong() {
+        let invalid =
+            r#"{"message":"Invalid request","errors":{"where":["syntax error at x"]},"error":"invalid_request"}"#;
+        assert_eq!(error_message(invalid), "Invalid request; where: syntax error at x");
+        assert_eq!(error_message(r#"{"message":"no access"}"#), "no access");
+        assert_eq!(error_message("plain text"), "plain text");
+    }
 
     fn todos() -> ShapeDefinition {
         ShapeDefinition {

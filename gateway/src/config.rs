@@ -62,6 +62,15 @@ pub struct ServeConfig {
     /// How long an SSE response stays open (s).
     #[arg(long, env = "GATEWAY_SSE_TIMEOUT_S", default_value_t = 60)]
     pub sse_timeout_s: u64,
+    /// `max-age` of catch-up answers (non-live reads after the first chunk, `offset=now`), in
+    /// seconds: how long browsers and caches may serve them without asking (Electric's
+    /// ELECTRIC_CACHE_MAX_AGE).
+    #[arg(long, env = "GATEWAY_CACHE_MAX_AGE", default_value_t = 60)]
+    pub cache_max_age: u32,
+    /// `stale-while-revalidate` of catch-up answers, in seconds: how long after max-age a
+    /// stale copy may be served while it is refreshed (Electric's ELECTRIC_CACHE_STALE_AGE).
+    #[arg(long, env = "GATEWAY_CACHE_STALE_AGE", default_value_t = 300)]
+    pub cache_stale_age: u32,
     /// Bytes of messages per chunk of a shape log (the CDN-cacheable unit).
     #[arg(long, env = "GATEWAY_CHUNK_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub chunk_bytes: u64,

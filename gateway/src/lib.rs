@@ -263,6 +263,10 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         long_poll_timeout: cfg.long_poll_timeout(),
         sse_timeout: cfg.sse_timeout(),
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
+        cache_catch_up: format!(
+            "public, max-age={}, stale-while-revalidate={}",
+            cfg.cache_max_age, cfg.cache_stale_age
+        ),
         demo: cfg.demo.clone(),
         limits: http::admission::Limits {
             max_concurrent_snapshots: cfg.max_concurrent_snapshots as usize,

@@ -210,7 +210,7 @@ async fn bad_tokens_get_401_and_forbidden_asks_403_with_the_reason() {
     for (t, q, status, needle) in cases {
         let r = get_as(&format!("{}/v1/shape?{q}&offset=-1", gw.base()), t.as_deref()).await;
         assert_eq!(r.status, status, "{q} / {needle}: {}", r.body);
-        let msg = r.body["message"].as_str().unwrap_or_default();
+        let msg = crate::support::reason(&r.body);
         assert!(msg.to_lowercase().contains(&needle.to_lowercase()), "{needle}: {msg}");
         if let Some(t) = &t {
             assert!(!msg.contains(t.as_str()), "the token is never echoed");

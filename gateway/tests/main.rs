@@ -17,6 +17,7 @@ mod filters;
 mod operations;
 mod outbox;
 mod overload;
+mod parity;
 mod schemathesis;
 mod sdk;
 mod sync;

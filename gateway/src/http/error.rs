@@ -8,6 +8,9 @@ pub enum ApiError {
     /// A shape request the protocol rejects; `field` names the parameter, as Electric does.
     #[error("{message}")]
     Invalid { field: &'static str, message: String },
+    /// The table a request names does not exist (a 400 on `table`, in Electric's words).
+    #[error("Table {0} does not exist. If the table name contains capitals or special characters you must quote it.")]
+    MissingTable(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -58,10 +61,17 @@ impl From<crate::auth::AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let missing_table = matches!(self, ApiError::MissingTable(_)).then(|| self.to_string());
         let (status, body, retry) = match &self {
+            ApiError::MissingTable(_) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"message": "Invalid request", "errors": {"table": [missing_table]}, "error": "invalid_request"}),
+                None,
+            ),
             ApiError::Invalid { field, message } => (
                 StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "invalid_request", "message": format!("{field}: {message}"), "errors": {*field: [message]}}),
+                // Electric's shape, which its client and users read; our code as an extra.
+                serde_json::json!({"message": "Invalid request", "errors": {*field: [message]}, "error": "invalid_request"}),
                 None,
             ),
             ApiError::Unauthorized(m) => {

@@ -36,6 +36,8 @@ pub struct HttpSettings {
     pub long_poll_timeout: Duration,
     pub sse_timeout: Duration,
     pub sse_keepalive: Duration,
+    /// `cache-control` of catch-up answers (`--cache-max-age`, `--cache-stale-age`).
+    pub cache_catch_up: String,
     pub cors: Cors,
     /// Shared caches may store answers to authenticated requests (`--shared-cache-by-caller`).
     pub shared_cache_by_caller: bool,

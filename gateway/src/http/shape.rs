@@ -24,7 +24,6 @@ use crate::fanout::registry::LiveShape;
 use crate::replication::{ReplicationError, slot};
 
 const CACHE_INITIAL: &str = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746";
-const CACHE_CATCH_UP: &str = "public, max-age=60, stale-while-revalidate=300";
 const CACHE_LIVE: &str = "public, max-age=5, stale-while-revalidate=5";
 /// How long a first request waits for its snapshot to produce a chunk.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
@@ -40,8 +39,13 @@ pub async fn get_shape(
     }
     // Boxed: shape creation's future is large and would otherwise be inlined into every
     // waiting long-poll's state.
-    let shape = Box::pin(resolve(&state, &req)).await?;
-    if req.handle.as_ref().is_some_and(|h| *h != shape.handle) {
+    let shape = match Box::pin(resolve(&state, &req)).await {
+        Ok(shape) => shape,
+        // The stream's table is gone (dropped): its shape went with it, like any rotated one.
+        Err(ApiError::MissingTable(_)) if req.handle.is_some() => return Ok(must_refetch(&state, None)),
+        Err(e) => return Err(e),
+    };
+    if req.handle.as_ref().is_some_and(|h| *h != shape.handle.as_str()) {
         return Ok(must_refetch(&state, Some(&shape)));
     }
     match req.offset {
@@ -121,6 +125,8 @@ pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<
         .await
         .map_err(|e| match e {
         ReplicationError::Privilege { .. } => ApiError::Forbidden(e.to_string()),
+        ReplicationError::TableGone(_) => ApiError::MissingTable(req.table.quoted()),
+        ReplicationError::TableBusy(_) => ApiError::Unavailable { message: e.to_string(), retry_after: 5 },
         e => ApiError::internal(e),
     })?;
     let shape = if altered { bind(fresh_schema(state, &client, req).await?)? } else { shape };
@@ -144,13 +150,10 @@ async fn fresh_schema(
     client: &tokio_postgres::Client,
     req: &ShapeRequest,
 ) -> Result<shapes::table::TableSchema, ApiError> {
-    let schema = db::table_schema(client, &req.table).await.map_err(ApiError::internal)?.ok_or_else(|| {
-        let name = req.table.quoted();
-        ApiError::invalid(
-            "table",
-            format!("Table {name} does not exist. If the table name contains capitals or special characters you must quote it."),
-        )
-    })?;
+    let schema = db::table_schema(client, &req.table)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::MissingTable(req.table.quoted()))?;
     state.registry.cache_schema(schema.clone());
     Ok(schema)
 }
@@ -393,7 +396,7 @@ fn respond(
     let cache = match (req.offset, req.live) {
         (RequestOffset::Start, _) => CACHE_INITIAL,
         (_, true) => CACHE_LIVE,
-        _ => CACHE_CATCH_UP,
+        _ => state.settings.cache_catch_up.as_str(),
     };
     h.insert(header::CACHE_CONTROL, cache_control(state, cache));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
@@ -404,9 +407,9 @@ fn respond(
 /// caches only) unless `--shared-cache-by-caller` vouches for a shared cache that keys on
 /// the caller, like the chart's nginx tier: RFC 9111 lets shared caches store an
 /// authenticated answer marked `public`, and several CDNs do not key on `Vary`.
-pub(super) fn cache_control(state: &AppState, public: &'static str) -> HeaderValue {
+pub(super) fn cache_control(state: &AppState, public: &str) -> HeaderValue {
     if !state.auth.enabled() || state.settings.shared_cache_by_caller {
-        return HeaderValue::from_static(public);
+        return HeaderValue::from_str(public).unwrap_or(HeaderValue::from_static("no-cache"));
     }
     let private: Vec<&str> = public
         .split(", ")
@@ -464,20 +467,27 @@ pub async fn delete_shape(
         return Err(AuthError::AdminOnly("drop shapes").into());
     }
     let pairs = request::pairs(raw.as_deref());
-    let (table, _) = request::parse_definition(&pairs)?;
-    let handle = request::param(&pairs, "handle").map(str::to_string);
-    let shapes = state.registry.shapes_of(&table);
-    let targets: Vec<_> = match &handle {
-        Some(h) => shapes.into_iter().filter(|s| s.handle.as_str() == h).collect(),
-        None => shapes,
+    let handle = request::param(&pairs, "handle").filter(|h| !h.is_empty());
+    // A handle alone names its shape, as in Electric; a table names all of its shapes.
+    let targets: Vec<_> = match (request::param(&pairs, "table"), handle) {
+        (None | Some(""), Some(h)) => h.parse().ok().and_then(|h| state.registry.by_handle(&h)).into_iter().collect(),
+        (_, handle) => {
+            let (table, _) = request::parse_definition(&pairs)?;
+            let shapes = state.registry.shapes_of(&table);
+            match handle {
+                Some(h) => shapes.into_iter().filter(|s| s.handle.as_str() == h).collect(),
+                None => shapes,
+            }
+        }
     };
     if targets.is_empty() && handle.is_some() {
         return Err(ApiError::NotFound("No existing shape found".into()));
     }
     for s in &targets {
         state.registry.rotate(s, "deleted through the API");
+        // The table may be dropped and created again: read it afresh next time.
+        state.registry.forget_schema(&s.shape.table.name);
     }
-    state.registry.forget_schema(&table);
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -510,6 +520,7 @@ mod size_tests {
             long_poll_timeout: std::time::Duration::from_secs(20),
             sse_timeout: std::time::Duration::from_secs(60),
             sse_keepalive: std::time::Duration::from_secs(21),
+            cache_catch_up: "public, max-age=60, stale-while-revalidate=300".into(),
             cors: super::super::Cors::new(&["*".into()]),
             shared_cache_by_caller: false,
             demo: None,

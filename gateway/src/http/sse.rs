@@ -72,7 +72,6 @@ async fn produce(
     _permit: LivePermit,
 ) {
     let mut rx = shape.log.subscribe();
-    let mut first = true;
     loop {
         if Instant::now() >= deadline {
             return;
@@ -85,7 +84,9 @@ async fn produce(
             after = last;
         }
         let mut chunk = read.sse_events();
-        if read.at_end && (read.count > 0 || first) {
+        // Nothing new says nothing, as Electric does: the client already has its
+        // `up-to-date`, and a second one would be seen as another batch.
+        if read.at_end && read.count > 0 {
             // The batch and its `up-to-date` go out as one write.
             let mut with_end = Vec::with_capacity(chunk.len() + 128);
             with_end.extend_from_slice(&chunk);
@@ -95,7 +96,6 @@ async fn produce(
         if !chunk.is_empty() && !send_before(deadline, &tx, chunk).await {
             return;
         }
-        first = false;
         if !read.at_end {
             continue;
         }

@@ -27,7 +27,7 @@ pub async fn post_shape(
 
 pub(super) async fn serve(state: &AppState, req: &ShapeRequest, spec: &SubsetSpec) -> Result<Response, ApiError> {
     let shape = Box::pin(resolve(state, req)).await?;
-    if req.handle.as_ref().is_some_and(|h| *h != shape.handle) {
+    if req.handle.as_ref().is_some_and(|h| *h != shape.handle.as_str()) {
         return Ok(must_refetch(state, Some(&shape)));
     }
     let subset = Subset::bind(spec, &shape.shape.table, state.registry.bind_options())

@@ -26,6 +26,12 @@ pub enum ReplicationError {
     SlotMismatch { slot: String, plugin: String },
     #[error("the role may not {what}: {detail}. Run as a superuser: {fix}")]
     Privilege { what: String, detail: String, fix: String },
+    /// The table went away while it was being published.
+    #[error("table {0} does not exist")]
+    TableGone(String),
+    /// Another session held a lock on the table for longer than the gateway waits.
+    #[error("could not {0}: the table is locked by another session; retry")]
+    TableBusy(String),
     #[error(
         "publication {0:?} was dropped; recreate it with `CREATE PUBLICATION \"{0}\";` or restart the gateway to have it created"
     )]

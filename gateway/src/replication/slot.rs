@@ -17,9 +17,14 @@ fn privilege(what: &str, e: tokio_postgres::Error, fix: String) -> ReplicationEr
             detail: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default(),
             fix,
         },
+        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => ReplicationError::TableBusy(what.to_string()),
         _ => DbError::from(e).into(),
     }
 }
+
+/// How long changing a table for the stream waits for its lock: a session holding it (a
+/// long transaction, a migration) must not stall every new shape behind this one.
+const ALTER_LOCK_TIMEOUT: &str = "5s";
 
 pub async fn ensure_publication(client: &Client, publication: &str) -> Result<(), ReplicationError> {
     let exists = client
@@ -211,15 +216,21 @@ pub async fn ensure_published(
             t = table.name.quoted(),
             p = quote_ident(publication)
         );
-        if let Err(e) = client.batch_execute(&format!("begin; {sql}; commit")).await {
-            let _ = client.batch_execute("rollback").await;
-            return Err(privilege(&format!("publish table {}", table.name), e, format!("{sql};")));
+        // One query string is one implicit transaction: both or neither, and the session is
+        // never left inside a transaction, even when this request is cancelled mid-way.
+        let batch = format!("set local lock_timeout = '{ALTER_LOCK_TIMEOUT}'; {sql}");
+        if let Err(e) = client.batch_execute(&batch).await {
+            return Err(match e.code() {
+                Some(c) if *c == SqlState::UNDEFINED_TABLE => ReplicationError::TableGone(table.name.quoted()),
+                _ => privilege(&format!("publish table {}", table.name), e, format!("{sql};")),
+            });
         }
         tracing::info!(table = %table.name, publication, "added table to publication");
         changed = true;
     } else if needs_old_rows && !table.replica_identity_full {
         let sql = format!("alter table {} replica identity full", table.name.quoted());
-        client.batch_execute(&sql).await.map_err(|e| {
+        let batch = format!("set local lock_timeout = '{ALTER_LOCK_TIMEOUT}'; {sql}");
+        client.batch_execute(&batch).await.map_err(|e| {
             privilege(
                 &format!(
                     "set REPLICA IDENTITY FULL on {} (filtered shapes need old rows to see rows leave the filter)",

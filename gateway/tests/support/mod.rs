@@ -230,6 +230,16 @@ pub struct Response {
     pub body: Value,
 }
 
+/// An error body's reason: its message and, for a 400 (Electric's shape: `message` is
+/// "Invalid request"), what `errors` says of each parameter.
+pub fn reason(body: &Value) -> String {
+    let mut out = body["message"].as_str().unwrap_or_default().to_string();
+    for (param, said) in body["errors"].as_object().into_iter().flatten() {
+        out.push_str(&format!("; {param}: {said}"));
+    }
+    out
+}
+
 pub async fn get(url: &str) -> Response {
     get_as(url, None).await
 }

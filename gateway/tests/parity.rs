@@ -1,0 +1,108 @@
+//! Where Electric's own client test suite found the gateway answering differently: DELETE by
+//! handle, foreign handles, error bodies, cache lifetimes; and shape creation that fails or
+//! is cancelled half-way (a locked or dropped table) without wedging the catalog session.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Env, Follower, ITEMS, get};
+
+#[tokio::test]
+async fn a_handle_alone_deletes_its_shape_and_any_other_handle_is_a_409() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let gw = env.ready_gateway().await;
+    let mut f = Follower::new(&gw, "table=items");
+    f.sync().await;
+    let handle = f.handle.clone().unwrap();
+    let base = gw.base();
+
+    // A handle that is not the shape's (even one the gateway would never hand out) is
+    // answered as a stale one: 409, the current handle, must-refetch.
+    for foreign in ["test-handle", "1-2", "..%2F..%2Fetc"] {
+        let r = get(&format!("{base}/v1/shape?table=items&offset=0_0&handle={foreign}")).await;
+        assert_eq!(r.status, 409, "{foreign}: {}", r.body);
+        assert_eq!(r.headers["electric-handle"].to_str().unwrap(), handle);
+        assert_eq!(r.body, json!([{"headers": {"control": "must-refetch"}}]));
+    }
+
+    let http = reqwest::Client::new();
+    let unknown = http.delete(format!("{base}/v1/shape?handle=1-1")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let deleted = http.delete(format!("{base}/v1/shape?handle={handle}")).send().await.unwrap();
+    assert_eq!(deleted.status(), 202);
+    assert!(deleted.bytes().await.unwrap().is_empty());
+    let after = get(&format!("{base}/v1/shape?table=items&offset={}&handle={handle}", f.offset)).await;
+    assert_eq!(after.status, 409, "{}", after.body);
+    assert_ne!(after.headers["electric-handle"].to_str().unwrap(), handle, "a new shape serves the definition");
+}
+
+#[tokio::test]
+async fn invalid_requests_answer_in_electrics_shape() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let gw = env.ready_gateway().await;
+    let r = get(&format!("{}/v1/shape?table=items&offset=-1&where=1%20x%201", gw.base())).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["message"], "Invalid request", "{}", r.body);
+    assert!(r.body["errors"]["where"][0].as_str().unwrap().contains("syntax"), "{}", r.body);
+    assert_eq!(r.body["error"], "invalid_request", "our code stays, as an extra");
+    let missing = get(&format!("{}/v1/shape?table=nope&offset=-1", gw.base())).await;
+    assert_eq!(missing.status, 400);
+    assert!(missing.body["errors"]["table"][0].as_str().unwrap().contains("does not exist"), "{}", missing.body);
+}
+
+#[tokio::test]
+async fn catch_up_answers_live_as_long_as_configured() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items values (1, 'o', 't', 1)").await;
+    let mut gw = env.gateway_with(&["--cache-max-age", "1", "--cache-stale-age", "3"]);
+    gw.ready().await;
+    let first = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
+    let handle = first.headers["electric-handle"].to_str().unwrap();
+    let catch_up = get(&format!("{}/v1/shape?table=items&offset=0_0&handle={handle}", gw.base())).await;
+    assert_eq!(catch_up.headers["cache-control"], "public, max-age=1, stale-while-revalidate=3");
+    let now = get(&format!("{}/v1/shape?table=items&offset=now", gw.base())).await;
+    assert_eq!(now.headers["cache-control"], "public, max-age=1, stale-while-revalidate=3");
+}
+
+#[tokio::test]
+async fn a_cancelled_creation_on_a_locked_table_that_is_then_dropped_leaves_shapes_working() {
+    let env = Env::new().await;
+    env.sql(&format!("{ITEMS} create table other (id int8 primary key);")).await;
+    let gw = env.ready_gateway().await;
+    let base = gw.base();
+    // Another session holds the table; a new shape on it waits to publish it, and its
+    // client gives up.
+    let locker = crate::support::connect(&env.url).await;
+    locker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
+    let gave_up = impatient.get(format!("{base}/v1/shape?table=items&offset=-1")).send().await;
+    assert!(gave_up.is_err(), "the request waited on the lock: {gave_up:?}");
+    locker.batch_execute("drop table items; commit").await.unwrap();
+
+    // The catalog session is not left inside a failed transaction: shapes are created.
+    let other = get(&format!("{base}/v1/shape?table=other&offset=-1")).await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    let gone = get(&format!("{base}/v1/shape?table=items&offset=-1")).await;
+    assert_eq!(gone.status, 400, "a dropped table is the request's problem: {}", gone.body);
+}
+
+#[tokio::test]
+async fn a_table_dropped_under_a_deleted_shape_answers_its_streams_409() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    let gw = env.ready_gateway().await;
+    let mut f = Follower::new(&gw, "table=items");
+    f.sync().await;
+    let handle = f.handle.clone().unwrap();
+    let deleted =
+        reqwest::Client::new().delete(format!("{}/v1/shape?handle={handle}", gw.base())).send().await.unwrap();
+    assert_eq!(deleted.status(), 202);
+    env.sql("drop table items").await;
+    let live = get(&format!("{}/v1/shape?table=items&offset={}&handle={handle}&live=true", gw.base(), f.offset)).await;
+    assert_eq!(live.status, 409, "as any rotated shape: {}", live.body);
+    assert!(!live.headers.contains_key("electric-handle"), "no shape serves a dropped table");
+}
