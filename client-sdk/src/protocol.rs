@@ -280,8 +280,7 @@ mod tests {
 
     #[test]
     fn error_messages_carry_what_each_parameter_got_wrong() {
-        let invalid =
-            r#"{"message":"Invalid request","errors":{"where":["syntax error at x"]},"error":"invalid_request"}"#;
+        let invalid = r#"{"message":"Invalid request","errors":{"where":["syntax error at x"]}}"#;
         assert_eq!(error_message(invalid), "Invalid request; where: syntax error at x");
         assert_eq!(error_message(r#"{"message":"no access"}"#), "no access");
         assert_eq!(error_message("plain text"), "plain text");

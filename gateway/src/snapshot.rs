@@ -71,6 +71,11 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
             tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, rows, ms = started.elapsed().as_millis() as u64, "snapshot complete")
         }
         Err(SnapshotError::Unservable(why)) => registry.rotate(&shape, &why),
+        // Rotated meanwhile (DELETE, DDL): its files went with it, and waiting requests
+        // already learn that it is gone.
+        Err(e) if shape.log.version().gone => {
+            tracing::debug!(handle = %shape.handle, error = %e, "snapshot ended by its shape's rotation")
+        }
         Err(e) => {
             let client_error = e.is_client_error();
             tracing::warn!(handle = %shape.handle, error = %e, "snapshot failed");

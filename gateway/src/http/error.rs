@@ -65,13 +65,14 @@ impl IntoResponse for ApiError {
         let (status, body, retry) = match &self {
             ApiError::MissingTable(_) => (
                 StatusCode::BAD_REQUEST,
-                serde_json::json!({"message": "Invalid request", "errors": {"table": [missing_table]}, "error": "invalid_request"}),
+                serde_json::json!({"message": "Invalid request", "errors": {"table": [missing_table]}}),
                 None,
             ),
             ApiError::Invalid { field, message } => (
                 StatusCode::BAD_REQUEST,
-                // Electric's shape, which its client and users read; our code as an extra.
-                serde_json::json!({"message": "Invalid request", "errors": {*field: [message]}, "error": "invalid_request"}),
+                // Exactly Electric's body, which its client and its users read (its own test
+                // suite compares it whole): the parameter says what is wrong.
+                serde_json::json!({"message": "Invalid request", "errors": {*field: [message]}}),
                 None,
             ),
             ApiError::Unauthorized(m) => {

@@ -437,8 +437,12 @@ fn nothing_new(
 /// 409 naming the shape that now serves the request's definition (created if needed), so
 /// the client refetches straight into it.
 async fn replacement(state: &AppState, req: &ShapeRequest) -> Result<Response, ApiError> {
-    let current = Box::pin(resolve(state, req)).await?;
-    Ok(must_refetch(state, Some(&current)))
+    match Box::pin(resolve(state, req)).await {
+        Ok(current) => Ok(must_refetch(state, Some(&current))),
+        // The table is gone too (dropped): nothing replaces the shape.
+        Err(ApiError::MissingTable(_)) => Ok(must_refetch(state, None)),
+        Err(e) => Err(e),
+    }
 }
 
 /// 409: the handle is gone or belongs to another definition; `current` is its replacement.

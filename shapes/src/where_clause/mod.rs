@@ -25,6 +25,11 @@ pub const MAX_DEPTH: usize = 64;
 pub enum WhereError {
     #[error("syntax error: {0}")]
     Syntax(String),
+    /// A token that cannot continue the expression, in PostgreSQL's and Electric's words:
+    /// Electric parses `SELECT 1 WHERE <filter>`, so its locations count from 15 characters
+    /// before the filter, 0-based.
+    #[error("At location {location}: syntax error at or near \"{near}\"")]
+    SyntaxAt { location: usize, near: String },
     #[error("{0} is not supported in shape filters")]
     Unsupported(String),
     #[error("unknown column {0:?}; column names are case-sensitive when quoted")]

@@ -59,7 +59,15 @@ fn parse_bound(text: &str, table: &TableSchema, params: Params<'_>, options: Bin
         return Err(WhereError::Nul("a parameter"));
     }
     let dialect = PostgreSqlDialect {};
-    let syntax = |e: sqlparser::parser::ParserError| WhereError::Syntax(strip_parser_prefix(&e.to_string()));
+    let syntax = |e: sqlparser::parser::ParserError| {
+        let message = strip_parser_prefix(&e.to_string());
+        match found_at(&message) {
+            Some((near, line, column)) => {
+                WhereError::SyntaxAt { location: electric_location(text, line, column), near: near.to_string() }
+            }
+            None => WhereError::Syntax(message),
+        }
+    };
     let tokens =
         Tokenizer::new(&dialect, text).tokenize_with_location().map_err(|e| WhereError::Syntax(e.to_string()))?;
     let mut parser = Parser::new(&dialect)
@@ -71,7 +79,11 @@ fn parse_bound(text: &str, table: &TableSchema, params: Params<'_>, options: Bin
     })?;
     let next = parser.peek_token();
     if next.token != Token::EOF {
-        return Err(WhereError::Syntax(format!("unexpected {} after the end of the expression", next.token)));
+        let start = next.span.start;
+        return Err(WhereError::SyntaxAt {
+            location: electric_location(text, start.line as usize, start.column as usize),
+            near: next.token.to_string(),
+        });
     }
     let binder = Binder { table, params, options };
     let expr = binder.bind(&ast, 0)?;
@@ -146,6 +158,21 @@ fn symmetric_bound(e: &ast::Expr) -> Option<&ast::Expr> {
 
 fn strip_parser_prefix(s: &str) -> String {
     s.trim_start_matches("sql parser error: ").to_string()
+}
+
+/// The token and 1-based line and column of sqlparser's "…, found: TOKEN at Line: L, Column: C".
+fn found_at(message: &str) -> Option<(&str, usize, usize)> {
+    let rest = &message[message.find("found: ")? + "found: ".len()..];
+    let (near, at) = rest.rsplit_once(" at Line: ")?;
+    let (line, column) = at.split_once(", Column: ")?;
+    Some((near, line.trim().parse().ok()?, column.trim().parse().ok()?))
+}
+
+/// Where Electric reports a position in a filter: 0-based, in characters, counting the
+/// 15 characters of its `SELECT 1 WHERE ` before the filter.
+fn electric_location(text: &str, line: usize, column: usize) -> usize {
+    let before: usize = text.split('\n').take(line.saturating_sub(1)).map(|l| l.chars().count() + 1).sum();
+    "SELECT 1 WHERE ".len() + before + column.saturating_sub(1)
 }
 
 struct Binder<'a> {
@@ -1057,6 +1084,14 @@ pub(crate) mod tests {
             let err = bind(s).expect_err(s).to_string();
             assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{s}: {err}");
         }
+    }
+
+    #[test]
+    fn syntax_errors_say_where_as_electric_does() {
+        let at = |s: &str| bind(s).unwrap_err().to_string();
+        assert_eq!(at("1 x 1"), r#"At location 17: syntax error at or near "x""#);
+        assert_eq!(at("id = 1\n  x"), r#"At location 24: syntax error at or near "x""#);
+        assert!(at("id = = 1").starts_with("At location 20: syntax error at or near \"=\""), "{}", at("id = = 1"));
     }
 
     #[test]
