@@ -128,8 +128,11 @@ pub struct ShapeStream {
 }
 
 impl ShapeStream {
+    /// Resumes from a stored position. The first request of a session catches up without
+    /// `live` (as Electric's client does), so it answers at once with what is new and an
+    /// `up-to-date`; a live request with nothing new waits (SSE sends nothing at all).
     pub fn resume(position: Position) -> ShapeStream {
-        ShapeStream { position, ..Default::default() }
+        ShapeStream { position: Position { live: false, ..position }, ..Default::default() }
     }
 
     /// The next request's query parameters.
@@ -277,6 +280,14 @@ pub fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_stream_catches_up_before_it_goes_live() {
+        let stored = Position { handle: Some("1-2".into()), offset: "5_0".into(), live: true, schema: None };
+        let query = ShapeStream::resume(stored).query(&todos());
+        assert!(query.contains(&("offset".to_string(), "5_0".to_string())));
+        assert!(!query.iter().any(|(k, _)| k == "live"), "{query:?}");
+    }
 
     #[test]
     fn error_messages_carry_what_each_parameter_got_wrong() {
