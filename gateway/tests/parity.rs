@@ -6,15 +6,21 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Env, Follower, ITEMS, get};
+use crate::support::{Env, Follower, Gateway, ITEMS, get};
 
-#[tokio::test]
-async fn a_handle_alone_deletes_its_shape_and_any_other_handle_is_a_409() {
+/// A gateway on an empty `items` table, and a client synced to the table's shape.
+async fn synced_items() -> (Env, Gateway, Follower) {
     let env = Env::new().await;
     env.sql(ITEMS).await;
     let gw = env.ready_gateway().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
+    (env, gw, f)
+}
+
+#[tokio::test]
+async fn a_handle_alone_deletes_its_shape_and_any_other_handle_is_a_409() {
+    let (_env, gw, f) = synced_items().await;
     let handle = f.handle.clone().unwrap();
     let base = gw.base();
 
@@ -95,11 +101,7 @@ async fn a_cancelled_creation_on_a_locked_table_that_is_then_dropped_leaves_shap
 
 #[tokio::test]
 async fn a_table_dropped_under_a_deleted_shape_answers_its_streams_409() {
-    let env = Env::new().await;
-    env.sql(ITEMS).await;
-    let gw = env.ready_gateway().await;
-    let mut f = Follower::new(&gw, "table=items");
-    f.sync().await;
+    let (env, gw, f) = synced_items().await;
     let handle = f.handle.clone().unwrap();
     let deleted =
         reqwest::Client::new().delete(format!("{}/v1/shape?handle={handle}", gw.base())).send().await.unwrap();
