@@ -24,6 +24,7 @@ pub fn spec() -> Value {
     ]);
     let subset_response = json!({"description": "subset snapshot: {\"metadata\": {xmin, xmax, xip_list, snapshot_mark, database_lsn}, \"data\": [insert messages]}"});
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let invalid = json!({"description": "invalid request (Electric's body)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidRequest"}}}});
     json!({
         "openapi": "3.0.3",
         "info": {"title": "gateway", "version": env!("CARGO_PKG_VERSION"), "description": "Postgres sync gateway; the shape endpoints follow the Electric shape protocol."},
@@ -35,7 +36,7 @@ pub fn spec() -> Value {
                     "responses": {
                         "200": {"description": "JSON array of messages (an SSE stream with live_sse; a subset snapshot object with subset__* parameters)"},
                         "304": {"description": "not modified (If-None-Match)"},
-                        "400": error, "409": {"description": "must-refetch: the handle is gone; electric-handle names the new one"},
+                        "400": invalid, "409": {"description": "must-refetch: the handle is gone; electric-handle names the new one"},
                         "503": error
                     }
                 },
@@ -46,12 +47,12 @@ pub fn spec() -> Value {
                         "where": {"type": "string"}, "params": {"type": "object"}, "order_by": {"type": "string"},
                         "limit": {"type": "integer", "minimum": 1}, "offset": {"type": "integer", "minimum": 0}
                     }}}}},
-                    "responses": {"200": subset_response, "400": error, "409": {"description": "must-refetch"}, "503": error}
+                    "responses": {"200": subset_response, "400": invalid, "409": {"description": "must-refetch"}, "503": error}
                 },
                 "delete": {
                     "summary": "Drop a table's shapes (or one, with handle)",
                     "parameters": [{"name": "table", "in": "query", "required": true, "schema": {"type": "string"}}, {"name": "handle", "in": "query", "schema": {"type": "string"}}],
-                    "responses": {"202": {"description": "deleted"}, "400": error, "404": error}
+                    "responses": {"202": {"description": "deleted"}, "400": invalid, "404": error}
                 }
             },
             "/v1/outbox": {
@@ -60,7 +61,7 @@ pub fn spec() -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}},
                     "responses": {
                         "200": {"description": "per-mutation results and the transaction id", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
-                        "400": error, "401": error, "413": error, "503": error
+                        "400": invalid, "401": error, "413": error, "503": error
                     }
                 }
             },
@@ -72,6 +73,10 @@ pub fn spec() -> Value {
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+            "InvalidRequest": {"type": "object", "required": ["message", "errors"], "properties": {
+                "message": {"type": "string", "enum": ["Invalid request"]},
+                "errors": {"type": "object", "description": "what is wrong with each parameter", "additionalProperties": {"type": "array", "items": {"type": "string"}}}
+            }},
             "Batch": {"type": "object", "required": ["client_id", "mutations"], "properties": {
                 "client_id": {"type": "string", "description": "one per local database; with the token's subject it names the ledger row that makes mutations idempotent"},
                 "atomic": {"type": "boolean", "description": "all mutations apply or none"},
