@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::replication::monitor::{SlotHealth, Stage};
+use serde::Serialize;
 
 /// PostgreSQL timestamps count microseconds from 2000-01-01.
 const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
@@ -117,6 +117,65 @@ impl Status {
                 Some(e) => format!("replication is not connected: {e}"),
                 None => "replication is starting".into(),
             })
+        }
+    }
+}
+
+/// What the server says about our slot, as `/readyz` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SlotHealth {
+    /// WAL the server keeps for the slot (current position − restart_lsn).
+    pub retained_wal_bytes: i64,
+    /// WAL that may still be written before the slot is invalidated (`max_slot_wal_keep_size`).
+    pub safe_wal_bytes: Option<i64>,
+    /// `wal_status` of the slot: reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+    /// WAL written by the server that our logs do not hold yet.
+    pub lag_bytes: i64,
+    /// How old the newest received transaction was when it arrived.
+    pub lag_seconds: Option<f64>,
+    /// Seconds since the stream delivered a transaction.
+    pub seconds_since_last_commit: Option<f64>,
+    pub stage: Stage,
+}
+
+/// How full the WAL budget is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    #[default]
+    Ok,
+    /// Half the budget: logged.
+    Warn,
+    /// Three quarters: new shapes wait (their snapshots would add load while WAL piles up).
+    PauseNewShapes,
+    /// The whole budget: `--wal-budget-action` applies.
+    Exceeded,
+}
+
+impl Stage {
+    pub(crate) const ALL: [Stage; 4] = [Stage::Ok, Stage::Warn, Stage::PauseNewShapes, Stage::Exceeded];
+
+    pub fn of(retained: i64, budget: u64) -> Stage {
+        let retained = retained.max(0) as u128 * 4;
+        let budget = budget as u128;
+        if retained >= budget * 4 {
+            Stage::Exceeded
+        } else if retained >= budget * 3 {
+            Stage::PauseNewShapes
+        } else if retained >= budget * 2 {
+            Stage::Warn
+        } else {
+            Stage::Ok
+        }
+    }
+
+    pub(crate) fn level(self) -> f64 {
+        match self {
+            Stage::Ok => 0.0,
+            Stage::Warn => 1.0,
+            Stage::PauseNewShapes => 2.0,
+            Stage::Exceeded => 3.0,
         }
     }
 }

@@ -11,35 +11,19 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::IdbDatabase;
 
+use super::idb::StoredPosition;
 use super::outbox::{self as local, server_key};
 use super::rows::{self, JsRow, describe, key_id};
 use super::{Inner, idb, net};
 use crate::outbox;
 use crate::protocol::{Change, Operation, Outcome, Position, ProtocolError, ShapeDefinition, ShapeStream};
 use crate::sse::EventParser;
-use crate::values::Schema;
 
 /// Longest wait between retries of a failing request.
 const BACKOFF_MAX_MS: u32 = 32_000;
 /// An SSE connection shorter than this is "short"; three in a row and the shape long-polls.
 const SHORT_SSE_MS: f64 = 1000.0;
 const SHORT_SSE_LIMIT: u32 = 3;
-
-/// What is stored per shape besides its rows.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    shape: ShapeDefinition,
-    position: Position,
-}
-
-/// The schema in a stored position (empty before the first response).
-pub fn stored_schema(stored: &JsValue) -> Schema {
-    stored
-        .as_string()
-        .and_then(|s| serde_json::from_str::<Stored>(&s).ok())
-        .and_then(|s| s.position.schema)
-        .unwrap_or_default()
-}
 
 /// How one response or event ended.
 enum Step {
@@ -209,7 +193,7 @@ async fn take(
 /// The stored position of a shape; a changed definition starts over.
 async fn load(db: &IdbDatabase, name: &str, shape: &ShapeDefinition) -> Result<Position, JsValue> {
     let stored = idb::request(&idb::read(db, idb::POSITIONS)?.get(&JsValue::from_str(name))?).await?;
-    let stored: Option<Stored> = stored.as_string().and_then(|s| serde_json::from_str(&s).ok());
+    let stored: Option<StoredPosition> = stored.as_string().and_then(|s| serde_json::from_str(&s).ok());
     match stored {
         Some(s) if &s.shape == shape => Ok(s.position),
         _ => {
@@ -228,7 +212,7 @@ async fn reset(db: &IdbDatabase, name: &str, shape: &ShapeDefinition, position: 
 }
 
 fn stored(shape: &ShapeDefinition, position: &Position) -> JsValue {
-    let s = Stored { shape: shape.clone(), position: position.clone() };
+    let s = StoredPosition { shape: shape.clone(), position: position.clone() };
     JsValue::from_str(&serde_json::to_string(&s).unwrap_or_default())
 }
 

@@ -9,12 +9,31 @@ use web_sys::{
     IdbTransactionMode,
 };
 
+use crate::protocol::{Position, ShapeDefinition};
+use crate::values::Schema;
+
 /// Shape positions (name → position JSON) and the client id.
 pub const POSITIONS: &str = "_positions";
 /// Local writes, in the order they were made (see [`crate::outbox`]).
 pub const OUTBOX: &str = "_outbox";
 /// The server's version of rows that local writes in flight cover, keyed `[shape, key]`.
 pub const SERVER: &str = "_server";
+
+/// What `POSITIONS` holds per shape besides its rows.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StoredPosition {
+    pub shape: ShapeDefinition,
+    pub position: Position,
+}
+
+/// The schema in a stored position (empty before the first response).
+pub fn stored_schema(stored: &JsValue) -> Schema {
+    stored
+        .as_string()
+        .and_then(|s| serde_json::from_str::<StoredPosition>(&s).ok())
+        .and_then(|s| s.position.schema)
+        .unwrap_or_default()
+}
 
 /// The result of a request, once it succeeds.
 pub async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {

@@ -128,7 +128,7 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
             let config = inner.shape(&w.shape)?;
             if !schemas.contains_key(&w.shape) {
                 let stored = idb::request(&positions.get(&JsValue::from_str(&w.shape))?).await?;
-                schemas.insert(w.shape.clone(), super::follow::stored_schema(&stored));
+                schemas.insert(w.shape.clone(), idb::stored_schema(&stored));
             }
             let schema = &schemas[&w.shape];
             let key_columns = config.key_columns(schema).ok_or_else(|| {

@@ -16,7 +16,6 @@ use shapes::table::TableName;
 
 use self::rules::{AccessRules, ClaimError, Conflict, WriteOp};
 use self::token::{Claims, Verifier};
-use crate::outbox::Op;
 
 /// A request's caller.
 #[derive(Clone, Debug)]
@@ -240,17 +239,18 @@ impl Auth {
         Ok(Caller::Token(verifier.verify(token).await?))
     }
 
-    /// What `caller` may write to `table` with `op`. `--auth none` writes anything; every
-    /// token, admins included, needs a rule that lists the op (admins write unscoped).
-    pub fn write_access(&self, caller: &Caller, table: &TableName, op: Op) -> Result<WriteAccess, AuthError> {
+    /// What `caller` may write to `table` with `op`, which `needs` these kinds of write.
+    /// `--auth none` writes anything; every token, admins included, needs a rule that lists
+    /// them (admins write unscoped).
+    pub fn write_access(
+        &self,
+        caller: &Caller,
+        table: &TableName,
+        op: &str,
+        needs: &[WriteOp],
+    ) -> Result<WriteAccess, AuthError> {
         let Caller::Token(claims) = caller else { return Ok(WriteAccess::default()) };
         let rule = self.rules.get(table).ok_or_else(|| AuthError::TableNotAllowed(table.quoted()))?;
-        let needs: &[WriteOp] = match op {
-            Op::Insert => &[WriteOp::Insert],
-            Op::Update => &[WriteOp::Update],
-            Op::Delete => &[WriteOp::Delete],
-            Op::Upsert => &[WriteOp::Insert, WriteOp::Update],
-        };
         if !needs.iter().all(|w| rule.write.contains(w)) {
             return Err(AuthError::WriteNotAllowed { table: table.quoted(), op: op.to_string() });
         }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use shapes::table::{TableName, TableSchema};
 
+use crate::auth::rules::WriteOp;
 use crate::db::{self, DbError};
 
 /// Most mutations in one batch.
@@ -110,6 +111,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The kinds of write an access rule must list for this op.
+    pub fn needs(self) -> &'static [WriteOp] {
+        match self {
+            Op::Insert => &[WriteOp::Insert],
+            Op::Update => &[WriteOp::Update],
+            Op::Delete => &[WriteOp::Delete],
+            Op::Upsert => &[WriteOp::Insert, WriteOp::Update],
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Op> {
         Some(match s {
             "insert" => Op::Insert,

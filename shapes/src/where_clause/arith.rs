@@ -2,8 +2,7 @@
 //! division by zero are errors, `float8` overflow is an error, `numeric` is exact, and date
 //! arithmetic counts days.
 
-use super::eval::EvalError;
-use super::{ArithOp, UnaryOp};
+use super::{ArithOp, EvalError, UnaryOp};
 use crate::datetime::{
     Interval, date_in_range, date_is_finite, time_plus_interval, timestamp_difference, timestamp_is_finite,
     timestamp_plus_interval,

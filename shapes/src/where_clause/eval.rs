@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use super::{ArrayOp, CmpOp, Expr, Func, arith};
+use super::{ArrayOp, CmpOp, EvalError, Expr, Func, arith};
 use crate::value::{Datum, SqlType};
 
 /// Read access to a row's column values as PostgreSQL text output.
@@ -11,14 +11,6 @@ pub trait Row {
     /// `Ok(None)` is SQL NULL; `Err` means the value is not available (an unchanged TOAST
     /// value the stream did not send).
     fn text(&self, column: usize) -> Result<Option<&str>, EvalError>;
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
-pub enum EvalError {
-    #[error("column {0} is not available in this change (unchanged TOAST value)")]
-    Unavailable(usize),
-    #[error("{0}")]
-    Value(String),
 }
 
 impl Expr {

@@ -12,7 +12,7 @@ pub mod render;
 
 use crate::value::{Datum, SqlType};
 
-pub use eval::{EvalError, Row};
+pub use eval::Row;
 pub use named::{Named, NamedParam, rewrite_named};
 pub use parse::{BindOptions, parse_where, parse_where_template};
 
@@ -20,6 +20,15 @@ pub use parse::{BindOptions, parse_where, parse_where_template};
 pub const MAX_WHERE_LEN: usize = 8 * 1024;
 /// Deepest expression nesting accepted.
 pub const MAX_DEPTH: usize = 64;
+
+/// Why a filter could not be evaluated on a row.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum EvalError {
+    #[error("column {0} is not available in this change (unchanged TOAST value)")]
+    Unavailable(usize),
+    #[error("{0}")]
+    Value(String),
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum WhereError {

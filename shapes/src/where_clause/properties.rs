@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
-use super::eval::{EvalError, Row};
+use super::EvalError;
+use super::eval::Row;
 use super::parse::tests::table;
 use super::{BindOptions, parse_where};
 
