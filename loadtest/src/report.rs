@@ -10,10 +10,17 @@ use serde::Serialize;
 
 use crate::args::Load;
 use crate::record::{Recorded, Recorder, Sample};
-use crate::scenario::Completeness;
 
 /// The version of `summary.json`'s layout.
 const SCHEMA: u32 = 1;
+
+/// Missing, duplicated and foreign events over all subscribers.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Completeness {
+    pub missing: u64,
+    pub duplicated: u64,
+    pub foreign: u64,
+}
 
 #[derive(Debug, Serialize)]
 pub struct Summary {

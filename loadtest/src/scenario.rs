@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::args::{Mode, RunArgs};
 use crate::procfs::{CpuMeter, rss_mb};
 use crate::record::{Recorder, Sample};
-use crate::report::{self, Summary};
+use crate::report::{self, Completeness, Summary};
 use crate::subscriber::{Seen, Subscriber, scope_name};
 
 /// Subscribers taking their first snapshot at the same time.
@@ -175,14 +175,6 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         .map_err(|source| RunError::Report { path: out.display().to_string(), source })?;
     report::print(&summary, &out);
     Ok(summary)
-}
-
-/// Missing, duplicated and foreign events over all subscribers.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Completeness {
-    pub missing: u64,
-    pub duplicated: u64,
-    pub foreign: u64,
 }
 
 fn check(written: &[(u64, usize)], seen: &[Seen]) -> Completeness {

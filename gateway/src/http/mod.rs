@@ -2,11 +2,14 @@
 //! domain function, map the result.
 
 pub mod admission;
+mod caching;
 pub mod error;
 pub mod health;
+mod live;
 pub mod openapi;
 pub mod outbox;
 pub mod request;
+mod resolve;
 pub mod shape;
 pub mod sse;
 pub mod subset;

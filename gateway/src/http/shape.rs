@@ -8,20 +8,18 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use shapes::log::{LiveRead, LogVersion};
+use shapes::log::LogVersion;
 use shapes::offset::{LogOffset, Lsn};
-use shapes::shape::Shape;
-use shapes::table::TableSchema;
-use shapes::wire::{MUST_REFETCH, up_to_date};
-use tokio::sync::watch;
+use shapes::wire::up_to_date;
 
 use super::AppState;
+use super::caching::{cache_control, cursor_for, must_refetch, offset_text};
 use super::error::ApiError;
+use super::live::{next_version, read_live, token_deadline};
 use super::request::{self, RequestOffset, ShapeRequest};
-use crate::auth::{AuthError, ColumnUse};
-use crate::db;
+use super::resolve::{authorized, resolve};
+use crate::auth::AuthError;
 use crate::fanout::registry::LiveShape;
-use crate::replication::{ReplicationError, slot};
 
 const CACHE_INITIAL: &str = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746";
 const CACHE_LIVE: &str = "public, max-age=5, stale-while-revalidate=5";
@@ -59,112 +57,6 @@ pub async fn get_shape(
             None => serve_live(&state, &req, &headers, shape, o).await,
         },
     }
-}
-
-/// Authenticates the caller, parses the request and narrows it to what the caller may read.
-pub(super) async fn authorized(
-    state: &AppState,
-    headers: &HeaderMap,
-    raw: Option<&str>,
-) -> Result<ShapeRequest, ApiError> {
-    let caller = state.auth.authenticate(headers).await?;
-    let mut req = request::parse(raw)?;
-    req.access = state.auth.scope(&caller, &req.table, &mut req.spec)?;
-    req.valid_until = caller.valid_until();
-    Ok(req)
-}
-
-/// Refuses a filter or order that reads a column the caller may not read (it would leak
-/// the hidden values through which rows match, or how they rank).
-pub(super) fn check_readable(
-    req: &ShapeRequest,
-    table: &TableSchema,
-    columns: impl IntoIterator<Item = usize>,
-) -> Result<(), ApiError> {
-    let names = columns.into_iter().map(|c| table.columns[c].name.as_str());
-    Ok(req.access.readable.check(&table.name, ColumnUse::Readable, names)?)
-}
-
-/// Finds the shape for the request's definition, creating it (and its snapshot) if new.
-pub(super) async fn resolve(state: &AppState, req: &ShapeRequest) -> Result<Arc<LiveShape>, ApiError> {
-    let bind = |schema| {
-        let shape = Shape::bind(req.spec.clone(), schema, state.registry.bind_options()).map_err(|e| match e {
-            shapes::shape::ShapeError::Where(w) => ApiError::invalid("where", w.to_string()),
-            shapes::shape::ShapeError::Columns(c) => ApiError::invalid("columns", c),
-            shapes::shape::ShapeError::Scope(w) => ApiError::Forbidden(format!(
-                "the token's claims do not fit the access rule of {}: {w}",
-                req.table.quoted()
-            )),
-        })?;
-        check_readable(req, &shape.table, shape.where_columns.iter().copied())?;
-        Ok::<_, ApiError>(shape)
-    };
-    if let Some(schema) = state.registry.cached_schema(&req.table)
-        && let Some(existing) = state.registry.get(&bind(schema)?.key())
-    {
-        return Ok(existing);
-    }
-    // Creating shapes is rare: one at a time keeps publication changes race-free, and the
-    // catalog is read afresh, since the table may have changed since it was cached.
-    let _guard = state.create_lock.lock().await;
-    let client = state.catalog().await?;
-    let schema = fresh_schema(state, &client, req).await?;
-    let shape = bind(schema.clone())?;
-    if let Some(existing) = state.registry.get(&shape.key()) {
-        return Ok(existing);
-    }
-    if let Some(why) = state.status.new_shapes_paused() {
-        return Err(ApiError::Unavailable { message: why, retry_after: 30 });
-    }
-    let existing = state.registry.shapes_of(&req.table);
-    let scope = req.spec.scope.as_ref();
-    let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
-    state.admission.check_shape_count(&req.table.quoted(), existing.len(), in_scope)?;
-    let permit = state.admission.snapshot(scope)?;
-    let altered = slot::ensure_published(&client, &state.settings.publication, &schema, shape.needs_old_rows())
-        .await
-        .map_err(|e| match e {
-        ReplicationError::Privilege { .. } => ApiError::Forbidden(e.to_string()),
-        ReplicationError::TableGone(_) => ApiError::MissingTable(req.table.quoted()),
-        ReplicationError::TableBusy(_) => ApiError::Unavailable { message: e.to_string(), retry_after: 5 },
-        e => ApiError::internal(e),
-    })?;
-    let shape = if altered { bind(fresh_schema(state, &client, req).await?)? } else { shape };
-    let (live, created) = state.registry.get_or_create(shape).map_err(|e| ApiError::Unavailable {
-        message: format!("cannot create the shape's log ({e}); retry when the gateway's storage has room"),
-        retry_after: 10,
-    })?;
-    if created {
-        let (db, registry, shape) = (state.settings.db.clone(), state.registry.clone(), live.clone());
-        tokio::spawn(async move {
-            crate::snapshot::run(db, registry, shape).await;
-            drop(permit);
-        });
-    }
-    Ok(live)
-}
-
-/// Reads the table from the catalog and refreshes the cache.
-async fn fresh_schema(
-    state: &AppState,
-    client: &tokio_postgres::Client,
-    req: &ShapeRequest,
-) -> Result<shapes::table::TableSchema, ApiError> {
-    let schema = db::table_schema(client, &req.table)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::MissingTable(req.table.quoted()))?;
-    state.registry.cache_schema(schema.clone());
-    Ok(schema)
-}
-
-/// Waits for `ready` or rotation and returns a copy, so no watch guard (not `Send`) is held
-/// across later awaits. `None` when the log was dropped.
-pub(super) async fn next_version(
-    rx: &mut watch::Receiver<LogVersion>,
-    ready: impl Fn(&LogVersion) -> bool,
-) -> Option<LogVersion> {
-    rx.wait_for(|v| v.gone || ready(v)).await.ok().map(|v| *v)
 }
 
 /// Waits until `ready` holds for the shape's log, or it is gone (→ 409 or the failure).
@@ -219,23 +111,6 @@ async fn serve_snapshot_chunk(
         Served { offset: LogOffset::snapshot_chunk(n), up_to_date: false, has_data: true },
         Body::from(body),
     ))
-}
-
-/// Reads the log after `after` on the blocking pool; a client at the head reads nothing,
-/// so idle live clients never occupy a thread.
-/// Readers at the same position share one read (the subscribers of a shape wake together).
-pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<Arc<LiveRead>, ApiError> {
-    if shape.log.version().head <= after {
-        return Ok(Arc::new(LiveRead::nothing_new()));
-    }
-    if let Some(read) = shape.log.shared_live(after) {
-        return Ok(read);
-    }
-    let s = shape.clone();
-    tokio::task::spawn_blocking(move || s.log.read_live_shared(after))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
 }
 
 async fn serve_live(
@@ -309,40 +184,6 @@ async fn serve_live(
     }
 }
 
-/// When a live answer must be sent by: after `limit`, and never after the caller's token
-/// stops being honoured.
-pub(super) fn token_deadline(req: &ShapeRequest, limit: Duration) -> tokio::time::Instant {
-    let left = req
-        .valid_until
-        .map_or(limit, |t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default().min(limit));
-    tokio::time::Instant::now() + left
-}
-
-/// The next `electric-cursor`: the end of the current long-poll interval, so clients at
-/// the same position share one URL (CDN collapsing) that changes every interval.
-pub fn next_cursor(previous: u64, interval_secs: u64, now_unix: u64) -> u64 {
-    const EPOCH: u64 = 1_728_432_000; // 2024-10-09T00:00:00Z
-    if interval_secs == 0 {
-        return 0;
-    }
-    let now = now_unix.saturating_sub(EPOCH);
-    let next = now.div_ceil(interval_secs) * interval_secs;
-    if next > previous { next } else { previous + rand::random_range(1..=3600) }
-}
-
-pub(super) fn cursor_for(state: &AppState, req: &ShapeRequest) -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    next_cursor(req.cursor, state.settings.long_poll_timeout.as_secs(), now)
-}
-
-pub(super) fn offset_text(req: &ShapeRequest) -> String {
-    match req.offset {
-        RequestOffset::Start => "-1".into(),
-        RequestOffset::Now => "now".into(),
-        RequestOffset::At(o) => o.to_string(),
-    }
-}
-
 /// Where a response leaves the client.
 struct Served {
     /// The `electric-offset` to hand out.
@@ -403,22 +244,6 @@ fn respond(
     resp
 }
 
-/// The `cache-control` of a shape answer. With tokens, answers are `private` (browser
-/// caches only) unless `--shared-cache-by-caller` vouches for a shared cache that keys on
-/// the caller, like the chart's nginx tier: RFC 9111 lets shared caches store an
-/// authenticated answer marked `public`, and several CDNs do not key on `Vary`.
-pub(super) fn cache_control(state: &AppState, public: &str) -> HeaderValue {
-    if !state.auth.enabled() || state.settings.shared_cache_by_caller {
-        return HeaderValue::from_str(public).unwrap_or(HeaderValue::from_static("no-cache"));
-    }
-    let private: Vec<&str> = public
-        .split(", ")
-        .filter(|d| !d.starts_with("s-maxage"))
-        .map(|d| if d == "public" { "private" } else { d })
-        .collect();
-    HeaderValue::from_str(&private.join(", ")).unwrap_or(HeaderValue::from_static("private, no-cache"))
-}
-
 /// A response of just `up-to-date`: nothing new after `offset`.
 fn nothing_new(
     state: &AppState,
@@ -443,23 +268,6 @@ async fn replacement(state: &AppState, req: &ShapeRequest) -> Result<Response, A
         Err(ApiError::MissingTable(_)) => Ok(must_refetch(state, None)),
         Err(e) => Err(e),
     }
-}
-
-/// 409: the handle is gone or belongs to another definition; `current` is its replacement.
-pub(super) fn must_refetch(state: &AppState, current: Option<&LiveShape>) -> Response {
-    let mut resp = (StatusCode::CONFLICT, MUST_REFETCH).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    match current.and_then(|s| HeaderValue::from_str(s.handle.as_str()).ok()) {
-        Some(v) => {
-            h.insert("electric-handle", v);
-            h.insert(header::CACHE_CONTROL, cache_control(state, "public, max-age=60, must-revalidate"));
-        }
-        None => {
-            h.insert(header::CACHE_CONTROL, cache_control(state, "public, max-age=1, must-revalidate"));
-        }
-    }
-    resp
 }
 
 pub async fn delete_shape(
@@ -493,20 +301,6 @@ pub async fn delete_shape(
         state.registry.forget_schema(&s.shape.table.name);
     }
     Ok(StatusCode::ACCEPTED.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_moves_to_the_next_interval_and_never_repeats() {
-        let epoch = 1_728_432_000;
-        assert_eq!(next_cursor(0, 20, epoch + 45), 60);
-        assert_eq!(next_cursor(59, 20, epoch + 45), 60);
-        let bumped = next_cursor(60, 20, epoch + 45);
-        assert!(bumped > 60 && bumped <= 3660);
-    }
 }
 
 #[cfg(test)]

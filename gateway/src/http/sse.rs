@@ -21,9 +21,10 @@ use tokio::time::Instant;
 
 use super::AppState;
 use super::admission::LivePermit;
+use super::caching::{cache_control, cursor_for};
 use super::error::ApiError;
+use super::live::{next_version, read_live, token_deadline};
 use super::request::ShapeRequest;
-use super::shape::{cache_control, cursor_for, next_version, read_live, token_deadline};
 use crate::fanout::registry::LiveShape;
 
 /// Chunks buffered per stream before the producer waits for the client: a slow client

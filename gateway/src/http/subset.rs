@@ -9,9 +9,10 @@ use axum::response::Response;
 use shapes::subset::{Subset, SubsetSpec};
 
 use super::AppState;
+use super::caching::{must_refetch, offset_text};
 use super::error::ApiError;
 use super::request::{self, ShapeRequest};
-use super::shape::{authorized, check_readable, must_refetch, offset_text, resolve};
+use super::resolve::{authorized, check_readable, resolve};
 use crate::snapshot;
 
 pub async fn post_shape(

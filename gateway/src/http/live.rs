@@ -1,0 +1,48 @@
+//! Reading a shape's live log for an answer: waiting for its next version, one shared
+//! read per position, and the deadline an answer must keep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shapes::log::{LiveRead, LogVersion};
+use shapes::offset::LogOffset;
+use tokio::sync::watch;
+
+use super::error::ApiError;
+use super::request::ShapeRequest;
+use crate::fanout::registry::LiveShape;
+
+/// Waits for `ready` or rotation and returns a copy, so no watch guard (not `Send`) is held
+/// across later awaits. `None` when the log was dropped.
+pub(super) async fn next_version(
+    rx: &mut watch::Receiver<LogVersion>,
+    ready: impl Fn(&LogVersion) -> bool,
+) -> Option<LogVersion> {
+    rx.wait_for(|v| v.gone || ready(v)).await.ok().map(|v| *v)
+}
+
+/// Reads the log after `after` on the blocking pool; a client at the head reads nothing,
+/// so idle live clients never occupy a thread.
+/// Readers at the same position share one read (the subscribers of a shape wake together).
+pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<Arc<LiveRead>, ApiError> {
+    if shape.log.version().head <= after {
+        return Ok(Arc::new(LiveRead::nothing_new()));
+    }
+    if let Some(read) = shape.log.shared_live(after) {
+        return Ok(read);
+    }
+    let s = shape.clone();
+    tokio::task::spawn_blocking(move || s.log.read_live_shared(after))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// When a live answer must be sent by: after `limit`, and never after the caller's token
+/// stops being honoured.
+pub(super) fn token_deadline(req: &ShapeRequest, limit: Duration) -> tokio::time::Instant {
+    let left = req
+        .valid_until
+        .map_or(limit, |t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default().min(limit));
+    tokio::time::Instant::now() + left
+}
