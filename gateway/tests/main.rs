@@ -14,6 +14,7 @@ mod escapes;
 mod failover;
 mod faults;
 mod filters;
+mod layout;
 mod operations;
 mod outbox;
 mod overload;
