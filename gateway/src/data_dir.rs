@@ -14,20 +14,10 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use shapes::offset::Lsn;
-use tokio_util::sync::CancellationToken;
 
-use crate::fanout::ack::AckState;
-use crate::status::Status;
-
-/// How often the position is recorded at most: one small fsync per interval, and the
-/// acknowledged position trails the durable one by about this much.
-const RECORD_EVERY: Duration = Duration::from_millis(200);
-/// What fails, in `/readyz`, when the position cannot be recorded.
-const RECORDING: &str = "recording the data dir's position";
 /// The record's fixed size: the LSN as text, space-padded (one sector: written whole).
 const RECORD_LEN: usize = 32;
 
@@ -117,48 +107,6 @@ impl DataDir {
             Some(_) => None,
         }
     }
-}
-
-/// Records the fan-out's durable position at most every [`RECORD_EVERY`] and only then
-/// lets it be acknowledged to PostgreSQL. A failed record (a full disk) is retried, with
-/// the gateway not ready meanwhile; nothing more is acknowledged until it succeeds.
-pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc<Status>, cancel: CancellationToken) {
-    let mut durable = ack.subscribe_durable();
-    let mut failing = false;
-    loop {
-        if !failing {
-            tokio::select! {
-                changed = durable.changed() => if changed.is_err() { return },
-                _ = cancel.cancelled() => return,
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(RECORD_EVERY) => {}
-            _ = cancel.cancelled() => return,
-        }
-        match record_now(&dir, &ack).await {
-            Ok(()) if failing => {
-                tracing::info!("the data dir's position is recorded again; acknowledging resumes");
-                status.set_storage_error(RECORDING, None);
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record the data dir's position; retrying");
-                status.set_storage_error(RECORDING, Some(e.to_string()));
-                failing = true;
-            }
-        }
-    }
-}
-
-/// Records the durable position now and lets it be acknowledged (also used at shutdown).
-pub async fn record_now(dir: &Arc<DataDir>, ack: &Arc<AckState>) -> io::Result<()> {
-    let lsn = ack.durable();
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || d.record(lsn)).await.map_err(io::Error::other)??;
-    ack.note_recorded(lsn);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod limits;
 pub mod outbox;
 pub mod preflight;
+pub mod progress;
 #[cfg(test)]
 mod properties;
 pub mod replication;
@@ -33,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, ServeConfig};
 use crate::data_dir::DataDir;
-use crate::fanout::ack::AckState;
 use crate::fanout::registry::Registry;
 use crate::http::{AppState, HttpSettings};
+use crate::progress::AckState;
 use crate::replication::stream::{Candidate, Leadership, StreamSettings};
 use crate::replication::{ReplicationError, slot};
 use crate::status::Status;
@@ -239,7 +240,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
     let mut fanout =
         tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), status.clone(), open_writers, cancel.clone()));
-    tokio::spawn(data_dir::record_positions(data_dir.clone(), ack.clone(), status.clone(), cancel.clone()));
+    tokio::spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone(), cancel.clone()));
     let monitor = replication::monitor::Monitor {
         db: db_cfg.clone(),
         slot: cfg.slot.clone(),
@@ -348,7 +349,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         let _ = tokio::task::spawn_blocking(move || registry.checkpoint_all()).await;
     }
     // What the fan-out made durable is recorded, so the stream may report it at the end.
-    if let Err(e) = data_dir::record_now(&data_dir, &ack).await {
+    if let Err(e) = progress::record::record_now(&data_dir, &ack).await {
         tracing::warn!(error = %e, "could not record the final position; PostgreSQL will resend from the last one");
     }
     stream_cancel.cancel();

@@ -2,7 +2,6 @@
 //! encoded messages to their logs, makes them durable in one group commit per batch, then
 //! publishes them to readers and advances the acknowledged position.
 
-pub mod ack;
 pub mod plan;
 pub mod registry;
 mod writers;
@@ -15,8 +14,8 @@ use shapes::log::sync_filesystem;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::ack::AckState;
 use self::registry::{LiveShape, Registry, TxnEntries};
+use crate::progress::AckState;
 use crate::status::Status;
 
 /// Most transactions in one group commit.

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::error::ApiError;
 use crate::auth::Auth;
-use crate::fanout::ack::AckState;
 use crate::fanout::registry::Registry;
+use crate::progress::AckState;
 use crate::status::Status;
 
 /// Settings the HTTP layer needs.

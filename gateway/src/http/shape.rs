@@ -332,7 +332,7 @@ mod size_tests {
         let state = AppState::new(
             settings,
             registry,
-            Arc::new(crate::fanout::ack::AckState::new(Lsn(0))),
+            Arc::new(crate::progress::AckState::new(Lsn(0))),
             Arc::new(crate::status::Status::default()),
             Arc::new(crate::auth::Auth::none()),
             Arc::new(crate::outbox::apply::Outbox {

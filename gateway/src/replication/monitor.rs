@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BudgetAction;
 use crate::db::DbError;
-use crate::fanout::ack::AckState;
+use crate::progress::AckState;
 use crate::status::{SlotHealth, Stage, Status};
 
 /// How often the slot is checked.

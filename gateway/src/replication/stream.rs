@@ -21,7 +21,7 @@ use super::ReplicationError;
 use super::decode::decode;
 use super::txn::TxnAssembler;
 use crate::db::SESSION_OPTIONS;
-use crate::fanout::ack::AckState;
+use crate::progress::AckState;
 use crate::status::Status;
 
 /// Where and what to stream.

@@ -4,7 +4,9 @@
 //! The stream notes what it hands to the fan-out; the fan-out notes what it made durable;
 //! when both agree and the stream is idle, keepalive positions can be acknowledged too
 //! (so a quiet publication does not pin WAL). A durable position is acknowledged once the
-//! data dir recorded it (`data_dir::record_positions`).
+//! data dir recorded it ([`record`]).
+
+pub mod record;
 
 use std::sync::Mutex;
 
