@@ -1,7 +1,5 @@
 //! Admission control and request limits: past each bound a clear answer, never a pile-up.
 
-use std::time::Duration;
-
 use crate::support::{Env, ITEMS, get, metric_sum};
 
 #[tokio::test]
@@ -46,7 +44,12 @@ async fn snapshots_past_the_bound_wait_their_turn_with_503_and_retry_after() {
     let blocker = crate::support::connect(&env.url).await;
     blocker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
     let first = tokio::spawn(get_owned(shape("n%3D1")));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = &env.db;
+    crate::support::wait_until("the first snapshot waits on the lock", || async move {
+        let q = "select count(*) from pg_locks where not granted and relation = 'items'::regclass";
+        db.query_one(q, &[]).await.unwrap().get::<_, i64>(0) > 0
+    })
+    .await;
     let refused = get(&shape("n%3D2")).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.headers.contains_key("retry-after"));
@@ -70,7 +73,12 @@ async fn live_connections_and_shapes_per_table_are_bounded() {
     let offset = initial.headers["electric-offset"].to_str().unwrap().to_string();
     let live = format!("{}/v1/shape?table=items&handle={handle}&offset={offset}&live=true", gw.base());
     let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(get_owned(live.clone()))).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = gw.base();
+    crate::support::wait_until("both long-polls are held", || {
+        let base = base.clone();
+        async move { crate::support::metric_sum(&base, "gateway_subscribers", &["long_poll"]).await >= 2.0 }
+    })
+    .await;
     let refused = get(&live).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.headers.contains_key("retry-after"));

@@ -145,7 +145,8 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
     gw.ready().await;
     let writer_db = crate::support::connect(&env.url).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_w = stop.clone();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stop_w, written_w) = (stop.clone(), written.clone());
     let writer = tokio::spawn(async move {
         let mut i = 0;
         while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
@@ -158,9 +159,19 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
                 ))
                 .await
                 .unwrap();
+            written_w.store(i, std::sync::atomic::Ordering::Relaxed);
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Each snapshot starts while writes go on: a few are committed before each one.
+    let writes_past = |n: usize| {
+        let written = written.clone();
+        let at = written.load(std::sync::atomic::Ordering::Relaxed);
+        crate::support::wait_until("the writer is writing", move || {
+            let written = written.clone();
+            async move { written.load(std::sync::atomic::Ordering::Relaxed) >= at + n }
+        })
+    };
+    writes_past(5).await;
     let mut followers: Vec<Follower> = (0..3)
         .map(|i| {
             Follower::new(&gw, &format!("table=items&columns=id,n,title&replica={}", ["default", "full", "default"][i]))
@@ -168,7 +179,7 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
         .collect();
     for f in &mut followers {
         f.sync().await;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        writes_past(3).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.unwrap();

@@ -436,6 +436,15 @@ pub async fn metric_sum(base: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Waits until `check` holds, failing with `what` at the deadline.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < DEADLINE, "{what}: not within {DEADLINE:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// `select id, col from table where filter` as the same map, from PostgreSQL itself.
 pub async fn oracle(db: &tokio_postgres::Client, table: &str, filter: &str, col: &str) -> BTreeMap<String, Value> {
     let sql = format!("select id::text, {col}::text from {table} where {filter}");
