@@ -63,7 +63,17 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(reason.contains("storage") && reason.contains("space"), "{reason}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two status replies from the gateway to the server after the failure was known: what
+    // it would acknowledge is on record by then.
+    for _ in 0..2 {
+        let since: String = env.db.query_one("select now()::text", &[]).await.unwrap().get(0);
+        let (db, since) = (&env.db, since.as_str());
+        crate::support::wait_until("a status reply from the gateway", || async move {
+            let q = "select coalesce(max(reply_time) > $1::text::timestamptz, false) from pg_stat_replication";
+            db.query_one(q, &[&since]).await.unwrap().get::<_, bool>(0)
+        })
+        .await;
+    }
     let confirmed = slot_confirmed(&env.db).await;
     assert!(
         confirmed < committed,
