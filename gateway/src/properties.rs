@@ -42,6 +42,11 @@ fn row_map() -> impl Strategy<Value = Map<String, Value>> {
         .prop_map(|m| m.into_iter().collect())
 }
 
+/// A mutation's key, value or base: mostly an object of columns, sometimes any JSON.
+fn fields() -> impl Strategy<Value = Value> {
+    prop_oneof![3 => row_map().prop_map(Value::Object), 1 => json()]
+}
+
 /// A marker that must never appear in generated SQL when it came from a client value.
 const MARK: &str = "zq'\"x;--";
 
@@ -59,6 +64,28 @@ proptest! {
     #[test]
     fn any_json_body_is_a_batch_or_a_refusal(body in json()) {
         let _ = serde_json::from_str::<Batch>(&body.to_string());
+    }
+
+    #[test]
+    fn any_batch_shaped_body_is_checked_mutation_by_mutation_never_a_panic(
+        mutations in proptest::collection::vec(("insert|update|upsert|delete|\\PC{0,6}", fields(), fields(), fields()), 0..4),
+    ) {
+        let mutations: Vec<Value> = mutations
+            .into_iter()
+            .enumerate()
+            .map(|(i, (op, key, value, base))| serde_json::json!({"id": i + 1, "table": "notes", "op": op, "key": key, "value": value, "base": base}))
+            .collect();
+        let body = serde_json::json!({"client_id": "c", "mutations": mutations}).to_string();
+        if let Ok(batch) = serde_json::from_str::<Batch>(&body) {
+            let target = plan::tests::target(plan::tests::table(), None, ColumnSet::all(), Some("version"));
+            for m in &batch.mutations {
+                if let Some(op) = Op::parse(&m.op)
+                    && let Ok(write) = plan::check(&target, op, m.key.as_ref(), m.value.as_ref(), m.base.as_ref())
+                {
+                    let _ = (write.statement(), write.current_row());
+                }
+            }
+        }
     }
 
     #[test]
