@@ -157,6 +157,13 @@ async fn each_token_sees_its_scope_and_equal_scopes_share_one_log() {
     let client = reqwest::Client::new();
     let del = |t: &str| client.delete(format!("{base}/v1/shape?table=todos")).bearer_auth(t).send();
     assert_eq!(del(&a).await.unwrap().status(), 403);
+    // Nor by a handle alone (another tenant's shape, named without its table).
+    let handle = all.handle.clone().unwrap();
+    let by_handle = client.delete(format!("{base}/v1/shape?handle={handle}")).bearer_auth(&a).send().await.unwrap();
+    assert_eq!(by_handle.status(), 403);
+    let still =
+        get_as(&format!("{base}/v1/shape?table=todos&offset={}&handle={handle}", all.offset), Some(&admin)).await;
+    assert_eq!(still.status, 200, "the shape lives on: {}", still.body);
     assert_eq!(del(&admin).await.unwrap().status(), 202);
 }
 
