@@ -61,20 +61,17 @@ impl From<crate::auth::AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let missing_table = matches!(self, ApiError::MissingTable(_)).then(|| self.to_string());
         let (status, body, retry) = match &self {
-            ApiError::MissingTable(_) => (
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"message": "Invalid request", "errors": {"table": [missing_table]}}),
-                None,
-            ),
-            ApiError::Invalid { field, message } => (
-                StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } | ApiError::MissingTable(_) => {
+                let field = match &self {
+                    ApiError::Invalid { field, .. } => *field,
+                    _ => "table",
+                };
                 // Exactly Electric's body, which its client and its users read (its own test
                 // suite compares it whole): the parameter says what is wrong.
-                serde_json::json!({"message": "Invalid request", "errors": {*field: [message]}}),
-                None,
-            ),
+                let body = serde_json::json!({"message": "Invalid request", "errors": {field: [self.to_string()]}});
+                (StatusCode::BAD_REQUEST, body, None)
+            }
             ApiError::Unauthorized(m) => {
                 (StatusCode::UNAUTHORIZED, serde_json::json!({"error": "unauthorized", "message": m}), None)
             }

@@ -37,6 +37,13 @@ pub async fn ensure(client: &tokio_postgres::Client) -> Result<(), String> {
     })
 }
 
+/// The running transaction's id as the stream's `headers.txids` shows it (a 32-bit xid).
+macro_rules! txid {
+    () => {
+        "pg_current_xact_id()::text::bigint % 4294967296"
+    };
+}
+
 /// A client's row: how far its mutations were applied.
 #[derive(Debug)]
 pub struct ClientLedger {
@@ -76,13 +83,13 @@ pub async fn open(
     first_id: u64,
 ) -> Result<(ClientLedger, i64), tokio_postgres::Error> {
     let stmt = tx
-        .prepare_cached(
+        .prepare_cached(concat!(
             "insert into gateway.clients as c (subject, client_id) values ($1, $2)
              on conflict (subject, client_id) do update set subject = c.subject
              returning c.last_mutation_id, c.last_txid, c.last_batch_from,
-                       case when $3 <= c.last_mutation_id then c.last_results end,
-                       pg_current_xact_id()::text::bigint % 4294967296",
-        )
+                       case when $3 <= c.last_mutation_id then c.last_results end, ",
+            txid!()
+        ))
         .await?;
     let row = tx.query_one(&stmt, &[&subject, &client_id, &(first_id.min(i64::MAX as u64) as i64)]).await?;
     let last_results: Option<serde_json::Value> = row.get(3);
@@ -143,12 +150,13 @@ pub fn claiming(writes: Statement, subject: &str, client_id: &str, ids: (u64, u6
         "WITH claim AS (
            UPDATE gateway.clients
            SET last_batch_from = CAST({from} AS int8), last_mutation_id = CAST({last} AS int8),
-               last_txid = pg_current_xact_id()::text::bigint % 4294967296, last_results = '[]', updated_at = now()
+               last_txid = {txid}, last_results = '[]', updated_at = now()
            WHERE subject = {subject} AND client_id = {client_id} AND last_mutation_id = CAST({from} AS int8) - 1
            RETURNING last_txid),
          written AS ({})
          SELECT (SELECT last_txid FROM claim)",
-        writes.sql
+        writes.sql,
+        txid = txid!()
     );
     Statement { sql, params }
 }
