@@ -102,9 +102,9 @@ pub fn check(
             .iter()
             .map(|&k| {
                 let name = &schema.columns[k].name;
-                match source.get(name).map(|v| (v, to_text(table, k, v))) {
-                    None | Some((_, Ok(None))) => Err(Refusal(format!("{what} needs the primary key column {name:?}"))),
-                    Some((_, text)) => Ok((k, text?)),
+                match source.get(name).map(|v| to_text(table, k, v)) {
+                    None | Some(Ok(None)) => Err(Refusal(format!("{what} needs the primary key column {name:?}"))),
+                    Some(text) => Ok((k, text?)),
                 }
             })
             .collect()
