@@ -16,6 +16,7 @@
 
 pub mod change;
 pub mod datetime;
+pub mod durable;
 pub mod index;
 pub mod log;
 pub mod numeric;

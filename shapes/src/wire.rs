@@ -3,6 +3,9 @@
 
 use std::io::Write;
 
+use bytes::Bytes;
+
+use crate::log::LiveRead;
 use crate::offset::Lsn;
 use crate::table::TableSchema;
 
@@ -283,6 +286,16 @@ pub fn write_sse_event(out: &mut Vec<u8>, data: &[u8]) {
     out.push(b'\n');
 }
 
+/// A live read as one `data:` event per message, framed once and shared by every reader
+/// of that read.
+pub fn sse_events(read: &LiveRead) -> Bytes {
+    read.framed_once(|read| {
+        let mut out = Vec::with_capacity(read.body.len() + read.messages.len() * 8);
+        read.each_message().for_each(|message| write_sse_event(&mut out, message));
+        out
+    })
+}
+
 pub fn up_to_date(global_last_seen_lsn: Lsn) -> Vec<u8> {
     format!(r#"{{"headers":{{"control":"up-to-date","global_last_seen_lsn":"{}"}}}}"#, global_last_seen_lsn.0)
         .into_bytes()
@@ -497,5 +510,16 @@ mod tests {
         assert_eq!(s["id"], serde_json::json!({"type": "int8", "pk_index": 0, "not_null": true}));
         assert_eq!(s["title"], serde_json::json!({"type": "varchar", "max_length": 255}));
         assert_eq!(s["tags"], serde_json::json!({"type": "text", "dims": 1}));
+    }
+
+    #[test]
+    fn a_read_becomes_one_sse_event_per_message() {
+        let mut read = LiveRead::default();
+        read.body = b"{\"a\":1},{\"b\":2}".to_vec();
+        read.messages = vec![(0, 7), (8, 15)];
+        assert_eq!(&sse_events(&read)[..], b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n");
+        let mut out = Vec::new();
+        write_sse_event(&mut out, b"one\r\ntwo");
+        assert_eq!(out, b"data: one\ndata: two\n\n", "a line break in the data continues on a new data line");
     }
 }

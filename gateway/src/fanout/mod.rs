@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use shapes::change::{Txn, TxnItem};
-use shapes::log::sync_filesystem;
+use shapes::durable::sync_filesystem;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use shapes::change::{Change, Relation, Txn};
+use shapes::durable::write_atomically;
 use shapes::index::RoutingIndex;
-use shapes::log::{ShapeLog, write_atomically};
+use shapes::log::ShapeLog;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
 use shapes::table::{TableName, TableSchema};
@@ -422,7 +423,7 @@ impl Registry {
                 tracing::warn!(handle = %s.handle, error = %e, "could not checkpoint a shape log");
             }
         }
-        if let Err(e) = shapes::log::sync_filesystem(&self.dir) {
+        if let Err(e) = shapes::durable::sync_filesystem(&self.dir) {
             tracing::warn!(error = %e, "could not sync the checkpoints");
         }
     }

@@ -15,7 +15,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use shapes::offset::{LogOffset, Lsn};
-use shapes::wire::{up_to_date, write_sse_event};
+use shapes::wire::{sse_events, up_to_date, write_sse_event};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -84,7 +84,7 @@ async fn produce(
         if let Some(last) = read.last {
             after = last;
         }
-        let mut chunk = read.sse_events();
+        let mut chunk = sse_events(&read);
         // Nothing new says nothing, as Electric does: the client already has its
         // `up-to-date`, and a second one would be seen as another batch.
         if read.at_end && read.count > 0 {

@@ -1,0 +1,370 @@
+//! The durable shape log: a shape's snapshot chunks, then its live changes, stored as the
+//! exact message bytes clients receive.
+//!
+//! Invariant: readers see live entries only once they are durable ([`ShapeLog::publish`]
+//! runs after the data is synced), and a torn tail found at open is cut back to the last
+//! whole entry.
+//!
+//! Files are opened per operation, not held: an idle shape costs no file descriptor, so
+//! tens of thousands of shapes fit under ordinary limits.
+//!
+//! Files in the shape's directory: `snapshot` (chunk bodies back to back), `snapshot.idx`
+//! (chunk byte ranges; written last, so its presence marks a complete snapshot) and `log`
+//! (records `[len u32][crc u32][tx u64][op u64][message]`; the top bit of `len` marks the
+//! last entry of a transaction, so recovery keeps transactions whole).
+//!
+//! Modules: `record` (the entry format), `live` (the live log's index and reads),
+//! `recovery` (scanning a log after a crash), `snapshot` (the snapshot chunks).
+
+mod live;
+mod record;
+mod recovery;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use self::live::Live;
+pub use self::live::LiveRead;
+use self::record::{HEADER, Records};
+use self::snapshot::Snapshot;
+use crate::offset::{LogOffset, Lsn};
+
+/// What readers wait on: any change to it may mean new data or a rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogVersion {
+    /// Snapshot chunks readable so far.
+    pub snapshot_chunks: u64,
+    pub snapshot_complete: bool,
+    /// The last durable live entry (`0_inf` when there is none).
+    pub head: LogOffset,
+    /// The shape was rotated or deleted: readers must answer 409.
+    pub gone: bool,
+}
+
+/// A position in the written part of a live log.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteMark {
+    len: u64,
+    head: LogOffset,
+}
+
+pub struct ShapeLog {
+    dir: PathBuf,
+    chunk_bytes: u64,
+    snapshot: Mutex<Snapshot>,
+    live: Mutex<Live>,
+    version: watch::Sender<LogVersion>,
+    /// The latest live read, while a reader still holds it: the subscribers of one shape
+    /// wake together at the same position, and share one file read. Weak, so an idle shape
+    /// keeps no body in memory.
+    shared_read: Mutex<Option<SharedRead>>,
+}
+
+struct SharedRead {
+    after: LogOffset,
+    durable_len: u64,
+    read: Weak<LiveRead>,
+}
+
+impl std::fmt::Debug for ShapeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShapeLog").field("dir", &self.dir).finish()
+    }
+}
+
+impl ShapeLog {
+    /// Creates an empty log in a new directory.
+    pub fn create(dir: &Path, chunk_bytes: u64) -> io::Result<ShapeLog> {
+        fs::create_dir_all(dir)?;
+        let open =
+            |name: &str| OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join(name));
+        let snapshot = Snapshot::writing(open("snapshot")?);
+        open("log")?;
+        let live = Live::empty();
+        Ok(Self::assemble(dir, chunk_bytes, snapshot, live))
+    }
+
+    /// Opens an existing log. Returns `Ok(None)` when its snapshot never completed (the shape
+    /// must be discarded). A torn or corrupt tail of the live log is truncated.
+    pub fn open(dir: &Path, chunk_bytes: u64) -> io::Result<Option<ShapeLog>> {
+        ShapeLog::open_checked(dir, chunk_bytes, Lsn(0))
+    }
+
+    /// [`ShapeLog::open`], refusing (`InvalidData`) a log whose unreadable part held entries
+    /// of transactions before `acknowledged`: those were durable and acknowledged, so the
+    /// damage is not a torn last write, and serving the rest would hide a gap.
+    pub fn open_checked(dir: &Path, chunk_bytes: u64, acknowledged: Lsn) -> io::Result<Option<ShapeLog>> {
+        let Some(snapshot) = Snapshot::load(dir)? else {
+            return Ok(None);
+        };
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("log"))?;
+        let live = match Live::from_checkpoint(dir, file.metadata()?.len()) {
+            Some(live) => live,
+            None => {
+                let mut live = Live::empty();
+                live.recover(&file, chunk_bytes, acknowledged)?;
+                live
+            }
+        };
+        Ok(Some(Self::assemble(dir, chunk_bytes, snapshot, live)))
+    }
+
+    fn assemble(dir: &Path, chunk_bytes: u64, snapshot: Snapshot, live: Live) -> ShapeLog {
+        let version = LogVersion {
+            snapshot_chunks: snapshot.chunk_count(),
+            snapshot_complete: snapshot.is_complete(),
+            head: live.head,
+            gone: false,
+        };
+        ShapeLog {
+            dir: dir.to_path_buf(),
+            chunk_bytes: chunk_bytes.max(1),
+            snapshot: Mutex::new(snapshot),
+            live: Mutex::new(live),
+            version: watch::channel(version).0,
+            shared_read: Mutex::new(None),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<LogVersion> {
+        self.version.subscribe()
+    }
+
+    pub fn version(&self) -> LogVersion {
+        *self.version.borrow()
+    }
+
+    /// Marks the log rotated; waiting readers wake and answer 409.
+    pub fn mark_gone(&self) {
+        self.version.send_modify(|v| v.gone = true);
+    }
+
+    // ---- snapshot (written by one snapshot task) ----
+
+    /// Appends one snapshot message, closing the chunk when it is full.
+    pub fn append_snapshot_row(&self, message: &[u8]) -> io::Result<()> {
+        let mut s = self.snapshot.lock().unwrap();
+        if s.push_row(message, self.chunk_bytes)? {
+            let n = s.chunk_count();
+            self.version.send_modify(|v| v.snapshot_chunks = n);
+        }
+        Ok(())
+    }
+
+    /// Ends the snapshot with `final_message` (its `snapshot-end`), makes it durable and
+    /// writes the index that marks it complete.
+    pub fn finish_snapshot(&self, final_message: &[u8]) -> io::Result<()> {
+        let mut s = self.snapshot.lock().unwrap();
+        s.finish(final_message, &self.dir)?;
+        let n = s.chunk_count();
+        self.version.send_modify(|v| {
+            v.snapshot_chunks = n;
+            v.snapshot_complete = true;
+        });
+        Ok(())
+    }
+
+    /// Snapshot chunk `n` as a JSON array body, once it is readable.
+    pub fn read_snapshot_chunk(&self, n: u64) -> io::Result<Option<Bytes>> {
+        let Some((start, end)) = self.snapshot.lock().unwrap().chunk(n) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; (end - start) as usize + 2];
+        buf[0] = b'[';
+        let len = buf.len();
+        File::open(self.dir.join("snapshot"))?.read_exact_at(&mut buf[1..len - 1], start)?;
+        buf[len - 1] = b']';
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    pub fn snapshot_chunk_count(&self) -> u64 {
+        self.snapshot.lock().unwrap().chunk_count()
+    }
+
+    // ---- live entries (written by the one fan-out task) ----
+
+    /// Writes whole transactions (each a list of entries) with one write; they stay
+    /// invisible until [`ShapeLog::publish`].
+    pub fn append(&self, txns: &[Vec<(LogOffset, Vec<u8>)>]) -> io::Result<()> {
+        let size: usize = txns.iter().flatten().map(|(_, m)| m.len() + HEADER).sum();
+        if size == 0 {
+            return Ok(());
+        }
+        let mut l = self.live.lock().unwrap();
+        let mut buf = Vec::with_capacity(size);
+        let mut pos = l.written_len;
+        for entries in txns {
+            for (i, (offset, msg)) in entries.iter().enumerate() {
+                l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
+                record::encode(&mut buf, *offset, msg, i + 1 == entries.len());
+                pos += (msg.len() + HEADER) as u64;
+            }
+        }
+        let at = l.written_len;
+        if l.writer.is_none() {
+            l.writer = Some(OpenOptions::new().write(true).open(self.dir.join("log"))?);
+        }
+        let written = l.writer.as_ref().map_or(Ok(()), |f| f.write_all_at(&buf, at));
+        if let Err(e) = written {
+            // Forget the partial write: the next append overwrites it.
+            l.forget_unwritten();
+            return Err(e);
+        }
+        l.written_len = pos;
+        l.written_head = txns.iter().rev().find_map(|t| t.last()).map(|(o, _)| *o).unwrap_or(l.written_head);
+        Ok(())
+    }
+
+    /// Forces written entries to disk.
+    pub fn sync(&self) -> io::Result<()> {
+        let l = self.live.lock().unwrap();
+        if l.written_len == l.durable_len {
+            return Ok(());
+        }
+        // fdatasync flushes the file's data whichever descriptor wrote it.
+        match &l.writer {
+            Some(f) => f.sync_data(),
+            None => File::open(self.dir.join("log"))?.sync_data(),
+        }
+    }
+
+    /// Closes the descriptor kept for appends; the next append reopens it.
+    pub fn release_writer(&self) {
+        self.live.lock().unwrap().writer = None;
+    }
+
+    /// What has been written so far; take it before syncing, publish it after.
+    pub fn written_mark(&self) -> WriteMark {
+        let l = self.live.lock().unwrap();
+        WriteMark { len: l.written_len, head: l.written_head }
+    }
+
+    /// Forgets entries written but not yet published (their write or sync failed), so they
+    /// can be written again: the next append overwrites them.
+    pub fn discard_unpublished(&self) {
+        let mut l = self.live.lock().unwrap();
+        l.written_len = l.durable_len;
+        l.written_head = l.head;
+        l.forget_unwritten();
+    }
+
+    /// Makes entries up to `mark` visible. Call only once they are durable.
+    pub fn publish(&self, mark: WriteMark) {
+        let mut l = self.live.lock().unwrap();
+        if mark.len <= l.durable_len {
+            return;
+        }
+        l.durable_len = mark.len;
+        l.head = mark.head;
+        drop(l);
+        self.version.send_modify(|v| v.head = mark.head);
+    }
+
+    /// Syncs and publishes everything written so far.
+    pub fn sync_and_publish(&self) -> io::Result<()> {
+        let mark = self.written_mark();
+        self.sync()?;
+        self.publish(mark);
+        Ok(())
+    }
+
+    /// Reads durable live entries after `after` up to the end of that entry's chunk.
+    pub fn read_live(&self, after: LogOffset) -> io::Result<LiveRead> {
+        self.read_live_at(after).map(|(read, _)| read)
+    }
+
+    /// The read another reader at `after` holds now, if the log has not grown since.
+    pub fn shared_live(&self, after: LogOffset) -> Option<Arc<LiveRead>> {
+        let durable_len = self.live.lock().unwrap().durable_len;
+        let shared = self.shared_read.lock().unwrap();
+        shared.as_ref().filter(|s| s.after == after && s.durable_len == durable_len).and_then(|s| s.read.upgrade())
+    }
+
+    /// [`ShapeLog::read_live`], shared with the readers at the same position (see
+    /// [`ShapeLog::shared_live`]).
+    pub fn read_live_shared(&self, after: LogOffset) -> io::Result<Arc<LiveRead>> {
+        if let Some(read) = self.shared_live(after) {
+            return Ok(read);
+        }
+        let (read, durable_len) = self.read_live_at(after)?;
+        let read = Arc::new(read);
+        *self.shared_read.lock().unwrap() = Some(SharedRead { after, durable_len, read: Arc::downgrade(&read) });
+        Ok(read)
+    }
+
+    /// A live read and the durable length it read up to.
+    fn read_live_at(&self, after: LogOffset) -> io::Result<(LiveRead, u64)> {
+        let (durable_len, start_pos, chunk_starts) = {
+            let l = self.live.lock().unwrap();
+            let i = l.sparse.partition_point(|(o, _)| *o <= after);
+            let start = if i == 0 { 0 } else { l.sparse[i - 1].1 };
+            (l.durable_len, start, l.chunk_starts.clone())
+        };
+        let mut out = LiveRead::default();
+        let mut records = Records::open(&self.dir.join("log"), start_pos, durable_len)?;
+        let mut end = durable_len;
+        while records.pos < end {
+            let Some(r) = records.next_header()? else { break };
+            if r.offset <= after {
+                records.skip(r.len)?;
+                continue;
+            }
+            if out.count == 0 {
+                // The chunk holding the first returned entry bounds the response.
+                let c = chunk_starts.partition_point(|s| *s <= r.pos);
+                if let Some(&boundary) = chunk_starts.get(c) {
+                    end = end.min(boundary);
+                }
+            } else {
+                out.body.push(b',');
+            }
+            let at = out.body.len();
+            out.body.resize(at + r.len as usize, 0);
+            records.read_payload(&mut out.body[at..])?;
+            out.messages.push((at, out.body.len()));
+            out.count += 1;
+            out.last = Some(r.offset);
+        }
+        out.at_end = records.pos >= durable_len;
+        Ok((out, durable_len))
+    }
+
+    /// The LSN of the last written live entry, durable or not (0 when none).
+    pub fn written_lsn(&self) -> Lsn {
+        Lsn(self.live.lock().unwrap().written_head.tx())
+    }
+
+    /// Records the live log's index (`log.idx`) so the next open need not scan the log. Valid
+    /// only while the log keeps the recorded length, so call it when appends have stopped;
+    /// make it durable with [`sync_filesystem`]. A missing, stale or damaged checkpoint only
+    /// means a scan.
+    pub fn checkpoint(&self) -> io::Result<()> {
+        let checkpoint = self.live.lock().unwrap().checkpoint();
+        let tmp = self.dir.join("log.idx.tmp");
+        fs::write(&tmp, serde_json::to_vec(&checkpoint).map_err(io::Error::other)?)?;
+        fs::rename(tmp, self.dir.join("log.idx"))
+    }
+
+    /// Removes the log's files.
+    pub fn destroy(&self) -> io::Result<()> {
+        self.mark_gone();
+        self.release_writer();
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::*;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shapes-log-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+fn entry(tx: u64, op: u64) -> (LogOffset, Vec<u8>) {
+    (LogOffset::At { tx, op }, format!("{{\"m\":\"{tx}_{op}\"}}").into_bytes())
+}
+
+#[test]
+fn entries_are_invisible_until_published() {
+    let dir = tmp("publish");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    log.finish_snapshot(b"{}").unwrap();
+    log.append(&[vec![entry(10, 0), entry(10, 2)]]).unwrap();
+    assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 0);
+    log.sync_and_publish().unwrap();
+    let r = log.read_live(LogOffset::SNAPSHOT_END).unwrap();
+    assert_eq!((r.count, r.at_end), (2, true));
+    assert_eq!(r.body, br#"{"m":"10_0"},{"m":"10_2"}"#);
+    let r = log.read_live(LogOffset::At { tx: 10, op: 0 }).unwrap();
+    assert_eq!(r.body, br#"{"m":"10_2"}"#);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn readers_at_one_position_share_a_read_while_one_holds_it() {
+    let dir = tmp("shared");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    log.finish_snapshot(b"{}").unwrap();
+    log.append(&[vec![entry(10, 0)]]).unwrap();
+    log.sync_and_publish().unwrap();
+    let first = log.read_live_shared(LogOffset::SNAPSHOT_END).unwrap();
+    let second = log.shared_live(LogOffset::SNAPSHOT_END).expect("shared while held");
+    assert!(Arc::ptr_eq(&first, &second));
+    assert!(log.shared_live(LogOffset::At { tx: 10, op: 0 }).is_none(), "another position reads its own");
+    log.append(&[vec![entry(11, 0)]]).unwrap();
+    log.sync_and_publish().unwrap();
+    assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "the log grew: read again");
+    assert_eq!(log.read_live_shared(LogOffset::SNAPSHOT_END).unwrap().count, 2);
+    drop((first, second));
+    assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "nobody holds it: nothing kept");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn damage_before_the_acknowledged_position_is_refused_a_torn_tail_is_cut() {
+    let dir = tmp("damage");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    log.finish_snapshot(b"{}").unwrap();
+    log.append(&(10..=50).map(|i| vec![entry(i, 0)]).collect::<Vec<_>>()).unwrap();
+    log.sync_and_publish().unwrap();
+    drop(log);
+    let path = dir.join("log");
+    let whole = fs::read(&path).unwrap();
+    // A torn last write (the last record cut short, its transaction not acknowledged yet:
+    // only unsynced writes tear) is cut back.
+    fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+    let torn = ShapeLog::open_checked(&dir, 1 << 20, Lsn(50)).unwrap().unwrap();
+    assert_eq!(torn.version().head, LogOffset::At { tx: 49, op: 0 });
+    drop(torn);
+    // A flipped byte in the middle, wherever it lands (length, checksum, payload): entries
+    // before transaction 30 were acknowledged, so they cannot be torn.
+    for at in [whole.len() / 4, whole.len() / 4 + 1, whole.len() / 4 + 9] {
+        let mut damaged = whole.clone();
+        damaged[at] ^= 0xff;
+        fs::write(&path, &damaged).unwrap();
+        let Err(refused) = ShapeLog::open_checked(&dir, 1 << 20, Lsn(30)) else {
+            panic!("damage at byte {at} was served")
+        };
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+    }
+    // Garbage at the very end (a torn write of a later transaction) is cut back.
+    let mut tail = whole.clone();
+    tail.extend_from_slice(&[0xab; 30]);
+    fs::write(&path, &tail).unwrap();
+    let cut = ShapeLog::open_checked(&dir, 1 << 20, Lsn(51)).unwrap().unwrap();
+    assert_eq!(cut.version().head, LogOffset::At { tx: 50, op: 0 });
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn discarded_unpublished_writes_are_written_again_once() {
+    let (a, b) = (tmp("discard-a"), tmp("discard-b"));
+    let (retried, straight) = (ShapeLog::create(&a, 64).unwrap(), ShapeLog::create(&b, 64).unwrap());
+    for log in [&retried, &straight] {
+        log.finish_snapshot(b"{}").unwrap();
+        log.append(&(1..=5).map(|i| vec![entry(i, 0)]).collect::<Vec<_>>()).unwrap();
+        log.sync_and_publish().unwrap();
+    }
+    let rest: Vec<_> = (6..=9).map(|i| vec![entry(i, 0), entry(i, 1)]).collect();
+    retried.append(&rest).unwrap();
+    retried.discard_unpublished();
+    assert_eq!(retried.read_live(LogOffset::At { tx: 5, op: 0 }).unwrap().count, 0, "nothing unpublished shows");
+    retried.append(&rest).unwrap();
+    retried.sync_and_publish().unwrap();
+    straight.append(&rest).unwrap();
+    straight.sync_and_publish().unwrap();
+    // Same entries, same chunk boundaries: read both from the start, chunk by chunk.
+    let (mut x, mut y) = (LogOffset::SNAPSHOT_END, LogOffset::SNAPSHOT_END);
+    loop {
+        let (rx, ry) = (retried.read_live(x).unwrap(), straight.read_live(y).unwrap());
+        assert_eq!((rx.count, rx.last, &rx.body), (ry.count, ry.last, &ry.body));
+        if rx.count == 0 {
+            break;
+        }
+        (x, y) = (rx.last.unwrap(), ry.last.unwrap());
+    }
+    fs::remove_dir_all(a).unwrap();
+    fs::remove_dir_all(b).unwrap();
+}
+
+#[test]
+fn chunks_bound_reads_and_survive_reopen() {
+    let dir = tmp("chunks");
+    let log = ShapeLog::create(&dir, 100).unwrap();
+    log.append_snapshot_row(&[b'x'; 60]).unwrap();
+    log.append_snapshot_row(&[b'y'; 60]).unwrap();
+    log.append_snapshot_row(&[b'z'; 10]).unwrap();
+    log.finish_snapshot(b"E").unwrap();
+    assert_eq!(log.snapshot_chunk_count(), 2);
+    let txns: Vec<_> = (1..=20).map(|i| vec![entry(i, 0)]).collect();
+    log.append(&txns).unwrap();
+    log.sync_and_publish().unwrap();
+    let mut after = LogOffset::SNAPSHOT_END;
+    let mut seen = 0;
+    loop {
+        let r = log.read_live(after).unwrap();
+        seen += r.count;
+        if r.at_end {
+            break;
+        }
+        assert!(r.count > 0, "a non-final read must advance");
+        after = r.last.unwrap();
+    }
+    assert_eq!(seen, 20);
+    drop(log);
+    let reopened = ShapeLog::open(&dir, 100).unwrap().unwrap();
+    assert_eq!(reopened.version().head, LogOffset::At { tx: 20, op: 0 });
+    assert_eq!(reopened.read_snapshot_chunk(1).unwrap().unwrap(), Bytes::from_static(b"[zzzzzzzzzz,E]"));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_checkpoint_is_used_only_while_the_log_is_unchanged() {
+    let dir = tmp("checkpoint");
+    let log = ShapeLog::create(&dir, 100).unwrap();
+    log.finish_snapshot(b"E").unwrap();
+    let txns: Vec<_> = (1..=30).map(|i| vec![entry(i, 0)]).collect();
+    log.append(&txns).unwrap();
+    log.sync_and_publish().unwrap();
+    log.checkpoint().unwrap();
+    let scanned = |log: &ShapeLog| {
+        let l = log.live.lock().unwrap();
+        (l.durable_len, l.head, l.chunk_starts.clone(), l.sparse.clone())
+    };
+    let before = scanned(&log);
+    drop(log);
+    let from_checkpoint = ShapeLog::open(&dir, 100).unwrap().unwrap();
+    assert_eq!(scanned(&from_checkpoint), before);
+    from_checkpoint.append(&[vec![entry(31, 0)]]).unwrap();
+    from_checkpoint.sync_and_publish().unwrap();
+    drop(from_checkpoint);
+    let rescanned = ShapeLog::open(&dir, 100).unwrap().unwrap();
+    assert_eq!(rescanned.version().head, LogOffset::At { tx: 31, op: 0 }, "a stale checkpoint is ignored");
+    assert_eq!(
+        rescanned.read_live(LogOffset::At { tx: 30, op: 0 }).unwrap().last,
+        Some(LogOffset::At { tx: 31, op: 0 })
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn torn_tail_is_cut_to_the_last_whole_entry() {
+    let dir = tmp("torn");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    log.finish_snapshot(b"E").unwrap();
+    log.append(&[vec![entry(1, 0)], vec![entry(2, 0), entry(2, 2)]]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let f = OpenOptions::new().write(true).open(dir.join("log")).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - 3).unwrap();
+    let log = ShapeLog::open(&dir, 1 << 20).unwrap().unwrap();
+    assert_eq!(log.version().head, LogOffset::At { tx: 1, op: 0 }, "half of transaction 2 is dropped");
+    log.append(&[vec![entry(2, 0), entry(2, 2)]]).unwrap();
+    log.sync_and_publish().unwrap();
+    assert_eq!(log.read_live(LogOffset::SNAPSHOT_END).unwrap().count, 3);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn incomplete_snapshot_means_no_log() {
+    let dir = tmp("incomplete");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    log.append_snapshot_row(b"{}").unwrap();
+    drop(log);
+    assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none());
+    fs::remove_dir_all(dir).unwrap();
+}
