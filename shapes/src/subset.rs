@@ -138,13 +138,13 @@ mod tests {
     use super::*;
 
     fn bind(spec: SubsetSpec) -> Result<Subset, SubsetError> {
-        Subset::bind(&spec, &crate::where_clause::parse::tests::table(), BindOptions::default())
+        Subset::bind(&spec, &crate::where_clause::fixture::table(), BindOptions::default())
     }
 
     #[test]
     fn order_by_names_columns_only() {
         let spec = |o: &str| SubsetSpec { order_by: Some(o.into()), limit: Some(10), ..Default::default() };
-        let table = crate::where_clause::parse::tests::table();
+        let table = crate::where_clause::fixture::table();
         let s = bind(spec("id DESC NULLS LAST, \"Org\", title asc")).unwrap();
         assert_eq!(s.sql_tail(&table), r#" ORDER BY "id" DESC NULLS LAST, "Org" ASC, "title" ASC LIMIT 10"#);
         for (bad, needle) in [

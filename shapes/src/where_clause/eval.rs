@@ -327,7 +327,7 @@ mod tests {
     }
 
     fn check(filter: &str, row: Vec<Option<&'static str>>) -> Datum {
-        let table = crate::where_clause::parse::tests::table();
+        let table = crate::where_clause::fixture::table();
         let e = parse_where(filter, &table, &HashMap::new(), BindOptions { text_sorts_bytewise: true }).unwrap();
         e.eval(&TextRow(row)).unwrap()
     }

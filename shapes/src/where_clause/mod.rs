@@ -3,18 +3,24 @@
 //! rendered back to SQL for snapshots ([`render`]). Nothing else reaches PostgreSQL.
 
 mod arith;
+mod bind;
+mod coerce;
 pub mod eval;
+#[cfg(test)]
+pub(crate) mod fixture;
 mod named;
 pub mod parse;
 #[cfg(test)]
 mod properties;
 pub mod render;
+mod symmetric;
 
 use crate::value::{Datum, SqlType};
 
+pub use bind::BindOptions;
 pub use eval::Row;
 pub use named::{Named, NamedParam, rewrite_named};
-pub use parse::{BindOptions, parse_where, parse_where_template};
+pub use parse::{parse_where, parse_where_template};
 
 /// Longest `where` accepted, in bytes.
 pub const MAX_WHERE_LEN: usize = 8 * 1024;

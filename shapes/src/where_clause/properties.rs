@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::EvalError;
 use super::eval::Row;
-use super::parse::tests::table;
+use super::fixture::table;
 use super::{BindOptions, parse_where};
 
 #[derive(Debug)]

@@ -193,7 +193,7 @@ mod tests {
     use crate::where_clause::{BindOptions, parse_where};
 
     fn render(s: &str) -> String {
-        let table = crate::where_clause::parse::tests::table();
+        let table = crate::where_clause::fixture::table();
         let params = HashMap::from([(1, "o'1\\".to_string())]);
         parse_where(s, &table, &params, BindOptions { text_sorts_bytewise: true }).unwrap().to_sql()
     }
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn columns_can_be_qualified() {
-        let table = crate::where_clause::parse::tests::table();
+        let table = crate::where_clause::fixture::table();
         let e = parse_where("id = 1 AND lower(title) = 'x'", &table, &HashMap::new(), BindOptions::default()).unwrap();
         assert_eq!(
             e.to_sql_on("t"),
