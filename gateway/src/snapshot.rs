@@ -21,7 +21,8 @@ use shapes::wire::{mark_snapshot, snapshot_end, subset_metadata};
 use tokio_postgres::Config;
 
 use crate::db::{self, DbError};
-use crate::fanout::registry::{LiveShape, Registry, ShapeFailure, SnapshotInfo, Unservable};
+use crate::fanout::live_shape::{LiveShape, ShapeFailure, SnapshotInfo, Unservable};
+use crate::fanout::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -2,6 +2,7 @@
 //! encoded messages to their logs, makes them durable in one group commit per batch, then
 //! publishes them to readers and advances the acknowledged position.
 
+pub mod live_shape;
 pub mod plan;
 pub mod registry;
 mod writers;
@@ -14,7 +15,8 @@ use shapes::durable::sync_filesystem;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::registry::{LiveShape, Registry, TxnEntries};
+use self::live_shape::{LiveShape, TxnEntries};
+use self::registry::Registry;
 use crate::progress::AckState;
 use crate::status::Status;
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::registry::LiveShape;
+use super::live_shape::LiveShape;
 
 pub struct Writers {
     cap: usize,

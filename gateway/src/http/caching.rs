@@ -8,7 +8,7 @@ use shapes::wire::MUST_REFETCH;
 
 use super::AppState;
 use super::request::{RequestOffset, ShapeRequest};
-use crate::fanout::registry::LiveShape;
+use crate::fanout::live_shape::LiveShape;
 
 /// The next `electric-cursor`: the end of the current long-poll interval, so clients at
 /// the same position share one URL (CDN collapsing) that changes every interval.

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::error::ApiError;
 use super::request::ShapeRequest;
-use crate::fanout::registry::LiveShape;
+use crate::fanout::live_shape::LiveShape;
 
 /// Waits for `ready` or rotation and returns a copy, so no watch guard (not `Send`) is held
 /// across later awaits. `None` when the log was dropped.

@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::request::{self, ShapeRequest};
 use crate::auth::ColumnUse;
 use crate::db;
-use crate::fanout::registry::LiveShape;
+use crate::fanout::live_shape::LiveShape;
 use crate::replication::{ReplicationError, slot};
 
 /// Authenticates the caller, parses the request and narrows it to what the caller may read.

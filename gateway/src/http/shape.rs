@@ -19,7 +19,7 @@ use super::live::{next_version, read_live, token_deadline};
 use super::request::{self, RequestOffset, ShapeRequest};
 use super::resolve::{authorized, resolve};
 use crate::auth::AuthError;
-use crate::fanout::registry::LiveShape;
+use crate::fanout::live_shape::LiveShape;
 
 const CACHE_INITIAL: &str = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746";
 const CACHE_LIVE: &str = "public, max-age=5, stale-while-revalidate=5";

@@ -25,7 +25,7 @@ use super::caching::{cache_control, cursor_for};
 use super::error::ApiError;
 use super::live::{next_version, read_live, token_deadline};
 use super::request::ShapeRequest;
-use crate::fanout::registry::LiveShape;
+use crate::fanout::live_shape::LiveShape;
 
 /// Chunks buffered per stream before the producer waits for the client: a slow client
 /// slows only itself, and reads the log at its own pace.
