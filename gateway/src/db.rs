@@ -95,6 +95,36 @@ pub async fn connect(cfg: &Config) -> Result<Client, DbError> {
     Ok(client)
 }
 
+/// Cancels the session's running query when dropped, unless disarmed: a task whose future
+/// is dropped (its shape went, the gateway stops) closes its connection, but a query waiting
+/// on a lock would run on until the lock is released.
+pub struct CancelOnDrop(Option<tokio_postgres::CancelToken>);
+
+impl CancelOnDrop {
+    pub fn new(client: &Client) -> CancelOnDrop {
+        CancelOnDrop(Some(client.cancel_token()))
+    }
+
+    /// The work finished: nothing to cancel.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = token.cancel_query(NoTls).await {
+                    tracing::debug!(error = %e, "cancelling an abandoned query");
+                }
+            });
+        }
+    }
+}
+
 /// The first host of a connection config: a name, or a Unix socket directory.
 pub fn host(cfg: &Config) -> String {
     match cfg.get_hosts().first() {

@@ -20,8 +20,10 @@ pub mod progress;
 #[cfg(test)]
 mod properties;
 pub mod replication;
+pub mod shape_set;
 pub mod snapshot;
 pub mod status;
+pub mod tasks;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -39,7 +41,10 @@ use crate::http::{AppState, HttpSettings};
 use crate::progress::AckState;
 use crate::replication::stream::{Candidate, Leadership, StreamSettings};
 use crate::replication::{ReplicationError, slot};
+use crate::shape_set::ShapeSet;
+use crate::shape_set::admission::ShapeLimits;
 use crate::status::Status;
+use crate::tasks::Tasks;
 
 /// Transactions decoded but not yet stored. Full means the fan-out is behind: the stream
 /// stops reading WAL until there is room (backpressure, never loss).
@@ -53,6 +58,8 @@ const DATA_DIR_RELEASE: std::time::Duration = std::time::Duration::from_secs(30)
 const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// PostgreSQL sessions applying outbox batches at once; more batches wait for one.
 const OUTBOX_CONNECTIONS: usize = 16;
+/// How long shutdown waits for background tasks (snapshots, SSE producers) to end.
+const TASKS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -224,6 +231,8 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     let ack = Arc::new(AckState::new(slot_state.confirmed));
     let status = Arc::new(Status::default());
     let cancel = shutdown.child_token();
+    // Background tasks with no result to wait for; shutdown cancels them and waits.
+    let tasks = Tasks::new(cancel.clone());
 
     let (txn_tx, txn_rx) = mpsc::channel(TXN_CHANNEL);
     // The stream stops last, so it can report the position the fan-out ended at.
@@ -240,7 +249,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
     let mut fanout =
         tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), status.clone(), open_writers, cancel.clone()));
-    tokio::spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone(), cancel.clone()));
+    tasks.spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone(), cancel.clone()));
     let monitor = replication::monitor::Monitor {
         db: db_cfg.clone(),
         slot: cfg.slot.clone(),
@@ -251,7 +260,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         status: status.clone(),
     };
     let mut monitor = tokio::spawn(monitor.run(cancel.clone()));
-    tokio::spawn(telemetry::upkeep(metrics, cfg.data_dir.clone(), cancel.clone()));
+    tasks.spawn(telemetry::upkeep(metrics, cfg.data_dir.clone(), cancel.clone()));
 
     let cors = http::Cors::new(&cfg.cors_origins);
     tracing::info!(origins = %cfg.cors_origins.join(","), "browsers may call from");
@@ -259,8 +268,6 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     let settings = HttpSettings {
         cors,
         shared_cache_by_caller: cfg.shared_cache_by_caller,
-        db: db_cfg,
-        publication: cfg.publication.clone(),
         long_poll_timeout: cfg.long_poll_timeout(),
         sse_timeout: cfg.sse_timeout(),
         sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
@@ -269,22 +276,24 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
             cfg.cache_max_age, cfg.cache_stale_age
         ),
         demo: cfg.demo.clone(),
-        limits: http::admission::Limits {
-            max_concurrent_snapshots: cfg.max_concurrent_snapshots as usize,
-            max_live_connections: cfg.max_live_connections as usize,
-            max_shapes_per_table: cfg.max_shapes_per_table as usize,
-            max_shapes_per_scope: cfg.max_shapes_per_scope as usize,
-        },
+        max_live_connections: cfg.max_live_connections as usize,
     };
+    let limits = ShapeLimits {
+        max_concurrent_snapshots: cfg.max_concurrent_snapshots as usize,
+        max_shapes_per_table: cfg.max_shapes_per_table as usize,
+        max_shapes_per_scope: cfg.max_shapes_per_scope as usize,
+    };
+    let shapes =
+        ShapeSet::new(registry.clone(), db_cfg, cfg.publication.clone(), status.clone(), limits, tasks.clone());
     if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
         let (auth, cancel) = (auth.clone(), cancel.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Some(auth::keys::KeySource::Jwks(jwks)) = auth.verifier().map(|v| v.keys()) {
                 jwks.refresh_until(cancel).await;
             }
         });
     }
-    let state = AppState::new(settings, registry.clone(), ack.clone(), status, auth, outbox, cancel.clone());
+    let state = AppState::new(settings, Arc::new(shapes), ack.clone(), status, auth, outbox, tasks.clone());
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
@@ -358,6 +367,10 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     }
     if !server_done {
         let _ = server.await;
+    }
+    let stragglers = tasks.shutdown(TASKS_GRACE).await;
+    if stragglers > 0 {
+        tracing::warn!(tasks = stragglers, "background tasks still running at shutdown were dropped");
     }
     tracing::info!(flushed = %ack.durable(), "stopped");
     outcome

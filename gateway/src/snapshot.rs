@@ -91,6 +91,7 @@ const BLOCK: usize = 64 * 1024;
 
 async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotError> {
     let client = db::connect(cfg).await?;
+    let abandoned = db::CancelOnDrop::new(&client);
     client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
     let text: String = client.query_one("select pg_current_snapshot()::text", &[]).await.map_err(DbError::from)?.get(0);
     let info =
@@ -140,6 +141,7 @@ async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotE
         received?;
     }
     client.batch_execute("commit").await.map_err(DbError::from)?;
+    abandoned.disarm();
     shape.persist(info.clone())?;
     shape.log.finish_snapshot(&snapshot_end(info.xmin, info.xmax, &info.xip))?;
     Ok(rows)
@@ -154,7 +156,9 @@ pub async fn subset(
     shape: &Arc<LiveShape>,
     subset: &Subset,
 ) -> Result<Vec<u8>, SnapshotError> {
-    // A transaction object, so an abandoned request rolls back before the session is reused.
+    // An abandoned request's query is cancelled, and its transaction object rolls back
+    // before the session is reused.
+    let abandoned = db::CancelOnDrop::new(client);
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -194,6 +198,7 @@ pub async fn subset(
     }
     encoder.finish()?;
     tx.commit().await.map_err(DbError::from)?;
+    abandoned.disarm();
     body.extend_from_slice(b"]}");
     Ok(body)
 }

@@ -111,3 +111,30 @@ async fn a_table_dropped_under_a_deleted_shape_answers_its_streams_409() {
     assert_eq!(live.status, 409, "as any rotated shape: {}", live.body);
     assert!(!live.headers.contains_key("electric-handle"), "no shape serves a dropped table");
 }
+
+#[tokio::test]
+async fn deleting_a_shape_stops_its_snapshot_query() {
+    let (env, gw, _f) = synced_items().await;
+    let base = gw.base();
+    // The table is published already; a lock holds the next shape's snapshot at its COPY.
+    let locker = crate::support::connect(&env.url).await;
+    locker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
+    let url = format!("{base}/v1/shape?table=items&offset=-1&where=n%20%3E%201");
+    let waiting = tokio::spawn(async move { get(&url).await });
+    let copying = "select count(*) from pg_stat_activity where query ilike 'copy%' and wait_event_type = 'Lock'";
+    crate::support::wait_until("the snapshot waits on the lock", || async {
+        env.db.query_one(copying, &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
+
+    let deleted = reqwest::Client::new().delete(format!("{base}/v1/shape?table=items")).send().await.unwrap();
+    assert_eq!(deleted.status(), 202);
+    // The snapshot's session is closed: its query no longer waits (it would until the lock
+    // is released if the snapshot ran on, detached).
+    crate::support::wait_until("the snapshot query ends", || async {
+        env.db.query_one(copying, &[]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    assert_eq!(waiting.await.unwrap().status, 503, "its request learns that the shape is gone");
+    locker.batch_execute("commit").await.unwrap();
+}

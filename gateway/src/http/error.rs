@@ -59,6 +59,24 @@ impl From<crate::auth::AuthError> for ApiError {
     }
 }
 
+impl From<crate::shape_set::ShapeSetError> for ApiError {
+    fn from(e: crate::shape_set::ShapeSetError) -> Self {
+        use crate::shape_set::ShapeSetError as E;
+        match e {
+            E::Invalid { field, message } => ApiError::Invalid { field, message },
+            E::Access(e) => e.into(),
+            E::Forbidden(m) => ApiError::Forbidden(m),
+            E::MissingTable(t) => ApiError::MissingTable(t),
+            E::Paused(message) => ApiError::Unavailable { message, retry_after: 30 },
+            E::TooMany(m) => ApiError::TooMany(m),
+            E::Busy(message) => ApiError::Unavailable { message, retry_after: 5 },
+            e @ E::Unreachable => ApiError::Unavailable { message: e.to_string(), retry_after: 10 },
+            e @ E::Storage(_) => ApiError::Unavailable { message: e.to_string(), retry_after: 10 },
+            E::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body, retry) = match &self {

@@ -32,7 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.status.readiness() {
         Ok(()) => Json(serde_json::json!({
             "status": "ready",
-            "shapes": state.registry.len(),
+            "shapes": state.shapes.registry().len(),
             // Everything up to here is stored and acknowledged to PostgreSQL.
             "flushed_lsn": state.ack.durable().to_string(),
             "slot": state.status.slot(),
@@ -54,7 +54,7 @@ pub fn standby_app(slot: String) -> axum::Router {
     );
     let not_ready = {
         let why = why.clone();
-        move || async move { super::ApiError::Unavailable { message: why, retry_after: 5 }.into_response() }
+        move || async move { super::error::ApiError::Unavailable { message: why, retry_after: 5 }.into_response() }
     };
     axum::Router::new()
         .route("/healthz", get(healthz))

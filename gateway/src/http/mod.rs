@@ -23,19 +23,16 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio_util::sync::CancellationToken;
 
-use self::error::ApiError;
 use crate::auth::Auth;
-use crate::fanout::registry::Registry;
 use crate::progress::AckState;
+use crate::shape_set::ShapeSet;
 use crate::status::Status;
+use crate::tasks::Tasks;
 
 /// Settings the HTTP layer needs.
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
-    pub db: tokio_postgres::Config,
-    pub publication: String,
     pub long_poll_timeout: Duration,
     pub sse_timeout: Duration,
     pub sse_keepalive: Duration,
@@ -46,60 +43,43 @@ pub struct HttpSettings {
     pub shared_cache_by_caller: bool,
     /// The demo's site at `/demo/` (only `gateway demo` has one).
     pub demo: Option<Arc<crate::demo::site::DemoSite>>,
-    pub limits: admission::Limits,
+    pub max_live_connections: usize,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<HttpSettings>,
-    pub registry: Arc<Registry>,
+    pub shapes: Arc<ShapeSet>,
     pub ack: Arc<AckState>,
     pub status: Arc<Status>,
     pub auth: Arc<Auth>,
     /// Outbox writes; its pooled sessions also serve subset snapshots.
     pub outbox: Arc<crate::outbox::apply::Outbox>,
-    pub cancel: CancellationToken,
-    /// Serializes shape creation (publication changes, snapshot start).
-    pub create_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The owner of tasks that outlive a handler (SSE producers); cancelled at shutdown.
+    pub tasks: Tasks,
     pub admission: Arc<admission::Admission>,
-    catalog: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 
 impl AppState {
     pub fn new(
         settings: HttpSettings,
-        registry: Arc<Registry>,
+        shapes: Arc<ShapeSet>,
         ack: Arc<AckState>,
         status: Arc<Status>,
         auth: Arc<Auth>,
         outbox: Arc<crate::outbox::apply::Outbox>,
-        cancel: CancellationToken,
+        tasks: Tasks,
     ) -> Self {
         AppState {
-            admission: Arc::new(admission::Admission::new(settings.limits)),
+            admission: Arc::new(admission::Admission::new(settings.max_live_connections)),
             settings: Arc::new(settings),
-            registry,
+            shapes,
             ack,
             status,
             auth,
             outbox,
-            cancel,
-            create_lock: Default::default(),
-            catalog: Default::default(),
+            tasks,
         }
-    }
-
-    /// A session for catalog reads, reconnected when it dropped.
-    pub async fn catalog(&self) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, ApiError> {
-        let mut guard = self.catalog.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = crate::db::connect(&self.settings.db).await.map_err(|e| {
-                tracing::warn!(error = %e, "catalog session");
-                ApiError::Unavailable { message: "the database is unreachable; retry".into(), retry_after: 10 }
-            })?;
-            *guard = Some(client);
-        }
-        Ok(tokio::sync::MutexGuard::map(guard, |c| c.as_mut().expect("connected above")))
     }
 }
 

@@ -177,7 +177,7 @@ async fn serve_live(
             _ = tokio::time::sleep_until(deadline) => {
                 return Ok(nothing_new(state, req, headers, &shape, after));
             }
-            _ = state.cancel.cancelled() => {
+            _ = state.tasks.cancel().cancelled() => {
                 return Err(ApiError::Unavailable { message: "the gateway is shutting down".into(), retry_after: 1 });
             }
         }
@@ -280,12 +280,13 @@ pub async fn delete_shape(
     }
     let pairs = request::pairs(raw.as_deref());
     let handle = request::param(&pairs, "handle").filter(|h| !h.is_empty());
+    let registry = state.shapes.registry();
     // A handle alone names its shape, as in Electric; a table names all of its shapes.
     let targets: Vec<_> = match (request::param(&pairs, "table"), handle) {
-        (None | Some(""), Some(h)) => h.parse().ok().and_then(|h| state.registry.by_handle(&h)).into_iter().collect(),
+        (None | Some(""), Some(h)) => h.parse().ok().and_then(|h| registry.by_handle(&h)).into_iter().collect(),
         (_, handle) => {
             let (table, _) = request::parse_definition(&pairs)?;
-            let shapes = state.registry.shapes_of(&table);
+            let shapes = registry.shapes_of(&table);
             match handle {
                 Some(h) => shapes.into_iter().filter(|s| s.handle.as_str() == h).collect(),
                 None => shapes,
@@ -295,11 +296,7 @@ pub async fn delete_shape(
     if targets.is_empty() && handle.is_some() {
         return Err(ApiError::NotFound("No existing shape found".into()));
     }
-    for s in &targets {
-        state.registry.rotate(s, "deleted through the API");
-        // The table may be dropped and created again: read it afresh next time.
-        state.registry.forget_schema(&s.shape.table.name);
-    }
+    state.shapes.delete(&targets, "deleted through the API");
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -312,9 +309,17 @@ mod size_tests {
         let dir = std::env::temp_dir().join(format!("gateway-size-{}", std::process::id()));
         let registry =
             Arc::new(crate::fanout::registry::Registry::open(&dir, 1 << 20, Default::default(), Lsn(0)).unwrap());
+        let db = crate::db::parse_url("postgres://u@localhost/db").unwrap();
+        let tasks = crate::tasks::Tasks::new(tokio_util::sync::CancellationToken::new());
+        let status = Arc::new(crate::status::Status::default());
+        let limits = crate::shape_set::admission::ShapeLimits {
+            max_concurrent_snapshots: 1,
+            max_shapes_per_table: 1,
+            max_shapes_per_scope: 1,
+        };
+        let shapes =
+            crate::shape_set::ShapeSet::new(registry, db.clone(), "p".into(), status.clone(), limits, tasks.clone());
         let settings = super::super::HttpSettings {
-            db: crate::db::parse_url("postgres://u@localhost/db").unwrap(),
-            publication: "p".into(),
             long_poll_timeout: std::time::Duration::from_secs(20),
             sse_timeout: std::time::Duration::from_secs(60),
             sse_keepalive: std::time::Duration::from_secs(21),
@@ -322,30 +327,22 @@ mod size_tests {
             cors: super::super::Cors::new(&["*".into()]),
             shared_cache_by_caller: false,
             demo: None,
-            limits: super::super::admission::Limits {
-                max_concurrent_snapshots: 1,
-                max_live_connections: 1,
-                max_shapes_per_table: 1,
-                max_shapes_per_scope: 1,
-            },
+            max_live_connections: 1,
         };
         let state = AppState::new(
             settings,
-            registry,
+            Arc::new(shapes),
             Arc::new(crate::progress::AckState::new(Lsn(0))),
-            Arc::new(crate::status::Status::default()),
+            status,
             Arc::new(crate::auth::Auth::none()),
             Arc::new(crate::outbox::apply::Outbox {
-                pool: deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-                    crate::db::parse_url("postgres://u@localhost/db").unwrap(),
-                    tokio_postgres::NoTls,
-                ))
-                .build()
-                .unwrap(),
+                pool: deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(db, tokio_postgres::NoTls))
+                    .build()
+                    .unwrap(),
                 tables: Default::default(),
                 bind: Default::default(),
             }),
-            tokio_util::sync::CancellationToken::new(),
+            tasks,
         );
         let fut = get_shape(State(state), HeaderMap::new(), RawQuery(None));
         let size = std::mem::size_of_val(&fut);

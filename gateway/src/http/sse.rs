@@ -45,7 +45,8 @@ pub fn stream(
     let handle = shape.handle.clone();
     // The stream ends when the token does, so the client comes back with a fresh one.
     let deadline = token_deadline(req, state.settings.sse_timeout);
-    tokio::spawn(produce(state.clone(), shape, after, deadline, tx, permit));
+    // Owned: the producer ends with the client, the deadline, or the gateway.
+    state.tasks.spawn(produce(state.clone(), shape, after, deadline, tx, permit));
     let chunks =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, Infallible>(c), rx)) });
     let mut resp = Response::new(Body::from_stream(chunks));
@@ -115,7 +116,6 @@ async fn produce(
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return,
-                _ = state.cancel.cancelled() => return,
                 _ = tx.closed() => return,
             }
         }

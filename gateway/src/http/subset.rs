@@ -31,7 +31,7 @@ pub(super) async fn serve(state: &AppState, req: &ShapeRequest, spec: &SubsetSpe
     if req.handle.as_ref().is_some_and(|h| *h != shape.handle.as_str()) {
         return Ok(must_refetch(state, Some(&shape)));
     }
-    let subset = Subset::bind(spec, &shape.shape.table, state.registry.bind_options())
+    let subset = Subset::bind(spec, &shape.shape.table, state.shapes.registry().bind_options())
         .map_err(|e| ApiError::invalid("subset", e.to_string()))?;
     let filtered = subset.filter.iter().flat_map(|f| f.columns());
     check_readable(req, &shape.shape.table, filtered.chain(subset.order_by.iter().map(|k| k.column)))?;

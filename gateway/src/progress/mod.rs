@@ -9,6 +9,7 @@
 pub mod record;
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use shapes::offset::Lsn;
 use tokio::sync::watch;
@@ -107,9 +108,61 @@ impl AckState {
     }
 }
 
+/// When the data dir records the durable position: at most once per interval (one small
+/// fsync each), promptly after a quiet spell, and again after a failed attempt. Pure: the
+/// caller passes the clock in.
+#[derive(Debug)]
+pub struct RecordPace {
+    every: Duration,
+    recorded: Lsn,
+    last_attempt: Option<Instant>,
+}
+
+impl RecordPace {
+    pub fn new(every: Duration, recorded: Lsn) -> RecordPace {
+        RecordPace { every, recorded, last_attempt: None }
+    }
+
+    /// When to record, now that `durable` is durable: `None` while there is nothing new and
+    /// no failed attempt to repeat.
+    pub fn next_record(&self, durable: Lsn, now: Instant, retry: bool) -> Option<Instant> {
+        if durable <= self.recorded && !retry {
+            return None;
+        }
+        Some(self.last_attempt.map_or(now, |last| (last + self.every).max(now)))
+    }
+
+    pub fn recorded(&mut self, lsn: Lsn, at: Instant) {
+        self.recorded = self.recorded.max(lsn);
+        self.last_attempt = Some(at);
+    }
+
+    pub fn failed(&mut self, at: Instant) {
+        self.last_attempt = Some(at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_at_most_once_per_interval_and_retries_failures() {
+        let every = Duration::from_millis(200);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut pace = RecordPace::new(every, Lsn(100));
+        assert_eq!(pace.next_record(Lsn(100), t0, false), None, "nothing new");
+        assert_eq!(pace.next_record(Lsn(150), t0, false), Some(t0), "the first record is at once");
+        pace.recorded(Lsn(150), t0);
+        assert_eq!(pace.next_record(Lsn(150), ms(50), false), None);
+        assert_eq!(pace.next_record(Lsn(160), ms(50), false), Some(ms(200)), "not before the interval");
+        assert_eq!(pace.next_record(Lsn(160), ms(900), false), Some(ms(900)), "after a quiet spell, at once");
+        pace.failed(ms(900));
+        assert_eq!(pace.next_record(Lsn(150), ms(950), true), Some(ms(1100)), "a failure is retried");
+        pace.recorded(Lsn(140), ms(1100));
+        assert_eq!(pace.next_record(Lsn(150), ms(1100), false), None, "the record never moves back");
+    }
 
     #[test]
     fn idle_keepalives_advance_only_when_nothing_is_owed() {

@@ -1,0 +1,204 @@
+//! The set of live shapes and its lifecycle: finding the shape for a definition or creating
+//! it (the table's publication, its log, its snapshot), dropping shapes, and owning their
+//! snapshot tasks, which stop when their shape goes or the gateway stops. HTTP handlers
+//! parse and authorize a request, call this, and render the result.
+
+pub mod admission;
+
+use std::sync::Arc;
+
+use shapes::shape::{Shape, ShapeError, ShapeSpec};
+use shapes::table::{TableName, TableSchema};
+use tokio::sync::Mutex;
+use tokio_postgres::Config;
+
+use self::admission::{ShapeAdmission, ShapeLimits, SnapshotPermit};
+use crate::auth::AuthError;
+use crate::db;
+use crate::fanout::live_shape::LiveShape;
+use crate::fanout::registry::Registry;
+use crate::replication::{ReplicationError, slot};
+use crate::status::Status;
+use crate::tasks::Tasks;
+
+/// Why a shape could not be found or created, each with what the caller can do.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeSetError {
+    /// The definition is wrong: `field` names the request parameter at fault.
+    #[error("{message}")]
+    Invalid { field: &'static str, message: String },
+    #[error(transparent)]
+    Access(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    /// The table does not exist (it may have been dropped since the shape was made).
+    #[error("table {0} does not exist")]
+    MissingTable(String),
+    #[error("the database is unreachable; retry")]
+    Unreachable,
+    /// New shapes are paused (the WAL budget); existing ones are served.
+    #[error("{0}")]
+    Paused(String),
+    #[error("{0}")]
+    TooMany(String),
+    /// A bound on concurrent work, or a lock held by someone else: retry shortly.
+    #[error("{0}")]
+    Busy(String),
+    #[error("cannot create the shape's log ({0}); retry when the gateway's storage has room")]
+    Storage(std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub struct ShapeSet {
+    registry: Arc<Registry>,
+    db: Config,
+    publication: String,
+    status: Arc<Status>,
+    admission: ShapeAdmission,
+    /// Serializes shape creation (publication changes, snapshot start).
+    create_lock: Mutex<()>,
+    /// A session for catalog reads and publication changes, reconnected when it dropped.
+    catalog: Mutex<Option<tokio_postgres::Client>>,
+    tasks: Tasks,
+}
+
+impl ShapeSet {
+    pub fn new(
+        registry: Arc<Registry>,
+        db: Config,
+        publication: String,
+        status: Arc<Status>,
+        limits: ShapeLimits,
+        tasks: Tasks,
+    ) -> ShapeSet {
+        ShapeSet {
+            registry,
+            db,
+            publication,
+            status,
+            admission: ShapeAdmission::new(limits),
+            create_lock: Mutex::new(()),
+            catalog: Mutex::new(None),
+            tasks,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Finds the shape for `spec` on `table`, creating it (and starting its snapshot) if new.
+    /// `readable` refuses a shape whose filter reads a column the caller may not read.
+    pub async fn resolve(
+        &self,
+        table: &TableName,
+        spec: &ShapeSpec,
+        readable: impl Fn(&Shape) -> Result<(), AuthError>,
+    ) -> Result<Arc<LiveShape>, ShapeSetError> {
+        let bind = |schema| {
+            let shape = Shape::bind(spec.clone(), schema, self.registry.bind_options()).map_err(|e| match e {
+                ShapeError::Where(w) => ShapeSetError::Invalid { field: "where", message: w.to_string() },
+                ShapeError::Columns(c) => ShapeSetError::Invalid { field: "columns", message: c },
+                ShapeError::Scope(w) => ShapeSetError::Forbidden(format!(
+                    "the token's claims do not fit the access rule of {}: {w}",
+                    table.quoted()
+                )),
+            })?;
+            readable(&shape)?;
+            Ok::<_, ShapeSetError>(shape)
+        };
+        if let Some(schema) = self.registry.cached_schema(table)
+            && let Some(existing) = self.registry.get(&bind(schema)?.key())
+        {
+            return Ok(existing);
+        }
+        // Creating shapes is rare: one at a time keeps publication changes race-free, and the
+        // catalog is read afresh, since the table may have changed since it was cached.
+        let _guard = self.create_lock.lock().await;
+        let mut catalog = self.catalog.lock().await;
+        let client = connected(&mut catalog, &self.db).await?;
+        let schema = self.fresh_schema(client, table).await?;
+        let shape = bind(schema.clone())?;
+        if let Some(existing) = self.registry.get(&shape.key()) {
+            return Ok(existing);
+        }
+        if let Some(why) = self.status.new_shapes_paused() {
+            return Err(ShapeSetError::Paused(why));
+        }
+        let existing = self.registry.shapes_of(table);
+        let scope = spec.scope.as_ref();
+        let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
+        self.admission.check_shape_count(&table.quoted(), existing.len(), in_scope)?;
+        let permit = self.admission.snapshot(scope)?;
+        let altered = slot::ensure_published(client, &self.publication, &schema, shape.needs_old_rows())
+            .await
+            .map_err(|e| match e {
+                ReplicationError::Privilege { .. } => ShapeSetError::Forbidden(e.to_string()),
+                ReplicationError::TableGone(_) => ShapeSetError::MissingTable(table.quoted()),
+                ReplicationError::TableBusy(_) => ShapeSetError::Busy(e.to_string()),
+                e => ShapeSetError::Internal(e.to_string()),
+            })?;
+        let shape = if altered { bind(self.fresh_schema(client, table).await?)? } else { shape };
+        let (live, created) = self.registry.get_or_create(shape).map_err(ShapeSetError::Storage)?;
+        if created {
+            self.start_snapshot(live.clone(), permit);
+        }
+        Ok(live)
+    }
+
+    /// Drops shapes (their clients refetch); the tables are read afresh next time, since
+    /// they may be dropped and created again.
+    pub fn delete(&self, shapes: &[Arc<LiveShape>], reason: &str) {
+        for s in shapes {
+            self.registry.rotate(s, reason);
+            self.registry.forget_schema(&s.shape.table.name);
+        }
+    }
+
+    /// Runs the snapshot of a new shape as an owned task: it stops when the shape is rotated
+    /// or deleted meanwhile (nobody will be served its rows) or the gateway stops, and the
+    /// snapshot slot is given back when it ends.
+    fn start_snapshot(&self, shape: Arc<LiveShape>, permit: SnapshotPermit) {
+        let (db, registry) = (self.db.clone(), self.registry.clone());
+        self.tasks.spawn(async move {
+            let mut version = shape.log.subscribe();
+            tokio::select! {
+                () = crate::snapshot::run(db, registry, shape.clone()) => {}
+                _ = version.wait_for(|v| v.gone) => {
+                    tracing::debug!(handle = %shape.handle, "snapshot stopped: its shape is gone")
+                }
+            }
+            drop(permit);
+        });
+    }
+
+    /// Reads the table from the catalog and refreshes the cache.
+    async fn fresh_schema(
+        &self,
+        client: &tokio_postgres::Client,
+        table: &TableName,
+    ) -> Result<TableSchema, ShapeSetError> {
+        let schema = db::table_schema(client, table)
+            .await
+            .map_err(|e| ShapeSetError::Internal(e.to_string()))?
+            .ok_or_else(|| ShapeSetError::MissingTable(table.quoted()))?;
+        self.registry.cache_schema(schema.clone());
+        Ok(schema)
+    }
+}
+
+/// The catalog session, connected again if it dropped.
+async fn connected<'a>(
+    session: &'a mut Option<tokio_postgres::Client>,
+    db: &Config,
+) -> Result<&'a tokio_postgres::Client, ShapeSetError> {
+    if session.as_ref().is_none_or(|c| c.is_closed()) {
+        let client = db::connect(db).await.map_err(|e| {
+            tracing::warn!(error = %e, "catalog session");
+            ShapeSetError::Unreachable
+        })?;
+        *session = Some(client);
+    }
+    Ok(session.as_ref().expect("connected above"))
+}
