@@ -7,8 +7,11 @@
 
 use std::collections::HashSet;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
+use shapes::contract::{self, Batch, BatchResult, Mutation};
 
 /// Most mutations sent in one push.
 pub const MAX_PUSH: usize = 100;
@@ -24,12 +27,12 @@ pub enum Op {
 }
 
 impl Op {
-    /// The outbox protocol's name for it.
-    pub fn wire(self) -> &'static str {
+    /// The outbox protocol's op for it.
+    pub fn wire(self) -> contract::Op {
         match self {
-            Op::Put => "upsert",
-            Op::Update => "update",
-            Op::Delete => "delete",
+            Op::Put => contract::Op::Upsert,
+            Op::Update => contract::Op::Update,
+            Op::Delete => contract::Op::Delete,
         }
     }
 }
@@ -149,21 +152,34 @@ pub fn next_push(client_id: &str, entries: &mut [Entry], next_id: &mut u64) -> O
             .take(MAX_PUSH)
             .collect(),
     };
-    let mutations: Vec<Value> = chosen
+    for &i in &chosen {
+        entries[i].mutation_id.get_or_insert_with(|| {
+            *next_id += 1;
+            *next_id - 1
+        });
+    }
+    let entries = &*entries;
+    let mutations = chosen
         .iter()
-        .map(|&i| {
-            let entry = &mut entries[i];
-            let id = *entry.mutation_id.get_or_insert_with(|| {
-                *next_id += 1;
-                *next_id - 1
-            });
-            let mut mutation = entry.mutation.clone();
-            mutation["id"] = json!(id);
-            mutation
-        })
+        .map(|&i| sent_mutation(&entries[i].mutation, entries[i].mutation_id.unwrap_or_default()))
         .collect();
-    let body = json!({"client_id": client_id, "atomic": batch.is_some(), "mutations": mutations});
+    let batch = Batch { client_id: client_id.into(), atomic: batch.is_some(), mutations };
+    let body = serde_json::to_value(batch).expect("a batch is JSON");
     Some(Push { entries: chosen, body })
+}
+
+/// A stored mutation (`table`, `op` and its columns) as the batch carries it, with its id.
+fn sent_mutation(stored: &Value, id: u64) -> Mutation<'_, Map<String, Value>> {
+    let text = |name: &str| Cow::Borrowed(stored.get(name).and_then(Value::as_str).unwrap_or_default());
+    let columns = |name: &str| stored.get(name).and_then(Value::as_object).cloned();
+    Mutation {
+        id,
+        table: text("table"),
+        op: text("op"),
+        key: columns("key"),
+        value: columns("value"),
+        base: columns("base"),
+    }
 }
 
 /// The gateway's ledger has applied this client's mutations only up to `expected - 1` (a
@@ -178,40 +194,8 @@ pub fn renumber(entries: &mut [Entry], expected: u64) -> u64 {
     next
 }
 
-/// The gateway's answer to a push.
-#[derive(Debug, Deserialize)]
-pub struct PushResponse {
-    pub txid: Option<String>,
-    pub results: Vec<PushResult>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct PushResult {
-    pub id: u64,
-    pub status: String,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub row: Option<Value>,
-    /// For `duplicate`: the first answer, with its transaction.
-    #[serde(default)]
-    pub first: Option<Box<FirstResult>>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct FirstResult {
-    pub status: String,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub row: Option<Value>,
-    /// Absent when that batch committed no writes.
-    #[serde(default)]
-    pub txid: Option<String>,
-}
-
 /// Takes the gateway's answer for the pushed `entries`.
-pub fn settle(entries: &mut [Entry], response: &PushResponse, now_ms: f64) {
+pub fn settle(entries: &mut [Entry], response: &BatchResult, now_ms: f64) {
     for entry in entries.iter_mut() {
         let Some(result) = response.results.iter().find(|r| Some(r.id) == entry.mutation_id) else {
             fail(entry, Status::Failed, "the gateway's answer had no result for this write".into(), None);
@@ -219,13 +203,13 @@ pub fn settle(entries: &mut [Entry], response: &PushResponse, now_ms: f64) {
         };
         // A duplicate is the first answer again: a retry after a lost response. One from
         // before the client's last batch comes without it: it was applied, long ago.
-        let (status, error, row, txid) = match (&*result.status, &result.first) {
-            ("duplicate", Some(first)) => (&*first.status, &first.error, &first.row, first.txid.as_deref()),
-            ("duplicate", None) => ("duplicate", &None, &None, None),
-            (status, _) => (status, &result.error, &result.row, response.txid.as_deref()),
+        let (answer, txid) = match (result.status, &result.first) {
+            (contract::Status::Duplicate, Some(first)) => (&first.result, first.txid.as_deref()),
+            (contract::Status::Duplicate, None) => (result, None),
+            _ => (result, response.txid.as_deref()),
         };
-        match status {
-            "applied" | "duplicate" => {
+        match answer.status {
+            contract::Status::Applied | contract::Status::Duplicate => {
                 entry.status = Status::Synced;
                 entry.txid = txid.and_then(|t| t.parse().ok());
                 entry.synced_ms = Some(now_ms);
@@ -234,13 +218,15 @@ pub fn settle(entries: &mut [Entry], response: &PushResponse, now_ms: f64) {
                 entry.local = true;
                 entry.echoed = entry.txid.is_none();
             }
-            "aborted" => {
-                let why = error.clone().unwrap_or_else(|| "another write of its transaction was refused".into());
+            contract::Status::Aborted => {
+                let why = answer.error.clone().unwrap_or_else(|| "another write of its transaction was refused".into());
                 fail(entry, Status::Failed, format!("aborted: {why}"), None);
             }
             other => {
-                let why = error.clone().unwrap_or_else(|| format!("the gateway answered {other}"));
-                fail(entry, Status::Failed, format!("{other}: {why}"), row.clone());
+                let name =
+                    serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let why = answer.error.clone().unwrap_or_else(|| format!("the gateway answered {name}"));
+                fail(entry, Status::Failed, format!("{name}: {why}"), answer.row.clone());
             }
         }
     }
@@ -335,7 +321,7 @@ pub fn stats<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Stats {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Map;
+    use serde_json::json;
 
     use super::*;
 
@@ -357,7 +343,7 @@ mod tests {
             mutation_id: None,
             shape: "todos".into(),
             op,
-            mutation: json!({"id": id, "table": "todos", "op": op.wire()}),
+            mutation: json!({"id": id, "table": "todos", "op": op.wire().as_str()}),
             batch: batch.map(str::to_string),
             status: Status::Pending,
             attempts: 0,
@@ -371,7 +357,7 @@ mod tests {
         }
     }
 
-    fn response(v: Value) -> PushResponse {
+    fn response(v: Value) -> BatchResult {
         serde_json::from_value(v).unwrap()
     }
 

@@ -38,13 +38,7 @@ impl Default for Position {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Operation {
-    Insert,
-    Update,
-    Delete,
-}
+pub use shapes::contract::Operation;
 
 /// One row change, with its values still as PostgreSQL text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

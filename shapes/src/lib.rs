@@ -11,19 +11,36 @@
 //! - **offset** ([`offset::LogOffset`]): a position in a shape log, `<lsn>_<op>`.
 //! - **shape log** ([`log::ShapeLog`]): the durable, append-only list of wire messages of
 //!   one shape: the snapshot chunks, then the live changes.
+//! - **contract** ([`contract`]): what the gateway and its clients exchange besides shape
+//!   messages: change operations, outbox batches and their answers. The only module built
+//!   without the `server` feature (the browser SDK's build).
 //! - **routing index** ([`index::RoutingIndex`]): finds the shapes a change may touch
 //!   without looking at every shape.
 
+#[cfg(feature = "server")]
 pub mod change;
+pub mod contract;
+#[cfg(feature = "server")]
 pub mod datetime;
+#[cfg(feature = "server")]
 pub mod durable;
+#[cfg(feature = "server")]
 pub mod index;
+#[cfg(feature = "server")]
 pub mod log;
+#[cfg(feature = "server")]
 pub mod numeric;
+#[cfg(feature = "server")]
 pub mod offset;
+#[cfg(feature = "server")]
 pub mod shape;
+#[cfg(feature = "server")]
 pub mod subset;
+#[cfg(feature = "server")]
 pub mod table;
+#[cfg(feature = "server")]
 pub mod value;
+#[cfg(feature = "server")]
 pub mod where_clause;
+#[cfg(feature = "server")]
 pub mod wire;

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 
+use crate::contract::Operation;
 use crate::log::LiveRead;
 use crate::offset::Lsn;
 use crate::table::TableSchema;
@@ -61,23 +62,6 @@ fn key_part(out: &mut String, s: &str, dots: bool) {
             '/' => out.push_str("//"),
             '.' if dots => out.push_str(".."),
             c => out.push(c),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operation::Insert => "insert",
-            Operation::Update => "update",
-            Operation::Delete => "delete",
         }
     }
 }

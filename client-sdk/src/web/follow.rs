@@ -264,7 +264,7 @@ async fn apply(
                 rows.delete(&key)?;
             }
         }
-        events.push((op_name(change.operation), key));
+        events.push((Operation::as_str(change.operation), key));
     }
     if !covered.is_empty() && !txids.is_empty() {
         let mut entries: Vec<outbox::Entry> = records.iter().map(|r| r.entry.clone()).collect();
@@ -289,14 +289,6 @@ async fn apply(
         inner.sync_event(name, op, key, "server");
     }
     Ok(())
-}
-
-fn op_name(op: Operation) -> &'static str {
-    match op {
-        Operation::Insert => "insert",
-        Operation::Update => "update",
-        Operation::Delete => "delete",
-    }
 }
 
 fn encode(query: &[(String, String)]) -> String {

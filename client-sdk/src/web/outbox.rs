@@ -12,9 +12,10 @@ use web_sys::IdbObjectStore;
 
 use super::rows::{self, JsRow, key_id};
 use super::{Inner, idb, net};
-use crate::outbox::{self, Entry, Local, Op, PushFailure, PushResponse, Status};
+use crate::outbox::{self, Entry, Local, Op, PushFailure, Status};
 use crate::protocol::error_message;
 use crate::values::Schema;
+use shapes::contract::BatchResult;
 
 /// An entry as stored: `{seq, state, meta, key, value}`; `state` is "open" while the entry
 /// may still change, which is what the worker reads.
@@ -223,7 +224,7 @@ fn prepare(
     Ok(match w.op {
         Op::Put => {
             let value: JsValue = Object::assign(&Object::new(), &w.value.clone().unchecked_into()).into();
-            let mutation = json!({"op": "upsert", "value": strip(rows::to_json(&value)?, false)});
+            let mutation = json!({"op": Op::Put.wire().as_str(), "value": strip(rows::to_json(&value)?, false)});
             (value, mutation)
         }
         Op::Update => {
@@ -244,14 +245,14 @@ fn prepare(
             if sent.as_object().is_none_or(|m| m.is_empty()) {
                 return Err("update: no column to change (key and version columns cannot be changed)".into());
             }
-            let mut mutation = json!({"op": "update", "key": key_json, "value": sent});
+            let mut mutation = json!({"op": Op::Update.wire().as_str(), "key": key_json, "value": sent});
             if let Some(b) = base(Some(current))? {
                 mutation["base"] = b;
             }
             (partial.into(), mutation)
         }
         Op::Delete => {
-            let mut mutation = json!({"op": "delete", "key": key_json});
+            let mut mutation = json!({"op": Op::Delete.wire().as_str(), "key": key_json});
             if let Some(b) = base(current)? {
                 mutation["base"] = b;
             }
@@ -297,7 +298,7 @@ pub async fn push_once(inner: &Inner) -> Result<Pushed, JsValue> {
     }
     let failure = match answer {
         Err(_) => Some(PushFailure::Offline),
-        Ok(a) if a.status == 200 => match serde_json::from_str::<PushResponse>(&a.body) {
+        Ok(a) if a.status == 200 => match serde_json::from_str::<BatchResult>(&a.body) {
             Ok(response) => {
                 outbox::settle(&mut pushed, &response, js_sys::Date::now());
                 None

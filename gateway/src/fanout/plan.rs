@@ -5,9 +5,10 @@
 //! deletes, and clients never receive an update for a row they do not hold.
 
 use shapes::change::{Cell, Change};
+use shapes::contract::Operation;
 use shapes::shape::{Replica, Shape};
 use shapes::where_clause::EvalError;
-use shapes::wire::{MessageEncoder, Operation};
+use shapes::wire::MessageEncoder;
 
 /// (column, value) pairs; cells share the decoded buffers, nothing is copied.
 pub type Fields = Vec<(usize, Cell)>;

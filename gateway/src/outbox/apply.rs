@@ -325,7 +325,7 @@ impl Outbox {
             Ok(n) => n,
             Err(e) => return Ok(Err(format!("table: {e}"))),
         };
-        let access = match who.auth.write_access(who.caller, &name, &op.to_string(), op.needs()) {
+        let access = match who.auth.write_access(who.caller, &name, op.as_str(), super::needs(op)) {
             Ok(a) => a,
             Err(e) => return Ok(Err(e.to_string())),
         };
