@@ -23,6 +23,8 @@ build_sdk
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+# Most tests wait on PostgreSQL, a gateway process or a browser, not on the CPU: four at a
+# time finish sooner than one per core (each waits with a deadline, never a bare sleep).
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --locked
 # The Helm chart: lint, render variants, assert, validate (needs the gateway binary built above).
 GATEWAY_BIN=target/debug/gateway "$TEST_PYTHON" deploy/helm/tests/test_chart.py

@@ -88,11 +88,34 @@ impl DevPostgres {
         std::fs::create_dir_all(&root)?;
         let db = DevPostgres { root, bin, port: free_port()?, run_as };
         db.own_root()?;
-        db.run(
+        let template = db.template()?;
+        db.copy_tree(&template, &db.data())?;
+        db.write_conf(options)?;
+        db.pg_ctl_start()?;
+        Ok(db)
+    }
+
+    /// A freshly initialized data directory to copy: `initdb` costs over a second of CPU, a
+    /// copy a fraction of it, and every test and demo starts a cluster. One per PostgreSQL
+    /// version and user in the temp dir, made once (renamed into place whole, so a racing
+    /// or interrupted maker leaves no half of one) and shared by later runs.
+    fn template(&self) -> Result<PathBuf, DevDbError> {
+        let out = self.command("initdb").arg("--version").output()?;
+        let version: String = String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+            .collect();
+        let user = self.run_as.as_deref().unwrap_or("self");
+        let template = std::env::temp_dir().join(format!("gateway-pg-template-{user}-{}", version.trim_matches('_')));
+        if template.join("PG_VERSION").exists() {
+            return Ok(template);
+        }
+        let making = self.root.join("template");
+        self.run(
             "initdb",
             &[
                 "-D",
-                &db.data().to_string_lossy(),
+                &making.to_string_lossy(),
                 "-U",
                 "postgres",
                 "--auth=trust",
@@ -102,9 +125,21 @@ impl DevPostgres {
                 "--no-sync",
             ],
         )?;
-        db.write_conf(options)?;
-        db.pg_ctl_start()?;
-        Ok(db)
+        // Another process may have made it meanwhile: theirs is as good.
+        if std::fs::rename(&making, &template).is_err() {
+            std::fs::remove_dir_all(&making)?;
+        }
+        Ok(template)
+    }
+
+    /// Copies a data directory, keeping its owner and modes (PostgreSQL checks both).
+    fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), DevDbError> {
+        let out = Command::new("cp").arg("-a").arg(from).arg(to).stdin(Stdio::null()).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(DevDbError::Step { step: "cp", detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+        }
     }
 
     fn data(&self) -> PathBuf {
