@@ -273,24 +273,6 @@ async fn demo_serves_each_org_its_todos_with_printed_tokens_and_cleans_up_on_ctr
 }
 
 #[tokio::test]
-async fn preflight_allows_the_headers_browsers_send() {
-    let env = Env::new().await;
-    let gw = env.ready_gateway().await;
-    let r = reqwest::Client::new()
-        .request(reqwest::Method::OPTIONS, format!("{}/v1/shape", gw.base()))
-        .header("origin", "https://app.example")
-        .header("access-control-request-method", "GET")
-        .header("access-control-request-headers", "authorization,if-none-match")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
-    assert_eq!(r.headers()["access-control-allow-headers"], "authorization,if-none-match");
-    assert!(r.headers()["access-control-allow-methods"].to_str().unwrap().contains("GET"));
-}
-
-#[tokio::test]
 async fn a_table_the_gateway_may_not_publish_gets_a_403_with_the_sql_to_run() {
     let env = Env::new().await;
     env.sql(ITEMS).await;

@@ -13,6 +13,8 @@ mod resolve;
 pub mod shape;
 pub mod sse;
 pub mod subset;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
