@@ -110,35 +110,37 @@ impl AckState {
 
 /// When the data dir records the durable position: at most once per interval (one small
 /// fsync each), promptly after a quiet spell, and again after a failed attempt. Pure: the
-/// caller passes the clock in.
+/// caller passes the positions and the clock in.
 #[derive(Debug)]
 pub struct RecordPace {
     every: Duration,
-    recorded: Lsn,
     last_attempt: Option<Instant>,
+    retrying: bool,
 }
 
 impl RecordPace {
-    pub fn new(every: Duration, recorded: Lsn) -> RecordPace {
-        RecordPace { every, recorded, last_attempt: None }
+    pub fn new(every: Duration) -> RecordPace {
+        RecordPace { every, last_attempt: None, retrying: false }
     }
 
-    /// When to record, now that `durable` is durable: `None` while there is nothing new and
-    /// no failed attempt to repeat.
-    pub fn next_record(&self, durable: Lsn, now: Instant, retry: bool) -> Option<Instant> {
-        if durable <= self.recorded && !retry {
+    /// When to record `durable`, with `recorded` already recorded: `None` while there is
+    /// nothing new and no failed attempt to repeat.
+    pub fn next_record(&self, durable: Lsn, recorded: Lsn, now: Instant) -> Option<Instant> {
+        if durable <= recorded && !self.retrying {
             return None;
         }
         Some(self.last_attempt.map_or(now, |last| (last + self.every).max(now)))
     }
 
-    pub fn recorded(&mut self, lsn: Lsn, at: Instant) {
-        self.recorded = self.recorded.max(lsn);
+    /// An attempt at `at` succeeded; `true` when it ended a run of failures.
+    pub fn recorded(&mut self, at: Instant) -> bool {
         self.last_attempt = Some(at);
+        std::mem::take(&mut self.retrying)
     }
 
     pub fn failed(&mut self, at: Instant) {
         self.last_attempt = Some(at);
+        self.retrying = true;
     }
 }
 
@@ -151,17 +153,17 @@ mod tests {
         let every = Duration::from_millis(200);
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        let mut pace = RecordPace::new(every, Lsn(100));
-        assert_eq!(pace.next_record(Lsn(100), t0, false), None, "nothing new");
-        assert_eq!(pace.next_record(Lsn(150), t0, false), Some(t0), "the first record is at once");
-        pace.recorded(Lsn(150), t0);
-        assert_eq!(pace.next_record(Lsn(150), ms(50), false), None);
-        assert_eq!(pace.next_record(Lsn(160), ms(50), false), Some(ms(200)), "not before the interval");
-        assert_eq!(pace.next_record(Lsn(160), ms(900), false), Some(ms(900)), "after a quiet spell, at once");
+        let mut pace = RecordPace::new(every);
+        assert_eq!(pace.next_record(Lsn(100), Lsn(100), t0), None, "nothing new");
+        assert_eq!(pace.next_record(Lsn(150), Lsn(100), t0), Some(t0), "the first record is at once");
+        assert!(!pace.recorded(t0));
+        assert_eq!(pace.next_record(Lsn(150), Lsn(150), ms(50)), None);
+        assert_eq!(pace.next_record(Lsn(160), Lsn(150), ms(50)), Some(ms(200)), "not before the interval");
+        assert_eq!(pace.next_record(Lsn(160), Lsn(150), ms(900)), Some(ms(900)), "after a quiet spell, at once");
         pace.failed(ms(900));
-        assert_eq!(pace.next_record(Lsn(150), ms(950), true), Some(ms(1100)), "a failure is retried");
-        pace.recorded(Lsn(140), ms(1100));
-        assert_eq!(pace.next_record(Lsn(150), ms(1100), false), None, "the record never moves back");
+        assert_eq!(pace.next_record(Lsn(150), Lsn(150), ms(950)), Some(ms(1100)), "a failure is retried");
+        assert!(pace.recorded(ms(1100)), "the failures ended");
+        assert_eq!(pace.next_record(Lsn(150), Lsn(150), ms(1100)), None);
     }
 
     #[test]

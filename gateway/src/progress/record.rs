@@ -5,7 +5,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shapes::offset::Lsn;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,11 +23,10 @@ const RECORDING: &str = "recording the data dir's position";
 /// the gateway not ready meanwhile; nothing more is acknowledged until it succeeds.
 pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc<Status>, cancel: CancellationToken) {
     let mut durable = ack.subscribe_durable();
-    let mut pace = RecordPace::new(RECORD_EVERY, ack.acknowledgeable());
-    let mut failing = false;
+    let mut pace = RecordPace::new(RECORD_EVERY);
     loop {
         let now = Instant::now().into_std();
-        let Some(at) = pace.next_record(ack.durable(), now, failing) else {
+        let Some(at) = pace.next_record(ack.durable(), ack.acknowledgeable(), now) else {
             tokio::select! {
                 changed = durable.changed() => if changed.is_err() { return },
                 _ = cancel.cancelled() => return,
@@ -41,30 +39,26 @@ pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc
         }
         let attempt = Instant::now().into_std();
         match record_now(&dir, &ack).await {
-            Ok(lsn) => {
-                if failing {
+            Ok(()) => {
+                if pace.recorded(attempt) {
                     tracing::info!("the data dir's position is recorded again; acknowledging resumes");
                     status.set_storage_error(RECORDING, None);
-                    failing = false;
                 }
-                pace.recorded(lsn, attempt);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the data dir's position; retrying");
                 status.set_storage_error(RECORDING, Some(e.to_string()));
                 pace.failed(attempt);
-                failing = true;
             }
         }
     }
 }
 
-/// Records the durable position now and lets it be acknowledged (also used at shutdown);
-/// returns the position recorded.
-pub async fn record_now(dir: &Arc<DataDir>, ack: &Arc<AckState>) -> io::Result<Lsn> {
+/// Records the durable position now and lets it be acknowledged (also used at shutdown).
+pub async fn record_now(dir: &Arc<DataDir>, ack: &Arc<AckState>) -> io::Result<()> {
     let lsn = ack.durable();
     let d = dir.clone();
     tokio::task::spawn_blocking(move || d.record(lsn)).await.map_err(io::Error::other)??;
     ack.note_recorded(lsn);
-    Ok(lsn)
+    Ok(())
 }
