@@ -249,7 +249,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
     let mut fanout =
         tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), status.clone(), open_writers, cancel.clone()));
-    tasks.spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone(), cancel.clone()));
+    tasks.spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone()));
     let monitor = replication::monitor::Monitor {
         db: db_cfg.clone(),
         slot: cfg.slot.clone(),
@@ -260,7 +260,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         status: status.clone(),
     };
     let mut monitor = tokio::spawn(monitor.run(cancel.clone()));
-    tasks.spawn(telemetry::upkeep(metrics, cfg.data_dir.clone(), cancel.clone()));
+    tasks.spawn(telemetry::upkeep(metrics, cfg.data_dir.clone()));
 
     let cors = http::Cors::new(&cfg.cors_origins);
     tracing::info!(origins = %cfg.cors_origins.join(","), "browsers may call from");
@@ -286,10 +286,10 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     let shapes =
         ShapeSet::new(registry.clone(), db_cfg, cfg.publication.clone(), status.clone(), limits, tasks.clone());
     if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
-        let (auth, cancel) = (auth.clone(), cancel.clone());
+        let auth = auth.clone();
         tasks.spawn(async move {
             if let Some(auth::keys::KeySource::Jwks(jwks)) = auth.verifier().map(|v| v.keys()) {
-                jwks.refresh_until(cancel).await;
+                jwks.refresh().await;
             }
         });
     }

@@ -11,7 +11,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -131,12 +130,9 @@ pub fn recorder() -> &'static PrometheusHandle {
 }
 
 /// Drains histogram buckets and measures the shape logs on disk, every few seconds.
-pub async fn upkeep(handle: &'static PrometheusHandle, data_dir: PathBuf, cancel: CancellationToken) {
+pub async fn upkeep(handle: &'static PrometheusHandle, data_dir: PathBuf) {
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
         handle.run_upkeep();
         let dir = data_dir.clone();
         if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_bytes(&dir)).await {

@@ -177,13 +177,10 @@ impl Jwks {
         find(&self.state.read().unwrap())
     }
 
-    /// Reloads the set periodically until `cancel`.
-    pub async fn refresh_until(&self, cancel: tokio_util::sync::CancellationToken) {
+    /// Reloads the set periodically, for as long as the task runs (its owner stops it).
+    pub async fn refresh(&self) {
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(JWKS_REFRESH) => {}
-            }
+            tokio::time::sleep(JWKS_REFRESH).await;
             if let Err(e) = self.load().await {
                 tracing::warn!(error = %e, "refreshing the JWKS failed; keeping the previous keys");
             }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{AckState, RecordPace};
 use crate::data_dir::DataDir;
@@ -20,23 +19,20 @@ const RECORDING: &str = "recording the data dir's position";
 
 /// Records the fan-out's durable position at most every [`RECORD_EVERY`] and only then
 /// lets it be acknowledged to PostgreSQL. A failed record (a full disk) is retried, with
-/// the gateway not ready meanwhile; nothing more is acknowledged until it succeeds.
-pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc<Status>, cancel: CancellationToken) {
+/// the gateway not ready meanwhile; nothing more is acknowledged until it succeeds. Runs
+/// until its owner ([`crate::tasks`]) stops it.
+pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc<Status>) {
     let mut durable = ack.subscribe_durable();
     let mut pace = RecordPace::new(RECORD_EVERY);
     loop {
         let now = Instant::now().into_std();
         let Some(at) = pace.next_record(ack.durable(), ack.acknowledgeable(), now) else {
-            tokio::select! {
-                changed = durable.changed() => if changed.is_err() { return },
-                _ = cancel.cancelled() => return,
+            if durable.changed().await.is_err() {
+                return;
             }
             continue;
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(Instant::from_std(at)) => {}
-            _ = cancel.cancelled() => return,
-        }
+        tokio::time::sleep_until(Instant::from_std(at)).await;
         let attempt = Instant::now().into_std();
         match record_now(&dir, &ack).await {
             Ok(()) => {
