@@ -223,8 +223,7 @@ pub fn settle(entries: &mut [Entry], response: &BatchResult, now_ms: f64) {
                 fail(entry, Status::Failed, format!("aborted: {why}"), None);
             }
             other => {
-                let name =
-                    serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let name = other.as_str();
                 let why = answer.error.clone().unwrap_or_else(|| format!("the gateway answered {name}"));
                 fail(entry, Status::Failed, format!("{name}: {why}"), answer.row.clone());
             }

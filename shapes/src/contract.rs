@@ -162,6 +162,19 @@ pub enum Status {
     Aborted,
 }
 
+impl Status {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "applied",
+            Status::Duplicate => "duplicate",
+            Status::Conflict => "conflict",
+            Status::Rejected => "rejected",
+            Status::Aborted => "aborted",
+        }
+    }
+}
+
 /// What happened to one mutation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MutationResult {
@@ -215,6 +228,13 @@ pub struct BatchResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_is_named_as_it_is_sent() {
+        for status in [Status::Applied, Status::Duplicate, Status::Conflict, Status::Rejected, Status::Aborted] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
 
     #[test]
     fn a_batch_reads_as_the_gateway_does_and_writes_as_a_client_does() {

@@ -264,7 +264,7 @@ async fn apply(
                 rows.delete(&key)?;
             }
         }
-        events.push((Operation::as_str(change.operation), key));
+        events.push((change.operation.as_str(), key));
     }
     if !covered.is_empty() && !txids.is_empty() {
         let mut entries: Vec<outbox::Entry> = records.iter().map(|r| r.entry.clone()).collect();
