@@ -134,12 +134,7 @@ impl DevPostgres {
 
     /// Copies a data directory, keeping its owner and modes (PostgreSQL checks both).
     fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), DevDbError> {
-        let out = Command::new("cp").arg("-a").arg(from).arg(to).stdin(Stdio::null()).output()?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(DevDbError::Step { step: "cp", detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
-        }
+        succeeded("cp", Command::new("cp").arg("-a").arg(from).arg(to))
     }
 
     fn data(&self) -> PathBuf {
@@ -181,12 +176,7 @@ impl DevPostgres {
     }
 
     fn run(&self, step: &'static str, args: &[&str]) -> Result<(), DevDbError> {
-        let out = self.command(step).args(args).stdin(Stdio::null()).output()?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(DevDbError::Step { step, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
-        }
+        succeeded(step, self.command(step).args(args))
     }
 
     fn write_conf(&self, options: &DevOptions) -> Result<(), DevDbError> {
@@ -236,6 +226,16 @@ impl DevPostgres {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Runs `command`; a failure is `step`'s error with what it printed on stderr.
+fn succeeded(step: &'static str, command: &mut Command) -> Result<(), DevDbError> {
+    let out = command.stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DevDbError::Step { step, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }
 
