@@ -14,13 +14,38 @@ use shapes::offset::Lsn;
 use tower::ServiceExt;
 
 use super::{AppState, Cors, HttpSettings, app};
+use crate::auth::Auth;
+use crate::auth::keys::KeySource;
+use crate::auth::rules::AccessRules;
+use crate::auth::token::Verifier;
 use crate::fanout::registry::Registry;
 use crate::shape_set::ShapeSet;
 use crate::shape_set::admission::ShapeLimits;
 use crate::tasks::Tasks;
 
-/// A state over an empty shape set in a fresh directory (removed with the guard).
+/// A state over an empty shape set in a fresh directory (removed with the guard), with
+/// `--auth none`.
 fn state() -> (AppState, tempdir::Dir) {
+    state_with(Auth::none())
+}
+
+const SECRET: &str = "in-process-test-secret";
+
+/// [`state`] with HS256 tokens signed by [`SECRET`] and no table rules.
+fn jwt_state() -> (AppState, tempdir::Dir) {
+    let keys = KeySource::from_settings(Some(SECRET), None, None).unwrap();
+    let rules = AccessRules::compile(&[]).unwrap();
+    state_with(Auth::jwt(Verifier::new(keys, None, None, 0), rules))
+}
+
+fn token(claims: Value, secret: &str) -> String {
+    let mut claims = claims;
+    claims["exp"] = json!(jsonwebtoken::get_current_timestamp() + 600);
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+fn state_with(auth: Auth) -> (AppState, tempdir::Dir) {
     let dir = tempdir::Dir::new();
     let registry = Arc::new(Registry::open(&dir.0, 1 << 20, Default::default(), Lsn(0)).unwrap());
     let db = crate::db::parse_url("postgres://u@127.0.0.1:1/db").unwrap();
@@ -46,8 +71,7 @@ fn state() -> (AppState, tempdir::Dir) {
         bind: Default::default(),
     };
     let ack = Arc::new(crate::progress::AckState::new(Lsn(0)));
-    let auth = Arc::new(crate::auth::Auth::none());
-    (AppState::new(settings, Arc::new(shapes), ack, status, auth, Arc::new(outbox), tasks), dir)
+    (AppState::new(settings, Arc::new(shapes), ack, status, Arc::new(auth), Arc::new(outbox), tasks), dir)
 }
 
 mod tempdir {
@@ -156,6 +180,32 @@ async fn unknown_paths_get_a_json_404() {
     let (status, _, body) = send(&state, get("/v2/shape")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "not_found");
+}
+
+#[tokio::test]
+async fn tokens_are_checked_before_anything_else() {
+    let (state, _dir) = jwt_state();
+    let with = |method: Method, uri: &str, token: Option<&str>| {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let shape = "/v1/shape?table=items&offset=-1";
+    let (status, _, body) = send(&state, with(Method::GET, shape, None)).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let forged = token(json!({"sub": "mallory", "gateway_admin": true}), "another-secret");
+    let (status, _, _) = send(&state, with(Method::GET, shape, Some(&forged))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a token signed with another key");
+    let (status, _, _) = send(&state, with(Method::DELETE, "/v1/shape?handle=1-1", Some(&forged))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a forged admin claim deletes nothing");
+    let tenant = token(json!({"sub": "alice", "org": "a"}), SECRET);
+    let (status, _, body) = send(&state, with(Method::DELETE, "/v1/shape?handle=1-1", Some(&tenant))).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "only admins delete");
+    let admin = token(json!({"sub": "ops", "gateway_admin": true}), SECRET);
+    let (status, _, _) = send(&state, with(Method::DELETE, "/v1/shape?handle=1-1", Some(&admin))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an admin reaches the (empty) shape set");
 }
 
 #[test]
