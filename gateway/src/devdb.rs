@@ -86,13 +86,23 @@ impl DevPostgres {
         let root =
             std::env::temp_dir().join(format!("gateway-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&root)?;
-        let db = DevPostgres { root, bin, port: free_port()?, run_as };
+        let mut db = DevPostgres { root, bin, port: free_port()?, run_as };
         db.own_root()?;
         let template = db.template()?;
         db.copy_tree(&template, &db.data())?;
-        db.write_conf(options)?;
-        db.pg_ctl_start()?;
-        Ok(db)
+        // A free port can be taken by another process before the server binds it (tests
+        // start many servers at once): then another port.
+        let mut attempts = 0;
+        loop {
+            db.write_conf(options)?;
+            match db.pg_ctl_start() {
+                Err(DevDbError::Step { detail, .. }) if detail.contains("Address already in use") && attempts < 5 => {
+                    attempts += 1;
+                    db.port = free_port()?;
+                }
+                result => return result.map(|()| db),
+            }
+        }
     }
 
     /// A freshly initialized data directory to copy: `initdb` costs over a second of CPU, a
