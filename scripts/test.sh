@@ -9,22 +9,34 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
 
-ensure_tool rust
-ensure_postgres
-ensure_psql
-ensure_node
-ensure_chromium
-ensure_nginx
-ensure_helm
-ensure_test_python
-(cd gateway/tests/electric-client && npm ci --no-audit --no-fund --loglevel=error)
-(cd client-sdk/tests && npm ci --no-audit --no-fund --loglevel=error)
-build_sdk
+# Each phase prints its time, so a slow run shows where the time went.
+phase() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name" >&2
+  "$@"
+  echo "== $name: $((SECONDS - start)) s (total $SECONDS s)" >&2
+}
+set_up() {
+  ensure_tool rust
+  ensure_postgres
+  ensure_psql
+  ensure_node
+  ensure_chromium
+  ensure_nginx
+  ensure_helm
+  ensure_test_python
+  (cd gateway/tests/electric-client && npm ci --no-audit --no-fund --loglevel=error)
+  (cd client-sdk/tests && npm ci --no-audit --no-fund --loglevel=error)
+}
 
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+phase set-up set_up
+phase "wasm SDK" build_sdk
+phase fmt cargo fmt --all -- --check
+phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 # Most tests wait on PostgreSQL, a gateway process or a browser, not on the CPU: four at a
 # time finish sooner than one per core (each waits with a deadline, never a bare sleep).
-RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --locked
+phase "build tests" cargo test --workspace --locked --no-run
+phase tests env RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --locked
 # The Helm chart: lint, render variants, assert, validate (needs the gateway binary built above).
-GATEWAY_BIN=target/debug/gateway "$TEST_PYTHON" deploy/helm/tests/test_chart.py
+phase chart env GATEWAY_BIN=target/debug/gateway "$TEST_PYTHON" deploy/helm/tests/test_chart.py
