@@ -19,6 +19,7 @@ phase() {
 }
 set_up() {
   ensure_tool rust
+  ensure_tool nextest
   ensure_postgres
   ensure_psql
   ensure_node
@@ -34,9 +35,9 @@ phase set-up set_up
 phase "wasm SDK" build_sdk
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
-# Most tests wait on PostgreSQL, a gateway process or a browser, not on the CPU: four at a
-# time finish sooner than one per core (each waits with a deadline, never a bare sleep).
-phase "build tests" cargo test --workspace --locked --no-run
-phase tests env RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --locked
+# nextest: one pool for every test binary, the slowest tests first (.config/nextest.toml).
+phase "build tests" cargo nextest run --workspace --locked --no-run
+phase tests cargo nextest run --workspace --locked
+phase doctests cargo test --workspace --locked --doc
 # The Helm chart: lint, render variants, assert, validate (needs the gateway binary built above).
 phase chart env GATEWAY_BIN=target/debug/gateway "$TEST_PYTHON" deploy/helm/tests/test_chart.py

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::support::{Env, Gateway};
 use common::{env_or, median};
 use futures::StreamExt;
+use testkit::{Env, Gateway};
 
 const SECRET: &str = "bench-secret-0123456789-0123456789";
 const ORGS: usize = 10;

@@ -11,10 +11,10 @@ mod common;
 
 use std::time::Instant;
 
-use common::support::{Env, Gateway};
 use common::{env_or, median, secs, wait_flushed};
 use futures::StreamExt;
 use shapes::offset::Lsn;
+use testkit::{Env, Gateway};
 
 #[tokio::main]
 async fn main() {

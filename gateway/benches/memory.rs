@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::support::{Env, Gateway};
 use common::{env_or, rss_kib};
 use futures::StreamExt;
+use testkit::{Env, Gateway};
 
 #[tokio::main]
 async fn main() {

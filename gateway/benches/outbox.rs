@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::support::{Env, Gateway};
 use common::{env_or, median};
+use testkit::{Env, Gateway};
 
 const BATCH: usize = 100;
 
@@ -74,7 +74,7 @@ fn row(id: i64) -> (i64, String, String, i32) {
 async fn plain_inserts(url: &str, clients: usize, batches: usize, start: i64) -> f64 {
     let mut sessions = Vec::new();
     for _ in 0..clients {
-        sessions.push(common::support::connect(url).await);
+        sessions.push(testkit::connect(url).await);
     }
     let values: Vec<String> =
         (0..BATCH).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();

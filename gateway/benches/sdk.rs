@@ -8,7 +8,7 @@
 mod common;
 
 use common::env_or;
-use common::support::{Env, Gateway};
+use testkit::{Env, Gateway};
 
 #[tokio::main]
 async fn main() {

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::support::{Env, Gateway};
 use common::{env_or, median, secs};
+use testkit::{Env, Gateway};
 
 #[tokio::main]
 async fn main() {

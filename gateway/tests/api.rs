@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::support::{Env, Follower, ITEMS, get, reason};
+use testkit::{Env, Follower, ITEMS, get, reason};
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_that_name_the_fix() {
@@ -62,7 +62,7 @@ async fn protocol_headers_etags_and_409s() {
     assert_eq!(again.headers["electric-handle"].to_str().unwrap(), handle);
 
     let etag = r.headers["etag"].to_str().unwrap().to_string();
-    let client = reqwest::Client::new();
+    let client = testkit::http();
     let cached = client
         .get(format!("{}/v1/shape?table=items&offset=-1", gw.base()))
         .header("if-none-match", etag)
@@ -82,11 +82,8 @@ async fn protocol_headers_etags_and_409s() {
     assert!(live.headers.contains_key("electric-up-to-date"));
     assert_eq!(live.headers["electric-offset"], "0_inf");
 
-    let del = reqwest::Client::new()
-        .delete(format!("{}/v1/shape?table=items&handle={handle}", gw.base()))
-        .send()
-        .await
-        .unwrap();
+    let del =
+        testkit::http().delete(format!("{}/v1/shape?table=items&handle={handle}", gw.base())).send().await.unwrap();
     assert_eq!(del.status(), 202);
     let gone = get(&format!("{}/v1/shape?table=items&offset=0_inf&handle={handle}", gw.base())).await;
     assert_eq!(gone.status, 409);
@@ -132,7 +129,7 @@ async fn sse_streams_each_message_and_up_to_date() {
         f.offset,
         f.handle.clone().unwrap()
     );
-    let resp = reqwest::Client::new().get(url).header("accept", "text/event-stream").send().await.unwrap();
+    let resp = testkit::http().get(url).header("accept", "text/event-stream").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert!(resp.headers().contains_key("electric-cursor"));
@@ -144,7 +141,7 @@ async fn sse_streams_each_message_and_up_to_date() {
     env.sql("insert into items values (1, 'o', 'a', 1), (2, 'o', 'b', 2)").await;
     let mut text = String::new();
     let mut events: Vec<Value> = Vec::new();
-    let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
+    let deadline = tokio::time::Instant::now() + testkit::DEADLINE;
     while events.last().is_none_or(|e| e["headers"]["control"] != "up-to-date") {
         let chunk = tokio::time::timeout_at(deadline, stream.next())
             .await
@@ -172,7 +169,7 @@ async fn every_documented_route_answers() {
     let spec = get(&format!("{}/v1/openapi.json", gw.base())).await.body;
     for (path, ops) in spec["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
-            let r = reqwest::Client::new()
+            let r = testkit::http()
                 .request(method.to_uppercase().parse().unwrap(), format!("{}{path}", gw.base()))
                 .send()
                 .await
@@ -235,7 +232,7 @@ async fn demo_serves_each_org_its_todos_with_printed_tokens_and_cleans_up_on_ctr
         let url = url.clone();
         async move {
             loop {
-                let r = crate::support::get_as(&url, Some(&token)).await;
+                let r = testkit::get_as(&url, Some(&token)).await;
                 if r.status == 200 {
                     let orgs: Vec<String> = r
                         .body
@@ -247,7 +244,7 @@ async fn demo_serves_each_org_its_todos_with_printed_tokens_and_cleans_up_on_ctr
                         .collect();
                     return orgs;
                 }
-                assert!(started.elapsed() < crate::support::DEADLINE, "demo never served: {} {}", r.status, r.body);
+                assert!(started.elapsed() < testkit::DEADLINE, "demo never served: {} {}", r.status, r.body);
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
@@ -264,7 +261,7 @@ async fn demo_serves_each_org_its_todos_with_printed_tokens_and_cleans_up_on_ctr
     // The example app, driven in Chromium.
     let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-sdk");
     let vars = vec![("DEMO_URL", base.clone()), ("DATABASE_URL", pg_url.clone())];
-    crate::support::run_node_suite(&sdk.join("tests"), "example.test.mjs", vars, 1, String::new).await;
+    testkit::run_node_suite(&sdk.join("tests"), "example.test.mjs", vars, 1, String::new).await;
 
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
@@ -279,7 +276,7 @@ async fn a_table_the_gateway_may_not_publish_gets_a_403_with_the_sql_to_run() {
     env.sql("create role gw login replication; grant create on database postgres to gw; grant select on items to gw")
         .await;
     let url = env.url.replace("postgres@", "gw@");
-    let mut gw = crate::support::Gateway::start(&url, &env.data_dir, &[]);
+    let mut gw = testkit::Gateway::start(&url, &env.data_dir, &[]);
     gw.ready().await;
     let r = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
     assert_eq!(r.status, 403, "{}", r.body);
@@ -300,8 +297,7 @@ async fn gateways_with_their_own_slot_publication_and_data_dir_share_a_database(
     env.sql(ITEMS).await;
     let other_dir = env.data_dir.with_file_name("other-data");
     let mut a = env.gateway();
-    let mut b =
-        crate::support::Gateway::start(&env.url, &other_dir, &["--slot", "gateway_second", "--publication", "second"]);
+    let mut b = testkit::Gateway::start(&env.url, &other_dir, &["--slot", "gateway_second", "--publication", "second"]);
     a.ready().await;
     b.ready().await;
     let mut fa = Follower::new(&a, "table=items");
@@ -354,7 +350,7 @@ async fn subset_snapshots_narrow_order_and_page_a_shape() {
     }
 
     // The same subset in a POST body; nested under "subset" is accepted too.
-    let posted = reqwest::Client::new()
+    let posted = testkit::http()
         .post(format!("{}/v1/shape?{shape}&offset=0_0&handle={handle}", gw.base()))
         .header("content-type", "application/json")
         .body(

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{SECRET, now, token};
 use crate::outbox::push;
-use crate::support::{Env, Gateway, get_as};
+use testkit::{Env, Gateway, get_as};
 
 const SCHEMA: &str = "
 create table todos (id int8 primary key, org_id text, title text not null, done bool default false,
@@ -115,7 +115,7 @@ async fn client_expressions_never_run_outside_the_scope() {
             Some(&a),
         )
         .await;
-        let post = reqwest::Client::new()
+        let post = testkit::http()
             .post(format!("{base}/v1/shape?table=probe&offset=-1"))
             .bearer_auth(&a)
             .header("content-type", "application/json")
@@ -177,7 +177,7 @@ async fn ordering_by_a_hidden_column_is_refused() {
     let r = get_as(&url, Some(&a)).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body["message"].as_str().unwrap().contains("\"secret\""), "{}", r.body);
-    let post = reqwest::Client::new()
+    let post = testkit::http()
         .post(format!("{}/v1/shape?table=todos&offset=-1", gw.base()))
         .bearer_auth(&a)
         .header("content-type", "application/json")
@@ -223,14 +223,14 @@ async fn a_stream_behind_its_backlog_ends_with_its_token() {
         .await;
     }
     let url = format!("{}/v1/shape?table=todos&offset={offset}&handle={handle}&live=true&live_sse=true", gw.base());
-    let resp = reqwest::Client::new().get(url).bearer_auth(&t).send().await.unwrap();
+    let resp = testkit::http().get(url).bearer_auth(&t).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let valid_until = now() + 5;
     let writer = {
         let url = env.url.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(valid_until.saturating_sub(now()) + 1)).await;
-            let db = crate::support::connect(&url).await;
+            let db = testkit::connect(&url).await;
             db.batch_execute("insert into todos values (1000000, 'A', 'late', false, 'h')").await.unwrap();
         })
     };
@@ -272,7 +272,7 @@ async fn the_outbox_ledger_belongs_to_its_caller() {
     assert_eq!(result(&replay)["status"], "duplicate", "{replay}");
     assert_eq!(result(&replay)["first"]["status"], "applied");
     assert!(!replay.to_string().contains("alice"), "{replay}");
-    let db = crate::support::connect(&env.url).await;
+    let db = testkit::connect(&env.url).await;
     let title = |id: i64| {
         let db = &db;
         async move { db.query_one("select title from todos where id = $1", &[&id]).await.unwrap().get::<_, String>(0) }
@@ -306,7 +306,7 @@ async fn an_upsert_without_base_cannot_overwrite_a_checked_row() {
     assert_eq!(body["results"][0]["status"], "conflict", "{body}");
     assert_eq!(body["results"][0]["row"]["version"], 3, "{body}");
     assert_eq!(body["results"][1]["status"], "applied", "an upsert may still create a row: {body}");
-    let db = crate::support::connect(&env.url).await;
+    let db = testkit::connect(&env.url).await;
     let row = db.query_one("select body, version from stale where id = 1", &[]).await.unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("first".to_string(), 3));
 }
@@ -376,7 +376,7 @@ async fn keys_outside_the_scope_answer_as_missing_ones() {
     let (_, body) = push(&gw, &a, insert).await;
     let error = result(&body)["error"].as_str().unwrap();
     assert!(!error.contains("(id)=(2)") && !error.contains("Key"), "{error}");
-    let db = crate::support::connect(&env.url).await;
+    let db = testkit::connect(&env.url).await;
     assert_eq!(db.query_one("select count(*) from todos where id = 2", &[]).await.unwrap().get::<_, i64>(0), 1);
 }
 
@@ -394,7 +394,7 @@ async fn a_gateway_refused_its_data_dir_leaves_no_slot_behind() {
     );
     assert_eq!(second.exit_within(Duration::from_secs(60)).await, Some(1));
     assert!(second.log().contains("gateway_second"), "the error names the slots: {}", second.log());
-    let db = crate::support::connect(&env.url).await;
+    let db = testkit::connect(&env.url).await;
     let slots: i64 = db
         .query_one("select count(*) from pg_replication_slots where slot_name = 'gateway_second'", &[])
         .await

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
-use crate::support::{Env, Follower, Gateway, get_as};
+use testkit::{Env, Follower, Gateway, get_as};
 
 pub const SECRET: &str = "test-secret-of-reasonable-length-0123456789";
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -154,7 +154,7 @@ async fn each_token_sees_its_scope_and_equal_scopes_share_one_log() {
     all.sync().await;
     assert_eq!(all.rows.len(), 100);
     assert!(all.rows.values().all(|r| r.get("secret").is_some()));
-    let client = reqwest::Client::new();
+    let client = testkit::http();
     let del = |t: &str| client.delete(format!("{base}/v1/shape?table=todos")).bearer_auth(t).send();
     assert_eq!(del(&a).await.unwrap().status(), 403);
     // Nor by a handle alone (another tenant's shape, named without its table).
@@ -217,7 +217,7 @@ async fn bad_tokens_get_401_and_forbidden_asks_403_with_the_reason() {
     for (t, q, status, needle) in cases {
         let r = get_as(&format!("{}/v1/shape?{q}&offset=-1", gw.base()), t.as_deref()).await;
         assert_eq!(r.status, status, "{q} / {needle}: {}", r.body);
-        let msg = crate::support::reason(&r.body);
+        let msg = testkit::reason(&r.body);
         assert!(msg.to_lowercase().contains(&needle.to_lowercase()), "{needle}: {msg}");
         if let Some(t) = &t {
             assert!(!msg.contains(t.as_str()), "the token is never echoed");
@@ -227,7 +227,7 @@ async fn bad_tokens_get_401_and_forbidden_asks_403_with_the_reason() {
         }
     }
     // Only the configured origin is allowed.
-    let client = reqwest::Client::new();
+    let client = testkit::http();
     let from = |origin: &'static str| {
         client
             .get(format!("{}/v1/shape?table=todos&offset=-1", gw.base()))
@@ -306,7 +306,7 @@ async fn an_sse_stream_ends_when_its_token_expires() {
     let url =
         format!("{}/v1/shape?table=todos&offset=0_inf&handle={handle}&live=true&live_sse=true&cursor=", gw.base());
     let started = Instant::now();
-    let resp = reqwest::Client::new().get(url).bearer_auth(&t).send().await.unwrap();
+    let resp = testkit::http().get(url).bearer_auth(&t).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let ended = tokio::time::timeout(Duration::from_secs(30), async { while body.next().await.is_some() {} }).await;

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use crate::support::{DEADLINE, Env, free_port, get_as, metric_sum};
+use testkit::{DEADLINE, Env, free_port, get_as, metric_sum};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/helm/gateway");
 
@@ -56,7 +56,7 @@ impl Cache {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("nginx exited with {status}: {}", std::fs::read_to_string(self.dir.join("error.log")).unwrap());
             }
-            if reqwest::get(format!("{}/healthz", self.base())).await.is_ok_and(|r| r.status() == 200) {
+            if testkit::http().get(format!("{}/healthz", self.base())).send().await.is_ok_and(|r| r.status() == 200) {
                 return;
             }
             assert!(started.elapsed() < DEADLINE, "nginx did not start");
@@ -146,8 +146,7 @@ async fn the_cache_tier_collapses_live_requests_streams_sse_and_keeps_scopes_apa
 
     // SSE through the cache: each change arrives as it happens, not when the stream ends.
     let sse = format!("{}/v1/shape?table=todos&handle={handle}&offset={offset}&live=true&live_sse=true", cache.base());
-    let resp =
-        reqwest::Client::new().get(&sse).bearer_auth(&org1).header("accept", "text/event-stream").send().await.unwrap();
+    let resp = testkit::http().get(&sse).bearer_auth(&org1).header("accept", "text/event-stream").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut seen = String::new();

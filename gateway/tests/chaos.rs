@@ -15,7 +15,7 @@ use std::time::Duration;
 use gateway::devdb::{DevOptions, StopMode};
 
 use crate::faults::SmallDisk;
-use crate::support::{Env, Follower, Gateway, ITEMS, get, oracle, slot_confirmed};
+use testkit::{Env, Follower, Gateway, ITEMS, get, oracle, slot_confirmed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {

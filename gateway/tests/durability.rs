@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gateway::devdb::StopMode;
 
-use crate::support::{DEADLINE, Env, Follower, ITEMS, current_wal, oracle, slot_confirmed};
+use testkit::{DEADLINE, Env, Follower, ITEMS, current_wal, oracle, slot_confirmed};
 
 /// Inserts and updates continuously until stopped; returns how many transactions ran.
 pub fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
-        let db = crate::support::connect(&url).await;
+        let db = testkit::connect(&url).await;
         let n = AtomicU64::new(0);
         while !stop.load(Ordering::Relaxed) {
             let i = n.fetch_add(1, Ordering::Relaxed);

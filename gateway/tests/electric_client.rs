@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use crate::support::{Env, Gateway, node_suite};
+use testkit::{Env, Gateway, node_suite};
 
 /// Runs one Node test file of `tests/electric-client/` against `gw`.
 async fn run_suite(env: &Env, gw: &Gateway, file: &str, extra: Vec<(&'static str, String)>, tests: usize) {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use crate::support::{Env, get_as};
+use testkit::{Env, get_as};
 
 /// The org of every row in a shape response, and whether any hidden value came through.
 fn seen(body: &Value) -> (BTreeSet<String>, bool) {

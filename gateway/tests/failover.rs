@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::durability::writer;
-use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, current_wal, get, oracle, slot_confirmed};
+use testkit::{DEADLINE, Env, Follower, Gateway, ITEMS, current_wal, get, oracle, slot_confirmed};
 
 /// Failover must complete within this (the bound).
 const TAKEOVER: Duration = Duration::from_secs(10);
@@ -19,7 +19,7 @@ async fn assert_standing_by(gw: &Gateway) {
     let shape = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
     assert_eq!(shape.status, 503, "a standby serves no shapes: {}", shape.body);
     assert!(shape.headers.contains_key("retry-after"));
-    let metrics = reqwest::get(format!("{}/metrics", gw.base())).await.unwrap().text().await.unwrap();
+    let metrics = testkit::http().get(format!("{}/metrics", gw.base())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_leader 0"), "{metrics}");
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{DEADLINE, Env, Follower, Gateway, ITEMS, current_wal, get, slot_confirmed};
+use testkit::{DEADLINE, Env, Follower, Gateway, ITEMS, current_wal, get, slot_confirmed};
 
 /// A small tmpfs, unmounted when dropped (after the gateway using it, declared later).
 pub struct SmallDisk(pub PathBuf);
@@ -68,7 +68,7 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     for _ in 0..2 {
         let since: String = env.db.query_one("select now()::text", &[]).await.unwrap().get(0);
         let (db, since) = (&env.db, since.as_str());
-        crate::support::wait_until("a status reply from the gateway", || async move {
+        testkit::wait_until("a status reply from the gateway", || async move {
             let q = "select coalesce(max(reply_time) > $1::text::timestamptz, false) from pg_stat_replication";
             db.query_one(q, &[&since]).await.unwrap().get::<_, bool>(0)
         })
@@ -83,7 +83,7 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     // What is stored is still served.
     let snapshot = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
     assert_eq!(snapshot.status, 200, "{}", snapshot.body);
-    let metrics = reqwest::get(format!("{}/metrics", gw.base())).await.unwrap().text().await.unwrap();
+    let metrics = testkit::http().get(format!("{}/metrics", gw.base())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_storage_failing 1"), "{metrics}");
 
     std::fs::remove_file(filler).unwrap();

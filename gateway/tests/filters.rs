@@ -10,7 +10,7 @@ use shapes::change::Cell;
 use shapes::table::TableName;
 use shapes::where_clause::{BindOptions, parse_where};
 
-use crate::support::Env;
+use testkit::Env;
 
 fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
     xs[rng.random_range(0..xs.len())]

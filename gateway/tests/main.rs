@@ -1,8 +1,6 @@
 //! Integration tests: the real gateway binary against a real PostgreSQL (one throwaway
 //! cluster per test), driven through the shape protocol.
 
-mod support;
-
 mod api;
 mod attacks;
 mod auth;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use crate::support::{Env, Response, connect, current_wal, get_as, metric_sum, slot_confirmed};
+use testkit::{Env, Response, connect, current_wal, get_as, metric_sum, slot_confirmed};
 
 #[tokio::test]
 async fn metrics_carry_every_documented_name_and_no_client_values() {
@@ -25,7 +25,7 @@ async fn metrics_carry_every_documented_name_and_no_client_values() {
         get_as(&format!("{base}/v1/shape?table=todos&handle={handle}&offset={offset}&live=true"), Some(&org)).await;
     assert_eq!(live.status, 200);
     assert_eq!(get_as(&format!("{base}/v1/shape?table=todos&offset=-1"), None).await.status, 401);
-    let push = reqwest::Client::new()
+    let push = testkit::http()
         .post(format!("{base}/v1/outbox"))
         .bearer_auth(&admin)
         .header("content-type", "application/json")
@@ -40,7 +40,7 @@ async fn metrics_carry_every_documented_name_and_no_client_values() {
         .unwrap();
     assert_eq!(push.status(), 200);
 
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let text = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     for (name, ..) in gateway::telemetry::METRICS {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
@@ -58,7 +58,7 @@ fn header(r: &Response, name: &str) -> String {
 
 /// The WAL budget stage, as `/readyz` reports it.
 async fn stage(base: &str) -> Option<String> {
-    let r = reqwest::get(format!("{base}/readyz")).await.ok()?;
+    let r = testkit::http().get(format!("{base}/readyz")).send().await.ok()?;
     let body: Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
     body["slot"]["stage"].as_str().map(str::to_string)
 }
@@ -101,7 +101,7 @@ async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the
     assert_eq!(paused.status, 503, "{}", paused.body);
     assert!(paused.body.to_string().contains("new shapes are paused"), "{}", paused.body);
     assert_eq!(get_as(&format!("{base}/v1/shape?table=filler&offset=-1"), None).await.status, 200);
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_wal_budget_stage 2"), "{metrics}");
 
     // The whole budget with the default action: the gateway stops and says why.
@@ -172,7 +172,7 @@ async fn check_db_reports_each_problem_with_its_fix_and_serve_refuses_blockers()
         assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
     }
 
-    let mut gw = crate::support::Gateway::start(&weak, &env.data_dir, &["--config", config.to_str().unwrap()]);
+    let mut gw = testkit::Gateway::start(&weak, &env.data_dir, &["--config", config.to_str().unwrap()]);
     assert_eq!(gw.exit_within(Duration::from_secs(30)).await, Some(1), "serve started despite blockers: {}", gw.log());
     assert!(gw.log().contains("BLOCKER wal_level = replica"), "{}", gw.log());
     assert!(!gw.log().contains("ok      PostgreSQL"), "serve names only the blockers: {}", gw.log());

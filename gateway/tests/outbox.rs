@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::auth::{SECRET, token};
-use crate::support::{Env, Follower, Gateway};
+use testkit::{Env, Follower, Gateway};
 
 const SCHEMA: &str = "
 create table todos (id int8 primary key, org_id text not null, title text, done bool default false, secret text);
@@ -50,7 +50,7 @@ async fn gateway(env: &Env) -> Gateway {
 }
 
 pub async fn push(gw: &Gateway, token: &str, batch: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = testkit::http()
         .post(format!("{}/v1/outbox", gw.base()))
         .bearer_auth(token)
         .header("content-type", "application/json")
@@ -334,7 +334,7 @@ async fn a_pushed_write_comes_back_through_the_stream_with_its_txid() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let r = crate::support::get_as(&url(&follower), Some(&a)).await;
+        let r = testkit::get_as(&url(&follower), Some(&a)).await;
         follower.offset = r.headers["electric-offset"].to_str().unwrap().to_string();
         let hit = r.body.as_array().unwrap().iter().find(|m| m["value"]["title"] == "echo");
         if let Some(m) = hit {
@@ -352,7 +352,7 @@ async fn bad_batches_get_a_clear_4xx() {
     let gw = gateway(&env).await;
     let a = token(json!({"org_id": "org1"}));
     let raw = |body: String| {
-        let client = reqwest::Client::new();
+        let client = testkit::http();
         let (url, a) = (format!("{}/v1/outbox", gw.base()), a.clone());
         async move {
             let r = client.post(url).bearer_auth(a).body(body).send().await.unwrap();
@@ -371,7 +371,7 @@ async fn bad_batches_get_a_clear_4xx() {
     assert_eq!(s, 413);
     let (s, b) = raw(json!({"client_id": "", "mutations": []}).to_string()).await;
     assert_eq!(s, 400, "{b}");
-    let r = reqwest::Client::new().post(format!("{}/v1/outbox", gw.base())).body("{}").send().await.unwrap();
+    let r = testkit::http().post(format!("{}/v1/outbox", gw.base())).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -397,7 +397,7 @@ async fn a_batch_committed_before_a_crash_is_a_duplicate_when_retried() {
         .map(|b| {
             let (base, a, body, answered) = (base.clone(), a.clone(), batch(b).to_string(), &answered);
             async move {
-                let status = reqwest::Client::new()
+                let status = testkit::http()
                     .post(format!("{base}/v1/outbox"))
                     .bearer_auth(a)
                     .header("content-type", "application/json")

@@ -1,6 +1,6 @@
 //! Admission control and request limits: past each bound a clear answer, never a pile-up.
 
-use crate::support::{Env, ITEMS, get, metric_sum};
+use testkit::{Env, ITEMS, get, metric_sum};
 
 #[tokio::test]
 async fn a_herd_asking_for_one_new_shape_triggers_one_snapshot() {
@@ -25,7 +25,7 @@ async fn a_herd_asking_for_one_new_shape_triggers_one_snapshot() {
     assert_eq!(gw.log().matches("snapshot complete").count(), 1);
 }
 
-async fn get_owned(url: String) -> crate::support::Response {
+async fn get_owned(url: String) -> testkit::Response {
     get(&url).await
 }
 
@@ -41,11 +41,11 @@ async fn snapshots_past_the_bound_wait_their_turn_with_503_and_retry_after() {
     // Publishes the table with full replica identity, so later shapes only snapshot.
     assert_eq!(get(&shape("n%3E0")).await.status, 200);
     // A transaction holding the table keeps the next snapshot (and its permit) waiting.
-    let blocker = crate::support::connect(&env.url).await;
+    let blocker = testkit::connect(&env.url).await;
     blocker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
     let first = tokio::spawn(get_owned(shape("n%3D1")));
     let db = &env.db;
-    crate::support::wait_until("the first snapshot waits on the lock", || async move {
+    testkit::wait_until("the first snapshot waits on the lock", || async move {
         let q = "select count(*) from pg_locks where not granted and relation = 'items'::regclass";
         db.query_one(q, &[]).await.unwrap().get::<_, i64>(0) > 0
     })
@@ -74,9 +74,9 @@ async fn live_connections_and_shapes_per_table_are_bounded() {
     let live = format!("{}/v1/shape?table=items&handle={handle}&offset={offset}&live=true", gw.base());
     let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(get_owned(live.clone()))).collect();
     let base = gw.base();
-    crate::support::wait_until("both long-polls are held", || {
+    testkit::wait_until("both long-polls are held", || {
         let base = base.clone();
-        async move { crate::support::metric_sum(&base, "gateway_subscribers", &["long_poll"]).await >= 2.0 }
+        async move { testkit::metric_sum(&base, "gateway_subscribers", &["long_poll"]).await >= 2.0 }
     })
     .await;
     let refused = get(&live).await;
@@ -107,7 +107,7 @@ async fn a_where_past_its_limit_is_a_400_naming_where() {
     let where_too_long = format!("{}/v1/shape?table=items&offset=-1&where={}", gw.base(), "n%3D1%20or%20".repeat(1300));
     let r = get(&where_too_long).await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(crate::support::reason(&r.body).contains("where"), "{}", r.body);
+    assert!(testkit::reason(&r.body).contains("where"), "{}", r.body);
 }
 
 #[tokio::test]
@@ -117,7 +117,7 @@ async fn a_stalled_subscriber_slows_no_one() {
     env.sql(ITEMS).await;
     let mut gw = env.gateway_with(&["--chunk-bytes", "262144"]);
     gw.ready().await;
-    let mut follower = crate::support::Follower::new(&gw, "table=items");
+    let mut follower = testkit::Follower::new(&gw, "table=items");
     follower.sync().await;
     // SSE streams whose clients never read: their sockets fill, then their bounded buffers.
     let initial = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Env, Follower, Gateway, ITEMS, get};
+use testkit::{Env, Follower, Gateway, ITEMS, get};
 
 /// A gateway on an empty `items` table, and a client synced to the table's shape.
 async fn synced_items() -> (Env, Gateway, Follower) {
@@ -33,7 +33,7 @@ async fn a_handle_alone_deletes_its_shape_and_any_other_handle_is_a_409() {
         assert_eq!(r.body, json!([{"headers": {"control": "must-refetch"}}]));
     }
 
-    let http = reqwest::Client::new();
+    let http = testkit::http();
     let unknown = http.delete(format!("{base}/v1/shape?handle=1-1")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     let deleted = http.delete(format!("{base}/v1/shape?handle={handle}")).send().await.unwrap();
@@ -85,7 +85,7 @@ async fn a_cancelled_creation_on_a_locked_table_that_is_then_dropped_leaves_shap
     let base = gw.base();
     // Another session holds the table; a new shape on it waits to publish it, and its
     // client gives up.
-    let locker = crate::support::connect(&env.url).await;
+    let locker = testkit::connect(&env.url).await;
     locker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
     let gave_up = impatient.get(format!("{base}/v1/shape?table=items&offset=-1")).send().await;
@@ -103,8 +103,7 @@ async fn a_cancelled_creation_on_a_locked_table_that_is_then_dropped_leaves_shap
 async fn a_table_dropped_under_a_deleted_shape_answers_its_streams_409() {
     let (env, gw, f) = synced_items().await;
     let handle = f.handle.clone().unwrap();
-    let deleted =
-        reqwest::Client::new().delete(format!("{}/v1/shape?handle={handle}", gw.base())).send().await.unwrap();
+    let deleted = testkit::http().delete(format!("{}/v1/shape?handle={handle}", gw.base())).send().await.unwrap();
     assert_eq!(deleted.status(), 202);
     env.sql("drop table items").await;
     let live = get(&format!("{}/v1/shape?table=items&offset={}&handle={handle}&live=true", gw.base(), f.offset)).await;
@@ -117,21 +116,21 @@ async fn deleting_a_shape_stops_its_snapshot_query() {
     let (env, gw, _f) = synced_items().await;
     let base = gw.base();
     // The table is published already; a lock holds the next shape's snapshot at its COPY.
-    let locker = crate::support::connect(&env.url).await;
+    let locker = testkit::connect(&env.url).await;
     locker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
     let url = format!("{base}/v1/shape?table=items&offset=-1&where=n%20%3E%201");
     let waiting = tokio::spawn(async move { get(&url).await });
     let copying = "select count(*) from pg_stat_activity where query ilike 'copy%' and wait_event_type = 'Lock'";
-    crate::support::wait_until("the snapshot waits on the lock", || async {
+    testkit::wait_until("the snapshot waits on the lock", || async {
         env.db.query_one(copying, &[]).await.unwrap().get::<_, i64>(0) == 1
     })
     .await;
 
-    let deleted = reqwest::Client::new().delete(format!("{base}/v1/shape?table=items")).send().await.unwrap();
+    let deleted = testkit::http().delete(format!("{base}/v1/shape?table=items")).send().await.unwrap();
     assert_eq!(deleted.status(), 202);
     // The snapshot's session is closed: its query no longer waits (it would until the lock
     // is released if the snapshot ran on, detached).
-    crate::support::wait_until("the snapshot query ends", || async {
+    testkit::wait_until("the snapshot query ends", || async {
         env.db.query_one(copying, &[]).await.unwrap().get::<_, i64>(0) == 0
     })
     .await;

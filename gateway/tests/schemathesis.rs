@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::support::{Env, ITEMS};
+use testkit::{Env, ITEMS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_requests_never_get_a_5xx_and_errors_are_json() {

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::auth::{SECRET, token};
-use crate::support::{Env, node_suite};
+use testkit::{Env, node_suite};
 
 /// `items` takes every write; `notes` rejects stale ones by its version column.
 const RULES: &str = r#"

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{Env, Follower, ITEMS, get, oracle};
+use testkit::{Env, Follower, ITEMS, get, oracle};
 
 #[tokio::test]
 async fn rows_follow_the_filter_through_inserts_updates_moves_and_deletes() {
@@ -143,7 +143,7 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
     env.sql("insert into items select i, 'o', 't', 0 from generate_series(1, 2000) i").await;
     let mut gw = env.gateway_with(&["--chunk-bytes", "1000000"]);
     gw.ready().await;
-    let writer_db = crate::support::connect(&env.url).await;
+    let writer_db = testkit::connect(&env.url).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (stop_w, written_w) = (stop.clone(), written.clone());
@@ -166,7 +166,7 @@ async fn writes_racing_the_snapshot_are_neither_lost_nor_duplicated() {
     let writes_past = |n: usize| {
         let written = written.clone();
         let at = written.load(std::sync::atomic::Ordering::Relaxed);
-        crate::support::wait_until("the writer is writing", move || {
+        testkit::wait_until("the writer is writing", move || {
             let written = written.clone();
             async move { written.load(std::sync::atomic::Ordering::Relaxed) >= at + n }
         })

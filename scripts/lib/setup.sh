@@ -96,6 +96,8 @@ probe_rust() {
   cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 &&
     echo "$(command -v cargo) ($(cargo --version | cut -d' ' -f1-2); $(cargo clippy --version | cut -d' ' -f1-2); $(cargo fmt --version | cut -d' ' -f1-2))"
 }
+# The test runner: one pool for every test binary's tests, slowest first (.config/nextest.toml).
+probe_nextest() { local v; v=$(cargo nextest --version 2>/dev/null) && echo "$(command -v cargo-nextest) (${v%%$'\n'*})"; }
 
 # ---- installers: what provides each tool.
 
@@ -132,11 +134,16 @@ install_test_python() {
   python3 -m venv "$TOOLS/test-venv"
   "$TOOLS/test-venv/bin/pip" install --quiet --disable-pip-version-check "${TEST_PYTHON_PACKAGES[@]}"
 }
+install_nextest() {
+  echo "building cargo-nextest (once; a few minutes)" >&2
+  cargo install --quiet --locked cargo-nextest
+}
 install_rust() { die "a Rust toolchain with clippy and rustfmt is needed first: https://rustup.rs, then rustup component add clippy rustfmt"; }
 
 # ---- the tool table: name | probe | installer | what provides it | which README command needs it.
 TOOL_TABLE=(
   "rust|probe_rust|install_rust|rustup (cargo, rustc, clippy, rustfmt): installed by you|demo test"
+  "nextest|probe_nextest|install_nextest|cargo install cargo-nextest|test"
   "postgres-server|probe_postgres_server|install_postgres_server|Debian package postgresql|demo test"
   "psql|probe_psql|install_psql|Debian package postgresql-client|test"
   "node|probe_node|install_node|Debian packages nodejs, npm|test"

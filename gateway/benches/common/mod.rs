@@ -1,10 +1,7 @@
-//! Shared by the benchmarks: the test support (PostgreSQL, the gateway process), timing,
-//! medians and process memory.
+//! Shared by the benchmarks (whose PostgreSQL and gateway process come from `testkit`):
+//! timing, medians and process memory.
 
 #![allow(dead_code)]
-
-#[path = "../../tests/support/mod.rs"]
-pub mod support;
 
 use std::time::Duration;
 

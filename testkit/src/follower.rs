@@ -1,0 +1,167 @@
+//! A shape follower that speaks the protocol the way the official client does and
+//! materializes rows like its `Shape` class.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use crate::DEADLINE;
+use crate::http::get_as;
+use crate::process::Gateway;
+
+/// Follows one shape by long-polling and materializes it.
+pub struct Follower {
+    base: String,
+    pub params: String,
+    pub handle: Option<String>,
+    pub offset: String,
+    cursor: String,
+    pub rows: BTreeMap<String, Map<String, Value>>,
+    pub refetches: usize,
+    /// (lsn, op_position) of every live change applied, to catch duplicates.
+    seen: HashSet<(String, u64)>,
+    pub duplicates: usize,
+    pub schema: Option<Value>,
+    pub token: Option<String>,
+}
+
+impl Follower {
+    pub fn new(gateway: &Gateway, params: &str) -> Follower {
+        Follower {
+            base: gateway.base(),
+            params: params.into(),
+            handle: None,
+            offset: "-1".into(),
+            cursor: String::new(),
+            rows: BTreeMap::new(),
+            refetches: 0,
+            seen: HashSet::new(),
+            duplicates: 0,
+            schema: None,
+            token: None,
+        }
+    }
+
+    /// Sends `token` as a bearer token on every request.
+    pub fn with_token(mut self, token: &str) -> Follower {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Points the follower at another gateway (same data), keeping handle and offset.
+    pub fn rebase(&mut self, gateway: &Gateway) {
+        self.base = gateway.base();
+    }
+
+    fn url(&self, live: bool) -> String {
+        let mut u = format!("{}/v1/shape?{}&offset={}", self.base, self.params, self.offset);
+        if let Some(h) = &self.handle {
+            u.push_str(&format!("&handle={h}"));
+        }
+        if live {
+            u.push_str(&format!("&live=true&cursor={}", self.cursor));
+        }
+        u
+    }
+
+    /// One request; applies its messages. Returns whether it ended with up-to-date.
+    pub async fn step(&mut self, live: bool) -> bool {
+        let r = get_as(&self.url(live), self.token.as_deref()).await;
+        match r.status {
+            200 => {}
+            409 => {
+                self.handle = r.headers.get("electric-handle").map(|h| h.to_str().unwrap().to_string());
+                self.offset = "-1".into();
+                self.rows.clear();
+                self.seen.clear();
+                self.refetches += 1;
+                return false;
+            }
+            s => panic!("status {s}: {}", r.body),
+        }
+        let h = |k: &str| r.headers.get(k).map(|v| v.to_str().unwrap().to_string());
+        self.handle = Some(h("electric-handle").expect("electric-handle"));
+        self.offset = h("electric-offset").expect("electric-offset");
+        if live {
+            self.cursor = h("electric-cursor").expect("electric-cursor on live responses");
+        } else {
+            self.schema = Some(
+                serde_json::from_str(&h("electric-schema").expect("electric-schema on non-live responses")).unwrap(),
+            );
+        }
+        let mut up_to_date = false;
+        for m in r.body.as_array().expect("array body") {
+            let headers = &m["headers"];
+            if headers["control"] == "up-to-date" {
+                assert!(headers["global_last_seen_lsn"].is_string());
+                up_to_date = true;
+                continue;
+            }
+            if headers.get("control").is_some() {
+                continue;
+            }
+            if let (Some(lsn), Some(op)) = (headers["lsn"].as_str(), headers["op_position"].as_u64())
+                && !self.seen.insert((lsn.to_string(), op))
+            {
+                self.duplicates += 1;
+                continue;
+            }
+            let key = m["key"].as_str().unwrap().to_string();
+            let value = m["value"].as_object().unwrap().clone();
+            match headers["operation"].as_str().unwrap() {
+                "insert" => {
+                    self.rows.insert(key, value);
+                }
+                "update" => {
+                    let row = self
+                        .rows
+                        .get_mut(&key)
+                        .unwrap_or_else(|| panic!("update for a row the client does not hold: {key}"));
+                    row.extend(value);
+                }
+                "delete" => {
+                    self.rows.remove(&key);
+                }
+                op => panic!("unknown operation {op}"),
+            }
+        }
+        up_to_date
+    }
+
+    /// Catches up with non-live requests until up-to-date.
+    pub async fn sync(&mut self) {
+        let started = Instant::now();
+        while !self.step(false).await {
+            assert!(started.elapsed() < DEADLINE, "no up-to-date within the deadline");
+        }
+    }
+
+    /// Long-polls until `done(rows)` holds.
+    pub async fn live_until(&mut self, done: impl Fn(&BTreeMap<String, Map<String, Value>>) -> bool) {
+        let started = Instant::now();
+        while !done(&self.rows) {
+            assert!(started.elapsed() < DEADLINE, "live state never reached; rows: {:?}", self.rows);
+            if self.offset == "-1" {
+                self.sync().await;
+            } else {
+                self.step(true).await;
+            }
+        }
+    }
+
+    /// The rows as (id → value of `col`), for comparisons.
+    pub fn column(&self, id: &str, col: &str) -> BTreeMap<String, Value> {
+        column_of(&self.rows, id, col)
+    }
+
+    /// Long-polls until the shape's `col` by `id` equals `expected` (usually from [`oracle`]).
+    pub async fn converge_to(&mut self, col: &str, expected: &BTreeMap<String, Value>) {
+        self.live_until(|rows| column_of(rows, "id", col) == *expected).await;
+    }
+}
+
+/// The rows as (id → value of `col`).
+pub fn column_of(rows: &BTreeMap<String, Map<String, Value>>, id: &str, col: &str) -> BTreeMap<String, Value> {
+    rows.values().map(|r| (r[id].as_str().unwrap().to_string(), r.get(col).cloned().unwrap_or(Value::Null))).collect()
+}

@@ -1,0 +1,171 @@
+//! The real `gateway` binary as a child process, so tests can restart it, kill -9 it and read
+//! its log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::DEADLINE;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The gateway binary: `GATEWAY_BIN` when set, else the one cargo built beside the running
+/// test (`target/<profile>/gateway`; `cargo test` and `cargo bench` build it first).
+pub fn gateway_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GATEWAY_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("a test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("gateway");
+    assert!(bin.is_file(), "no gateway binary at {} (build it, or set GATEWAY_BIN)", bin.display());
+    bin
+}
+
+/// The gateway binary, run as a child process so tests can kill -9 it.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    url: String,
+    data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Gateway {
+    pub fn start(db_url: &str, data_dir: &Path, extra: &[&str]) -> Gateway {
+        let mut g = Gateway {
+            child: None,
+            port: free_port(),
+            url: db_url.into(),
+            data_dir: data_dir.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
+        let child = Command::new(gateway_binary())
+            .args(["serve", "--database-url", &self.url])
+            .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--data-dir", &self.data_dir.to_string_lossy()])
+            .args(self.default_args())
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        self.child = Some(child);
+    }
+
+    /// Test defaults (short timeouts, small chunks) unless `extra` sets the flag itself.
+    fn default_args(&self) -> Vec<&'static str> {
+        [("--long-poll-timeout-ms", "1500"), ("--sse-timeout-s", "5"), ("--chunk-bytes", "4096")]
+            .into_iter()
+            .filter(|(flag, _)| !self.extra.iter().any(|a| a == flag))
+            .flat_map(|(flag, value)| [flag, value])
+            .collect()
+    }
+
+    /// Waits up to `limit` for the process to end on its own; then its exit code.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while self.exit_code().is_none() && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.exit_code()
+    }
+
+    /// The exit code, once the process has ended on its own.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap()).map(|s| s.code().unwrap_or(-1))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the gateway again after [`Gateway::terminate`] or [`Gateway::kill9`].
+    pub fn spawn_again(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("gateway exited early with {status}; log: {}", self.log());
+            }
+            if let Ok(r) = crate::http::http().get(format!("{}/readyz", self.base())).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "gateway not ready; log: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `/healthz` answers (a standby is alive but never ready).
+    pub async fn alive(&self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = crate::http::http().get(format!("{}/healthz", self.base())).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "no /healthz; log: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(started.elapsed() < DEADLINE, "gateway did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.ready().await;
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
