@@ -131,7 +131,12 @@ async fn the_cache_tier_collapses_live_requests_streams_sse_and_keeps_scopes_apa
             tokio::spawn(async move { get_as(&url, Some(&token)).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The change is written once the cache's one upstream request waits at the gateway.
+    let gateway = gw.base();
+    testkit::wait_until("the collapsed live request waits at the gateway", || async {
+        metric_sum(&gateway, "gateway_subscribers", &["mode=\"long_poll\""]).await >= 1.0
+    })
+    .await;
     env.sql("insert into todos values (1001, 'org1', 'live', 'x')").await;
     let mut bodies = BTreeSet::new();
     for w in waiting {

@@ -66,3 +66,22 @@ pub async fn request_size(req: Request, next: Next) -> Response {
     }
     next.run(req).await
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::Admission;
+
+    #[test]
+    fn past_the_bound_a_live_request_gets_503_with_retry_after_until_a_place_frees() {
+        let admission = Admission::new(2);
+        let first = admission.live("sse").unwrap();
+        let _second = admission.live("long_poll").unwrap();
+        let refused = admission.live("sse").err().expect("a third live request is refused").into_response();
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "5");
+        drop(first);
+        assert!(admission.live("sse").is_ok(), "a place freed is taken again");
+    }
+}

@@ -14,7 +14,7 @@ pub mod shape;
 pub mod sse;
 pub mod subset;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

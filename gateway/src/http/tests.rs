@@ -25,7 +25,7 @@ use crate::tasks::Tasks;
 
 /// A state over an empty shape set in a fresh directory (removed with the guard), with
 /// `--auth none`.
-fn state() -> (AppState, tempdir::Dir) {
+pub(crate) fn state() -> (AppState, tempdir::Dir) {
     state_with(Auth::none())
 }
 
@@ -74,7 +74,7 @@ fn state_with(auth: Auth) -> (AppState, tempdir::Dir) {
     (AppState::new(settings, Arc::new(shapes), ack, status, Arc::new(auth), Arc::new(outbox), tasks), dir)
 }
 
-mod tempdir {
+pub(crate) mod tempdir {
     /// A directory removed when dropped.
     pub struct Dir(pub std::path::PathBuf);
 
@@ -93,7 +93,7 @@ mod tempdir {
 }
 
 /// Sends one request through the router; the status, headers and JSON body (or `null`).
-async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+pub(crate) async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
     let response = app(state.clone()).oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
@@ -102,6 +102,11 @@ async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, HeaderMa
 
 fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
+}
+
+/// A JSON POST of `body` to the outbox.
+pub(crate) fn push(body: &str) -> Request<Body> {
+    Request::post("/v1/outbox").header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap()
 }
 
 #[tokio::test]
@@ -139,16 +144,10 @@ async fn oversized_requests_are_refused_before_any_work() {
 #[tokio::test]
 async fn malformed_outbox_batches_say_what_is_expected() {
     let (state, _dir) = state();
-    let post = |body: &str| {
-        Request::post("/v1/outbox")
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap()
-    };
-    let (status, _, body) = send(&state, post("{\"client_id\": \"c\"")).await;
+    let (status, _, body) = send(&state, push("{\"client_id\": \"c\"")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["errors"]["body"][0].as_str().unwrap().contains("expected {\"client_id\""), "{body}");
-    let (status, _, body) = send(&state, post(r#"{"client_id": "", "mutations": []}"#)).await;
+    let (status, _, body) = send(&state, push(r#"{"client_id": "", "mutations": []}"#)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["errors"]["client_id"].is_array(), "{body}");
 }
