@@ -205,7 +205,8 @@ async fn slot_drop_removes_only_our_stopped_slot_and_on_request_the_publication(
     let (ok, text) = run(&["slot", "drop", "--database-url", &env.url, "--slot", "someone_else"]);
     assert!(!ok && text.contains("must start with \"gateway\""), "{text}");
     gw.terminate();
-    let (ok, text) = run(&["slot", "drop", "--database-url", &env.url, "--drop-publication"]);
+    // The gateway has exited; PostgreSQL's walsender for it may take a moment longer.
+    let (ok, text) = run(&["slot", "drop", "--database-url", &env.url, "--drop-publication", "--wait-s", "10"]);
     assert!(ok, "{text}");
     assert!(text.contains("dropped replication slot \"gateway\"; dropped publication \"gateway\""), "{text}");
     let slots: Vec<String> = env
