@@ -17,41 +17,69 @@ export async function openSync(options) {
   if (strategy !== "local-first" && strategy !== "network-first") {
     throw new Error(`openSync: strategy ${JSON.stringify(strategy)}: use "local-first" or "network-first"`);
   }
+  if (options.version !== undefined && !(Number.isInteger(options.version) && options.version > 0)) {
+    throw new Error(`openSync: version ${JSON.stringify(options.version)}: use a positive integer (your app's schema version)`);
+  }
+  // The local database belongs to one identity (the URL and the token's subject): by
+  // default each gets its own, and one stamped with another identity is refused.
   const engine = await Engine.open(options);
-  const database = options.database ?? `gateway-sync ${options.url}`;
-  return new Sync(engine, Object.keys(options.shapes), database, strategy);
+  const sync = new Sync(engine, options, strategy);
+  try {
+    await sync.upgrade(options.version, options.upgrade);
+  } catch (e) {
+    await sync.close();
+    throw e;
+  }
+  return sync;
+}
+
+/** Where the app's schema version is kept, beside the SDK's own records. */
+const APP_VERSION = "\u0000app_version";
+const POSITIONS = "_positions";
+
+/** The result of an IndexedDB request. */
+function result(request) {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
 }
 
 class Sync {
   #engine;
+  #options;
+  #database;
   #strategy;
-  #listeners = { sync: new Set(), status: new Set(), outbox: new Set() };
+  #listeners = { sync: new Set(), status: new Set(), outbox: new Set(), versionchange: new Set() };
   #live = new Map();
   #channel;
   #leading = false;
   #release;
   #closed = false;
-  #onOnline = () => this.#engine.wake();
+  /** Each shape's latest status: `{status, reason}`. */
+  #shapes = new Map();
+  #lastSyncedAt;
+  #onOnline = () => this.#engine.online();
+  #onOffline = () => this.#engine.offline();
 
-  constructor(engine, names, database, strategy) {
+  constructor(engine, options, strategy) {
     this.#engine = engine;
+    this.#options = options;
+    const database = (this.#database = engine.databaseName());
     this.#strategy = strategy;
-    for (const name of names) {
+    for (const name of Object.keys(options.shapes)) {
       let resolve;
       const promise = new Promise((r) => (resolve = r));
       this.#live.set(name, { promise, resolve, live: false });
+      this.#shapes.set(name, { status: "connecting" });
     }
     // Other tabs of this database hear every event with origin `…-tab`, and wake the
     // leader's outbox when they write.
     this.#channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(`gateway-sync:${database}`) : null;
-    engine.on((event) => {
-      this.#dispatch(event);
-      this.#channel?.postMessage(event.type === "sync" ? { ...event, origin: `${event.origin}-tab` } : event);
-    });
     if (this.#channel) {
       this.#channel.onmessage = ({ data }) => {
         if (data.type === "push") {
-          if (this.#leading) engine.wake();
+          if (this.#leading) this.#engine.wake();
         } else if (data.type === "hello") {
           if (this.#leading) for (const [shape, s] of this.#live) if (s.live) this.#channel.postMessage({ type: "status", shape, status: "live" });
         } else {
@@ -61,22 +89,85 @@ class Sync {
       this.#channel.postMessage({ type: "hello" });
     }
     addEventListener("online", this.#onOnline);
-    // One tab at a time follows the shapes and pushes the outbox; when it closes, the
-    // lock passes to another tab.
+    addEventListener("offline", this.#onOffline);
+    this.#attach(engine);
+  }
+
+  /** Listens to `engine` and, once this tab holds the database's lock, lets it lead. */
+  #attach(engine) {
+    engine.on((event) => {
+      if (event.type === "versionchange") return void this.#versionChange(engine, event);
+      this.#dispatch(event);
+      this.#channel?.postMessage(event.type === "sync" ? { ...event, origin: `${event.origin}-tab` } : event);
+    });
+    // The leader follows only its own shapes: a tab that just added stores (a newer
+    // schema) takes the lead from the tab that holds it.
+    this.#requestLead(engine, engine.upgradedSchema());
+  }
+
+  /**
+   * One tab at a time follows the shapes and pushes the outbox (the database's Web Lock);
+   * when it closes, the lock passes to another tab. A leader whose lock is stolen resigns
+   * and queues to lead again.
+   */
+  #requestLead(engine, steal) {
     const lead = () => {
-      if (this.#closed) return;
+      if (this.#closed || engine !== this.#engine) return;
       this.#leading = true;
       engine.lead();
+      if (navigator.onLine === false) engine.offline();
     };
-    if (navigator.locks) {
-      const held = new Promise((r) => (this.#release = r));
-      navigator.locks.request(`gateway-sync:${database}`, () => (lead(), held));
-    } else {
-      lead();
-    }
+    if (!navigator.locks) return lead();
+    const held = new Promise((r) => (this.#release = r));
+    navigator.locks.request(`gateway-sync:${this.#database}`, { steal }, () => (lead(), held)).catch(() => {
+      if (this.#closed || engine !== this.#engine) return;
+      this.#leading = false;
+      engine.resign();
+      this.#requestLead(engine, false);
+    });
+  }
+
+  /**
+   * Another tab upgrades the database (a new shape or index) or deletes it (a sign-out):
+   * the engine has closed its connection so that tab is not blocked. After an upgrade
+   * this tab opens the database again, with the new schema, and syncs on; after a
+   * deletion it stays closed.
+   */
+  async #versionChange(engine, event) {
+    if (engine !== this.#engine) return;
+    this.#leading = false;
+    this.#release?.();
+    this.#dispatch(event);
+    if (event.newVersion === null || event.newVersion === undefined) return void (await this.close());
+    const reopened = await Engine.open(this.#options);
+    if (this.#closed) return void reopened.close();
+    this.#engine = reopened;
+    this.#attach(reopened);
+  }
+
+  /**
+   * Runs the app's `upgrade({from, to, sync})` when the database holds an older app schema
+   * version than `version` (0: none yet), then records `version`; one tab at a time.
+   */
+  async upgrade(version, upgrade) {
+    if (version === undefined) return;
+    const run = async () => {
+      const db = this.#engine.database();
+      const from = (await result(db.transaction(POSITIONS).objectStore(POSITIONS).get(APP_VERSION))) ?? 0;
+      if (from >= version) return;
+      await upgrade?.({ from, to: version, sync: this });
+      const tx = this.#engine.database().transaction(POSITIONS, "readwrite");
+      await result(tx.objectStore(POSITIONS).put(version, APP_VERSION));
+    };
+    if (navigator.locks) await navigator.locks.request(`gateway-sync-upgrade:${this.#database}`, run);
+    else await run();
   }
 
   #dispatch(event) {
+    if (event.type === "status") {
+      this.#shapes.set(event.shape, { status: event.status, reason: event.reason });
+      if (event.lastSyncedAt) this.#lastSyncedAt = event.lastSyncedAt;
+    }
     if (event.type === "status" && event.status === "live") {
       const s = this.#live.get(event.shape);
       if (s) (s.live = true), s.resolve();
@@ -84,15 +175,56 @@ class Sync {
     for (const listener of this.#listeners[event.type] ?? []) listener(event);
   }
 
+  /**
+   * Where syncing stands, over every shape: `error` if one failed for good, else `offline`
+   * if one cannot reach the gateway (or the browser is offline), else `connecting` while
+   * one has not caught up, else `live`; with the reason and when a shape last caught up.
+   */
+  get status() {
+    const shapes = [...this.#shapes.values()];
+    const status = ["error", "offline", "connecting"].find((s) => shapes.some((x) => x.status === s)) ?? "live";
+    return { status, reason: shapes.find((x) => x.status === status)?.reason, lastSyncedAt: this.lastSyncedAt };
+  }
+
+  /** When a shape last caught up with the gateway (this tab's, or the leading tab's), or null. */
+  get lastSyncedAt() {
+    const at = this.#engine.lastSyncedAt() ?? this.#lastSyncedAt;
+    return at ? new Date(at) : null;
+  }
+
+  /**
+   * Syncs now: pushes the outbox, reconnects shapes that back off after a failure, and
+   * resolves once every shape is live and a push round started after the call has ended.
+   * Rejects with the reason if a shape failed for good.
+   */
+  async syncNow() {
+    if (this.#closed) throw new Error("syncNow: this sync is closed; call openSync again");
+    if (!this.#leading) this.#channel?.postMessage({ type: "push" });
+    await Promise.all([this.#leading ? this.#engine.pushNow() : null, this.#allLive()]);
+  }
+
+  #allLive() {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const { status, reason } = this.status;
+        if (status === "error") stop(), reject(new Error(`syncNow: ${reason}`));
+        else if (status === "live") stop(), resolve();
+      };
+      const stop = this.on("status", check);
+      this.#engine.wake();
+      check();
+    });
+  }
+
   /** Whether this tab is the one syncing with the gateway. */
   get leading() {
     return this.#leading;
   }
 
-  /** Calls `listener` on `sync`, `status` or `outbox` events; returns an unsubscribe function. */
+  /** Calls `listener` on `sync`, `status`, `outbox` or `versionchange` events; returns an unsubscribe function. */
   on(type, listener) {
     const set = this.#listeners[type];
-    if (!set) throw new Error(`unknown event ${JSON.stringify(type)}; use "sync", "status" or "outbox"`);
+    if (!set) throw new Error(`unknown event ${JSON.stringify(type)}; use "sync", "status", "outbox" or "versionchange"`);
     set.add(listener);
     return () => set.delete(listener);
   }
@@ -107,15 +239,18 @@ class Sync {
   /** One shape: local reads, queries and writes. */
   shape(name) {
     if (!this.#live.has(name)) throw new Error(`no shape named ${JSON.stringify(name)}; openSync was given: ${[...this.#live.keys()]}`);
-    const engine = this.#engine;
+    // The engine of the moment: another tab's upgrade replaces it.
+    const engine = { get: (key) => this.#engine.get(name, key), getAll: () => this.#engine.getAll(name) };
     const write = (op, key, value, options) => this.#write([{ shape: name, op, key, value }], false, options).then((ids) => ids[0]);
     const query = () => new Query(this, name);
     return {
-      get: (key) => engine.get(name, key),
-      getAll: () => engine.getAll(name),
+      get: engine.get,
+      getAll: engine.getAll,
       put: (row, options) => write("put", undefined, row, options),
+      add: (row, options) => write("add", undefined, row, options),
       update: (key, change, options) => write("update", key, change, options),
       delete: (key, options) => write("delete", key, undefined, options),
+      clear: (options) => this.#clear(name, options),
       where: (index) => query().where(index),
       orderBy: (index) => query().orderBy(index),
       query,
@@ -131,12 +266,19 @@ class Sync {
     const tx = {
       shape: (shape) => ({
         put: (row) => void writes.push({ shape, op: "put", value: row }),
+        add: (row) => void writes.push({ shape, op: "add", value: row }),
         update: (key, change) => void writes.push({ shape, op: "update", key, value: change }),
         delete: (key) => void writes.push({ shape, op: "delete", key }),
       }),
     };
     await body(tx);
     return writes.length ? this.#write(writes, true, options) : [];
+  }
+
+  /** Deletes every row the shape holds (each delete its own outbox entry); returns their ids. */
+  async #clear(shape, options) {
+    const keys = await result(this.#engine.database().transaction(shape).objectStore(shape).getAllKeys());
+    return keys.length ? this.#write(keys.map((key) => ({ shape, op: "delete", key })), false, options) : [];
   }
 
   async #write(writes, atomic, options) {
@@ -170,12 +312,13 @@ class Sync {
 
   /** The outbox: local writes and where they stand. */
   get outbox() {
-    const engine = this.#engine;
     return {
-      stats: () => engine.outboxStats(),
-      pending: () => engine.outboxEntries("pending"),
-      entries: (status) => engine.outboxEntries(status),
-      clearSynced: () => engine.clearSynced(),
+      stats: () => this.#engine.outboxStats(),
+      pending: () => this.#engine.outboxEntries("pending"),
+      entries: (status) => this.#engine.outboxEntries(status),
+      clearSynced: () => this.#engine.clearSynced(),
+      retry: (id) => this.#engine.outboxRetry(id),
+      discard: (id) => this.#engine.outboxDiscard(id),
     };
   }
 
@@ -207,11 +350,25 @@ class Sync {
   }
 
   /** Stops syncing; the mirror and the outbox stay for the next `openSync`. */
-  close() {
+  async close() {
+    if (this.#closed) return;
     this.#closed = true;
     removeEventListener("online", this.#onOnline);
+    removeEventListener("offline", this.#onOffline);
     this.#engine.close();
     this.#channel?.close();
     this.#release?.();
+  }
+
+  /**
+   * Stops syncing for this identity. With `clear: true` its local data (rows, positions,
+   * pending writes, client id) is deleted; otherwise it stays for the identity's next
+   * `openSync`, and its pending writes are pushed then, with its own token.
+   */
+  async signOut({ clear = false } = {}) {
+    await this.close();
+    if (!clear) return;
+    // Other tabs of this identity close their connections on `versionchange`.
+    await result(indexedDB.deleteDatabase(this.#database));
   }
 }

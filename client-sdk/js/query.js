@@ -1,10 +1,17 @@
-// Local queries on a shape's declared indexes, Dexie-style: build with where/orderBy and
-// the modifiers, run with toArray/first/count, follow with sync.subscribe(query, cb).
+// Local queries on a shape's declared indexes, Dexie-style: build with where/orderBy, `or`
+// and the modifiers, narrow with filter/and, run with toArray/first/count/each, follow with
+// sync.subscribe(query, cb).
 
 export class Query {
   #sync;
   #index = null;
   #range = null;
+  /** A match by scanning rows, for values IndexedDB cannot index (see `#clause`). */
+  #test = null;
+  /** Further clauses joined with `or`: `{index, range}` or `{index, test}`. */
+  #alternatives = [];
+  /** Predicates rows must also meet (`filter`/`and`). */
+  #filters = [];
   #reverse = false;
   #offset = 0;
   #limit = Infinity;
@@ -20,15 +27,58 @@ export class Query {
    */
   where(index) {
     this.#index = indexName(index);
-    const range = (r) => ((this.#range = r), this);
+    return this.#clause(this.#index, ({ range = null, test = null }) => ((this.#range = range), (this.#test = test)));
+  }
+
+  /** Rows matching this query or the range that follows on `index` (each row once). */
+  or(index) {
+    const alternative = { index: indexName(index), range: null, test: null };
+    this.#alternatives.push(alternative);
+    return this.#clause(alternative.index, (spec) => Object.assign(alternative, spec));
+  }
+
+  /** Keeps only the rows for which `predicate(row)` is true (run after the index range). */
+  filter(predicate) {
+    this.#filters.push(predicate);
+    return this;
+  }
+
+  /** The same as `filter`. */
+  and(predicate) {
+    return this.filter(predicate);
+  }
+
+  /**
+   * The comparisons of a `where` or `or` on `index`. IndexedDB cannot index booleans or
+   * bigints (bool and int8 columns): given such a value, a one-column clause matches by
+   * scanning the shape's rows instead of its index.
+   */
+  #clause(index, set) {
+    const by = (range, test, ...values) => {
+      if (values.some((v) => typeof v === "boolean" || typeof v === "bigint")) {
+        if (index === null || index === ":key" || index.includes("+")) {
+          throw new Error(`where(${JSON.stringify(index)}): booleans and bigints can only be matched on one column`);
+        }
+        set({ test: (row) => test(row[index]) });
+      } else {
+        set({ range: range() });
+      }
+      return this;
+    };
     return {
-      equals: (v) => range(IDBKeyRange.only(v)),
-      above: (v) => range(IDBKeyRange.lowerBound(v, true)),
-      aboveOrEqual: (v) => range(IDBKeyRange.lowerBound(v)),
-      below: (v) => range(IDBKeyRange.upperBound(v, true)),
-      belowOrEqual: (v) => range(IDBKeyRange.upperBound(v)),
-      between: (low, high, includeLow = true, includeHigh = false) => range(IDBKeyRange.bound(low, high, !includeLow, !includeHigh)),
-      startsWith: (prefix) => range(IDBKeyRange.bound(prefix, `${prefix}\uffff`)),
+      equals: (v) => by(() => IDBKeyRange.only(v), (x) => x === v, v),
+      above: (v) => by(() => IDBKeyRange.lowerBound(v, true), (x) => x > v, v),
+      aboveOrEqual: (v) => by(() => IDBKeyRange.lowerBound(v), (x) => x >= v, v),
+      below: (v) => by(() => IDBKeyRange.upperBound(v, true), (x) => x < v, v),
+      belowOrEqual: (v) => by(() => IDBKeyRange.upperBound(v), (x) => x <= v, v),
+      between: (low, high, includeLow = true, includeHigh = false) =>
+        by(
+          () => IDBKeyRange.bound(low, high, !includeLow, !includeHigh),
+          (x) => (includeLow ? x >= low : x > low) && (includeHigh ? x <= high : x < high),
+          low,
+          high,
+        ),
+      startsWith: (prefix) => by(() => IDBKeyRange.bound(prefix, `${prefix}\uffff`), null),
     };
   }
 
@@ -55,7 +105,8 @@ export class Query {
 
   /** The matching rows. */
   async toArray() {
-    const source = this.#source();
+    if (this.#collected()) return this.#collect();
+    const source = this.#source(this.#index);
     if (!this.#reverse && this.#offset === 0) {
       return request(source.getAll(this.#range, Number.isFinite(this.#limit) ? this.#limit : undefined));
     }
@@ -85,8 +136,40 @@ export class Query {
   }
 
   async count() {
-    const all = await request(this.#source().count(this.#range));
+    if (this.#collected()) return (await this.#collect()).length;
+    const all = await request(this.#source(this.#index).count(this.#range));
     return Math.max(0, Math.min(all - this.#offset, this.#limit));
+  }
+
+  /** Calls `callback(row)` for each matching row, in order. */
+  async each(callback) {
+    for (const row of await this.toArray()) callback(row);
+  }
+
+  /**
+   * With `or` or `filter`: every range's rows, each once (by primary key), in the first
+   * range's index order and then in each added range's order; filtered, then reversed,
+   * offset and limited.
+   */
+  #collected() {
+    return this.#test !== null || this.#alternatives.length > 0 || this.#filters.length > 0;
+  }
+
+  async #collect() {
+    const store = this.#sync.database.transaction(this.shape).objectStore(this.shape);
+    const clauses = [{ index: this.#index, range: this.#range, test: this.#test }, ...this.#alternatives];
+    const seen = new Set();
+    let rows = [];
+    for (const { index, range, test } of clauses) {
+      const found = test ? (await entries(store, null)).filter(([, row]) => test(row)) : await entries(this.#source(index, store), range);
+      for (const [key, row] of found) {
+        const id = JSON.stringify(key);
+        if (!seen.has(id)) seen.add(id), rows.push(row);
+      }
+    }
+    rows = rows.filter((row) => this.#filters.every((f) => f(row)));
+    if (this.#reverse) rows.reverse();
+    return rows.slice(this.#offset, this.#offset + this.#limit);
   }
 
   /** Calls `callback(rows)` now and whenever the result changes; returns an unsubscribe function. */
@@ -94,18 +177,32 @@ export class Query {
     return this.#sync.subscribe(this, callback);
   }
 
-  #source() {
-    const store = this.#sync.database.transaction(this.shape).objectStore(this.shape);
-    if (this.#index === null || this.#index === ":key") return store;
-    if (!store.indexNames.contains(this.#index)) {
-      throw new Error(`shape ${JSON.stringify(this.shape)} has no index ${JSON.stringify(this.#index)}: declare it in openSync's shapes: {${this.shape}: {indexes: [...]}}`);
+  #source(index, store = this.#sync.database.transaction(this.shape).objectStore(this.shape)) {
+    if (index === null || index === ":key") return store;
+    if (!store.indexNames.contains(index)) {
+      throw new Error(`shape ${JSON.stringify(this.shape)} has no index ${JSON.stringify(index)}: declare it in openSync's shapes: {${this.shape}: {indexes: [...]}}`);
     }
-    return store.index(this.#index);
+    return store.index(index);
   }
 }
 
 function indexName(index) {
   return Array.isArray(index) ? index.join("+") : index;
+}
+
+/** `[primary key, row]` of every row in `range` of a store or index, in its order. */
+function entries(source, range) {
+  return new Promise((resolve, reject) => {
+    const out = [];
+    const cursor = source.openCursor(range);
+    cursor.onerror = () => reject(cursor.error);
+    cursor.onsuccess = () => {
+      const c = cursor.result;
+      if (!c) return resolve(out);
+      out.push([c.primaryKey, c.value]);
+      c.continue();
+    };
+  });
 }
 
 function request(r) {

@@ -1,6 +1,7 @@
 //! The gateway's browser SDK. The sync and outbox logic is plain Rust, tested on the host;
 //! only [`web`] touches wasm-bindgen and the browser.
 
+pub mod identity;
 pub mod outbox;
 pub mod protocol;
 pub mod sse;

@@ -21,6 +21,8 @@ pub const MAX_PUSH: usize = 100;
 pub enum Op {
     /// Insert or replace the whole row.
     Put,
+    /// Insert a new row; a row with its key is refused, here and by the gateway.
+    Add,
     /// Change some columns of an existing row.
     Update,
     Delete,
@@ -31,6 +33,7 @@ impl Op {
     pub fn wire(self) -> contract::Op {
         match self {
             Op::Put => contract::Op::Upsert,
+            Op::Add => contract::Op::Insert,
             Op::Update => contract::Op::Update,
             Op::Delete => contract::Op::Delete,
         }
@@ -258,6 +261,20 @@ pub fn failed_push(entries: &mut [Entry], failure: &PushFailure, max_retries: u3
             PushFailure::Refused(why) => fail(entry, Status::Failed, why.clone(), None),
         }
     }
+}
+
+/// Makes a failed or abandoned write pending again, as a new one: it gets a new mutation
+/// id when pushed (the gateway's ledger keeps the refusal under the old one), and the row
+/// shown carries it again.
+pub fn retry(entry: &mut Entry) {
+    entry.status = Status::Pending;
+    entry.mutation_id = None;
+    entry.attempts = 0;
+    entry.error = None;
+    entry.row = None;
+    entry.txid = None;
+    entry.echoed = false;
+    entry.synced_ms = None;
 }
 
 fn fail(entry: &mut Entry, status: Status, error: String, row: Option<Value>) {
@@ -492,5 +509,20 @@ mod tests {
         assert_eq!(expire(&mut entries, 1500.0, 1000.0), Vec::<usize>::new());
         assert_eq!(expire(&mut entries, 2000.0, 1000.0), vec![2]);
         assert_eq!(stats(&entries), Stats { synced: 3, ..Stats::default() });
+    }
+
+    #[test]
+    fn a_retried_write_is_pushed_again_under_a_new_mutation_id() {
+        let mut entries = vec![entry("a", Op::Put, None)];
+        let mut next_id = 1;
+        next_push("c", &mut entries, &mut next_id).unwrap();
+        failed_push(&mut entries, &PushFailure::Refused("422: check".into()), 10);
+        assert_eq!((entries[0].status, entries[0].mutation_id), (Status::Failed, Some(1)));
+        assert!(!entries[0].outstanding(), "a failed write no longer shows");
+        retry(&mut entries[0]);
+        assert!(entries[0].outstanding(), "a retried write shows again");
+        let push = next_push("c", &mut entries, &mut next_id).unwrap();
+        assert_eq!(push.body["mutations"][0]["id"], 2, "{}", push.body);
+        assert_eq!((entries[0].attempts, &entries[0].error), (0, &None));
     }
 }

@@ -129,6 +129,12 @@ impl ShapeStream {
         ShapeStream { position: Position { live: false, ..position }, ..Default::default() }
     }
 
+    /// After a failure the next request catches up without `live`, as a resumed stream
+    /// does: it answers at once, so the mirror knows it is current again.
+    pub fn reconnect(&mut self) {
+        self.position.live = false;
+    }
+
     /// The next request's query parameters.
     pub fn query(&self, shape: &ShapeDefinition) -> Vec<(String, String)> {
         let mut q = vec![("table".to_string(), shape.table.clone())];
@@ -274,6 +280,18 @@ pub fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_failure_the_stream_catches_up_before_it_goes_live_again() {
+        let live = Position { handle: Some("1-2".into()), offset: "5_0".into(), live: true, schema: None };
+        let mut stream = ShapeStream { position: live, ..Default::default() };
+        let shape = ShapeDefinition { table: "items".into(), ..Default::default() };
+        assert!(stream.query(&shape).iter().any(|(k, _)| k == "live"));
+        stream.reconnect();
+        let query = stream.query(&shape);
+        assert!(!query.iter().any(|(k, _)| k == "live"), "{query:?}");
+        assert!(query.contains(&("offset".into(), "5_0".into())), "from where it was: {query:?}");
+    }
 
     #[test]
     fn a_resumed_stream_catches_up_before_it_goes_live() {

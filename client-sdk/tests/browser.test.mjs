@@ -51,6 +51,19 @@ async function cut(context, offline) {
   else await context.unroute(toGateway);
 }
 
+/** Installs `window.mint(sub, seconds)` in the page: an HS256 token the gateway accepts. */
+async function installMint(page) {
+  await page.evaluate(async (secret) => {
+    const key = await crypto.subtle.importKey("raw", new TextEncoder().encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+    const text = (o) => b64(new TextEncoder().encode(JSON.stringify(o)));
+    window.mint = async (sub, seconds = 600) => {
+      const body = `${text({ alg: "HS256", typ: "JWT" })}.${text({ sub, exp: Math.floor(Date.now() / 1000) + seconds })}`;
+      return `${body}.${b64(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(body)))}`;
+    };
+  }, process.env.JWT_SECRET);
+}
+
 const row = (page, shape, key) => page.evaluate(async ({ shape, key }) => window.plain(await window.sync.shape(shape).get(key)), { shape, key });
 
 const ITEMS = "select coalesce(json_agg(json_build_object('id', id, 'title', title, 'big', big::text || 'n', 'tags', tags, 'doc', doc, 'done', done, 'stamp', stamp) order by id), '[]') from items";
@@ -280,19 +293,13 @@ test("network-first writes show only once the gateway applied them", { timeout: 
 test("getToken is asked again when a token expires, and the stream goes on", { timeout: 30_000 }, async () => {
   const context = await browser.newContext();
   const page = await openPage(context);
-  await page.evaluate(async ({ url, secret }) => {
-    const key = await crypto.subtle.importKey("raw", new TextEncoder().encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-    const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
-    const text = (o) => b64(new TextEncoder().encode(JSON.stringify(o)));
+  await installMint(page);
+  await page.evaluate(async (url) => {
     window.tokens = 0;
-    const getToken = async () => {
-      window.tokens += 1;
-      const body = `${text({ alg: "HS256", typ: "JWT" })}.${text({ sub: "sdk-test", exp: Math.floor(Date.now() / 1000) + 3 })}`;
-      return `${body}.${b64(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(body)))}`;
-    };
+    const getToken = () => ((window.tokens += 1), window.mint("sdk-test", 3));
     window.sync = await window.openSync({ url, getToken, shapes: { items: { table: "items" } } });
     await window.sync.ready("items");
-  }, { url: GATEWAY, secret: process.env.JWT_SECRET });
+  }, GATEWAY);
   await new Promise((ok) => setTimeout(ok, 4500));
   sql("update items set title = 'after the first token expired' where id = 11");
   await until("the change after expiry", async () => (await row(page, "items", 11))?.title === "after the first token expired");
@@ -314,5 +321,241 @@ test("a truncate makes the gateway rotate the shape: the store is cleared and re
     rows = await page.evaluate(async () => window.plain(await window.sync.shape("items").getAll()));
     stable = isDeepStrictEqual(rows, expected) ? stable + 1 : 0;
   }
+  await context.close();
+});
+
+const MEMOS = { memos: { table: "memos" } };
+const memoIds = (page) => page.evaluate(async () => (await window.sync.shape("memos").getAll()).map((m) => m.id).sort());
+
+test("two users, one browser: each sees only its own local data, and a queued write waits for its own token", { timeout: 40_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await installMint(page);
+  const openAs = (sub, extra = {}) =>
+    page.evaluate(async ({ url, sub, shapes, extra }) => {
+      window.sync = await window.openSync({ url, token: await window.mint(sub), shapes, ...extra });
+      await window.sync.ready("memos");
+    }, { url: GATEWAY, sub, shapes: MEMOS, extra });
+  // X syncs, writes while offline, signs out (its data stays for its next session).
+  await openAs("x");
+  assert.deepEqual(await memoIds(page), [1]);
+  await cut(context, true);
+  await page.evaluate(() => window.sync.shape("memos").put({ id: 10, owner: "x", body: "written offline by x" }));
+  await page.evaluate(() => window.sync.signOut());
+  await cut(context, false);
+  // Y signs in on the same browser: none of X's rows, none of X's writes.
+  await openAs("y");
+  assert.deepEqual(await memoIds(page), [2], "Y sees only its own rows");
+  assert.deepEqual(await page.evaluate(() => window.sync.outbox.stats()), { pending: 0, synced: 0, failed: 0, abandoned: 0 });
+  // A database named by the app is refused to another identity, saying whose it is.
+  const xDatabase = "gateway-sync " + GATEWAY + " as x";
+  const refused = await page.evaluate(async ({ url, shapes, database }) => {
+    try {
+      await window.openSync({ url, token: await window.mint("y"), shapes, database });
+      return "opened";
+    } catch (e) {
+      return String(e.message ?? e);
+    }
+  }, { url: GATEWAY, shapes: MEMOS, database: xDatabase });
+  assert.match(refused, /holds the data of subject "x"/);
+  await page.evaluate(() => window.sync.signOut());
+  assert.equal(sql("select count(*) from memos where id = 10"), "0", "X's write was not pushed with Y's token");
+  // X comes back: its queued write is pushed with its own token.
+  await openAs("x");
+  await until("X's offline write in PostgreSQL", () => sql("select owner from memos where id = 10") === "x");
+  assert.deepEqual(await memoIds(page), [1, 10]);
+  await page.evaluate(() => window.sync.signOut({ clear: true }));
+  const names = await page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
+  assert.ok(!names.includes(xDatabase), `signOut({ clear: true }) deleted X's database: ${names}`);
+  assert.ok(names.includes("gateway-sync " + GATEWAY + " as y"), "Y's stays");
+  await context.close();
+});
+
+test("a token for another identity is never sent with this database's writes", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await installMint(page);
+  await page.evaluate(async (url) => {
+    // Short-lived tokens: the engine asks getToken before each request.
+    window.who = "z";
+    const getToken = () => window.mint(window.who, 3);
+    window.sync = await window.openSync({ url, getToken, shapes: { memos: { table: "memos" } } });
+    await window.sync.ready("memos");
+    window.refusals = [];
+    window.sync.on("status", (e) => e.status === "error" && window.refusals.push(e.reason));
+    // The app's sign-in changes hands without signOut: the next token is someone else's.
+    window.who = "w";
+    await window.sync.shape("memos").put({ id: 20, owner: "z", body: "z's write" });
+  }, GATEWAY);
+  const reason = await until("the engine stopped, saying why", () => page.evaluate(() => window.refusals[0]));
+  assert.match(reason, /token for subject "w" at .* while this database holds the data of subject "z"/);
+  await new Promise((ok) => setTimeout(ok, 1000));
+  assert.equal(sql("select count(*) from memos where id = 20"), "0", "nothing was pushed with w's token");
+  const pending = await page.evaluate(async () => (await window.sync.outbox.pending()).map((e) => e.status));
+  assert.deepEqual(pending, ["pending"], "z's write waits for z");
+  await context.close();
+});
+
+test("close() resolves and leaves no unhandled rejection", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await open(page, { items: { table: "items" } });
+  const rejections = await page.evaluate(async () => {
+    const seen = [];
+    window.addEventListener("unhandledrejection", (e) => seen.push(String(e.reason?.message ?? e.reason)));
+    // The live SSE stream is open now; closing cancels it.
+    await new Promise((ok) => setTimeout(ok, 500));
+    await window.sync.close();
+    await new Promise((ok) => setTimeout(ok, 1000));
+    return seen;
+  });
+  assert.deepEqual(rejections, []);
+  await context.close();
+});
+
+test("going offline is reported at once; back online the shapes catch up and are live again", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await open(page, { items: { table: "items" } });
+  assert.equal(await page.evaluate(() => window.sync.status.status), "live");
+  await context.setOffline(true);
+  // The live stream's connection may linger; the status must not.
+  await until("offline reported", () => page.evaluate(() => window.sync.status.status === "offline"), 3000);
+  assert.match(await page.evaluate(() => window.sync.status.reason), /offline/);
+  await context.setOffline(false);
+  await until("live again", () => page.evaluate(() => window.sync.status.status === "live"));
+  sql("insert into items (id, title, big, done) values (12000, 'after coming back', 1, false)");
+  await until("a change after coming back", async () => (await row(page, "items", 12000))?.title === "after coming back");
+  assert.ok(await page.evaluate(() => window.sync.lastSyncedAt instanceof Date), "lastSyncedAt is set");
+  await context.close();
+});
+
+test("a live stream that goes silent (no keep-alive) is taken for dead and replaced", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await page.evaluate(async ({ url, token }) => {
+    window.statuses = [];
+    // Nothing changes, so the gateway's stream stays silent longer than this.
+    window.sync = await window.openSync({ url, token, liveSilenceMs: 1500, shapes: { items: { table: "items" } } });
+    window.sync.on("status", (e) => window.statuses.push(`${e.status} ${e.reason ?? ""}`));
+    await window.sync.ready("items");
+  }, { url: GATEWAY, token: TOKEN });
+  await until("the silence noticed", () => page.evaluate(() => window.statuses.some((s) => /^offline .*sent nothing/.test(s))));
+  await until("live again after reconnecting", () => page.evaluate(() => window.statuses.at(-1).startsWith("live")));
+  await context.close();
+});
+
+test("syncNow pushes queued writes at once and resolves when they are applied and every shape is live", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await open(page, { items: { table: "items" } });
+  await cut(context, true);
+  await page.evaluate(() => window.sync.shape("items").put({ id: 400, title: "synced now", big: 4n, done: false }));
+  await cut(context, false);
+  await page.evaluate(() => window.sync.syncNow());
+  assert.equal(sql("select title from items where id = 400"), "synced now", "applied when syncNow resolved");
+  assert.equal((await page.evaluate(() => window.sync.outbox.stats())).pending, 0);
+  assert.equal(await page.evaluate(() => window.sync.status.status), "live");
+  await context.close();
+});
+
+test("the Dexie surface: add is insert-only, or, filter/and, each, bool and int8 matches, clear; events carry rows", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await open(page, { dexie: { table: "dexie", indexes: ["title"] }, extra: { table: "dexie", where: "id >= 600" } });
+  const refused = await page.evaluate(() => window.sync.shape("dexie").add({ id: 1, title: "again", big: 1n, done: false }).then(() => "added", (e) => String(e.message ?? e)));
+  assert.match(refused, /already has a row with key 1: use put/);
+  await page.evaluate(async () => {
+    const extra = window.sync.shape("extra");
+    await extra.add({ id: 600, title: "added", big: 6n, done: false });
+    await extra.add({ id: 601, title: "added too", big: 6n, done: true });
+  });
+  await until("the added rows in PostgreSQL", () => sql("select count(*) from dexie where id in (600, 601)") === "2");
+  const found = await page.evaluate(async () => {
+    const dexie = window.sync.shape("dexie");
+    const ids = (rows) => rows.map((r) => r.id).sort((a, b) => a - b);
+    const each = [];
+    await dexie.where(":key").between(1, 5).and((r) => r.id !== 3).each((r) => each.push(r.id));
+    return {
+      or: ids(await dexie.where(":key").equals(3).or("title").equals("item 5").toArray()),
+      orBoth: await dexie.where(":key").equals(5).or("title").equals("item 5").count(),
+      filter: ids(await dexie.where(":key").between(1, 10).filter((r) => r.done).toArray()),
+      each,
+      done: ids(await dexie.where("done").equals(true).and((r) => r.id < 600).toArray()),
+      big: ids(await dexie.where("big").between(3n, 5n, true, true).toArray()),
+    };
+  });
+  assert.deepEqual(found, { or: [3, 5], orBoth: 1, filter: [2, 4, 6, 8], each: [1, 2, 4], done: [2, 4, 6, 8, 10], big: [3, 4, 5] });
+  // Events carry the row, and the row before for updates.
+  sql("update dexie set title = 'item 7 changed' where id = 7");
+  const event = await until("the update's event", () =>
+    page.evaluate(() => window.plain(window.events.find((e) => e.shape === "dexie" && e.key === 7 && e.op === "update"))));
+  assert.equal(event.value.title, "item 7 changed");
+  assert.equal(event.old.title, "item 7");
+  const added = await page.evaluate(() => window.plain(window.events.find((e) => e.key === 600 && e.origin === "local")));
+  assert.equal(added.value.title, "added");
+  await page.evaluate(() => window.sync.shape("extra").clear());
+  await until("clear reached PostgreSQL", () => sql("select count(*) from dexie where id >= 600") === "0");
+  assert.deepEqual(await page.evaluate(() => window.sync.shape("extra").getAll()), []);
+  await context.close();
+});
+
+test("failed writes can be retried (under a new mutation id) or discarded", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await open(page, { checked: { table: "checked" } });
+  const [first, second] = await page.evaluate(async () => {
+    const checked = window.sync.shape("checked");
+    return [await checked.put({ id: 1, n: 0 }), await checked.put({ id: 2, n: -1 })];
+  });
+  await until("both refused", async () => (await page.evaluate(() => window.sync.outbox.stats())).failed === 2);
+  await page.evaluate((id) => window.sync.outbox.discard(id), second);
+  const pendingRefusal = await page.evaluate((id) => window.sync.outbox.retry(id).then(() => "retried", (e) => String(e.message ?? e)), "no-such-id");
+  assert.match(pendingRefusal, /no outbox entry/);
+  sql("alter table checked drop constraint positive");
+  await page.evaluate((id) => window.sync.outbox.retry(id), first);
+  await until("the retried write applied", () => sql("select coalesce(string_agg(id || ':' || n, ','), '') from checked") === "1:0");
+  const entries = await page.evaluate(async () => (await window.sync.outbox.entries()).map((e) => `${e.id} ${e.status}`));
+  assert.deepEqual(entries, [`${first} synced`], "the discarded write is gone");
+  await until("the mirror holds the retried row", () => page.evaluate(async () => (await window.sync.shape("checked").get(1))?.n === 0));
+  assert.equal(await page.evaluate(() => window.sync.shape("checked").get(2)), undefined);
+  await context.close();
+});
+
+test("an upgrade in another tab is not blocked: this tab closes, reopens with the new schema and syncs on", { timeout: 40_000 }, async () => {
+  const context = await browser.newContext();
+  const [older, newer] = [await openPage(context), await openPage(context)];
+  await open(older, { items: { table: "items" } });
+  await older.evaluate(() => {
+    window.versionChanges = [];
+    window.sync.on("versionchange", (e) => window.versionChanges.push(e.newVersion));
+  });
+  // A new shape means a new object store: the newer tab upgrades the database.
+  // It takes the lead: the older tab's leader would not follow the new shape.
+  await open(newer, { items: { table: "items" }, notes: { table: "notes" } });
+  assert.equal(await newer.evaluate(() => window.sync.leading), true);
+  assert.equal(await older.evaluate(() => window.versionChanges.length), 1);
+  sql("insert into items (id, title, big, done) values (13000, 'after the upgrade', 1, false)");
+  for (const page of [older, newer]) {
+    await until("the change in both tabs", async () => (await row(page, "items", 13000))?.title === "after the upgrade");
+  }
+  await context.close();
+});
+
+test("upgrade hooks run once per app schema version", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  const runs = await page.evaluate(async ({ url, token }) => {
+    const runs = [];
+    const openAt = async (version) => {
+      const sync = await window.openSync({ url, token, version, upgrade: ({ from, to }) => void runs.push(`${from}->${to}`), shapes: { notes: { table: "notes" } } });
+      await sync.close();
+    };
+    await openAt(1);
+    await openAt(1);
+    await openAt(3);
+    return runs;
+  }, { url: GATEWAY, token: TOKEN });
+  assert.deepEqual(runs, ["0->1", "1->3"]);
   await context.close();
 });

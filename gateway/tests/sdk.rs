@@ -6,7 +6,9 @@ use serde_json::json;
 use crate::auth::{SECRET, token};
 use testkit::{Env, node_suite};
 
-/// `items` takes every write; `notes` rejects stale ones by its version column.
+/// `items` takes every write; `notes` rejects stale ones by its version column; `memos`
+/// are each user's own (`owner = :sub`); `checked` refuses what its check constraint does;
+/// `dexie` is the query suite's own.
 const RULES: &str = r#"
 [[table]]
 name = "items"
@@ -17,6 +19,19 @@ name = "notes"
 write = ["insert", "update", "delete"]
 conflict = "reject_stale"
 version_column = "version"
+
+[[table]]
+name = "dexie"
+write = ["insert", "update", "delete"]
+
+[[table]]
+name = "checked"
+write = ["insert", "update", "delete"]
+
+[[table]]
+name = "memos"
+scope = "owner = :sub"
+write = ["insert", "update", "delete"]
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +50,12 @@ async fn the_sdk_mirrors_shapes_and_syncs_its_outbox_in_chromium() {
          insert into items select i, 'item ' || i, i, array['a', 'b c'], jsonb_build_object('n', i), i % 2 = 0
          from generate_series(1, 50) i;
          create table notes (id int4 primary key, body text, version int4 not null default 1);
-         insert into notes values (1, 'first', 1), (2, 'second', 1);",
+         insert into notes values (1, 'first', 1), (2, 'second', 1);
+         create table memos (id int4 primary key, owner text not null, body text);
+         insert into memos values (1, 'x', 'x memo'), (2, 'y', 'y memo');
+         create table checked (id int4 primary key, n int4 constraint positive check (n > 0));
+         create table dexie (id int4 primary key, title text, big int8, done bool);
+         insert into dexie select i, 'item ' || i, i, i % 2 = 0 from generate_series(1, 10) i;",
     )
     .await;
     let config = env.data_dir.with_extension("toml");
@@ -49,7 +69,7 @@ async fn the_sdk_mirrors_shapes_and_syncs_its_outbox_in_chromium() {
         &env,
         &gw,
         vec![("TOKEN", token), ("JWT_SECRET", SECRET.to_string())],
-        11,
+        21,
     )
     .await;
 }

@@ -14,7 +14,7 @@ use web_sys::IdbDatabase;
 use super::idb::StoredPosition;
 use super::outbox::{self as local, server_key};
 use super::rows::{self, JsRow, describe, key_id};
-use super::{Inner, idb, net};
+use super::{Inner, RowChange, idb, net};
 use crate::outbox;
 use crate::protocol::{Change, Operation, Outcome, Position, ProtocolError, ShapeDefinition, ShapeStream};
 use crate::sse::EventParser;
@@ -37,7 +37,7 @@ enum Step {
 
 /// Follows one shape while this tab leads, until the engine closes or the gateway refuses
 /// the shape for good.
-pub async fn follow(inner: Rc<Inner>, name: String) {
+pub async fn follow(inner: Rc<Inner>, name: String, term: u64) {
     let shape = match inner.shape(&name) {
         Ok(config) => config.definition.clone(),
         Err(e) => return inner.status(&name, "error", Some(&e)),
@@ -53,8 +53,9 @@ pub async fn follow(inner: Rc<Inner>, name: String) {
     let mut fresh_token = false;
     let mut sse = inner.sse;
     let mut short_streams = 0u32;
-    while inner.running() {
-        let token = inner.token(fresh_token).await;
+    while inner.leads(term) {
+        // A refused token stopped the engine and said why.
+        let Ok(token) = inner.token(fresh_token).await else { return };
         fresh_token = false;
         let mut query = stream.query(&shape);
         let use_sse = sse && stream.position.live;
@@ -64,9 +65,9 @@ pub async fn follow(inner: Rc<Inner>, name: String) {
         let url = format!("{}/v1/shape?{}", inner.url, encode(&query));
         let started = js_sys::Date::now();
         let result = if use_sse {
-            read_events(&inner, &name, &shape, &mut stream, &url, token.as_deref(), &mut announced).await
+            read_events(&inner, &name, &shape, &mut stream, &url, token.as_deref(), &mut announced, term).await
         } else {
-            match net::get(&url, token.as_deref(), &inner.abort.signal()).await {
+            match net::get(&url, token.as_deref(), &inner.signal()).await {
                 Ok(answer) if answer.status == 401 => Err(Failure::Unauthorized),
                 Ok(answer) => match stream.on_response(&answer.as_response()) {
                     Ok(outcome) => take(&inner, &name, &shape, &stream.position, outcome).await.map_err(Failure::Fatal),
@@ -75,7 +76,7 @@ pub async fn follow(inner: Rc<Inner>, name: String) {
                 Err(e) => Err(Failure::Offline(describe(&e))),
             }
         };
-        if !inner.running() {
+        if !inner.leads(term) {
             return;
         }
         let step = match result {
@@ -101,6 +102,7 @@ pub async fn follow(inner: Rc<Inner>, name: String) {
         match step {
             Step::Retry(why) => {
                 inner.status(&name, "offline", Some(&why));
+                stream.reconnect();
                 failures += 1;
                 inner.nap(backoff(failures)).await;
             }
@@ -141,9 +143,9 @@ async fn read_events(
     url: &str,
     token: Option<&str>,
     announced: &mut bool,
+    term: u64,
 ) -> Result<Step, Failure> {
-    let mut events =
-        net::events(url, token, &inner.abort.signal()).await.map_err(|e| Failure::Offline(describe(&e)))?;
+    let mut events = net::events(url, token, &inner.signal()).await.map_err(|e| Failure::Offline(describe(&e)))?;
     if events.head.status != 200 {
         if events.head.status == 401 {
             return Err(Failure::Unauthorized);
@@ -154,7 +156,7 @@ async fn read_events(
     stream.on_events_open(events.head.cursor.as_deref());
     let mut parser = EventParser::default();
     let mut last = Step::More;
-    while let Some(chunk) = events.next().await.map_err(|e| Failure::Offline(describe(&e)))? {
+    while let Some(chunk) = events.next(inner.live_silence_ms).await.map_err(|e| Failure::Offline(describe(&e)))? {
         for data in parser.feed(&chunk) {
             let outcome = stream.on_event(&data)?;
             let refetch = matches!(outcome, Outcome::Refetch);
@@ -167,7 +169,7 @@ async fn read_events(
                 *announced = true;
             }
         }
-        if !inner.running() {
+        if !inner.leads(term) {
             break;
         }
     }
@@ -184,7 +186,10 @@ async fn take(
 ) -> Result<Step, String> {
     let stored = match outcome {
         Outcome::Continue => return Ok(Step::More),
-        Outcome::Apply(changes) => apply(inner, name, shape, position, &changes).await.map(|()| Step::CaughtUp),
+        Outcome::Apply(changes) => apply(inner, name, shape, position, &changes).await.map(|()| {
+            inner.synced();
+            Step::CaughtUp
+        }),
         Outcome::Refetch => reset(&inner.db, name, shape, position).await.map(|()| Step::More),
     };
     stored.map_err(|e| describe(&e))
@@ -251,20 +256,27 @@ async fn apply(
             server.put_with_key(&local::server_record(row.map(|r| JsRow(r.unchecked_into())).as_ref()), &at)?;
             continue;
         }
-        match change.operation {
+        let (row, old) = match change.operation {
             Operation::Insert => {
-                rows.put_with_key(&rows::from_text(&schema, &change.value, None), &key)?;
+                let row = rows::from_text(&schema, &change.value, None);
+                rows.put_with_key(&row, &key)?;
+                (Some(row), None)
             }
             Operation::Update => {
-                let existing = idb::request(&rows.get(&key)?).await?;
-                let base = existing.dyn_into::<Object>().ok();
-                rows.put_with_key(&rows::from_text(&schema, &change.value, base), &key)?;
+                let existing = idb::request(&rows.get(&key)?).await?.dyn_into::<Object>().ok();
+                // The event carries the row before: the update writes onto a copy.
+                let old = existing.as_ref().map(|o| JsValue::from(Object::assign(&Object::new(), o)));
+                let row = rows::from_text(&schema, &change.value, existing);
+                rows.put_with_key(&row, &key)?;
+                (Some(row), old)
             }
             Operation::Delete => {
+                let old = idb::request(&rows.get(&key)?).await?;
                 rows.delete(&key)?;
+                (None, (!old.is_undefined()).then_some(old))
             }
-        }
-        events.push((change.operation.as_str(), key));
+        };
+        events.push(RowChange { shape: name.to_string(), op: change.operation.as_str(), key, row, old });
     }
     if !covered.is_empty() && !txids.is_empty() {
         let mut entries: Vec<outbox::Entry> = records.iter().map(|r| r.entry.clone()).collect();
@@ -277,16 +289,16 @@ async fn apply(
         for &i in &echoed {
             let key = records[i].key.clone();
             if done.insert(key_id(&key))
-                && let Some(op) = local::rebuild(rows, server, name, &key, &records).await?
+                && let Some(change) = local::rebuild(rows, server, name, &key, &records).await?
             {
-                events.push((op, key));
+                events.push(change);
             }
         }
     }
     stores[1].put_with_key(&stored(shape, position), &JsValue::from_str(name))?;
     idb::committed(&tx).await?;
-    for (op, key) in events {
-        inner.sync_event(name, op, key, "server");
+    for change in events {
+        inner.sync_event(change, "server");
     }
     Ok(())
 }

@@ -75,12 +75,12 @@ pub struct ShapeStore {
 }
 
 /// Opens the database with a store per shape (and its indexes), [`POSITIONS`], [`OUTBOX`]
-/// and [`SERVER`], upgrading it when one is missing.
-pub async fn open(name: &str, shapes: &[ShapeStore]) -> Result<IdbDatabase, JsValue> {
+/// and [`SERVER`], upgrading it when one is missing; says whether it upgraded.
+pub async fn open(name: &str, shapes: &[ShapeStore]) -> Result<(IdbDatabase, bool), JsValue> {
     let factory = web_sys::window().ok_or("no window")?.indexed_db()?.ok_or("this browser has no IndexedDB")?;
     let db: IdbDatabase = request(&factory.open(name)?.into()).await?.dyn_into()?;
     if complete(&db, shapes)? {
-        return Ok(db);
+        return Ok((db, false));
     }
     let version = db.version() as u32 + 1;
     db.close();
@@ -91,7 +91,7 @@ pub async fn open(name: &str, shapes: &[ShapeStore]) -> Result<IdbDatabase, JsVa
         let _ = upgrade(&target, &wanted);
     });
     open.set_onupgradeneeded(Some(upgrade.unchecked_ref()));
-    request(&open.into()).await?.dyn_into()
+    Ok((request(&open.into()).await?.dyn_into()?, true))
 }
 
 /// Whether every store and index exists.

@@ -20,6 +20,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortController, IdbDatabase};
 
+use crate::identity::Identity;
 use crate::protocol::ShapeDefinition;
 use crate::values::{self, Schema};
 
@@ -32,6 +33,10 @@ const TOKEN_MARGIN_S: f64 = 5.0;
 
 /// Transactions remembered per shape: enough to cover the time a push's answer takes.
 const SEEN_TXIDS: usize = 1000;
+
+/// How long a live stream may send nothing, not even a keep-alive (the gateway sends one
+/// every 21 s), before it is taken for dead and replaced.
+const LIVE_SILENCE_MS: f64 = 45_000.0;
 
 /// A shape as `openSync` takes it.
 #[derive(Deserialize)]
@@ -83,6 +88,17 @@ impl ShapeConfig {
     }
 }
 
+/// One row of a shape changed in the mirror: what a `sync` event tells.
+pub struct RowChange {
+    pub shape: String,
+    pub op: &'static str,
+    pub key: JsValue,
+    /// The row now (insert, update).
+    pub row: Option<JsValue>,
+    /// The row before (update, delete), when the mirror held it.
+    pub old: Option<JsValue>,
+}
+
 /// A sync engine: the shapes it follows, the database it mirrors them into, its outbox.
 #[wasm_bindgen]
 pub struct Engine {
@@ -92,6 +108,8 @@ pub struct Engine {
 pub struct Inner {
     /// The gateway's base URL.
     url: String,
+    /// Whose data this database holds: only their tokens are sent.
+    identity: Identity,
     token: RefCell<Option<String>>,
     get_token: Option<Function>,
     db: IdbDatabase,
@@ -99,9 +117,22 @@ pub struct Inner {
     listeners: RefCell<Vec<Function>>,
     /// Whether this tab follows the shapes and pushes the outbox.
     leading: Cell<bool>,
+    /// Counts leaderships: the loops of one end when it does, even if this tab leads again.
+    term: Cell<u64>,
+    /// Whether opening the database added stores or indexes (this tab has a newer schema).
+    pub upgraded: bool,
     closed: Cell<bool>,
-    /// Cancels the requests in flight on close.
-    abort: AbortController,
+    /// Cancels the requests in flight: replaced when the browser goes offline, aborted for
+    /// good on close.
+    requests: RefCell<AbortController>,
+    /// Longest silence of a live stream before it is replaced (`liveSilenceMs`).
+    pub live_silence_ms: u32,
+    /// When a shape last caught up with the gateway (ms since the epoch; 0: never).
+    last_synced: Cell<f64>,
+    /// Push rounds the outbox worker finished, and who waits for the next ones.
+    push_rounds: Cell<u64>,
+    pushing: Cell<bool>,
+    round_waiters: RefCell<Vec<Function>>,
     /// Identifies this database's writes to the gateway's ledger.
     client_id: String,
     sse: bool,
@@ -113,6 +144,8 @@ pub struct Inner {
     seen: RefCell<BTreeMap<String, std::collections::VecDeque<u64>>>,
     /// Ends the current waits (backoffs, the outbox worker's tick).
     wakers: RefCell<Vec<Function>>,
+    /// Closes this connection when another one upgrades or deletes the database.
+    on_version_change: RefCell<Option<Closure<dyn FnMut(web_sys::IdbVersionChangeEvent)>>>,
 }
 
 #[wasm_bindgen]
@@ -134,7 +167,14 @@ impl Engine {
         if let Some(bad) = shapes.keys().find(|n| n.starts_with('_')) {
             return Err(format!("openSync: shape names starting with `_` are the SDK's own: rename {bad:?}").into());
         }
-        let database = get("database").as_string().unwrap_or_else(|| format!("gateway-sync {url}"));
+        let get_token = get("getToken").dyn_into::<Function>().ok();
+        let token = match (get("token").as_string(), &get_token) {
+            (Some(token), _) => Some(token),
+            (None, Some(ask)) => ask_token(ask).await,
+            (None, None) => None,
+        };
+        let identity = Identity::new(&url, token.as_deref().and_then(subject_of));
+        let database = get("database").as_string().unwrap_or_else(|| identity.default_database());
         let stores: Vec<idb::ShapeStore> = shapes
             .iter()
             .map(|(name, s)| idb::ShapeStore {
@@ -142,13 +182,18 @@ impl Engine {
                 indexes: s.indexes.iter().cloned().map(Columns::list).collect(),
             })
             .collect();
-        let db = idb::open(&database, &stores).await?;
+        let (db, upgraded) = idb::open(&database, &stores).await?;
+        if let Err(refused) = stamp(&db, &identity, &database).await {
+            db.close();
+            return Err(refused);
+        }
         let client_id = client_id(&db).await?;
         let number = |name: &str, default: f64| get(name).as_f64().filter(|n| *n >= 0.0).unwrap_or(default);
         let inner = Inner {
-            url: url.trim_end_matches('/').to_string(),
-            token: RefCell::new(get("token").as_string()),
-            get_token: get("getToken").dyn_into::<Function>().ok(),
+            url: identity.url.clone(),
+            identity,
+            token: RefCell::new(token),
+            get_token,
             db,
             shapes: shapes
                 .into_iter()
@@ -163,8 +208,15 @@ impl Engine {
                 .collect(),
             listeners: RefCell::default(),
             leading: Cell::new(false),
+            term: Cell::new(0),
+            upgraded,
             closed: Cell::new(false),
-            abort: AbortController::new()?,
+            requests: RefCell::new(AbortController::new()?),
+            live_silence_ms: number("liveSilenceMs", LIVE_SILENCE_MS) as u32,
+            last_synced: Cell::new(0.0),
+            push_rounds: Cell::new(0),
+            pushing: Cell::new(false),
+            round_waiters: RefCell::default(),
             client_id,
             sse: get("sse").as_bool().unwrap_or(true),
             max_retries: number("maxRetries", 10.0) as u32,
@@ -172,8 +224,25 @@ impl Engine {
             push_again: Cell::new(false),
             seen: RefCell::default(),
             wakers: RefCell::default(),
+            on_version_change: RefCell::default(),
         };
-        Ok(Engine { inner: Rc::new(inner) })
+        let inner = Rc::new(inner);
+        // As Dexie does: an open connection never blocks another tab's upgrade or a
+        // sign-out's deletion; this one stops and says so.
+        let weak = Rc::downgrade(&inner);
+        let on_version_change =
+            Closure::<dyn FnMut(web_sys::IdbVersionChangeEvent)>::new(move |event: web_sys::IdbVersionChangeEvent| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.stop();
+                    inner.db.close();
+                    // No new version: the database is being deleted.
+                    let new_version = event.new_version().map_or(JsValue::NULL, JsValue::from);
+                    inner.emit(&[("type", "versionchange".into()), ("newVersion", new_version)]);
+                }
+            });
+        inner.db.set_onversionchange(Some(on_version_change.as_ref().unchecked_ref()));
+        *inner.on_version_change.borrow_mut() = Some(on_version_change);
+        Ok(Engine { inner })
     }
 
     /// Makes this tab the one that follows every shape and pushes the outbox.
@@ -181,15 +250,40 @@ impl Engine {
         if self.inner.leading.replace(true) || self.inner.closed.get() {
             return;
         }
+        let term = self.inner.term.get() + 1;
+        self.inner.term.set(term);
         for name in self.inner.shapes.keys() {
-            wasm_bindgen_futures::spawn_local(follow::follow(self.inner.clone(), name.clone()));
+            wasm_bindgen_futures::spawn_local(follow::follow(self.inner.clone(), name.clone(), term));
         }
-        wasm_bindgen_futures::spawn_local(work(self.inner.clone()));
+        wasm_bindgen_futures::spawn_local(work(self.inner.clone(), term));
+    }
+
+    /// Another tab leads now: this one stops following and pushing (its requests are cut).
+    pub fn resign(&self) {
+        if self.inner.leading.replace(false) {
+            self.inner.term.set(self.inner.term.get() + 1);
+            self.inner.cut("another tab leads now");
+            self.inner.wake();
+            self.inner.end_round();
+        }
+    }
+
+    /// Whether opening the database added stores or indexes: this tab has the newest
+    /// schema and should lead, since the leader follows only its own shapes.
+    #[wasm_bindgen(js_name = upgradedSchema)]
+    pub fn upgraded_schema(&self) -> bool {
+        self.inner.upgraded
     }
 
     /// Calls `listener(event)` for every `sync`, `status` and `outbox` event.
     pub fn on(&self, listener: Function) {
         self.inner.listeners.borrow_mut().push(listener);
+    }
+
+    /// The IndexedDB database's name (its identity's unless the app named one).
+    #[wasm_bindgen(js_name = databaseName)]
+    pub fn database_name(&self) -> String {
+        self.inner.db.name()
     }
 
     /// The IndexedDB database, for queries.
@@ -220,11 +314,46 @@ impl Engine {
     }
 
     /// Tries now what waits (if this tab leads): pushes the outbox, and reconnects the
-    /// shapes that are backing off after a failure. For `online` events and other tabs' writes.
+    /// shapes that are backing off after a failure. For other tabs' writes.
     pub fn wake(&self) {
-        self.inner.push_again.set(true);
-        for waker in self.inner.wakers.take() {
-            let _ = waker.call0(&JsValue::NULL);
+        self.inner.wake();
+    }
+
+    /// The browser went offline: the live requests are cut at once (a connection can
+    /// linger long after the network is gone) and every shape is `offline`.
+    pub fn offline(&self) {
+        if self.inner.running() {
+            self.inner.cut("the browser is offline");
+            for name in self.inner.shapes.keys() {
+                self.inner.status(name, "offline", Some("the browser is offline"));
+            }
+        }
+    }
+
+    /// The browser is back online: every shape reconnects and the outbox is pushed now.
+    pub fn online(&self) {
+        self.inner.wake();
+    }
+
+    /// When a shape last caught up with the gateway (ms since the epoch), if ever.
+    #[wasm_bindgen(js_name = lastSyncedAt)]
+    pub fn last_synced_at(&self) -> Option<f64> {
+        Some(self.inner.last_synced.get()).filter(|t| *t > 0.0)
+    }
+
+    /// Pushes the outbox now (and retries what backs off); resolves once a push round that
+    /// started after the call has ended. Tabs that do not lead resolve at once.
+    #[wasm_bindgen(js_name = pushNow)]
+    pub async fn push_now(&self) {
+        if !self.inner.running() {
+            return;
+        }
+        // A round in progress may have read the outbox before the call: then wait for the next.
+        let target = self.inner.push_rounds.get() + if self.inner.pushing.get() { 2 } else { 1 };
+        self.inner.wake();
+        while self.inner.running() && self.inner.push_rounds.get() < target {
+            let promise = js_sys::Promise::new(&mut |resolve, _| self.inner.round_waiters.borrow_mut().push(resolve));
+            let _ = JsFuture::from(promise).await;
         }
     }
 
@@ -246,6 +375,18 @@ impl Engine {
         Ok(records.iter().filter(wanted).map(outbox::Record::describe).collect())
     }
 
+    /// Pushes a failed or abandoned write (and the rest of its atomic batch) again.
+    #[wasm_bindgen(js_name = outboxRetry)]
+    pub async fn outbox_retry(&self, id: String) -> Result<(), JsValue> {
+        outbox::retry(&self.inner, &id).await
+    }
+
+    /// Drops a failed or abandoned write.
+    #[wasm_bindgen(js_name = outboxDiscard)]
+    pub async fn outbox_discard(&self, id: String) -> Result<(), JsValue> {
+        outbox::discard(&self.inner, &id).await
+    }
+
     /// Removes the entries the gateway applied and the stream echoed; returns how many.
     #[wasm_bindgen(js_name = clearSynced)]
     pub async fn clear_synced(&self) -> Result<u32, JsValue> {
@@ -264,9 +405,7 @@ impl Engine {
 
     /// Stops syncing; rows and the outbox stay in IndexedDB for the next open.
     pub fn close(&self) {
-        self.inner.closed.set(true);
-        self.inner.abort.abort();
-        self.wake();
+        self.inner.stop();
         self.inner.db.close();
     }
 }
@@ -278,9 +417,55 @@ impl Inner {
         })
     }
 
+    /// Ends following and pushing: requests in flight are cancelled, waits end.
+    fn stop(&self) {
+        self.closed.set(true);
+        self.requests.borrow().abort_with_reason(&JsValue::from_str("the sync engine was closed"));
+        self.wake();
+        self.end_round();
+    }
+
+    /// Cancels the requests in flight; later ones get a new signal.
+    fn cut(&self, why: &str) {
+        if let Ok(fresh) = AbortController::new() {
+            self.requests.replace(fresh).abort_with_reason(&JsValue::from_str(why));
+        }
+    }
+
+    /// The signal of the requests made now.
+    pub fn signal(&self) -> web_sys::AbortSignal {
+        self.requests.borrow().signal()
+    }
+
+    /// A shape caught up with the gateway now.
+    pub fn synced(&self) {
+        self.last_synced.set(js_sys::Date::now());
+    }
+
+    /// The outbox worker finished a round: wakes who waits for one.
+    fn end_round(&self) {
+        self.pushing.set(false);
+        self.push_rounds.set(self.push_rounds.get() + 1);
+        for waiter in self.round_waiters.take() {
+            let _ = waiter.call0(&JsValue::NULL);
+        }
+    }
+
+    fn wake(&self) {
+        self.push_again.set(true);
+        for waker in self.wakers.take() {
+            let _ = waker.call0(&JsValue::NULL);
+        }
+    }
+
     /// Whether this tab still follows and pushes.
     pub fn running(&self) -> bool {
         self.leading.get() && !self.closed.get()
+    }
+
+    /// Whether the loops of leadership `term` go on.
+    pub fn leads(&self, term: u64) -> bool {
+        self.running() && self.term.get() == term
     }
 
     fn emit(&self, event: &[(&str, JsValue)]) {
@@ -298,17 +483,27 @@ impl Inner {
         if let Some(r) = reason {
             event.push(("reason", r.into()));
         }
+        if self.last_synced.get() > 0.0 {
+            event.push(("lastSyncedAt", self.last_synced.get().into()));
+        }
         self.emit(&event);
     }
 
-    pub fn sync_event(&self, shape: &str, op: &str, key: JsValue, origin: &str) {
-        self.emit(&[
+    pub fn sync_event(&self, change: RowChange, origin: &str) {
+        let mut event = vec![
             ("type", "sync".into()),
-            ("shape", shape.into()),
-            ("op", op.into()),
-            ("key", key),
+            ("shape", JsValue::from_str(&change.shape)),
+            ("op", change.op.into()),
+            ("key", change.key),
             ("origin", origin.into()),
-        ]);
+        ];
+        if let Some(row) = change.row {
+            event.push(("value", row));
+        }
+        if let Some(old) = change.old {
+            event.push(("old", old));
+        }
+        self.emit(&event);
     }
 
     /// An entry changed status (synced, failed, abandoned, or a retry).
@@ -318,7 +513,8 @@ impl Inner {
 
     /// The token for the next request; `fresh` asks `getToken` for a new one, as does a
     /// token about to expire (a live stream ends at expiry: the next request needs a new one).
-    pub async fn token(&self, fresh: bool) -> Option<String> {
+    /// A token of another identity is never used: the engine stops, and says why.
+    pub async fn token(&self, fresh: bool) -> Result<Option<String>, String> {
         let expiring = self
             .token
             .borrow()
@@ -327,15 +523,21 @@ impl Inner {
             .is_some_and(|exp| exp - TOKEN_MARGIN_S <= js_sys::Date::now() / 1000.0);
         if (fresh || expiring || self.token.borrow().is_none())
             && let Some(get) = &self.get_token
-            && let Ok(value) = get.call0(&JsValue::NULL)
         {
-            let value = match value.dyn_into::<js_sys::Promise>() {
-                Ok(p) => JsFuture::from(p).await.ok(),
-                Err(v) => Some(v),
-            };
-            *self.token.borrow_mut() = value.and_then(|v| v.as_string());
+            let token = ask_token(get).await;
+            let subject = token.as_deref().and_then(subject_of);
+            if token.is_some()
+                && let Some(why) = self.identity.foreign_token(subject.as_deref())
+            {
+                self.stop();
+                for name in self.shapes.keys() {
+                    self.status(name, "error", Some(&why));
+                }
+                return Err(why);
+            }
+            *self.token.borrow_mut() = token;
         }
-        self.token.borrow().clone()
+        Ok(self.token.borrow().clone())
     }
 
     /// Notes the transactions a shape's stream brought.
@@ -372,10 +574,11 @@ impl Inner {
 
 /// The outbox worker of the leading tab: pushes what is pending, retries with backoff,
 /// and ends waits for echoes that will not come.
-async fn work(inner: Rc<Inner>) {
+async fn work(inner: Rc<Inner>, term: u64) {
     let mut failures = 0u32;
-    while inner.running() {
+    while inner.leads(term) {
         inner.push_again.set(false);
+        inner.pushing.set(true);
         match outbox::push_once(&inner).await {
             Ok(outbox::Pushed::Answered) => {
                 failures = 0;
@@ -384,6 +587,7 @@ async fn work(inner: Rc<Inner>) {
             Ok(outbox::Pushed::Idle) => failures = 0,
             Ok(outbox::Pushed::Failed) | Err(_) => failures += 1,
         }
+        inner.end_round();
         let _ = outbox::expire(&inner).await;
         if inner.push_again.get() && failures == 0 {
             continue;
@@ -393,8 +597,28 @@ async fn work(inner: Rc<Inner>) {
     }
 }
 
+/// Calls the app's `getToken` (which may return a promise).
+async fn ask_token(get: &Function) -> Option<String> {
+    let value = get.call0(&JsValue::NULL).ok()?;
+    let value = match value.dyn_into::<js_sys::Promise>() {
+        Ok(p) => JsFuture::from(p).await.ok()?,
+        Err(v) => v,
+    };
+    value.as_string()
+}
+
 /// A JWT's `exp` (not verified: the gateway does that), to renew it in time.
 fn expires_at(token: &str) -> Option<f64> {
+    claims(token)?["exp"].as_f64()
+}
+
+/// A JWT's `sub`: whose data a database holds.
+fn subject_of(token: &str) -> Option<String> {
+    claims(token)?["sub"].as_str().map(str::to_string)
+}
+
+/// A JWT's claims, unverified (the gateway verifies).
+fn claims(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let mut base64: String = payload
         .chars()
@@ -408,7 +632,27 @@ fn expires_at(token: &str) -> Option<f64> {
         base64.push('=');
     }
     let json = web_sys::window()?.atob(&base64).ok()?;
-    serde_json::from_str::<serde_json::Value>(&json).ok()?["exp"].as_f64()
+    serde_json::from_str(&json).ok()
+}
+
+/// Stamps a new database with its identity; refuses one stamped with another.
+async fn stamp(db: &IdbDatabase, identity: &Identity, database: &str) -> Result<(), JsValue> {
+    let key = JsValue::from_str("\u{0}identity");
+    let (tx, stores) = idb::write(db, &[idb::POSITIONS])?;
+    let stored = idb::request(&stores[0].get(&key)?).await?;
+    match stored.as_string().and_then(|s| serde_json::from_str::<Identity>(&s).ok()) {
+        Some(owner) => {
+            if let Some(refused) = identity.refusal(database, &owner) {
+                let _ = tx.abort();
+                return Err(refused.into());
+            }
+        }
+        None => {
+            let text = serde_json::to_string(identity).map_err(|e| e.to_string())?;
+            stores[0].put_with_key(&JsValue::from_str(&text), &key)?;
+        }
+    }
+    idb::committed(&tx).await
 }
 
 /// This database's client id, made once.

@@ -36,8 +36,8 @@ pub async fn get(url: &str, token: Option<&str>, signal: &AbortSignal) -> Result
 }
 
 /// `POST url` with a JSON body.
-pub async fn post(url: &str, body: &str, token: Option<&str>) -> Result<Answer, JsValue> {
-    let response = send("POST", url, Some(body), token, None, None).await?;
+pub async fn post(url: &str, body: &str, token: Option<&str>, signal: &AbortSignal) -> Result<Answer, JsValue> {
+    let response = send("POST", url, Some(body), token, None, Some(signal)).await?;
     read_whole(response).await
 }
 
@@ -48,11 +48,34 @@ pub struct EventStream {
     decoder: TextDecoder,
 }
 
+/// What the silence timer resolves to, told apart from a chunk.
+const SILENT: &str = "silent";
+
 impl EventStream {
-    /// The next piece of the body; `None` once it ended.
-    pub async fn next(&mut self) -> Result<Option<String>, JsValue> {
+    /// The next piece of the body; `None` once it ended. A stream that sends nothing for
+    /// `silence_ms` (the gateway sends keep-alives) is dead: an error.
+    pub async fn next(&mut self, silence_ms: u32) -> Result<Option<String>, JsValue> {
         let Some(reader) = &self.reader else { return Ok(None) };
-        let chunk = JsFuture::from(reader.read()).await?;
+        let window = web_sys::window().ok_or("no window")?;
+        let mut timer = None;
+        let silence = js_sys::Promise::new(&mut |resolve, _| {
+            let ms = i32::try_from(silence_ms).unwrap_or(i32::MAX);
+            timer = window
+                .set_timeout_with_callback_and_timeout_and_arguments_1(&resolve, ms, &JsValue::from_str(SILENT))
+                .ok();
+        });
+        let first = js_sys::Promise::race(&js_sys::Array::of2(&reader.read(), &silence));
+        let chunk = JsFuture::from(first).await;
+        if let Some(t) = timer {
+            window.clear_timeout_with_handle(t);
+        }
+        let chunk = chunk?;
+        if chunk.as_string().as_deref() == Some(SILENT) {
+            return Err(JsValue::from_str(&format!(
+                "the live stream sent nothing, not even a keep-alive, for {} s",
+                silence_ms / 1000
+            )));
+        }
         if js_sys::Reflect::get(&chunk, &"done".into())?.is_truthy() {
             return Ok(None);
         }
@@ -66,7 +89,12 @@ impl EventStream {
 impl Drop for EventStream {
     fn drop(&mut self) {
         if let Some(reader) = &self.reader {
-            let _ = reader.cancel();
+            // A stream the engine's close aborted rejects the cancel: awaited here, so it
+            // never becomes an unhandled rejection.
+            let cancelled = JsFuture::from(reader.cancel());
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = cancelled.await;
+            });
         }
     }
 }

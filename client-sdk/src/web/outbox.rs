@@ -11,7 +11,7 @@ use wasm_bindgen::prelude::*;
 use web_sys::IdbObjectStore;
 
 use super::rows::{self, JsRow, key_id};
-use super::{Inner, idb, net};
+use super::{Inner, RowChange, idb, net};
 use crate::outbox::{self, Entry, Local, Op, PushFailure, Status};
 use crate::protocol::error_message;
 use crate::values::Schema;
@@ -52,7 +52,7 @@ impl Record {
     fn local(&self) -> Local<JsRow> {
         let row = || JsRow(self.value.clone().unchecked_into());
         match self.entry.op {
-            Op::Put => Local::Put(row()),
+            Op::Put | Op::Add => Local::Put(row()),
             Op::Update => Local::Update(row()),
             Op::Delete => Local::Delete,
         }
@@ -98,9 +98,10 @@ impl Write {
         let get = |k: &str| Reflect::get(v, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
         let op = match get("op").as_string().as_deref() {
             Some("put") => Op::Put,
+            Some("add") => Op::Add,
             Some("update") => Op::Update,
             Some("delete") => Op::Delete,
-            other => return Err(format!("unknown write {other:?}: use put, update or delete")),
+            other => return Err(format!("unknown write {other:?}: use put, add, update or delete")),
         };
         let shape = get("shape").as_string().ok_or("a write needs its shape")?;
         Ok(Write { shape, op, value: get("value"), key: get("key") })
@@ -140,13 +141,21 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
             })?;
             let rows = store(&w.shape);
             let key = match w.op {
-                Op::Put => rows::local_key(schema, &key_columns, &w.value)?,
+                Op::Put | Op::Add => rows::local_key(schema, &key_columns, &w.value)?,
                 Op::Update | Op::Delete => {
                     rows::local_key(schema, &key_columns, &rows::key_object(&key_columns, &w.key)?.into())?
                 }
             };
             let current = idb::request(&rows.get(&key)?).await?;
             let current = (!current.is_undefined()).then(|| JsRow(current.unchecked_into()));
+            if w.op == Op::Add && current.is_some() {
+                return Err(format!(
+                    "add: shape {:?} already has a row with key {}: use put to replace it, or update",
+                    w.shape,
+                    key_id(&key)
+                )
+                .into());
+            }
             let (value, mut mutation) = prepare(config, &key_columns, w, current.as_ref(), &key)?;
             let id = format!("m-{}", random_id());
             mutation["table"] = json!(config.definition.table);
@@ -175,7 +184,7 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
                 }
                 let shown = outbox::replay(current.clone(), [&record.local()]);
                 show(&rows, &key, shown.as_ref())?;
-                events.push((w.shape.clone(), change_op(current.is_some(), shown.is_some()), key));
+                events.push(row_change(&w.shape, key, current.as_ref(), shown.as_ref()));
             }
             outbox.add(&record.to_js())?;
             ids.push(id);
@@ -188,8 +197,8 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
         return Err(e);
     }
     idb::committed(&tx).await?;
-    for (shape, op, key) in events {
-        inner.sync_event(&shape, op, key, "local");
+    for change in events {
+        inner.sync_event(change, "local");
     }
     Ok(ids)
 }
@@ -222,9 +231,9 @@ fn prepare(
         value
     };
     Ok(match w.op {
-        Op::Put => {
+        Op::Put | Op::Add => {
             let value: JsValue = Object::assign(&Object::new(), &w.value.clone().unchecked_into()).into();
-            let mutation = json!({"op": Op::Put.wire().as_str(), "value": strip(rows::to_json(&value)?, false)});
+            let mutation = json!({"op": w.op.wire().as_str(), "value": strip(rows::to_json(&value)?, false)});
             (value, mutation)
         }
         Op::Update => {
@@ -292,9 +301,18 @@ const NEXT_MUTATION_ID: &str = "\u{0}next_mutation_id";
 pub async fn push_once(inner: &Inner) -> Result<Pushed, JsValue> {
     let Some((push, mut pushed)) = next_push(inner).await? else { return Ok(Pushed::Idle) };
     let body = push.body.to_string();
-    let mut answer = net::post(&format!("{}/v1/outbox", inner.url), &body, inner.token(false).await.as_deref()).await;
+    // A refused token stopped the engine: these writes wait for their own identity.
+    let Ok(token) = inner.token(false).await else { return Ok(Pushed::Failed) };
+    // Closed (or resigned) while the batch was read: nothing leaves this tab any more. A
+    // push in flight is cut by close; the ledger answers its retry, so none is lost.
+    if !inner.running() {
+        return Ok(Pushed::Failed);
+    }
+    let url = format!("{}/v1/outbox", inner.url);
+    let mut answer = net::post(&url, &body, token.as_deref(), &inner.signal()).await;
     if matches!(&answer, Ok(a) if a.status == 401) && inner.get_token.is_some() {
-        answer = net::post(&format!("{}/v1/outbox", inner.url), &body, inner.token(true).await.as_deref()).await;
+        let Ok(token) = inner.token(true).await else { return Ok(Pushed::Failed) };
+        answer = net::post(&url, &body, token.as_deref(), &inner.signal()).await;
     }
     let failure = match answer {
         Err(_) => Some(PushFailure::Offline),
@@ -386,6 +404,49 @@ pub async fn expire(inner: &Inner) -> Result<(), JsValue> {
     store_updates(inner, &shapes, &updated).await
 }
 
+/// Makes the failed or abandoned write `id` (with the rest of its atomic batch) pending
+/// again under a new mutation id; the rows shown carry it again.
+pub async fn retry(inner: &Inner, id: &str) -> Result<(), JsValue> {
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX])?;
+    let mut records = all_records(&stores[0]).await?;
+    let batch = settled_entry(&records, id, "retry")?.batch.clone();
+    let mut updated = HashMap::new();
+    for r in records.iter_mut().filter(|r| r.entry.id == id || (batch.is_some() && r.entry.batch == batch)) {
+        outbox::retry(&mut r.entry);
+        stores[0].put(&r.to_js())?;
+        updated.insert(r.entry.id.clone(), r.entry.clone());
+    }
+    idb::committed(&tx).await?;
+    let shapes: BTreeSet<String> = updated.values().map(|e| e.shape.clone()).collect();
+    store_updates(inner, &shapes, &updated).await?;
+    inner.wake();
+    Ok(())
+}
+
+/// Removes the failed or abandoned write `id`: the row shown is already the server's.
+pub async fn discard(inner: &Inner, id: &str) -> Result<(), JsValue> {
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX])?;
+    let records = all_records(&stores[0]).await?;
+    settled_entry(&records, id, "discard")?;
+    if let Some(seq) = records.iter().find(|r| r.entry.id == id).and_then(|r| r.seq) {
+        stores[0].delete(&seq.into())?;
+    }
+    idb::committed(&tx).await
+}
+
+/// The entry `id`, when it failed or was abandoned (what `retry` and `discard` take).
+fn settled_entry<'a>(records: &'a [Record], id: &str, what: &str) -> Result<&'a Entry, String> {
+    let entry =
+        &records.iter().find(|r| r.entry.id == id).ok_or_else(|| format!("{what}: no outbox entry {id:?}"))?.entry;
+    match entry.status {
+        Status::Failed | Status::Abandoned => Ok(entry),
+        status => Err(format!(
+            "{what}: entry {id:?} is {}: only failed or abandoned writes can be retried or discarded",
+            serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        )),
+    }
+}
+
 /// Stores changed entries and rebuilds the rows they cover, in one transaction.
 async fn store_updates(
     inner: &Inner,
@@ -414,13 +475,13 @@ async fn store_updates(
             continue;
         }
         let rows = &stores[names.iter().position(|n| *n == shape).unwrap_or(0)];
-        if let Some(op) = rebuild(rows, server, &shape, &key, &records).await? {
-            events.push((shape, op, key));
+        if let Some(change) = rebuild(rows, server, &shape, &key, &records).await? {
+            events.push(change);
         }
     }
     idb::committed(&tx).await?;
-    for (shape, op, key) in events {
-        inner.sync_event(&shape, op, key, "server");
+    for change in events {
+        inner.sync_event(change, "server");
     }
     for r in records.iter().filter(|r| updated.contains_key(&r.entry.id)) {
         inner.outbox_event(r);
@@ -436,7 +497,7 @@ pub async fn rebuild(
     shape: &str,
     key: &JsValue,
     records: &[Record],
-) -> Result<Option<&'static str>, JsValue> {
+) -> Result<Option<RowChange>, JsValue> {
     let id = key_id(key);
     let writes: Vec<Local<JsRow>> = records
         .iter()
@@ -469,7 +530,18 @@ pub async fn rebuild(
         return Ok(None);
     }
     show(rows, key, shown.as_ref())?;
-    Ok(Some(change_op(current.is_some(), shown.is_some())))
+    Ok(Some(row_change(shape, key.clone(), current.as_ref(), shown.as_ref())))
+}
+
+/// The event for a row shown as `shown` where `current` was.
+fn row_change(shape: &str, key: JsValue, current: Option<&JsRow>, shown: Option<&JsRow>) -> RowChange {
+    RowChange {
+        shape: shape.to_string(),
+        op: change_op(current.is_some(), shown.is_some()),
+        key,
+        row: shown.map(|r| r.0.clone().into()),
+        old: current.map(|r| r.0.clone().into()),
+    }
 }
 
 /// The `_server` key of a shape's row.
