@@ -2,7 +2,7 @@
 // API. Sync, outbox and storage logic live in Rust (client-sdk/src); this file adapts it,
 // elects the tab that syncs (Web Locks) and relays events between tabs (BroadcastChannel).
 import init, { Engine } from "./pkg/sdk.js";
-import { Query } from "./query.js";
+import { Query, request } from "./query.js";
 
 let loaded;
 
@@ -36,14 +36,6 @@ export async function openSync(options) {
 /** Where the app's schema version is kept, beside the SDK's own records. */
 const APP_VERSION = "\u0000app_version";
 const POSITIONS = "_positions";
-
-/** The result of an IndexedDB request. */
-function result(request) {
-  return new Promise((resolve, reject) => {
-    request.onsuccess = () => resolve(request.result);
-    request.onerror = () => reject(request.error);
-  });
-}
 
 class Sync {
   #engine;
@@ -153,11 +145,11 @@ class Sync {
     if (version === undefined) return;
     const run = async () => {
       const db = this.#engine.database();
-      const from = (await result(db.transaction(POSITIONS).objectStore(POSITIONS).get(APP_VERSION))) ?? 0;
+      const from = (await request(db.transaction(POSITIONS).objectStore(POSITIONS).get(APP_VERSION))) ?? 0;
       if (from >= version) return;
       await upgrade?.({ from, to: version, sync: this });
-      const tx = this.#engine.database().transaction(POSITIONS, "readwrite");
-      await result(tx.objectStore(POSITIONS).put(version, APP_VERSION));
+      const tx = db.transaction(POSITIONS, "readwrite");
+      await request(tx.objectStore(POSITIONS).put(version, APP_VERSION));
     };
     if (navigator.locks) await navigator.locks.request(`gateway-sync-upgrade:${this.#database}`, run);
     else await run();
@@ -239,13 +231,12 @@ class Sync {
   /** One shape: local reads, queries and writes. */
   shape(name) {
     if (!this.#live.has(name)) throw new Error(`no shape named ${JSON.stringify(name)}; openSync was given: ${[...this.#live.keys()]}`);
-    // The engine of the moment: another tab's upgrade replaces it.
-    const engine = { get: (key) => this.#engine.get(name, key), getAll: () => this.#engine.getAll(name) };
+    // `this.#engine` is read at each call: another tab's upgrade replaces it.
     const write = (op, key, value, options) => this.#write([{ shape: name, op, key, value }], false, options).then((ids) => ids[0]);
     const query = () => new Query(this, name);
     return {
-      get: engine.get,
-      getAll: engine.getAll,
+      get: (key) => this.#engine.get(name, key),
+      getAll: () => this.#engine.getAll(name),
       put: (row, options) => write("put", undefined, row, options),
       add: (row, options) => write("add", undefined, row, options),
       update: (key, change, options) => write("update", key, change, options),
@@ -277,7 +268,7 @@ class Sync {
 
   /** Deletes every row the shape holds (each delete its own outbox entry); returns their ids. */
   async #clear(shape, options) {
-    const keys = await result(this.#engine.database().transaction(shape).objectStore(shape).getAllKeys());
+    const keys = await request(this.#engine.database().transaction(shape).objectStore(shape).getAllKeys());
     return keys.length ? this.#write(keys.map((key) => ({ shape, op: "delete", key })), false, options) : [];
   }
 
@@ -369,6 +360,6 @@ class Sync {
     await this.close();
     if (!clear) return;
     // Other tabs of this identity close their connections on `versionchange`.
-    await result(indexedDB.deleteDatabase(this.#database));
+    await request(indexedDB.deleteDatabase(this.#database));
   }
 }

@@ -205,7 +205,8 @@ function entries(source, range) {
   });
 }
 
-function request(r) {
+/** The result of an IndexedDB request. */
+export function request(r) {
   return new Promise((resolve, reject) => {
     r.onsuccess = () => resolve(r.result);
     r.onerror = () => reject(r.error);

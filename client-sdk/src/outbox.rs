@@ -53,6 +53,18 @@ pub enum Status {
     Abandoned,
 }
 
+impl Status {
+    /// Its name, as the entries the app reads carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Synced => "synced",
+            Status::Failed => "failed",
+            Status::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// One local write.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -524,5 +536,12 @@ mod tests {
         let push = next_push("c", &mut entries, &mut next_id).unwrap();
         assert_eq!(push.body["mutations"][0]["id"], 2, "{}", push.body);
         assert_eq!((entries[0].attempts, &entries[0].error), (0, &None));
+    }
+
+    #[test]
+    fn status_names_are_the_serialized_ones() {
+        for status in [Status::Pending, Status::Synced, Status::Failed, Status::Abandoned] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
     }
 }

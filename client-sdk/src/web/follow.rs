@@ -62,7 +62,7 @@ pub async fn follow(inner: Rc<Inner>, name: String, term: u64) {
         if use_sse {
             query.push(("live_sse".into(), "true".into()));
         }
-        let url = format!("{}/v1/shape?{}", inner.url, encode(&query));
+        let url = format!("{}/v1/shape?{}", inner.url(), encode(&query));
         let started = js_sys::Date::now();
         let result = if use_sse {
             read_events(&inner, &name, &shape, &mut stream, &url, token.as_deref(), &mut announced, term).await

@@ -106,9 +106,8 @@ pub struct Engine {
 }
 
 pub struct Inner {
-    /// The gateway's base URL.
-    url: String,
-    /// Whose data this database holds: only their tokens are sent.
+    /// Whose data this database holds (the gateway's base URL and the token's subject):
+    /// only their tokens are sent.
     identity: Identity,
     token: RefCell<Option<String>>,
     get_token: Option<Function>,
@@ -190,7 +189,6 @@ impl Engine {
         let client_id = client_id(&db).await?;
         let number = |name: &str, default: f64| get(name).as_f64().filter(|n| *n >= 0.0).unwrap_or(default);
         let inner = Inner {
-            url: identity.url.clone(),
             identity,
             token: RefCell::new(token),
             get_token,
@@ -262,9 +260,7 @@ impl Engine {
     pub fn resign(&self) {
         if self.inner.leading.replace(false) {
             self.inner.term.set(self.inner.term.get() + 1);
-            self.inner.cut("another tab leads now");
-            self.inner.wake();
-            self.inner.end_round();
+            self.inner.halt("another tab leads now");
         }
     }
 
@@ -369,9 +365,7 @@ impl Engine {
     #[wasm_bindgen(js_name = outboxEntries)]
     pub async fn outbox_entries(&self, status: Option<String>) -> Result<Array, JsValue> {
         let records = outbox::all_records(&idb::read(&self.inner.db, idb::OUTBOX)?).await?;
-        let wanted = |r: &&outbox::Record| {
-            status.as_deref().is_none_or(|s| serde_json::to_value(r.entry.status).is_ok_and(|v| v == s))
-        };
+        let wanted = |r: &&outbox::Record| status.as_deref().is_none_or(|s| r.entry.status.as_str() == s);
         Ok(records.iter().filter(wanted).map(outbox::Record::describe).collect())
     }
 
@@ -417,10 +411,15 @@ impl Inner {
         })
     }
 
-    /// Ends following and pushing: requests in flight are cancelled, waits end.
+    /// Ends following and pushing for good.
     fn stop(&self) {
         self.closed.set(true);
-        self.requests.borrow().abort_with_reason(&JsValue::from_str("the sync engine was closed"));
+        self.halt("the sync engine was closed");
+    }
+
+    /// The loops stop here: requests in flight are cancelled, waits and waiters end.
+    fn halt(&self, why: &str) {
+        self.cut(why);
         self.wake();
         self.end_round();
     }
@@ -456,6 +455,11 @@ impl Inner {
         for waker in self.wakers.take() {
             let _ = waker.call0(&JsValue::NULL);
         }
+    }
+
+    /// The gateway's base URL.
+    pub fn url(&self) -> &str {
+        &self.identity.url
     }
 
     /// Whether this tab still follows and pushes.
@@ -637,36 +641,29 @@ fn claims(token: &str) -> Option<serde_json::Value> {
 
 /// Stamps a new database with its identity; refuses one stamped with another.
 async fn stamp(db: &IdbDatabase, identity: &Identity, database: &str) -> Result<(), JsValue> {
-    let key = JsValue::from_str("\u{0}identity");
-    let (tx, stores) = idb::write(db, &[idb::POSITIONS])?;
-    let stored = idb::request(&stores[0].get(&key)?).await?;
-    match stored.as_string().and_then(|s| serde_json::from_str::<Identity>(&s).ok()) {
-        Some(owner) => {
-            if let Some(refused) = identity.refusal(database, &owner) {
-                let _ = tx.abort();
-                return Err(refused.into());
-            }
-        }
-        None => {
-            let text = serde_json::to_string(identity).map_err(|e| e.to_string())?;
-            stores[0].put_with_key(&JsValue::from_str(&text), &key)?;
-        }
-    }
-    idb::committed(&tx).await
+    let ours = serde_json::to_string(identity).map_err(|e| e.to_string())?;
+    let stored = kept_once(db, "\u{0}identity", || ours.clone()).await?;
+    let owner: Identity = serde_json::from_str(&stored).map_err(|e| format!("this database's identity record: {e}"))?;
+    identity.refusal(database, &owner).map_or(Ok(()), |refused| Err(refused.into()))
 }
 
 /// This database's client id, made once.
 async fn client_id(db: &IdbDatabase) -> Result<String, JsValue> {
-    let key = JsValue::from_str("\u{0}client_id");
+    kept_once(db, "\u{0}client_id", || format!("c-{}{}", outbox::random_id(), outbox::random_id())).await
+}
+
+/// The text kept under `key` beside the positions; `first()` is kept there when none is.
+async fn kept_once(db: &IdbDatabase, key: &str, first: impl FnOnce() -> String) -> Result<String, JsValue> {
+    let key = JsValue::from_str(key);
     let (tx, stores) = idb::write(db, &[idb::POSITIONS])?;
-    let id = match idb::request(&stores[0].get(&key)?).await?.as_string() {
-        Some(id) => id,
+    let text = match idb::request(&stores[0].get(&key)?).await?.as_string() {
+        Some(text) => text,
         None => {
-            let id = format!("c-{}{}", outbox::random_id(), outbox::random_id());
-            stores[0].put_with_key(&JsValue::from_str(&id), &key)?;
-            id
+            let text = first();
+            stores[0].put_with_key(&JsValue::from_str(&text), &key)?;
+            text
         }
     };
     idb::committed(&tx).await?;
-    Ok(id)
+    Ok(text)
 }

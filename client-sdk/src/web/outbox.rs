@@ -308,7 +308,7 @@ pub async fn push_once(inner: &Inner) -> Result<Pushed, JsValue> {
     if !inner.running() {
         return Ok(Pushed::Failed);
     }
-    let url = format!("{}/v1/outbox", inner.url);
+    let url = format!("{}/v1/outbox", inner.url());
     let mut answer = net::post(&url, &body, token.as_deref(), &inner.signal()).await;
     if matches!(&answer, Ok(a) if a.status == 401) && inner.get_token.is_some() {
         let Ok(token) = inner.token(true).await else { return Ok(Pushed::Failed) };
@@ -442,7 +442,7 @@ fn settled_entry<'a>(records: &'a [Record], id: &str, what: &str) -> Result<&'a 
         Status::Failed | Status::Abandoned => Ok(entry),
         status => Err(format!(
             "{what}: entry {id:?} is {}: only failed or abandoned writes can be retried or discarded",
-            serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            status.as_str()
         )),
     }
 }
