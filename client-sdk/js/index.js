@@ -72,6 +72,8 @@ class Sync {
       this.#channel.onmessage = ({ data }) => {
         if (data.type === "push") {
           if (this.#leading) this.#engine.wake();
+        } else if (data.type === "changes") {
+          this.#changes(data.changes, data.origin);
         } else if (data.type === "hello") {
           if (this.#leading) for (const [shape, s] of this.#live) if (s.live) this.#channel.postMessage({ type: "status", shape, status: "live" });
         } else {
@@ -89,8 +91,13 @@ class Sync {
   #attach(engine) {
     engine.on((event) => {
       if (event.type === "versionchange") return void this.#versionChange(engine, event);
+      if (event.type === "changes") {
+        // One message per transaction of changes, however many rows it touched.
+        this.#changes(event.changes, event.origin);
+        return void this.#channel?.postMessage({ ...event, origin: `${event.origin}-tab` });
+      }
       this.#dispatch(event);
-      this.#channel?.postMessage(event.type === "sync" ? { ...event, origin: `${event.origin}-tab` } : event);
+      this.#channel?.postMessage(event);
     });
     // The leader follows only its own shapes: a tab that just added stores (a newer
     // schema) takes the lead from the tab that holds it.
@@ -153,6 +160,16 @@ class Sync {
     };
     if (navigator.locks) await navigator.locks.request(`gateway-sync-upgrade:${this.#database}`, run);
     else await run();
+  }
+
+  /** A `sync` event per changed row. */
+  #changes(changes, origin) {
+    const listeners = this.#listeners.sync;
+    if (!listeners.size) return;
+    for (const change of changes) {
+      const event = { type: "sync", origin, ...change };
+      for (const listener of listeners) listener(event);
+    }
   }
 
   #dispatch(event) {

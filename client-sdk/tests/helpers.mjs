@@ -7,7 +7,7 @@ import { execFileSync } from "node:child_process";
 import { extname, join, normalize } from "node:path";
 
 const here = new URL(".", import.meta.url).pathname;
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".ts": "text/plain" };
+const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".ts": "text/plain" };
 
 /** Debian's Chromium, as playwright-core launches it (never a downloaded browser). */
 export const CHROMIUM = { executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: ["--no-sandbox"] };

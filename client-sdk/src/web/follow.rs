@@ -14,7 +14,7 @@ use web_sys::IdbDatabase;
 use super::idb::StoredPosition;
 use super::outbox::{self as local, server_key};
 use super::rows::{self, JsRow, describe, key_id};
-use super::{Inner, RowChange, idb, net};
+use super::{Changes, Inner, RowChange, idb, net};
 use crate::outbox;
 use crate::protocol::{Change, Operation, Outcome, Position, ProtocolError, ShapeDefinition, ShapeStream};
 use crate::sse::EventParser;
@@ -210,7 +210,7 @@ async fn load(db: &IdbDatabase, name: &str, shape: &ShapeDefinition) -> Result<P
 
 /// Clears a shape's rows and stores its new position, in one transaction.
 async fn reset(db: &IdbDatabase, name: &str, shape: &ShapeDefinition, position: &Position) -> Result<(), JsValue> {
-    let (tx, stores) = idb::write(db, &[name, idb::POSITIONS])?;
+    let (tx, stores) = idb::write(db, &[name, idb::POSITIONS], idb::Durability::Relaxed)?;
     stores[0].clear()?;
     stores[1].put_with_key(&stored(shape, position), &JsValue::from_str(name))?;
     idb::committed(&tx).await
@@ -234,12 +234,13 @@ async fn apply(
     let schema = position.schema.clone().unwrap_or_default();
     let txids: HashSet<u64> = changes.iter().filter_map(|c| c.txid).collect();
     inner.saw_txids(name, txids.iter().copied());
-    let (tx, stores) = idb::write(&inner.db, &[name, idb::POSITIONS, idb::OUTBOX, idb::SERVER])?;
+    let (tx, stores) =
+        idb::write(&inner.db, &[name, idb::POSITIONS, idb::OUTBOX, idb::SERVER], idb::Durability::Relaxed)?;
     let (rows, outbox_store, server) = (&stores[0], &stores[2], &stores[3]);
     let mut records = local::open_records(outbox_store).await?;
     records.retain(|r| r.entry.shape == name);
     let covered: HashSet<String> = records.iter().filter(|r| r.entry.outstanding()).map(|r| key_id(&r.key)).collect();
-    let mut events = Vec::with_capacity(changes.len());
+    let events = Changes::new();
     for change in changes {
         let key = rows::server_key(&schema, &change.value).ok_or_else(|| {
             JsValue::from_str(&format!("a change of {name} lacks its primary key (key {})", change.key))
@@ -297,9 +298,7 @@ async fn apply(
     }
     stores[1].put_with_key(&stored(shape, position), &JsValue::from_str(name))?;
     idb::committed(&tx).await?;
-    for change in events {
-        inner.sync_event(change, "server");
-    }
+    inner.changes_event(events, "server");
     Ok(())
 }
 

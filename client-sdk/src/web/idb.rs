@@ -4,10 +4,7 @@ use js_sys::Promise;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{
-    IdbDatabase, IdbObjectStore, IdbObjectStoreParameters, IdbOpenDbRequest, IdbRequest, IdbTransaction,
-    IdbTransactionMode,
-};
+use web_sys::{IdbDatabase, IdbObjectStore, IdbObjectStoreParameters, IdbOpenDbRequest, IdbRequest, IdbTransaction};
 
 use crate::protocol::{Position, ShapeDefinition};
 use crate::values::Schema;
@@ -145,13 +142,46 @@ fn upgrade(open: &IdbOpenDbRequest, shapes: &[(String, Vec<Vec<String>>)]) -> Re
     Ok(())
 }
 
+/// When a committed write counts as done.
+#[derive(Clone, Copy)]
+pub enum Durability {
+    /// On disk (flushed): the app's own writes, which exist nowhere else yet.
+    Strict,
+    /// Handed to the OS: the mirror, which the gateway can always send again. A write lost
+    /// to a power cut takes its shape position with it (one transaction), so the shape
+    /// resumes from before it.
+    Relaxed,
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// An `IDBDatabase`, for the `transaction` overload web-sys has only as unstable.
+    #[wasm_bindgen(js_name = IDBDatabase)]
+    type DatabaseWithOptions;
+    /// `IDBDatabase.transaction(stores, mode, {durability})`.
+    #[wasm_bindgen(method, catch, js_name = transaction)]
+    fn transaction_with_durability(
+        this: &DatabaseWithOptions,
+        stores: &js_sys::Array,
+        mode: &str,
+        options: &js_sys::Object,
+    ) -> Result<IdbTransaction, JsValue>;
+}
+
 /// A read-write transaction over `stores`, and those stores.
-pub fn write(db: &IdbDatabase, stores: &[&str]) -> Result<(IdbTransaction, Vec<IdbObjectStore>), JsValue> {
-    let names = js_sys::Array::new();
-    for s in stores {
-        names.push(&JsValue::from_str(s));
-    }
-    let tx = db.transaction_with_str_sequence_and_mode(&names, IdbTransactionMode::Readwrite)?;
+pub fn write(
+    db: &IdbDatabase,
+    stores: &[&str],
+    durability: Durability,
+) -> Result<(IdbTransaction, Vec<IdbObjectStore>), JsValue> {
+    let names: js_sys::Array = stores.iter().map(|s| JsValue::from_str(s)).collect();
+    let options = js_sys::Object::new();
+    let durability = match durability {
+        Durability::Strict => "strict",
+        Durability::Relaxed => "relaxed",
+    };
+    js_sys::Reflect::set(&options, &"durability".into(), &durability.into())?;
+    let tx = db.unchecked_ref::<DatabaseWithOptions>().transaction_with_durability(&names, "readwrite", &options)?;
     let handles = stores.iter().map(|s| tx.object_store(s)).collect::<Result<_, _>>()?;
     Ok((tx, handles))
 }

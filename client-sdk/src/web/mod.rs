@@ -16,6 +16,7 @@ use std::rc::Rc;
 use js_sys::{Array, Function, Object, Reflect};
 use serde::Deserialize;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::intern;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortController, IdbDatabase};
@@ -97,6 +98,30 @@ pub struct RowChange {
     pub row: Option<JsValue>,
     /// The row before (update, delete), when the mirror held it.
     pub old: Option<JsValue>,
+}
+
+/// The changes of one transaction, made JS objects as they are collected (while
+/// IndexedDB writes them) rather than after it commits.
+pub struct Changes(Array);
+
+impl Changes {
+    pub fn new() -> Changes {
+        Changes(Array::new())
+    }
+
+    pub fn push(&self, change: RowChange) {
+        let object = Object::new();
+        rows::set(&object, "shape", &intern(&change.shape).into());
+        rows::set(&object, "op", &intern(change.op).into());
+        rows::set(&object, "key", &change.key);
+        if let Some(row) = &change.row {
+            rows::set(&object, "value", row);
+        }
+        if let Some(old) = &change.old {
+            rows::set(&object, "old", old);
+        }
+        self.0.push(&object);
+    }
 }
 
 /// A sync engine: the shapes it follows, the database it mirrors them into, its outbox.
@@ -384,7 +409,7 @@ impl Engine {
     /// Removes the entries the gateway applied and the stream echoed; returns how many.
     #[wasm_bindgen(js_name = clearSynced)]
     pub async fn clear_synced(&self) -> Result<u32, JsValue> {
-        let (tx, stores) = idb::write(&self.inner.db, &[idb::OUTBOX])?;
+        let (tx, stores) = idb::write(&self.inner.db, &[idb::OUTBOX], idb::Durability::Strict)?;
         let records = outbox::all_records(&stores[0]).await?;
         let mut removed = 0;
         for r in records.iter().filter(|r| r.entry.status == crate::outbox::Status::Synced && r.entry.settled()) {
@@ -475,7 +500,7 @@ impl Inner {
     fn emit(&self, event: &[(&str, JsValue)]) {
         let object = Object::new();
         for (k, v) in event {
-            let _ = Reflect::set(&object, &JsValue::from_str(k), v);
+            rows::set(&object, k, v);
         }
         for listener in self.listeners.borrow().iter() {
             let _ = listener.call1(&JsValue::NULL, &object);
@@ -493,21 +518,13 @@ impl Inner {
         self.emit(&event);
     }
 
-    pub fn sync_event(&self, change: RowChange, origin: &str) {
-        let mut event = vec![
-            ("type", "sync".into()),
-            ("shape", JsValue::from_str(&change.shape)),
-            ("op", change.op.into()),
-            ("key", change.key),
-            ("origin", origin.into()),
-        ];
-        if let Some(row) = change.row {
-            event.push(("value", row));
+    /// Changes made to the mirror by one transaction, as one event: `{type: "changes",
+    /// origin, changes: [{shape, op, key, value?, old?}]}` (the JS wrapper gives each its
+    /// own `sync` event, and relays them to other tabs as one message).
+    pub fn changes_event(&self, changes: Changes, origin: &str) {
+        if changes.0.length() > 0 {
+            self.emit(&[("type", "changes".into()), ("origin", origin.into()), ("changes", changes.0.into())]);
         }
-        if let Some(old) = change.old {
-            event.push(("old", old));
-        }
-        self.emit(&event);
     }
 
     /// An entry changed status (synced, failed, abandoned, or a retry).
@@ -655,7 +672,7 @@ async fn client_id(db: &IdbDatabase) -> Result<String, JsValue> {
 /// The text kept under `key` beside the positions; `first()` is kept there when none is.
 async fn kept_once(db: &IdbDatabase, key: &str, first: impl FnOnce() -> String) -> Result<String, JsValue> {
     let key = JsValue::from_str(key);
-    let (tx, stores) = idb::write(db, &[idb::POSITIONS])?;
+    let (tx, stores) = idb::write(db, &[idb::POSITIONS], idb::Durability::Strict)?;
     let text = match idb::request(&stores[0].get(&key)?).await?.as_string() {
         Some(text) => text,
         None => {

@@ -11,7 +11,7 @@ use wasm_bindgen::prelude::*;
 use web_sys::IdbObjectStore;
 
 use super::rows::{self, JsRow, key_id};
-use super::{Inner, RowChange, idb, net};
+use super::{Changes, Inner, RowChange, idb, net};
 use crate::outbox::{self, Entry, Local, Op, PushFailure, Status};
 use crate::protocol::error_message;
 use crate::values::Schema;
@@ -37,7 +37,7 @@ impl Record {
     pub fn to_js(&self) -> JsValue {
         let o = Object::new();
         let set = |k: &str, v: &JsValue| {
-            let _ = Reflect::set(&o, &JsValue::from_str(k), v);
+            rows::set(&o, k, v);
         };
         if let Some(seq) = self.seq {
             set("seq", &seq.into());
@@ -66,8 +66,8 @@ impl Record {
         for field in ["mutation", "local", "batch"] {
             let _ = Reflect::delete_property(&o, &JsValue::from_str(field));
         }
-        let _ = Reflect::set(&o, &"key".into(), &self.key);
-        let _ = Reflect::set(&o, &"value".into(), &self.value);
+        rows::set(&o, "key", &self.key);
+        rows::set(&o, "value", &self.value);
         o.into()
     }
 }
@@ -118,13 +118,13 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
         inner.shape(n)?;
     }
     names.extend([idb::POSITIONS, idb::OUTBOX, idb::SERVER]);
-    let (tx, stores) = idb::write(&inner.db, &names)?;
+    let (tx, stores) = idb::write(&inner.db, &names, idb::Durability::Strict)?;
     let store = |name: &str| stores[names.iter().position(|n| *n == name).unwrap_or(0)].clone();
     let (positions, outbox, server) = (store(idb::POSITIONS), store(idb::OUTBOX), store(idb::SERVER));
     let batch = atomic.then(|| format!("b-{}", random_id()));
     let mut schemas: HashMap<String, Schema> = HashMap::new();
     let mut ids = Vec::new();
-    let mut events = Vec::new();
+    let events = Changes::new();
     let result: Result<(), JsValue> = async {
         for w in &writes {
             let config = inner.shape(&w.shape)?;
@@ -197,9 +197,7 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
         return Err(e);
     }
     idb::committed(&tx).await?;
-    for change in events {
-        inner.sync_event(change, "local");
-    }
+    inner.changes_event(events, "local");
     Ok(ids)
 }
 
@@ -349,7 +347,7 @@ pub async fn push_once(inner: &Inner) -> Result<Pushed, JsValue> {
 /// Picks the next push and stores the mutation ids its new writes get, with the next free
 /// id, before anything is sent: a retry, even after a reload, sends the same ids.
 async fn next_push(inner: &Inner) -> Result<Option<(outbox::Push, Vec<Entry>)>, JsValue> {
-    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX, idb::POSITIONS])?;
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX, idb::POSITIONS], idb::Durability::Strict)?;
     let (store, positions) = (&stores[0], &stores[1]);
     let mut records = open_records(store).await?;
     let mut entries: Vec<Entry> = records.iter().map(|r| r.entry.clone()).collect();
@@ -376,7 +374,7 @@ async fn next_push(inner: &Inner) -> Result<Option<(outbox::Push, Vec<Entry>)>, 
 /// The gateway expects mutation `expected` next (409 `out_of_order`): the pending writes
 /// take ids from there (see [`outbox::renumber`]).
 async fn renumber(inner: &Inner, expected: u64) -> Result<(), JsValue> {
-    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX, idb::POSITIONS])?;
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX, idb::POSITIONS], idb::Durability::Strict)?;
     let mut records = open_records(&stores[0]).await?;
     let mut entries: Vec<Entry> = records.iter().map(|r| r.entry.clone()).collect();
     let next_id = outbox::renumber(&mut entries, expected);
@@ -407,7 +405,7 @@ pub async fn expire(inner: &Inner) -> Result<(), JsValue> {
 /// Makes the failed or abandoned write `id` (with the rest of its atomic batch) pending
 /// again under a new mutation id; the rows shown carry it again.
 pub async fn retry(inner: &Inner, id: &str) -> Result<(), JsValue> {
-    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX])?;
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX], idb::Durability::Strict)?;
     let mut records = all_records(&stores[0]).await?;
     let batch = settled_entry(&records, id, "retry")?.batch.clone();
     let mut updated = HashMap::new();
@@ -425,7 +423,7 @@ pub async fn retry(inner: &Inner, id: &str) -> Result<(), JsValue> {
 
 /// Removes the failed or abandoned write `id`: the row shown is already the server's.
 pub async fn discard(inner: &Inner, id: &str) -> Result<(), JsValue> {
-    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX])?;
+    let (tx, stores) = idb::write(&inner.db, &[idb::OUTBOX], idb::Durability::Strict)?;
     let records = all_records(&stores[0]).await?;
     settled_entry(&records, id, "discard")?;
     if let Some(seq) = records.iter().find(|r| r.entry.id == id).and_then(|r| r.seq) {
@@ -455,7 +453,7 @@ async fn store_updates(
 ) -> Result<(), JsValue> {
     let mut names: Vec<&str> = shapes.iter().map(String::as_str).collect();
     names.extend([idb::OUTBOX, idb::SERVER]);
-    let (tx, stores) = idb::write(&inner.db, &names)?;
+    let (tx, stores) = idb::write(&inner.db, &names, idb::Durability::Strict)?;
     let (outbox_store, server) = (&stores[names.len() - 2], &stores[names.len() - 1]);
     let mut records = open_records(outbox_store).await?;
     let mut touched = Vec::new();
@@ -468,7 +466,7 @@ async fn store_updates(
             touched.push((r.entry.shape.clone(), r.key.clone()));
         }
     }
-    let mut events = Vec::new();
+    let events = Changes::new();
     let mut done = HashSet::new();
     for (shape, key) in touched {
         if !done.insert((shape.clone(), key_id(&key))) {
@@ -480,9 +478,7 @@ async fn store_updates(
         }
     }
     idb::committed(&tx).await?;
-    for change in events {
-        inner.sync_event(change, "server");
-    }
+    inner.changes_event(events, "server");
     for r in records.iter().filter(|r| updated.contains_key(&r.entry.id)) {
         inner.outbox_event(r);
     }
@@ -551,7 +547,7 @@ pub fn server_key(shape: &str, key: &JsValue) -> JsValue {
 
 pub fn server_record(row: Option<&JsRow>) -> JsValue {
     let o = Object::new();
-    let _ = Reflect::set(&o, &"row".into(), &row.map_or(JsValue::NULL, |r| r.0.clone().into()));
+    rows::set(&o, "row", &row.map_or(JsValue::NULL, |r| r.0.clone().into()));
     o.into()
 }
 

@@ -4,10 +4,26 @@
 use js_sys::{Array, Object, Reflect};
 use serde_json::{Map, Value};
 use wasm_bindgen::JsCast;
+use wasm_bindgen::intern;
 use wasm_bindgen::prelude::*;
 
 use crate::outbox::Row;
 use crate::values::{self, ColumnType, Schema, Typed};
+
+#[wasm_bindgen]
+extern "C" {
+    /// A plain object, for a property store V8 caches per key (`object[key] = value`),
+    /// where `Reflect.set` takes the generic path: rows are built a field at a time.
+    #[wasm_bindgen(js_name = Object)]
+    type Fields;
+    #[wasm_bindgen(method, structural, indexing_setter)]
+    fn set(this: &Fields, key: &JsValue, value: &JsValue);
+}
+
+/// Sets `object[key]`; keys are field and column names, interned.
+pub fn set(object: &Object, key: &str, value: &JsValue) {
+    object.unchecked_ref::<Fields>().set(&intern(key).into(), value);
+}
 
 /// A row as the store holds it.
 pub struct JsRow(pub Object);
@@ -34,7 +50,7 @@ pub fn from_text(schema: &Schema, value: &Map<String, Value>, base: Option<Objec
             Some(ty) => values::parse(v.as_str(), ty),
             None => v.as_str().map_or(Typed::Null, |s| Typed::Text(s.to_string())),
         };
-        let _ = Reflect::set(&object, &JsValue::from_str(column), &to_js(&typed));
+        set(&object, column, &to_js(&typed));
     }
     object.into()
 }
@@ -69,7 +85,7 @@ pub fn key_object(columns: &[String], key: &JsValue) -> Result<Object, String> {
     }
     let object = Object::new();
     for (c, v) in columns.iter().zip(values) {
-        let _ = Reflect::set(&object, &JsValue::from_str(c), &v);
+        set(&object, c, &v);
     }
     Ok(object)
 }
