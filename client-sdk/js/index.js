@@ -92,9 +92,11 @@ class Sync {
     engine.on((event) => {
       if (event.type === "versionchange") return void this.#versionChange(engine, event);
       if (event.type === "changes") {
-        // One message per transaction of changes, however many rows it touched.
         this.#changes(event.changes, event.origin);
-        return void this.#channel?.postMessage({ ...event, origin: `${event.origin}-tab` });
+        // One message per transaction of changes, however many rows it touched, sent after
+        // this tab's own reactions (a 100,000-row snapshot takes a few hundred ms to clone).
+        const relayed = { ...event, origin: `${event.origin}-tab` };
+        return void setTimeout(() => this.#closed || this.#channel?.postMessage(relayed));
       }
       this.#dispatch(event);
       this.#channel?.postMessage(event);
