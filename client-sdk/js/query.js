@@ -2,13 +2,13 @@
 // and the modifiers, narrow with filter/and, run with toArray/first/count/each, follow with
 // sync.subscribe(query, cb).
 
+import { indexKey, indexKeyPrefix } from "./pkg/sdk.js";
+
 export class Query {
   #sync;
   #index = null;
   #range = null;
-  /** A match by scanning rows, for values IndexedDB cannot index (see `#clause`). */
-  #test = null;
-  /** Further clauses joined with `or`: `{index, range}` or `{index, test}`. */
+  /** Further clauses joined with `or`: `{index, range}`. */
   #alternatives = [];
   /** Predicates rows must also meet (`filter`/`and`). */
   #filters = [];
@@ -26,15 +26,14 @@ export class Query {
    * ":key" for the primary key.
    */
   where(index) {
-    this.#index = indexName(index);
-    return this.#clause(this.#index, ({ range = null, test = null }) => ((this.#range = range), (this.#test = test)));
+    return this.#clause(indexName(index), (clause) => ((this.#index = clause.index), (this.#range = clause.range)));
   }
 
   /** Rows matching this query or the range that follows on `index` (each row once). */
   or(index) {
-    const alternative = { index: indexName(index), range: null, test: null };
+    const alternative = { index: indexName(index), range: null };
     this.#alternatives.push(alternative);
-    return this.#clause(alternative.index, (spec) => Object.assign(alternative, spec));
+    return this.#clause(alternative.index, (clause) => Object.assign(alternative, clause));
   }
 
   /** Keeps only the rows for which `predicate(row)` is true (run after the index range). */
@@ -50,35 +49,30 @@ export class Query {
 
   /**
    * The comparisons of a `where` or `or` on `index`. IndexedDB cannot index booleans or
-   * bigints (bool and int8 columns): given such a value, a one-column clause matches by
-   * scanning the shape's rows instead of its index.
+   * bigints (bool and int8 columns): such values are compared on the column's index keys,
+   * which the SDK keeps for every one-column index.
    */
   #clause(index, set) {
-    const by = (range, test, ...values) => {
+    const by = (range, ...values) => {
       if (values.some((v) => typeof v === "boolean" || typeof v === "bigint")) {
         if (index === null || index === ":key" || index.includes("+")) {
-          throw new Error(`where(${JSON.stringify(index)}): booleans and bigints can only be matched on one column`);
+          throw new Error(`where(${JSON.stringify(index)}): booleans and bigints can only be matched on a one-column index`);
         }
-        set({ test: (row) => test(row[index]) });
+        set({ index: `${indexKeyPrefix()}${index}`, range: range(indexKey) });
       } else {
-        set({ range: range() });
+        set({ index, range: range((v) => v) });
       }
       return this;
     };
     return {
-      equals: (v) => by(() => IDBKeyRange.only(v), (x) => x === v, v),
-      above: (v) => by(() => IDBKeyRange.lowerBound(v, true), (x) => x > v, v),
-      aboveOrEqual: (v) => by(() => IDBKeyRange.lowerBound(v), (x) => x >= v, v),
-      below: (v) => by(() => IDBKeyRange.upperBound(v, true), (x) => x < v, v),
-      belowOrEqual: (v) => by(() => IDBKeyRange.upperBound(v), (x) => x <= v, v),
+      equals: (v) => by((key) => IDBKeyRange.only(key(v)), v),
+      above: (v) => by((key) => IDBKeyRange.lowerBound(key(v), true), v),
+      aboveOrEqual: (v) => by((key) => IDBKeyRange.lowerBound(key(v)), v),
+      below: (v) => by((key) => IDBKeyRange.upperBound(key(v), true), v),
+      belowOrEqual: (v) => by((key) => IDBKeyRange.upperBound(key(v)), v),
       between: (low, high, includeLow = true, includeHigh = false) =>
-        by(
-          () => IDBKeyRange.bound(low, high, !includeLow, !includeHigh),
-          (x) => (includeLow ? x >= low : x > low) && (includeHigh ? x <= high : x < high),
-          low,
-          high,
-        ),
-      startsWith: (prefix) => by(() => IDBKeyRange.bound(prefix, `${prefix}\uffff`), null),
+        by((key) => IDBKeyRange.bound(key(low), key(high), !includeLow, !includeHigh), low, high),
+      startsWith: (prefix) => by(() => IDBKeyRange.bound(prefix, `${prefix}\uffff`)),
     };
   }
 
@@ -105,6 +99,10 @@ export class Query {
 
   /** The matching rows. */
   async toArray() {
+    return withoutIndexKeys(await this.#rows());
+  }
+
+  async #rows() {
     if (this.#collected()) return this.#collect();
     const source = this.#source(this.#index);
     if (!this.#reverse && this.#offset === 0) {
@@ -152,22 +150,22 @@ export class Query {
    * offset and limited.
    */
   #collected() {
-    return this.#test !== null || this.#alternatives.length > 0 || this.#filters.length > 0;
+    return this.#alternatives.length > 0 || this.#filters.length > 0;
   }
 
   async #collect() {
     const store = this.#sync.database.transaction(this.shape).objectStore(this.shape);
-    const clauses = [{ index: this.#index, range: this.#range, test: this.#test }, ...this.#alternatives];
+    const clauses = [{ index: this.#index, range: this.#range }, ...this.#alternatives];
     const seen = new Set();
     let rows = [];
-    for (const { index, range, test } of clauses) {
-      const found = test ? (await entries(store, null)).filter(([, row]) => test(row)) : await entries(this.#source(index, store), range);
+    for (const { index, range } of clauses) {
+      const found = await entries(this.#source(index, store), range);
       for (const [key, row] of found) {
         const id = JSON.stringify(key);
         if (!seen.has(id)) seen.add(id), rows.push(row);
       }
     }
-    rows = rows.filter((row) => this.#filters.every((f) => f(row)));
+    rows = withoutIndexKeys(rows).filter((row) => this.#filters.every((f) => f(row)));
     if (this.#reverse) rows.reverse();
     return rows.slice(this.#offset, this.#offset + this.#limit);
   }
@@ -180,10 +178,18 @@ export class Query {
   #source(index, store = this.#sync.database.transaction(this.shape).objectStore(this.shape)) {
     if (index === null || index === ":key") return store;
     if (!store.indexNames.contains(index)) {
-      throw new Error(`shape ${JSON.stringify(this.shape)} has no index ${JSON.stringify(index)}: declare it in openSync's shapes: {${this.shape}: {indexes: [...]}}`);
+      const declared = index.replace(indexKeyPrefix(), "");
+      throw new Error(`shape ${JSON.stringify(this.shape)} has no index ${JSON.stringify(declared)}: declare it in openSync's shapes: {${this.shape}: {indexes: [...]}}`);
     }
     return store.index(index);
   }
+}
+
+/** Takes the SDK's index keys (see `#clause`) off rows read from a store. */
+function withoutIndexKeys(rows) {
+  const prefix = indexKeyPrefix();
+  for (const row of rows) for (const k in row) if (k.startsWith(prefix)) delete row[k];
+  return rows;
 }
 
 function indexName(index) {

@@ -42,6 +42,15 @@ pub enum Typed {
     Array(Vec<Typed>),
 }
 
+/// An int8 as an IndexedDB key, which a bigint cannot be: decimal text of the value offset
+/// to unsigned and zero-padded to 20 digits, so keys sort as the numbers do. Values
+/// outside int8's range are clamped to it (they can only be query bounds).
+pub fn int8_index_key(decimal: &str) -> Option<String> {
+    let n: i128 = decimal.parse().ok()?;
+    let shifted = (n + (1i128 << 63)).clamp(0, i128::from(u64::MAX));
+    Some(format!("{shifted:020}"))
+}
+
 /// Parses one value (`None` is SQL NULL).
 pub fn parse(text: Option<&str>, ty: &ColumnType) -> Typed {
     match text {
@@ -166,6 +175,17 @@ mod tests {
         assert_eq!(parse(Some(r#"{"a": [1]}"#), &ty("jsonb", 0)), Typed::Json(serde_json::json!({"a": [1]})));
         assert_eq!(parse(Some("12.50"), &ty("numeric", 0)), Typed::Text("12.50".into()));
         assert_eq!(parse(None, &ty("int4", 0)), Typed::Null);
+    }
+
+    #[test]
+    fn int8_index_keys_sort_as_the_numbers_do() {
+        let numbers = ["-9223372036854775808", "-10", "-9", "-1", "0", "1", "9", "10", "9223372036854775807"];
+        let keys: Vec<String> = numbers.iter().map(|n| int8_index_key(n).unwrap()).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        assert!(keys.iter().all(|k| k.len() == 20));
+        assert_eq!(int8_index_key("-99999999999999999999").as_deref(), Some("00000000000000000000"), "clamped");
+        assert_eq!(int8_index_key("99999999999999999999").as_deref(), Some("18446744073709551615"), "clamped");
+        assert_eq!(int8_index_key("1.5"), None);
     }
 
     #[test]

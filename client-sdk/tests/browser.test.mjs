@@ -459,10 +459,20 @@ test("syncNow pushes queued writes at once and resolves when they are applied an
   await context.close();
 });
 
-test("the Dexie surface: add is insert-only, or, filter/and, each, bool and int8 matches, clear; events carry rows", { timeout: 30_000 }, async () => {
+test("the Dexie surface: add is insert-only, or, filter/and, each, bool and int8 indexes, clear; events carry rows", { timeout: 30_000 }, async () => {
   const context = await browser.newContext();
   const page = await openPage(context);
-  await open(page, { dexie: { table: "dexie", indexes: ["title"] }, extra: { table: "dexie", where: "id >= 600" } });
+  // Indexes on bool and int8 columns added to a mirror that already holds rows.
+  await open(page, { dexie: { table: "dexie", indexes: ["title"] } });
+  await page.evaluate(() => window.sync.close());
+  await open(page, { dexie: { table: "dexie", indexes: ["title", "done", "big"] }, extra: { table: "dexie", where: "id >= 600" } });
+  const indexed = await page.evaluate(async () => {
+    const store = window.sync.database.transaction("dexie").objectStore("dexie");
+    const count = (index, key) => new Promise((ok) => (store.index(index).count(key).onsuccess = (e) => ok(e.target.result)));
+    const undeclared = await window.sync.shape("extra").where("done").equals(true).toArray().then(() => "ran", (e) => e.message);
+    return { even: await count("$idx$done", 1), odd: await count("$idx$done", 0), bigs: await count("$idx$big"), undeclared };
+  });
+  assert.deepEqual(indexed, { even: 5, odd: 5, bigs: 10, undeclared: 'shape "extra" has no index "done": declare it in openSync\'s shapes: {extra: {indexes: [...]}}' });
   const refused = await page.evaluate(() => window.sync.shape("dexie").add({ id: 1, title: "again", big: 1n, done: false }).then(() => "added", (e) => String(e.message ?? e)));
   assert.match(refused, /already has a row with key 1: use put/);
   await page.evaluate(async () => {
@@ -483,15 +493,21 @@ test("the Dexie surface: add is insert-only, or, filter/and, each, bool and int8
       each,
       done: ids(await dexie.where("done").equals(true).and((r) => r.id < 600).toArray()),
       big: ids(await dexie.where("big").between(3n, 5n, true, true).toArray()),
+      bigAbove: ids(await dexie.where("big").above(8n).toArray()),
+      notDone: (await dexie.where("done").equals(false).and((r) => r.id < 600).toArray()).length,
+      // Rows never show the index keys the SDK stores beside them.
+      fields: [await dexie.get(2), (await dexie.getAll())[0], await dexie.where("done").equals(true).first()].map((r) => Object.keys(r).sort()),
     };
   });
-  assert.deepEqual(found, { or: [3, 5], orBoth: 1, filter: [2, 4, 6, 8], each: [1, 2, 4], done: [2, 4, 6, 8, 10], big: [3, 4, 5] });
+  const fields = ["big", "done", "id", "title"];
+  assert.deepEqual(found, { or: [3, 5], orBoth: 1, filter: [2, 4, 6, 8], each: [1, 2, 4], done: [2, 4, 6, 8, 10], big: [3, 4, 5], bigAbove: [9, 10], notDone: 5, fields: [fields, fields, fields] });
   // Events carry the row, and the row before for updates.
   sql("update dexie set title = 'item 7 changed' where id = 7");
   const event = await until("the update's event", () =>
     page.evaluate(() => window.plain(window.events.find((e) => e.shape === "dexie" && e.key === 7 && e.op === "update"))));
   assert.equal(event.value.title, "item 7 changed");
   assert.equal(event.old.title, "item 7");
+  assert.deepEqual([Object.keys(event.value).sort(), Object.keys(event.old).sort()], [fields, fields]);
   const added = await page.evaluate(() => window.plain(window.events.find((e) => e.key === 600 && e.origin === "local")));
   assert.equal(added.value.title, "added");
   await page.evaluate(() => window.sync.shape("extra").clear());

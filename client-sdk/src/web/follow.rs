@@ -13,6 +13,7 @@ use web_sys::IdbDatabase;
 
 use super::idb::StoredPosition;
 use super::outbox::{self as local, server_key};
+use super::row_store::RowStore;
 use super::rows::{self, JsRow, describe, key_id};
 use super::{Changes, Inner, RowChange, idb, net};
 use crate::outbox;
@@ -236,7 +237,8 @@ async fn apply(
     inner.saw_txids(name, txids.iter().copied());
     let (tx, stores) =
         idb::write(&inner.db, &[name, idb::POSITIONS, idb::OUTBOX, idb::SERVER], idb::Durability::Relaxed)?;
-    let (rows, outbox_store, server) = (&stores[0], &stores[2], &stores[3]);
+    let rows = &RowStore::new(stores[0].clone(), inner.shape(name)?.indexed.clone());
+    let (outbox_store, server) = (&stores[2], &stores[3]);
     let mut records = local::open_records(outbox_store).await?;
     records.retain(|r| r.entry.shape == name);
     let covered: HashSet<String> = records.iter().filter(|r| r.entry.outstanding()).map(|r| key_id(&r.key)).collect();
@@ -260,21 +262,21 @@ async fn apply(
         let (row, old) = match change.operation {
             Operation::Insert => {
                 let row = rows::from_text(&schema, &change.value, None);
-                rows.put_with_key(&row, &key)?;
+                rows.put(&row, &key)?;
                 (Some(row), None)
             }
             Operation::Update => {
-                let existing = idb::request(&rows.get(&key)?).await?.dyn_into::<Object>().ok();
+                let existing = rows.get(&key).await?;
                 // The event carries the row before: the update writes onto a copy.
                 let old = existing.as_ref().map(|o| JsValue::from(Object::assign(&Object::new(), o)));
                 let row = rows::from_text(&schema, &change.value, existing);
-                rows.put_with_key(&row, &key)?;
+                rows.put(&row, &key)?;
                 (Some(row), old)
             }
             Operation::Delete => {
-                let old = idb::request(&rows.get(&key)?).await?;
+                let old = rows.get(&key).await?;
                 rows.delete(&key)?;
-                (None, (!old.is_undefined()).then_some(old))
+                (None, old.map(JsValue::from))
             }
         };
         events.push(RowChange { shape: name.to_string(), op: change.operation.as_str(), key, row, old });

@@ -4,8 +4,12 @@ use js_sys::Promise;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{IdbDatabase, IdbObjectStore, IdbObjectStoreParameters, IdbOpenDbRequest, IdbRequest, IdbTransaction};
+use web_sys::{
+    IdbCursorWithValue, IdbDatabase, IdbObjectStore, IdbObjectStoreParameters, IdbOpenDbRequest, IdbRequest,
+    IdbTransaction,
+};
 
+use super::row_store::{add_index_keys, indexed_columns};
 use crate::protocol::{Position, ShapeDefinition};
 use crate::values::Schema;
 
@@ -65,7 +69,8 @@ pub async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
 }
 
 /// A shape's object store and the indexes declared for its queries (an index over several
-/// columns is named by them joined with `+`).
+/// columns is named by them joined with `+`; one over one column also has an index of its
+/// index keys, see [`super::row_store`]).
 pub struct ShapeStore {
     pub name: String,
     pub indexes: Vec<Vec<String>>,
@@ -101,7 +106,9 @@ fn complete(db: &IdbDatabase, shapes: &[ShapeStore]) -> Result<bool, JsValue> {
     }
     for shape in shapes.iter().filter(|s| !s.indexes.is_empty()) {
         let names = read(db, &shape.name)?.index_names();
-        if !shape.indexes.iter().all(|columns| names.contains(&columns.join("+"))) {
+        if !shape.indexes.iter().all(|columns| names.contains(&columns.join("+")))
+            || !indexed_columns(&shape.indexes).iter().all(|(_, key)| names.contains(key))
+        {
             return Ok(false);
         }
     }
@@ -138,7 +145,37 @@ fn upgrade(open: &IdbOpenDbRequest, shapes: &[(String, Vec<Vec<String>>)]) -> Re
                 store.create_index_with_str_sequence(&index, &path)?;
             }
         }
+        let added: Vec<(String, String)> =
+            indexed_columns(indexes).into_iter().filter(|(_, key)| !names.contains(key)).collect();
+        for (_, key) in &added {
+            store.create_index_with_str(key, key)?;
+        }
+        if existing.contains(name) && !added.is_empty() {
+            add_index_keys_to_rows(&store, added)?;
+        }
     }
+    Ok(())
+}
+
+/// Gives the rows already stored the index keys of indexes just added, in the upgrade's
+/// transaction (which stays open while the cursor walks).
+fn add_index_keys_to_rows(store: &IdbObjectStore, indexed: Vec<(String, String)>) -> Result<(), JsValue> {
+    let walk = store.open_cursor()?;
+    let target = walk.clone();
+    let step = Closure::<dyn FnMut()>::new(move || {
+        let Some(cursor) = target.result().ok().and_then(|c| c.dyn_into::<IdbCursorWithValue>().ok()) else {
+            return;
+        };
+        if let Ok(row) = cursor.value().and_then(|r| r.dyn_into::<js_sys::Object>().map_err(JsValue::from))
+            && add_index_keys(&row, &indexed).unwrap_or(false)
+        {
+            let _ = cursor.update(&row);
+        }
+        let _ = cursor.continue_();
+    });
+    walk.set_onsuccess(Some(step.as_ref().unchecked_ref()));
+    // Called once per row until the walk ends; an upgrade is rare, so it lives on.
+    step.forget();
     Ok(())
 }
 

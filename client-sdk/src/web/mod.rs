@@ -7,6 +7,7 @@ mod follow;
 mod idb;
 mod net;
 mod outbox;
+mod row_store;
 mod rows;
 
 use std::cell::{Cell, RefCell};
@@ -77,6 +78,8 @@ pub struct ShapeConfig {
     pub definition: ShapeDefinition,
     key: Option<Vec<String>>,
     pub version_column: Option<String>,
+    /// `(column, index key name)` of each one-column index (see [`row_store`]).
+    pub indexed: Rc<[(String, String)]>,
 }
 
 impl ShapeConfig {
@@ -221,10 +224,12 @@ impl Engine {
             shapes: shapes
                 .into_iter()
                 .map(|(name, s)| {
+                    let indexes: Vec<Vec<String>> = s.indexes.into_iter().map(Columns::list).collect();
                     let config = ShapeConfig {
                         definition: s.definition,
                         key: s.key.map(Columns::list),
                         version_column: s.version_column,
+                        indexed: row_store::indexed_columns(&indexes).into(),
                     };
                     (name, config)
                 })
@@ -315,14 +320,12 @@ impl Engine {
     /// Every row of a shape, from IndexedDB.
     #[wasm_bindgen(js_name = getAll)]
     pub async fn get_all(&self, shape: String) -> Result<JsValue, JsValue> {
-        self.inner.shape(&shape)?;
-        idb::request(&idb::read(&self.inner.db, &shape)?.get_all()?).await
+        Ok(self.inner.rows(&shape)?.get_all().await?.into())
     }
 
     /// One row of a shape by primary key (an array for composite keys).
     pub async fn get(&self, shape: String, key: JsValue) -> Result<JsValue, JsValue> {
-        self.inner.shape(&shape)?;
-        idb::request(&idb::read(&self.inner.db, &shape)?.get(&key)?).await
+        Ok(self.inner.rows(&shape)?.get(&key).await?.map_or(JsValue::UNDEFINED, JsValue::from))
     }
 
     /// Writes `[{shape, op: "put"|"update"|"delete", key?, value?}]` locally (unless
@@ -434,6 +437,12 @@ impl Inner {
         self.shapes.get(name).ok_or_else(|| {
             format!("no shape named {name:?}; openSync was given: {:?}", self.shapes.keys().collect::<Vec<_>>())
         })
+    }
+
+    /// A shape's rows, to read.
+    fn rows(&self, shape: &str) -> Result<row_store::RowStore, JsValue> {
+        let indexed = self.shape(shape)?.indexed.clone();
+        Ok(row_store::RowStore::new(idb::read(&self.db, shape)?, indexed))
     }
 
     /// Ends following and pushing for good.

@@ -10,6 +10,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::IdbObjectStore;
 
+use super::row_store::RowStore;
 use super::rows::{self, JsRow, key_id};
 use super::{Changes, Inner, RowChange, idb, net};
 use crate::outbox::{self, Entry, Local, Op, PushFailure, Status};
@@ -139,15 +140,14 @@ pub async fn write(inner: &Inner, writes: &JsValue, atomic: bool, network_first:
                     w.shape, w.shape
                 )
             })?;
-            let rows = store(&w.shape);
+            let rows = RowStore::new(store(&w.shape), config.indexed.clone());
             let key = match w.op {
                 Op::Put | Op::Add => rows::local_key(schema, &key_columns, &w.value)?,
                 Op::Update | Op::Delete => {
                     rows::local_key(schema, &key_columns, &rows::key_object(&key_columns, &w.key)?.into())?
                 }
             };
-            let current = idb::request(&rows.get(&key)?).await?;
-            let current = (!current.is_undefined()).then(|| JsRow(current.unchecked_into()));
+            let current = rows.get(&key).await?.map(JsRow);
             if w.op == Op::Add && current.is_some() {
                 return Err(format!(
                     "add: shape {:?} already has a row with key {}: use put to replace it, or update",
@@ -472,8 +472,9 @@ async fn store_updates(
         if !done.insert((shape.clone(), key_id(&key))) {
             continue;
         }
-        let rows = &stores[names.iter().position(|n| *n == shape).unwrap_or(0)];
-        if let Some(change) = rebuild(rows, server, &shape, &key, &records).await? {
+        let store = stores[names.iter().position(|n| *n == shape).unwrap_or(0)].clone();
+        let rows = RowStore::new(store, inner.shape(&shape)?.indexed.clone());
+        if let Some(change) = rebuild(&rows, server, &shape, &key, &records).await? {
             events.push(change);
         }
     }
@@ -488,7 +489,7 @@ async fn store_updates(
 /// Shows the server's row of `key` with the writes still outstanding on it replayed over it;
 /// returns the change made to the row shown, if any.
 pub async fn rebuild(
-    rows: &IdbObjectStore,
+    rows: &RowStore,
     server: &IdbObjectStore,
     shape: &str,
     key: &JsValue,
@@ -501,8 +502,7 @@ pub async fn rebuild(
         .map(Record::local)
         .collect();
     let server_key = server_key(shape, key);
-    let current = idb::request(&rows.get(key)?).await?;
-    let current = (!current.is_undefined()).then(|| JsRow(current.unchecked_into()));
+    let current = rows.get(key).await?.map(JsRow);
     let record = idb::request(&server.get(&server_key)?).await?;
     let base = if record.is_undefined() {
         // A network-first write just applied: the row shown is the server's.
@@ -551,10 +551,10 @@ pub fn server_record(row: Option<&JsRow>) -> JsValue {
     o.into()
 }
 
-fn show(rows: &IdbObjectStore, key: &JsValue, row: Option<&JsRow>) -> Result<(), JsValue> {
+fn show(rows: &RowStore, key: &JsValue, row: Option<&JsRow>) -> Result<(), JsValue> {
     match row {
-        Some(r) => rows.put_with_key(&r.0, key).map(drop),
-        None => rows.delete(key).map(drop),
+        Some(r) => rows.put(&r.0, key),
+        None => rows.delete(key),
     }
 }
 
