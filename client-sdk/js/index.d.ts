@@ -10,8 +10,9 @@ export interface ShapeOptions {
   /** The table's `reject_stale` version column: writes send the version they were based on. */
   versionColumn?: string;
   /**
-   * Indexes for queries: a column, or an array of columns for a compound index. IndexedDB
-   * cannot index booleans or bigints (int8): such rows are left out of that index.
+   * Indexes for queries: a column, or an array of columns for a compound index. A
+   * one-column index also serves booleans and bigints (bool, int8), which IndexedDB cannot
+   * index itself; a compound index leaves rows with such values out.
    */
   indexes?: Array<string | string[]>;
 }
@@ -117,13 +118,16 @@ export interface WriteOptions {
   strategy?: Strategy;
 }
 
+/** A value a `where` compares: booleans and bigints only on a one-column index. */
+export type IndexValue = IDBValidKey | boolean | bigint;
+
 export interface WhereClause<Row> {
-  equals(value: IDBValidKey): Query<Row>;
-  above(value: IDBValidKey): Query<Row>;
-  aboveOrEqual(value: IDBValidKey): Query<Row>;
-  below(value: IDBValidKey): Query<Row>;
-  belowOrEqual(value: IDBValidKey): Query<Row>;
-  between(low: IDBValidKey, high: IDBValidKey, includeLow?: boolean, includeHigh?: boolean): Query<Row>;
+  equals(value: IndexValue): Query<Row>;
+  above(value: IndexValue): Query<Row>;
+  aboveOrEqual(value: IndexValue): Query<Row>;
+  below(value: IndexValue): Query<Row>;
+  belowOrEqual(value: IndexValue): Query<Row>;
+  between(low: IndexValue, high: IndexValue, includeLow?: boolean, includeHigh?: boolean): Query<Row>;
   startsWith(prefix: string): Query<Row>;
 }
 

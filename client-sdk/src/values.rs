@@ -46,8 +46,13 @@ pub enum Typed {
 /// to unsigned and zero-padded to 20 digits, so keys sort as the numbers do. Values
 /// outside int8's range are clamped to it (they can only be query bounds).
 pub fn int8_index_key(decimal: &str) -> Option<String> {
-    let n: i128 = decimal.parse().ok()?;
-    let shifted = (n + (1i128 << 63)).clamp(0, i128::from(u64::MAX));
+    // Flipping the sign bit offsets two's complement by 2^63.
+    let shifted = match decimal.parse::<i64>() {
+        Ok(n) => (n as u64) ^ (1 << 63),
+        Err(_) if decimal.len() > 1 && decimal[1..].bytes().all(|b| b.is_ascii_digit()) && decimal.starts_with('-') => 0,
+        Err(_) if !decimal.is_empty() && decimal.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
+        Err(_) => return None,
+    };
     Some(format!("{shifted:020}"))
 }
 
