@@ -47,10 +47,19 @@ pub enum Typed {
 /// outside int8's range are clamped to it (they can only be query bounds).
 pub fn int8_index_key(decimal: &str) -> Option<String> {
     // Flipping the sign bit offsets two's complement by 2^63.
+    let (negative, digits) = match decimal.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, decimal),
+    };
     let shifted = match decimal.parse::<i64>() {
         Ok(n) => (n as u64) ^ (1 << 63),
-        Err(_) if decimal.len() > 1 && decimal[1..].bytes().all(|b| b.is_ascii_digit()) && decimal.starts_with('-') => 0,
-        Err(_) if !decimal.is_empty() && decimal.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
+        Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            if negative {
+                0
+            } else {
+                u64::MAX
+            }
+        }
         Err(_) => return None,
     };
     Some(format!("{shifted:020}"))
