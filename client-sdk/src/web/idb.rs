@@ -9,7 +9,7 @@ use web_sys::{
     IdbTransaction,
 };
 
-use super::row_store::{add_index_keys, indexed_columns};
+use super::index_keys::{add_index_keys, indexed_columns};
 use crate::protocol::{Position, ShapeDefinition};
 use crate::values::Schema;
 
@@ -70,7 +70,7 @@ pub async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
 
 /// A shape's object store and the indexes declared for its queries (an index over several
 /// columns is named by them joined with `+`; one over one column also has an index of its
-/// index keys, see [`super::row_store`]).
+/// index keys, see [`super::index_keys`]).
 pub struct ShapeStore {
     pub name: String,
     pub indexes: Vec<Vec<String>>,

@@ -5,6 +5,7 @@
 
 mod follow;
 mod idb;
+mod index_keys;
 mod net;
 mod outbox;
 mod row_store;
@@ -78,7 +79,7 @@ pub struct ShapeConfig {
     pub definition: ShapeDefinition,
     key: Option<Vec<String>>,
     pub version_column: Option<String>,
-    /// `(column, index key name)` of each one-column index (see [`row_store`]).
+    /// `(column, index key name)` of each one-column index (see [`index_keys`]).
     pub indexed: Rc<[(String, String)]>,
 }
 
@@ -229,7 +230,7 @@ impl Engine {
                         definition: s.definition,
                         key: s.key.map(Columns::list),
                         version_column: s.version_column,
-                        indexed: row_store::indexed_columns(&indexes).into(),
+                        indexed: index_keys::indexed_columns(&indexes).into(),
                     };
                     (name, config)
                 })
