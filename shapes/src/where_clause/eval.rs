@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use super::{ArrayOp, CmpOp, EvalError, Expr, Func, arith};
+use super::{ArrayOp, CmpOp, EvalError, Expr, Func, Membership, Subquery, arith};
 use crate::value::{Datum, SqlType};
 
 /// Read access to a row's column values as PostgreSQL text output.
@@ -11,6 +11,13 @@ pub trait Row {
     /// `Ok(None)` is SQL NULL; `Err` means the value is not available (an unchanged TOAST
     /// value the stream did not send).
     fn text(&self, column: usize) -> Result<Option<&str>, EvalError>;
+
+    /// Whether `probe` is among the values `subquery` yields at this row's position in the
+    /// stream. Only rows evaluated beside maintained sets can say.
+    fn membership(&self, subquery: &Subquery, probe: &[Datum]) -> Result<Membership, EvalError> {
+        let _ = (subquery, probe);
+        Err(EvalError::Value("a subquery cannot be evaluated here: no maintained sets".into()))
+    }
 }
 
 impl Expr {
@@ -112,6 +119,14 @@ impl Expr {
                 (Datum::Array(a), Datum::Array(b)) => Datum::Bool(array_set(*op, &a, &b)),
                 _ => Datum::Null,
             },
+            Expr::InSubquery { probe, subquery, negated } => {
+                let values = probe.iter().map(|p| p.eval(row)).collect::<Result<Vec<_>, _>>()?;
+                match row.membership(subquery, &values)? {
+                    Membership::In => Datum::Bool(!negated),
+                    Membership::Out => Datum::Bool(*negated),
+                    Membership::Unknown => Datum::Null,
+                }
+            }
             Expr::Quantified { op, left, array, all } => {
                 let l = left.eval(row)?;
                 match array.eval(row)? {

@@ -13,6 +13,7 @@ pub mod parse;
 #[cfg(test)]
 mod properties;
 pub mod render;
+pub mod subquery;
 mod symmetric;
 
 use crate::value::{Datum, SqlType};
@@ -20,7 +21,8 @@ use crate::value::{Datum, SqlType};
 pub use bind::BindOptions;
 pub use eval::Row;
 pub use named::{Named, NamedParam, rewrite_named};
-pub use parse::{parse_where, parse_where_template};
+pub use parse::{parse_where, parse_where_template, parse_where_with_tables};
+pub use subquery::{Catalog, Membership, Subquery};
 
 /// Longest `where` accepted, in bytes.
 pub const MAX_WHERE_LEN: usize = 8 * 1024;
@@ -49,6 +51,9 @@ pub enum WhereError {
     Unsupported(String),
     #[error("unknown column {0:?}; column names are case-sensitive when quoted")]
     UnknownColumn(String),
+    /// A subquery names a table the gateway has not been given (it loads it and binds again).
+    #[error("unknown table {0} in a subquery; name an existing table, schema-qualified if not in public")]
+    UnknownTable(crate::table::TableName),
     #[error("{0}")]
     Type(String),
     #[error("{0}")]
@@ -280,6 +285,12 @@ pub enum Expr {
         left: Box<Expr>,
         right: Box<Expr>,
     },
+    /// `(probe…) [NOT] IN (subquery)`; the probe has one expression per selected column.
+    InSubquery {
+        probe: Vec<Expr>,
+        subquery: Box<Subquery>,
+        negated: bool,
+    },
 }
 
 impl Expr {
@@ -309,9 +320,9 @@ impl Expr {
         out
     }
 
-    fn visit(&self, f: &mut impl FnMut(&Expr)) {
+    fn visit<'a>(&'a self, f: &mut impl FnMut(&'a Expr)) {
         f(self);
-        let children: Vec<&Expr> = match self {
+        let children: Vec<&'a Expr> = match self {
             Expr::Column { .. } | Expr::Const { .. } => Vec::new(),
             Expr::Not(e) | Expr::IsNull { expr: e, .. } | Expr::IsBool { expr: e, .. } => vec![e],
             Expr::Unary { expr, .. } | Expr::Cast { expr, .. } => vec![expr],
@@ -324,6 +335,8 @@ impl Expr {
             Expr::Quantified { left, array, .. } => vec![left, array],
             Expr::Like { expr, pattern, .. } => vec![expr, pattern],
             Expr::InList { expr, list, .. } => std::iter::once(&**expr).chain(list).collect(),
+            // The subquery's own columns are another table's: only the probe is this row's.
+            Expr::InSubquery { probe, .. } => probe.iter().collect(),
         };
         for c in children {
             c.visit(f);
@@ -348,6 +361,17 @@ impl Expr {
             }
         });
         risky
+    }
+
+    /// The subqueries this expression tests membership in (not those nested inside them).
+    pub fn subqueries(&self) -> Vec<&Subquery> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let Expr::InSubquery { subquery, .. } = e {
+                out.push(&**subquery);
+            }
+        });
+        out
     }
 
     /// The top-level `AND` terms of this expression.

@@ -12,27 +12,46 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use super::bind::{BindOptions, Binder, Params};
 use super::coerce::coerce;
 use super::symmetric::mark_symmetric_between;
-use super::{Expr, MAX_DEPTH, MAX_WHERE_LEN, WhereError};
+use super::{Catalog, Expr, MAX_DEPTH, MAX_WHERE_LEN, WhereError};
 use crate::table::TableSchema;
 use crate::value::SqlType;
 
 /// Parses and binds a client `where` against `table`. `params` maps `$n` to its text value.
+/// Subqueries are refused (see [`parse_where_with_tables`]).
 pub fn parse_where(
     text: &str,
     table: &TableSchema,
     params: &HashMap<usize, String>,
     options: BindOptions,
 ) -> Result<Expr, WhereError> {
-    parse_bound(text, table, Params::Values(params), options)
+    parse_bound(text, table, Params::Values(params), options, None)
+}
+
+/// [`parse_where`] with the tables its subqueries may read. A table missing from `catalog`
+/// is an [`WhereError::UnknownTable`] naming it: load it, and bind again.
+pub fn parse_where_with_tables(
+    text: &str,
+    table: &TableSchema,
+    catalog: &dyn Catalog,
+    params: &HashMap<usize, String>,
+    options: BindOptions,
+) -> Result<Expr, WhereError> {
+    parse_bound(text, table, Params::Values(params), options, Some(catalog))
 }
 
 /// Checks a filter whose `$n` values come later (an access rule's scope): every `$n`
 /// binds as an untyped NULL, so columns, operators and types are checked now.
 pub fn parse_where_template(text: &str, table: &TableSchema, options: BindOptions) -> Result<Expr, WhereError> {
-    parse_bound(text, table, Params::Later, options)
+    parse_bound(text, table, Params::Later, options, None)
 }
 
-fn parse_bound(text: &str, table: &TableSchema, params: Params<'_>, options: BindOptions) -> Result<Expr, WhereError> {
+fn parse_bound(
+    text: &str,
+    table: &TableSchema,
+    params: Params<'_>,
+    options: BindOptions,
+    catalog: Option<&dyn Catalog>,
+) -> Result<Expr, WhereError> {
     if text.len() > MAX_WHERE_LEN {
         return Err(WhereError::TooComplex);
     }
@@ -72,7 +91,7 @@ fn parse_bound(text: &str, table: &TableSchema, params: Params<'_>, options: Bin
             near: next.token.to_string(),
         });
     }
-    let binder = Binder::new(table, params, options);
+    let binder = Binder::new(table, params, options, catalog);
     let expr = binder.bind(&ast, 0)?;
     coerce(expr, &SqlType::Bool).map_err(|_| WhereError::Type("WHERE clause must return a boolean".into()))
 }

@@ -72,6 +72,14 @@ impl Expr {
             Expr::Distinct { left, right, negated } => {
                 binary(out, left, if *negated { "IS NOT DISTINCT FROM" } else { "IS DISTINCT FROM" }, right, q)
             }
+            Expr::InSubquery { probe, subquery, negated } => {
+                out.push_str("((");
+                join(out, probe, ", ");
+                out.push_str(if *negated { ") NOT IN (" } else { ") IN (" });
+                // The inner filter's columns are the inner table's: never qualified by the outer alias.
+                out.push_str(&subquery.to_sql());
+                out.push_str("))");
+            }
             Expr::InList { expr, list, negated } => {
                 out.push('(');
                 expr.write_sql(out, q);

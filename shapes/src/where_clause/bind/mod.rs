@@ -5,6 +5,7 @@
 
 mod function;
 mod operators;
+mod subquery;
 
 use std::collections::HashMap;
 
@@ -16,7 +17,7 @@ use crate::where_clause::coerce::{
     array_const, cast, cast_target, coerce, common_type, comparable, fold_negate, numeric_operand,
 };
 use crate::where_clause::symmetric::symmetric_bound;
-use crate::where_clause::{ArithOp, ArrayOp, CmpOp, Expr, MAX_DEPTH, UnaryOp, WhereError};
+use crate::where_clause::{ArithOp, ArrayOp, Catalog, CmpOp, Expr, MAX_DEPTH, UnaryOp, WhereError};
 
 /// What the binder may assume about the database.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,6 +37,8 @@ pub(in crate::where_clause) struct Binder<'a> {
     table: &'a TableSchema,
     params: Params<'a>,
     options: BindOptions,
+    /// The tables subqueries may read; `None` refuses subqueries.
+    catalog: Option<&'a dyn Catalog>,
 }
 
 pub(super) fn unknown(text: String) -> Expr {
@@ -43,8 +46,13 @@ pub(super) fn unknown(text: String) -> Expr {
 }
 
 impl<'a> Binder<'a> {
-    pub(in crate::where_clause) fn new(table: &'a TableSchema, params: Params<'a>, options: BindOptions) -> Self {
-        Binder { table, params, options }
+    pub(in crate::where_clause) fn new(
+        table: &'a TableSchema,
+        params: Params<'a>,
+        options: BindOptions,
+        catalog: Option<&'a dyn Catalog>,
+    ) -> Self {
+        Binder { table, params, options, catalog }
     }
 }
 
@@ -192,8 +200,11 @@ impl Binder<'_> {
                 let items = arr.elem.iter().map(b).collect::<Result<Vec<_>, _>>()?;
                 array_const(items)?
             }
-            ast::Expr::Subquery(_) | ast::Expr::InSubquery { .. } | ast::Expr::Exists { .. } => {
-                return Err(WhereError::Unsupported("a subquery".into()));
+            ast::Expr::InSubquery { expr, subquery, negated } => self.in_subquery(expr, subquery, *negated, d)?,
+            ast::Expr::Subquery(_) | ast::Expr::Exists { .. } => {
+                return Err(WhereError::Unsupported(
+                    "a subquery other than `column IN (SELECT column FROM table WHERE …)`".into(),
+                ));
             }
             other => {
                 let text = other.to_string();
