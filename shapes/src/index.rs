@@ -39,7 +39,7 @@ pub fn index_terms(conjuncts: &[&Expr]) -> Option<(usize, Vec<String>)> {
 
 /// The exact text PostgreSQL's output function prints for `value` in a column of type `ty`,
 /// for the types where equal values always print alike.
-fn canonical_text(value: &Datum, ty: &SqlType) -> Option<String> {
+pub fn canonical_text(value: &Datum, ty: &SqlType) -> Option<String> {
     match (value, ty) {
         (Datum::Int(i), SqlType::Int) => Some(i.to_string()),
         (Datum::Text(s), SqlType::Text) => Some(s.clone()),

@@ -16,6 +16,8 @@
 //!   without the `server` feature (the browser SDK's build).
 //! - **routing index** ([`index::RoutingIndex`]): finds the shapes a change may touch
 //!   without looking at every shape.
+//! - **subquery set** ([`subquery_set::SubquerySet`]): the values one bound subquery of a
+//!   filter yields, kept from the stream; values enter and leave it (docs/subqueries.md).
 
 #[cfg(feature = "server")]
 pub mod change;
@@ -34,6 +36,8 @@ pub mod numeric;
 pub mod offset;
 #[cfg(feature = "server")]
 pub mod shape;
+#[cfg(feature = "server")]
+pub mod subquery_set;
 #[cfg(feature = "server")]
 pub mod subset;
 #[cfg(feature = "server")]

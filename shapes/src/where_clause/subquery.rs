@@ -76,7 +76,7 @@ mod tests {
         TableSchema {
             oid: 2,
             name: TableName::new("public", "memberships"),
-            columns: vec![col("item_id", "int8"), col("user_id", "text"), col("note", "text")],
+            columns: vec![col("item_id", "int8"), col("user_id", "text"), col("note", "text"), col("score", "numeric")],
             replica_identity_full: false,
         }
     }
@@ -159,6 +159,11 @@ mod tests {
             WhereError::UnknownColumn("password".into())
         );
         assert!(matches!(bind("(id, title) IN (SELECT item_id FROM memberships)", &[]), Err(WhereError::Type(_))));
+        let numeric = bind("price IN (SELECT score FROM memberships)", &[]).unwrap_err();
+        assert!(
+            matches!(numeric, WhereError::Type(ref m) if m.contains("only integer, text, uuid or bool")),
+            "{numeric}"
+        );
         assert!(matches!(bind("due IN (SELECT item_id FROM memberships)", &[]), Err(WhereError::Type(_))));
         assert!(matches!(bind("id IN (SELECT item_id FROM memberships WHERE note)", &[]), Err(WhereError::Type(_))));
     }

@@ -96,6 +96,13 @@ impl Binder<'_> {
                 _ => Err(WhereError::Unsupported(SHAPE.into())),
             })
             .collect::<Result<Vec<_>, WhereError>>()?;
+        if let Some((_, name, ty)) = columns.iter().find(|(_, _, ty)| !is_link_type(ty)) {
+            return Err(WhereError::Type(format!(
+                "a subquery may select only integer, text, uuid or bool columns (the values rows are \
+                 matched on exactly): {name} is {}",
+                ty.sql_name()
+            )));
+        }
         let filter = match &select.selection {
             Some(w) => Some(
                 coerce(inner.bind(w, depth + 1)?, &SqlType::Bool)
@@ -105,4 +112,10 @@ impl Binder<'_> {
         };
         Ok(Subquery { table: table_name, columns, filter })
     }
+}
+
+/// The types whose values print alike whenever they are equal, so a set of them can be
+/// keyed by the text PostgreSQL sends.
+fn is_link_type(ty: &SqlType) -> bool {
+    matches!(ty, SqlType::Int | SqlType::Text | SqlType::Uuid | SqlType::Bool)
 }
