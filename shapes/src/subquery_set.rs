@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 
+use crate::change::Change;
 use crate::index::canonical_text;
 use crate::value::{Datum, SqlType};
-use crate::where_clause::{EvalError, Membership};
+use crate::where_clause::{EvalError, Membership, Row, Subquery};
 
 /// One value tuple, as text (`None`: NULL).
 pub type SetKey = Vec<Option<String>>;
@@ -137,6 +138,58 @@ impl SubquerySet {
     }
 }
 
+/// The current sets, for filters that nest subqueries.
+pub trait SetLookup {
+    /// `None` when no set is kept for `subquery`.
+    fn set(&self, subquery: &Subquery) -> Option<&SubquerySet>;
+}
+
+/// A row evaluated beside the sets: what a filter with subqueries needs.
+pub struct RowWithSets<'a, R: ?Sized> {
+    pub row: &'a R,
+    pub sets: &'a dyn SetLookup,
+}
+
+impl<R: Row + ?Sized> Row for RowWithSets<'_, R> {
+    fn text(&self, column: usize) -> Result<Option<&str>, EvalError> {
+        self.row.text(column)
+    }
+
+    fn membership(&self, subquery: &Subquery, probe: &[Datum]) -> Result<Membership, EvalError> {
+        let types: Vec<SqlType> = subquery.columns.iter().map(|(_, _, ty)| ty.clone()).collect();
+        let set = self.sets.set(subquery).ok_or_else(|| EvalError::Value("a subquery's set is not kept".into()))?;
+        Ok(set.membership(&probe_key(probe, &types)?))
+    }
+}
+
+/// What one change to the inner table does to a subquery's set: the value the row yielded
+/// before (if the inner filter admitted it) and the value it yields after.
+///
+/// The caller admits only inner tables with `REPLICA IDENTITY FULL`, or subqueries that read
+/// only key columns (checked at shape creation): then a key-only old tuple, or the new row
+/// when an update kept its key, yields what the old row did.
+pub fn set_change(
+    subquery: &Subquery,
+    change: &Change,
+    sets: &dyn SetLookup,
+) -> Result<(Option<SetKey>, Option<SetKey>), EvalError> {
+    let yielded = |row: &[crate::change::Cell]| -> Result<Option<SetKey>, EvalError> {
+        let row = RowWithSets { row, sets };
+        if let Some(filter) = &subquery.filter
+            && !filter.matches(&row)?
+        {
+            return Ok(None);
+        }
+        let key = subquery.columns.iter().map(|(i, ..)| row.text(*i).map(|t| t.map(String::from)));
+        key.collect::<Result<SetKey, _>>().map(Some)
+    };
+    Ok(match change {
+        Change::Insert { new } => (None, yielded(new)?),
+        Change::Update { old, new, .. } => (yielded(old.as_deref().unwrap_or(new))?, yielded(new)?),
+        Change::Delete { old, .. } => (yielded(old)?, None),
+    })
+}
+
 /// A probe's values as set keys, by the subquery's column types.
 pub fn probe_key(probe: &[Datum], types: &[SqlType]) -> Result<SetKey, EvalError> {
     probe
@@ -203,6 +256,60 @@ mod tests {
         assert_eq!(pairs.membership(&key(&[Some("2"), Some("x")])), Membership::Out, "1 <> 2 decides");
         assert_eq!(pairs.membership(&key(&[Some("1"), Some("x")])), Membership::Unknown);
         assert_eq!(pairs.membership(&key(&[None, Some("x")])), Membership::Unknown);
+    }
+
+    /// `memberships (item_id int8, user_id text, note text, score numeric)`, rows as text.
+    fn membership_subquery(filter: &str) -> Subquery {
+        let e = crate::where_clause::parse_where_with_tables(
+            &format!("id IN (SELECT item_id FROM memberships WHERE {filter})"),
+            &crate::where_clause::fixture::table(),
+            &vec![crate::where_clause::fixture::memberships()],
+            &HashMap::new(),
+            crate::where_clause::BindOptions::default(),
+        )
+        .unwrap();
+        e.subqueries()[0].clone()
+    }
+
+    struct NoSets;
+    impl SetLookup for NoSets {
+        fn set(&self, _: &Subquery) -> Option<&SubquerySet> {
+            None
+        }
+    }
+
+    #[test]
+    fn inner_changes_say_which_value_a_row_stopped_and_started_yielding() {
+        use crate::change::Cell;
+        let s = membership_subquery("user_id = 'u1'");
+        let row = |item: &str, user: &str| vec![Cell::text(item), Cell::text(user), Cell::Null, Cell::Null];
+        let insert = Change::Insert { new: row("7", "u1") };
+        assert_eq!(set_change(&s, &insert, &NoSets).unwrap(), (None, Some(one("7"))));
+        let other_user = Change::Insert { new: row("7", "u2") };
+        assert_eq!(set_change(&s, &other_user, &NoSets).unwrap(), (None, None), "the inner filter decides");
+        let moved = Change::Update { old: Some(row("7", "u1")), old_is_full: true, new: row("8", "u1") };
+        assert_eq!(set_change(&s, &moved, &NoSets).unwrap(), (Some(one("7")), Some(one("8"))));
+        let away = Change::Update { old: Some(row("7", "u1")), old_is_full: true, new: row("7", "u2") };
+        assert_eq!(set_change(&s, &away, &NoSets).unwrap(), (Some(one("7")), None));
+        let gone = Change::Delete { old: row("8", "u1"), old_is_full: true };
+        assert_eq!(set_change(&s, &gone, &NoSets).unwrap(), (Some(one("8")), None));
+    }
+
+    #[test]
+    fn a_nested_subquery_is_answered_by_its_own_set() {
+        use crate::change::Cell;
+        let s = membership_subquery("user_id IN (SELECT note FROM memberships WHERE item_id = 1)");
+        struct Nested(SubquerySet);
+        impl SetLookup for Nested {
+            fn set(&self, _: &Subquery) -> Option<&SubquerySet> {
+                Some(&self.0)
+            }
+        }
+        let sets = Nested(SubquerySet::from_rows([one("u1")]));
+        let row = |item: &str, user: &str| vec![Cell::text(item), Cell::text(user), Cell::Null, Cell::Null];
+        assert_eq!(set_change(&s, &Change::Insert { new: row("7", "u1") }, &sets).unwrap(), (None, Some(one("7"))));
+        assert_eq!(set_change(&s, &Change::Insert { new: row("7", "u2") }, &sets).unwrap(), (None, None));
+        assert!(set_change(&s, &Change::Insert { new: row("7", "u1") }, &NoSets).is_err(), "no set: an error");
     }
 
     #[test]

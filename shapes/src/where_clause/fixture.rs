@@ -1,9 +1,9 @@
-//! The table the where-clause tests bind against.
+//! The tables the where-clause tests bind against.
 
 use crate::table::{Column, TableName, TableSchema};
 
-pub(crate) fn table() -> TableSchema {
-    let col = |name: &str, ty: &str, dims: u32, pk: Option<u32>| Column {
+fn col(name: &str, ty: &str, dims: u32, pk: Option<u32>) -> Column {
+    Column {
         name: name.into(),
         type_oid: 0,
         type_name: ty.into(),
@@ -12,7 +12,25 @@ pub(crate) fn table() -> TableSchema {
         type_mod: -1,
         not_null: pk.is_some(),
         pk_index: pk,
-    };
+    }
+}
+
+/// `memberships (item_id int8, user_id text, note text, score numeric)`, for subqueries.
+pub(crate) fn memberships() -> TableSchema {
+    TableSchema {
+        oid: 2,
+        name: TableName::new("public", "memberships"),
+        columns: vec![
+            col("item_id", "int8", 0, None),
+            col("user_id", "text", 0, None),
+            col("note", "text", 0, None),
+            col("score", "numeric", 0, None),
+        ],
+        replica_identity_full: false,
+    }
+}
+
+pub(crate) fn table() -> TableSchema {
     TableSchema {
         oid: 1,
         name: TableName::new("public", "items"),

@@ -20,6 +20,15 @@ pub struct Subquery {
 }
 
 impl Subquery {
+    /// The inner table's columns this reads (selected, or in its own filter), each once.
+    pub fn columns_read(&self) -> Vec<usize> {
+        let mut read: Vec<usize> = self.columns.iter().map(|(i, ..)| *i).collect();
+        read.extend(self.filter.iter().flat_map(Expr::columns));
+        read.sort_unstable();
+        read.dedup();
+        read
+    }
+
     /// `SELECT "c", "d" FROM "schema"."t" WHERE …`.
     pub fn to_sql(&self) -> String {
         let columns: Vec<String> = self.columns.iter().map(|(_, name, _)| crate::table::quote_ident(name)).collect();
@@ -57,33 +66,19 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::table::Column;
     use crate::value::Datum;
     use crate::where_clause::fixture::table;
     use crate::where_clause::{BindOptions, EvalError, Row, WhereError, parse_where_with_tables};
 
-    fn memberships() -> TableSchema {
-        let col = |name: &str, ty: &str| Column {
-            name: name.into(),
-            type_oid: 0,
-            type_name: ty.into(),
-            type_sql: String::new(),
-            dims: 0,
-            type_mod: -1,
-            not_null: false,
-            pk_index: None,
-        };
-        TableSchema {
-            oid: 2,
-            name: TableName::new("public", "memberships"),
-            columns: vec![col("item_id", "int8"), col("user_id", "text"), col("note", "text"), col("score", "numeric")],
-            replica_identity_full: false,
-        }
-    }
-
     fn bind(text: &str, params: &[(usize, &str)]) -> Result<Expr, WhereError> {
         let params: HashMap<usize, String> = params.iter().map(|(n, v)| (*n, v.to_string())).collect();
-        parse_where_with_tables(text, &table(), &vec![memberships()], &params, BindOptions::default())
+        parse_where_with_tables(
+            text,
+            &table(),
+            &vec![crate::where_clause::fixture::memberships()],
+            &params,
+            BindOptions::default(),
+        )
     }
 
     #[test]
@@ -93,6 +88,7 @@ mod tests {
         let [s] = e.subqueries()[..] else { panic!("one subquery") };
         assert_eq!(s.table, TableName::new("public", "memberships"));
         assert_eq!(s.columns, vec![(0, "item_id".to_string(), SqlType::Int)]);
+        assert_eq!(s.columns_read(), vec![0, 1], "item_id selected, user_id filtered");
         assert_eq!(
             e.to_sql(),
             r#"((("id") IN (SELECT "item_id" FROM "public"."memberships" WHERE ("user_id" = CAST('u''1' AS text)))) AND (NOT "done"))"#
