@@ -18,6 +18,8 @@
 //!   without looking at every shape.
 //! - **subquery set** ([`subquery_set::SubquerySet`]): the values one bound subquery of a
 //!   filter yields, kept from the stream; values enter and leave it (docs/subqueries.md).
+//!   The **set registry** ([`set_registry::SetRegistry`]) shares one set among equal
+//!   subqueries and routes each change to the sets it may touch.
 
 #[cfg(feature = "server")]
 pub mod change;
@@ -34,6 +36,8 @@ pub mod log;
 pub mod numeric;
 #[cfg(feature = "server")]
 pub mod offset;
+#[cfg(feature = "server")]
+pub mod set_registry;
 #[cfg(feature = "server")]
 pub mod shape;
 #[cfg(feature = "server")]

@@ -63,16 +63,8 @@ impl SubquerySet {
         removed: impl IntoIterator<Item = SetKey>,
         added: impl IntoIterator<Item = SetKey>,
     ) -> Result<SetDelta, SetOutOfStep> {
-        let mut net: HashMap<SetKey, i64> = HashMap::new();
-        for key in removed {
-            *net.entry(key).or_default() -= 1;
-        }
-        for key in added {
-            *net.entry(key).or_default() += 1;
-        }
-        if let Some((key, _)) = net.iter().find(|(key, n)| i64::from(self.count(key)) + **n < 0) {
-            return Err(SetOutOfStep(key.clone()));
-        }
+        let net = net_counts(removed, added);
+        self.check_net(&net)?;
         let mut delta = SetDelta::default();
         for (key, n) in net {
             let before = self.count(&key);
@@ -88,6 +80,18 @@ impl SubquerySet {
         delta.entered.sort();
         delta.left.sort();
         Ok(delta)
+    }
+
+    /// Whether [`SubquerySet::apply`] would succeed, changing nothing.
+    pub fn check(&self, removed: &[SetKey], added: &[SetKey]) -> Result<(), SetOutOfStep> {
+        self.check_net(&net_counts(removed.iter().cloned(), added.iter().cloned()))
+    }
+
+    fn check_net(&self, net: &HashMap<SetKey, i64>) -> Result<(), SetOutOfStep> {
+        match net.iter().find(|(key, n)| i64::from(self.count(key)) + **n < 0) {
+            Some((key, _)) => Err(SetOutOfStep(key.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Whether `probe` is held, by SQL's `IN` rules: a match is `In`; otherwise a NULL on
@@ -136,6 +140,21 @@ impl SubquerySet {
             }
         }
     }
+}
+
+/// Each key's rows added minus rows removed.
+fn net_counts(
+    removed: impl IntoIterator<Item = SetKey>,
+    added: impl IntoIterator<Item = SetKey>,
+) -> HashMap<SetKey, i64> {
+    let mut net: HashMap<SetKey, i64> = HashMap::new();
+    for key in removed {
+        *net.entry(key).or_default() -= 1;
+    }
+    for key in added {
+        *net.entry(key).or_default() += 1;
+    }
+    net
 }
 
 /// The current sets, for filters that nest subqueries.
