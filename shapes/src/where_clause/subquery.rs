@@ -29,6 +29,24 @@ impl Subquery {
         read
     }
 
+    /// Whether the stream tells this subquery's set enough: the old values of every column
+    /// it reads, on update and delete. They come whole under `REPLICA IDENTITY FULL`, and
+    /// otherwise only for key columns.
+    pub fn check_replica_identity(&self, table: &TableSchema) -> Result<(), String> {
+        let key = table.key_columns();
+        if table.replica_identity_full
+            || (table.has_primary_key() && self.columns_read().iter().all(|c| key.contains(c)))
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "the subquery reads columns of {} that updates and deletes do not carry in the replication stream; \
+             run `ALTER TABLE {} REPLICA IDENTITY FULL`",
+            self.table.quoted(),
+            self.table.quoted()
+        ))
+    }
+
     /// `SELECT "c", "d" FROM "schema"."t" WHERE …`.
     pub fn to_sql(&self) -> String {
         let columns: Vec<String> = self.columns.iter().map(|(_, name, _)| crate::table::quote_ident(name)).collect();
@@ -93,6 +111,22 @@ mod tests {
             e.to_sql(),
             r#"((("id") IN (SELECT "item_id" FROM "public"."memberships" WHERE ("user_id" = CAST('u''1' AS text)))) AND (NOT "done"))"#
         );
+    }
+
+    #[test]
+    fn a_set_needs_the_old_values_of_every_column_it_reads() {
+        let s = bind("id IN (SELECT item_id FROM memberships WHERE user_id = 'u1')", &[]).unwrap();
+        let s = s.subqueries()[0];
+        let mut inner = crate::where_clause::fixture::memberships();
+        let refused = s.check_replica_identity(&inner).unwrap_err();
+        assert!(refused.contains(r#"ALTER TABLE "public"."memberships" REPLICA IDENTITY FULL"#), "{refused}");
+        inner.columns[0].pk_index = Some(0);
+        inner.columns[1].pk_index = Some(1);
+        assert_eq!(s.check_replica_identity(&inner), Ok(()), "every column read is in the key");
+        inner.columns[1].pk_index = None;
+        assert!(s.check_replica_identity(&inner).is_err(), "user_id is not");
+        inner.replica_identity_full = true;
+        assert_eq!(s.check_replica_identity(&inner), Ok(()));
     }
 
     #[test]
