@@ -20,6 +20,7 @@ pub mod progress;
 #[cfg(test)]
 mod properties;
 pub mod replication;
+pub mod sets;
 pub mod shape_set;
 pub mod snapshot;
 pub mod status;

@@ -19,4 +19,5 @@ mod overload;
 mod parity;
 mod schemathesis;
 mod sdk;
+mod subqueries;
 mod sync;

@@ -97,10 +97,11 @@ impl SubquerySet {
     /// Whether `probe` is held, by SQL's `IN` rules: a match is `In`; otherwise a NULL on
     /// either side that could hide a match makes it `Unknown`.
     pub fn membership(&self, probe: &[Option<String>]) -> Membership {
-        if self.counts.contains_key(probe) {
+        // NULL equals nothing, not even NULL: only a probe without one can match.
+        let probe_has_null = probe.iter().any(Option::is_none);
+        if !probe_has_null && self.counts.contains_key(probe) {
             return Membership::In;
         }
-        let probe_has_null = probe.iter().any(Option::is_none);
         if !probe_has_null && self.keys_with_null == 0 {
             return Membership::Out;
         }
@@ -275,6 +276,7 @@ mod tests {
         assert_eq!(pairs.membership(&key(&[Some("2"), Some("x")])), Membership::Out, "1 <> 2 decides");
         assert_eq!(pairs.membership(&key(&[Some("1"), Some("x")])), Membership::Unknown);
         assert_eq!(pairs.membership(&key(&[None, Some("x")])), Membership::Unknown);
+        assert_eq!(pairs.membership(&key(&[Some("1"), None])), Membership::Unknown, "(1, NULL) = (1, NULL) is NULL");
     }
 
     /// `memberships (item_id int8, user_id text, note text, score numeric)`, rows as text.
