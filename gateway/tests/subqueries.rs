@@ -129,3 +129,138 @@ async fn subquery_filters_agree_with_postgres() {
     }
     assert_eq!(checked, 400);
 }
+
+/// One row of `members`, as the test keeps it.
+#[derive(Clone)]
+struct Member {
+    id: i32,
+    user: Option<String>,
+    project: Option<i64>,
+    role: &'static str,
+}
+
+impl Member {
+    fn tuple(&self) -> Vec<Cell> {
+        let text = |v: Option<String>| v.map(|s| Cell::text(&s)).unwrap_or(Cell::Null);
+        vec![
+            Cell::text(&self.id.to_string()),
+            text(self.user.clone()),
+            text(self.project.map(|p| p.to_string())),
+            Cell::text(self.role),
+        ]
+    }
+
+    fn sql_values(&self) -> String {
+        let q = |v: Option<String>| v.map(|s| format!("'{s}'")).unwrap_or("NULL".into());
+        format!(
+            "{}, {}, {}, '{}'",
+            self.id,
+            q(self.user.clone()),
+            self.project.map_or("NULL".into(), |p| p.to_string()),
+            self.role
+        )
+    }
+}
+
+fn random_member(rng: &mut StdRng, id: i32) -> Member {
+    Member {
+        id,
+        user: rng.random_bool(0.85).then(|| format!("u{}", rng.random_range(0..4))),
+        project: rng.random_bool(0.85).then(|| rng.random_range(0..6)),
+        role: if rng.random_bool(0.3) { "admin" } else { "member" },
+    }
+}
+
+/// Sets kept from transactions equal sets loaded afresh after each one, and their deltas
+/// are exactly the values that appeared and disappeared.
+#[tokio::test]
+async fn sets_kept_from_transactions_equal_sets_loaded_afresh() {
+    use shapes::change::{Change, Txn, TxnItem};
+    use shapes::offset::Lsn;
+    use shapes::set_registry::SetRegistry;
+
+    let env = Env::new().await;
+    env.sql(
+        "create table members (id int4 primary key, user_id text, project_id int8, role text);
+         create table todos (id int4 primary key, project_id int8, owner text);",
+    )
+    .await;
+    let catalog = vec![
+        gateway::db::table_schema(&env.db, &TableName::new("public", "members")).await.unwrap().unwrap(),
+        gateway::db::table_schema(&env.db, &TableName::new("public", "todos")).await.unwrap().unwrap(),
+    ];
+    let members_oid = catalog[0].oid;
+    let mut rng = StdRng::seed_from_u64(0x5e75);
+    let mut rows: Vec<Member> = (0..12).map(|id| random_member(&mut rng, id)).collect();
+    for m in &rows {
+        env.sql(&format!("insert into members values ({})", m.sql_values())).await;
+    }
+    let filters = [
+        "project_id IN (SELECT project_id FROM members WHERE user_id = 'u0')",
+        "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1' OR role = 'admin')",
+        "project_id NOT IN (SELECT project_id FROM members WHERE role = 'admin')",
+        "(project_id, owner) IN (SELECT project_id, user_id FROM members)",
+        "owner IN (SELECT user_id FROM members WHERE project_id = 2)",
+        "owner IN (SELECT user_id FROM members WHERE project_id IS NULL)",
+    ];
+    let mut registry = SetRegistry::default();
+    let mut kept = Vec::new();
+    for text in filters {
+        let e = parse_where_with_tables(text, &catalog[1], &catalog, &HashMap::new(), BindOptions::default()).unwrap();
+        let subquery = e.subqueries()[0].clone();
+        let loaded = gateway::sets::load(&env.db, &subquery).await.unwrap();
+        let id = registry.acquire(&subquery, members_oid, || loaded);
+        kept.push((id, subquery));
+    }
+    let mut next_id = 100;
+    for round in 0..150 {
+        let mut sql = vec!["begin".to_string()];
+        let mut items = Vec::new();
+        for _ in 0..rng.random_range(1..4) {
+            let change = match rng.random_range(0..3) {
+                0 => {
+                    let m = random_member(&mut rng, next_id);
+                    next_id += 1;
+                    sql.push(format!("insert into members values ({})", m.sql_values()));
+                    let change = Change::Insert { new: m.tuple() };
+                    rows.push(m);
+                    change
+                }
+                1 if !rows.is_empty() => {
+                    let i = rng.random_range(0..rows.len());
+                    let old = rows[i].clone();
+                    let new = random_member(&mut rng, old.id);
+                    sql.push(format!(
+                        "update members set (id, user_id, project_id, role) = ({}) where id = {}",
+                        new.sql_values(),
+                        old.id
+                    ));
+                    rows[i] = new.clone();
+                    Change::Update { old: Some(old.tuple()), old_is_full: true, new: new.tuple() }
+                }
+                _ if !rows.is_empty() => {
+                    let old = rows.remove(rng.random_range(0..rows.len()));
+                    sql.push(format!("delete from members where id = {}", old.id));
+                    Change::Delete { old: old.tuple(), old_is_full: true }
+                }
+                _ => continue,
+            };
+            items.push(TxnItem::Change { relation: members_oid, change });
+        }
+        sql.push("commit".into());
+        env.sql(&sql.join(";\n")).await;
+        let before: Vec<BTreeSet<Vec<Option<String>>>> =
+            kept.iter().map(|(id, _)| registry.get(*id).unwrap().values().cloned().collect()).collect();
+        let txn = Txn { xid: round, commit_lsn: Lsn(u64::from(round)), end_lsn: Lsn(u64::from(round) + 1), items };
+        let deltas = registry.apply(&txn).unwrap();
+        for (n, (id, subquery)) in kept.iter().enumerate() {
+            let fresh = gateway::sets::load(&env.db, subquery).await.unwrap();
+            assert_eq!(registry.get(*id).unwrap(), &fresh, "round {round}: {}", subquery.to_sql());
+            let after: BTreeSet<_> = fresh.values().cloned().collect();
+            let entered: Vec<_> = after.difference(&before[n]).cloned().collect();
+            let left: Vec<_> = before[n].difference(&after).cloned().collect();
+            let delta = deltas.iter().find(|(d, _)| d == id).map(|(_, d)| (d.entered.clone(), d.left.clone()));
+            assert_eq!(delta.unwrap_or_default(), (entered, left), "round {round}: {}", subquery.to_sql());
+        }
+    }
+}

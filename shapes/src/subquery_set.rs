@@ -29,7 +29,7 @@ pub struct SetDelta {
 #[error("a row yielding {0:?} left a subquery's set that did not hold it; the set must be loaded again")]
 pub struct SetOutOfStep(pub SetKey);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct SubquerySet {
     counts: HashMap<SetKey, u32>,
     /// How many distinct keys hold a NULL: only they can make a miss unknown.
@@ -53,6 +53,11 @@ impl SubquerySet {
 
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
+    }
+
+    /// The distinct values held, in no order.
+    pub fn values(&self) -> impl Iterator<Item = &SetKey> {
+        self.counts.keys()
     }
 
     /// Applies one transaction: the value of each inner row that stopped matching (deleted,
