@@ -261,6 +261,13 @@ async fn sets_kept_from_transactions_equal_sets_loaded_afresh() {
             let left: Vec<_> = before[n].difference(&after).cloned().collect();
             let delta = deltas.iter().find(|(d, _)| d == id).map(|(_, d)| (d.entered.clone(), d.left.clone()));
             assert_eq!(delta.unwrap_or_default(), (entered, left), "round {round}: {}", subquery.to_sql());
+            for value in before[n].union(&after) {
+                assert_eq!(
+                    registry.holders(value).contains(id),
+                    after.contains(value),
+                    "round {round}: who holds {value:?}"
+                );
+            }
         }
     }
 }

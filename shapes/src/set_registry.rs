@@ -41,6 +41,10 @@ pub struct SetRegistry {
     by_sql: HashMap<String, SetId>,
     kept: HashMap<SetId, Kept>,
     by_table: HashMap<u32, RoutingIndex<SetId>>,
+    /// Value → the sets holding it: routes an outer-table change by its link value, as
+    /// `col = const` filters are routed (values of different types may share a text; the
+    /// shapes found are evaluated anyway).
+    holders: HashMap<SetKey, Vec<SetId>>,
     next: u32,
 }
 
@@ -64,7 +68,11 @@ impl SetRegistry {
         let conjuncts: Vec<_> = subquery.filter.iter().flat_map(|f| f.conjuncts()).collect();
         self.by_table.entry(table).or_default().insert(id, &conjuncts);
         self.by_sql.insert(subquery.to_sql(), id);
-        self.kept.insert(id, Kept { subquery: subquery.clone(), table, set: loaded(), users: 1 });
+        let set = loaded();
+        for value in set.values() {
+            self.holders.entry(value.clone()).or_default().push(id);
+        }
+        self.kept.insert(id, Kept { subquery: subquery.clone(), table, set, users: 1 });
         id
     }
 
@@ -76,6 +84,9 @@ impl SetRegistry {
             return;
         }
         if let Some(kept) = self.kept.remove(&id) {
+            for value in kept.set.values() {
+                self.forget_holder(value, id);
+            }
             self.by_sql.remove(&kept.subquery.to_sql());
             if let Some(index) = self.by_table.get_mut(&kept.table) {
                 index.remove(id);
@@ -127,11 +138,31 @@ impl SetRegistry {
         for (id, (removed, added)) in pending {
             let Some(kept) = self.kept.get_mut(&id) else { continue };
             let delta = kept.set.apply(removed, added)?;
+            for value in &delta.entered {
+                self.holders.entry(value.clone()).or_default().push(id);
+            }
+            for value in &delta.left {
+                self.forget_holder(value, id);
+            }
             if delta != SetDelta::default() {
                 applied.push((id, delta));
             }
         }
         Ok(applied)
+    }
+
+    /// The sets holding `value`.
+    pub fn holders(&self, value: &SetKey) -> &[SetId] {
+        self.holders.get(value).map_or(&[], Vec::as_slice)
+    }
+
+    fn forget_holder(&mut self, value: &SetKey, id: SetId) {
+        if let Some(ids) = self.holders.get_mut(value) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.holders.remove(value);
+            }
+        }
     }
 }
 
@@ -205,7 +236,7 @@ mod tests {
         assert_eq!(sets.find(&subquery("u1")), None);
         sets.release(c);
         assert!(sets.is_empty());
-        assert!(sets.by_table.is_empty(), "nothing left routed");
+        assert!(sets.by_table.is_empty() && sets.holders.is_empty(), "nothing left routed");
     }
 
     #[test]
@@ -229,6 +260,9 @@ mod tests {
         );
         assert_eq!(sets.get(u1).unwrap().len(), 1);
         assert!(sets.apply(&txn(vec![(99, Change::Insert { new: row("5", "u1") })])).unwrap().is_empty());
+        assert_eq!(sets.holders(&key("3")), [u1]);
+        assert_eq!(sets.holders(&key("2")), [u2], "2 moved from u1's set to u2's");
+        assert!(sets.holders(&key("1")).is_empty());
     }
 
     #[test]
