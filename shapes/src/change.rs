@@ -78,6 +78,18 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The row versions the change carries, old before new: what routing looks at.
+    pub fn rows(&self) -> Vec<&[Cell]> {
+        match self {
+            Change::Insert { new } => vec![new],
+            Change::Update { old: Some(old), new, .. } => vec![old, new],
+            Change::Update { old: None, new, .. } => vec![new],
+            Change::Delete { old, .. } => vec![old],
+        }
+    }
+}
+
 /// One item of a transaction, in stream order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnItem {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::change::{Cell, Change, Txn, TxnItem};
+use crate::change::{Txn, TxnItem};
 use crate::index::RoutingIndex;
 use crate::subquery_set::{SetDelta, SetKey, SetLookup, SetOutOfStep, SubquerySet, set_change};
 use crate::where_clause::{EvalError, Subquery};
@@ -119,7 +119,7 @@ impl SetRegistry {
         for item in &txn.items {
             let TxnItem::Change { relation, change } = item else { continue };
             let Some(index) = self.by_table.get(relation) else { continue };
-            index.candidates(&rows_of(change), &mut candidates);
+            index.candidates(&change.rows(), &mut candidates);
             for id in &candidates {
                 let Some(kept) = self.kept.get(id) else { continue };
                 let (removed, added) = set_change(&kept.subquery, change, self)?;
@@ -172,20 +172,12 @@ impl SetLookup for SetRegistry {
     }
 }
 
-/// The row versions of a change a routing index looks at.
-fn rows_of(change: &Change) -> Vec<&[Cell]> {
-    match change {
-        Change::Insert { new } => vec![new],
-        Change::Update { old, new, .. } => old.iter().map(Vec::as_slice).chain([new.as_slice()]).collect(),
-        Change::Delete { old, .. } => vec![old],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::change::{Cell, Change};
     use crate::offset::Lsn;
     use crate::where_clause::fixture::{memberships, table};
     use crate::where_clause::{BindOptions, parse_where_with_tables};

@@ -168,13 +168,7 @@ impl Registry {
         let Some(index) = inner.tables.get(&oid) else {
             return Vec::new();
         };
-        let rows: Vec<&[shapes::change::Cell]> = match change {
-            Change::Insert { new } => vec![new],
-            Change::Update { old: Some(old), new, .. } => vec![old, new],
-            Change::Update { old: None, new, .. } => vec![new],
-            Change::Delete { old, .. } => vec![old],
-        };
-        index.candidates(&rows, ids);
+        index.candidates(&change.rows(), ids);
         ids.iter().filter_map(|id| inner.by_id.get(id).cloned()).collect()
     }
 
