@@ -181,9 +181,8 @@ impl<R: Row + ?Sized> Row for RowWithSets<'_, R> {
     }
 
     fn membership(&self, subquery: &Subquery, probe: &[Datum]) -> Result<Membership, EvalError> {
-        let types: Vec<SqlType> = subquery.columns.iter().map(|(_, _, ty)| ty.clone()).collect();
         let set = self.sets.set(subquery).ok_or_else(|| EvalError::Value("a subquery's set is not kept".into()))?;
-        Ok(set.membership(&probe_key(probe, &types)?))
+        Ok(set.membership(&probe_key(probe, subquery.columns.iter().map(|(_, _, ty)| ty))?))
     }
 }
 
@@ -216,7 +215,7 @@ pub fn set_change(
 }
 
 /// A probe's values as set keys, by the subquery's column types.
-pub fn probe_key(probe: &[Datum], types: &[SqlType]) -> Result<SetKey, EvalError> {
+pub fn probe_key<'a>(probe: &[Datum], types: impl IntoIterator<Item = &'a SqlType>) -> Result<SetKey, EvalError> {
     probe
         .iter()
         .zip(types)
