@@ -99,12 +99,12 @@ export class Query {
 
   /** The matching rows. */
   async toArray() {
-    return withoutIndexKeys(await this.#rows());
-  }
-
-  async #rows() {
     if (this.#collected()) return this.#collect();
     const source = this.#source(this.#index);
+    return withoutIndexKeys(await this.#rows(source), source.objectStore ?? source);
+  }
+
+  async #rows(source) {
     if (!this.#reverse && this.#offset === 0) {
       return request(source.getAll(this.#range, Number.isFinite(this.#limit) ? this.#limit : undefined));
     }
@@ -165,7 +165,7 @@ export class Query {
         if (!seen.has(id)) seen.add(id), rows.push(row);
       }
     }
-    rows = withoutIndexKeys(rows).filter((row) => this.#filters.every((f) => f(row)));
+    rows = withoutIndexKeys(rows, store).filter((row) => this.#filters.every((f) => f(row)));
     if (this.#reverse) rows.reverse();
     return rows.slice(this.#offset, this.#offset + this.#limit);
   }
@@ -185,10 +185,11 @@ export class Query {
   }
 }
 
-/** Takes the SDK's index keys (see `#clause`) off rows read from a store. */
-function withoutIndexKeys(rows) {
+/** Takes the SDK's index keys (see `#clause`) off rows read from `store`: one per index of them. */
+function withoutIndexKeys(rows, store) {
   const prefix = indexKeyPrefix();
-  for (const row of rows) for (const k in row) if (k.startsWith(prefix)) delete row[k];
+  const keys = [...store.indexNames].filter((name) => name.startsWith(prefix));
+  if (keys.length) for (const row of rows) for (const k of keys) delete row[k];
   return rows;
 }
 
