@@ -217,7 +217,7 @@ pub fn write(
         Durability::Strict => "strict",
         Durability::Relaxed => "relaxed",
     };
-    js_sys::Reflect::set(&options, &"durability".into(), &durability.into())?;
+    super::rows::set(&options, "durability", &durability.into());
     let tx = db.unchecked_ref::<DatabaseWithOptions>().transaction_with_durability(&names, "readwrite", &options)?;
     let handles = stores.iter().map(|s| tx.object_store(s)).collect::<Result<_, _>>()?;
     Ok((tx, handles))
