@@ -109,14 +109,15 @@ fn atom(rng: &mut StdRng) -> String {
     }
 }
 
-fn predicate(rng: &mut StdRng, depth: u32) -> String {
+/// A random boolean combination, `depth` deep at most, of atoms `atom` draws.
+pub(crate) fn predicate(rng: &mut StdRng, depth: u32, atom: fn(&mut StdRng) -> String) -> String {
     if depth == 0 || rng.random_bool(0.4) {
         return atom(rng);
     }
     match rng.random_range(0..3) {
-        0 => format!("({} AND {})", predicate(rng, depth - 1), predicate(rng, depth - 1)),
-        1 => format!("({} OR {})", predicate(rng, depth - 1), predicate(rng, depth - 1)),
-        _ => format!("NOT ({})", predicate(rng, depth - 1)),
+        0 => format!("({} AND {})", predicate(rng, depth - 1, atom), predicate(rng, depth - 1, atom)),
+        1 => format!("({} OR {})", predicate(rng, depth - 1, atom), predicate(rng, depth - 1, atom)),
+        _ => format!("NOT ({})", predicate(rng, depth - 1, atom)),
     }
 }
 
@@ -189,7 +190,7 @@ async fn evaluator_and_renderer_agree_with_postgres_on_random_filters() {
     let options = BindOptions { text_sorts_bytewise: true };
     let mut checked = 0;
     for _ in 0..600 {
-        let text = predicate(&mut rng, 3);
+        let text = predicate(&mut rng, 3, atom);
         let expr = parse_where(&text, &schema, &HashMap::new(), options).unwrap_or_else(|e| panic!("{text}: {e}"));
         let Ok(by_pg) = ids(format!("select id from p where {text}")).await else {
             continue;

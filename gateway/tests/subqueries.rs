@@ -13,6 +13,8 @@ use shapes::table::TableName;
 use shapes::where_clause::{BindOptions, Subquery, parse_where_with_tables};
 use testkit::Env;
 
+use crate::filters::predicate;
+
 /// The sets of one filter's subqueries, by their SQL.
 struct Loaded(HashMap<String, SubquerySet>);
 
@@ -39,17 +41,6 @@ fn atom(rng: &mut StdRng) -> String {
         4 => format!("(project_id, owner) {not}IN (SELECT project_id, user_id FROM members)"),
         5 => format!("owner {not}IN (SELECT user_id FROM members WHERE project_id = {})", rng.random_range(0..8)),
         _ => format!("id > {}", rng.random_range(0..30)),
-    }
-}
-
-fn predicate(rng: &mut StdRng, depth: u32) -> String {
-    if depth == 0 || rng.random_bool(0.4) {
-        return atom(rng);
-    }
-    match rng.random_range(0..3) {
-        0 => format!("({} AND {})", predicate(rng, depth - 1), predicate(rng, depth - 1)),
-        1 => format!("({} OR {})", predicate(rng, depth - 1), predicate(rng, depth - 1)),
-        _ => format!("NOT ({})", predicate(rng, depth - 1)),
     }
 }
 
@@ -103,7 +94,7 @@ async fn subquery_filters_agree_with_postgres() {
     };
     let mut checked = 0;
     for _ in 0..400 {
-        let text = predicate(&mut rng, 3);
+        let text = predicate(&mut rng, 3, atom);
         let expr = match parse_where_with_tables(&text, &todos, &catalog, &HashMap::new(), BindOptions::default()) {
             Ok(e) => e,
             Err(e) => panic!("{text}: {e}"),
