@@ -273,4 +273,31 @@ mod tests {
         assert!(err.to_string().contains("rule #1 (todos)") && err.to_string().contains("version_column"));
         assert!(toml::from_str::<HashMap<String, Vec<TableRule>>>("[[table]]\nname = \"t\"\nscop = \"x\"").is_err());
     }
+
+    #[test]
+    fn a_scope_through_a_subquery_is_refused_until_relational_scopes_are_whole() {
+        let rules: HashMap<String, Vec<TableRule>> = toml::from_str(
+            "[[table]]\nname = \"todos\"\nscope = \"project_id IN (SELECT project_id FROM memberships WHERE user_id = :sub)\"",
+        )
+        .unwrap();
+        let rules = AccessRules::compile(&rules["table"]).unwrap();
+        let column = |name: &str, pk| shapes::table::Column {
+            name: name.into(),
+            type_oid: 20,
+            type_name: "int8".into(),
+            type_sql: "bigint".into(),
+            dims: 0,
+            type_mod: -1,
+            not_null: false,
+            pk_index: pk,
+        };
+        let todos = TableSchema {
+            oid: 1,
+            name: TableName::new("public", "todos"),
+            columns: vec![column("id", Some(0)), column("project_id", None)],
+            replica_identity_full: true,
+        };
+        let refused = rules.check_table(&todos, BindOptions::default()).unwrap_err();
+        assert!(refused.starts_with("scope:") && refused.contains("subquery"), "{refused}");
+    }
 }
