@@ -163,8 +163,11 @@ async fn build_outbox(db_cfg: &tokio_postgres::Config, bind: BindOptions) -> Res
 
 /// Runs `gateway serve` until `shutdown` is cancelled or a fatal error.
 pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    // Once bound, the address stays: a standby taking over, or a run after the slot was
+    // recreated, answers where clients already connect (the port given for `--listen …:0`).
+    let mut listen = cfg.listen;
     loop {
-        match serve_once(&cfg, shutdown.clone()).await? {
+        match serve_once(&cfg, &mut listen, shutdown.clone()).await? {
             Ended::Shutdown => return Ok(()),
             Ended::LostLeadership => {
                 tracing::warn!(slot = %cfg.slot, "another gateway took over the slot; standing by")
@@ -180,7 +183,11 @@ pub async fn serve(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), 
     }
 }
 
-async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<Ended, StartError> {
+async fn serve_once(
+    cfg: &ServeConfig,
+    listen: &mut std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<Ended, StartError> {
     match cfg.auth {
         AuthMode::None if !cfg.listen.ip().is_loopback() => {
             return Err(StartError::NoneAuthNotLoopback(cfg.listen));
@@ -204,7 +211,7 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
     }
     let stream_settings =
         StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
-    let Some(leadership) = lead(cfg, &stream_settings, &shutdown).await? else {
+    let Some(leadership) = lead(cfg, listen, &stream_settings, &shutdown).await? else {
         return Ok(Ended::Shutdown);
     };
     metrics::gauge!("gateway_leader").set(1.0);
@@ -295,9 +302,9 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
         });
     }
     let state = AppState::new(settings, Arc::new(shapes), ack.clone(), status, auth, outbox, tasks.clone());
-    let listener =
-        TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving shapes");
+    let listener = TcpListener::bind(*listen).await.map_err(|source| StartError::Listen { addr: *listen, source })?;
+    *listen = listener.local_addr().unwrap_or(*listen);
+    tracing::info!(%listen, pid = std::process::id(), "serving shapes");
     let server_cancel = cancel.clone();
     // Live responses are many small writes: without TCP_NODELAY, Nagle's algorithm holds
     // each one until the client's delayed ACK, adding tens of milliseconds per event.
@@ -378,10 +385,11 @@ async fn serve_once(cfg: &ServeConfig, shutdown: CancellationToken) -> Result<En
 }
 
 /// Becomes the gateway that streams from the slot, or waits as a standby until it can:
-/// meanwhile `/healthz` answers, `/readyz` and the API answer 503. `None`: shut down while
-/// waiting.
+/// meanwhile `/healthz` answers on `listen`, `/readyz` and the API answer 503. `None`: shut
+/// down while waiting.
 async fn lead(
     cfg: &ServeConfig,
+    listen: &mut std::net::SocketAddr,
     settings: &StreamSettings,
     shutdown: &CancellationToken,
 ) -> Result<Option<Leadership>, StartError> {
@@ -403,11 +411,12 @@ async fn lead(
             Err(e) => return Err(e.into()),
         }
         if standby.is_none() {
-            tracing::info!(slot = %cfg.slot, "another gateway streams from the slot: standing by");
             metrics::gauge!("gateway_leader").set(0.0);
-            let listener = TcpListener::bind(cfg.listen)
-                .await
-                .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+            let listener =
+                TcpListener::bind(*listen).await.map_err(|source| StartError::Listen { addr: *listen, source })?;
+            *listen = listener.local_addr().unwrap_or(*listen);
+            let pid = std::process::id();
+            tracing::info!(slot = %cfg.slot, %listen, pid, "another gateway streams from the slot: standing by");
             let (cancel, app) = (shutdown.child_token(), http::health::standby_app(cfg.slot.clone()));
             let stop = cancel.clone();
             let server = tokio::spawn(async move {

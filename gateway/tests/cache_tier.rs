@@ -98,7 +98,7 @@ async fn the_cache_tier_collapses_live_requests_streams_sse_and_keeps_scopes_apa
     env.sql(SCHEMA).await;
     // The tier keys on the caller, so the gateway may let it store authenticated answers.
     let gw = jwt_gateway(&env, &["--jwt-secret", SECRET, "--shared-cache-by-caller"]).await;
-    let mut cache = Cache::start(&format!("127.0.0.1:{}", gw.port), &env.pg.root().join("cache"));
+    let mut cache = Cache::start(&format!("127.0.0.1:{}", gw.port()), &env.pg.root().join("cache"));
     cache.ready().await;
     let (org1, org2) = (token(json!({"org_id": "org1"})), token(json!({"org_id": "org2"})));
 

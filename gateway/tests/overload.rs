@@ -124,7 +124,7 @@ async fn a_stalled_subscriber_slows_no_one() {
     let handle = initial.headers["electric-handle"].to_str().unwrap().to_string();
     let mut stalled = Vec::new();
     for _ in 0..4 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap();
         let request = format!(
             "GET /v1/shape?table=items&handle={handle}&offset=-1&live=true&live_sse=true HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n"
         );

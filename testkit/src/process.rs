@@ -1,6 +1,7 @@
 //! The real `gateway` binary as a child process, so tests can restart it, kill -9 it and read
 //! its log.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,22 +26,31 @@ pub fn gateway_binary() -> PathBuf {
 }
 
 /// The gateway binary, run as a child process so tests can kill -9 it.
+///
+/// The first start listens on port 0 and the port is read from the gateway's own log line
+/// naming its `listen` address and `pid`: a port picked by the test and handed over could be taken by
+/// another test's process in between, and that process would answer this test's requests.
+/// Restarts keep the port (clients resume at the same address) and count as up only once
+/// this process logged that it holds it.
 pub struct Gateway {
     child: Option<Child>,
-    pub port: u16,
+    port: Cell<Option<u16>>,
     url: String,
     data_dir: PathBuf,
     extra: Vec<String>,
+    /// Where this process's lines start in the (appended) log file.
+    log_start: usize,
 }
 
 impl Gateway {
     pub fn start(db_url: &str, data_dir: &Path, extra: &[&str]) -> Gateway {
         let mut g = Gateway {
             child: None,
-            port: free_port(),
+            port: Cell::new(None),
             url: db_url.into(),
             data_dir: data_dir.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log_start: 0,
         };
         g.spawn();
         g
@@ -49,10 +59,11 @@ impl Gateway {
     fn spawn(&mut self) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.with_extension("log")).unwrap();
+        self.log_start = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let child = Command::new(gateway_binary())
             .args(["serve", "--database-url", &self.url])
             .args(if self.extra.iter().any(|a| a == "--auth") { &[][..] } else { &["--auth", "none"][..] })
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port.get().unwrap_or(0))])
             .args(["--data-dir", &self.data_dir.to_string_lossy()])
             .args(self.default_args())
             .args(&self.extra)
@@ -98,7 +109,35 @@ impl Gateway {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.port())
+    }
+
+    /// The port this gateway listens on; waits (blocking) until it has bound one.
+    pub fn port(&self) -> u16 {
+        let started = Instant::now();
+        loop {
+            if let Some(port) = self.port.get().or_else(|| self.bound_port()) {
+                return port;
+            }
+            assert!(started.elapsed() < DEADLINE, "the gateway never started listening; log: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The port this process logged it listens on (serving, or standing by), once it has.
+    fn bound_port(&self) -> Option<u16> {
+        let log = self.log();
+        let ours = log.get(self.log_start..).unwrap_or_default();
+        let pid = self.pid()?.to_string();
+        // Another gateway on the same data dir appends to the same log: match our pid.
+        let port = ours.lines().find_map(|line| {
+            let plain = strip_ansi(line);
+            let field = |name: &str| plain.split(&format!("{name}=")).nth(1)?.split_whitespace().next();
+            (field("pid")? == pid).then_some(())?;
+            Some(field("listen")?.parse::<std::net::SocketAddr>().ok()?.port())
+        })?;
+        self.port.set(Some(port));
+        Some(port)
     }
 
     /// Waits until `/readyz` answers 200.
@@ -108,7 +147,8 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!("gateway exited early with {status}; log: {}", self.log());
             }
-            if let Ok(r) = crate::http::http().get(format!("{}/readyz", self.base())).send().await
+            if self.bound_port().is_some()
+                && let Ok(r) = crate::http::http().get(format!("{}/readyz", self.base())).send().await
                 && r.status() == 200
             {
                 return;
@@ -122,7 +162,8 @@ impl Gateway {
     pub async fn alive(&self) {
         let started = Instant::now();
         loop {
-            if let Ok(r) = crate::http::http().get(format!("{}/healthz", self.base())).send().await
+            if self.bound_port().is_some()
+                && let Ok(r) = crate::http::http().get(format!("{}/healthz", self.base())).send().await
                 && r.status() == 200
             {
                 return;
@@ -167,5 +208,23 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test's gateway log is what explains the failure: CI keeps only output.
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ({}) ---\n{}", self.data_dir.display(), self.log());
+        }
     }
+}
+
+/// `line` without terminal colour codes (the log is coloured when written to a file).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
