@@ -8,9 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shapes::change::Cell;
-use shapes::subquery_set::{RowWithSets, SetLookup, SubquerySet};
+use shapes::subquery_set::{RowWithSets, SetKey, SetLookup, SubquerySet};
 use shapes::table::TableName;
-use shapes::where_clause::{BindOptions, Subquery, parse_where_with_tables};
+use shapes::value::SqlType;
+use shapes::where_clause::{BindOptions, SetView, Subquery, parse_where_with_tables};
 use testkit::Env;
 
 use crate::filters::predicate;
@@ -92,7 +93,7 @@ async fn subquery_filters_agree_with_postgres() {
                 .map(|r| r.iter().map(|r| r.get::<_, i32>(0)).collect::<BTreeSet<i32>>())
         }
     };
-    let mut checked = 0;
+    let (mut checked, mut viewed_checks) = (0, 0);
     for _ in 0..400 {
         let text = predicate(&mut rng, 3, atom);
         let expr = match parse_where_with_tables(&text, &todos, &catalog, &HashMap::new(), BindOptions::default()) {
@@ -116,9 +117,40 @@ async fn subquery_filters_agree_with_postgres() {
         let by_render = selected(expr.to_sql()).await.unwrap_or_else(|e| panic!("{}: {e}", expr.to_sql()));
         assert_eq!(ours, by_text, "{text}");
         assert_eq!(by_render, by_text, "rendered: {}", expr.to_sql());
+
+        // The set as it was before a change (some values gone, others there), rendered
+        // while PostgreSQL's subquery yields the set after: what a move-in query reads.
         checked += 1;
+        let Some(subquery) = expr.subqueries().first().map(|s| (*s).clone()) else { continue };
+        let after = &sets.0[&subquery.to_sql()];
+        let without: Vec<SetKey> =
+            after.values().filter(|v| !v.contains(&None) && rng.random_bool(0.5)).cloned().collect();
+        let with: Vec<SetKey> = (0..rng.random_range(0..3))
+            .map(|_| {
+                let value = |ty: &SqlType, rng: &mut StdRng| match ty {
+                    SqlType::Text => Some(format!("u{}", rng.random_range(0..5))),
+                    _ => Some(rng.random_range(0..9).to_string()),
+                };
+                subquery.columns.iter().map(|(_, _, ty)| value(ty, &mut rng)).collect()
+            })
+            .collect();
+        let before =
+            SubquerySet::from_rows(after.values().filter(|v| !without.contains(v)).cloned().chain(with.clone()));
+        let mut seen =
+            Loaded(sets.0.iter().map(|(k, v)| (k.clone(), SubquerySet::from_rows(v.values().cloned()))).collect());
+        seen.0.insert(subquery.to_sql(), before);
+        let ours: BTreeSet<i32> = rows
+            .iter()
+            .filter(|row| expr.matches(&RowWithSets { row: row.as_slice(), sets: &seen }).unwrap())
+            .map(|row| row[0].as_str().unwrap().parse().unwrap())
+            .collect();
+        let view = SetView { subquery: &subquery, without: &without, with: &with };
+        let viewed = expr.to_sql_viewing(&view);
+        assert_eq!(selected(viewed.clone()).await.unwrap_or_else(|e| panic!("{viewed}: {e}")), ours, "{viewed}");
+        viewed_checks += 1;
     }
     assert_eq!(checked, 400);
+    assert!(viewed_checks > 300, "{viewed_checks} filters with a subquery");
 }
 
 /// One row of `members`, as the test keeps it.

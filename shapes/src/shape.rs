@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::table::{TableSchema, split_identifiers};
-use crate::where_clause::{BindOptions, EvalError, Expr, Row, WhereError, parse_where};
+use crate::where_clause::{BindOptions, EvalError, Expr, Row, SetView, WhereError, parse_where};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -183,16 +183,25 @@ impl Shape {
     /// quals. The scope and the client's terms that cannot fail stand alone, so indexes
     /// still serve them.
     pub fn where_sql(&self, extra: Option<&Expr>) -> Option<String> {
+        self.where_sql_viewing(extra, None)
+    }
+
+    /// [`Shape::where_sql`] with one subquery's set seen as `view` says.
+    pub fn where_sql_viewing(&self, extra: Option<&Expr>, view: Option<&SetView>) -> Option<String> {
+        let sql = |e: &Expr| match view {
+            Some(view) => e.to_sql_viewing(view),
+            None => e.to_sql(),
+        };
         let terms: Vec<&Expr> = self.client_filter.iter().chain(extra).flat_map(Expr::conjuncts).collect();
-        let Some(scope) = self.scope.as_ref().map(Expr::to_sql) else {
-            let all: Vec<String> = terms.iter().map(|t| t.to_sql()).collect();
+        let Some(scope) = self.scope.as_ref().map(sql) else {
+            let all: Vec<String> = terms.iter().map(|t| sql(t)).collect();
             return (!all.is_empty()).then(|| all.join(" AND "));
         };
         let (risky, safe): (Vec<&Expr>, Vec<&Expr>) = terms.into_iter().partition(|t| t.may_fail_on_rows());
         let mut out = vec![scope.clone()];
-        out.extend(safe.iter().map(|t| t.to_sql()));
+        out.extend(safe.iter().map(|t| sql(t)));
         if !risky.is_empty() {
-            let guarded: Vec<String> = risky.iter().map(|t| t.to_sql()).collect();
+            let guarded: Vec<String> = risky.iter().map(|t| sql(t)).collect();
             out.push(format!("CASE WHEN {scope} THEN {} ELSE false END", guarded.join(" AND ")));
         }
         Some(out.join(" AND "))

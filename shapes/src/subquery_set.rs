@@ -14,8 +14,7 @@ use crate::index::canonical_text;
 use crate::value::{Datum, SqlType};
 use crate::where_clause::{EvalError, Membership, Row, Subquery};
 
-/// One value tuple, as text (`None`: NULL).
-pub type SetKey = Vec<Option<String>>;
+pub use crate::where_clause::SetKey;
 
 /// What one transaction did to a set.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use super::Expr;
+use super::subquery::{SetKey, SetView, Subquery};
 use crate::table::quote_ident;
 use crate::value::{Datum, SqlType};
 
@@ -13,7 +14,15 @@ impl Expr {
     /// `standard_conforming_strings = on`, which the gateway sets on its sessions).
     pub fn to_sql(&self) -> String {
         let mut out = String::new();
-        self.write_sql(&mut out, None);
+        self.write_sql(&mut out, Ctx::default());
+        out
+    }
+
+    /// [`Expr::to_sql`] with one subquery's set as `view` describes it: what the set held
+    /// before a change, while PostgreSQL's subquery yields what it holds after.
+    pub fn to_sql_viewing(&self, view: &SetView) -> String {
+        let mut out = String::new();
+        self.write_sql(&mut out, Ctx { qualify: None, view: Some(view) });
         out
     }
 
@@ -21,11 +30,11 @@ impl Expr {
     /// where a bare name would be ambiguous (`ON CONFLICT … DO UPDATE … WHERE`).
     pub fn to_sql_on(&self, table: &str) -> String {
         let mut out = String::new();
-        self.write_sql(&mut out, Some(table));
+        self.write_sql(&mut out, Ctx { qualify: Some(table), view: None });
         out
     }
 
-    fn write_sql(&self, out: &mut String, q: Option<&str>) {
+    fn write_sql(&self, out: &mut String, q: Ctx<'_>) {
         let join = |out: &mut String, items: &[Expr], sep: &str| {
             for (i, e) in items.iter().enumerate() {
                 if i > 0 {
@@ -36,7 +45,7 @@ impl Expr {
         };
         match self {
             Expr::Column { name, .. } => {
-                if let Some(table) = q {
+                if let Some(table) = q.qualify {
                     out.push_str(&quote_ident(table));
                     out.push('.');
                 }
@@ -72,14 +81,33 @@ impl Expr {
             Expr::Distinct { left, right, negated } => {
                 binary(out, left, if *negated { "IS NOT DISTINCT FROM" } else { "IS DISTINCT FROM" }, right, q)
             }
-            Expr::InSubquery { probe, subquery, negated } => {
-                out.push_str("((");
-                join(out, probe, ", ");
-                out.push_str(if *negated { ") NOT IN (" } else { ") IN (" });
-                // The inner filter's columns are the inner table's: never qualified by the outer alias.
-                out.push_str(&subquery.to_sql());
-                out.push_str("))");
-            }
+            Expr::InSubquery { probe, subquery, negated } => match q.view.filter(|v| v.subquery == &**subquery) {
+                None => {
+                    out.push_str("((");
+                    join(out, probe, ", ");
+                    out.push_str(if *negated { ") NOT IN (" } else { ") IN (" });
+                    // The inner filter's columns are the inner table's: never qualified by the outer alias.
+                    out.push_str(&subquery.to_sql());
+                    out.push_str("))");
+                }
+                Some(view) => {
+                    // `x IN (S minus without, plus with)` is `x IN (S minus without) OR x IN
+                    // (with)` in three-valued logic too; `NOT IN` is the negation of it.
+                    out.push_str(if *negated { "(NOT ((" } else { "(((" });
+                    join(out, probe, ", ");
+                    out.push_str(") IN (");
+                    out.push_str(&subquery.to_sql_without(view.without));
+                    out.push(')');
+                    if !view.with.is_empty() {
+                        out.push_str(" OR (");
+                        join(out, probe, ", ");
+                        out.push_str(") IN (");
+                        write_rows(out, view.with, subquery);
+                        out.push(')');
+                    }
+                    out.push_str("))");
+                }
+            },
             Expr::InList { expr, list, negated } => {
                 out.push('(');
                 expr.write_sql(out, q);
@@ -163,7 +191,36 @@ impl Expr {
     }
 }
 
-fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr, q: Option<&str>) {
+/// How rendering reads columns and subqueries.
+#[derive(Clone, Copy, Default)]
+struct Ctx<'a> {
+    /// Qualify every column with this alias.
+    qualify: Option<&'a str>,
+    view: Option<&'a SetView<'a>>,
+}
+
+/// Value tuples as SQL rows, `(CAST('1' AS int8)), (…)`, typed by the subquery's columns.
+pub(super) fn write_rows(out: &mut String, rows: &[SetKey], subquery: &Subquery) {
+    for (i, row) in rows.iter().enumerate() {
+        out.push_str(if i == 0 { "(" } else { ", (" });
+        for (j, (value, (_, _, ty))) in row.iter().zip(&subquery.columns).enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            match value {
+                Some(text) => {
+                    let _ = write!(out, "CAST('{}' AS {})", text.replace('\'', "''"), ty.sql_name());
+                }
+                None => {
+                    let _ = write!(out, "CAST(NULL AS {})", ty.sql_name());
+                }
+            }
+        }
+        out.push(')');
+    }
+}
+
+fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr, q: Ctx<'_>) {
     out.push('(');
     left.write_sql(out, q);
     let _ = write!(out, " {op} ");
@@ -171,7 +228,7 @@ fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr, q: Option<&str>
     out.push(')');
 }
 
-fn write_array_operand(out: &mut String, e: &Expr, q: Option<&str>) {
+fn write_array_operand(out: &mut String, e: &Expr, q: Ctx<'_>) {
     match e {
         Expr::Const { value, .. } if *value != Datum::Null => {
             let _ = write!(out, "'{}'", value.to_sql_text().replace('\'', "''"));

@@ -49,14 +49,46 @@ impl Subquery {
 
     /// `SELECT "c", "d" FROM "schema"."t" WHERE …`.
     pub fn to_sql(&self) -> String {
+        self.to_sql_without(&[])
+    }
+
+    /// [`Subquery::to_sql`] yielding none of `values` (rows yielding NULLs stay).
+    pub fn to_sql_without(&self, values: &[SetKey]) -> String {
         let columns: Vec<String> = self.columns.iter().map(|(_, name, _)| crate::table::quote_ident(name)).collect();
         let mut sql = format!("SELECT {} FROM {}", columns.join(", "), self.table.quoted());
-        if let Some(filter) = &self.filter {
+        let mut terms: Vec<String> = self.filter.iter().map(Expr::to_sql).collect();
+        if !values.is_empty() {
+            // IS NOT DISTINCT FROM, not NOT IN: a row yielding a NULL is kept, not made unknown.
+            let tuple = format!("({})", columns.join(", "));
+            let same: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    let mut row = String::new();
+                    super::render::write_rows(&mut row, std::slice::from_ref(v), self);
+                    format!("{tuple} IS NOT DISTINCT FROM {row}")
+                })
+                .collect();
+            terms.push(format!("NOT ({})", same.join(" OR ")));
+        }
+        if !terms.is_empty() {
             sql.push_str(" WHERE ");
-            sql.push_str(&filter.to_sql());
+            sql.push_str(&terms.join(" AND "));
         }
         sql
     }
+}
+
+/// One value tuple a subquery yields, as PostgreSQL prints it (`None`: NULL).
+pub type SetKey = Vec<Option<String>>;
+
+/// A kept set as one shape sees it while a change to it is being brought in: the values
+/// PostgreSQL's subquery yields now, `without` some and `with` others (never NULL-holding
+/// tuples: such changes are not brought in this way).
+#[derive(Debug)]
+pub struct SetView<'a> {
+    pub subquery: &'a Subquery,
+    pub without: &'a [SetKey],
+    pub with: &'a [SetKey],
 }
 
 /// Whether a value is among those a subquery yields, in SQL's three-valued terms: `Unknown`
