@@ -227,7 +227,9 @@ async fn serve_once(
     drop(client);
 
     let acknowledged = data_dir.stored_through.unwrap_or_default();
-    let registry = Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind, acknowledged).map_err(data_err)?);
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let registry =
+        Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind, acknowledged, jobs_tx).map_err(data_err)?);
     metrics::gauge!("gateway_shapes").set(registry.len() as f64);
     if let Some(reason) = data_dir.stale_logs(slot_state.confirmed, slot_state.created) {
         // The logs may miss changes before the slot's position: every client refetches.
@@ -258,6 +260,7 @@ async fn serve_once(
     let mut fanout =
         tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), status.clone(), open_writers, cancel.clone()));
     tasks.spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone()));
+    tasks.spawn(sets::run(db_cfg.clone(), registry.clone(), jobs_rx));
     let monitor = replication::monitor::Monitor {
         db: db_cfg.clone(),
         slot: cfg.slot.clone(),

@@ -1,12 +1,105 @@
-//! Subquery sets from PostgreSQL (docs/subqueries.md): a set is loaded by one query, in the
-//! transaction of the snapshot that first needs it, so set and snapshot agree.
+//! Subquery sets and moves from PostgreSQL (docs/subqueries.md): each query reads at one
+//! REPEATABLE READ snapshot, and is followed by a position marker in the WAL. When the
+//! stream reaches the marker, every transaction the snapshot saw has been streamed, so the
+//! fan-out can join the query's result to the stream there
+//! ([`crate::fanout::sets::Sets::finish_load`], [`crate::fanout::moves`]).
+
+use std::sync::Arc;
 
 use shapes::subquery_set::SubquerySet;
 use shapes::table::quote_ident;
 use shapes::where_clause::Subquery;
-use tokio_postgres::GenericClient;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_postgres::{Client, Config, GenericClient};
 
-use crate::db::DbError;
+use crate::db::{self, DbError};
+use crate::fanout::moves::{MoveResult, MovedRow};
+use crate::fanout::registry::Registry;
+use crate::fanout::sets::Job;
+use crate::fanout::snapshot_info::SnapshotInfo;
+use crate::replication::stream::POSITION_MARKER;
+
+/// Most set and move queries running at once.
+const CONCURRENT: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("unexpected pg_current_snapshot() output: {0}")]
+    Snapshot(String),
+}
+
+/// Runs the set and move queries the fan-out asks for until the channel closes.
+pub async fn run(db: Config, registry: Arc<Registry>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let limit = Arc::new(Semaphore::new(CONCURRENT));
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+        let (db, registry) = (db.clone(), registry.clone());
+        tokio::spawn(async move {
+            run_job(&db, &registry, job).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn run_job(db: &Config, registry: &Registry, job: Job) {
+    match job {
+        Job::Load { marker, set, subquery } => {
+            let read = async {
+                let client = db::connect(db).await?;
+                let snapshot = begin_snapshot(&client).await?;
+                let loaded = load(&client, &subquery).await?;
+                client.batch_execute("commit").await.map_err(DbError::from)?;
+                registry.sets().load_read(marker.clone(), set, loaded, snapshot);
+                emit_marker(&client, &marker).await
+            };
+            if let Err(e) = read.await {
+                tracing::warn!(error = %e, subquery = %subquery.to_sql(), "loading a subquery set failed");
+                registry.sets().load_failed(set);
+            }
+        }
+        Job::Move { marker, shape, id, sql } => {
+            let read = async {
+                let client = db::connect(db).await?;
+                let snapshot = begin_snapshot(&client).await?;
+                let rows = client.query(sql.as_str(), &[]).await.map_err(DbError::from)?;
+                client.batch_execute("commit").await.map_err(DbError::from)?;
+                let rows = rows
+                    .iter()
+                    .map(|row| MovedRow {
+                        now_in: row.get(0),
+                        values: (1..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect(),
+                    })
+                    .collect();
+                if shape.finish_move_query(id, MoveResult { snapshot, rows }) {
+                    emit_marker(&client, &marker).await?;
+                }
+                Ok::<_, QueryError>(())
+            };
+            if let Err(e) = read.await {
+                tracing::warn!(handle = %shape.handle, error = %e, "a move query failed");
+                registry.rotate(&shape, "the query of its moving rows failed");
+            }
+        }
+    }
+}
+
+/// Opens a REPEATABLE READ READ ONLY transaction and says what its snapshot contains.
+async fn begin_snapshot(client: &Client) -> Result<SnapshotInfo, QueryError> {
+    client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
+    let text: String = client.query_one("select pg_current_snapshot()::text", &[]).await.map_err(DbError::from)?.get(0);
+    SnapshotInfo::parse(&text).ok_or(QueryError::Snapshot(text))
+}
+
+/// Writes a position marker (after the snapshot's transaction ended).
+async fn emit_marker(client: &Client, marker: &str) -> Result<(), QueryError> {
+    client
+        .execute("select pg_logical_emit_message(false, $1, $2)", &[&POSITION_MARKER, &marker])
+        .await
+        .map_err(DbError::from)?;
+    Ok(())
+}
 
 /// The values `subquery` yields now, as the text PostgreSQL prints for them (what the
 /// replication stream sends): the set's keys.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{SECRET, now, token};
 use crate::outbox::push;
-use testkit::{Env, Gateway, get_as};
+use testkit::{Env, Gateway, enc, get_as};
 
 const SCHEMA: &str = "
 create table todos (id int8 primary key, org_id text, title text not null, done bool default false,
@@ -57,10 +57,6 @@ async fn gateway(env: &Env, extra: &[&str]) -> Gateway {
 fn org_a() -> String {
     // Eight orgs, none of them B: the attacker's scope is wide but never reaches B's rows.
     token(json!({"org_id": "A", "orgs": ["A", "C", "D", "E", "F", "G", "H", "I"], "sub": "alice"}))
-}
-
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn result(body: &Value) -> &Value {

@@ -17,6 +17,7 @@ mod operations;
 mod outbox;
 mod overload;
 mod parity;
+mod relational;
 mod schemathesis;
 mod sdk;
 mod subqueries;

@@ -232,7 +232,8 @@ async fn sets_kept_from_transactions_equal_sets_loaded_afresh() {
         let e = parse_where_with_tables(text, &catalog[1], &catalog, &HashMap::new(), BindOptions::default()).unwrap();
         let subquery = e.subqueries()[0].clone();
         let loaded = gateway::sets::load(&env.db, &subquery).await.unwrap();
-        let id = registry.acquire(&subquery, members_oid, || loaded);
+        let (id, _) = registry.acquire(&subquery, members_oid);
+        registry.finish_load(id, loaded, |_| true).unwrap();
         kept.push((id, subquery));
     }
     let mut next_id = 100;

@@ -102,6 +102,9 @@ pub enum TxnItem {
     Truncate {
         relations: Vec<u32>,
     },
+    /// A position marker the gateway wrote (`pg_logical_emit_message`, not transactional):
+    /// every transaction committed before it has been streamed. Alone in its `Txn`.
+    Marker(String),
 }
 
 /// A committed transaction. Clients see all of its changes to a shape, or none.
@@ -114,4 +117,19 @@ pub struct Txn {
     /// LSN just past the commit record: what is acknowledged to PostgreSQL once stored.
     pub end_lsn: Lsn,
     pub items: Vec<TxnItem>,
+}
+
+impl Txn {
+    /// A marker at `lsn` (see [`TxnItem::Marker`]), carried like a transaction without one.
+    pub fn marker(lsn: Lsn, content: String) -> Txn {
+        Txn { xid: 0, commit_lsn: lsn, end_lsn: lsn, items: vec![TxnItem::Marker(content)] }
+    }
+
+    /// The marker's content, when this is one.
+    pub fn as_marker(&self) -> Option<&str> {
+        match self.items.as_slice() {
+            [TxnItem::Marker(content)] => Some(content),
+            _ => None,
+        }
+    }
 }

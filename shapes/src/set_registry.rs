@@ -33,7 +33,15 @@ struct Kept {
     set: SubquerySet,
     /// Shapes (and outer sets) using it.
     users: u32,
+    /// While the set is being loaded: what each transaction since did to it (by xid),
+    /// for the load to apply those its snapshot did not see.
+    loading: Option<Vec<HeldChange>>,
+    /// The kept sets its filter reads (nested subqueries).
+    reads: Vec<SetId>,
 }
+
+/// What one transaction did to a set being loaded: its xid, values removed and added.
+type HeldChange = (u32, Vec<SetKey>, Vec<SetKey>);
 
 #[derive(Debug, Default)]
 pub struct SetRegistry {
@@ -54,26 +62,87 @@ impl SetRegistry {
         self.by_sql.get(&subquery.to_sql()).copied()
     }
 
-    /// One more user of `subquery`'s set: the kept one, or `loaded` (the query of its rows
-    /// in the new user's snapshot) kept from now on. `table` is the inner table's oid.
-    pub fn acquire(&mut self, subquery: &Subquery, table: u32, loaded: impl FnOnce() -> SubquerySet) -> SetId {
+    /// One more user of `subquery`'s set. A new set is empty and loading: `true` says the
+    /// caller must load it ([`SetRegistry::finish_load`]). The sets its filter reads must be
+    /// acquired first. `table` is the inner table's oid.
+    pub fn acquire(&mut self, subquery: &Subquery, table: u32) -> (SetId, bool) {
         if let Some(id) = self.find(subquery) {
             if let Some(kept) = self.kept.get_mut(&id) {
                 kept.users += 1;
             }
-            return id;
+            return (id, false);
         }
         let id = SetId(self.next);
         self.next += 1;
         let conjuncts: Vec<_> = subquery.filter.iter().flat_map(|f| f.conjuncts()).collect();
         self.by_table.entry(table).or_default().insert(id, &conjuncts);
         self.by_sql.insert(subquery.to_sql(), id);
-        let set = loaded();
-        for value in set.values() {
-            self.holders.entry(value.clone()).or_default().push(id);
+        let reads = subquery.filter.iter().flat_map(|f| f.subqueries()).filter_map(|s| self.find(s)).collect();
+        let kept = Kept {
+            subquery: subquery.clone(),
+            table,
+            set: SubquerySet::default(),
+            users: 1,
+            loading: Some(Vec::new()),
+            reads,
+        };
+        self.kept.insert(id, kept);
+        (id, true)
+    }
+
+    /// A loading set's rows from a query at a snapshot that contains the transactions
+    /// `visible` says it does; the changes held since that it does not contain are applied.
+    pub fn finish_load(
+        &mut self,
+        id: SetId,
+        loaded: SubquerySet,
+        visible: impl Fn(u32) -> bool,
+    ) -> Result<(), SetOutOfStep> {
+        let Some(kept) = self.kept.get_mut(&id) else { return Ok(()) };
+        let Some(held) = kept.loading.take() else { return Ok(()) };
+        kept.set = loaded;
+        for (xid, removed, added) in held {
+            if !visible(xid) {
+                kept.set.apply(removed, added)?;
+            }
         }
-        self.kept.insert(id, Kept { subquery: subquery.clone(), table, set, users: 1 });
-        id
+        let values: Vec<SetKey> = kept.set.values().cloned().collect();
+        for value in values {
+            self.holders.entry(value).or_default().push(id);
+        }
+        Ok(())
+    }
+
+    /// Whether the set's contents are known (loaded).
+    pub fn is_loaded(&self, id: SetId) -> bool {
+        self.kept.get(&id).is_some_and(|k| k.loading.is_none())
+    }
+
+    /// The kept sets whose filters read `id`, directly or through others: a change to `id`
+    /// changes which of their inner rows match without any change to those rows.
+    pub fn readers_of(&self, id: SetId) -> Vec<SetId> {
+        let mut out: Vec<SetId> = Vec::new();
+        let mut frontier = vec![id];
+        while let Some(inner) = frontier.pop() {
+            for (outer, kept) in &self.kept {
+                if kept.reads.contains(&inner) && !out.contains(outer) {
+                    out.push(*outer);
+                    frontier.push(*outer);
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops handing `id` to new users (its contents can no longer be trusted); it is
+    /// dropped when its current users have released it.
+    pub fn retire(&mut self, id: SetId) {
+        if let Some(kept) = self.kept.get(&id) {
+            let sql = kept.subquery.to_sql();
+            if self.by_sql.get(&sql) == Some(&id) {
+                self.by_sql.remove(&sql);
+            }
+        }
     }
 
     /// One user fewer; the set is dropped with its last.
@@ -87,7 +156,10 @@ impl SetRegistry {
             for value in kept.set.values() {
                 self.forget_holder(value, id);
             }
-            self.by_sql.remove(&kept.subquery.to_sql());
+            let sql = kept.subquery.to_sql();
+            if self.by_sql.get(&sql) == Some(&id) {
+                self.by_sql.remove(&sql);
+            }
             if let Some(index) = self.by_table.get_mut(&kept.table) {
                 index.remove(id);
                 if index.is_empty() {
@@ -95,6 +167,11 @@ impl SetRegistry {
                 }
             }
         }
+    }
+
+    /// The subquery a kept set holds the values of.
+    pub fn subquery(&self, id: SetId) -> Option<&Subquery> {
+        self.kept.get(&id).map(|k| &k.subquery)
     }
 
     pub fn get(&self, id: SetId) -> Option<&SubquerySet> {
@@ -130,13 +207,17 @@ impl SetRegistry {
         }
         // Checked on copies first, so that an error leaves every set as it was.
         for (id, (removed, added)) in &pending {
-            if let Some(kept) = self.kept.get(id) {
+            if let Some(kept) = self.kept.get(id).filter(|k| k.loading.is_none()) {
                 kept.set.check(removed, added)?;
             }
         }
         let mut applied = Vec::new();
         for (id, (removed, added)) in pending {
             let Some(kept) = self.kept.get_mut(&id) else { continue };
+            if let Some(held) = &mut kept.loading {
+                held.push((txn.xid, removed, added));
+                continue;
+            }
             let delta = kept.set.apply(removed, added)?;
             for value in &delta.entered {
                 self.holders.entry(value.clone()).or_default().push(id);
@@ -213,12 +294,39 @@ mod tests {
         vec![Some(v.to_string())]
     }
 
+    /// `user`'s set, acquired and loaded with `values`.
+    fn loaded(sets: &mut SetRegistry, user: &str, values: &[&str]) -> SetId {
+        let (id, load) = sets.acquire(&subquery(user), MEMBERSHIPS);
+        assert!(load);
+        sets.finish_load(id, SubquerySet::from_rows(values.iter().map(|v| key(v))), |_| true).unwrap();
+        id
+    }
+
+    #[test]
+    fn a_load_applies_the_changes_its_snapshot_did_not_see() {
+        let mut sets = SetRegistry::default();
+        let (id, _) = sets.acquire(&subquery("u1"), MEMBERSHIPS);
+        let mut seen = txn(vec![(MEMBERSHIPS, Change::Insert { new: row("1", "u1") })]);
+        seen.xid = 10;
+        let mut unseen = txn(vec![(MEMBERSHIPS, Change::Insert { new: row("2", "u1") })]);
+        unseen.xid = 11;
+        assert!(sets.apply(&seen).unwrap().is_empty(), "a loading set reports nothing");
+        assert!(sets.apply(&unseen).unwrap().is_empty());
+        assert!(!sets.is_loaded(id));
+        // The query saw transaction 10 (its row is among the loaded ones), not 11.
+        sets.finish_load(id, SubquerySet::from_rows([key("1")]), |xid| xid == 10).unwrap();
+        assert!(sets.is_loaded(id));
+        assert_eq!(sets.get(id).unwrap(), &SubquerySet::from_rows([key("1"), key("2")]));
+        assert_eq!(sets.holders(&key("2")), [id]);
+    }
+
     #[test]
     fn equal_subqueries_share_one_set_until_their_last_user_goes() {
         let mut sets = SetRegistry::default();
-        let a = sets.acquire(&subquery("u1"), MEMBERSHIPS, || SubquerySet::from_rows([key("1")]));
-        let b = sets.acquire(&subquery("u1"), MEMBERSHIPS, || panic!("a kept set is not loaded again"));
-        let c = sets.acquire(&subquery("u2"), MEMBERSHIPS, SubquerySet::default);
+        let a = loaded(&mut sets, "u1", &["1"]);
+        let (b, load) = sets.acquire(&subquery("u1"), MEMBERSHIPS);
+        assert!(!load, "a kept set is not loaded again");
+        let c = loaded(&mut sets, "u2", &[]);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(sets.len(), 2);
@@ -234,8 +342,8 @@ mod tests {
     #[test]
     fn a_transaction_reaches_the_sets_it_touches_and_says_what_entered_and_left() {
         let mut sets = SetRegistry::default();
-        let u1 = sets.acquire(&subquery("u1"), MEMBERSHIPS, || SubquerySet::from_rows([key("1"), key("2")]));
-        let u2 = sets.acquire(&subquery("u2"), MEMBERSHIPS, SubquerySet::default);
+        let u1 = loaded(&mut sets, "u1", &["1", "2"]);
+        let u2 = loaded(&mut sets, "u2", &[]);
         let changes = txn(vec![
             (MEMBERSHIPS, Change::Insert { new: row("3", "u1") }),
             (MEMBERSHIPS, Change::Delete { old: row("1", "u1"), old_is_full: true }),
@@ -260,8 +368,8 @@ mod tests {
     #[test]
     fn a_transaction_the_sets_cannot_follow_changes_none_of_them() {
         let mut sets = SetRegistry::default();
-        let u1 = sets.acquire(&subquery("u1"), MEMBERSHIPS, || SubquerySet::from_rows([key("1")]));
-        let u2 = sets.acquire(&subquery("u2"), MEMBERSHIPS, SubquerySet::default);
+        let u1 = loaded(&mut sets, "u1", &["1"]);
+        let u2 = loaded(&mut sets, "u2", &[]);
         let bad = txn(vec![
             (MEMBERSHIPS, Change::Insert { new: row("7", "u1") }),
             (MEMBERSHIPS, Change::Delete { old: row("9", "u2"), old_is_full: true }),

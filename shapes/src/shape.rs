@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::table::{TableSchema, split_identifiers};
-use crate::where_clause::{BindOptions, EvalError, Expr, Row, SetView, WhereError, parse_where};
+use crate::table::{TableSchema, quote_ident, split_identifiers};
+use crate::where_clause::{
+    BindOptions, Catalog, EvalError, Expr, Row, SetKey, SetView, Subquery, WhereError, parse_where,
+    parse_where_with_tables,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,10 +111,24 @@ pub struct Shape {
 
 impl Shape {
     pub fn bind(spec: ShapeSpec, table: TableSchema, options: BindOptions) -> Result<Shape, ShapeError> {
+        Shape::bind_with_tables(spec, table, None, options)
+    }
+
+    /// [`Shape::bind`] where the client's filter may read other tables through subqueries,
+    /// those in `catalog` (a missing one is a [`WhereError::UnknownTable`]: load it, bind
+    /// again). Without a catalog a subquery is refused.
+    pub fn bind_with_tables(
+        spec: ShapeSpec,
+        table: TableSchema,
+        catalog: Option<&dyn Catalog>,
+        options: BindOptions,
+    ) -> Result<Shape, ShapeError> {
         let params: HashMap<usize, String> = spec.params.iter().cloned().collect();
-        let client = match &spec.where_text {
-            Some(w) if !w.trim().is_empty() => Some(parse_where(w, &table, &params, options)?),
-            _ => None,
+        let client = match (&spec.where_text, catalog) {
+            (Some(w), _) if w.trim().is_empty() => None,
+            (Some(w), Some(catalog)) => Some(parse_where_with_tables(w, &table, catalog, &params, options)?),
+            (Some(w), None) => Some(parse_where(w, &table, &params, options)?),
+            (None, _) => None,
         };
         let where_columns = client.as_ref().map(Expr::columns).unwrap_or_default();
         let scope = match &spec.scope {
@@ -151,9 +168,55 @@ impl Shape {
         Ok(Shape { spec, table, scope, client_filter: client, where_columns, selected, key })
     }
 
+    /// The subqueries the shape's rows depend on, each once (by its SQL), inner ones before
+    /// the outer ones whose filters read them; `true` marks those the shape's own filter
+    /// tests (the rest are nested inside them).
+    pub fn subqueries(&self) -> Vec<(&Subquery, bool)> {
+        fn walk<'a>(subquery: &'a Subquery, top: bool, out: &mut Vec<(&'a Subquery, bool)>) {
+            for inner in subquery.filter.iter().flat_map(Expr::subqueries) {
+                walk(inner, false, out);
+            }
+            match out.iter_mut().find(|(s, _)| *s == subquery) {
+                Some(seen) => seen.1 |= top,
+                None => out.push((subquery, top)),
+            }
+        }
+        let mut out = Vec::new();
+        for subquery in self.scope.iter().chain(&self.client_filter).flat_map(Expr::subqueries) {
+            walk(subquery, true, &mut out);
+        }
+        out
+    }
+
     /// Whether the shape holds only some of the table's rows.
     pub fn is_filtered(&self) -> bool {
         self.scope.is_some() || self.client_filter.is_some()
+    }
+
+    /// The query of the rows whose membership in the shape differs between `view` (a set
+    /// as it was) and the set as PostgreSQL's subquery yields it now: `now_in` (bool) first,
+    /// then the `read` columns as text. Only rows whose probe of that set holds a changed
+    /// value or a NULL can differ, so only those are read.
+    pub fn moved_rows_sql(&self, view: &SetView, read: &[usize]) -> String {
+        let now = self.where_sql(None).unwrap_or_else(|| "true".into());
+        let before = self.where_sql_viewing(None, Some(view)).unwrap_or_else(|| "true".into());
+        let changed: Vec<SetKey> = view.without.iter().chain(view.with).cloned().collect();
+        let mut slice = Vec::new();
+        for probe in self.scope.iter().chain(&self.client_filter).flat_map(|e| e.probes_of(view.subquery)) {
+            let probe: Vec<String> = probe.iter().map(Expr::to_sql).collect();
+            let mut rows = String::new();
+            crate::where_clause::write_rows(&mut rows, &changed, view.subquery);
+            slice.push(format!("({}) IN ({rows})", probe.join(", ")));
+            slice.extend(probe.iter().map(|p| format!("{p} IS NULL")));
+        }
+        let columns: Vec<String> =
+            read.iter().map(|&i| format!("{}::text", quote_ident(&self.table.columns[i].name))).collect();
+        format!(
+            "SELECT ({now}) IS TRUE, {} FROM {} WHERE ({}) AND (({now}) IS TRUE) <> (({before}) IS TRUE)",
+            columns.join(", "),
+            self.table.name.quoted(),
+            if slice.is_empty() { "false".to_string() } else { slice.join(" OR ") },
+        )
     }
 
     /// The top-level `AND` terms of the shape's rows, the scope's first (for routing).

@@ -33,6 +33,11 @@ pub fn reason(body: &Value) -> String {
     out
 }
 
+/// `s` encoded for a query string.
+pub fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 pub async fn get(url: &str) -> Response {
     get_as(url, None).await
 }

@@ -11,7 +11,7 @@ mod wait;
 
 pub use cluster::{Env, ITEMS, connect, current_wal, oracle, slot_confirmed};
 pub use follower::{Follower, column_of};
-pub use http::{Response, get, get_as, http, metric_sum, reason};
+pub use http::{Response, enc, get, get_as, http, metric_sum, reason};
 pub use node::{node_suite, run_node_suite};
 pub use process::{Gateway, free_port, gateway_binary};
 pub use wait::{DEADLINE, wait_until};

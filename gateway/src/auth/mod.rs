@@ -189,6 +189,8 @@ impl ColumnSet {
 pub struct Access {
     /// Every column the client names in a read (filters, order, selection) must be one.
     pub readable: ColumnSet,
+    /// The caller reads through an access rule (not an admin, not `--auth none`).
+    pub ruled: bool,
 }
 
 /// What a caller may write to one table.
@@ -284,6 +286,6 @@ impl Auth {
                 scope.bind(&claims.map).map_err(|problem| AuthError::Claim { table: table.quoted(), problem })?;
             spec.scope = Some(bound);
         }
-        Ok(Access { readable })
+        Ok(Access { readable, ruled: true })
     }
 }

@@ -8,42 +8,16 @@ use std::sync::Mutex;
 use shapes::change::Txn;
 use shapes::durable::write_atomically;
 use shapes::log::ShapeLog;
-use shapes::offset::LogOffset;
+use shapes::offset::{LogOffset, Lsn};
+use shapes::set_registry::SetId;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
 use shapes::table::TableSchema;
 use shapes::wire::{LiveHeaders, MessageEncoder, schema_header};
 
+pub use super::snapshot_info::SnapshotInfo;
+
+use super::moves::{Hold, MoveResult, Spliced};
 use super::plan::Planned;
-
-/// `pg_current_snapshot()` of a shape's snapshot transaction.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SnapshotInfo {
-    pub xmin: u64,
-    pub xmax: u64,
-    pub xip: Vec<u64>,
-}
-
-impl SnapshotInfo {
-    /// Parses `xmin:xmax:xip,xip`.
-    pub fn parse(s: &str) -> Option<SnapshotInfo> {
-        let mut parts = s.splitn(3, ':');
-        let xmin = parts.next()?.parse().ok()?;
-        let xmax = parts.next()?.parse().ok()?;
-        let xip = match parts.next()? {
-            "" => Vec::new(),
-            list => list.split(',').map(|x| x.parse().ok()).collect::<Option<_>>()?,
-        };
-        Some(SnapshotInfo { xmin, xmax, xip })
-    }
-
-    /// Whether the snapshot already contains the effects of transaction `xid` (32-bit, as the
-    /// stream reports it; compared modulo 2^32 like PostgreSQL does).
-    pub fn contains(&self, xid: u32) -> bool {
-        let precedes = |a: u32, b: u32| (a.wrapping_sub(b) as i32) < 0;
-        precedes(xid, self.xmin as u32)
-            || (precedes(xid, self.xmax as u32) && !self.xip.iter().any(|x| *x as u32 == xid))
-    }
-}
 
 /// One transaction's encoded entries for one shape.
 pub type TxnEntries = Vec<(LogOffset, Vec<u8>)>;
@@ -105,6 +79,11 @@ pub struct LiveShape {
     pub schema_header: String,
     visibility: Mutex<Visibility>,
     failure: Mutex<Option<ShapeFailure>>,
+    /// The subquery sets the shape's rows depend on; `true`: its own filter tests it
+    /// (the others are nested inside those).
+    pub sets: Vec<(SetId, bool)>,
+    /// Changes held while rows move in or out ([`super::moves`]).
+    hold: Mutex<Option<Hold>>,
 }
 
 impl LiveShape {
@@ -116,6 +95,7 @@ impl LiveShape {
         shape: Shape,
         log: ShapeLog,
         snapshot: Option<SnapshotInfo>,
+        sets: Vec<(SetId, bool)>,
     ) -> Self {
         let visibility = match snapshot {
             Some(snapshot) => Visibility::Known(snapshot),
@@ -131,7 +111,67 @@ impl LiveShape {
             log,
             visibility: Mutex::new(visibility),
             failure: Mutex::new(None),
+            sets,
+            hold: Mutex::new(None),
         }
+    }
+
+    /// Whether the snapshot's visibility is known (the stream is planned straight to the log).
+    pub fn snapshot_known(&self) -> bool {
+        matches!(*self.visibility.lock().unwrap(), Visibility::Known(_))
+    }
+
+    /// Whether changes are being held for a move.
+    pub fn is_holding(&self) -> bool {
+        self.hold.lock().unwrap().is_some()
+    }
+
+    /// Starts holding the shape's changes for a move.
+    pub fn start_hold(&self, hold: Hold) {
+        *self.hold.lock().unwrap() = Some(hold);
+    }
+
+    /// Holds one change when a move is under way; `false` when none is.
+    pub fn hold_change(&self, txn: &Txn, change: &shapes::change::Change) -> bool {
+        match &mut *self.hold.lock().unwrap() {
+            Some(hold) => {
+                hold.push(txn, change);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records move `id`'s query result; `false` when that move is no longer under way.
+    pub fn finish_move_query(&self, id: u64, result: MoveResult) -> bool {
+        match &mut *self.hold.lock().unwrap() {
+            Some(hold) if hold.id == id => {
+                hold.result = Some(result);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends move `id` when its query has finished: the hold, to be spliced.
+    pub fn take_finished_hold(&self, id: u64) -> Option<Hold> {
+        let mut hold = self.hold.lock().unwrap();
+        if hold.as_ref().is_some_and(|h| h.id == id && h.result.is_some()) { hold.take() } else { None }
+    }
+
+    /// Encodes the groups of a splice as one transaction of the log at the marker's
+    /// position `at`: offsets `at_0`, `at_1`, … (each group keeps its own `txid` and `lsn`).
+    pub fn encode_splice(&self, at: Lsn, groups: &[Spliced]) -> TxnEntries {
+        let mut out = Vec::new();
+        let mut next = 0u64;
+        for g in groups {
+            let lsn = g.lsn.unwrap_or(at);
+            self.encode_into(&mut out, g.xid, lsn, &g.planned, &mut |_| {
+                next += 1;
+                LogOffset::change(at, next - 1)
+            });
+        }
+        out
     }
 
     /// Encodes one transaction's planned messages. Returns them for the caller to append,
@@ -174,6 +214,20 @@ impl LiveShape {
 
     fn encode(&self, txn: &Txn, planned: &[Planned]) -> TxnEntries {
         let mut out = Vec::with_capacity(planned.len());
+        self.encode_into(&mut out, txn.xid, txn.commit_lsn, planned, &mut |op| LogOffset::change(txn.commit_lsn, op));
+        out
+    }
+
+    /// Appends one transaction's messages (`xid`, `lsn` in their headers) to `out`, each at
+    /// the log offset `offset` gives for its op position.
+    fn encode_into(
+        &self,
+        out: &mut TxnEntries,
+        xid: u32,
+        lsn: Lsn,
+        planned: &[Planned],
+        offset: &mut dyn FnMut(u64) -> LogOffset,
+    ) {
         let mut op = 0u64;
         for (i, p) in planned.iter().enumerate() {
             // A key change's insert sits right after its delete; other changes step by 2.
@@ -181,8 +235,8 @@ impl LiveShape {
                 op += if planned[i - 1].key_change_to.is_some() { 1 } else { 2 - (op % 2) };
             }
             let headers = LiveHeaders {
-                txid: txn.xid,
-                lsn: txn.commit_lsn,
+                txid: xid,
+                lsn,
                 op_position: op,
                 last: i + 1 == planned.len(),
                 key_change_to: p.key_change_to.as_deref(),
@@ -193,9 +247,8 @@ impl LiveShape {
             let old: Option<Vec<(usize, Option<&str>)>> =
                 p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_str())).collect());
             self.encoder.write_change(&mut msg, p.op, &p.key, fields, old.as_deref(), Some(headers));
-            out.push((LogOffset::change(txn.commit_lsn, op), msg));
+            out.push((offset(op), msg));
         }
-        out
     }
 
     /// The snapshot's visibility is known: stream transactions it already contains are
@@ -239,24 +292,5 @@ impl LiveShape {
 
     pub fn failure(&self) -> Option<ShapeFailure> {
         self.failure.lock().unwrap().clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_visibility_follows_postgres_rules() {
-        let s = SnapshotInfo::parse("100:105:101,103").unwrap();
-        assert!(s.contains(99));
-        assert!(!s.contains(101), "in progress at snapshot time");
-        assert!(s.contains(102));
-        assert!(!s.contains(105), "started after the snapshot");
-        assert!(!s.contains(200));
-        assert_eq!(SnapshotInfo::parse("5:5:").unwrap().xip, Vec::<u64>::new());
-        let wrapped = SnapshotInfo { xmin: (1u64 << 32) + 5, xmax: (1u64 << 32) + 10, xip: vec![] };
-        assert!(wrapped.contains(u32::MAX - 3), "xids before the wrap precede xmin");
-        assert!(!wrapped.contains(12));
     }
 }

@@ -3,8 +3,11 @@
 //! publishes them to readers and advances the acknowledged position.
 
 pub mod live_shape;
+pub mod moves;
 pub mod plan;
 pub mod registry;
+pub mod sets;
+pub mod snapshot_info;
 mod writers;
 
 use std::collections::HashMap;
@@ -163,8 +166,27 @@ fn append_and_sync<'a>(
 }
 
 fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
+    if let Some(marker) = txn.as_marker() {
+        on_marker(registry, txn, marker, writes);
+        return;
+    }
     let mut per_shape: HashMap<u64, (Arc<LiveShape>, Vec<plan::Planned>)> = HashMap::new();
     let mut candidates = Vec::new();
+    let mut rotate: Vec<(Arc<LiveShape>, &str)> = Vec::new();
+    // The sets follow the transaction first: shapes evaluate its changes against them.
+    let mut kept = registry.sets().kept();
+    match kept.apply(txn) {
+        Ok(deltas) => {
+            for (set, delta) in deltas {
+                registry.sets().on_change(&mut kept, txn, set, delta, |id| registry.by_id(id), &mut rotate);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "subquery sets disagree with the stream; their shapes are refetched");
+            let users = registry.sets().all_users().into_iter().filter_map(|id| registry.by_id(id));
+            rotate.extend(users.map(|s| (s, "its subquery sets could not follow the stream")));
+        }
+    }
     for item in &txn.items {
         match item {
             TxnItem::Relation(rel) => registry.on_relation(rel),
@@ -173,10 +195,14 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
                     registry.rotate_table(*oid, "the table was truncated");
                 }
             }
+            TxnItem::Marker(_) => {}
             TxnItem::Change { relation, change } => {
                 let shapes = registry.candidates(*relation, change, &mut candidates);
                 for shape in shapes {
-                    match plan::plan(&shape.shape, &shape.encoder, change) {
+                    if shape.hold_change(txn, change) {
+                        continue;
+                    }
+                    match plan::plan(&shape.shape, &shape.encoder, change, &*kept) {
                         Ok(planned) if planned.is_empty() => {}
                         Ok(planned) => {
                             per_shape.entry(shape.id).or_insert_with(|| (shape.clone(), Vec::new())).1.extend(planned)
@@ -193,6 +219,10 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
             }
         }
     }
+    drop(kept);
+    for (shape, why) in rotate {
+        registry.rotate(&shape, why);
+    }
     for (id, (shape, planned)) in per_shape {
         if shape.log.version().gone {
             continue;
@@ -200,5 +230,27 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
         if let Some(entries) = shape.admit(txn, &planned) {
             writes.entry(id).or_insert_with(|| (shape, Vec::new())).1.push(entries);
         }
+    }
+}
+
+/// The stream reached a marker: a set load or a move whose query has finished.
+fn on_marker(registry: &Registry, txn: &Txn, marker: &str, writes: &mut BatchWrites) {
+    if registry.sets().finish_load(marker) {
+        return;
+    }
+    let Some((shape, id)) = marker.strip_prefix("move:").and_then(|m| m.split_once(':')) else { return };
+    let (Ok(shape), Ok(id)) = (shape.parse::<u64>(), id.parse::<u64>()) else { return };
+    let Some(shape) = registry.by_id(shape) else { return };
+    let Some(hold) = shape.take_finished_hold(id) else { return };
+    let Some(result) = hold.result.as_ref() else { return };
+    let spliced = moves::splice(&shape.shape, &shape.encoder, &hold, result, &*registry.sets().kept());
+    match spliced {
+        Ok(groups) => {
+            let entries = shape.encode_splice(txn.commit_lsn, &groups);
+            if !entries.is_empty() {
+                writes.entry(shape.id).or_insert_with(|| (shape.clone(), Vec::new())).1.push(entries);
+            }
+        }
+        Err(e) => registry.rotate(&shape, &format!("a moving row could not be evaluated: {e}")),
     }
 }

@@ -7,6 +7,7 @@
 use shapes::change::{Cell, Change};
 use shapes::contract::Operation;
 use shapes::shape::{Replica, Shape};
+use shapes::subquery_set::{RowWithSets, SetLookup};
 use shapes::where_clause::EvalError;
 use shapes::wire::MessageEncoder;
 
@@ -47,11 +48,18 @@ fn key_of(shape: &Shape, enc: &MessageEncoder, row: &[Cell]) -> String {
     enc.key(shape.key.iter().map(|&i| row.get(i).and_then(Cell::as_str)))
 }
 
-pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<Planned>, EvalError> {
+/// `sets` answers the shape's subqueries (the kept sets, or a view of them during a move).
+pub fn plan(
+    shape: &Shape,
+    enc: &MessageEncoder,
+    change: &Change,
+    sets: &dyn SetLookup,
+) -> Result<Vec<Planned>, EvalError> {
     let all = &shape.selected;
+    let admits = |row: &[Cell]| shape.admits(&RowWithSets { row, sets });
     Ok(match change {
         Change::Insert { new } => {
-            if shape.admits(new.as_slice())? {
+            if admits(new.as_slice())? {
                 complete(new)?;
                 vec![Planned::new(Operation::Insert, key_of(shape, enc, new), fields(new, all))]
             } else {
@@ -64,7 +72,7 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
                     "a delete without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
                 ));
             }
-            if !shape.admits(old.as_slice())? {
+            if !admits(old.as_slice())? {
                 return Ok(vec![]);
             }
             let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
@@ -81,14 +89,14 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
             let full_old = old.as_ref().filter(|_| *old_is_full);
             let was_in = match (shape.is_filtered(), full_old) {
                 (false, _) => true,
-                (true, Some(o)) => shape.admits(o.as_slice())?,
+                (true, Some(o)) => admits(o.as_slice())?,
                 (true, None) => {
                     return Err(EvalError::Value(
                         "an update without the old row cannot be filtered (REPLICA IDENTITY is not FULL)".into(),
                     ));
                 }
             };
-            let is_in = shape.admits(new.as_slice())?;
+            let is_in = admits(new.as_slice())?;
             let new_key = key_of(shape, enc, &new);
             let old_key = old.as_ref().map(|o| key_of(shape, enc, o)).unwrap_or_else(|| new_key.clone());
             match (was_in, is_in) {
@@ -143,6 +151,7 @@ pub fn plan(shape: &Shape, enc: &MessageEncoder, change: &Change) -> Result<Vec<
 mod tests {
 
     use super::*;
+    use shapes::set_registry::SetRegistry;
     use shapes::shape::{LogMode, ShapeSpec};
     use shapes::table::{Column, TableName, TableSchema};
     use shapes::where_clause::BindOptions;
@@ -188,7 +197,7 @@ mod tests {
             old_is_full: true,
             new: row("1", "b", Cell::text("x")),
         };
-        let p = plan(&s, &e, &change).unwrap();
+        let p = plan(&s, &e, &change, &SetRegistry::default()).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].op, Operation::Delete);
         assert_eq!(p[0].value, vec![(0, Cell::text("1"))]);
@@ -202,7 +211,7 @@ mod tests {
             old_is_full: true,
             new: row("1", "b", Cell::Unchanged),
         };
-        let p = plan(&s, &e, &change).unwrap();
+        let p = plan(&s, &e, &change, &SetRegistry::default()).unwrap();
         assert_eq!(p[0].op, Operation::Insert);
         assert_eq!(
             p[0].value,
@@ -219,7 +228,7 @@ mod tests {
             old_is_full: true,
             new: row("1", "a", Cell::text("y")),
         };
-        let p = plan(&s, &e, &change).unwrap();
+        let p = plan(&s, &e, &change, &SetRegistry::default()).unwrap();
         assert_eq!(
             (p[0].op, p[0].value.clone()),
             (Operation::Update, vec![(0, Cell::text("1")), (2, Cell::text("y"))])
@@ -229,7 +238,7 @@ mod tests {
             old_is_full: true,
             new: row("1", "a", Cell::text("x")),
         };
-        assert!(plan(&s, &e, &same).unwrap().is_empty(), "nothing selected changed");
+        assert!(plan(&s, &e, &same, &SetRegistry::default()).unwrap().is_empty(), "nothing selected changed");
     }
 
     #[test]
@@ -240,7 +249,7 @@ mod tests {
             old_is_full: true,
             new: row("1", "a", Cell::text("y")),
         };
-        let p = plan(&s, &e, &change).unwrap();
+        let p = plan(&s, &e, &change, &SetRegistry::default()).unwrap();
         assert_eq!(p[0].value.len(), 3);
         assert_eq!(p[0].old_value, Some(vec![(2, Cell::text("x"))]));
     }
@@ -253,7 +262,7 @@ mod tests {
             old_is_full: true,
             new: row("2", "a", Cell::text("x")),
         };
-        let p = plan(&s, &e, &change).unwrap();
+        let p = plan(&s, &e, &change, &SetRegistry::default()).unwrap();
         assert_eq!((p[0].op, p[1].op), (Operation::Delete, Operation::Insert));
         assert_eq!(p[0].key_change_to.as_deref(), Some(p[1].key.as_str()));
         assert_eq!(p[1].key_change_from.as_deref(), Some(p[0].key.as_str()));
@@ -263,6 +272,6 @@ mod tests {
     fn unknown_toast_value_for_a_new_row_is_an_error_not_a_wrong_value() {
         let (s, e) = shape(Some("org = 'b'"), Replica::Default);
         let change = Change::Update { old: None, old_is_full: false, new: row("1", "b", Cell::Unchanged) };
-        assert!(plan(&s, &e, &change).is_err());
+        assert!(plan(&s, &e, &change, &SetRegistry::default()).is_err());
     }
 }

@@ -16,7 +16,11 @@ use shapes::shape::{Shape, ShapeHandle, ShapeKey};
 use shapes::table::{TableName, TableSchema};
 use shapes::where_clause::BindOptions;
 
+use shapes::set_registry::SetId;
+use tokio::sync::mpsc;
+
 use super::live_shape::{LiveShape, ShapeMeta, SnapshotInfo};
+use super::sets::{Job, Sets};
 
 #[derive(Default)]
 struct Inner {
@@ -45,12 +49,20 @@ pub struct Registry {
     next_id: AtomicU64,
     last_handle_micros: AtomicU64,
     schemas: Mutex<HashMap<TableName, TableSchema>>,
+    sets: Sets,
 }
 
 impl Registry {
     /// Opens the shapes stored under `data_dir`. A shape whose log lost entries from before
     /// `acknowledged` (damage, not a torn last write) is discarded: its clients refetch.
-    pub fn open(data_dir: &Path, chunk_bytes: u64, bind: BindOptions, acknowledged: Lsn) -> io::Result<Registry> {
+    /// Set and move queries go to `jobs` ([`super::sets::Job`]).
+    pub fn open(
+        data_dir: &Path,
+        chunk_bytes: u64,
+        bind: BindOptions,
+        acknowledged: Lsn,
+        jobs: mpsc::UnboundedSender<Job>,
+    ) -> io::Result<Registry> {
         let dir = data_dir.join("shapes");
         std::fs::create_dir_all(&dir)?;
         let registry = Registry {
@@ -62,6 +74,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             last_handle_micros: AtomicU64::new(0),
             schemas: Mutex::new(HashMap::new()),
+            sets: Sets::new(jobs),
         };
         let mut loaded = 0;
         for entry in std::fs::read_dir(&registry.dir)? {
@@ -90,7 +103,8 @@ impl Registry {
             return Ok(false);
         };
         let shape = Shape::bind(meta.spec, meta.table, self.bind).map_err(io::Error::other)?;
-        let live = self.live_shape(meta.handle, shape, log, Some(meta.snapshot));
+        // Subquery sets are not stored yet: such shapes do not bind here and are refetched.
+        let live = self.live_shape(meta.handle, shape, log, Some(meta.snapshot), Vec::new());
         self.register(Arc::new(live));
         Ok(true)
     }
@@ -101,8 +115,17 @@ impl Registry {
         shape: Shape,
         log: ShapeLog,
         snapshot: Option<SnapshotInfo>,
+        sets: Vec<(SetId, bool)>,
     ) -> LiveShape {
-        LiveShape::new(self.next_id.fetch_add(1, Ordering::Relaxed), handle, shape, log, snapshot)
+        LiveShape::new(self.next_id.fetch_add(1, Ordering::Relaxed), handle, shape, log, snapshot, sets)
+    }
+
+    pub fn sets(&self) -> &Sets {
+        &self.sets
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<Arc<LiveShape>> {
+        self.inner.read().unwrap().by_id.get(&id).cloned()
     }
 
     fn register(&self, live: Arc<LiveShape>) {
@@ -135,7 +158,17 @@ impl Registry {
 
     /// Finds the live shape for `shape`'s definition, or creates it with a new handle and
     /// an empty log waiting for its snapshot. `true` means the caller must snapshot it.
-    pub fn get_or_create(&self, shape: Shape) -> io::Result<(Arc<LiveShape>, bool)> {
+    /// `sets` were acquired for it: a new shape keeps them, and an existing one is returned
+    /// with them released.
+    pub fn get_or_create(&self, shape: Shape, sets: Vec<(SetId, bool)>) -> io::Result<(Arc<LiveShape>, bool)> {
+        let found = self.find_or_create(shape, &sets);
+        if !matches!(found, Ok((_, true))) {
+            self.sets.release(&sets);
+        }
+        found
+    }
+
+    fn find_or_create(&self, shape: Shape, sets: &[(SetId, bool)]) -> io::Result<(Arc<LiveShape>, bool)> {
         let key = shape.key();
         if let Some(existing) = self.get(&key) {
             return Ok((existing, false));
@@ -146,7 +179,8 @@ impl Registry {
         }
         let handle = ShapeHandle::new(&key, self.unique_micros());
         let log = ShapeLog::create(&self.dir.join(handle.as_str()), self.chunk_bytes)?;
-        let live = Arc::new(self.live_shape(handle, shape, log, None));
+        let live = Arc::new(self.live_shape(handle, shape, log, None, sets.to_vec()));
+        self.sets.register(&live);
         inner.insert(live.clone());
         metrics::counter!("gateway_shapes_created_total").increment(1);
         metrics::gauge!("gateway_shapes").set(inner.by_id.len() as f64);
@@ -254,6 +288,7 @@ impl Registry {
             removed
         };
         if removed {
+            self.sets.unregister(shape);
             tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, reason, "shape rotated");
             if let Err(e) = shape.log.destroy() {
                 tracing::warn!(handle = %shape.handle, error = %e, "could not remove a rotated shape's files");

@@ -47,7 +47,9 @@ fn token(claims: Value, secret: &str) -> String {
 
 fn state_with(auth: Auth) -> (AppState, tempdir::Dir) {
     let dir = tempdir::Dir::new();
-    let registry = Arc::new(Registry::open(&dir.0, 1 << 20, Default::default(), Lsn(0)).unwrap());
+    // No set or move query runs here: their channel goes nowhere.
+    let jobs = tokio::sync::mpsc::unbounded_channel().0;
+    let registry = Arc::new(Registry::open(&dir.0, 1 << 20, Default::default(), Lsn(0), jobs).unwrap());
     let db = crate::db::parse_url("postgres://u@127.0.0.1:1/db").unwrap();
     let tasks = Tasks::new(tokio_util::sync::CancellationToken::new());
     let status = Arc::new(crate::status::Status::default());

@@ -24,6 +24,10 @@ use crate::db::SESSION_OPTIONS;
 use crate::progress::AckState;
 use crate::status::Status;
 
+/// The prefix of the logical messages the gateway writes to learn when the stream has
+/// passed a point (see `shapes::change::TxnItem::Marker`).
+pub const POSITION_MARKER: &str = "gateway.position";
+
 /// Where and what to stream.
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
@@ -238,6 +242,14 @@ async fn session(
                     }
                     ReplicationEvent::KeepAlive { wal_end, .. } => {
                         ack.note_idle_position(Lsn(wal_end.0), !assembler.is_open());
+                    }
+                    ReplicationEvent::Message { transactional: false, lsn, prefix, content }
+                        if prefix == POSITION_MARKER && !assembler.is_open() =>
+                    {
+                        let content = String::from_utf8_lossy(&content).into_owned();
+                        if txns.send(Txn::marker(Lsn(lsn.0), content)).await.is_err() {
+                            return Ok(());
+                        }
                     }
                     ReplicationEvent::Message { .. } => {}
                     ReplicationEvent::StoppedAt { .. } => return Ok(()),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use shapes::shape::{Shape, ShapeError, ShapeSpec};
 use shapes::table::{TableName, TableSchema};
+use shapes::where_clause::{Subquery, WhereError};
 use tokio::sync::Mutex;
 use tokio_postgres::Config;
 
@@ -49,6 +50,9 @@ pub enum ShapeSetError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// Most tables one shape's subqueries may read.
+const MAX_TABLES: usize = 8;
 
 pub struct ShapeSet {
     registry: Arc<Registry>,
@@ -96,30 +100,62 @@ impl ShapeSet {
         spec: &ShapeSpec,
         readable: impl Fn(&Shape) -> Result<(), AuthError>,
     ) -> Result<Arc<LiveShape>, ShapeSetError> {
-        let bind = |schema| {
-            let shape = Shape::bind(spec.clone(), schema, self.registry.bind_options()).map_err(|e| match e {
-                ShapeError::Where(w) => ShapeSetError::Invalid { field: "where", message: w.to_string() },
-                ShapeError::Columns(c) => ShapeSetError::Invalid { field: "columns", message: c },
-                ShapeError::Scope(w) => ShapeSetError::Forbidden(format!(
+        // A filter's subqueries name other tables: bound once each is in the catalog.
+        let bind = |schema: TableSchema, catalog: &Vec<TableSchema>| {
+            let options = self.registry.bind_options();
+            match Shape::bind_with_tables(spec.clone(), schema, Some(catalog), options) {
+                Err(ShapeError::Where(WhereError::UnknownTable(inner))) => Ok(Err(inner)),
+                Err(ShapeError::Where(w)) => Err(ShapeSetError::Invalid { field: "where", message: w.to_string() }),
+                Err(ShapeError::Columns(c)) => Err(ShapeSetError::Invalid { field: "columns", message: c }),
+                Err(ShapeError::Scope(w)) => Err(ShapeSetError::Forbidden(format!(
                     "the token's claims do not fit the access rule of {}: {w}",
                     table.quoted()
-                )),
-            })?;
-            readable(&shape)?;
-            Ok::<_, ShapeSetError>(shape)
+                ))),
+                Ok(shape) => {
+                    readable(&shape)?;
+                    Ok(Ok(shape))
+                }
+            }
         };
-        if let Some(schema) = self.registry.cached_schema(table)
-            && let Some(existing) = self.registry.get(&bind(schema)?.key())
-        {
-            return Ok(existing);
+        if let Some(schema) = self.registry.cached_schema(table) {
+            let mut catalog = Vec::new();
+            while catalog.len() <= MAX_TABLES {
+                match bind(schema.clone(), &catalog)? {
+                    Ok(shape) => match self.registry.get(&shape.key()) {
+                        Some(existing) => return Ok(existing),
+                        None => break,
+                    },
+                    Err(inner) => match self.registry.cached_schema(&inner) {
+                        Some(s) => catalog.push(s),
+                        None => break,
+                    },
+                }
+            }
         }
         // Creating shapes is rare: one at a time keeps publication changes race-free, and the
         // catalog is read afresh, since the table may have changed since it was cached.
         let _guard = self.create_lock.lock().await;
-        let mut catalog = self.catalog.lock().await;
-        let client = connected(&mut catalog, &self.db).await?;
+        let mut session = self.catalog.lock().await;
+        let client = connected(&mut session, &self.db).await?;
         let schema = self.fresh_schema(client, table).await?;
-        let shape = bind(schema.clone())?;
+        let mut catalog = Vec::new();
+        let shape = loop {
+            match bind(schema.clone(), &catalog)? {
+                Ok(shape) => break shape,
+                Err(_) if catalog.len() >= MAX_TABLES => {
+                    return Err(ShapeSetError::Invalid {
+                        field: "where",
+                        message: format!("subqueries may read at most {MAX_TABLES} tables"),
+                    });
+                }
+                Err(inner) => catalog.push(self.fresh_schema(client, &inner).await.map_err(|e| match e {
+                    ShapeSetError::MissingTable(t) => {
+                        ShapeSetError::Invalid { field: "where", message: format!("table {t} does not exist") }
+                    }
+                    e => e,
+                })?),
+            }
+        };
         if let Some(existing) = self.registry.get(&shape.key()) {
             return Ok(existing);
         }
@@ -131,20 +167,45 @@ impl ShapeSet {
         let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
         self.admission.check_shape_count(&table.quoted(), existing.len(), in_scope)?;
         let permit = self.admission.snapshot(scope)?;
-        let altered = slot::ensure_published(client, &self.publication, &schema, shape.needs_old_rows())
-            .await
-            .map_err(|e| match e {
-                ReplicationError::Privilege { .. } => ShapeSetError::Forbidden(e.to_string()),
-                ReplicationError::TableGone(_) => ShapeSetError::MissingTable(table.quoted()),
-                ReplicationError::TableBusy(_) => ShapeSetError::Busy(e.to_string()),
-                e => ShapeSetError::Internal(e.to_string()),
-            })?;
-        let shape = if altered { bind(self.fresh_schema(client, table).await?)? } else { shape };
-        let (live, created) = self.registry.get_or_create(shape).map_err(ShapeSetError::Storage)?;
+        for inner in &catalog {
+            for (subquery, _) in shape.subqueries().into_iter().filter(|(s, _)| s.table == inner.name) {
+                subquery
+                    .check_replica_identity(inner)
+                    .map_err(|message| ShapeSetError::Invalid { field: "where", message })?;
+            }
+            self.publish(client, inner, false).await?;
+        }
+        let altered = self.publish(client, &schema, shape.needs_old_rows()).await?;
+        let shape = if altered {
+            match bind(self.fresh_schema(client, table).await?, &catalog)? {
+                Ok(shape) => shape,
+                Err(inner) => return Err(ShapeSetError::MissingTable(inner.quoted())),
+            }
+        } else {
+            shape
+        };
+        let oid = |subquery: &Subquery| catalog.iter().find(|t| t.name == subquery.table).map_or(0, |t| t.oid);
+        let sets = self.registry.sets().acquire(&shape, oid).await.map_err(|e| ShapeSetError::Busy(e.to_string()))?;
+        let (live, created) = self.registry.get_or_create(shape, sets).map_err(ShapeSetError::Storage)?;
         if created {
             self.start_snapshot(live.clone(), permit);
         }
         Ok(live)
+    }
+
+    /// Adds `table` to the publication; `true` when it had to change.
+    async fn publish(
+        &self,
+        client: &tokio_postgres::Client,
+        table: &TableSchema,
+        old_rows: bool,
+    ) -> Result<bool, ShapeSetError> {
+        slot::ensure_published(client, &self.publication, table, old_rows).await.map_err(|e| match e {
+            ReplicationError::Privilege { .. } => ShapeSetError::Forbidden(e.to_string()),
+            ReplicationError::TableGone(_) => ShapeSetError::MissingTable(table.name.quoted()),
+            ReplicationError::TableBusy(_) => ShapeSetError::Busy(e.to_string()),
+            e => ShapeSetError::Internal(e.to_string()),
+        })
     }
 
     /// Drops shapes (their clients refetch); the tables are read afresh next time, since

@@ -22,6 +22,7 @@ pub use bind::BindOptions;
 pub use eval::Row;
 pub use named::{Named, NamedParam, rewrite_named};
 pub use parse::{parse_where, parse_where_template, parse_where_with_tables};
+pub use render::write_rows;
 pub use subquery::{Catalog, Membership, SetKey, SetView, Subquery};
 
 /// Longest `where` accepted, in bytes.
@@ -369,6 +370,19 @@ impl Expr {
         self.visit(&mut |e| {
             if let Expr::InSubquery { subquery, .. } = e {
                 out.push(&**subquery);
+            }
+        });
+        out
+    }
+
+    /// The probes this expression tests against `subquery` (not those inside subqueries).
+    pub fn probes_of(&self, subquery: &Subquery) -> Vec<&[Expr]> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let Expr::InSubquery { probe, subquery: s, .. } = e
+                && **s == *subquery
+            {
+                out.push(probe.as_slice());
             }
         });
         out

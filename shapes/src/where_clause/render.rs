@@ -200,7 +200,7 @@ struct Ctx<'a> {
 }
 
 /// Value tuples as SQL rows, `(CAST('1' AS int8)), (…)`, typed by the subquery's columns.
-pub(super) fn write_rows(out: &mut String, rows: &[SetKey], subquery: &Subquery) {
+pub fn write_rows(out: &mut String, rows: &[SetKey], subquery: &Subquery) {
     for (i, row) in rows.iter().enumerate() {
         out.push_str(if i == 0 { "(" } else { ", (" });
         for (j, (value, (_, _, ty))) in row.iter().zip(&subquery.columns).enumerate() {

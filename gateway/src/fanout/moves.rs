@@ -1,0 +1,166 @@
+//! Rows moving into and out of a shape when a subquery's set changes (docs/subqueries.md).
+//!
+//! When values enter or leave a set at transaction T, the shape's changes from T on are held
+//! and a query reads, at a snapshot S, the rows whose membership differs between the set
+//! before T (the "before" view) and after it. When the stream reaches a marker written
+//! after that query, every transaction S contains has arrived, and the hold is spliced:
+//! first the held transactions S contains, planned with the set as it was (the client then
+//! holds the shape as of S without the change), then the query's rows (inserts for rows
+//! that came in, deletes for rows that went), then the held transactions S does not
+//! contain, planned with the set as it is. One row's transactions are ordered by its
+//! locks, so those S contains come before those it does not: each row ends right.
+
+use shapes::change::{Cell, Change, Txn};
+use shapes::contract::Operation;
+use shapes::offset::Lsn;
+use shapes::set_registry::SetId;
+use shapes::subquery_set::{SetLookup, SubquerySet};
+use shapes::where_clause::{EvalError, SetKey, SetView, Subquery};
+
+use shapes::shape::{Replica, Shape};
+use shapes::wire::MessageEncoder;
+
+use super::plan::{Planned, plan};
+use super::snapshot_info::SnapshotInfo;
+
+/// A shape's changes held while a move query runs.
+#[derive(Debug)]
+pub struct Hold {
+    pub id: u64,
+    pub set: SetId,
+    pub subquery: Subquery,
+    pub entered: Vec<SetKey>,
+    pub left: Vec<SetKey>,
+    /// The transaction that changed the set: the moved rows are sent as its.
+    pub trigger_xid: u32,
+    pub txns: Vec<HeldTxn>,
+    pub result: Option<MoveResult>,
+}
+
+/// One held transaction's changes to the shape's table.
+#[derive(Debug)]
+pub struct HeldTxn {
+    pub xid: u32,
+    pub commit_lsn: Lsn,
+    pub changes: Vec<Change>,
+}
+
+/// What the move query read.
+#[derive(Debug)]
+pub struct MoveResult {
+    pub snapshot: SnapshotInfo,
+    pub rows: Vec<MovedRow>,
+}
+
+/// A row whose membership changed: in the shape now (an insert) or no longer (a delete),
+/// with the values of the shape's read columns ([`read_columns`]).
+#[derive(Debug)]
+pub struct MovedRow {
+    pub now_in: bool,
+    pub values: Vec<Option<String>>,
+}
+
+impl Hold {
+    /// The set as the shape saw it before the change.
+    pub fn view(&self) -> SetView<'_> {
+        SetView { subquery: &self.subquery, without: &self.entered, with: &self.left }
+    }
+
+    /// Keeps one change of `txn` for the splice.
+    pub fn push(&mut self, txn: &Txn, change: &Change) {
+        match self.txns.last_mut() {
+            Some(last) if last.xid == txn.xid && last.commit_lsn == txn.commit_lsn => last.changes.push(change.clone()),
+            _ => self.txns.push(HeldTxn { xid: txn.xid, commit_lsn: txn.commit_lsn, changes: vec![change.clone()] }),
+        }
+    }
+}
+
+/// The columns a move query reads: the selected ones and the key, in table order.
+pub fn read_columns(s: &Shape) -> Vec<usize> {
+    let mut read: Vec<usize> = s.selected.iter().chain(&s.key).copied().collect();
+    read.sort_unstable();
+    read.dedup();
+    read
+}
+
+/// The sets as they are, except one seen as it was before a change.
+struct Before<'a> {
+    now: &'a dyn SetLookup,
+    subquery: &'a Subquery,
+    set: SubquerySet,
+}
+
+impl SetLookup for Before<'_> {
+    fn set(&self, subquery: &Subquery) -> Option<&SubquerySet> {
+        if subquery == self.subquery { Some(&self.set) } else { self.now.set(subquery) }
+    }
+}
+
+/// One group of planned messages and the transaction they are sent as (`lsn` `None`: the
+/// moved rows, sent at the marker's position).
+pub struct Spliced {
+    pub xid: u32,
+    pub lsn: Option<Lsn>,
+    pub planned: Vec<Planned>,
+}
+
+/// The messages that splice a finished move into the shape's log, in order (see the
+/// module's documentation). `now` holds the sets as they are.
+pub fn splice(
+    shape: &Shape,
+    encoder: &MessageEncoder,
+    hold: &Hold,
+    result: &MoveResult,
+    now: &dyn SetLookup,
+) -> Result<Vec<Spliced>, EvalError> {
+    let current = now.set(&hold.subquery).ok_or_else(|| EvalError::Value("a subquery's set is not kept".into()))?;
+    let before_values =
+        current.values().filter(|v| !hold.entered.contains(v)).chain(&hold.left).cloned().collect::<Vec<_>>();
+    let before = Before { now, subquery: &hold.subquery, set: SubquerySet::from_rows(before_values) };
+    let planned_txn = |txn: &HeldTxn, sets: &dyn SetLookup| -> Result<Spliced, EvalError> {
+        let mut planned = Vec::new();
+        for change in &txn.changes {
+            planned.extend(plan(shape, encoder, change, sets)?);
+        }
+        Ok(Spliced { xid: txn.xid, lsn: Some(txn.commit_lsn), planned })
+    };
+    let seen = |txn: &&HeldTxn| result.snapshot.contains(txn.xid);
+    let mut out = Vec::new();
+    for txn in hold.txns.iter().filter(seen) {
+        out.push(planned_txn(txn, &before)?);
+    }
+    out.push(Spliced { xid: hold.trigger_xid, lsn: None, planned: moved(shape, encoder, &result.rows) });
+    for txn in hold.txns.iter().filter(|t| !seen(t)) {
+        out.push(planned_txn(txn, now)?);
+    }
+    out.retain(|s| !s.planned.is_empty());
+    Ok(out)
+}
+
+/// The move query's rows as inserts (with the whole row) and deletes.
+fn moved(s: &Shape, encoder: &MessageEncoder, rows: &[MovedRow]) -> Vec<Planned> {
+    let read = read_columns(s);
+    let cell = |row: &MovedRow, col: usize| {
+        let at = read.binary_search(&col).expect("read columns hold the key and the selected ones");
+        row.values[at].as_deref().map(Cell::text).unwrap_or(Cell::Null)
+    };
+    rows.iter()
+        .map(|row| {
+            let key = encoder.key(s.key.iter().map(|&c| row.values[read.binary_search(&c).unwrap()].as_deref()));
+            let (op, cols) = match (row.now_in, s.spec.replica) {
+                (true, _) | (false, Replica::Full) => {
+                    (if row.now_in { Operation::Insert } else { Operation::Delete }, &s.selected)
+                }
+                (false, Replica::Default) => (Operation::Delete, &s.key),
+            };
+            Planned {
+                op,
+                key,
+                value: cols.iter().map(|&c| (c, cell(row, c))).collect(),
+                old_value: None,
+                key_change_to: None,
+                key_change_from: None,
+            }
+        })
+        .collect()
+}
