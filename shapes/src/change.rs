@@ -120,9 +120,12 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// A marker at `lsn` (see [`TxnItem::Marker`]), carried like a transaction without one.
-    pub fn marker(lsn: Lsn, content: String) -> Txn {
-        Txn { xid: 0, commit_lsn: lsn, end_lsn: lsn, items: vec![TxnItem::Marker(content)] }
+    /// A marker whose record ends at `end` (see [`TxnItem::Marker`]), carried like a
+    /// transaction. The stream reports a message's end, which may be where the next commit
+    /// record starts: the marker sorts just before it, so what is logged at the marker's
+    /// position never hides that commit.
+    pub fn marker(end: Lsn, content: String) -> Txn {
+        Txn { xid: 0, commit_lsn: Lsn(end.0.saturating_sub(1)), end_lsn: end, items: vec![TxnItem::Marker(content)] }
     }
 
     /// The marker's content, when this is one.

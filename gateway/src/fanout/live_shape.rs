@@ -11,6 +11,7 @@ use shapes::log::ShapeLog;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::set_registry::SetId;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
+use shapes::subquery_set::{SetDelta, SubquerySet};
 use shapes::table::TableSchema;
 use shapes::wire::{LiveHeaders, MessageEncoder, schema_header};
 
@@ -129,6 +130,23 @@ impl LiveShape {
     /// Starts holding the shape's changes for a move.
     pub fn start_hold(&self, hold: Hold) {
         *self.hold.lock().unwrap() = Some(hold);
+    }
+
+    /// Another change to the held set: the move restarts as `id` covering both
+    /// ([`Hold::merge`]); returns what `query` makes of the hold. `None`: no hold, or one
+    /// for another set.
+    pub fn merge_hold<T>(
+        &self,
+        id: u64,
+        set: SetId,
+        delta: &SetDelta,
+        now: &SubquerySet,
+        query: impl FnOnce(&Hold) -> T,
+    ) -> Option<T> {
+        let mut hold = self.hold.lock().unwrap();
+        let hold = hold.as_mut().filter(|h| h.set == set)?;
+        hold.merge(id, delta, now);
+        Some(query(hold))
     }
 
     /// Holds one change when a move is under way; `false` when none is.

@@ -14,8 +14,8 @@ use shapes::change::{Cell, Change, Txn};
 use shapes::contract::Operation;
 use shapes::offset::Lsn;
 use shapes::set_registry::SetId;
-use shapes::subquery_set::{SetLookup, SubquerySet};
-use shapes::where_clause::{EvalError, SetKey, SetView, Subquery};
+use shapes::subquery_set::{SetDelta, SetLookup, SubquerySet};
+use shapes::where_clause::{EvalError, Membership, SetKey, SetView, Subquery};
 
 use shapes::shape::{Replica, Shape};
 use shapes::wire::MessageEncoder;
@@ -26,9 +26,13 @@ use super::snapshot_info::SnapshotInfo;
 /// A shape's changes held while a move query runs.
 #[derive(Debug)]
 pub struct Hold {
+    /// The move under way; a further change to the set starts another, which replaces it.
     pub id: u64,
     pub set: SetId,
     pub subquery: Subquery,
+    /// Whether each value changed since the hold began was in the set before it began.
+    pub before: Vec<(SetKey, bool)>,
+    /// The values in the set now that were not before the hold, and those gone since.
     pub entered: Vec<SetKey>,
     pub left: Vec<SetKey>,
     /// The transaction that changed the set: the moved rows are sent as its.
@@ -61,6 +65,40 @@ pub struct MovedRow {
 }
 
 impl Hold {
+    /// A hold that starts with `delta` (the set is `now` after it), as move `id`.
+    pub fn new(id: u64, set: SetId, subquery: Subquery, trigger_xid: u32, delta: &SetDelta, now: &SubquerySet) -> Hold {
+        let mut hold = Hold {
+            id,
+            set,
+            subquery,
+            before: Vec::new(),
+            entered: Vec::new(),
+            left: Vec::new(),
+            trigger_xid,
+            txns: Vec::new(),
+            result: None,
+        };
+        hold.merge(id, delta, now);
+        hold
+    }
+
+    /// Another change to the set while held: one move, `id`, now covers both, comparing
+    /// the set before the hold with the set now (the earlier move's result is dropped).
+    pub fn merge(&mut self, id: u64, delta: &SetDelta, now: &SubquerySet) {
+        for (values, was_in) in [(&delta.entered, false), (&delta.left, true)] {
+            for v in values {
+                if !self.before.iter().any(|(k, _)| k == v) {
+                    self.before.push((v.clone(), was_in));
+                }
+            }
+        }
+        let now_in = |v: &SetKey| now.membership(v) == Membership::In;
+        self.entered = self.before.iter().filter(|(v, was)| !was && now_in(v)).map(|(v, _)| v.clone()).collect();
+        self.left = self.before.iter().filter(|(v, was)| *was && !now_in(v)).map(|(v, _)| v.clone()).collect();
+        self.id = id;
+        self.result = None;
+    }
+
     /// The set as the shape saw it before the change.
     pub fn view(&self) -> SetView<'_> {
         SetView { subquery: &self.subquery, without: &self.entered, with: &self.left }

@@ -196,33 +196,46 @@ impl Sets {
                 "a NULL entered or left a subquery's set"
             } else if !shape.snapshot_known() {
                 "a subquery's set changed during its snapshot"
-            } else if shape.is_holding() {
-                "a subquery's set changed while rows were moving"
+            } else if let Some(now) = kept.get(set) {
+                if self.start_move(&shape, txn, set, &subquery, &delta, now) {
+                    continue;
+                }
+                "two of its subqueries' sets changed at once"
             } else {
-                self.start_move(&shape, txn, set, &subquery, &delta);
                 continue;
             };
             rotate.push((shape, why));
         }
     }
 
-    fn start_move(&self, shape: &Arc<LiveShape>, txn: &Txn, set: SetId, subquery: &Subquery, delta: &SetDelta) {
+    /// Starts a move for `delta` (or widens the one under way for this set); `false` when a
+    /// move for another set is under way.
+    fn start_move(
+        &self,
+        shape: &Arc<LiveShape>,
+        txn: &Txn,
+        set: SetId,
+        subquery: &Subquery,
+        delta: &SetDelta,
+        now: &SubquerySet,
+    ) -> bool {
         let id = self.next_move.fetch_add(1, Ordering::Relaxed);
-        let hold = Hold {
-            id,
-            set,
-            subquery: subquery.clone(),
-            entered: delta.entered.clone(),
-            left: delta.left.clone(),
-            trigger_xid: txn.xid,
-            txns: Vec::new(),
-            result: None,
+        let query = |hold: &Hold| shape.shape.moved_rows_sql(&hold.view(), &read_columns(&shape.shape));
+        let sql = if shape.is_holding() {
+            match shape.merge_hold(id, set, delta, now, query) {
+                Some(sql) => sql,
+                None => return false,
+            }
+        } else {
+            let hold = Hold::new(id, set, subquery.clone(), txn.xid, delta, now);
+            let sql = query(&hold);
+            shape.start_hold(hold);
+            sql
         };
-        let sql = shape.shape.moved_rows_sql(&hold.view(), &read_columns(&shape.shape));
-        shape.start_hold(hold);
         metrics::counter!("gateway_subquery_moves_total").increment(1);
         let marker = format!("move:{}:{id}", shape.id);
         let _ = self.jobs.send(Job::Move { marker, shape: shape.clone(), id, sql });
+        true
     }
 
     /// Every shape using a set (a transaction the sets could not follow: all are rotated).
