@@ -202,7 +202,13 @@ impl Shape {
         let before = self.where_sql_viewing(None, Some(view)).unwrap_or_else(|| "true".into());
         let changed: Vec<SetKey> = view.without.iter().chain(view.with).cloned().collect();
         let mut slice = Vec::new();
-        for probe in self.scope.iter().chain(&self.client_filter).flat_map(|e| e.probes_of(view.subquery)) {
+        // No value changed (a change and its undoing merged): no row can differ.
+        let probes: Vec<&[Expr]> = if changed.is_empty() {
+            Vec::new()
+        } else {
+            self.scope.iter().chain(&self.client_filter).flat_map(|e| e.probes_of(view.subquery)).collect()
+        };
+        for probe in probes {
             let probe: Vec<String> = probe.iter().map(Expr::to_sql).collect();
             let mut rows = String::new();
             crate::where_clause::write_rows(&mut rows, &changed, view.subquery);

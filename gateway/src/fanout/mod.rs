@@ -172,19 +172,22 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
     }
     let mut per_shape: HashMap<u64, (Arc<LiveShape>, Vec<plan::Planned>)> = HashMap::new();
     let mut candidates = Vec::new();
-    let mut rotate: Vec<(Arc<LiveShape>, &str)> = Vec::new();
+    let mut rotate: Vec<(Arc<LiveShape>, String)> = Vec::new();
     // The sets follow the transaction first: shapes evaluate its changes against them.
-    let mut kept = registry.sets().kept();
-    match kept.apply(txn) {
-        Ok(deltas) => {
-            for (set, delta) in deltas {
-                registry.sets().on_change(&mut kept, txn, set, delta, |id| registry.by_id(id), &mut rotate);
+    // (Rotating a shape takes the sets' lock: never while it is held here.)
+    {
+        let mut kept = registry.sets().kept();
+        match kept.apply(txn) {
+            Ok(deltas) => {
+                for (set, delta) in deltas {
+                    registry.sets().on_change(&mut kept, txn, set, delta, |id| registry.by_id(id), &mut rotate);
+                }
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "subquery sets disagree with the stream; their shapes are refetched");
-            let users = registry.sets().all_users().into_iter().filter_map(|id| registry.by_id(id));
-            rotate.extend(users.map(|s| (s, "its subquery sets could not follow the stream")));
+            Err(e) => {
+                tracing::warn!(error = %e, "subquery sets disagree with the stream; their shapes are refetched");
+                let users = registry.sets().all_users().into_iter().filter_map(|id| registry.by_id(id));
+                rotate.extend(users.map(|s| (s, "its subquery sets could not follow the stream".to_string())));
+            }
         }
     }
     for item in &txn.items {
@@ -198,6 +201,7 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
             TxnItem::Marker(_) => {}
             TxnItem::Change { relation, change } => {
                 let shapes = registry.candidates(*relation, change, &mut candidates);
+                let kept = registry.sets().kept();
                 for shape in shapes {
                     if shape.hold_change(txn, change) {
                         continue;
@@ -211,7 +215,7 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
                             // Never send a value we cannot vouch for: the client refetches.
                             // (Unless the shape's snapshot already has the transaction.)
                             if let Some(why) = shape.admit_unreadable(txn, e.to_string()) {
-                                registry.rotate(&shape, &format!("a change could not be evaluated: {why}"));
+                                rotate.push((shape, format!("a change could not be evaluated: {why}")));
                             }
                         }
                     }
@@ -219,9 +223,8 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
             }
         }
     }
-    drop(kept);
     for (shape, why) in rotate {
-        registry.rotate(&shape, why);
+        registry.rotate(&shape, &why);
     }
     for (id, (shape, planned)) in per_shape {
         if shape.log.version().gone {

@@ -177,7 +177,7 @@ impl Sets {
         set: SetId,
         delta: SetDelta,
         shape: impl Fn(u64) -> Option<Arc<LiveShape>>,
-        rotate: &mut Vec<(Arc<LiveShape>, &'static str)>,
+        rotate: &mut Vec<(Arc<LiveShape>, String)>,
     ) {
         let users = self.users.lock().unwrap();
         let mut affected: Vec<(u64, bool)> = users.get(&set).cloned().unwrap_or_default();
@@ -204,7 +204,7 @@ impl Sets {
             } else {
                 continue;
             };
-            rotate.push((shape, why));
+            rotate.push((shape, why.to_string()));
         }
     }
 

@@ -22,8 +22,7 @@ pub use bind::BindOptions;
 pub use eval::Row;
 pub use named::{Named, NamedParam, rewrite_named};
 pub use parse::{parse_where, parse_where_template, parse_where_with_tables};
-pub use render::write_rows;
-pub use subquery::{Catalog, Membership, SetKey, SetView, Subquery};
+pub use subquery::{Catalog, Membership, SetKey, SetView, Subquery, write_rows};
 
 /// Longest `where` accepted, in bytes.
 pub const MAX_WHERE_LEN: usize = 8 * 1024;

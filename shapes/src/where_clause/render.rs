@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::Expr;
-use super::subquery::{SetKey, SetView, Subquery};
+use super::subquery::{SetView, write_rows};
 use crate::table::quote_ident;
 use crate::value::{Datum, SqlType};
 
@@ -197,27 +197,6 @@ struct Ctx<'a> {
     /// Qualify every column with this alias.
     qualify: Option<&'a str>,
     view: Option<&'a SetView<'a>>,
-}
-
-/// Value tuples as SQL rows, `(CAST('1' AS int8)), (…)`, typed by the subquery's columns.
-pub fn write_rows(out: &mut String, rows: &[SetKey], subquery: &Subquery) {
-    for (i, row) in rows.iter().enumerate() {
-        out.push_str(if i == 0 { "(" } else { ", (" });
-        for (j, (value, (_, _, ty))) in row.iter().zip(&subquery.columns).enumerate() {
-            if j > 0 {
-                out.push_str(", ");
-            }
-            match value {
-                Some(text) => {
-                    let _ = write!(out, "CAST('{}' AS {})", text.replace('\'', "''"), ty.sql_name());
-                }
-                None => {
-                    let _ = write!(out, "CAST(NULL AS {})", ty.sql_name());
-                }
-            }
-        }
-        out.push(')');
-    }
 }
 
 fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr, q: Ctx<'_>) {

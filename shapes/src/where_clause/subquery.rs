@@ -4,6 +4,8 @@
 //! (docs/subqueries.md). Evaluation asks the row's context whether a value is in the set
 //! ([`super::Row::membership`]); rendering writes the subquery back as SQL.
 
+use std::fmt::Write;
+
 use crate::table::{TableName, TableSchema};
 use crate::value::SqlType;
 
@@ -64,7 +66,7 @@ impl Subquery {
                 .iter()
                 .map(|v| {
                     let mut row = String::new();
-                    super::render::write_rows(&mut row, std::slice::from_ref(v), self);
+                    write_rows(&mut row, std::slice::from_ref(v), self);
                     format!("{tuple} IS NOT DISTINCT FROM {row}")
                 })
                 .collect();
@@ -75,6 +77,27 @@ impl Subquery {
             sql.push_str(&terms.join(" AND "));
         }
         sql
+    }
+}
+
+/// Value tuples as SQL rows, `(CAST('1' AS int8)), (…)`, typed by the subquery's columns.
+pub fn write_rows(out: &mut String, rows: &[SetKey], subquery: &Subquery) {
+    for (i, row) in rows.iter().enumerate() {
+        out.push_str(if i == 0 { "(" } else { ", (" });
+        for (j, (value, (_, _, ty))) in row.iter().zip(&subquery.columns).enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            match value {
+                Some(text) => {
+                    let _ = write!(out, "CAST('{}' AS {})", text.replace('\'', "''"), ty.sql_name());
+                }
+                None => {
+                    let _ = write!(out, "CAST(NULL AS {})", ty.sql_name());
+                }
+            }
+        }
+        out.push(')');
     }
 }
 
