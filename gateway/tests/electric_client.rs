@@ -22,7 +22,7 @@ async fn official_client_passes_its_protocol_suite() {
     let env = Env::new().await;
     let mut gw = env.gateway_with(&["--chunk-bytes", "65536"]);
     gw.ready().await;
-    run_suite(&env, &gw, "client.test.mjs", Vec::new(), 9).await;
+    run_suite(&env, &gw, "client.test.mjs", Vec::new(), 11).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

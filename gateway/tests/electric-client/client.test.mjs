@@ -165,3 +165,34 @@ test('a write pushed to the outbox comes back through the stream with its txid',
   assert.ok(echo.headers.txids.includes(Number(txid)), `txids ${echo.headers.txids} include ${txid}`)
   controller.abort()
 })
+
+for (const liveSse of [false, true]) {
+  const mode = liveSse ? 'sse' : 'long-poll'
+
+  test(`rows move in and out as a subquery's set changes (${mode})`, async () => {
+    const [members, todos] = [`members_${mode.replace('-', '_')}`, `todos_${mode.replace('-', '_')}`]
+    await db.query(`create table ${members} (user_id text, project_id int8, primary key (user_id, project_id))`)
+    await db.query(`create table ${todos} (id int8 primary key, project_id int8, title text)`)
+    await db.query(`insert into ${members} values ('u1', 1), ('u2', 2)`)
+    await db.query(`insert into ${todos} select i, i % 3, 't' || i from generate_series(1, 12) i`)
+    const where = `project_id IN (SELECT project_id FROM ${members} WHERE user_id = $1)`
+    const controller = new AbortController()
+    const stream = new ShapeStream({ url, params: { table: todos, where, params: ['u1'] }, liveSse, signal: controller.signal })
+    const shape = new Shape(stream)
+    assert.deepEqual(ids(await shape.rows), [1, 4, 7, 10])
+    const reaches = (expected, what) =>
+      waitFor(() => JSON.stringify(ids(shape.currentRows)) === JSON.stringify(expected), what)
+
+    await db.query(`insert into ${members} values ('u1', 2)`)
+    await reaches([1, 2, 4, 5, 7, 8, 10, 11], 'a new membership brings its todos')
+    await db.query(`update ${todos} set project_id = 0 where id = 1`)
+    await db.query(`update ${todos} set title = 'renamed' where id = 5`)
+    await db.query(`begin; insert into ${members} values ('u1', 5); insert into ${todos} values (50, 5, 'with its membership'); commit`)
+    await reaches([2, 4, 5, 7, 8, 10, 11, 50], 'a todo leaves its project; a membership arrives with its todo')
+    await db.query(`delete from ${members} where user_id = 'u1' and project_id = 2`)
+    await reaches([4, 7, 10, 50], 'a removed membership takes its todos away')
+    for (const row of shape.currentRows) assert.equal(typeof row.title, 'string', 'rows that moved in arrive whole')
+    assert.equal(shape.currentRows.find((r) => r.id === 50n).title, 'with its membership')
+    controller.abort()
+  })
+}
