@@ -134,7 +134,19 @@ async fn build_auth(
         let schema = db::table_schema(client, &table)
             .await?
             .ok_or_else(|| fail(format!("table {} does not exist", table.quoted())))?;
-        rules.check_table(&schema, bind).map_err(fail)?;
+        // A scope's subqueries name other tables: read each, then check again.
+        let mut catalog = Vec::new();
+        loop {
+            match rules.check_table(&schema, &catalog, bind) {
+                Ok(()) => break,
+                Err(auth::rules::RuleCheck::Invalid(problem)) => return Err(fail(problem).into()),
+                Err(auth::rules::RuleCheck::NeedsTable(inner)) => catalog.push(
+                    db::table_schema(client, &inner)
+                        .await?
+                        .ok_or_else(|| fail(format!("scope: table {} does not exist", inner.quoted())))?,
+                ),
+            }
+        }
     }
     if cfg.rules.is_empty() {
         tracing::warn!("--auth jwt without [[table]] rules: only admin tokens can read anything");

@@ -196,3 +196,64 @@ async fn a_write_the_move_query_did_not_see_lands_after_the_moved_rows() {
         assert_eq!((f.duplicates, f.refetches), (0, 0));
     }
 }
+
+/// An access rule scoped through a subquery: each user reads the todos of the projects
+/// they are a member of, follows their memberships, and writes only inside them; a client's
+/// own subquery (reading a table no rule covers) is refused to them.
+#[tokio::test]
+async fn a_rule_scoped_through_memberships_gives_each_user_their_projects() {
+    use crate::auth::{SECRET, token};
+    use crate::outbox::push;
+    use serde_json::json;
+
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let config = env.data_dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        r#"
+[[table]]
+name = "todos"
+scope = "project_id IN (SELECT project_id FROM members WHERE user_id = :sub)"
+write = ["insert", "update"]
+"#,
+    )
+    .unwrap();
+    let mut gw = env.gateway_with(&["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()]);
+    gw.ready().await;
+    let (t1, t2) = (token(json!({"sub": "u1"})), token(json!({"sub": "u2"})));
+    let scope = |user: &str| format!("project_id IN (SELECT project_id FROM members WHERE user_id = '{user}')");
+    let mut u1 = Follower::new(&gw, "table=todos").with_token(&t1);
+    let mut u2 = Follower::new(&gw, "table=todos").with_token(&t2);
+    for step in [
+        "select 1",
+        "insert into members values ('u1', 2)",
+        "update todos set project_id = 3 where id = 2",
+        "delete from members where user_id = 'u2' and project_id = 2",
+        "insert into members values ('u2', 3)",
+    ] {
+        env.sql(step).await;
+        u1.converge_to("title", &oracle(&env.db, "todos", &scope("u1"), "title").await).await;
+        u2.converge_to("title", &oracle(&env.db, "todos", &scope("u2"), "title").await).await;
+    }
+    assert_eq!((u1.refetches, u2.refetches, u1.duplicates, u2.duplicates), (0, 0, 0, 0));
+
+    let own = format!("table=todos&offset=-1&where={}", enc("project_id IN (SELECT project_id FROM members)"));
+    let refused = testkit::get_as(&format!("{}/v1/shape?{own}", gw.base()), Some(&t1)).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    // u1 is a member of 1 and 2 (not 0): writes land only there.
+    let batch = json!({"client_id": "c", "mutations": [
+        {"id": 1, "table": "todos", "op": "insert", "value": {"id": 500, "project_id": 1, "title": "mine"}},
+        {"id": 2, "table": "todos", "op": "insert", "value": {"id": 501, "project_id": 0, "title": "not mine"}},
+        {"id": 3, "table": "todos", "op": "update", "key": {"id": 5}, "value": {"project_id": 0}},
+        {"id": 4, "table": "todos", "op": "update", "key": {"id": 4}, "value": {"title": "theirs"}},
+    ]});
+    let (status, body) = push(&gw, &t1, batch).await;
+    assert_eq!(status, 200, "{body}");
+    let statuses: Vec<&str> =
+        body["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["applied", "rejected", "rejected", "conflict"], "{body}");
+    u1.converge_to("title", &oracle(&env.db, "todos", &scope("u1"), "title").await).await;
+    assert_eq!(u1.rows.len(), oracle(&env.db, "todos", &scope("u1"), "title").await.len());
+}

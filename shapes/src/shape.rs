@@ -134,7 +134,11 @@ impl Shape {
         let scope = match &spec.scope {
             Some(s) => {
                 let params: HashMap<usize, String> = s.params.iter().cloned().collect();
-                Some(parse_where(&s.where_text, &table, &params, options).map_err(ShapeError::Scope)?)
+                let scope = match catalog {
+                    Some(catalog) => parse_where_with_tables(&s.where_text, &table, catalog, &params, options),
+                    None => parse_where(&s.where_text, &table, &params, options),
+                };
+                Some(scope.map_err(ShapeError::Scope)?)
             }
             None => None,
         };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shapes::shape::ScopeSpec;
 use shapes::table::{TableName, TableSchema};
-use shapes::where_clause::{BindOptions, parse_where_template, rewrite_named};
+use shapes::where_clause::{BindOptions, WhereError, parse_where_template, rewrite_named};
 
 use super::ColumnSet;
 
@@ -41,6 +41,14 @@ pub enum Conflict {
     #[default]
     LastWriteWins,
     RejectStale,
+}
+
+/// What checking a rule against its table found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RuleCheck {
+    /// The scope's subqueries read this table: add it to the catalog and check again.
+    NeedsTable(TableName),
+    Invalid(String),
 }
 
 /// A rule that cannot work, named so the operator can find it.
@@ -190,11 +198,33 @@ impl AccessRules {
     /// Checks one rule against its table: the scope binds, the columns exist and hold the
     /// primary key (a table without one cannot hide columns), the version column exists and
     /// is readable.
-    pub fn check_table(&self, schema: &TableSchema, options: BindOptions) -> Result<(), String> {
+    /// Checks the rule of `schema`'s table; its scope's subqueries may read the tables of
+    /// `catalog` (a missing one is [`RuleCheck::NeedsTable`]: load it, check again).
+    pub fn check_table(
+        &self,
+        schema: &TableSchema,
+        catalog: &[TableSchema],
+        options: BindOptions,
+    ) -> Result<(), RuleCheck> {
         let Some(access) = self.get(&schema.name) else { return Ok(()) };
         if let Some(scope) = &access.scope {
-            parse_where_template(&scope.text, schema, options).map_err(|e| format!("scope: {e}"))?;
+            let catalog = catalog.to_vec();
+            let expr = match parse_where_template(&scope.text, schema, Some(&catalog), options) {
+                Err(WhereError::UnknownTable(t)) => return Err(RuleCheck::NeedsTable(t)),
+                Err(e) => return Err(RuleCheck::Invalid(format!("scope: {e}"))),
+                Ok(expr) => expr,
+            };
+            // The inner tables' changes must say what their rows yielded before.
+            for subquery in expr.subqueries() {
+                if let Some(inner) = catalog.iter().find(|t| t.name == subquery.table) {
+                    subquery.check_replica_identity(inner).map_err(|e| RuleCheck::Invalid(format!("scope: {e}")))?;
+                }
+            }
         }
+        Self::check_columns(access, schema).map_err(RuleCheck::Invalid)
+    }
+
+    fn check_columns(access: &TableAccess, schema: &TableSchema) -> Result<(), String> {
         if let Some(cols) = access.columns.listed() {
             let unknown: Vec<&str> =
                 cols.iter().filter(|c| schema.column_index(c).is_none()).map(String::as_str).collect();
@@ -275,17 +305,17 @@ mod tests {
     }
 
     #[test]
-    fn a_scope_through_a_subquery_is_refused_until_relational_scopes_are_whole() {
+    fn a_scope_through_a_subquery_asks_for_its_inner_table_and_checks_what_the_stream_carries() {
         let rules: HashMap<String, Vec<TableRule>> = toml::from_str(
             "[[table]]\nname = \"todos\"\nscope = \"project_id IN (SELECT project_id FROM memberships WHERE user_id = :sub)\"",
         )
         .unwrap();
         let rules = AccessRules::compile(&rules["table"]).unwrap();
-        let column = |name: &str, pk| shapes::table::Column {
+        let column = |name: &str, ty: &str, pk| shapes::table::Column {
             name: name.into(),
             type_oid: 20,
-            type_name: "int8".into(),
-            type_sql: "bigint".into(),
+            type_name: ty.into(),
+            type_sql: ty.into(),
             dims: 0,
             type_mod: -1,
             not_null: false,
@@ -294,10 +324,22 @@ mod tests {
         let todos = TableSchema {
             oid: 1,
             name: TableName::new("public", "todos"),
-            columns: vec![column("id", Some(0)), column("project_id", None)],
+            columns: vec![column("id", "int8", Some(0)), column("project_id", "int8", None)],
             replica_identity_full: true,
         };
-        let refused = rules.check_table(&todos, BindOptions::default()).unwrap_err();
-        assert!(refused.starts_with("scope:") && refused.contains("subquery"), "{refused}");
+        let memberships = TableSchema {
+            oid: 2,
+            name: TableName::new("public", "memberships"),
+            columns: vec![column("user_id", "text", None), column("project_id", "int8", None)],
+            replica_identity_full: false,
+        };
+        let options = BindOptions::default();
+        assert_eq!(rules.check_table(&todos, &[], options), Err(RuleCheck::NeedsTable(memberships.name.clone())));
+        let Err(RuleCheck::Invalid(refused)) = rules.check_table(&todos, &[memberships.clone()], options) else {
+            panic!("memberships has no key and no REPLICA IDENTITY FULL")
+        };
+        assert!(refused.contains("REPLICA IDENTITY FULL"), "{refused}");
+        let full = TableSchema { replica_identity_full: true, ..memberships };
+        assert_eq!(rules.check_table(&todos, &[full], options), Ok(()));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Pool};
 use shapes::table::TableName;
-use shapes::where_clause::{BindOptions, parse_where};
+use shapes::where_clause::{BindOptions, WhereError, parse_where_with_tables};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
@@ -19,6 +19,9 @@ use super::plan::{self, Statement};
 use super::session::BatchTx;
 use super::{Batch, BatchResult, Mutation, MutationResult, Op, Status, Tables, WriteTable, ledger};
 use crate::auth::{Auth, Caller};
+
+/// Most tables a scope's subqueries may read.
+const MAX_SCOPE_TABLES: usize = 8;
 
 /// Tables resolved for a batch, by name and op: the target or why it may not be written,
 /// and whether its columns were read again from the catalog.
@@ -336,9 +339,27 @@ impl Outbox {
             None => None,
             Some(s) => {
                 let params = s.params.iter().cloned().collect();
-                match parse_where(&s.where_text, &table.schema, &params, self.bind) {
-                    Ok(expr) => Some(plan::ScopeSql { row: expr.to_sql(), existing: expr.to_sql_on(plan::TARGET) }),
-                    Err(e) => return Ok(Err(format!("the token's claims do not fit the access rule: {e}"))),
+                // A scope through a subquery reads other tables: PostgreSQL runs it in the
+                // write's statement, against the rows as the write sees them.
+                let mut catalog = Vec::new();
+                loop {
+                    match parse_where_with_tables(&s.where_text, &table.schema, &catalog, &params, self.bind) {
+                        Ok(expr) => {
+                            break Some(plan::ScopeSql { row: expr.to_sql(), existing: expr.to_sql_on(plan::TARGET) });
+                        }
+                        Err(WhereError::UnknownTable(inner)) if catalog.len() < MAX_SCOPE_TABLES => {
+                            match self.table(tx, &inner).await? {
+                                Some(t) => catalog.push(t.schema.clone()),
+                                None => {
+                                    return Ok(Err(format!(
+                                        "the access rule's scope reads {}, which does not exist",
+                                        inner.quoted()
+                                    )));
+                                }
+                            }
+                        }
+                        Err(e) => return Ok(Err(format!("the token's claims do not fit the access rule: {e}"))),
+                    }
                 }
             }
         };

@@ -104,7 +104,10 @@ impl ShapeSet {
         let bind = |schema: TableSchema, catalog: &Vec<TableSchema>| {
             let options = self.registry.bind_options();
             match Shape::bind_with_tables(spec.clone(), schema, Some(catalog), options) {
-                Err(ShapeError::Where(WhereError::UnknownTable(inner))) => Ok(Err(inner)),
+                Err(
+                    ShapeError::Where(WhereError::UnknownTable(inner))
+                    | ShapeError::Scope(WhereError::UnknownTable(inner)),
+                ) => Ok(Err(inner)),
                 Err(ShapeError::Where(w)) => Err(ShapeSetError::Invalid { field: "where", message: w.to_string() }),
                 Err(ShapeError::Columns(c)) => Err(ShapeSetError::Invalid { field: "columns", message: c }),
                 Err(ShapeError::Scope(w)) => Err(ShapeSetError::Forbidden(format!(

@@ -40,9 +40,15 @@ pub fn parse_where_with_tables(
 }
 
 /// Checks a filter whose `$n` values come later (an access rule's scope): every `$n`
-/// binds as an untyped NULL, so columns, operators and types are checked now.
-pub fn parse_where_template(text: &str, table: &TableSchema, options: BindOptions) -> Result<Expr, WhereError> {
-    parse_bound(text, table, Params::Later, options, None)
+/// binds as an untyped NULL, so columns, operators and types are checked now. Subqueries
+/// may read the tables of `catalog` (none without one).
+pub fn parse_where_template(
+    text: &str,
+    table: &TableSchema,
+    catalog: Option<&dyn Catalog>,
+    options: BindOptions,
+) -> Result<Expr, WhereError> {
+    parse_bound(text, table, Params::Later, options, catalog)
 }
 
 fn parse_bound(
