@@ -575,3 +575,20 @@ test("upgrade hooks run once per app schema version", { timeout: 30_000 }, async
   assert.deepEqual(runs, ["0->1", "1->3"]);
   await context.close();
 });
+
+test("rows move into and out of the mirror as the caller's memberships change (a rule scoped through a subquery)", { timeout: 30_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await open(page, { tasks: { table: "tasks" } });
+  const ids = () => page.evaluate(async () => (await window.sync.shape("tasks").getAll()).map((t) => t.id).sort((a, b) => a - b));
+  assert.deepEqual(await ids(), [1, 4, 7, 10], "project 1's tasks");
+  sql("insert into members values ('sdk-test', 2)");
+  await until("project 2's tasks in IndexedDB", async () => isDeepStrictEqual(await ids(), [1, 2, 4, 5, 7, 8, 10, 11]));
+  const moved = await row(page, "tasks", 5);
+  assert.equal(moved.title, "task 5", "a row that moved in is whole");
+  sql("delete from members where user_id = 'sdk-test' and project_id = 1");
+  await until("project 1's tasks gone from IndexedDB", async () => isDeepStrictEqual(await ids(), [2, 5, 8, 11]));
+  const deletes = await page.evaluate(() => window.events.filter((e) => e.op === "delete").map((e) => e.key).sort((a, b) => a - b));
+  assert.deepEqual(deletes, [1, 4, 7, 10], "each row that left fired a delete");
+  await context.close();
+});

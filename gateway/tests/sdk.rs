@@ -8,7 +8,7 @@ use testkit::{Env, node_suite};
 
 /// `items` takes every write; `notes` rejects stale ones by its version column; `memos`
 /// are each user's own (`owner = :sub`); `checked` refuses what its check constraint does;
-/// `dexie` is the query suite's own.
+/// `dexie` is the query suite's own; `tasks` are those of the caller's projects (`members`).
 const RULES: &str = r#"
 [[table]]
 name = "items"
@@ -32,6 +32,10 @@ write = ["insert", "update", "delete"]
 name = "memos"
 scope = "owner = :sub"
 write = ["insert", "update", "delete"]
+
+[[table]]
+name = "tasks"
+scope = "project_id IN (SELECT project_id FROM members WHERE user_id = :sub)"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +59,11 @@ async fn the_sdk_mirrors_shapes_and_syncs_its_outbox_in_chromium() {
          insert into memos values (1, 'x', 'x memo'), (2, 'y', 'y memo');
          create table checked (id int4 primary key, n int4 constraint positive check (n > 0));
          create table dexie (id int4 primary key, title text, big int8, done bool);
-         insert into dexie select i, 'item ' || i, i, i % 2 = 0 from generate_series(1, 10) i;",
+         insert into dexie select i, 'item ' || i, i, i % 2 = 0 from generate_series(1, 10) i;
+         create table members (user_id text, project_id int4, primary key (user_id, project_id));
+         insert into members values ('sdk-test', 1), ('other', 2);
+         create table tasks (id int4 primary key, project_id int4, title text);
+         insert into tasks select i, i % 3, 'task ' || i from generate_series(1, 12) i;",
     )
     .await;
     let config = env.data_dir.with_extension("toml");
@@ -69,7 +77,7 @@ async fn the_sdk_mirrors_shapes_and_syncs_its_outbox_in_chromium() {
         &env,
         &gw,
         vec![("TOKEN", token), ("JWT_SECRET", SECRET.to_string())],
-        21,
+        22,
     )
     .await;
 }
