@@ -335,7 +335,8 @@ mod tests {
         };
         let options = BindOptions::default();
         assert_eq!(rules.check_table(&todos, &[], options), Err(RuleCheck::NeedsTable(memberships.name.clone())));
-        let Err(RuleCheck::Invalid(refused)) = rules.check_table(&todos, std::slice::from_ref(&memberships), options) else {
+        let Err(RuleCheck::Invalid(refused)) = rules.check_table(&todos, std::slice::from_ref(&memberships), options)
+        else {
             panic!("memberships has no key and no REPLICA IDENTITY FULL")
         };
         assert!(refused.contains("REPLICA IDENTITY FULL"), "{refused}");
