@@ -67,7 +67,7 @@ const MAX_SUBSET_BYTES: usize = 64 << 20;
 /// requests learn why.
 pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
     let started = std::time::Instant::now();
-    match snapshot(&db, &shape).await {
+    match snapshot(&db, &registry, &shape).await {
         Ok(rows) => {
             tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, rows, ms = started.elapsed().as_millis() as u64, "snapshot complete")
         }
@@ -89,7 +89,7 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
 /// COPY output is handed to the encoder in blocks of about this size.
 const BLOCK: usize = 64 * 1024;
 
-async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotError> {
+async fn snapshot(cfg: &Config, registry: &Registry, shape: &Arc<LiveShape>) -> Result<u64, SnapshotError> {
     let client = db::connect(cfg).await?;
     let abandoned = db::CancelOnDrop::new(&client);
     client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
@@ -142,7 +142,7 @@ async fn snapshot(cfg: &Config, shape: &Arc<LiveShape>) -> Result<u64, SnapshotE
     }
     client.batch_execute("commit").await.map_err(DbError::from)?;
     abandoned.disarm();
-    shape.persist(info.clone())?;
+    shape.persist(info.clone(), registry.sets().views_of(shape))?;
     shape.log.finish_snapshot(&snapshot_end(info.xmin, info.xmax, &info.xip))?;
     Ok(rows)
 }

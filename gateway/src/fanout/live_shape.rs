@@ -19,6 +19,7 @@ pub use super::snapshot_info::SnapshotInfo;
 
 use super::moves::{Hold, MoveResult, Spliced};
 use super::plan::Planned;
+use super::views::{SetViews, Views};
 
 /// One transaction's encoded entries for one shape.
 pub type TxnEntries = Vec<(LogOffset, Vec<u8>)>;
@@ -49,6 +50,9 @@ pub(super) struct ShapeMeta {
     pub(super) spec: ShapeSpec,
     pub(super) table: TableSchema,
     pub(super) snapshot: SnapshotInfo,
+    /// The tables its subqueries read, as they were bound.
+    #[serde(default)]
+    pub(super) catalog: Vec<TableSchema>,
 }
 
 impl ShapeMeta {
@@ -85,6 +89,8 @@ pub struct LiveShape {
     pub sets: Vec<(SetId, bool)>,
     /// Changes held while rows move in or out ([`super::moves`]).
     hold: Mutex<Option<Hold>>,
+    /// The tables its subqueries read, as bound (stored for restarts).
+    pub catalog: Vec<TableSchema>,
 }
 
 impl LiveShape {
@@ -97,6 +103,7 @@ impl LiveShape {
         log: ShapeLog,
         snapshot: Option<SnapshotInfo>,
         sets: Vec<(SetId, bool)>,
+        catalog: Vec<TableSchema>,
     ) -> Self {
         let visibility = match snapshot {
             Some(snapshot) => Visibility::Known(snapshot),
@@ -114,6 +121,7 @@ impl LiveShape {
             failure: Mutex::new(None),
             sets,
             hold: Mutex::new(None),
+            catalog,
         }
     }
 
@@ -149,11 +157,14 @@ impl LiveShape {
         Some(query(hold))
     }
 
-    /// Holds one change when a move is under way; `false` when none is.
+    /// Holds one change when a move is under way (dropping it when the snapshot or the log
+    /// already has its transaction, as [`LiveShape::admit`] does); `false` when none is.
     pub fn hold_change(&self, txn: &Txn, change: &shapes::change::Change) -> bool {
         match &mut *self.hold.lock().unwrap() {
             Some(hold) => {
-                hold.push(txn, change);
+                if !self.holds(&self.visibility.lock().unwrap(), txn) {
+                    hold.push(txn, change);
+                }
                 true
             }
             None => false,
@@ -169,6 +180,17 @@ impl LiveShape {
             }
             _ => false,
         }
+    }
+
+    /// The commit position of the first change held, if any: the stream must be able to
+    /// send it again after a crash, so nothing from there on may be acknowledged.
+    pub fn first_held(&self) -> Option<Lsn> {
+        self.hold.lock().unwrap().as_ref().and_then(|h| h.txns.first()).map(|t| t.commit_lsn)
+    }
+
+    /// The set values a restarted shape's log reflects, while it waits for its set to load.
+    pub fn take_resync_view(&self, set: SetId) -> Option<Vec<shapes::where_clause::SetKey>> {
+        self.hold.lock().unwrap().as_mut().filter(|h| h.set == set).and_then(|h| h.resync_view.take())
     }
 
     /// Ends move `id` when its query has finished: the hold, to be spliced.
@@ -292,13 +314,18 @@ impl LiveShape {
         Ok(())
     }
 
-    /// Records the shape so it survives a restart (before the snapshot is marked complete).
-    pub fn persist(&self, snapshot: SnapshotInfo) -> io::Result<()> {
+    /// Records the shape so it survives a restart (before the snapshot is marked complete),
+    /// with the values of its sets its snapshot reflects.
+    pub fn persist(&self, snapshot: SnapshotInfo, views: Views) -> io::Result<()> {
+        if !self.sets.is_empty() {
+            SetViews::created(views).write(self.log.dir())?;
+        }
         let meta = ShapeMeta {
             handle: self.handle.clone(),
             spec: self.shape.spec.clone(),
             table: self.shape.table.clone(),
             snapshot,
+            catalog: self.catalog.clone(),
         };
         write_atomically(&self.log.dir().join("shape.json"), &serde_json::to_vec(&meta).map_err(io::Error::other)?)
     }

@@ -8,6 +8,7 @@ pub mod plan;
 pub mod registry;
 pub mod sets;
 pub mod snapshot_info;
+pub mod views;
 mod writers;
 
 use std::collections::HashMap;
@@ -95,7 +96,10 @@ pub async fn run(
             }
         }
         if let Some(last) = batch.last() {
-            ack.note_durable(last.end_lsn, last.commit_lsn);
+            // Changes held for a move are not in their shape's log yet: the stream must be
+            // able to send them again, so the acknowledged position stays before them.
+            let floor = registry.sets().hold_floor(|id| registry.by_id(id));
+            ack.note_durable(floor.map_or(last.end_lsn, |f| f.min(last.end_lsn)), last.commit_lsn);
         }
     }
 }
@@ -238,15 +242,31 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
 
 /// The stream reached a marker: a set load or a move whose query has finished.
 fn on_marker(registry: &Registry, txn: &Txn, marker: &str, writes: &mut BatchWrites) {
-    if registry.sets().finish_load(marker) {
-        return;
+    match registry.sets().finish_load(marker) {
+        Some(Ok(set)) => return registry.sets().resume(set, |id| registry.by_id(id)),
+        Some(Err(set)) => {
+            for shape in registry.sets().users_of(set).into_iter().filter_map(|id| registry.by_id(id)) {
+                registry.rotate(&shape, "its subquery set could not be loaded");
+            }
+            return;
+        }
+        None => {}
     }
     let Some((shape, id)) = marker.strip_prefix("move:").and_then(|m| m.split_once(':')) else { return };
     let (Ok(shape), Ok(id)) = (shape.parse::<u64>(), id.parse::<u64>()) else { return };
     let Some(shape) = registry.by_id(shape) else { return };
     let Some(hold) = shape.take_finished_hold(id) else { return };
+    registry.sets().end_hold(shape.id);
     let Some(result) = hold.result.as_ref() else { return };
     let spliced = moves::splice(&shape.shape, &shape.encoder, &hold, result, &*registry.sets().kept());
+    // The views the splice leaves are durable before the splice can be.
+    let views = views::SetViews::read(shape.log.dir()).and_then(|before| {
+        let before = before.map(|b| b.as_of(shape.log.written_lsn()).clone()).unwrap_or_default();
+        views::SetViews::moved(before, txn.commit_lsn, registry.sets().views_of(&shape)).write(shape.log.dir())
+    });
+    if let Err(e) = views {
+        return registry.rotate(&shape, &format!("its set views could not be stored: {e}"));
+    }
     match spliced {
         Ok(groups) => {
             let entries = shape.encode_splice(txn.commit_lsn, &groups);

@@ -39,6 +39,9 @@ pub struct Hold {
     pub trigger_xid: u32,
     pub txns: Vec<HeldTxn>,
     pub result: Option<MoveResult>,
+    /// A restarted shape waiting for its set to load: the values its log reflects, to
+    /// compare with the loaded set (no move is under way until then).
+    pub resync_view: Option<Vec<SetKey>>,
 }
 
 /// One held transaction's changes to the shape's table.
@@ -77,9 +80,27 @@ impl Hold {
             trigger_xid,
             txns: Vec::new(),
             result: None,
+            resync_view: None,
         };
         hold.merge(id, delta, now);
         hold
+    }
+
+    /// The hold of a restarted shape whose log reflects `view` of `set`: its changes wait
+    /// until the set is loaded, then move the difference ([`Hold::merge`]).
+    pub fn resync(set: SetId, subquery: Subquery, view: Vec<SetKey>) -> Hold {
+        Hold {
+            id: 0,
+            set,
+            subquery,
+            before: Vec::new(),
+            entered: Vec::new(),
+            left: Vec::new(),
+            trigger_xid: 0,
+            txns: Vec::new(),
+            result: None,
+            resync_view: Some(view),
+        }
     }
 
     /// Another change to the set while held: one move, `id`, now covers both, comparing

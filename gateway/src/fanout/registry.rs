@@ -14,13 +14,14 @@ use shapes::log::ShapeLog;
 use shapes::offset::Lsn;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey};
 use shapes::table::{TableName, TableSchema};
-use shapes::where_clause::BindOptions;
+use shapes::where_clause::{BindOptions, Subquery};
 
 use shapes::set_registry::SetId;
 use tokio::sync::mpsc;
 
 use super::live_shape::{LiveShape, ShapeMeta, SnapshotInfo};
 use super::sets::{Job, Sets};
+use super::views::SetViews;
 
 #[derive(Default)]
 struct Inner {
@@ -102,10 +103,29 @@ impl Registry {
         let Some(log) = ShapeLog::open_checked(path, self.chunk_bytes, self.acknowledged)? else {
             return Ok(false);
         };
-        let shape = Shape::bind(meta.spec, meta.table, self.bind).map_err(io::Error::other)?;
-        // Subquery sets are not stored yet: such shapes do not bind here and are refetched.
-        let live = self.live_shape(meta.handle, shape, log, Some(meta.snapshot), Vec::new());
-        self.register(Arc::new(live));
+        let shape =
+            Shape::bind_with_tables(meta.spec, meta.table, Some(&meta.catalog), self.bind).map_err(io::Error::other)?;
+        let subqueries: Vec<Subquery> = shape.subqueries().into_iter().map(|(s, _)| s.clone()).collect();
+        if subqueries.is_empty() {
+            let live = self.live_shape(meta.handle, shape, log, Some(meta.snapshot), Vec::new(), Vec::new());
+            self.register(Arc::new(live));
+            return Ok(true);
+        }
+        // A shape through one subquery resumes: its changes wait for the set to load, then
+        // what changed meanwhile moves in or out. Others are refetched (not stored yet).
+        let [subquery] = subqueries.as_slice() else {
+            return Err(io::Error::other("only shapes through one subquery resume after a restart"));
+        };
+        let views = SetViews::read(path)?.ok_or_else(|| io::Error::other("its set views are missing"))?;
+        let view = views.as_of(log.written_lsn()).iter().find(|(sql, _)| *sql == subquery.to_sql()).map(|(_, v)| v);
+        let view = view.cloned().ok_or_else(|| io::Error::other("its set's view is missing"))?;
+        let oid = |s: &Subquery| meta.catalog.iter().find(|t| t.name == s.table).map_or(0, |t| t.oid);
+        let sets = self.sets.acquire_loading(&shape, oid);
+        let set = sets[0].0;
+        let live = Arc::new(self.live_shape(meta.handle, shape, log, Some(meta.snapshot), sets, meta.catalog.clone()));
+        self.sets.start_resync(&live, set, subquery.clone(), view);
+        self.sets.register(&live);
+        self.register(live);
         Ok(true)
     }
 
@@ -116,8 +136,9 @@ impl Registry {
         log: ShapeLog,
         snapshot: Option<SnapshotInfo>,
         sets: Vec<(SetId, bool)>,
+        catalog: Vec<TableSchema>,
     ) -> LiveShape {
-        LiveShape::new(self.next_id.fetch_add(1, Ordering::Relaxed), handle, shape, log, snapshot, sets)
+        LiveShape::new(self.next_id.fetch_add(1, Ordering::Relaxed), handle, shape, log, snapshot, sets, catalog)
     }
 
     pub fn sets(&self) -> &Sets {
@@ -160,15 +181,25 @@ impl Registry {
     /// an empty log waiting for its snapshot. `true` means the caller must snapshot it.
     /// `sets` were acquired for it: a new shape keeps them, and an existing one is returned
     /// with them released.
-    pub fn get_or_create(&self, shape: Shape, sets: Vec<(SetId, bool)>) -> io::Result<(Arc<LiveShape>, bool)> {
-        let found = self.find_or_create(shape, &sets);
+    pub fn get_or_create(
+        &self,
+        shape: Shape,
+        sets: Vec<(SetId, bool)>,
+        catalog: Vec<TableSchema>,
+    ) -> io::Result<(Arc<LiveShape>, bool)> {
+        let found = self.find_or_create(shape, &sets, catalog);
         if !matches!(found, Ok((_, true))) {
             self.sets.release(&sets);
         }
         found
     }
 
-    fn find_or_create(&self, shape: Shape, sets: &[(SetId, bool)]) -> io::Result<(Arc<LiveShape>, bool)> {
+    fn find_or_create(
+        &self,
+        shape: Shape,
+        sets: &[(SetId, bool)],
+        catalog: Vec<TableSchema>,
+    ) -> io::Result<(Arc<LiveShape>, bool)> {
         let key = shape.key();
         if let Some(existing) = self.get(&key) {
             return Ok((existing, false));
@@ -179,7 +210,7 @@ impl Registry {
         }
         let handle = ShapeHandle::new(&key, self.unique_micros());
         let log = ShapeLog::create(&self.dir.join(handle.as_str()), self.chunk_bytes)?;
-        let live = Arc::new(self.live_shape(handle, shape, log, None, sets.to_vec()));
+        let live = Arc::new(self.live_shape(handle, shape, log, None, sets.to_vec(), catalog));
         self.sets.register(&live);
         inner.insert(live.clone());
         metrics::counter!("gateway_shapes_created_total").increment(1);

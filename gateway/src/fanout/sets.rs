@@ -10,15 +10,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use shapes::change::Txn;
+use shapes::offset::Lsn;
 use shapes::set_registry::{SetId, SetRegistry};
 use shapes::shape::Shape;
 use shapes::subquery_set::{SetDelta, SubquerySet};
-use shapes::where_clause::Subquery;
+use shapes::where_clause::{Membership, SetKey, Subquery};
 use tokio::sync::{mpsc, watch};
 
 use super::live_shape::LiveShape;
 use super::moves::{Hold, read_columns};
 use super::snapshot_info::SnapshotInfo;
+use super::views::Views;
 
 /// How long a new shape waits for its sets to load.
 const LOAD_WAIT: Duration = Duration::from_secs(30);
@@ -43,6 +45,8 @@ pub struct Sets {
     /// Loads whose query finished, by marker, waiting for the stream to reach it.
     loads: Mutex<HashMap<String, (SetId, SubquerySet, SnapshotInfo)>>,
     failed: Mutex<HashSet<SetId>>,
+    /// Shapes holding changes for a move.
+    holding: Mutex<HashSet<u64>>,
     /// Bumped when a load ends, for shapes waiting on one.
     load_ended: watch::Sender<u64>,
     jobs: mpsc::UnboundedSender<Job>,
@@ -56,6 +60,7 @@ impl Sets {
             users: Mutex::new(HashMap::new()),
             loads: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashSet::new()),
+            holding: Mutex::new(HashSet::new()),
             load_ended: watch::channel(0).0,
             jobs,
             next_move: AtomicU64::new(1),
@@ -66,8 +71,8 @@ impl Sets {
         self.kept.lock().unwrap()
     }
 
-    /// Acquires every set `shape` depends on (inner ones first; `oid` gives each inner
-    /// table's oid), loading new ones, and waits until all are loaded.
+    /// Acquires every set `shape` depends on (`oid` gives each inner table's oid), each
+    /// loaded before the next: an outer set's filter reads the inner ones while it loads.
     pub async fn acquire(
         &self,
         shape: &Shape,
@@ -75,22 +80,38 @@ impl Sets {
     ) -> Result<Vec<(SetId, bool)>, LoadFailed> {
         let mut acquired = Vec::new();
         for (subquery, top) in shape.subqueries() {
-            let (id, new) = self.kept().acquire(subquery, oid(subquery));
-            if new {
-                let marker = format!("set:{}", self.next_move.fetch_add(1, Ordering::Relaxed));
-                let _ = self.jobs.send(Job::Load { marker, set: id, subquery: subquery.clone() });
+            acquired.push((self.acquire_one(subquery, oid(subquery)), top));
+            if let Err(e) = self.wait_loaded(acquired.last().map(|(id, _)| *id).into_iter().collect()).await {
+                self.release(&acquired);
+                return Err(e);
             }
-            acquired.push((id, top));
         }
+        Ok(acquired)
+    }
+
+    /// [`Sets::acquire`] without waiting: for a shape reloaded at start, whose changes are
+    /// held until its set is loaded ([`Sets::resume`]).
+    pub fn acquire_loading(&self, shape: &Shape, oid: impl Fn(&Subquery) -> u32) -> Vec<(SetId, bool)> {
+        shape.subqueries().into_iter().map(|(subquery, top)| (self.acquire_one(subquery, oid(subquery)), top)).collect()
+    }
+
+    fn acquire_one(&self, subquery: &Subquery, oid: u32) -> SetId {
+        let (id, new) = self.kept().acquire(subquery, oid);
+        if new {
+            let marker = format!("set:{}", self.next_move.fetch_add(1, Ordering::Relaxed));
+            let _ = self.jobs.send(Job::Load { marker, set: id, subquery: subquery.clone() });
+        }
+        id
+    }
+
+    async fn wait_loaded(&self, sets: Vec<SetId>) -> Result<(), LoadFailed> {
         let mut ended = self.load_ended.subscribe();
         let waited = tokio::time::timeout(LOAD_WAIT, async {
             loop {
-                let failed: Vec<SetId> =
-                    acquired.iter().map(|(id, _)| *id).filter(|id| self.failed.lock().unwrap().contains(id)).collect();
-                if !failed.is_empty() {
+                if sets.iter().any(|id| self.failed.lock().unwrap().contains(id)) {
                     return Err(LoadFailed("its query failed; the gateway log has the cause".into()));
                 }
-                if acquired.iter().all(|(id, _)| self.kept().is_loaded(*id)) {
+                if sets.iter().all(|id| self.kept().is_loaded(*id)) {
                     return Ok(());
                 }
                 if ended.changed().await.is_err() {
@@ -98,15 +119,61 @@ impl Sets {
                 }
             }
         })
-        .await
-        .unwrap_or_else(|_| Err(LoadFailed("it took too long".into())));
-        match waited {
-            Ok(()) => Ok(acquired),
-            Err(e) => {
-                self.release(&acquired);
-                Err(e)
-            }
+        .await;
+        waited.unwrap_or_else(|_| Err(LoadFailed("it took too long".into())))
+    }
+
+    /// The values of each set `shape`'s own filter tests, as they are now.
+    pub fn views_of(&self, shape: &LiveShape) -> Views {
+        let kept = self.kept();
+        let mut views: Views = shape
+            .sets
+            .iter()
+            .filter(|(_, top)| *top)
+            .filter_map(|(id, _)| {
+                let mut values: Vec<SetKey> = kept.get(*id)?.values().cloned().collect();
+                values.sort_unstable();
+                Some((kept.subquery(*id)?.to_sql(), values))
+            })
+            .collect();
+        views.sort_unstable();
+        views
+    }
+
+    /// Starts holding a reloaded shape's changes until `set` is loaded: its log reflects
+    /// `view` of it.
+    pub fn start_resync(&self, shape: &LiveShape, set: SetId, subquery: Subquery, view: Vec<SetKey>) {
+        shape.start_hold(Hold::resync(set, subquery, view));
+        self.holding.lock().unwrap().insert(shape.id);
+    }
+
+    /// `set` finished loading: each reloaded shape waiting on it moves what differs between
+    /// the values its log reflects and the set now (nothing, often: the query then reads
+    /// no rows and only releases the held changes).
+    pub fn resume(&self, set: SetId, shape: impl Fn(u64) -> Option<Arc<LiveShape>>) {
+        let users = self.users_of(set);
+        let kept = self.kept();
+        let (Some(now), Some(subquery)) = (kept.get(set), kept.subquery(set)) else { return };
+        for live in users.into_iter().filter_map(&shape) {
+            let Some(view) = live.take_resync_view(set) else { continue };
+            let delta = SetDelta {
+                entered: now.values().filter(|v| !view.contains(v)).cloned().collect(),
+                left: view.iter().filter(|v| now.membership(v) != Membership::In).cloned().collect(),
+            };
+            self.start_move(&live, 0, set, subquery, &delta, now);
         }
+    }
+
+    /// The commit position of the first change any shape holds: nothing from there on may
+    /// be acknowledged (after a crash, the stream must send it again).
+    pub fn hold_floor(&self, shape: impl Fn(u64) -> Option<Arc<LiveShape>>) -> Option<Lsn> {
+        let holding: Vec<u64> = self.holding.lock().unwrap().iter().copied().collect();
+        holding.into_iter().filter_map(shape).filter_map(|s| s.first_held()).min()
+    }
+
+    /// A shape's hold was spliced.
+    pub fn end_hold(&self, shape: u64) {
+        self.holding.lock().unwrap().remove(&shape);
     }
 
     /// Gives back sets acquired for a shape that was not registered.
@@ -127,6 +194,7 @@ impl Sets {
 
     /// A shape is gone: it uses its sets no more.
     pub fn unregister(&self, shape: &LiveShape) {
+        self.end_hold(shape.id);
         let mut users = self.users.lock().unwrap();
         for (id, _) in &shape.sets {
             if let Some(list) = users.get_mut(id) {
@@ -153,17 +221,26 @@ impl Sets {
 
     /// The stream reached a load's marker: every transaction its snapshot saw has been
     /// applied or held, so the set takes the loaded values plus the held changes the
-    /// snapshot did not see. `false`: `marker` is no load's.
-    pub fn finish_load(&self, marker: &str) -> bool {
-        let Some((set, loaded, snapshot)) = self.loads.lock().unwrap().remove(marker) else { return false };
-        match self.kept().finish_load(set, loaded, |xid| snapshot.contains(xid)) {
-            Ok(()) => self.load_ended.send_modify(|n| *n += 1),
+    /// snapshot did not see. `None`: `marker` is no load's; `Some(Err)`: the set failed.
+    pub fn finish_load(&self, marker: &str) -> Option<Result<SetId, SetId>> {
+        let (set, loaded, snapshot) = self.loads.lock().unwrap().remove(marker)?;
+        let finished = self.kept().finish_load(set, loaded, |xid| snapshot.contains(xid));
+        Some(match finished {
+            Ok(()) => {
+                self.load_ended.send_modify(|n| *n += 1);
+                Ok(set)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "a subquery set could not be caught up with the stream");
                 self.load_failed(set);
+                Err(set)
             }
-        }
-        true
+        })
+    }
+
+    /// The shapes using `set`.
+    pub fn users_of(&self, set: SetId) -> Vec<u64> {
+        self.users.lock().unwrap().get(&set).into_iter().flatten().map(|(s, _)| *s).collect()
     }
 
     /// What one transaction's change to `set` means for its shapes: a move for each shape
@@ -197,7 +274,7 @@ impl Sets {
             } else if !shape.snapshot_known() {
                 "a subquery's set changed during its snapshot"
             } else if let Some(now) = kept.get(set) {
-                if self.start_move(&shape, txn, set, &subquery, &delta, now) {
+                if self.start_move(&shape, txn.xid, set, &subquery, &delta, now) {
                     continue;
                 }
                 "two of its subqueries' sets changed at once"
@@ -213,7 +290,7 @@ impl Sets {
     fn start_move(
         &self,
         shape: &Arc<LiveShape>,
-        txn: &Txn,
+        trigger_xid: u32,
         set: SetId,
         subquery: &Subquery,
         delta: &SetDelta,
@@ -227,9 +304,10 @@ impl Sets {
                 None => return false,
             }
         } else {
-            let hold = Hold::new(id, set, subquery.clone(), txn.xid, delta, now);
+            let hold = Hold::new(id, set, subquery.clone(), trigger_xid, delta, now);
             let sql = query(&hold);
             shape.start_hold(hold);
+            self.holding.lock().unwrap().insert(shape.id);
             sql
         };
         metrics::counter!("gateway_subquery_moves_total").increment(1);

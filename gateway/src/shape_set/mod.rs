@@ -189,7 +189,7 @@ impl ShapeSet {
         };
         let oid = |subquery: &Subquery| catalog.iter().find(|t| t.name == subquery.table).map_or(0, |t| t.oid);
         let sets = self.registry.sets().acquire(&shape, oid).await.map_err(|e| ShapeSetError::Busy(e.to_string()))?;
-        let (live, created) = self.registry.get_or_create(shape, sets).map_err(ShapeSetError::Storage)?;
+        let (live, created) = self.registry.get_or_create(shape, sets, catalog).map_err(ShapeSetError::Storage)?;
         if created {
             self.start_snapshot(live.clone(), permit);
         }
