@@ -6,6 +6,7 @@ pub mod live_shape;
 pub mod moves;
 pub mod plan;
 pub mod registry;
+pub mod set_routing;
 pub mod sets;
 pub mod snapshot_info;
 pub mod views;
@@ -204,8 +205,8 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
             }
             TxnItem::Marker(_) => {}
             TxnItem::Change { relation, change } => {
-                let shapes = registry.candidates(*relation, change, &mut candidates);
                 let kept = registry.sets().kept();
+                let shapes = registry.candidates(*relation, change, &kept, &mut candidates);
                 for shape in shapes {
                     if shape.hold_change(txn, change) {
                         continue;

@@ -9,17 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use shapes::change::{Change, Relation};
-use shapes::index::RoutingIndex;
+use shapes::index::{RoutingIndex, index_terms};
 use shapes::log::ShapeLog;
 use shapes::offset::Lsn;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey};
 use shapes::table::{TableName, TableSchema};
 use shapes::where_clause::{BindOptions, Subquery};
 
-use shapes::set_registry::SetId;
+use shapes::set_registry::{SetId, SetRegistry};
 use tokio::sync::mpsc;
 
 use super::live_shape::{LiveShape, ShapeMeta, SnapshotInfo};
+use super::set_routing::SetRouting;
 use super::sets::{Job, Sets};
 use super::views::SetViews;
 
@@ -29,11 +30,17 @@ struct Inner {
     by_handle: HashMap<ShapeHandle, Arc<LiveShape>>,
     by_id: HashMap<u64, Arc<LiveShape>>,
     tables: HashMap<u32, RoutingIndex<u64>>,
+    /// Shapes found through their sets' values (no equality term to index them by).
+    linked: HashMap<u32, SetRouting>,
 }
 
 impl Inner {
     fn insert(&mut self, live: Arc<LiveShape>) {
-        self.tables.entry(live.shape.table.oid).or_default().insert(live.id, &live.shape.conjuncts());
+        let conjuncts = live.shape.conjuncts();
+        match SetRouting::link(&live).filter(|_| index_terms(&conjuncts).is_none()) {
+            Some(link) => self.linked.entry(live.shape.table.oid).or_default().insert(live.id, link),
+            None => self.tables.entry(live.shape.table.oid).or_default().insert(live.id, &conjuncts),
+        }
         self.by_key.insert(live.key.clone(), live.clone());
         self.by_handle.insert(live.handle.clone(), live.clone());
         self.by_id.insert(live.id, live);
@@ -228,12 +235,27 @@ impl Registry {
     }
 
     /// The shapes a change on table `oid` may touch.
-    pub fn candidates(&self, oid: u32, change: &Change, ids: &mut Vec<u64>) -> Vec<Arc<LiveShape>> {
+    /// The shapes a change on table `oid` may touch; `sets` routes those linked through
+    /// their sets. Shapes holding changes for a move take every change of their table: the
+    /// set as it was before the move decides for them at the splice.
+    pub fn candidates(&self, oid: u32, change: &Change, sets: &SetRegistry, ids: &mut Vec<u64>) -> Vec<Arc<LiveShape>> {
         let inner = self.inner.read().unwrap();
-        let Some(index) = inner.tables.get(&oid) else {
-            return Vec::new();
-        };
-        index.candidates(&change.rows(), ids);
+        let rows = change.rows();
+        ids.clear();
+        if let Some(index) = inner.tables.get(&oid) {
+            index.candidates(&rows, ids);
+        }
+        if let Some(linked) = inner.linked.get(&oid) {
+            linked.candidates(&rows, sets, ids);
+            ids.extend(
+                self.sets
+                    .holding()
+                    .into_iter()
+                    .filter(|id| inner.by_id.get(id).is_some_and(|s| s.shape.table.oid == oid)),
+            );
+            ids.sort_unstable();
+            ids.dedup();
+        }
         ids.iter().filter_map(|id| inner.by_id.get(id).cloned()).collect()
     }
 
@@ -312,6 +334,11 @@ impl Registry {
                     if index.is_empty() {
                         inner.tables.remove(&shape.shape.table.oid);
                     }
+                }
+                if let Some(linked) = inner.linked.get_mut(&shape.shape.table.oid)
+                    && linked.remove(shape.id)
+                {
+                    inner.linked.remove(&shape.shape.table.oid);
                 }
                 metrics::counter!("gateway_shapes_rotated_total").increment(1);
                 metrics::gauge!("gateway_shapes").set(inner.by_id.len() as f64);

@@ -167,8 +167,12 @@ impl Sets {
     /// The commit position of the first change any shape holds: nothing from there on may
     /// be acknowledged (after a crash, the stream must send it again).
     pub fn hold_floor(&self, shape: impl Fn(u64) -> Option<Arc<LiveShape>>) -> Option<Lsn> {
-        let holding: Vec<u64> = self.holding.lock().unwrap().iter().copied().collect();
-        holding.into_iter().filter_map(shape).filter_map(|s| s.first_held()).min()
+        self.holding().into_iter().filter_map(shape).filter_map(|s| s.first_held()).min()
+    }
+
+    /// The shapes holding changes for a move.
+    pub fn holding(&self) -> Vec<u64> {
+        self.holding.lock().unwrap().iter().copied().collect()
     }
 
     /// A shape's hold was spliced.
