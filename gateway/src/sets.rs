@@ -30,6 +30,16 @@ enum QueryError {
     Snapshot(String),
 }
 
+impl QueryError {
+    /// Why the filter itself fails (data exceptions, class 22), in words of ours: never
+    /// PostgreSQL's text, which can quote row values.
+    fn filter_fault(&self) -> Option<String> {
+        let QueryError::Db(DbError::Query(e)) = self else { return None };
+        let code = e.code()?.code();
+        code.starts_with("22").then(|| db::client_reason(e, |_| false))
+    }
+}
+
 /// Runs the set and move queries the fan-out asks for until the channel closes.
 pub async fn run(db: Config, registry: Arc<Registry>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let limit = Arc::new(Semaphore::new(CONCURRENT));
@@ -56,7 +66,7 @@ async fn run_job(db: &Config, registry: &Registry, job: Job) {
             };
             if let Err(e) = read.await {
                 tracing::warn!(error = %e, subquery = %subquery.to_sql(), "loading a subquery set failed");
-                registry.sets().load_failed(set);
+                registry.sets().load_failed(set, e.filter_fault());
             }
         }
         Job::Move { marker, shape, id, sql } => {

@@ -314,3 +314,27 @@ async fn subquery_shapes_resume_after_a_restart_and_a_kill_in_the_middle_of_a_mo
     gw.ready().await;
     converge(&env, &mut f, filter).await;
 }
+
+/// A set whose filter fails on a new inner row (a division by zero) takes only its own
+/// shapes down (refetched, then refused with the reason); another tenant's subquery shape
+/// on the same tables goes on without a refetch.
+#[tokio::test]
+async fn a_set_that_cannot_follow_the_stream_affects_only_its_own_shapes() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let gw = env.ready_gateway().await;
+    let fragile = "project_id IN (SELECT project_id FROM members WHERE 10 / (project_id - 7) > 0)";
+    let sound = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
+    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(fragile)));
+    let mut g = Follower::new(&gw, &format!("table=todos&where={}", enc(sound)));
+    f.sync().await;
+    g.sync().await;
+    env.sql("begin; insert into members values ('u9', 7); insert into members values ('u1', 2); commit").await;
+    converge(&env, &mut g, sound).await;
+    let refetched = testkit::get(&format!("{}/v1/shape?table=todos&where={}&offset=-1", gw.base(), enc(fragile))).await;
+    assert_eq!(refetched.status, 400, "the filter now fails in PostgreSQL too: {}", refetched.body);
+    let handle = f.handle.clone().unwrap();
+    let old = format!("{}/v1/shape?table=todos&where={}&offset={}&handle={handle}", gw.base(), enc(fragile), f.offset);
+    let old = testkit::get(&old).await;
+    assert!(matches!(old.status, 400 | 409), "the fragile shape is gone: {} {}", old.status, old.body);
+}

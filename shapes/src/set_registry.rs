@@ -18,6 +18,14 @@ use crate::where_clause::{EvalError, Subquery};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SetId(u32);
 
+/// What one transaction did to the kept sets.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub deltas: Vec<(SetId, SetDelta)>,
+    /// Sets that could not follow it, left as they were (and retired).
+    pub failed: Vec<(SetId, SetError)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SetError {
     #[error(transparent)]
@@ -187,11 +195,12 @@ impl SetRegistry {
         self.kept.is_empty()
     }
 
-    /// Applies a committed transaction to every set its changes may touch; says which
-    /// values entered and left each set (sets with neither are left out). On error no set
-    /// has changed.
-    pub fn apply(&mut self, txn: &Txn) -> Result<Vec<(SetId, SetDelta)>, SetError> {
-        let mut pending: BTreeMap<SetId, (Vec<SetKey>, Vec<SetKey>)> = BTreeMap::new();
+    /// Applies a committed transaction to every set its changes may touch: which values
+    /// entered and left each set (sets with neither are left out), and the sets that could
+    /// not follow it (a change their filter could not evaluate, a removal they did not
+    /// hold). A failed set is left as it was and retired: only its own users are affected.
+    pub fn apply(&mut self, txn: &Txn) -> Applied {
+        let mut pending: BTreeMap<SetId, Result<(Vec<SetKey>, Vec<SetKey>), SetError>> = BTreeMap::new();
         let mut candidates = Vec::new();
         for item in &txn.items {
             let TxnItem::Change { relation, change } = item else { continue };
@@ -199,26 +208,37 @@ impl SetRegistry {
             index.candidates(&change.rows(), &mut candidates);
             for id in &candidates {
                 let Some(kept) = self.kept.get(id) else { continue };
-                let (removed, added) = set_change(&kept.subquery, change, self)?;
-                let entry = pending.entry(*id).or_default();
-                entry.0.extend(removed);
-                entry.1.extend(added);
+                let entry = pending.entry(*id).or_insert_with(|| Ok(Default::default()));
+                let Ok((removed, added)) = entry else { continue };
+                match set_change(&kept.subquery, change, self) {
+                    Ok((r, a)) => {
+                        removed.extend(r);
+                        added.extend(a);
+                    }
+                    Err(e) => *entry = Err(e.into()),
+                }
             }
         }
-        // Checked on copies first, so that an error leaves every set as it was.
-        for (id, (removed, added)) in &pending {
-            if let Some(kept) = self.kept.get(id).filter(|k| k.loading.is_none()) {
-                kept.set.check(removed, added)?;
-            }
-        }
-        let mut applied = Vec::new();
-        for (id, (removed, added)) in pending {
+        let mut applied = Applied::default();
+        for (id, changes) in pending {
             let Some(kept) = self.kept.get_mut(&id) else { continue };
+            let (removed, added) = match changes {
+                Ok(changes) => changes,
+                Err(e) => {
+                    applied.failed.push((id, e));
+                    continue;
+                }
+            };
             if let Some(held) = &mut kept.loading {
                 held.push((txn.xid, removed, added));
                 continue;
             }
-            let delta = kept.set.apply(removed, added)?;
+            // Checked first, so that a failure leaves the set as it was.
+            if let Err(e) = kept.set.check(&removed, &added) {
+                applied.failed.push((id, e.into()));
+                continue;
+            }
+            let Ok(delta) = kept.set.apply(removed, added) else { continue };
             for value in &delta.entered {
                 self.holders.entry(value.clone()).or_default().push(id);
             }
@@ -226,10 +246,13 @@ impl SetRegistry {
                 self.forget_holder(value, id);
             }
             if delta != SetDelta::default() {
-                applied.push((id, delta));
+                applied.deltas.push((id, delta));
             }
         }
-        Ok(applied)
+        for (id, _) in &applied.failed {
+            self.retire(*id);
+        }
+        applied
     }
 
     /// The sets holding `value`.
@@ -310,8 +333,8 @@ mod tests {
         seen.xid = 10;
         let mut unseen = txn(vec![(MEMBERSHIPS, Change::Insert { new: row("2", "u1") })]);
         unseen.xid = 11;
-        assert!(sets.apply(&seen).unwrap().is_empty(), "a loading set reports nothing");
-        assert!(sets.apply(&unseen).unwrap().is_empty());
+        assert!(sets.apply(&seen).deltas.is_empty(), "a loading set reports nothing");
+        assert!(sets.apply(&unseen).deltas.is_empty());
         assert!(!sets.is_loaded(id));
         // The query saw transaction 10 (its row is among the loaded ones), not 11.
         sets.finish_load(id, SubquerySet::from_rows([key("1")]), |xid| xid == 10).unwrap();
@@ -350,7 +373,7 @@ mod tests {
             (MEMBERSHIPS, Change::Update { old: Some(row("2", "u1")), old_is_full: true, new: row("2", "u2") }),
             (99, Change::Insert { new: row("4", "u1") }),
         ]);
-        let deltas = sets.apply(&changes).unwrap();
+        let deltas = sets.apply(&changes).deltas;
         assert_eq!(
             deltas,
             vec![
@@ -359,14 +382,14 @@ mod tests {
             ]
         );
         assert_eq!(sets.get(u1).unwrap().len(), 1);
-        assert!(sets.apply(&txn(vec![(99, Change::Insert { new: row("5", "u1") })])).unwrap().is_empty());
+        assert!(sets.apply(&txn(vec![(99, Change::Insert { new: row("5", "u1") })])).deltas.is_empty());
         assert_eq!(sets.holders(&key("3")), [u1]);
         assert_eq!(sets.holders(&key("2")), [u2], "2 moved from u1's set to u2's");
         assert!(sets.holders(&key("1")).is_empty());
     }
 
     #[test]
-    fn a_transaction_the_sets_cannot_follow_changes_none_of_them() {
+    fn a_set_that_cannot_follow_a_transaction_is_left_as_it_was_and_the_others_follow_it() {
         let mut sets = SetRegistry::default();
         let u1 = loaded(&mut sets, "u1", &["1"]);
         let u2 = loaded(&mut sets, "u2", &[]);
@@ -374,8 +397,10 @@ mod tests {
             (MEMBERSHIPS, Change::Insert { new: row("7", "u1") }),
             (MEMBERSHIPS, Change::Delete { old: row("9", "u2"), old_is_full: true }),
         ]);
-        assert!(matches!(sets.apply(&bad), Err(SetError::OutOfStep(_))));
-        assert_eq!(sets.get(u1).unwrap().len(), 1, "u1 did not take 7");
-        assert!(sets.get(u2).unwrap().is_empty());
+        let applied = sets.apply(&bad);
+        assert!(matches!(applied.failed.as_slice(), [(id, SetError::OutOfStep(_))] if *id == u2));
+        assert_eq!(applied.deltas, vec![(u1, SetDelta { entered: vec![key("7")], left: vec![] })]);
+        assert!(sets.get(u2).unwrap().is_empty(), "u2 is as it was");
+        assert_eq!(sets.find(&subquery("u2")), None, "and retired: a new user loads it afresh");
     }
 }

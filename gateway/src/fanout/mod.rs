@@ -182,17 +182,14 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
     // (Rotating a shape takes the sets' lock: never while it is held here.)
     {
         let mut kept = registry.sets().kept();
-        match kept.apply(txn) {
-            Ok(deltas) => {
-                for (set, delta) in deltas {
-                    registry.sets().on_change(&mut kept, txn, set, delta, |id| registry.by_id(id), &mut rotate);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "subquery sets disagree with the stream; their shapes are refetched");
-                let users = registry.sets().all_users().into_iter().filter_map(|id| registry.by_id(id));
-                rotate.extend(users.map(|s| (s, "its subquery sets could not follow the stream".to_string())));
-            }
+        let applied = kept.apply(txn);
+        for (set, delta) in applied.deltas {
+            registry.sets().on_change(&mut kept, txn, set, delta, |id| registry.by_id(id), &mut rotate);
+        }
+        for (set, e) in applied.failed {
+            tracing::warn!(error = %e, "a subquery set cannot follow the stream; its shapes are refetched");
+            let users = registry.sets().users_of(set).into_iter().filter_map(|id| registry.by_id(id));
+            rotate.extend(users.map(|s| (s, format!("its subquery set cannot follow the stream: {e}"))));
         }
     }
     for item in &txn.items {

@@ -35,8 +35,13 @@ pub enum Job {
 
 /// Why a shape's sets could not be had.
 #[derive(Debug, thiserror::Error)]
-#[error("a subquery's set could not be loaded ({0}); retry")]
-pub struct LoadFailed(pub String);
+pub enum LoadFailed {
+    /// The subquery fails in PostgreSQL (a division by zero, a bad cast): the filter's fault.
+    #[error("evaluating a subquery failed: {0}")]
+    Filter(String),
+    #[error("a subquery's set could not be loaded ({0}); retry")]
+    Server(String),
+}
 
 pub struct Sets {
     kept: Mutex<SetRegistry>,
@@ -44,7 +49,8 @@ pub struct Sets {
     users: Mutex<HashMap<SetId, Vec<(u64, bool)>>>,
     /// Loads whose query finished, by marker, waiting for the stream to reach it.
     loads: Mutex<HashMap<String, (SetId, SubquerySet, SnapshotInfo)>>,
-    failed: Mutex<HashSet<SetId>>,
+    /// Loads that failed, with the filter's fault when it was one.
+    failed: Mutex<HashMap<SetId, Option<String>>>,
     /// Shapes holding changes for a move.
     holding: Mutex<HashSet<u64>>,
     /// Bumped when a load ends, for shapes waiting on one.
@@ -59,7 +65,7 @@ impl Sets {
             kept: Mutex::new(SetRegistry::default()),
             users: Mutex::new(HashMap::new()),
             loads: Mutex::new(HashMap::new()),
-            failed: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
             holding: Mutex::new(HashSet::new()),
             load_ended: watch::channel(0).0,
             jobs,
@@ -108,19 +114,22 @@ impl Sets {
         let mut ended = self.load_ended.subscribe();
         let waited = tokio::time::timeout(LOAD_WAIT, async {
             loop {
-                if sets.iter().any(|id| self.failed.lock().unwrap().contains(id)) {
-                    return Err(LoadFailed("its query failed; the gateway log has the cause".into()));
+                if let Some(fault) = sets.iter().find_map(|id| self.failed.lock().unwrap().get(id).cloned()) {
+                    return Err(match fault {
+                        Some(reason) => LoadFailed::Filter(reason),
+                        None => LoadFailed::Server("its query failed; the gateway log has the cause".into()),
+                    });
                 }
                 if sets.iter().all(|id| self.kept().is_loaded(*id)) {
                     return Ok(());
                 }
                 if ended.changed().await.is_err() {
-                    return Err(LoadFailed("the gateway is stopping".into()));
+                    return Err(LoadFailed::Server("the gateway is stopping".into()));
                 }
             }
         })
         .await;
-        waited.unwrap_or_else(|_| Err(LoadFailed("it took too long".into())))
+        waited.unwrap_or_else(|_| Err(LoadFailed::Server("it took too long".into())))
     }
 
     /// The values of each set `shape`'s own filter tests, as they are now.
@@ -217,9 +226,10 @@ impl Sets {
         self.loads.lock().unwrap().insert(marker, (set, loaded, snapshot));
     }
 
-    /// A load's query failed: shapes waiting on it are refused.
-    pub fn load_failed(&self, set: SetId) {
-        self.failed.lock().unwrap().insert(set);
+    /// A load's query failed (`filter_fault`: because the filter fails, and why): shapes
+    /// waiting on it are refused.
+    pub fn load_failed(&self, set: SetId, filter_fault: Option<String>) {
+        self.failed.lock().unwrap().insert(set, filter_fault);
         self.load_ended.send_modify(|n| *n += 1);
     }
 
@@ -236,7 +246,7 @@ impl Sets {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "a subquery set could not be caught up with the stream");
-                self.load_failed(set);
+                self.load_failed(set, None);
                 Err(set)
             }
         })
@@ -318,14 +328,5 @@ impl Sets {
         let marker = format!("move:{}:{id}", shape.id);
         let _ = self.jobs.send(Job::Move { marker, shape: shape.clone(), id, sql });
         true
-    }
-
-    /// Every shape using a set (a transaction the sets could not follow: all are rotated).
-    pub fn all_users(&self) -> Vec<u64> {
-        let users = self.users.lock().unwrap();
-        let mut all: Vec<u64> = users.values().flatten().map(|(s, _)| *s).collect();
-        all.sort_unstable();
-        all.dedup();
-        all
     }
 }

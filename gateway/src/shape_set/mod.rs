@@ -18,6 +18,7 @@ use crate::auth::AuthError;
 use crate::db;
 use crate::fanout::live_shape::LiveShape;
 use crate::fanout::registry::Registry;
+use crate::fanout::sets::LoadFailed;
 use crate::replication::{ReplicationError, slot};
 use crate::status::Status;
 use crate::tasks::Tasks;
@@ -188,7 +189,10 @@ impl ShapeSet {
             shape
         };
         let oid = |subquery: &Subquery| catalog.iter().find(|t| t.name == subquery.table).map_or(0, |t| t.oid);
-        let sets = self.registry.sets().acquire(&shape, oid).await.map_err(|e| ShapeSetError::Busy(e.to_string()))?;
+        let sets = self.registry.sets().acquire(&shape, oid).await.map_err(|e| match e {
+            LoadFailed::Filter(_) => ShapeSetError::Invalid { field: "where", message: e.to_string() },
+            LoadFailed::Server(_) => ShapeSetError::Busy(e.to_string()),
+        })?;
         let (live, created) = self.registry.get_or_create(shape, sets, catalog).map_err(ShapeSetError::Storage)?;
         if created {
             self.start_snapshot(live.clone(), permit);
