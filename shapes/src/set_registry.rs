@@ -51,6 +51,9 @@ struct Kept {
 /// What one transaction did to a set being loaded: its xid, values removed and added.
 type HeldChange = (u32, Vec<SetKey>, Vec<SetKey>);
 
+/// Values removed from a set and values added to it.
+type Changes = (Vec<SetKey>, Vec<SetKey>);
+
 #[derive(Debug, Default)]
 pub struct SetRegistry {
     /// The subquery's SQL (typed literals, quoted names: equal subqueries render alike) → id.
@@ -200,7 +203,7 @@ impl SetRegistry {
     /// not follow it (a change their filter could not evaluate, a removal they did not
     /// hold). A failed set is left as it was and retired: only its own users are affected.
     pub fn apply(&mut self, txn: &Txn) -> Applied {
-        let mut pending: BTreeMap<SetId, Result<(Vec<SetKey>, Vec<SetKey>), SetError>> = BTreeMap::new();
+        let mut pending: BTreeMap<SetId, Result<Changes, SetError>> = BTreeMap::new();
         let mut candidates = Vec::new();
         for item in &txn.items {
             let TxnItem::Change { relation, change } = item else { continue };
