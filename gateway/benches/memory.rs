@@ -1,5 +1,7 @@
 //! Memory: gateway RSS per idle shape and per idle long-poll and SSE subscriber, measured
 //! as the RSS growth over a warmed-up baseline divided by the count. Targets: ≤ 8 KiB each.
+//! First, what a kept subquery set costs per value (the same structures the gateway keeps,
+//! built in this process, measured by its own RSS growth).
 //! Run: `cargo bench -p gateway --bench memory`.
 
 mod common;
@@ -10,8 +12,61 @@ use common::{env_or, rss_kib};
 use futures::StreamExt;
 use testkit::{Env, Gateway};
 
+/// RSS growth per value of kept subquery sets: `sets` sets of `values` values each (like
+/// `project_id IN (SELECT project_id FROM members WHERE user_id = :sub)` per user).
+fn set_bytes_per_value(sets: usize, values: usize) -> f64 {
+    use shapes::set_registry::SetRegistry;
+    use shapes::subquery_set::SubquerySet;
+    use shapes::table::{Column, TableName, TableSchema};
+    use shapes::where_clause::{BindOptions, parse_where_with_tables};
+
+    let column = |name: &str, ty: &str, pk| Column {
+        name: name.into(),
+        type_oid: 0,
+        type_name: ty.into(),
+        type_sql: ty.into(),
+        dims: 0,
+        type_mod: -1,
+        not_null: false,
+        pk_index: pk,
+    };
+    let todos = TableSchema {
+        oid: 1,
+        name: TableName::new("public", "todos"),
+        columns: vec![column("id", "int8", Some(0)), column("project_id", "int8", None)],
+        replica_identity_full: true,
+    };
+    let members = TableSchema {
+        oid: 2,
+        name: TableName::new("public", "members"),
+        columns: vec![column("user_id", "text", Some(0)), column("project_id", "int8", Some(1))],
+        replica_identity_full: true,
+    };
+    let catalog = vec![members];
+    let params = std::collections::HashMap::new();
+    let mut registry = SetRegistry::default();
+    let before = rss_kib(std::process::id());
+    for user in 0..sets {
+        let filter = format!("project_id IN (SELECT project_id FROM members WHERE user_id = 'user-{user}')");
+        let e = parse_where_with_tables(&filter, &todos, &catalog, &params, BindOptions::default()).unwrap();
+        let (id, _) = registry.acquire(e.subqueries()[0], 2);
+        let rows = (0..values).map(|v| vec![Some(((user * 7 + v * 13) % 2_000_000).to_string())]);
+        registry.finish_load(id, SubquerySet::from_rows(rows), |_| true).unwrap();
+    }
+    let after = rss_kib(std::process::id());
+    let per_value = (after.saturating_sub(before)) as f64 * 1024.0 / (sets * values) as f64;
+    std::hint::black_box(&registry);
+    per_value
+}
+
 #[tokio::main]
 async fn main() {
+    for (sets, values) in [(10_000, 5), (1, 1_000_000)] {
+        println!(
+            "memory: subquery sets: {sets} sets of {values} values: {:.0} bytes per value (set, routing index and SQL key included)",
+            set_bytes_per_value(sets, values)
+        );
+    }
     let shapes: u64 = env_or("BENCH_SHAPES", 5000);
     let subscribers: u64 = env_or("BENCH_SUBSCRIBERS", 2000);
     let env = Env::new().await;
