@@ -338,3 +338,37 @@ async fn a_set_that_cannot_follow_the_stream_affects_only_its_own_shapes() {
     let old = testkit::get(&old).await;
     assert!(matches!(old.status, 400 | 409), "the fragile shape is gone: {} {}", old.status, old.body);
 }
+
+/// A move held back (its query waits behind a lock) while more changes than a hold keeps
+/// arrive: the shape is refetched instead of holding memory without bound, and the client
+/// ends right.
+#[tokio::test]
+async fn a_move_held_back_too_long_refetches_instead_of_holding_everything() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let gw = env.ready_gateway().await;
+    let filter = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
+    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(filter)));
+    f.sync().await;
+    let late = testkit::connect(&env.url).await;
+    late.batch_execute("begin; update todos set title = 'late' where id = 3").await.unwrap();
+    let many = testkit::connect(&env.url).await;
+    many.batch_execute("begin; insert into todos select i, 2, 'bulk' from generate_series(1000, 101000) i")
+        .await
+        .unwrap();
+    let url = env.url.clone();
+    let blocker = tokio::spawn(async move {
+        let db = testkit::connect(&url).await;
+        db.batch_execute("begin; lock table todos in access exclusive mode; rollback").await.unwrap();
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    env.sql("insert into members values ('u1', 3)").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    many.batch_execute("commit").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    late.batch_execute("commit").await.unwrap();
+    blocker.await.unwrap();
+    f.converge_to("title", &oracle(&env.db, "todos", filter, "title").await).await;
+    assert_eq!((f.refetches, f.duplicates), (1, 0));
+    assert!(gw.log().contains("changes came while its rows were moving"), "{}", gw.log());
+}

@@ -21,6 +21,20 @@ use super::moves::{Hold, MoveResult, Spliced};
 use super::plan::Planned;
 use super::views::{SetViews, Views};
 
+/// Most changes a shape holds while its rows move; past it the shape is refetched, so a
+/// move whose query is held back (a lock, a slow database) never holds memory without bound.
+pub const MAX_HELD_CHANGES: usize = 100_000;
+
+/// What [`LiveShape::hold_change`] did with a change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    /// No move is under way: plan the change.
+    No,
+    Yes,
+    /// The hold is full: the shape must go.
+    Overflow,
+}
+
 /// One transaction's encoded entries for one shape.
 pub type TxnEntries = Vec<(LogOffset, Vec<u8>)>;
 
@@ -158,16 +172,17 @@ impl LiveShape {
     }
 
     /// Holds one change when a move is under way (dropping it when the snapshot or the log
-    /// already has its transaction, as [`LiveShape::admit`] does); `false` when none is.
-    pub fn hold_change(&self, txn: &Txn, change: &shapes::change::Change) -> bool {
+    /// already has its transaction, as [`LiveShape::admit`] does).
+    pub fn hold_change(&self, txn: &Txn, change: &shapes::change::Change) -> Held {
         match &mut *self.hold.lock().unwrap() {
+            Some(hold) if hold.held_changes() >= MAX_HELD_CHANGES => Held::Overflow,
             Some(hold) => {
                 if !self.holds(&self.visibility.lock().unwrap(), txn) {
                     hold.push(txn, change);
                 }
-                true
+                Held::Yes
             }
-            None => false,
+            None => Held::No,
         }
     }
 

@@ -20,7 +20,7 @@ use shapes::durable::sync_filesystem;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::live_shape::{LiveShape, TxnEntries};
+use self::live_shape::{Held, LiveShape, MAX_HELD_CHANGES, TxnEntries};
 use self::registry::Registry;
 use crate::progress::AckState;
 use crate::status::Status;
@@ -205,8 +205,14 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
                 let kept = registry.sets().kept();
                 let shapes = registry.candidates(*relation, change, &kept, &mut candidates);
                 for shape in shapes {
-                    if shape.hold_change(txn, change) {
-                        continue;
+                    match shape.hold_change(txn, change) {
+                        Held::No => {}
+                        Held::Yes => continue,
+                        Held::Overflow => {
+                            let why = format!("more than {MAX_HELD_CHANGES} changes came while its rows were moving");
+                            rotate.push((shape, why));
+                            continue;
+                        }
                     }
                     match plan::plan(&shape.shape, &shape.encoder, change, &*kept) {
                         Ok(planned) if planned.is_empty() => {}

@@ -38,6 +38,8 @@ pub struct Hold {
     /// The transaction that changed the set: the moved rows are sent as its.
     pub trigger_xid: u32,
     pub txns: Vec<HeldTxn>,
+    /// How many changes `txns` hold.
+    held: usize,
     pub result: Option<MoveResult>,
     /// A restarted shape waiting for its set to load: the values its log reflects, to
     /// compare with the loaded set (no move is under way until then).
@@ -79,6 +81,7 @@ impl Hold {
             left: Vec::new(),
             trigger_xid,
             txns: Vec::new(),
+            held: 0,
             result: None,
             resync_view: None,
         };
@@ -98,6 +101,7 @@ impl Hold {
             left: Vec::new(),
             trigger_xid: 0,
             txns: Vec::new(),
+            held: 0,
             result: None,
             resync_view: Some(view),
         }
@@ -125,8 +129,14 @@ impl Hold {
         SetView { subquery: &self.subquery, without: &self.entered, with: &self.left }
     }
 
+    /// Changes held.
+    pub fn held_changes(&self) -> usize {
+        self.held
+    }
+
     /// Keeps one change of `txn` for the splice.
     pub fn push(&mut self, txn: &Txn, change: &Change) {
+        self.held += 1;
         match self.txns.last_mut() {
             Some(last) if last.xid == txn.xid && last.commit_lsn == txn.commit_lsn => last.changes.push(change.clone()),
             _ => self.txns.push(HeldTxn { xid: txn.xid, commit_lsn: txn.commit_lsn, changes: vec![change.clone()] }),
