@@ -215,16 +215,14 @@ impl LiveShape {
     }
 
     /// Encodes the groups of a splice as one transaction of the log at the marker's
-    /// position `at`: offsets `at_0`, `at_1`, … (each group keeps its own `txid` and `lsn`).
+    /// position `at`: `lsn` and `op_position` headers say where each message sits in the log
+    /// (`at_0`, `at_2`, …), so a client resuming from them resumes exactly; each group keeps
+    /// its own `txids`.
     pub fn encode_splice(&self, at: Lsn, groups: &[Spliced]) -> TxnEntries {
         let mut out = Vec::new();
         let mut next = 0u64;
-        for g in groups {
-            let lsn = g.lsn.unwrap_or(at);
-            self.encode_into(&mut out, g.xid, lsn, &g.planned, &mut |_| {
-                next += 1;
-                LogOffset::change(at, next - 1)
-            });
+        for (i, g) in groups.iter().enumerate() {
+            next = self.encode_into(&mut out, g.xid, at, &g.planned, next, i + 1 == groups.len());
         }
         out
     }
@@ -269,21 +267,23 @@ impl LiveShape {
 
     fn encode(&self, txn: &Txn, planned: &[Planned]) -> TxnEntries {
         let mut out = Vec::with_capacity(planned.len());
-        self.encode_into(&mut out, txn.xid, txn.commit_lsn, planned, &mut |op| LogOffset::change(txn.commit_lsn, op));
+        self.encode_into(&mut out, txn.xid, txn.commit_lsn, planned, 0, true);
         out
     }
 
-    /// Appends one transaction's messages (`xid`, `lsn` in their headers) to `out`, each at
-    /// the log offset `offset` gives for its op position.
+    /// Appends messages sent as transaction `xid` to `out`, at log offsets `lsn_<op>` from
+    /// op `start` on (`ends_txn`: the last one ends the log's transaction). Returns the op
+    /// the next group starts at.
     fn encode_into(
         &self,
         out: &mut TxnEntries,
         xid: u32,
         lsn: Lsn,
         planned: &[Planned],
-        offset: &mut dyn FnMut(u64) -> LogOffset,
-    ) {
-        let mut op = 0u64;
+        start: u64,
+        ends_txn: bool,
+    ) -> u64 {
+        let mut op = start;
         for (i, p) in planned.iter().enumerate() {
             // A key change's insert sits right after its delete; other changes step by 2.
             if i > 0 {
@@ -293,7 +293,7 @@ impl LiveShape {
                 txid: xid,
                 lsn,
                 op_position: op,
-                last: i + 1 == planned.len(),
+                last: ends_txn && i + 1 == planned.len(),
                 key_change_to: p.key_change_to.as_deref(),
                 key_change_from: p.key_change_from.as_deref(),
             };
@@ -302,8 +302,9 @@ impl LiveShape {
             let old: Option<Vec<(usize, Option<&str>)>> =
                 p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_str())).collect());
             self.encoder.write_change(&mut msg, p.op, &p.key, fields, old.as_deref(), Some(headers));
-            out.push((offset(op), msg));
+            out.push((LogOffset::change(lsn, op), msg));
         }
+        if planned.is_empty() { start } else { op + 2 - (op % 2) }
     }
 
     /// The snapshot's visibility is known: stream transactions it already contains are

@@ -165,11 +165,9 @@ impl SetLookup for Before<'_> {
     }
 }
 
-/// One group of planned messages and the transaction they are sent as (`lsn` `None`: the
-/// moved rows, sent at the marker's position).
+/// One group of planned messages and the transaction they are sent as.
 pub struct Spliced {
     pub xid: u32,
-    pub lsn: Option<Lsn>,
     pub planned: Vec<Planned>,
 }
 
@@ -191,14 +189,14 @@ pub fn splice(
         for change in &txn.changes {
             planned.extend(plan(shape, encoder, change, sets)?);
         }
-        Ok(Spliced { xid: txn.xid, lsn: Some(txn.commit_lsn), planned })
+        Ok(Spliced { xid: txn.xid, planned })
     };
     let seen = |txn: &&HeldTxn| result.snapshot.contains(txn.xid);
     let mut out = Vec::new();
     for txn in hold.txns.iter().filter(seen) {
         out.push(planned_txn(txn, &before)?);
     }
-    out.push(Spliced { xid: hold.trigger_xid, lsn: None, planned: moved(shape, encoder, &result.rows) });
+    out.push(Spliced { xid: hold.trigger_xid, planned: moved(shape, encoder, &result.rows) });
     for txn in hold.txns.iter().filter(|t| !seen(t)) {
         out.push(planned_txn(txn, now)?);
     }
