@@ -17,7 +17,7 @@ use shapes::shape::LogMode;
 use shapes::subset::Subset;
 use shapes::table::quote_ident;
 use shapes::where_clause::Expr;
-use shapes::wire::{mark_snapshot, snapshot_end, subset_metadata};
+use shapes::wire::{add_tags, mark_snapshot, snapshot_end, subset_metadata};
 use tokio_postgres::Config;
 
 use crate::db::{self, DbError};
@@ -259,6 +259,9 @@ impl<S: FnMut(&mut Vec<u8>) -> Result<(), SnapshotError>> RowEncoder<S> {
             self.msg.clear();
             let fields = s.selected.iter().map(|&c| (c, value(c)));
             self.shape.encoder.write_snapshot_insert(&mut self.msg, s.key.iter().map(|&c| value(c)), fields);
+            if let Some(link) = s.tag_column().and_then(value) {
+                add_tags(&mut self.msg, &[self.shape.tag(link)], &[]);
+            }
             (self.sink)(&mut self.msg)?;
             self.rows += 1;
         }

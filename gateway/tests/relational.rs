@@ -46,6 +46,22 @@ async fn memberships_move_rows_in_and_out() {
         ],
     )
     .await;
+    // Rows carry their project's tag (one per project, never the value itself); each
+    // removed membership came as a move-out of the tag its rows carried.
+    let tag_of = |id: &str| f.tags[&format!("\"public\".\"todos\"/\"{id}\"")].clone();
+    assert_eq!(tag_of("4"), tag_of("8"), "todos 4 and 8 are both in project 0");
+    assert_ne!(tag_of("4"), tag_of("5"));
+    let hashed = |t: &Vec<String>| t.len() == 1 && t[0].len() == 32 && t[0].chars().all(|c| c.is_ascii_hexdigit());
+    assert!(f.tags.values().all(hashed), "{:?}", f.tags);
+    let moved_out: Vec<&str> = f
+        .events
+        .iter()
+        .inspect(|e| assert_eq!(e["headers"]["event"], "move-out"))
+        .flat_map(|e| e["headers"]["patterns"].as_array().unwrap())
+        .map(|p| p["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved_out.len(), 2, "projects 1 and 2 left u1's set: {:?}", f.events);
+    assert!(moved_out.contains(&tag_of("13")[0].as_str()), "project 1's rows carried the tag that moved out");
 }
 
 #[tokio::test]

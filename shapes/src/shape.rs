@@ -107,6 +107,8 @@ pub struct Shape {
     pub selected: Vec<usize>,
     /// Indexes of the key columns, in key order.
     pub key: Vec<usize>,
+    /// [`Shape::tag_column`], found once.
+    tag_column: Option<usize>,
 }
 
 impl Shape {
@@ -169,7 +171,10 @@ impl Shape {
                 idx
             }
         };
-        Ok(Shape { spec, table, scope, client_filter: client, where_columns, selected, key })
+        let mut shape =
+            Shape { spec, table, scope, client_filter: client, where_columns, selected, key, tag_column: None };
+        shape.tag_column = shape.tag_link().map(|(column, _)| column);
+        Ok(shape)
     }
 
     /// The subqueries the shape's rows depend on, each once (by its SQL), inner ones before
@@ -227,6 +232,24 @@ impl Shape {
             self.table.name.quoted(),
             if slice.is_empty() { "false".to_string() } else { slice.join(" OR ") },
         )
+    }
+
+    /// The column whose value says why a row is in the shape, when its rows are there
+    /// through a subquery: the column of a top-level `col IN (subquery)` term. Rows carry it
+    /// as their tag, and a value leaving the set is a `move-out` of that tag.
+    pub fn tag_column(&self) -> Option<usize> {
+        self.tag_column
+    }
+
+    /// [`Shape::tag_column`] with the subquery its term tests.
+    pub fn tag_link(&self) -> Option<(usize, &Subquery)> {
+        self.conjuncts().into_iter().find_map(|term| match term {
+            Expr::InSubquery { probe, subquery, negated: false } => match probe.as_slice() {
+                [Expr::Column { index, .. }] => Some((*index, &**subquery)),
+                _ => None,
+            },
+            _ => None,
+        })
     }
 
     /// The top-level `AND` terms of the shape's rows, the scope's first (for routing).

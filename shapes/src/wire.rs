@@ -237,6 +237,42 @@ fn add_header(message: &mut Vec<u8>, field: &[u8]) {
     message.splice(at..at, field.iter().copied());
 }
 
+/// Adds `tags` (and `removed_tags`) to an encoded change: the reasons the row is in a shape
+/// whose filter tests a subquery, as `@electric-sql/client` declares them.
+pub fn add_tags(message: &mut Vec<u8>, tags: &[String], removed: &[String]) {
+    let mut field = Vec::new();
+    for (name, list) in [(&b",\"tags\":["[..], tags), (&b",\"removed_tags\":["[..], removed)] {
+        if list.is_empty() {
+            continue;
+        }
+        field.extend_from_slice(name);
+        for (i, tag) in list.iter().enumerate() {
+            if i > 0 {
+                field.push(b',');
+            }
+            json_str(&mut field, tag);
+        }
+        field.push(b']');
+    }
+    add_header(message, &field);
+}
+
+/// A `move-out` event: rows tagged with any of `tags` (at tag position 0) left the shape in
+/// transaction `txid`.
+pub fn move_out_event(tags: &[String], txid: u32) -> Vec<u8> {
+    let mut out = b"{\"headers\":{\"event\":\"move-out\",\"patterns\":[".to_vec();
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"pos\":0,\"value\":");
+        json_str(&mut out, tag);
+        out.push(b'}');
+    }
+    let _ = write!(out, "],\"txids\":[{txid}]}}}}");
+    out
+}
+
 /// Sets the `last` flag on an encoded live change.
 pub fn mark_last(message: &mut Vec<u8>) {
     add_header(message, b",\"last\":true");

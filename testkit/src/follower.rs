@@ -24,6 +24,10 @@ pub struct Follower {
     pub duplicates: usize,
     pub schema: Option<Value>,
     pub token: Option<String>,
+    /// Event messages received (`move-out`), in order.
+    pub events: Vec<Value>,
+    /// The `tags` each key last came with (kept after a delete).
+    pub tags: BTreeMap<String, Vec<String>>,
 }
 
 impl Follower {
@@ -40,6 +44,8 @@ impl Follower {
             duplicates: 0,
             schema: None,
             token: None,
+            events: Vec::new(),
+            tags: BTreeMap::new(),
         }
     }
 
@@ -101,6 +107,10 @@ impl Follower {
             if headers.get("control").is_some() {
                 continue;
             }
+            if headers.get("event").is_some() {
+                self.events.push(m.clone());
+                continue;
+            }
             if let (Some(lsn), Some(op)) = (headers["lsn"].as_str(), headers["op_position"].as_u64())
                 && !self.seen.insert((lsn.to_string(), op))
             {
@@ -108,6 +118,9 @@ impl Follower {
                 continue;
             }
             let key = m["key"].as_str().unwrap().to_string();
+            if let Some(tags) = headers["tags"].as_array() {
+                self.tags.insert(key.clone(), tags.iter().map(|t| t.as_str().unwrap().to_string()).collect());
+            }
             let value = m["value"].as_object().unwrap().clone();
             match headers["operation"].as_str().unwrap() {
                 "insert" => {

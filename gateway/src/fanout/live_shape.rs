@@ -13,7 +13,7 @@ use shapes::set_registry::SetId;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
 use shapes::subquery_set::{SetDelta, SubquerySet};
 use shapes::table::TableSchema;
-use shapes::wire::{LiveHeaders, MessageEncoder, schema_header};
+use shapes::wire::{LiveHeaders, MessageEncoder, add_tags, move_out_event, schema_header};
 
 pub use super::snapshot_info::SnapshotInfo;
 
@@ -222,9 +222,25 @@ impl LiveShape {
         let mut out = Vec::new();
         let mut next = 0u64;
         for (i, g) in groups.iter().enumerate() {
+            if !g.moved_out.is_empty() {
+                let tags: Vec<String> = g.moved_out.iter().map(|v| self.tag(v)).collect();
+                out.push((LogOffset::change(at, next), move_out_event(&tags, g.xid)));
+                next += 2;
+            }
             next = self.encode_into(&mut out, g.xid, at, &g.planned, next, i + 1 == groups.len());
         }
         out
+    }
+
+    /// The tag of rows whose tag column holds `value`: a hash, so a `move-out` names no
+    /// value to clients that never held its rows (salted by the handle, as Electric's are).
+    pub fn tag(&self, value: &str) -> String {
+        use md5::Digest;
+        let mut hash = md5::Md5::new();
+        hash.update(self.handle.as_str().as_bytes());
+        hash.update(b"\0v:");
+        hash.update(value.as_bytes());
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Encodes one transaction's planned messages. Returns them for the caller to append,
@@ -302,6 +318,10 @@ impl LiveShape {
             let old: Option<Vec<(usize, Option<&str>)>> =
                 p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_str())).collect());
             self.encoder.write_change(&mut msg, p.op, &p.key, fields, old.as_deref(), Some(headers));
+            if let Some(link) = &p.link {
+                let removed: Vec<String> = p.link_before.iter().map(|v| self.tag(v)).collect();
+                add_tags(&mut msg, &[self.tag(link)], &removed);
+            }
             out.push((LogOffset::change(lsn, op), msg));
         }
         if planned.is_empty() { start } else { op + 2 - (op % 2) }

@@ -165,9 +165,11 @@ impl SetLookup for Before<'_> {
     }
 }
 
-/// One group of planned messages and the transaction they are sent as.
+/// One group of planned messages and the transaction they are sent as, after a `move-out`
+/// event for the tag values in `moved_out`.
 pub struct Spliced {
     pub xid: u32,
+    pub moved_out: Vec<String>,
     pub planned: Vec<Planned>,
 }
 
@@ -189,18 +191,25 @@ pub fn splice(
         for change in &txn.changes {
             planned.extend(plan(shape, encoder, change, sets)?);
         }
-        Ok(Spliced { xid: txn.xid, planned })
+        Ok(Spliced { xid: txn.xid, moved_out: Vec::new(), planned })
     };
     let seen = |txn: &&HeldTxn| result.snapshot.contains(txn.xid);
     let mut out = Vec::new();
     for txn in hold.txns.iter().filter(seen) {
         out.push(planned_txn(txn, &before)?);
     }
-    out.push(Spliced { xid: hold.trigger_xid, planned: moved(shape, encoder, &result.rows) });
+    // Values that left an `IN` set the shape tags its rows by: a `move-out` of their tags.
+    let moved_out = match shape.tag_link() {
+        Some((_, tagged)) if *tagged == hold.subquery => {
+            hold.left.iter().filter_map(|v| v.first().cloned().flatten()).collect()
+        }
+        _ => Vec::new(),
+    };
+    out.push(Spliced { xid: hold.trigger_xid, moved_out, planned: moved(shape, encoder, &result.rows) });
     for txn in hold.txns.iter().filter(|t| !seen(t)) {
         out.push(planned_txn(txn, now)?);
     }
-    out.retain(|s| !s.planned.is_empty());
+    out.retain(|s| !s.planned.is_empty() || !s.moved_out.is_empty());
     Ok(out)
 }
 
@@ -220,14 +229,10 @@ fn moved(s: &Shape, encoder: &MessageEncoder, rows: &[MovedRow]) -> Vec<Planned>
                 }
                 (false, Replica::Default) => (Operation::Delete, &s.key),
             };
-            Planned {
-                op,
-                key,
-                value: cols.iter().map(|&c| (c, cell(row, c))).collect(),
-                old_value: None,
-                key_change_to: None,
-                key_change_from: None,
-            }
+            let link = s.tag_column().and_then(|c| cell(row, c).as_str().map(String::from));
+            let mut planned = Planned::new(op, key, cols.iter().map(|&c| (c, cell(row, c))).collect());
+            planned.link = link;
+            planned
         })
         .collect()
 }

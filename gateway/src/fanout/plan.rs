@@ -22,11 +22,29 @@ pub struct Planned {
     pub old_value: Option<Fields>,
     pub key_change_to: Option<String>,
     pub key_change_from: Option<String>,
+    /// The row's value of the shape's tag column ([`Shape::tag_column`]), and the one it
+    /// had when an update changed it.
+    pub link: Option<String>,
+    pub link_before: Option<String>,
 }
 
 impl Planned {
-    fn new(op: Operation, key: String, value: Fields) -> Planned {
-        Planned { op, key, value, old_value: None, key_change_to: None, key_change_from: None }
+    pub fn new(op: Operation, key: String, value: Fields) -> Planned {
+        Planned {
+            op,
+            key,
+            value,
+            old_value: None,
+            key_change_to: None,
+            key_change_from: None,
+            link: None,
+            link_before: None,
+        }
+    }
+
+    fn linked(mut self, link: Option<String>) -> Planned {
+        self.link = link;
+        self
     }
 }
 
@@ -57,11 +75,13 @@ pub fn plan(
 ) -> Result<Vec<Planned>, EvalError> {
     let all = &shape.selected;
     let admits = |row: &[Cell]| shape.admits(&RowWithSets { row, sets });
+    let tag_column = shape.tag_column();
+    let link = |row: &[Cell]| tag_column.and_then(|c| row.get(c)?.as_str().map(String::from));
     Ok(match change {
         Change::Insert { new } => {
             if admits(new.as_slice())? {
                 complete(new)?;
-                vec![Planned::new(Operation::Insert, key_of(shape, enc, new), fields(new, all))]
+                vec![Planned::new(Operation::Insert, key_of(shape, enc, new), fields(new, all)).linked(link(new))]
             } else {
                 vec![]
             }
@@ -76,7 +96,7 @@ pub fn plan(
                 return Ok(vec![]);
             }
             let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
-            vec![Planned::new(Operation::Delete, key_of(shape, enc, old), fields(old, cols))]
+            vec![Planned::new(Operation::Delete, key_of(shape, enc, old), fields(old, cols)).linked(link(old))]
         }
         Change::Update { old, old_is_full, new } => {
             // Under REPLICA IDENTITY FULL, unchanged TOAST values come from the old row.
@@ -103,20 +123,21 @@ pub fn plan(
                 (false, false) => vec![],
                 (false, true) => {
                     complete(&new)?;
-                    vec![Planned::new(Operation::Insert, new_key, fields(&new, all))]
+                    vec![Planned::new(Operation::Insert, new_key, fields(&new, all)).linked(link(&new))]
                 }
                 (true, false) => {
                     let old_row = full_old.map(Vec::as_slice).unwrap_or(&new);
                     let cols = if shape.spec.replica == Replica::Full { all } else { &shape.key };
-                    vec![Planned::new(Operation::Delete, old_key, fields(old_row, cols))]
+                    vec![Planned::new(Operation::Delete, old_key, fields(old_row, cols)).linked(link(old_row))]
                 }
                 (true, true) if old_key != new_key => {
                     complete(&new)?;
                     let old_row = old.as_deref().unwrap_or(&new);
                     let cols = if shape.spec.replica == Replica::Full && *old_is_full { all } else { &shape.key };
-                    let mut delete = Planned::new(Operation::Delete, old_key.clone(), fields(old_row, cols));
+                    let mut delete =
+                        Planned::new(Operation::Delete, old_key.clone(), fields(old_row, cols)).linked(link(old_row));
                     delete.key_change_to = Some(new_key.clone());
-                    let mut insert = Planned::new(Operation::Insert, new_key, fields(&new, all));
+                    let mut insert = Planned::new(Operation::Insert, new_key, fields(&new, all)).linked(link(&new));
                     insert.key_change_from = Some(old_key);
                     vec![delete, insert]
                 }
@@ -140,6 +161,8 @@ pub fn plan(
                     if shape.spec.replica == Replica::Full {
                         p.old_value = full_old.map(|o| fields(o, &changed));
                     }
+                    p.link = link(&new);
+                    p.link_before = full_old.and_then(|o| link(o)).filter(|before| Some(before) != p.link.as_ref());
                     vec![p]
                 }
             }
