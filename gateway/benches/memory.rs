@@ -20,16 +20,7 @@ fn set_bytes_per_value(sets: usize, values: usize) -> f64 {
     use shapes::table::{Column, TableName, TableSchema};
     use shapes::where_clause::{BindOptions, parse_where_with_tables};
 
-    let column = |name: &str, ty: &str, pk| Column {
-        name: name.into(),
-        type_oid: 0,
-        type_name: ty.into(),
-        type_sql: ty.into(),
-        dims: 0,
-        type_mod: -1,
-        not_null: false,
-        pk_index: pk,
-    };
+    let column = Column::scalar;
     let todos = TableSchema {
         oid: 1,
         name: TableName::new("public", "todos"),

@@ -2,12 +2,25 @@
 //! membership appears and out when it goes, and the client always ends with exactly the
 //! rows PostgreSQL's own `IN (SELECT …)` selects (docs/subqueries.md).
 
-use testkit::{Env, Follower, enc, oracle};
+use testkit::{Env, Follower, Gateway, enc, oracle};
 
 const SCHEMA: &str = "create table members (user_id text, project_id int8, primary key (user_id, project_id));
      create table todos (id int8 primary key, project_id int8, title text);
      insert into members values ('u1', 1), ('u2', 2);
      insert into todos select i, i % 4, 't' || i from generate_series(1, 40) i;";
+
+/// u1's todos: those of the projects u1 is a member of.
+const U1: &str = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
+
+/// A database with [`SCHEMA`], a gateway, and a client that has synced u1's todos.
+async fn following_u1() -> (Env, Gateway, Follower) {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let gw = env.ready_gateway().await;
+    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(U1)));
+    f.sync().await;
+    (env, gw, f)
+}
 
 /// Follows `filter` on todos and checks, after each statement, that the client converges to
 /// what PostgreSQL selects, with nothing delivered twice and no refetch.
@@ -23,12 +36,8 @@ async fn check(env: &Env, f: &mut Follower, filter: &str, steps: &[&str]) {
 
 #[tokio::test]
 async fn memberships_move_rows_in_and_out() {
-    let env = Env::new().await;
-    env.sql(SCHEMA).await;
-    let gw = env.ready_gateway().await;
-    let filter = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
-    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(filter)));
-    f.sync().await;
+    let (env, _gw, mut f) = following_u1().await;
+    let filter = U1;
     assert_eq!(f.rows.len(), 10, "project 1's todos");
     check(
         &env,
@@ -175,30 +184,31 @@ async fn concurrent_memberships_and_writes_end_exactly_right() {
     }
 }
 
+/// Queues an ACCESS EXCLUSIVE lock on `todos` behind the transactions open on it: from
+/// now on every statement on `todos`, a move's query among them, waits until they end.
+/// Resolves once the lock was had and given back.
+fn queue_lock_on_todos(env: &Env) -> tokio::task::JoinHandle<()> {
+    let url = env.url.clone();
+    tokio::spawn(async move {
+        let db = testkit::connect(&url).await;
+        db.batch_execute("begin; lock table todos in access exclusive mode; rollback").await.unwrap();
+    })
+}
+
 /// A transaction open while the move query reads lands after the moved rows, whose values
 /// are older: when its commit reaches the stream before the move's marker (the query is
 /// held back behind a lock request queued after the transaction), and when right after it
 /// (where the marker's position and its commit record's meet).
 #[tokio::test]
 async fn a_write_the_move_query_did_not_see_lands_after_the_moved_rows() {
-    let env = Env::new().await;
-    env.sql(SCHEMA).await;
-    let gw = env.ready_gateway().await;
-    let filter = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
-    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(filter)));
-    f.sync().await;
+    let (env, _gw, mut f) = following_u1().await;
+    let filter = U1;
     for (project, queued_lock) in [(2, true), (3, false)] {
         let late = testkit::connect(&env.url).await;
         late.batch_execute(&format!("begin; update todos set title = 'late' where project_id = {project}"))
             .await
             .unwrap();
-        let blocker = queued_lock.then(|| {
-            let url = env.url.clone();
-            tokio::spawn(async move {
-                let db = testkit::connect(&url).await;
-                db.batch_execute("begin; lock table todos in access exclusive mode; rollback").await.unwrap();
-            })
-        });
+        let blocker = queued_lock.then(|| queue_lock_on_todos(&env));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         // The move's query takes its snapshot, then (with the lock queued) waits.
         env.sql(&format!("insert into members values ('u1', {project})")).await;
@@ -286,12 +296,8 @@ async fn converge(env: &Env, f: &mut Follower, filter: &str) {
 /// with its handle and offset and ends with exactly PostgreSQL's rows, nothing twice.
 #[tokio::test]
 async fn subquery_shapes_resume_after_a_restart_and_a_kill_in_the_middle_of_a_move() {
-    let env = Env::new().await;
-    env.sql(SCHEMA).await;
-    let mut gw = env.ready_gateway().await;
-    let filter = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
-    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(filter)));
-    f.sync().await;
+    let (env, mut gw, mut f) = following_u1().await;
+    let filter = U1;
     env.sql("insert into members values ('u1', 2)").await;
     converge(&env, &mut f, filter).await;
 
@@ -313,11 +319,7 @@ async fn subquery_shapes_resume_after_a_restart_and_a_kill_in_the_middle_of_a_mo
     late.batch_execute("begin; update todos set title = 'late' where project_id = 0").await.unwrap();
     let held = testkit::connect(&env.url).await;
     held.batch_execute("begin; update todos set title = 'held' where id = 2").await.unwrap();
-    let url = env.url.clone();
-    let blocker = tokio::spawn(async move {
-        let db = testkit::connect(&url).await;
-        db.batch_execute("begin; lock table todos in access exclusive mode; rollback").await.unwrap();
-    });
+    let blocker = queue_lock_on_todos(&env);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     env.sql("insert into members values ('u1', 0)").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -360,23 +362,15 @@ async fn a_set_that_cannot_follow_the_stream_affects_only_its_own_shapes() {
 /// ends right.
 #[tokio::test]
 async fn a_move_held_back_too_long_refetches_instead_of_holding_everything() {
-    let env = Env::new().await;
-    env.sql(SCHEMA).await;
-    let gw = env.ready_gateway().await;
-    let filter = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
-    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(filter)));
-    f.sync().await;
+    let (env, gw, mut f) = following_u1().await;
+    let filter = U1;
     let late = testkit::connect(&env.url).await;
     late.batch_execute("begin; update todos set title = 'late' where id = 3").await.unwrap();
     let many = testkit::connect(&env.url).await;
     many.batch_execute("begin; insert into todos select i, 2, 'bulk' from generate_series(1000, 101000) i")
         .await
         .unwrap();
-    let url = env.url.clone();
-    let blocker = tokio::spawn(async move {
-        let db = testkit::connect(&url).await;
-        db.batch_execute("begin; lock table todos in access exclusive mode; rollback").await.unwrap();
-    });
+    let blocker = queue_lock_on_todos(&env);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     env.sql("insert into members values ('u1', 3)").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

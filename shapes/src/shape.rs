@@ -384,16 +384,7 @@ mod tests {
 
     #[test]
     fn client_terms_that_can_fail_run_only_inside_the_scope() {
-        let col = |name: &str, ty: &str, pk: Option<u32>| Column {
-            name: name.into(),
-            type_oid: 0,
-            type_name: ty.into(),
-            type_sql: ty.into(),
-            dims: 0,
-            type_mod: -1,
-            not_null: false,
-            pk_index: pk,
-        };
+        let col = Column::scalar;
         let table = TableSchema {
             oid: 1,
             name: TableName::new("public", "t"),

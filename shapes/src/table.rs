@@ -118,6 +118,21 @@ pub struct Column {
 }
 
 impl Column {
+    /// A nullable scalar column of type `type_name` (`pk_index`: its place in the primary
+    /// key), as tests and tools describe tables without a catalog.
+    pub fn scalar(name: &str, type_name: &str, pk_index: Option<u32>) -> Column {
+        Column {
+            name: name.into(),
+            type_oid: 0,
+            type_name: type_name.into(),
+            type_sql: type_name.into(),
+            dims: 0,
+            type_mod: -1,
+            not_null: false,
+            pk_index,
+        }
+    }
+
     pub fn sql_type(&self) -> SqlType {
         SqlType::from_pg_name(&self.type_name, self.dims)
     }

@@ -311,16 +311,7 @@ mod tests {
         )
         .unwrap();
         let rules = AccessRules::compile(&rules["table"]).unwrap();
-        let column = |name: &str, ty: &str, pk| shapes::table::Column {
-            name: name.into(),
-            type_oid: 20,
-            type_name: ty.into(),
-            type_sql: ty.into(),
-            dims: 0,
-            type_mod: -1,
-            not_null: false,
-            pk_index: pk,
-        };
+        let column = shapes::table::Column::scalar;
         let todos = TableSchema {
             oid: 1,
             name: TableName::new("public", "todos"),
