@@ -138,7 +138,7 @@ impl ShapeSet {
         }
         // Creating shapes is rare: one at a time keeps publication changes race-free, and the
         // catalog is read afresh, since the table may have changed since it was cached.
-        let _guard = self.create_lock.lock().await;
+        let creating = self.create_lock.lock().await;
         let mut session = self.catalog.lock().await;
         let client = connected(&mut session, &self.db).await?;
         let schema = self.fresh_schema(client, table).await?;
@@ -188,6 +188,10 @@ impl ShapeSet {
         } else {
             shape
         };
+        // The tables are published: others may create shapes while this one's sets load
+        // (a WAL marker's round trip each). Equal shapes meet in `get_or_create`.
+        drop(session);
+        drop(creating);
         let oid = |subquery: &Subquery| catalog.iter().find(|t| t.name == subquery.table).map_or(0, |t| t.oid);
         let sets = self.registry.sets().acquire(&shape, oid).await.map_err(|e| match e {
             LoadFailed::Filter(_) => ShapeSetError::Invalid { field: "where", message: e.to_string() },
