@@ -94,6 +94,26 @@ async fn not_in_and_nested_subqueries_follow_their_sets() {
         &["insert into members values ('u2', 1)", "delete from members where user_id = 'u2' and project_id = 2"],
     )
     .await;
+    // A NULL entering a NOT IN set makes every other row's test unknown: all move out,
+    // and back in when it leaves.
+    env.sql("create table bans (user_id text, project_id int8); alter table bans replica identity full").await;
+    let banned = "project_id NOT IN (SELECT project_id FROM bans WHERE user_id = 'u2')";
+    let mut b = Follower::new(&gw, &format!("table=todos&where={}", enc(banned)));
+    b.sync().await;
+    check(
+        &env,
+        &mut b,
+        banned,
+        &[
+            "insert into bans values ('u2', 1)",
+            "insert into bans values ('u2', NULL)",
+            "update todos set title = 'while banned' where id = 2",
+            "delete from bans where project_id IS NULL",
+            "update bans set project_id = 3 where project_id = 1",
+        ],
+    )
+    .await;
+    assert!(b.rows.len() > 20, "rows came back once the NULL left: {}", b.rows.len());
     let nested = "project_id IN (SELECT project_id FROM members WHERE project_id IN (SELECT id FROM projects WHERE NOT archived))";
     let mut g = Follower::new(&gw, &format!("table=todos&where={}", enc(nested)));
     g.sync().await;

@@ -205,7 +205,8 @@ impl Shape {
     /// The query of the rows whose membership in the shape differs between `view` (a set
     /// as it was) and the set as PostgreSQL's subquery yields it now: `now_in` (bool) first,
     /// then the `read` columns as text. Only rows whose probe of that set holds a changed
-    /// value or a NULL can differ, so only those are read.
+    /// value or a NULL can differ, so only those are read (all rows when a changed value
+    /// holds a NULL).
     pub fn moved_rows_sql(&self, view: &SetView, read: &[usize]) -> String {
         let now = self.where_sql(None).unwrap_or_else(|| "true".into());
         let before = self.where_sql_viewing(None, Some(view)).unwrap_or_else(|| "true".into());
@@ -217,6 +218,10 @@ impl Shape {
         } else {
             self.scope.iter().chain(&self.client_filter).flat_map(|e| e.probes_of(view.subquery)).collect()
         };
+        // A value holding a NULL turns every miss into unknown (or back): any row may differ.
+        if changed.iter().any(|v| v.contains(&None)) && !probes.is_empty() {
+            slice.push("true".to_string());
+        }
         for probe in probes {
             let probe: Vec<String> = probe.iter().map(Expr::to_sql).collect();
             let mut rows = String::new();

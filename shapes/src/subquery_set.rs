@@ -54,6 +54,12 @@ impl SubquerySet {
         self.counts.is_empty()
     }
 
+    /// Whether `key` itself is held (NULLs compare as equal here: this is about the set's
+    /// contents, not SQL's `IN`).
+    pub fn holds(&self, key: &SetKey) -> bool {
+        self.counts.contains_key(key)
+    }
+
     /// The distinct values held, in no order.
     pub fn values(&self) -> impl Iterator<Item = &SetKey> {
         self.counts.keys()

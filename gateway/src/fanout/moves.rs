@@ -15,7 +15,7 @@ use shapes::contract::Operation;
 use shapes::offset::Lsn;
 use shapes::set_registry::SetId;
 use shapes::subquery_set::{SetDelta, SetLookup, SubquerySet};
-use shapes::where_clause::{EvalError, Membership, SetKey, SetView, Subquery};
+use shapes::where_clause::{EvalError, SetKey, SetView, Subquery};
 
 use shapes::shape::{Replica, Shape};
 use shapes::wire::MessageEncoder;
@@ -117,7 +117,7 @@ impl Hold {
                 }
             }
         }
-        let now_in = |v: &SetKey| now.membership(v) == Membership::In;
+        let now_in = |v: &SetKey| now.holds(v);
         self.entered = self.before.iter().filter(|(v, was)| !was && now_in(v)).map(|(v, _)| v.clone()).collect();
         self.left = self.before.iter().filter(|(v, was)| *was && !now_in(v)).map(|(v, _)| v.clone()).collect();
         self.id = id;

@@ -14,7 +14,7 @@ use shapes::offset::Lsn;
 use shapes::set_registry::{SetId, SetRegistry};
 use shapes::shape::Shape;
 use shapes::subquery_set::{SetDelta, SubquerySet};
-use shapes::where_clause::{Membership, SetKey, Subquery};
+use shapes::where_clause::{SetKey, Subquery};
 use tokio::sync::{mpsc, watch};
 
 use super::live_shape::LiveShape;
@@ -167,7 +167,7 @@ impl Sets {
             let Some(view) = live.take_resync_view(set) else { continue };
             let delta = SetDelta {
                 entered: now.values().filter(|v| !view.contains(v)).cloned().collect(),
-                left: view.iter().filter(|v| now.membership(v) != Membership::In).cloned().collect(),
+                left: view.iter().filter(|v| !now.holds(v)).cloned().collect(),
             };
             self.start_move(&live, 0, set, subquery, &delta, now);
         }
@@ -259,8 +259,8 @@ impl Sets {
 
     /// What one transaction's change to `set` means for its shapes: a move for each shape
     /// whose filter tests it, found by `shape`; the shapes to rotate instead, with why
-    /// (their snapshot or another move is under way, the set is nested in another, or a
-    /// NULL entered or left, which changes rows a move query cannot single out).
+    /// (their snapshot is under way, a move of another of their sets is, or the set is
+    /// nested in another).
     pub fn on_change(
         &self,
         kept: &mut SetRegistry,
@@ -277,14 +277,11 @@ impl Sets {
             affected.extend(users.get(&outer).into_iter().flatten().map(|(s, _)| (*s, false)));
         }
         drop(users);
-        let with_null = delta.entered.iter().chain(&delta.left).any(|v| v.contains(&None));
         let Some(subquery) = kept.subquery(set).cloned() else { return };
         for (id, top) in affected {
             let Some(shape) = shape(id) else { continue };
             let why = if !top {
                 "a subquery nested in its filter changed"
-            } else if with_null {
-                "a NULL entered or left a subquery's set"
             } else if !shape.snapshot_known() {
                 "a subquery's set changed during its snapshot"
             } else if let Some(now) = kept.get(set) {
