@@ -67,6 +67,8 @@ async fn run_job(db: &Config, registry: &Registry, job: Job) {
             if let Err(e) = read.await {
                 tracing::warn!(error = %e, subquery = %subquery.to_sql(), "loading a subquery set failed");
                 registry.sets().load_failed(set, e.filter_fault());
+                // Shapes reloaded at start wait on it with their changes held: they go.
+                registry.rotate_users_of(set, "its subquery set could not be loaded");
             }
         }
         Job::Move { marker, shape, id, sql } => {

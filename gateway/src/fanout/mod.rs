@@ -248,12 +248,7 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
 fn on_marker(registry: &Registry, txn: &Txn, marker: &str, writes: &mut BatchWrites) {
     match registry.sets().finish_load(marker) {
         Some(Ok(set)) => return registry.sets().resume(set, |id| registry.by_id(id)),
-        Some(Err(set)) => {
-            for shape in registry.sets().users_of(set).into_iter().filter_map(|id| registry.by_id(id)) {
-                registry.rotate(&shape, "its subquery set could not be loaded");
-            }
-            return;
-        }
+        Some(Err(set)) => return registry.rotate_users_of(set, "its subquery set could not be loaded"),
         None => {}
     }
     let Some((shape, id)) = marker.strip_prefix("move:").and_then(|m| m.split_once(':')) else { return };

@@ -289,6 +289,13 @@ impl Registry {
         }
     }
 
+    /// Rotates every shape using subquery set `set`.
+    pub fn rotate_users_of(&self, set: SetId, reason: &str) {
+        for shape in self.sets.users_of(set).into_iter().filter_map(|id| self.by_id(id)) {
+            self.rotate(&shape, reason);
+        }
+    }
+
     /// Rotates every shape of a table (TRUNCATE, DELETE by table).
     pub fn rotate_table(&self, oid: u32, reason: &str) {
         let shapes: Vec<Arc<LiveShape>> =
