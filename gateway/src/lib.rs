@@ -14,6 +14,7 @@ pub mod devdb;
 pub mod fanout;
 pub mod http;
 pub mod limits;
+pub mod log_lines;
 pub mod outbox;
 pub mod preflight;
 pub mod progress;

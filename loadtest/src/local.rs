@@ -48,11 +48,11 @@ pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
         .map_err(|e| RunError::Setup(format!("creating {}: {e}", load.table)))?;
     drop(db);
     let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-    let listen = free_port().map_err(|e| RunError::Setup(e.to_string()))?;
-    let base = format!("http://{listen}");
-    let log = std::fs::File::create(pg.root().join("gateway.log")).map_err(|e| RunError::Setup(e.to_string()))?;
+    let log_path = pg.root().join("gateway.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| RunError::Setup(e.to_string()))?;
+    // Port 0, then the port the gateway logs: a port picked here could be taken meanwhile.
     let child = Command::new(&bin)
-        .args(["serve", "--database-url", &url, "--listen", &listen.to_string()])
+        .args(["serve", "--database-url", &url, "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(pg.root().join("gateway-data"))
         .args(["--auth", "jwt", "--jwt-secret", &secret, "--config"])
@@ -62,8 +62,8 @@ pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
         .spawn()
         .map_err(|e| RunError::Setup(format!("starting {}: {e}", bin.display())))?;
     let gateway = GatewayProcess(child);
-    wait_ready(&base).await.map_err(|why| {
-        let log = std::fs::read_to_string(pg.root().join("gateway.log")).unwrap_or_default();
+    let base = wait_ready(&log_path, gateway.0.id()).await.map_err(|why| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         RunError::Setup(format!("{why}; its log:\n{log}"))
     })?;
     let run = RunArgs { gateway: base, database_url: url, jwt_secret: secret, load: args.load.clone() };
@@ -78,16 +78,18 @@ fn beside_this_binary() -> PathBuf {
     std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("gateway"))).unwrap_or_else(|| "gateway".into())
 }
 
-fn free_port() -> std::io::Result<std::net::SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
-async fn wait_ready(base: &str) -> Result<(), String> {
+/// Waits until the gateway `pid` logged its address to `log` and answers `/readyz`; its
+/// base URL.
+async fn wait_ready(log: &std::path::Path, pid: u32) -> Result<String, String> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
-        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = gateway::log_lines::listening_address(&text, pid) {
+            let base = format!("http://{addr}");
+            if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(base);
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

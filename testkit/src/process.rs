@@ -127,15 +127,9 @@ impl Gateway {
     /// The port this process logged it listens on (serving, or standing by), once it has.
     fn bound_port(&self) -> Option<u16> {
         let log = self.log();
+        // Another gateway on the same data dir appends to the same log: only ours counts.
         let ours = log.get(self.log_start..).unwrap_or_default();
-        let pid = self.pid()?.to_string();
-        // Another gateway on the same data dir appends to the same log: match our pid.
-        let port = ours.lines().find_map(|line| {
-            let plain = strip_ansi(line);
-            let field = |name: &str| plain.split(&format!("{name}=")).nth(1)?.split_whitespace().next();
-            (field("pid")? == pid).then_some(())?;
-            Some(field("listen")?.parse::<std::net::SocketAddr>().ok()?.port())
-        })?;
+        let port = gateway::log_lines::listening_address(ours, self.pid()?)?.port();
         self.port.set(Some(port));
         Some(port)
     }
@@ -213,18 +207,4 @@ impl Drop for Gateway {
             eprintln!("--- gateway log ({}) ---\n{}", self.data_dir.display(), self.log());
         }
     }
-}
-
-/// `line` without terminal colour codes (the log is coloured when written to a file).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
