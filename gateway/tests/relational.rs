@@ -17,9 +17,15 @@ async fn following_u1() -> (Env, Gateway, Follower) {
     let env = Env::new().await;
     env.sql(SCHEMA).await;
     let gw = env.ready_gateway().await;
-    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(U1)));
-    f.sync().await;
+    let f = synced(&gw, U1).await;
     (env, gw, f)
+}
+
+/// A client that has synced the todos `filter` selects.
+async fn synced(gw: &Gateway, filter: &str) -> Follower {
+    let mut f = Follower::new(gw, &format!("table=todos&where={}", enc(filter)));
+    f.sync().await;
+    f
 }
 
 /// Follows `filter` on todos and checks, after each statement, that the client converges to
@@ -85,8 +91,7 @@ async fn not_in_and_nested_subqueries_follow_their_sets() {
     .await;
     let gw = env.ready_gateway().await;
     let not_in = "project_id NOT IN (SELECT project_id FROM members WHERE user_id = 'u2')";
-    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(not_in)));
-    f.sync().await;
+    let mut f = synced(&gw, not_in).await;
     check(
         &env,
         &mut f,
@@ -98,8 +103,7 @@ async fn not_in_and_nested_subqueries_follow_their_sets() {
     // and back in when it leaves.
     env.sql("create table bans (user_id text, project_id int8); alter table bans replica identity full").await;
     let banned = "project_id NOT IN (SELECT project_id FROM bans WHERE user_id = 'u2')";
-    let mut b = Follower::new(&gw, &format!("table=todos&where={}", enc(banned)));
-    b.sync().await;
+    let mut b = synced(&gw, banned).await;
     check(
         &env,
         &mut b,
@@ -115,8 +119,7 @@ async fn not_in_and_nested_subqueries_follow_their_sets() {
     .await;
     assert!(b.rows.len() > 20, "rows came back once the NULL left: {}", b.rows.len());
     let nested = "project_id IN (SELECT project_id FROM members WHERE project_id IN (SELECT id FROM projects WHERE NOT archived))";
-    let mut g = Follower::new(&gw, &format!("table=todos&where={}", enc(nested)));
-    g.sync().await;
+    let mut g = synced(&gw, nested).await;
     check(&env, &mut g, nested, &["insert into members values ('u3', 3)"]).await;
     // A change to the nested set refetches the shape (moves through nested sets: not yet).
     env.sql("update projects set archived = true where id = 1").await;
@@ -147,8 +150,7 @@ async fn concurrent_memberships_and_writes_end_exactly_right() {
     let done = Arc::new(AtomicBool::new(false));
     let mut followers = Vec::new();
     for filter in &filters {
-        let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(filter)));
-        f.sync().await;
+        let mut f = synced(&gw, filter).await;
         let done = done.clone();
         followers.push(tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {
@@ -363,10 +365,8 @@ async fn a_set_that_cannot_follow_the_stream_affects_only_its_own_shapes() {
     let gw = env.ready_gateway().await;
     let fragile = "project_id IN (SELECT project_id FROM members WHERE 10 / (project_id - 7) > 0)";
     let sound = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1')";
-    let mut f = Follower::new(&gw, &format!("table=todos&where={}", enc(fragile)));
-    let mut g = Follower::new(&gw, &format!("table=todos&where={}", enc(sound)));
-    f.sync().await;
-    g.sync().await;
+    let f = synced(&gw, fragile).await;
+    let mut g = synced(&gw, sound).await;
     env.sql("begin; insert into members values ('u9', 7); insert into members values ('u1', 2); commit").await;
     converge(&env, &mut g, sound).await;
     let refetched = testkit::get(&format!("{}/v1/shape?table=todos&where={}&offset=-1", gw.base(), enc(fragile))).await;
