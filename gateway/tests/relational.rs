@@ -63,7 +63,8 @@ async fn memberships_move_rows_in_and_out() {
     .await;
     // Rows carry their project's tag (one per project, never the value itself); each
     // removed membership came as a move-out of the tag its rows carried.
-    let tag_of = |id: &str| f.tags[&format!("\"public\".\"todos\"/\"{id}\"")].clone();
+    let key = |id: &str| format!("\"public\".\"todos\"/\"{id}\"");
+    let tag_of = |id: &str| f.tags[&key(id)].clone();
     assert_eq!(tag_of("4"), tag_of("8"), "todos 4 and 8 are both in project 0");
     assert_ne!(tag_of("4"), tag_of("5"));
     let hashed = |t: &Vec<String>| t.len() == 1 && t[0].len() == 32 && t[0].chars().all(|c| c.is_ascii_hexdigit());
@@ -77,6 +78,13 @@ async fn memberships_move_rows_in_and_out() {
         .collect();
     assert_eq!(moved_out.len(), 2, "projects 1 and 2 left u1's set: {:?}", f.events);
     assert!(moved_out.contains(&tag_of("13")[0].as_str()), "project 1's rows carried the tag that moved out");
+    // Rows a membership brought are marked `is_move_in` (a todo updated into a project is a
+    // plain insert), and each move-in ends with its query's `snapshot-end`, as Electric's.
+    assert!(["6", "100", "101", "7", "4"].iter().all(|id| f.moved_in.contains(&key(id))), "{:?}", f.moved_in);
+    assert!(!f.moved_in.contains(&key("3")), "{:?}", f.moved_in);
+    let ends: Vec<_> = f.controls.iter().filter(|c| c["headers"]["control"] == "snapshot-end").collect();
+    assert!(ends.len() >= 4, "the snapshot's and three move-ins': {:?}", f.controls);
+    assert!(ends.iter().all(|c| c["headers"]["xmin"].is_string() && c["headers"]["xmax"].is_string()));
 }
 
 #[tokio::test]

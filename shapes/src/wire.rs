@@ -273,6 +273,11 @@ pub fn move_out_event(tags: &[String], txid: u32) -> Vec<u8> {
     out
 }
 
+/// Marks a row a move query brought into the shape (`is_move_in`).
+pub fn mark_move_in(message: &mut Vec<u8>) {
+    add_header(message, b",\"is_move_in\":true");
+}
+
 /// Sets the `last` flag on an encoded live change.
 pub fn mark_last(message: &mut Vec<u8>) {
     add_header(message, b",\"last\":true");

@@ -1,7 +1,7 @@
 //! A shape follower that speaks the protocol the way the official client does and
 //! materializes rows like its `Shape` class.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Instant;
 
 use serde_json::{Map, Value};
@@ -28,6 +28,10 @@ pub struct Follower {
     pub events: Vec<Value>,
     /// The `tags` each key last came with (kept after a delete).
     pub tags: BTreeMap<String, Vec<String>>,
+    /// Control messages other than `up-to-date` (`snapshot-end`), in order.
+    pub controls: Vec<Value>,
+    /// Keys that arrived as inserts marked `is_move_in`.
+    pub moved_in: BTreeSet<String>,
 }
 
 impl Follower {
@@ -46,6 +50,8 @@ impl Follower {
             token: None,
             events: Vec::new(),
             tags: BTreeMap::new(),
+            controls: Vec::new(),
+            moved_in: BTreeSet::new(),
         }
     }
 
@@ -105,6 +111,7 @@ impl Follower {
                 continue;
             }
             if headers.get("control").is_some() {
+                self.controls.push(m.clone());
                 continue;
             }
             if headers.get("event").is_some() {
@@ -120,6 +127,10 @@ impl Follower {
             let key = m["key"].as_str().unwrap().to_string();
             if let Some(tags) = headers["tags"].as_array() {
                 self.tags.insert(key.clone(), tags.iter().map(|t| t.as_str().unwrap().to_string()).collect());
+            }
+            if headers["is_move_in"] == true {
+                assert_eq!(headers["operation"], "insert", "only inserts move in");
+                self.moved_in.insert(key.clone());
             }
             let value = m["value"].as_object().unwrap().clone();
             match headers["operation"].as_str().unwrap() {

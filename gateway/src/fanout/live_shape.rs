@@ -13,7 +13,7 @@ use shapes::set_registry::SetId;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
 use shapes::subquery_set::{SetDelta, SubquerySet};
 use shapes::table::TableSchema;
-use shapes::wire::{LiveHeaders, MessageEncoder, add_tags, move_out_event, schema_header};
+use shapes::wire::{LiveHeaders, MessageEncoder, add_tags, mark_move_in, move_out_event, schema_header, snapshot_end};
 
 pub use super::snapshot_info::SnapshotInfo;
 
@@ -228,6 +228,10 @@ impl LiveShape {
                 next += 2;
             }
             next = self.encode_into(&mut out, g.xid, at, &g.planned, next, i + 1 == groups.len());
+            if let Some(snap) = g.query_snapshot.as_ref().filter(|_| g.planned.iter().any(|p| p.move_in)) {
+                out.push((LogOffset::change(at, next), snapshot_end(snap.xmin, snap.xmax, &snap.xip)));
+                next += 2;
+            }
         }
         out
     }
@@ -318,6 +322,9 @@ impl LiveShape {
             let old: Option<Vec<(usize, Option<&str>)>> =
                 p.old_value.as_ref().map(|o| o.iter().map(|(c, v)| (*c, v.as_str())).collect());
             self.encoder.write_change(&mut msg, p.op, &p.key, fields, old.as_deref(), Some(headers));
+            if p.move_in {
+                mark_move_in(&mut msg);
+            }
             if let Some(link) = &p.link {
                 let removed: Vec<String> = p.link_before.iter().map(|v| self.tag(v)).collect();
                 add_tags(&mut msg, &[self.tag(link)], &removed);

@@ -171,6 +171,9 @@ pub struct Spliced {
     pub xid: u32,
     pub moved_out: Vec<String>,
     pub planned: Vec<Planned>,
+    /// The move query's snapshot, for the moved rows' group: sent after them as
+    /// `snapshot-end`, as Electric does after a move-in.
+    pub query_snapshot: Option<SnapshotInfo>,
 }
 
 /// The messages that splice a finished move into the shape's log, in order (see the
@@ -191,7 +194,7 @@ pub fn splice(
         for change in &txn.changes {
             planned.extend(plan(shape, encoder, change, sets)?);
         }
-        Ok(Spliced { xid: txn.xid, moved_out: Vec::new(), planned })
+        Ok(Spliced { xid: txn.xid, moved_out: Vec::new(), planned, query_snapshot: None })
     };
     let seen = |txn: &&HeldTxn| result.snapshot.contains(txn.xid);
     let mut out = Vec::new();
@@ -205,7 +208,12 @@ pub fn splice(
         }
         _ => Vec::new(),
     };
-    out.push(Spliced { xid: hold.trigger_xid, moved_out, planned: moved(shape, encoder, &result.rows) });
+    out.push(Spliced {
+        xid: hold.trigger_xid,
+        moved_out,
+        planned: moved(shape, encoder, &result.rows),
+        query_snapshot: Some(result.snapshot.clone()),
+    });
     for txn in hold.txns.iter().filter(|t| !seen(t)) {
         out.push(planned_txn(txn, now)?);
     }
@@ -232,6 +240,7 @@ fn moved(s: &Shape, encoder: &MessageEncoder, rows: &[MovedRow]) -> Vec<Planned>
             let link = s.tag_column().and_then(|c| cell(row, c).as_str().map(String::from));
             let mut planned = Planned::new(op, key, cols.iter().map(|&c| (c, cell(row, c))).collect());
             planned.link = link;
+            planned.move_in = row.now_in;
             planned
         })
         .collect()

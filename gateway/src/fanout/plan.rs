@@ -26,6 +26,8 @@ pub struct Planned {
     /// had when an update changed it.
     pub link: Option<String>,
     pub link_before: Option<String>,
+    /// Brought by a move query (`is_move_in` on the wire).
+    pub move_in: bool,
 }
 
 impl Planned {
@@ -39,6 +41,7 @@ impl Planned {
             key_change_from: None,
             link: None,
             link_before: None,
+            move_in: false,
         }
     }
 
