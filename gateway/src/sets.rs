@@ -104,10 +104,16 @@ async fn begin_snapshot(client: &Client) -> Result<SnapshotInfo, QueryError> {
     SnapshotInfo::parse(&text).ok_or(QueryError::Snapshot(text))
 }
 
-/// Writes a position marker (after the snapshot's transaction ended).
+/// Writes a position marker (after the snapshot's transaction ended), flushed at once.
+///
+/// PostgreSQL streams WAL only once it is flushed, and a non-transactional message alone
+/// waits for the WAL writer (up to `wal_writer_delay`, 200 ms by default): every set load
+/// and move would wait for it. The statement also takes a transaction id, so its implicit
+/// transaction commits with a flush (PostgreSQL 17's `flush` argument does the same).
 async fn emit_marker(client: &Client, marker: &str) -> Result<(), QueryError> {
+    client.batch_execute("set synchronous_commit = on").await.map_err(DbError::from)?;
     client
-        .execute("select pg_logical_emit_message(false, $1, $2)", &[&POSITION_MARKER, &marker])
+        .execute("select pg_logical_emit_message(false, $1, $2), pg_current_xact_id()", &[&POSITION_MARKER, &marker])
         .await
         .map_err(DbError::from)?;
     Ok(())
