@@ -19,6 +19,7 @@ use shapes::table::quote_ident;
 use shapes::where_clause::Expr;
 use shapes::wire::{add_tags, mark_snapshot, snapshot_end, subset_metadata};
 use tokio_postgres::Config;
+use tokio_postgres::error::SqlState;
 
 use crate::db::{self, DbError};
 use crate::fanout::live_shape::{LiveShape, ShapeFailure, SnapshotInfo, Unservable};
@@ -37,6 +38,10 @@ pub enum SnapshotError {
     Unservable(String),
     #[error("the subset is larger than {} MiB; page it with limit, offset and order_by", MAX_SUBSET_BYTES >> 20)]
     SubsetTooLarge,
+    /// A table changed (dropped, created again, a column dropped) since the shape was bound
+    /// from the cached catalog: the shape goes and is made again from a fresh read.
+    #[error("{0} changed since the shape was made; retry")]
+    CatalogChanged(String),
 }
 
 impl SnapshotError {
@@ -44,7 +49,13 @@ impl SnapshotError {
     /// not because of the gateway or the database.
     pub fn is_client_error(&self) -> bool {
         matches!(self, SnapshotError::SubsetTooLarge)
-            || matches!(self, SnapshotError::Db(DbError::Query(q)) if q.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("42")))
+            || matches!(self, SnapshotError::Db(DbError::Query(q)) if q.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("42")) && !self.is_catalog_change())
+    }
+
+    /// A column or table the shape was bound with is gone: the catalog changed under it.
+    fn is_catalog_change(&self) -> bool {
+        matches!(self, SnapshotError::CatalogChanged(_))
+            || matches!(self, SnapshotError::Db(DbError::Query(q)) if q.code().is_some_and(|c| *c == SqlState::UNDEFINED_COLUMN || *c == SqlState::UNDEFINED_TABLE))
     }
 
     /// What the client is told: a reason of ours, never PostgreSQL's text (which can quote
@@ -54,7 +65,7 @@ impl SnapshotError {
             SnapshotError::Db(DbError::Query(q)) if self.is_client_error() => {
                 format!("evaluating the filter failed: {}", crate::db::client_reason(q, |_| false))
             }
-            SnapshotError::SubsetTooLarge => self.to_string(),
+            SnapshotError::SubsetTooLarge | SnapshotError::CatalogChanged(_) => self.to_string(),
             _ => "the snapshot query failed; retry (the gateway log has the cause)".into(),
         }
     }
@@ -80,6 +91,9 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
         Err(e) => {
             let client_error = e.is_client_error();
             tracing::warn!(handle = %shape.handle, error = %e, "snapshot failed");
+            if e.is_catalog_change() {
+                shape.tables().for_each(|t| registry.forget_schema(&t.name));
+            }
             shape.fail(ShapeFailure { client_error, message: e.client_message() });
             registry.rotate(&shape, "its snapshot failed");
         }
@@ -93,7 +107,20 @@ async fn snapshot(cfg: &Config, registry: &Registry, shape: &Arc<LiveShape>) -> 
     let client = db::connect(cfg).await?;
     let abandoned = db::CancelOnDrop::new(&client);
     client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
-    let text: String = client.query_one("select pg_current_snapshot()::text", &[]).await.map_err(DbError::from)?.get(0);
+    // The shape may be bound from the cached catalog: its tables must still be the ones it
+    // was bound with (a table dropped and made again has another oid).
+    let names: Vec<String> = shape.tables().map(|t| t.name.quoted()).collect();
+    let row = client
+        .query_one(
+            "select pg_current_snapshot()::text, array(select coalesce(to_regclass(n)::oid, 0) from unnest($1::text[]) n)",
+            &[&names],
+        )
+        .await
+        .map_err(DbError::from)?;
+    let (text, oids): (String, Vec<u32>) = (row.get(0), row.get(1));
+    if let Some(changed) = shape.tables().zip(&oids).find(|(t, oid)| t.oid != **oid) {
+        return Err(SnapshotError::CatalogChanged(changed.0.name.quoted()));
+    }
     let info =
         SnapshotInfo::parse(&text).ok_or_else(|| SnapshotError::Format(format!("pg_current_snapshot() = {text}")))?;
     shape.set_snapshot(info.clone()).map_err(|e| match e {

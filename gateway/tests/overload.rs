@@ -1,6 +1,6 @@
 //! Admission control and request limits: past each bound a clear answer, never a pile-up.
 
-use testkit::{Env, ITEMS, get, metric_sum};
+use testkit::{Env, ITEMS, get, get_as, metric_sum};
 
 #[tokio::test]
 async fn a_herd_asking_for_one_new_shape_triggers_one_snapshot() {
@@ -60,6 +60,53 @@ async fn snapshots_past_the_bound_wait_their_turn_with_503_and_retry_after() {
     blocker.batch_execute("commit").await.unwrap();
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(get(&shape("n%3D2")).await.status, 200, "admitted once the first snapshot ended");
+}
+
+#[tokio::test]
+async fn a_burst_of_new_shapes_waits_for_slots_and_one_tenant_cannot_take_them_all() {
+    use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
+    use serde_json::json;
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    // Four slots: a quarter, one, per tenant.
+    let gw = jwt_gateway(&env, &["--jwt-secret", SECRET, "--max-concurrent-snapshots", "4"]).await;
+    let shape = |filter: &str| format!("{}/v1/shape?table=todos&offset=-1&where={}", gw.base(), testkit::enc(filter));
+    let org = |i: usize| token(json!({ "org_id": format!("org{i}") }));
+    assert_eq!(get_as(&shape("id > 0"), Some(&org(0))).await.status, 200, "todos published");
+    // Twelve tenants' new shapes at once, past the four slots: each waits its turn.
+    let burst: Vec<_> = (0..12)
+        .map(|i| {
+            let (url, t) = (shape("id > 1"), org(i));
+            tokio::spawn(async move { get_as(&url, Some(&t)).await })
+        })
+        .collect();
+    for r in burst {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // One tenant's snapshot, held by a lock, is its whole share: its next new shape is
+    // refused at once, and another tenant's still gets a slot.
+    let blocker = testkit::connect(&env.url).await;
+    blocker.batch_execute("begin; lock table todos in access exclusive mode").await.unwrap();
+    let waiting = |n: i64| {
+        let db = &env.db;
+        testkit::wait_until("snapshots wait on the lock", move || async move {
+            let q = "select count(*) from pg_locks where not granted and relation = 'todos'::regclass";
+            db.query_one(q, &[]).await.unwrap().get::<_, i64>(0) >= n
+        })
+    };
+    let (url, t) = (shape("id = 1"), org(1));
+    let held = tokio::spawn(async move { get_as(&url, Some(&t)).await });
+    waiting(1).await;
+    let refused = get_as(&shape("id = 2"), Some(&org(1))).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body["message"].as_str().unwrap().contains("your scope"), "{}", refused.body);
+    let (url, t) = (shape("id = 3"), org(2));
+    let other = tokio::spawn(async move { get_as(&url, Some(&t)).await });
+    waiting(2).await;
+    blocker.batch_execute("commit").await.unwrap();
+    assert_eq!(held.await.unwrap().status, 200);
+    assert_eq!(other.await.unwrap().status, 200);
 }
 
 #[tokio::test]

@@ -378,6 +378,11 @@ impl LiveShape {
         self.log.mark_gone();
     }
 
+    /// The tables the shape was bound with: its own, then those its subqueries read.
+    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
+        std::iter::once(&self.shape.table).chain(&self.catalog)
+    }
+
     pub fn failure(&self) -> Option<ShapeFailure> {
         self.failure.lock().unwrap().clone()
     }

@@ -1,10 +1,13 @@
 //! Bounds on new shapes, answered before any work is done: how many shapes a table and a
 //! scope may have, and how many snapshots run at once, overall and per scope (the rule's
 //! scope bound to a caller's claims: a tenant, a user), so one tenant cannot use up a
-//! table's shapes or the snapshot slots.
+//! table's shapes or the snapshot slots. A burst of new shapes waits briefly for a slot,
+//! in arrival order; a scope's share counts its waiting snapshots too, so one tenant's
+//! burst cannot fill the queue ahead of the others.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use shapes::shape::ScopeSpec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,21 +39,28 @@ pub(super) struct ShapeAdmission {
     scope_snapshots: ScopeCounts,
 }
 
+/// Longest a new shape waits for a snapshot slot before the caller is told to retry.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
 /// Held while a new shape's snapshot runs.
 pub(super) struct SnapshotPermit {
     _permit: OwnedSemaphorePermit,
-    scope: Option<(ScopeSpec, ScopeCounts)>,
+    _scope: Option<ScopeShare>,
 }
 
-impl Drop for SnapshotPermit {
+/// One of a scope's snapshots, waiting or running.
+struct ScopeShare {
+    scope: ScopeSpec,
+    running: ScopeCounts,
+}
+
+impl Drop for ScopeShare {
     fn drop(&mut self) {
-        if let Some((scope, running)) = self.scope.take() {
-            let mut running = running.lock().unwrap();
-            if let Some(n) = running.get_mut(&scope) {
-                *n -= 1;
-                if *n == 0 {
-                    running.remove(&scope);
-                }
+        let mut running = self.running.lock().unwrap();
+        if let Some(n) = running.get_mut(&self.scope) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.scope);
             }
         }
     }
@@ -66,24 +76,29 @@ impl ShapeAdmission {
     }
 
     /// A place for one more snapshot query, for a caller of `scope` (`None`: unscoped, an
-    /// admin or `--auth none`); held until the snapshot ends.
-    pub(super) fn snapshot(&self, scope: Option<&ScopeSpec>) -> Result<SnapshotPermit, ShapeSetError> {
-        let permit = self.snapshots.clone().try_acquire_owned().map_err(|_| {
-            ShapeSetError::Busy(format!(
-                "{} snapshots of new shapes are running (--max-concurrent-snapshots); retry shortly (existing shapes are not affected)",
+    /// admin or `--auth none`); held until the snapshot ends. Waits up to [`SLOT_WAIT`].
+    pub(super) async fn snapshot(&self, scope: Option<&ScopeSpec>) -> Result<SnapshotPermit, ShapeSetError> {
+        let share = match scope {
+            None => None,
+            Some(scope) => {
+                let mut running = self.scope_snapshots.lock().unwrap();
+                let n = running.entry(scope.clone()).or_default();
+                if *n >= self.limits.snapshots_per_scope() {
+                    return Err(ShapeSetError::Busy(format!(
+                        "your scope already runs {n} snapshots of new shapes, its share of --max-concurrent-snapshots; retry shortly"
+                    )));
+                }
+                *n += 1;
+                Some(ScopeShare { scope: scope.clone(), running: self.scope_snapshots.clone() })
+            }
+        };
+        match tokio::time::timeout(SLOT_WAIT, self.snapshots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(SnapshotPermit { _permit: permit, _scope: share }),
+            _ => Err(ShapeSetError::Busy(format!(
+                "{} snapshots of new shapes are running (--max-concurrent-snapshots) and more wait; retry shortly (existing shapes are not affected)",
                 self.limits.max_concurrent_snapshots
-            ))
-        })?;
-        let Some(scope) = scope else { return Ok(SnapshotPermit { _permit: permit, scope: None }) };
-        let mut running = self.scope_snapshots.lock().unwrap();
-        let n = running.entry(scope.clone()).or_default();
-        if *n >= self.limits.snapshots_per_scope() {
-            return Err(ShapeSetError::Busy(format!(
-                "your scope already runs {n} snapshots of new shapes, its share of --max-concurrent-snapshots; retry shortly"
-            )));
+            ))),
         }
-        *n += 1;
-        Ok(SnapshotPermit { _permit: permit, scope: Some((scope.clone(), self.scope_snapshots.clone())) })
     }
 
     /// Refuses a new shape when the caller's scope, or its table, has as many as allowed.

@@ -5,6 +5,7 @@
 
 pub mod admission;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use shapes::shape::{Shape, ShapeError, ShapeSpec};
@@ -65,6 +66,8 @@ pub struct ShapeSet {
     create_lock: Mutex<()>,
     /// A session for catalog reads and publication changes, reconnected when it dropped.
     catalog: Mutex<Option<tokio_postgres::Client>>,
+    /// Tables (by oid) found or put in the publication by this process.
+    published: std::sync::Mutex<HashSet<u32>>,
     tasks: Tasks,
 }
 
@@ -85,6 +88,7 @@ impl ShapeSet {
             admission: ShapeAdmission::new(limits),
             create_lock: Mutex::new(()),
             catalog: Mutex::new(None),
+            published: std::sync::Mutex::new(HashSet::new()),
             tasks,
         }
     }
@@ -121,12 +125,19 @@ impl ShapeSet {
                 }
             }
         };
+        // From the cached catalog: an existing shape, or a new one whose tables this gateway
+        // has published as it needs them (the snapshot checks the tables are still those;
+        // Electric's shape creation reads its cached inspector the same way).
         if let Some(schema) = self.registry.cached_schema(table) {
             let mut catalog = Vec::new();
             while catalog.len() <= MAX_TABLES {
                 match bind(schema.clone(), &catalog)? {
                     Ok(shape) => match self.registry.get(&shape.key()) {
                         Some(existing) => return Ok(existing),
+                        None if self.published_as_needed(&shape, &catalog) => {
+                            let permit = self.admit(table, spec).await?;
+                            return self.register(shape, catalog, permit).await;
+                        }
                         None => break,
                     },
                     Err(inner) => match self.registry.cached_schema(&inner) {
@@ -163,20 +174,9 @@ impl ShapeSet {
         if let Some(existing) = self.registry.get(&shape.key()) {
             return Ok(existing);
         }
-        if let Some(why) = self.status.new_shapes_paused() {
-            return Err(ShapeSetError::Paused(why));
-        }
-        let existing = self.registry.shapes_of(table);
-        let scope = spec.scope.as_ref();
-        let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
-        self.admission.check_shape_count(&table.quoted(), existing.len(), in_scope)?;
-        let permit = self.admission.snapshot(scope)?;
+        let permit = self.admit(table, spec).await?;
+        check_inner_identities(&shape, &catalog)?;
         for inner in &catalog {
-            for (subquery, _) in shape.subqueries().into_iter().filter(|(s, _)| s.table == inner.name) {
-                subquery
-                    .check_replica_identity(inner)
-                    .map_err(|message| ShapeSetError::Invalid { field: "where", message })?;
-            }
             self.publish(client, inner, false).await?;
         }
         let altered = self.publish(client, &schema, shape.needs_old_rows()).await?;
@@ -192,6 +192,39 @@ impl ShapeSet {
         // (a WAL marker's round trip each). Equal shapes meet in `get_or_create`.
         drop(session);
         drop(creating);
+        self.register(shape, catalog, permit).await
+    }
+
+    /// Whether the shape's tables (from the cached catalog) are published, with the replica
+    /// identity it needs: then it can be made without the creation lock or a catalog read.
+    fn published_as_needed(&self, shape: &Shape, catalog: &[TableSchema]) -> bool {
+        let published = self.published.lock().unwrap();
+        std::iter::once(&shape.table).chain(catalog).all(|t| published.contains(&t.oid))
+            && (!shape.needs_old_rows() || shape.table.replica_identity_full)
+            && check_inner_identities(shape, catalog).is_ok()
+    }
+
+    /// Whether a new shape may be made now: refused while new shapes are paused or past the
+    /// shape limits; the permit is its snapshot's slot.
+    async fn admit(&self, table: &TableName, spec: &ShapeSpec) -> Result<SnapshotPermit, ShapeSetError> {
+        if let Some(why) = self.status.new_shapes_paused() {
+            return Err(ShapeSetError::Paused(why));
+        }
+        let existing = self.registry.shapes_of(table);
+        let scope = spec.scope.as_ref();
+        let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
+        self.admission.check_shape_count(&table.quoted(), existing.len(), in_scope)?;
+        self.admission.snapshot(scope).await
+    }
+
+    /// Loads the sets a new shape's subqueries need and registers it; its snapshot starts
+    /// unless an equal shape was registered meanwhile (that one is returned).
+    async fn register(
+        &self,
+        shape: Shape,
+        catalog: Vec<TableSchema>,
+        permit: SnapshotPermit,
+    ) -> Result<Arc<LiveShape>, ShapeSetError> {
         let oid = |subquery: &Subquery| catalog.iter().find(|t| t.name == subquery.table).map_or(0, |t| t.oid);
         let sets = self.registry.sets().acquire(&shape, oid).await.map_err(|e| match e {
             LoadFailed::Filter(_) => ShapeSetError::Invalid { field: "where", message: e.to_string() },
@@ -211,12 +244,15 @@ impl ShapeSet {
         table: &TableSchema,
         old_rows: bool,
     ) -> Result<bool, ShapeSetError> {
-        slot::ensure_published(client, &self.publication, table, old_rows).await.map_err(|e| match e {
-            ReplicationError::Privilege { .. } => ShapeSetError::Forbidden(e.to_string()),
-            ReplicationError::TableGone(_) => ShapeSetError::MissingTable(table.name.quoted()),
-            ReplicationError::TableBusy(_) => ShapeSetError::Busy(e.to_string()),
-            e => ShapeSetError::Internal(e.to_string()),
-        })
+        let altered =
+            slot::ensure_published(client, &self.publication, table, old_rows).await.map_err(|e| match e {
+                ReplicationError::Privilege { .. } => ShapeSetError::Forbidden(e.to_string()),
+                ReplicationError::TableGone(_) => ShapeSetError::MissingTable(table.name.quoted()),
+                ReplicationError::TableBusy(_) => ShapeSetError::Busy(e.to_string()),
+                e => ShapeSetError::Internal(e.to_string()),
+            })?;
+        self.published.lock().unwrap().insert(table.oid);
+        Ok(altered)
     }
 
     /// Drops shapes (their clients refetch); the tables are read afresh next time, since
@@ -273,4 +309,17 @@ async fn connected<'a>(
         *session = Some(client);
     }
     Ok(session.as_ref().expect("connected above"))
+}
+
+/// Each table a subquery reads carries what its set needs from the WAL (deleted rows name
+/// the columns it yields and filters on).
+fn check_inner_identities(shape: &Shape, catalog: &[TableSchema]) -> Result<(), ShapeSetError> {
+    for inner in catalog {
+        for (subquery, _) in shape.subqueries().into_iter().filter(|(s, _)| s.table == inner.name) {
+            subquery
+                .check_replica_identity(inner)
+                .map_err(|message| ShapeSetError::Invalid { field: "where", message })?;
+        }
+    }
+    Ok(())
 }
