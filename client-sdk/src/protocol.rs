@@ -48,6 +48,10 @@ pub struct Change {
     pub value: Map<String, Value>,
     /// The transaction that made it (absent for snapshot rows).
     pub txid: Option<u64>,
+    /// A row a subquery shape gained because its set changed (`is_move_in`), not because
+    /// the row itself was written.
+    #[serde(default)]
+    pub move_in: bool,
 }
 
 /// What a response asks of the store.
@@ -108,6 +112,8 @@ struct Headers<'a> {
     op_position: Option<u64>,
     #[serde(default, borrow)]
     global_last_seen_lsn: Option<Cow<'a, str>>,
+    #[serde(default)]
+    is_move_in: bool,
 }
 
 /// The state of following one shape.
@@ -242,7 +248,7 @@ impl ShapeStream {
         if let (Some(lsn), Some(op)) = (headers.lsn.as_deref().and_then(|l| l.parse().ok()), headers.op_position) {
             self.last_change = Some((lsn, op));
         }
-        self.pending.push(Change { key: key.into_owned(), operation, value, txid });
+        self.pending.push(Change { key: key.into_owned(), operation, value, txid, move_in: headers.is_move_in });
         Ok(false)
     }
 
@@ -365,6 +371,21 @@ mod tests {
         };
         assert_eq!(s.on_response(&gone), Ok(Outcome::Refetch));
         assert_eq!(s.position, Position { handle: Some("h2".into()), ..Position::default() });
+    }
+
+    #[test]
+    fn move_ins_are_marked_and_move_events_and_snapshot_ends_pass_by() {
+        let mut s = ShapeStream::default();
+        let moved =
+            r#"{"key":"k2","value":{"id":"2"},"headers":{"operation":"insert","is_move_in":true,"tags":["t"]}}"#;
+        let event = r#"{"headers":{"event":"move-out","patterns":[{"pos":0,"value":"t"}],"txids":[7]}}"#;
+        let end = r#"{"headers":{"control":"snapshot-end","xmin":"1","xmax":"2","xip_list":[]}}"#;
+        let body = format!("[{ROW},{event},{moved},{end},{UP_TO_DATE}]");
+        let Ok(Outcome::Apply(changes)) = s.on_response(&ok("1_0", &body)) else { panic!("applied") };
+        assert_eq!(
+            changes.iter().map(|c| (c.key.as_str(), c.move_in)).collect::<Vec<_>>(),
+            [(r#""public"."todos"/"1""#, false), ("k2", true)]
+        );
     }
 
     #[test]

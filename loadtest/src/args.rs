@@ -22,13 +22,27 @@ impl Mode {
     }
 }
 
+/// Who sees which rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Each subscriber's token carries its scope: rule `scope = :scope`.
+    Scopes,
+    /// Each subscriber is a user who sees the rows of the scopes (projects) they are a member
+    /// of, through a subquery on `<table>_members`; memberships change while rows are written.
+    Memberships,
+}
+
 /// What is measured, wherever the gateway runs.
 #[derive(Clone, Debug, clap::Args, serde::Serialize)]
 pub struct Load {
-    /// Distinct scopes (one shape each).
+    #[arg(long, value_enum, default_value = "scopes")]
+    pub scenario: Scenario,
+    /// Distinct scopes (one shape each); projects in the memberships scenario.
     #[arg(long, default_value_t = 100)]
     pub scopes: usize,
-    /// Subscribers, spread evenly over the scopes.
+    /// Subscribers, spread evenly over the scopes; users (one subscriber each) in the
+    /// memberships scenario.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
     /// Rows written per second, each to a random scope.
@@ -57,6 +71,13 @@ pub struct Load {
     #[arg(long)]
     #[serde(skip)]
     pub out: Option<PathBuf>,
+    /// Memberships scenario: the projects each user is a member of at the start.
+    #[arg(long, default_value_t = 5)]
+    pub memberships_per_user: usize,
+    /// Memberships scenario: membership changes a second (half joins, half leaves), each its
+    /// own transaction, beside the row writes.
+    #[arg(long, default_value_t = 50.0)]
+    pub membership_rate: f64,
     /// Most seconds to wait after the writes for the last events.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     #[serde(serialize_with = "as_secs")]

@@ -37,15 +37,12 @@ pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
     let url = pg.url("postgres");
     let load = &args.load;
     let rules = pg.root().join("loadtest.toml");
-    let rule = format!("[[table]]\nname = \"{}\"\nscope = \"{col} = :{col}\"\n", load.table, col = load.scope_column);
-    std::fs::write(&rules, rule).map_err(|e| RunError::Setup(e.to_string()))?;
+    std::fs::write(&rules, crate::schema::rule(load)).map_err(|e| RunError::Setup(e.to_string()))?;
     // The table must exist before the gateway checks its rules.
     let db = gateway::db::connect(&gateway::db::parse_url(&url).map_err(|e| RunError::Setup(e.to_string()))?)
         .await
         .map_err(|e| RunError::Setup(e.to_string()))?;
-    crate::writer::prepare(&db, &load.table, &load.scope_column)
-        .await
-        .map_err(|e| RunError::Setup(format!("creating {}: {e}", load.table)))?;
+    crate::schema::prepare(&db, load).await.map_err(|e| RunError::Setup(format!("creating {}: {e}", load.table)))?;
     drop(db);
     let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
     let log_path = pg.root().join("gateway.log");

@@ -5,10 +5,12 @@
 
 mod args;
 mod local;
+mod memberships;
 mod procfs;
 mod record;
 mod report;
 mod scenario;
+mod schema;
 mod subscriber;
 mod writer;
 

@@ -1,10 +1,11 @@
 //! What the run measures as it goes: latencies (overall and per second), delivered events,
 //! connection counters, and one sample per second of the gateway's state.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
@@ -18,11 +19,29 @@ pub fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Its token's: scope `identity`, or user `identity` in the memberships scenario.
+    pub identity: usize,
+    /// Ids of the rows written during the run, in arrival order (scopes scenario).
+    pub ids: Vec<u64>,
+    /// Time from start to the first `up-to-date`.
+    pub connect: Option<Duration>,
+    /// Memberships scenario: the rows held now (id → project), inserts of a row already
+    /// held, and the projects of every row inserted.
+    pub held: HashMap<u64, usize>,
+    pub duplicated: u64,
+    pub projects: HashSet<usize>,
+}
+
 /// One second of the run (from the first write).
 #[derive(Clone, Debug)]
 pub struct Second {
     pub delivered: u64,
     pub latency: Histogram<u64>,
+    /// Memberships scenario: joins whose rows arrived, join → first row.
+    pub move_in: Histogram<u64>,
 }
 
 /// The state sampled once a second.
@@ -43,6 +62,7 @@ pub struct Sample {
 #[derive(Debug)]
 pub struct Recorded {
     pub total: Histogram<u64>,
+    pub move_in_total: Histogram<u64>,
     pub seconds: Vec<Second>,
     pub samples: Vec<Sample>,
 }
@@ -60,6 +80,8 @@ pub struct Recorder {
     pub idle_connected: AtomicUsize,
     pub delivered: AtomicU64,
     pub reconnects: AtomicU64,
+    /// 503 answers with `Retry-After` (backpressure), retried after the wait.
+    pub busy: AtomicU64,
     pub http_errors: AtomicU64,
     /// The first few distinct errors, to say what failed.
     errors: Mutex<Vec<String>>,
@@ -68,6 +90,7 @@ pub struct Recorder {
 #[derive(Debug, Default)]
 struct Timeline {
     total: Option<Histogram<u64>>,
+    move_in_total: Option<Histogram<u64>>,
     seconds: Vec<Second>,
     samples: Vec<(Instant, Sample)>,
 }
@@ -93,11 +116,8 @@ impl Recorder {
             return;
         }
         self.delivered.fetch_add(latencies_us.len() as u64, Ordering::Relaxed);
-        let second = self.clock(Instant::now()).max(0.0) as usize;
         let mut t = self.timeline.lock().unwrap();
-        while t.seconds.len() <= second {
-            t.seconds.push(Second { delivered: 0, latency: histogram() });
-        }
+        let second = self.second(&mut t);
         for &latency in latencies_us {
             let value = latency.max(1);
             let _ = t.total.get_or_insert_with(histogram).record(value);
@@ -105,6 +125,29 @@ impl Recorder {
             s.delivered += 1;
             let _ = s.latency.record(value);
         }
+    }
+
+    /// Joins whose first rows arrived together, each `latency_us` after the join was sent.
+    pub fn moved_in(&self, latencies_us: &[u64]) {
+        if latencies_us.is_empty() {
+            return;
+        }
+        let mut t = self.timeline.lock().unwrap();
+        let second = self.second(&mut t);
+        for &latency in latencies_us {
+            let value = latency.max(1);
+            let _ = t.move_in_total.get_or_insert_with(histogram).record(value);
+            let _ = t.seconds[second].move_in.record(value);
+        }
+    }
+
+    /// The index of the current second in `t.seconds`, which grows to hold it.
+    fn second(&self, t: &mut Timeline) -> usize {
+        let second = self.clock(Instant::now()).max(0.0) as usize;
+        while t.seconds.len() <= second {
+            t.seconds.push(Second { delivered: 0, latency: histogram(), move_in: histogram() });
+        }
+        second
     }
 
     /// A failed request.
@@ -138,6 +181,7 @@ impl Recorder {
         let mut t = self.timeline.lock().unwrap();
         Recorded {
             total: t.total.take().unwrap_or_else(histogram),
+            move_in_total: t.move_in_total.take().unwrap_or_else(histogram),
             seconds: std::mem::take(&mut t.seconds),
             samples: std::mem::take(&mut t.samples)
                 .into_iter()

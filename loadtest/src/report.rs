@@ -9,17 +9,19 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::args::Load;
-use crate::record::{Recorded, Recorder, Sample};
+use crate::record::{Recorded, Recorder, Sample, Second};
 
 /// The version of `summary.json`'s layout.
 const SCHEMA: u32 = 1;
 
-/// Missing, duplicated and foreign events over all subscribers.
+/// Missing, duplicated and foreign events over all subscribers; in the memberships
+/// scenario also rows still held that should have moved out (`stale`).
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Completeness {
     pub missing: u64,
     pub duplicated: u64,
     pub foreign: u64,
+    pub stale: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -34,19 +36,38 @@ pub struct Summary {
     pub connect_ms: Spread,
     pub written: u64,
     pub write_rate: f64,
-    /// Events the subscribers should have received (each row × the subscribers of its scope).
+    /// Events the subscribers should have received (each row × the subscribers of its
+    /// scope); memberships: rows the users should hold at the end.
     pub expected: u64,
+    /// Events received; memberships: rows the users hold at the end.
     pub delivered: u64,
     pub missing: u64,
     pub duplicated: u64,
     pub foreign: u64,
+    pub stale: u64,
     /// Send (just before the INSERT) → the subscriber has the event, over every event.
     pub latency_ms: Latency,
     pub events_per_s: f64,
     pub reconnects: u64,
+    /// 503 answers with `Retry-After` (new shapes past the snapshot slots), retried.
+    pub busy_retries: u64,
     pub http_errors: u64,
     pub gateway: GatewayStats,
     pub tester: TesterStats,
+    /// The memberships scenario's own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memberships: Option<MembershipStats>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct MembershipStats {
+    /// Joins and leaves committed, and their rate.
+    pub changes: u64,
+    pub change_rate: f64,
+    /// Joins whose moved-in rows reached their user.
+    pub move_ins: u64,
+    /// Join sent (just before its INSERT) → its user has the project's rows.
+    pub move_in_latency_ms: Latency,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -88,23 +109,30 @@ pub struct Inputs<'a> {
     pub write_secs: f64,
     pub written: u64,
     pub expected: u64,
+    /// Rows held at the end, in the memberships scenario (else the events counted).
+    pub held: Option<u64>,
+    /// Membership changes committed, in the memberships scenario.
+    pub membership_changes: Option<u64>,
     pub completeness: Completeness,
     pub connects: Vec<Duration>,
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |v: u64| v as f64 / 1000.0;
+    Latency {
+        p50: ms(h.value_at_quantile(0.5)),
+        p90: ms(h.value_at_quantile(0.9)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+        mean: h.mean() / 1000.0,
+    }
 }
 
 pub fn summarize(i: Inputs<'_>) -> Summary {
     use std::sync::atomic::Ordering::Relaxed;
     let r = i.recorder;
-    let (total, samples) = (&i.recorded.total, &i.recorded.samples);
-    let ms = |v: u64| v as f64 / 1000.0;
-    let latency = Latency {
-        p50: ms(total.value_at_quantile(0.5)),
-        p90: ms(total.value_at_quantile(0.9)),
-        p99: ms(total.value_at_quantile(0.99)),
-        p999: ms(total.value_at_quantile(0.999)),
-        max: ms(total.max()),
-        mean: total.mean() / 1000.0,
-    };
+    let samples = &i.recorded.samples;
     let mut connects: Vec<f64> = i.connects.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     connects.sort_by(f64::total_cmp);
     let at = |q: f64| connects.get(((connects.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
@@ -113,12 +141,17 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
         let values: Vec<f64> = samples.iter().filter(|s| s.t >= 0.0).filter_map(f).collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
-    let (delivered, http_errors) = (r.delivered.load(Relaxed), r.http_errors.load(Relaxed));
+    let (events, http_errors) = (r.delivered.load(Relaxed), r.http_errors.load(Relaxed));
     let c = i.completeness;
     let mut failures = Vec::new();
-    for (n, what) in [(c.missing, "missing"), (c.duplicated, "duplicated"), (c.foreign, "foreign")] {
+    for (n, what) in [
+        (c.missing, "missing events"),
+        (c.duplicated, "duplicated events"),
+        (c.foreign, "foreign events"),
+        (c.stale, "stale rows (they should have moved out)"),
+    ] {
         if n > 0 {
-            failures.push(format!("{n} {what} events"));
+            failures.push(format!("{n} {what}"));
         }
     }
     if http_errors > 0 {
@@ -135,13 +168,15 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
         written: i.written,
         write_rate: i.written as f64 / i.write_secs.max(f64::EPSILON),
         expected: i.expected,
-        delivered,
+        delivered: i.held.unwrap_or(events),
         missing: c.missing,
         duplicated: c.duplicated,
         foreign: c.foreign,
-        latency_ms: latency,
-        events_per_s: delivered as f64 / i.write_secs.max(f64::EPSILON),
+        stale: c.stale,
+        latency_ms: latency(&i.recorded.total),
+        events_per_s: events as f64 / i.write_secs.max(f64::EPSILON),
         reconnects: r.reconnects.load(Relaxed),
+        busy_retries: r.busy.load(Relaxed),
         http_errors,
         gateway: GatewayStats {
             rss_mb_max: max_of(|s| s.gateway_rss_mb),
@@ -149,6 +184,12 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
             replication_lag_s_max: max_of(|s| s.replication_lag_s),
         },
         tester: TesterStats { cpu_percent_mean: mean_while_writing(|s| s.tester_cpu_percent) },
+        memberships: i.membership_changes.map(|changes| MembershipStats {
+            changes,
+            change_rate: changes as f64 / i.write_secs.max(f64::EPSILON),
+            move_ins: i.recorded.move_in_total.len(),
+            move_in_latency_ms: latency(&i.recorded.move_in_total),
+        }),
     }
 }
 
@@ -168,26 +209,49 @@ fn idle_note(s: &Summary) -> String {
     }
 }
 
+/// Who subscribed to what, and what was written.
+fn load_line(s: &Summary) -> String {
+    let who = match &s.memberships {
+        None => format!("{} subscribers over {} scopes", s.load.subscribers, s.load.scopes),
+        Some(m) => format!(
+            "{} users, each in {} of {} projects, {} membership changes at {:.0}/s,",
+            s.load.subscribers, s.load.memberships_per_user, s.load.scopes, m.changes, m.change_rate
+        ),
+    };
+    format!("{who} ({}){}, {} rows at {:.0}/s", s.load.mode.name(), idle_note(s), s.written, s.write_rate)
+}
+
+/// What arrived against what should have.
+fn completeness_line(s: &Summary) -> String {
+    match s.memberships {
+        None => format!(
+            "delivered {}/{} events ({:.0}/s): missing {}, duplicated {}, foreign {}",
+            s.delivered, s.expected, s.events_per_s, s.missing, s.duplicated, s.foreign
+        ),
+        Some(_) => format!(
+            "users hold {}/{} rows at the end ({:.0} write events/s): missing {}, stale {}, duplicated {}, foreign {}",
+            s.delivered, s.expected, s.events_per_s, s.missing, s.stale, s.duplicated, s.foreign
+        ),
+    }
+}
+
+fn percentiles(l: &Latency) -> String {
+    format!("p50 {:.1} ms, p90 {:.1}, p99 {:.1}, p99.9 {:.1}, max {:.1}", l.p50, l.p90, l.p99, l.p999, l.max)
+}
+
 pub fn print(s: &Summary, dir: &Path) {
-    let l = &s.latency_ms;
+    println!("{}: {}", if s.pass { "PASS" } else { "FAIL" }, load_line(s));
     println!(
-        "{}: {} subscribers over {} scopes ({}){}, {} rows at {:.0}/s",
-        if s.pass { "PASS" } else { "FAIL" },
-        s.load.subscribers,
-        s.load.scopes,
-        s.load.mode.name(),
-        idle_note(s),
-        s.written,
-        s.write_rate
+        "  {}; reconnects {}, busy retries {}, HTTP errors {}",
+        completeness_line(s),
+        s.reconnects,
+        s.busy_retries,
+        s.http_errors
     );
-    println!(
-        "  delivered {}/{} events ({:.0}/s): missing {}, duplicated {}, foreign {}; reconnects {}, HTTP errors {}",
-        s.delivered, s.expected, s.events_per_s, s.missing, s.duplicated, s.foreign, s.reconnects, s.http_errors
-    );
-    println!(
-        "  latency send → client: p50 {:.1} ms, p90 {:.1}, p99 {:.1}, p99.9 {:.1}, max {:.1}",
-        l.p50, l.p90, l.p99, l.p999, l.max
-    );
+    println!("  latency send → client: {}", percentiles(&s.latency_ms));
+    if let Some(m) = &s.memberships {
+        println!("  move-in join → rows at the client: {} ({} joins)", percentiles(&m.move_in_latency_ms), m.move_ins);
+    }
     println!(
         "  catch-up {:.1}s (connect p50 {:.0} ms, p99 {:.0} ms); gateway RSS max {}, CPU mean {} (tester {}), replication lag max {}",
         s.catch_up_s,
@@ -204,18 +268,20 @@ pub fn print(s: &Summary, dir: &Path) {
 fn html(s: &Summary, r: &Recorded) -> String {
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let at = |i: usize| i as f64 + 0.5;
-    let percentile = |q: f64| -> Vec<(f64, f64)> {
-        r.seconds.iter().enumerate().filter(|(_, x)| x.delivered > 0).map(|(i, x)| (at(i), ms(&x.latency, q))).collect()
+    let percentile = |of: fn(&Second) -> &Histogram<u64>, q: f64| -> Vec<(f64, f64)> {
+        let seconds = r.seconds.iter().enumerate().filter(|(_, x)| !of(x).is_empty());
+        seconds.map(|(i, x)| (at(i), ms(of(x), q))).collect()
     };
-    let latency_chart = line_chart(
-        "Latency over time (send → client)",
-        "ms",
-        &[
-            ("p50", "#2b7bb9", percentile(0.5)),
-            ("p90", "#e09b2d", percentile(0.9)),
-            ("p99", "#c0392b", percentile(0.99)),
-        ],
-    );
+    let quantiles = |title: &str, of: fn(&Second) -> &Histogram<u64>| {
+        let lines = [("p50", "#2b7bb9", 0.5), ("p90", "#e09b2d", 0.9), ("p99", "#c0392b", 0.99)];
+        let series: Vec<Series<'_>> = lines.iter().map(|&(name, color, q)| (name, color, percentile(of, q))).collect();
+        line_chart(title, "ms", &series)
+    };
+    let latency_chart = quantiles("Latency over time (send → client)", |x| &x.latency);
+    let move_in_chart = match s.memberships {
+        Some(_) => quantiles("Move-in latency over time (join → rows at the client)", |x| &x.move_in),
+        None => String::new(),
+    };
     let rate_chart = line_chart(
         "Events delivered per second",
         "events/s",
@@ -240,23 +306,21 @@ fn html(s: &Summary, r: &Recorded) -> String {
     } else {
         format!("<b class=fail>FAIL</b>: {}", escape(&s.failures.join("; ")))
     };
-    let rows = [
-        (
-            "subscribers / scopes / mode",
-            format!("{} / {} / {}{}", s.load.subscribers, s.load.scopes, s.load.mode.name(), idle_note(s)),
-        ),
-        ("rows written", format!("{} at {:.0}/s for {:.0}s", s.written, s.write_rate, s.load.duration.as_secs_f64())),
-        ("events delivered", format!("{} of {} ({:.0}/s)", s.delivered, s.expected, s.events_per_s)),
-        ("missing / duplicated / foreign", format!("{} / {} / {}", s.missing, s.duplicated, s.foreign)),
-        (
-            "latency p50 / p90 / p99 / p99.9 / max",
-            format!("{:.1} / {:.1} / {:.1} / {:.1} / {:.1} ms", l.p50, l.p90, l.p99, l.p999, l.max),
-        ),
+    let mut rows = vec![
+        ("load", load_line(s)),
+        ("written for", format!("{:.0}s", s.load.duration.as_secs_f64())),
+        ("completeness", completeness_line(s)),
+        ("latency send → client", percentiles(l)),
+    ];
+    if let Some(m) = &s.memberships {
+        rows.push(("move-in join → rows", format!("{} ({} joins)", percentiles(&m.move_in_latency_ms), m.move_ins)));
+    }
+    rows.extend([
         (
             "catch-up, connect p50 / p99",
             format!("{:.1}s, {:.0} / {:.0} ms", s.catch_up_s, s.connect_ms.p50, s.connect_ms.p99),
         ),
-        ("reconnects, HTTP errors", format!("{}, {}", s.reconnects, s.http_errors)),
+        ("reconnects, busy retries, HTTP errors", format!("{}, {}, {}", s.reconnects, s.busy_retries, s.http_errors)),
         (
             "gateway RSS max, CPU mean",
             format!(
@@ -267,7 +331,7 @@ fn html(s: &Summary, r: &Recorded) -> String {
         ),
         ("load tester CPU mean", s.tester.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}% of a core"))),
         ("replication lag max", s.gateway.replication_lag_s_max.map_or("–".into(), |v| format!("{v:.2} s"))),
-    ];
+    ]);
     let table: String = rows.iter().map(|(k, v)| format!("<tr><th>{k}</th><td>{}</td></tr>", escape(v))).collect();
     format!(
         r#"<!doctype html>
@@ -282,7 +346,7 @@ svg text {{ font: 11px system-ui, sans-serif; fill: #444; }}
 </style></head><body>
 <h1>Scoped fan-out: {verdict}</h1>
 <table>{table}</table>
-<div class="charts">{latency_chart}{histogram_chart}{rate_chart}{connected_chart}{rss_chart}</div>
+<div class="charts">{latency_chart}{move_in_chart}{histogram_chart}{rate_chart}{connected_chart}{rss_chart}</div>
 </body></html>
 "#
     )

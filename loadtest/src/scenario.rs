@@ -1,7 +1,7 @@
 //! One run: subscribers connect and catch up, the writer writes for the duration, the last
 //! events drain, then every subscriber's events are checked against what was written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -9,11 +9,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Mode, RunArgs};
+use crate::args::{Load, Mode, RunArgs, Scenario};
+use crate::memberships::Members;
 use crate::procfs::{CpuMeter, rss_mb};
+use crate::record::Seen;
 use crate::record::{Recorder, Sample};
 use crate::report::{self, Completeness, Summary};
-use crate::subscriber::{Seen, Subscriber, scope_name};
+use crate::schema::{scope_name, user_name};
+use crate::subscriber::Subscriber;
 
 /// Subscribers taking their first snapshot at the same time.
 const CONNECTING: usize = 256;
@@ -48,9 +51,18 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         gateway::db::connect(&gateway::db::parse_url(&args.database_url).map_err(|e| RunError::Setup(e.to_string()))?)
             .await
             .map_err(|e| RunError::Setup(e.to_string()))?;
-    let first_id = crate::writer::prepare(&db, &load.table, &load.scope_column)
+    let first_id = crate::schema::prepare(&db, &load)
         .await
         .map_err(|e| RunError::Setup(format!("creating {}: {e}", load.table)))?;
+    // Users (one subscriber each) and one more with no project, for the idle connections.
+    let members = match load.scenario {
+        Scenario::Scopes => None,
+        Scenario::Memberships => Some(Arc::new(
+            Members::seed(&db, &load, load.subscribers, 1)
+                .await
+                .map_err(|e| RunError::Setup(format!("seeding memberships: {e}")))?,
+        )),
+    };
     let base = load.through.clone().unwrap_or_else(|| args.gateway.clone());
     let shape_url = format!("{}/v1/shape", base.trim_end_matches('/'));
     let http = reqwest::Client::builder()
@@ -63,19 +75,26 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     let stop = CancellationToken::new();
     let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
     let expires = SystemTime::now() + load.duration + CATCH_UP_LIMIT + Duration::from_secs(3600);
-    // One more scope than written to: the idle connections' (it never gets a row).
+    // One more identity than written to: the idle connections' (it never gets a row).
+    let identities = if members.is_some() { load.subscribers } else { load.scopes };
     let tokens: Vec<String> =
-        (0..=load.scopes).map(|s| token(&args.jwt_secret, &load.scope_column, s, expires)).collect::<Result<_, _>>()?;
+        (0..=identities).map(|i| token(&args.jwt_secret, &load, i, expires)).collect::<Result<_, _>>()?;
     let progress = progress_bar();
     let started = Instant::now();
     let subscribers: Vec<_> = (0..load.subscribers + load.idle_connections)
         .map(|i| {
             let idle = i >= load.subscribers;
-            let scope = if idle { load.scopes } else { i % load.scopes };
+            let identity = match (idle, &members) {
+                (true, _) => identities,
+                (false, Some(_)) => i,
+                (false, None) => i % load.scopes,
+            };
             let sub = Subscriber {
-                scope,
+                identity,
                 idle,
-                token: tokens[scope].clone(),
+                members: members.clone(),
+                scope_column: load.scope_column.clone(),
+                token: tokens[identity].clone(),
                 sse: idle
                     || match load.mode {
                         Mode::Sse => true,
@@ -119,8 +138,12 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
                 .await
         }
     });
+    let changer = members.clone().map(|m| {
+        let (url, load) = (args.database_url.clone(), load.clone());
+        tokio::spawn(async move { m.change(&url, load.subscribers, load.membership_rate, load.duration).await })
+    });
     let writing = Instant::now();
-    while !writer.is_finished() {
+    while !writer.is_finished() || changer.as_ref().is_some_and(|c| !c.is_finished()) {
         progress.set_message(format!(
             "writing {:.0}/{:.0}s: {} connected, {} events, p99 {}",
             writing.elapsed().as_secs_f64(),
@@ -132,19 +155,26 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let written = writer.await.map_err(|e| RunError::Write(e.to_string()))?.map_err(RunError::Write)?;
+    if let Some(changer) = changer {
+        changer.await.map_err(|e| RunError::Write(e.to_string()))?.map_err(RunError::Write)?;
+    }
     let write_secs = writing.elapsed().as_secs_f64();
 
-    // Drain: until every expected event arrived, or the limit.
-    let mut per_scope = vec![0u64; load.scopes];
-    for &(_, scope) in &written {
-        per_scope[scope] += 1;
-    }
-    let subscribers_per_scope =
-        |s: usize| (load.subscribers / load.scopes + usize::from(s < load.subscribers % load.scopes)) as u64;
-    let expected: u64 = per_scope.iter().enumerate().map(|(s, n)| n * subscribers_per_scope(s)).sum();
+    // Drain: until every expected event arrived (every user holds its rows), or the limit.
+    let owed = match &members {
+        None => Owed::Events(expected_events(&load, &written)),
+        Some(m) => Owed::Rows(m.clone(), m.expected(&db, &load.table).await.map_err(RunError::Write)?),
+    };
     let draining = Instant::now();
-    while recorder.delivered.load(Ordering::Relaxed) < expected && draining.elapsed() < load.drain {
-        progress.set_message(format!("draining: {}/{expected} events", recorder.delivered.load(Ordering::Relaxed)));
+    while draining.elapsed() < load.drain {
+        let (done, wanted, what) = match &owed {
+            Owed::Rows(m, rows) => (m.settled(rows), rows.len(), "users hold their rows"),
+            Owed::Events(n) => (recorder.delivered.load(Ordering::Relaxed) as usize, *n as usize, "events"),
+        };
+        if done >= wanted {
+            break;
+        }
+        progress.set_message(format!("draining: {done}/{wanted} {what}"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A little longer, so duplicates that would follow show up.
@@ -157,7 +187,14 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     let _ = sampler.await;
     progress.finish_and_clear();
 
-    let completeness = check(&written, &seen);
+    let (completeness, expected, held) = match &owed {
+        Owed::Rows(m, rows) => (
+            m.check(rows, &seen),
+            rows.iter().map(|r| r.len() as u64).sum(),
+            Some(seen.iter().map(|s| s.held.len() as u64).sum()),
+        ),
+        Owed::Events(n) => (check(&written, &seen), *n, None),
+    };
     let recorded = recorder.take();
     let summary = report::summarize(report::Inputs {
         load: &load,
@@ -167,6 +204,8 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         write_secs,
         written: written.len() as u64,
         expected,
+        held,
+        membership_changes: members.as_ref().map(|m| m.changes()),
         completeness,
         connects: seen.iter().filter_map(|s| s.connect).collect(),
     });
@@ -175,6 +214,25 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         .map_err(|source| RunError::Report { path: out.display().to_string(), source })?;
     report::print(&summary, &out);
     Ok(summary)
+}
+
+/// What the subscribers are owed once the writes end.
+enum Owed {
+    /// Events: each row written × the subscribers of its scope.
+    Events(u64),
+    /// The ids each user should hold, by PostgreSQL (memberships scenario).
+    Rows(Arc<Members>, Vec<HashSet<u64>>),
+}
+
+/// Each row written × the subscribers of its scope.
+fn expected_events(load: &Load, written: &[(u64, usize)]) -> u64 {
+    let mut per_scope = vec![0u64; load.scopes];
+    for &(_, scope) in written {
+        per_scope[scope] += 1;
+    }
+    let subscribers_per_scope =
+        |s: usize| (load.subscribers / load.scopes + usize::from(s < load.subscribers % load.scopes)) as u64;
+    per_scope.iter().enumerate().map(|(s, n)| n * subscribers_per_scope(s)).sum()
 }
 
 fn check(written: &[(u64, usize)], seen: &[Seen]) -> Completeness {
@@ -190,8 +248,8 @@ fn check(written: &[(u64, usize)], seen: &[Seen]) -> Completeness {
         let before = ids.len();
         ids.dedup();
         c.duplicated += (before - ids.len()) as u64;
-        c.foreign += ids.iter().filter(|id| scope_of.get(id).is_some_and(|&sc| sc != s.scope)).count() as u64;
-        let mine = by_scope.get(&s.scope).map_or(&[][..], Vec::as_slice);
+        c.foreign += ids.iter().filter(|id| scope_of.get(id).is_some_and(|&sc| sc != s.identity)).count() as u64;
+        let mine = by_scope.get(&s.identity).map_or(&[][..], Vec::as_slice);
         c.missing += mine.iter().filter(|id| ids.binary_search(id).is_err()).count() as u64;
     }
     c
@@ -225,9 +283,15 @@ async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop
     }
 }
 
-fn token(secret: &str, claim: &str, scope: usize, expires: SystemTime) -> Result<String, RunError> {
+/// The token of identity `i`: scope `i` (its claim named like the scope column), or user `i`.
+fn token(secret: &str, load: &Load, i: usize, expires: SystemTime) -> Result<String, RunError> {
     let exp = expires.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let claims = serde_json::json!({ claim: scope_name(scope), "sub": format!("loadtest-{scope}"), "exp": exp });
+    let claims = match load.scenario {
+        Scenario::Scopes => {
+            serde_json::json!({ &load.scope_column: scope_name(i), "sub": format!("loadtest-{i}"), "exp": exp })
+        }
+        Scenario::Memberships => serde_json::json!({ "sub": user_name(i), "exp": exp }),
+    };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -257,7 +321,7 @@ mod tests {
     use super::*;
 
     fn seen(scope: usize, ids: &[u64]) -> Seen {
-        Seen { scope, ids: ids.to_vec(), connect: None }
+        Seen { identity: scope, ids: ids.to_vec(), ..Seen::default() }
     }
 
     #[test]

@@ -5,25 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use client_sdk::protocol::{Change, Outcome, Response, ShapeDefinition, ShapeStream};
+use client_sdk::protocol::{Change, Operation, Outcome, Response, ShapeDefinition, ShapeStream};
 use client_sdk::sse::EventParser;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{Recorder, now_us};
-
-/// What one subscriber saw.
-#[derive(Debug, Default)]
-pub struct Seen {
-    pub scope: usize,
-    /// Ids of the rows written during the run, in arrival order.
-    pub ids: Vec<u64>,
-    /// Time from start to the first `up-to-date`.
-    pub connect: Option<Duration>,
-}
+use crate::memberships::Members;
+use crate::record::{Recorder, Seen, now_us};
+use crate::schema::scope_index;
 
 pub struct Subscriber {
-    pub scope: usize,
+    pub identity: usize,
     pub token: String,
     pub sse: bool,
     /// The shape URL without its position (`…/v1/shape?table=…`).
@@ -33,6 +25,10 @@ pub struct Subscriber {
     pub first_id: u64,
     /// One of the idle connections: counted apart from the subscribers.
     pub idle: bool,
+    /// The memberships scenario's state: this subscriber is user `identity`.
+    pub members: Option<Arc<Members>>,
+    /// The column naming a row's scope (project).
+    pub scope_column: String,
 }
 
 impl Subscriber {
@@ -45,9 +41,13 @@ impl Subscriber {
         stop: CancellationToken,
     ) -> Seen {
         let started = Instant::now();
-        let mut seen = Seen { scope: self.scope, ..Seen::default() };
+        let mut seen = Seen { identity: self.identity, ..Seen::default() };
         // Only what the check and the clock need: less JSON per event for both sides.
-        let columns = Some(vec!["id".to_string(), "sent_us".to_string()]);
+        let mut columns = vec!["id".to_string(), "sent_us".to_string()];
+        if self.members.is_some() {
+            columns.push(self.scope_column.clone());
+        }
+        let columns = Some(columns);
         let shape = ShapeDefinition { table: self.table.clone(), columns, ..ShapeDefinition::default() };
         let mut stream = ShapeStream::default();
         let mut permit = Some(connecting.acquire_owned().await);
@@ -117,6 +117,15 @@ impl Subscriber {
             header("electric-cursor"),
             header("electric-schema"),
         );
+        // Backpressure (new shapes past the snapshot slots): wait as told, then again, as
+        // the official client does. Counted apart from failures.
+        if status == 503
+            && let Some(secs) = header("retry-after").and_then(|s| s.parse::<u64>().ok())
+        {
+            recorder.busy.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(secs.min(10))).await;
+            return Ok(false);
+        }
         if live_sse && status == 200 {
             stream.on_events_open(cursor.as_deref());
             let mut parser = EventParser::default();
@@ -157,6 +166,9 @@ impl Subscriber {
     }
 
     fn take(&self, changes: &[Change], recorder: &Recorder, seen: &mut Seen) {
+        if let Some(members) = &self.members {
+            return self.take_as_member(members, changes, recorder, seen);
+        }
         let now = now_us();
         let first_id = self.first_id;
         let mut latencies = Vec::with_capacity(changes.len());
@@ -172,6 +184,38 @@ impl Subscriber {
             }
         }
         recorder.delivered(&latencies);
+    }
+
+    /// Keeps the rows the user holds: inserts (moved in or written), deletes (moved out).
+    /// A written row's latency is from its send; a moved-in one's from its join's.
+    fn take_as_member(&self, members: &Members, changes: &[Change], recorder: &Recorder, seen: &mut Seen) {
+        let now = now_us();
+        let (mut written, mut moved_in) = (Vec::new(), Vec::new());
+        for change in changes {
+            let field = |name: &str| change.value.get(name).and_then(|v| v.as_str());
+            let Some(id) = field("id").and_then(|v| v.parse::<u64>().ok()) else { continue };
+            match change.operation {
+                Operation::Insert => {
+                    let Some(project) = field(&self.scope_column).and_then(scope_index) else { continue };
+                    seen.duplicated += u64::from(seen.held.insert(id, project).is_some());
+                    seen.projects.insert(project);
+                    if change.move_in {
+                        moved_in.extend(members.take_join(self.identity, project).map(|sent| now.saturating_sub(sent)));
+                    } else if id >= self.first_id
+                        && let Some(sent) = field("sent_us").and_then(|v| v.parse::<u64>().ok())
+                    {
+                        written.push(now.saturating_sub(sent));
+                    }
+                }
+                Operation::Delete => {
+                    seen.held.remove(&id);
+                }
+                Operation::Update => {}
+            }
+        }
+        members.held[self.identity].store(seen.held.len(), Ordering::Relaxed);
+        recorder.delivered(&written);
+        recorder.moved_in(&moved_in);
     }
 }
 
@@ -198,11 +242,6 @@ impl Utf8Carry {
         };
         Ok(&self.text)
     }
-}
-
-/// The scope value of scope `i` (the writer's and the tokens').
-pub fn scope_name(i: usize) -> String {
-    format!("s{i}")
 }
 
 /// An error with its causes, which say what went wrong on the wire.

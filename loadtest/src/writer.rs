@@ -8,27 +8,13 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::record::now_us;
-use crate::subscriber::scope_name;
+use crate::schema::scope_name;
 
 /// Connections writing in parallel, so one slow commit does not hold the rate back.
 const CONNECTIONS: usize = 16;
 
 /// The rows written: `(id, scope)`.
 pub type Written = Vec<(u64, usize)>;
-
-/// Creates the table when missing; returns the first id the run will write.
-pub async fn prepare(
-    db: &tokio_postgres::Client,
-    table: &str,
-    scope_column: &str,
-) -> Result<u64, tokio_postgres::Error> {
-    db.batch_execute(&format!(
-        "create table if not exists {table} (id bigserial primary key, {scope_column} text not null, sent_us int8 not null, payload text)"
-    ))
-    .await?;
-    let next: i64 = db.query_one(&format!("select coalesce(max(id), 0) + 1 from {table}"), &[]).await?.get(0);
-    Ok(next as u64)
-}
 
 /// Writes `rate` rows a second for `duration` over fresh connections to `database_url`.
 pub async fn write(

@@ -51,3 +51,32 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
     assert_eq!(html.matches("<svg").count(), 5, "latency over time, histogram, events/s, connected, memory");
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn a_short_memberships_run_moves_rows_in_and_out_and_every_user_ends_with_its_projects_rows() {
+    let out = std::env::temp_dir().join(format!("loadtest-members-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["local", "--scenario", "memberships", "--subscribers", "100", "--scopes", "20"])
+        .args(["--duration", "8s", "--write-rate", "20", "--membership-rate", "10", "--mode", "mixed", "--out"])
+        .arg(&out)
+        .arg("--gateway-bin")
+        .arg(gateway_bin())
+        .output()
+        .unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the run failed:\n{printed}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["pass"], true, "{summary}");
+    for field in ["missing", "stale", "duplicated", "foreign", "http_errors"] {
+        assert_eq!(summary[field], 0, "{field}: {summary}");
+    }
+    let m = &summary["memberships"];
+    assert!(m["changes"].as_u64().unwrap() >= 60, "about 10 changes/s for 8 s: {m}");
+    assert!(m["move_ins"].as_u64().unwrap() >= 20, "joins brought their project's rows: {m}");
+    assert!(m["move_in_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["expected"], summary["delivered"], "every user holds exactly its projects' rows");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Move-in latency"));
+    let _ = std::fs::remove_dir_all(out);
+}
