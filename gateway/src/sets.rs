@@ -4,7 +4,7 @@
 //! fan-out can join the query's result to the stream there
 //! ([`crate::fanout::sets::Sets::finish_load`], [`crate::fanout::moves`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use shapes::subquery_set::SubquerySet;
 use shapes::table::quote_ident;
@@ -15,12 +15,14 @@ use tokio_postgres::{Client, Config, GenericClient};
 use crate::db::{self, DbError};
 use crate::fanout::moves::{MoveResult, MovedRow};
 use crate::fanout::registry::Registry;
-use crate::fanout::sets::Job;
+use crate::fanout::sets::{Job, MoveQuery, SetLoad};
 use crate::fanout::snapshot_info::SnapshotInfo;
 use crate::replication::stream::POSITION_MARKER;
 
 /// Most set and move queries running at once.
 const CONCURRENT: usize = 4;
+/// Most set loads read at one snapshot.
+const MAX_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 enum QueryError {
@@ -40,60 +42,135 @@ impl QueryError {
     }
 }
 
-/// Runs the set and move queries the fan-out asks for until the channel closes.
+/// Runs the set and move queries the fan-out asks for until the channel closes. The loads
+/// waiting together run as one batch: one snapshot, one flushed commit for their markers
+/// (a crowd of new users arriving at once is one round of work, not one each).
 pub async fn run(db: Config, registry: Arc<Registry>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let limit = Arc::new(Semaphore::new(CONCURRENT));
-    while let Some(job) = jobs.recv().await {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
-        let (db, registry) = (db.clone(), registry.clone());
-        tokio::spawn(async move {
-            run_job(&db, &registry, job).await;
-            drop(permit);
-        });
+    let sessions = Arc::new(Sessions { db, idle: Mutex::new(Vec::new()) });
+    while let Some(first) = jobs.recv().await {
+        let mut loads = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Load(load) => loads.push(load),
+                Job::Move(query) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else { return };
+                    let (sessions, registry) = (sessions.clone(), registry.clone());
+                    tokio::spawn(async move {
+                        run_move(&sessions, &registry, query).await;
+                        drop(permit);
+                    });
+                }
+            }
+            if loads.len() < MAX_BATCH {
+                next = jobs.try_recv().ok();
+            }
+        }
+        if !loads.is_empty() {
+            let Ok(permit) = limit.clone().acquire_owned().await else { return };
+            let (sessions, registry) = (sessions.clone(), registry.clone());
+            tokio::spawn(async move {
+                run_loads(&sessions, &registry, loads).await;
+                drop(permit);
+            });
+        }
     }
 }
 
-async fn run_job(db: &Config, registry: &Registry, job: Job) {
-    match job {
-        Job::Load { marker, set, subquery } => {
-            let read = async {
-                let client = db::connect(db).await?;
-                let snapshot = begin_snapshot(&client).await?;
-                let loaded = load(&client, &subquery).await?;
-                client.batch_execute("commit").await.map_err(DbError::from)?;
-                registry.sets().load_read(marker.clone(), set, loaded, snapshot);
-                emit_marker(&client, &marker).await
-            };
-            if let Err(e) = read.await {
-                tracing::warn!(error = %e, subquery = %subquery.to_sql(), "loading a subquery set failed");
-                registry.sets().load_failed(set, e.filter_fault());
-                // Shapes reloaded at start wait on it with their changes held: they go.
-                registry.rotate_users_of(set, "its subquery set could not be loaded");
+/// Sessions kept between jobs: a new one costs PostgreSQL a process start, once per set
+/// load and move otherwise. A job that failed drops its session (it may be mid-transaction).
+struct Sessions {
+    db: Config,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Sessions {
+    async fn take(&self) -> Result<Client, DbError> {
+        let reused = std::iter::from_fn(|| self.idle.lock().unwrap().pop()).find(|c| !c.is_closed());
+        match reused {
+            Some(client) => Ok(client),
+            None => {
+                let client = db::connect(&self.db).await?;
+                // Markers are committed with a flush (see `emit_marker`).
+                client.batch_execute("set synchronous_commit = on").await?;
+                Ok(client)
             }
         }
-        Job::Move { marker, shape, id, sql } => {
-            let read = async {
-                let client = db::connect(db).await?;
-                let snapshot = begin_snapshot(&client).await?;
-                let rows = client.query(sql.as_str(), &[]).await.map_err(DbError::from)?;
-                client.batch_execute("commit").await.map_err(DbError::from)?;
-                let rows = rows
-                    .iter()
-                    .map(|row| MovedRow {
-                        now_in: row.get(0),
-                        values: (1..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect(),
-                    })
-                    .collect();
-                if shape.finish_move_query(id, MoveResult { snapshot, rows }) {
-                    emit_marker(&client, &marker).await?;
-                }
-                Ok::<_, QueryError>(())
-            };
-            if let Err(e) = read.await {
-                tracing::warn!(handle = %shape.handle, error = %e, "a move query failed");
-                registry.rotate(&shape, "the query of its moving rows failed");
-            }
+    }
+
+    fn give_back(&self, client: Client) {
+        self.idle.lock().unwrap().push(client);
+    }
+}
+
+/// Loads sets at one snapshot. A set whose query fails fails alone (the others are read
+/// again without it); a failure of the session fails those not read yet.
+async fn run_loads(sessions: &Sessions, registry: &Registry, mut loads: Vec<SetLoad>) {
+    while !loads.is_empty() {
+        let (at, e) = match read_loads(sessions, registry, &loads).await {
+            Ok(()) => return,
+            Err(failed) => failed,
+        };
+        let failed = match at {
+            Some(i) => vec![loads.remove(i)],
+            None => std::mem::take(&mut loads),
+        };
+        for load in failed {
+            tracing::warn!(error = %e, subquery = %load.subquery.to_sql(), "loading a subquery set failed");
+            registry.sets().load_failed(load.set, e.filter_fault());
+            // Shapes reloaded at start wait on it with their changes held: they go.
+            registry.rotate_users_of(load.set, "its subquery set could not be loaded");
         }
+    }
+}
+
+/// Reads `loads` and writes their markers; on failure, which load failed (`None`: all).
+async fn read_loads(
+    sessions: &Sessions,
+    registry: &Registry,
+    loads: &[SetLoad],
+) -> Result<(), (Option<usize>, QueryError)> {
+    let all = |e: QueryError| (None, e);
+    let client = sessions.take().await.map_err(|e| all(e.into()))?;
+    let snapshot = begin_snapshot(&client).await.map_err(all)?;
+    let mut sets = Vec::with_capacity(loads.len());
+    for (i, l) in loads.iter().enumerate() {
+        sets.push(load(&client, &l.subquery).await.map_err(|e| (Some(i), e.into()))?);
+    }
+    client.batch_execute("commit").await.map_err(|e| all(DbError::from(e).into()))?;
+    for (l, set) in loads.iter().zip(sets) {
+        registry.sets().load_read(l.marker.clone(), l.set, set, snapshot.clone());
+    }
+    let markers: Vec<&str> = loads.iter().map(|l| l.marker.as_str()).collect();
+    emit_markers(&client, &markers).await.map_err(all)?;
+    sessions.give_back(client);
+    Ok(())
+}
+
+async fn run_move(sessions: &Sessions, registry: &Registry, query: MoveQuery) {
+    let MoveQuery { marker, shape, id, sql } = query;
+    let read = async {
+        let client = sessions.take().await?;
+        let snapshot = begin_snapshot(&client).await?;
+        let rows = client.query(sql.as_str(), &[]).await.map_err(DbError::from)?;
+        client.batch_execute("commit").await.map_err(DbError::from)?;
+        let rows = rows
+            .iter()
+            .map(|row| MovedRow {
+                now_in: row.get(0),
+                values: (1..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect(),
+            })
+            .collect();
+        if shape.finish_move_query(id, MoveResult { snapshot, rows }) {
+            emit_markers(&client, &[&marker]).await?;
+        }
+        sessions.give_back(client);
+        Ok::<_, QueryError>(())
+    };
+    if let Err(e) = read.await {
+        tracing::warn!(handle = %shape.handle, error = %e, "a move query failed");
+        registry.rotate(&shape, "the query of its moving rows failed");
     }
 }
 
@@ -104,18 +181,17 @@ async fn begin_snapshot(client: &Client) -> Result<SnapshotInfo, QueryError> {
     SnapshotInfo::parse(&text).ok_or(QueryError::Snapshot(text))
 }
 
-/// Writes a position marker (after the snapshot's transaction ended), flushed at once.
+/// Writes position markers, in order (after the snapshot's transaction ended), flushed at
+/// once (the session commits synchronously).
 ///
 /// PostgreSQL streams WAL only once it is flushed, and a non-transactional message alone
 /// waits for the WAL writer (up to `wal_writer_delay`, 200 ms by default): every set load
 /// and move would wait for it. The statement also takes a transaction id, so its implicit
 /// transaction commits with a flush (PostgreSQL 17's `flush` argument does the same).
-async fn emit_marker(client: &Client, marker: &str) -> Result<(), QueryError> {
-    client.batch_execute("set synchronous_commit = on").await.map_err(DbError::from)?;
-    client
-        .execute("select pg_logical_emit_message(false, $1, $2), pg_current_xact_id()", &[&POSITION_MARKER, &marker])
-        .await
-        .map_err(DbError::from)?;
+async fn emit_markers(client: &Client, markers: &[&str]) -> Result<(), QueryError> {
+    let sql = "select pg_logical_emit_message(false, $1, m), pg_current_xact_id()
+               from unnest($2::text[]) with ordinality as t(m, n) order by n";
+    client.execute(sql, &[&POSITION_MARKER, &markers]).await.map_err(DbError::from)?;
     Ok(())
 }
 

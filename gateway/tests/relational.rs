@@ -410,3 +410,47 @@ async fn a_move_held_back_too_long_refetches_instead_of_holding_everything() {
     assert_eq!((f.refetches, f.duplicates), (1, 0));
     assert!(gw.log().contains("changes came while its rows were moving"), "{}", gw.log());
 }
+
+/// New sets waiting together are loaded at one snapshot; one whose query fails (a division
+/// by zero) fails alone, and the others of its batch load.
+#[tokio::test]
+async fn a_set_failing_to_load_fails_alone_in_its_batch() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    env.sql("insert into members values ('u9', 7)").await;
+    let gw = env.ready_gateway().await;
+    synced(&gw, U1).await; // both tables published
+    let request = |filter: String| {
+        let url = format!("{}/v1/shape?table=todos&where={}&offset=-1", gw.base(), enc(&filter));
+        tokio::spawn(async move { testkit::get(&url).await })
+    };
+    let user = |u: usize| format!("project_id IN (SELECT project_id FROM members WHERE user_id = 'u{u}')");
+    // Loads wait on a lock: four batches take every query slot, a fifth waits for one, and
+    // the loads arriving meanwhile queue up to form one batch.
+    let locker = testkit::connect(&env.url).await;
+    locker.batch_execute("begin; lock table members in access exclusive mode").await.unwrap();
+    let waiting_on_members = |n: i64| {
+        let db = &env.db;
+        testkit::wait_until("set loads wait on the lock", move || async move {
+            let q = "select count(*) from pg_locks where not granted and relation = 'members'::regclass";
+            db.query_one(q, &[]).await.unwrap().get::<_, i64>(0) >= n
+        })
+    };
+    let mut early = Vec::new();
+    for u in 100..104 {
+        early.push(request(user(u)));
+        waiting_on_members(early.len() as i64).await;
+    }
+    early.push(request(user(104)));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let fragile = request("project_id IN (SELECT project_id FROM members WHERE 10 / (project_id - 7) > 0)".into());
+    let batch: Vec<_> = (105..110).map(|u| request(user(u))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    locker.batch_execute("commit").await.unwrap();
+    let fragile = fragile.await.unwrap();
+    assert_eq!(fragile.status, 400, "its filter fails in PostgreSQL: {}", fragile.body);
+    for r in early.into_iter().chain(batch) {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}

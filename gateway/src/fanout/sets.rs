@@ -22,15 +22,31 @@ use super::moves::{Hold, read_columns};
 use super::snapshot_info::SnapshotInfo;
 use super::views::Views;
 
+/// The query of a new set's values.
+pub struct SetLoad {
+    pub marker: String,
+    pub set: SetId,
+    pub subquery: Subquery,
+}
+
 /// How long a new shape waits for its sets to load.
 const LOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// A query to run at a snapshot, followed by a position marker with `marker` as content.
 pub enum Job {
     /// A new set's values.
-    Load { marker: String, set: SetId, subquery: Subquery },
-    /// The rows moving into or out of `shape` (`sql` from [`Shape::moved_rows_sql`]).
-    Move { marker: String, shape: Arc<LiveShape>, id: u64, sql: String },
+    Load(SetLoad),
+    /// The rows moving into or out of a shape.
+    Move(MoveQuery),
+}
+
+/// The query of the rows moving into or out of `shape` in its move `id` (`sql` from
+/// [`Shape::moved_rows_sql`]).
+pub struct MoveQuery {
+    pub marker: String,
+    pub shape: Arc<LiveShape>,
+    pub id: u64,
+    pub sql: String,
 }
 
 /// Why a shape's sets could not be had.
@@ -105,7 +121,7 @@ impl Sets {
         let (id, new) = self.kept().acquire(subquery, oid);
         if new {
             let marker = format!("set:{}", self.next_move.fetch_add(1, Ordering::Relaxed));
-            let _ = self.jobs.send(Job::Load { marker, set: id, subquery: subquery.clone() });
+            let _ = self.jobs.send(Job::Load(SetLoad { marker, set: id, subquery: subquery.clone() }));
         }
         id
     }
@@ -323,7 +339,7 @@ impl Sets {
         };
         metrics::counter!("gateway_subquery_moves_total").increment(1);
         let marker = format!("move:{}:{id}", shape.id);
-        let _ = self.jobs.send(Job::Move { marker, shape: shape.clone(), id, sql });
+        let _ = self.jobs.send(Job::Move(MoveQuery { marker, shape: shape.clone(), id, sql }));
         true
     }
 }
