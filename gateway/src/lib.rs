@@ -11,6 +11,7 @@ pub mod data_dir;
 pub mod db;
 pub mod demo;
 pub mod devdb;
+pub mod fair_queue;
 pub mod fanout;
 pub mod http;
 pub mod limits;

@@ -6,13 +6,15 @@
 
 use std::sync::{Arc, Mutex};
 
+use shapes::shape::ScopeSpec;
 use shapes::subquery_set::SubquerySet;
 use shapes::table::quote_ident;
 use shapes::where_clause::Subquery;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, GenericClient};
 
 use crate::db::{self, DbError};
+use crate::fair_queue::FairQueue;
 use crate::fanout::moves::{MoveResult, MovedRow};
 use crate::fanout::registry::Registry;
 use crate::fanout::sets::{Job, MoveQuery, SetLoad};
@@ -42,38 +44,57 @@ impl QueryError {
     }
 }
 
-/// Runs the set and move queries the fan-out asks for until the channel closes. The loads
-/// waiting together run as one batch: one snapshot, one flushed commit for their markers
-/// (a crowd of new users arriving at once is one round of work, not one each).
+/// Runs the set and move queries the fan-out asks for until the channel closes. Loads go
+/// first (new shapes wait on them), those waiting together as one batch: one snapshot, one
+/// flushed commit for their markers (a crowd of new users is one round of work, not one
+/// each). Moves take turns by scope, each scope using at most half the slots, so a change
+/// to a set a thousand of one tenant's shapes read does not hold up another tenant's move.
 pub async fn run(db: Config, registry: Arc<Registry>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let limit = Arc::new(Semaphore::new(CONCURRENT));
     let sessions = Arc::new(Sessions { db, idle: Mutex::new(Vec::new()) });
-    while let Some(first) = jobs.recv().await {
-        let mut loads = Vec::new();
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Load(load) => loads.push(load),
-                Job::Move(query) => {
-                    let Ok(permit) = limit.clone().acquire_owned().await else { return };
-                    let (sessions, registry) = (sessions.clone(), registry.clone());
-                    tokio::spawn(async move {
-                        run_move(&sessions, &registry, query).await;
-                        drop(permit);
-                    });
+    let mut loads: Vec<SetLoad> = Vec::new();
+    let mut moves = FairQueue::new(CONCURRENT / 2, None);
+    let mut running = 0;
+    // What ended: a batch of loads (`None`) or a move of a scope.
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<Option<Option<ScopeSpec>>>();
+    loop {
+        while running < CONCURRENT {
+            let (sessions, registry, ended_tx) = (sessions.clone(), registry.clone(), ended_tx.clone());
+            if !loads.is_empty() {
+                let batch: Vec<SetLoad> = loads.drain(..loads.len().min(MAX_BATCH)).collect();
+                tokio::spawn(async move {
+                    run_loads(&sessions, &registry, batch).await;
+                    let _ = ended_tx.send(None);
+                });
+            } else if let Some((scope, query)) = moves.pop() {
+                tokio::spawn(async move {
+                    run_move(&sessions, &registry, query).await;
+                    let _ = ended_tx.send(Some(scope));
+                });
+            } else {
+                break;
+            }
+            running += 1;
+        }
+        let mut take = |job: Job| match job {
+            Job::Load(load) => loads.push(load),
+            Job::Move(query) => moves.push(query.shape.shape.spec.scope.clone(), query),
+        };
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => {
+                    take(job);
+                    while let Ok(job) = jobs.try_recv() {
+                        take(job);
+                    }
+                }
+                None => return,
+            },
+            Some(what) = ended.recv() => {
+                running -= 1;
+                if let Some(scope) = what {
+                    moves.done(&scope);
                 }
             }
-            if loads.len() < MAX_BATCH {
-                next = jobs.try_recv().ok();
-            }
-        }
-        if !loads.is_empty() {
-            let Ok(permit) = limit.clone().acquire_owned().await else { return };
-            let (sessions, registry) = (sessions.clone(), registry.clone());
-            tokio::spawn(async move {
-                run_loads(&sessions, &registry, loads).await;
-                drop(permit);
-            });
         }
     }
 }
@@ -150,6 +171,10 @@ async fn read_loads(
 
 async fn run_move(sessions: &Sessions, registry: &Registry, query: MoveQuery) {
     let MoveQuery { marker, shape, id, sql } = query;
+    // Superseded while it waited for a slot: a later query covers it, or the shape went.
+    if !shape.awaits_move_query(id) || shape.log.version().gone {
+        return;
+    }
     let read = async {
         let client = sessions.take().await?;
         let snapshot = begin_snapshot(&client).await?;

@@ -186,6 +186,12 @@ impl LiveShape {
         }
     }
 
+    /// Whether move `id` is under way, still waiting for its query (a widened or ended move
+    /// supersedes its query: the shape's rotation, or the next change to the set).
+    pub fn awaits_move_query(&self, id: u64) -> bool {
+        self.hold.lock().unwrap().as_ref().is_some_and(|h| h.id == id && h.result.is_none())
+    }
+
     /// Records move `id`'s query result; `false` when that move is no longer under way.
     pub fn finish_move_query(&self, id: u64, result: MoveResult) -> bool {
         match &mut *self.hold.lock().unwrap() {

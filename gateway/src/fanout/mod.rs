@@ -105,13 +105,18 @@ pub async fn run(
     }
 }
 
-/// Each touched shape's entries in this batch, appended with one write per shape.
-type BatchWrites = HashMap<u64, (Arc<LiveShape>, Vec<TxnEntries>)>;
+/// What a batch writes: each touched shape's entries, appended with one write per shape,
+/// and the set views its moves leave, made durable before any entry is appended.
+#[derive(Default)]
+struct BatchWrites {
+    logs: HashMap<u64, (Arc<LiveShape>, Vec<TxnEntries>)>,
+    views: HashMap<u64, (Arc<LiveShape>, views::SetViews)>,
+}
 
 /// Routes every transaction of the batch to the shapes it touches (once, whatever happens
 /// to the writes).
 fn plan_batch(registry: &Registry, batch: &[Txn]) -> BatchWrites {
-    let mut writes: BatchWrites = HashMap::new();
+    let mut writes = BatchWrites::default();
     for txn in batch {
         apply_txn(registry, txn, &mut writes);
     }
@@ -121,7 +126,7 @@ fn plan_batch(registry: &Registry, batch: &[Txn]) -> BatchWrites {
 /// Appends, makes durable and publishes the batch's entries. On an error nothing of the
 /// batch stays written-but-unpublished, so writing it again appends each entry once.
 fn write_batch(registry: &Registry, open: &mut writers::Writers, writes: &BatchWrites) -> std::io::Result<()> {
-    if writes.is_empty() {
+    if writes.logs.is_empty() && writes.views.is_empty() {
         return Ok(());
     }
     let result = append_and_sync(registry, open, writes);
@@ -134,7 +139,7 @@ fn write_batch(registry: &Registry, open: &mut writers::Writers, writes: &BatchW
             Ok(())
         }
         Err(e) => {
-            for (shape, _) in writes.values() {
+            for (shape, _) in writes.logs.values() {
                 shape.log.discard_unpublished();
             }
             Err(e)
@@ -147,8 +152,20 @@ fn append_and_sync<'a>(
     open: &mut writers::Writers,
     writes: &'a BatchWrites,
 ) -> std::io::Result<Vec<(&'a Arc<LiveShape>, shapes::log::WriteMark)>> {
-    let mut marks = Vec::with_capacity(writes.len());
-    for (shape, txns) in writes.values() {
+    // The views moves leave are durable before their splices can be.
+    let views: Vec<_> = writes.views.values().filter(|(shape, _)| !shape.log.version().gone).collect();
+    for (shape, views) in &views {
+        views.put(shape.log.dir())?;
+    }
+    if views.len() <= SYNC_EACH_UP_TO {
+        for (shape, _) in &views {
+            views::SetViews::sync(shape.log.dir())?;
+        }
+    } else {
+        sync_filesystem(registry.data_dir())?;
+    }
+    let mut marks = Vec::with_capacity(writes.logs.len());
+    for (shape, txns) in writes.logs.values() {
         // A shape rotated meanwhile (DDL, DELETE) has no files left to write to.
         match shape.log.append(txns) {
             Err(_) if shape.log.version().gone => continue,
@@ -239,7 +256,7 @@ fn apply_txn(registry: &Registry, txn: &Txn, writes: &mut BatchWrites) {
             continue;
         }
         if let Some(entries) = shape.admit(txn, &planned) {
-            writes.entry(id).or_insert_with(|| (shape, Vec::new())).1.push(entries);
+            writes.logs.entry(id).or_insert_with(|| (shape, Vec::new())).1.push(entries);
         }
     }
 }
@@ -258,19 +275,24 @@ fn on_marker(registry: &Registry, txn: &Txn, marker: &str, writes: &mut BatchWri
     registry.sets().end_hold(shape.id);
     let Some(result) = hold.result.as_ref() else { return };
     let spliced = moves::splice(&shape.shape, &shape.encoder, &hold, result, &*registry.sets().kept());
-    // The views the splice leaves are durable before the splice can be.
-    let views = views::SetViews::read(shape.log.dir()).and_then(|before| {
-        let before = before.map(|b| b.as_of(shape.log.written_lsn()).clone()).unwrap_or_default();
-        views::SetViews::moved(before, txn.commit_lsn, registry.sets().views_of(&shape)).write(shape.log.dir())
-    });
-    if let Err(e) = views {
-        return registry.rotate(&shape, &format!("its set views could not be stored: {e}"));
-    }
+    // The views the splice leaves, written with the batch before the splice (an earlier
+    // move of this batch left the views this one starts from).
+    let before = match writes.views.get(&shape.id) {
+        Some((_, pending)) => Ok(pending.after().clone()),
+        None => views::SetViews::read(shape.log.dir())
+            .map(|b| b.map(|b| b.as_of(shape.log.written_lsn()).clone()).unwrap_or_default()),
+    };
+    let before = match before {
+        Ok(before) => before,
+        Err(e) => return registry.rotate(&shape, &format!("its set views could not be read: {e}")),
+    };
+    let left = views::SetViews::moved(before, txn.commit_lsn, registry.sets().views_of(&shape));
+    writes.views.insert(shape.id, (shape.clone(), left));
     match spliced {
         Ok(groups) => {
             let entries = shape.encode_splice(txn.commit_lsn, &groups);
             if !entries.is_empty() {
-                writes.entry(shape.id).or_insert_with(|| (shape.clone(), Vec::new())).1.push(entries);
+                writes.logs.entry(shape.id).or_insert_with(|| (shape.clone(), Vec::new())).1.push(entries);
             }
         }
         Err(e) => registry.rotate(&shape, &format!("a moving row could not be evaluated: {e}")),

@@ -7,7 +7,7 @@
 use std::io;
 use std::path::Path;
 
-use shapes::durable::write_atomically;
+use shapes::durable::{replace_unsynced, sync_replaced, write_atomically};
 use shapes::offset::Lsn;
 use shapes::where_clause::SetKey;
 
@@ -51,6 +51,23 @@ impl SetViews {
     /// Writes the views durably (before anything they describe can be).
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         write_atomically(&dir.join(FILE), &serde_json::to_vec(self).map_err(io::Error::other)?)
+    }
+
+    /// Replaces the views, not yet durably: the fan-out makes a batch's views durable
+    /// together ([`SetViews::sync`] or the filesystem) before it appends the splices.
+    pub fn put(&self, dir: &Path) -> io::Result<()> {
+        replace_unsynced(&dir.join(FILE), &serde_json::to_vec(self).map_err(io::Error::other)?)
+    }
+
+    /// Makes views [`SetViews::put`] in `dir` durable.
+    pub fn sync(dir: &Path) -> io::Result<()> {
+        sync_replaced(&dir.join(FILE))
+    }
+
+    /// The views as the log will reflect them after this move (for a later move of the
+    /// same batch, whose log does not hold this one yet).
+    pub fn after(&self) -> &Views {
+        &self.after
     }
 }
 
