@@ -4,14 +4,18 @@
 //! before the splice can be durable, so after a crash the log's end says which views hold:
 //! a restart compares them with the sets loaded afresh and moves the difference in or out.
 
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::Path;
 
-use shapes::durable::{replace_unsynced, sync_replaced, write_atomically};
+use shapes::durable::write_atomically;
 use shapes::offset::Lsn;
 use shapes::where_clause::SetKey;
 
+/// One JSON line per move, the last whole one holding.
 const FILE: &str = "views.json";
+/// Past this size the file is rewritten with its last views only.
+const COMPACT_AT: u64 = 1 << 20;
 
 /// Each set's values (by its subquery's SQL), sorted.
 pub type Views = Vec<(String, Vec<SetKey>)>;
@@ -40,12 +44,16 @@ impl SetViews {
         if written.0 >= self.at { &self.after } else { &self.before }
     }
 
+    /// The last views written whole (a move appends its views as one line; a line cut
+    /// short by a crash is not whole, and the one before it holds).
     pub fn read(dir: &Path) -> io::Result<Option<SetViews>> {
-        match std::fs::read(dir.join(FILE)) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(io::Error::other),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let bytes = match std::fs::read(dir.join(FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let last = bytes.split(|&b| b == b'\n').rev().find_map(|line| serde_json::from_slice(line).ok());
+        last.map(Some).ok_or_else(|| io::Error::other("no whole set views in views.json"))
     }
 
     /// Writes the views durably (before anything they describe can be).
@@ -53,15 +61,25 @@ impl SetViews {
         write_atomically(&dir.join(FILE), &serde_json::to_vec(self).map_err(io::Error::other)?)
     }
 
-    /// Replaces the views, not yet durably: the fan-out makes a batch's views durable
+    /// Appends the views, not yet durably: the fan-out makes a batch's views durable
     /// together ([`SetViews::sync`] or the filesystem) before it appends the splices.
+    /// Appending to the one file, instead of renaming a new one over it, spares the
+    /// filesystem an inode per move; past [`COMPACT_AT`] the file is rewritten to one line.
     pub fn put(&self, dir: &Path) -> io::Result<()> {
-        replace_unsynced(&dir.join(FILE), &serde_json::to_vec(self).map_err(io::Error::other)?)
+        let path = dir.join(FILE);
+        let mut line = b"\n".to_vec();
+        serde_json::to_writer(&mut line, self).map_err(io::Error::other)?;
+        let mut file = OpenOptions::new().append(true).open(&path)?;
+        if file.metadata()?.len() + line.len() as u64 > COMPACT_AT {
+            drop(file);
+            return write_atomically(&path, &line[1..]);
+        }
+        file.write_all(&line)
     }
 
     /// Makes views [`SetViews::put`] in `dir` durable.
     pub fn sync(dir: &Path) -> io::Result<()> {
-        sync_replaced(&dir.join(FILE))
+        File::open(dir.join(FILE))?.sync_data()
     }
 
     /// The views as the log will reflect them after this move (for a later move of the
@@ -83,5 +101,22 @@ mod tests {
         assert_eq!(views.as_of(Lsn(99)), &before, "the splice is not in the log");
         assert_eq!(views.as_of(Lsn(100)), &after);
         assert_eq!(SetViews::created(after.clone()).as_of(Lsn(0)), &after);
+    }
+
+    #[test]
+    fn moves_append_their_views_and_a_line_cut_short_leaves_the_one_before() {
+        let dir = std::env::temp_dir().join(format!("views-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let views = |v: &str| vec![("S".to_string(), vec![vec![Some(v.to_string())]])];
+        SetViews::created(views("1")).write(&dir).unwrap();
+        let moved = SetViews::moved(views("1"), Lsn(100), views("2"));
+        moved.put(&dir).unwrap();
+        SetViews::sync(&dir).unwrap();
+        assert_eq!(SetViews::read(&dir).unwrap(), Some(moved.clone()));
+        // A crash in the middle of the next append.
+        let mut file = OpenOptions::new().append(true).open(dir.join(FILE)).unwrap();
+        file.write_all(b"\n{\"at\":200,\"bef").unwrap();
+        assert_eq!(SetViews::read(&dir).unwrap(), Some(moved));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
