@@ -63,9 +63,16 @@ pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         RunError::Setup(format!("{why}; its log:\n{log}"))
     })?;
-    let run = RunArgs { gateway: base, database_url: url, jwt_secret: secret, load: args.load.clone() };
+    let mut load = args.load.clone();
+    let out = load.out.get_or_insert_with(scenario::default_out).clone();
+    let run = RunArgs { gateway: base, database_url: url, jwt_secret: secret, load };
     let result = scenario::run(run, Some(gateway.0.id())).await;
     drop(gateway);
+    // The throwaway cluster goes with its folder: the gateway's log stays with the results.
+    let kept = std::fs::create_dir_all(&out).and_then(|()| std::fs::copy(&log_path, out.join("gateway.log")));
+    if let Err(e) = kept {
+        eprintln!("loadtest: could not keep the gateway's log in {}: {e}", out.display());
+    }
     drop(pg);
     result
 }

@@ -217,12 +217,22 @@ impl Members {
     pub fn check(&self, expected: &[HashSet<u64>], seen: &[Seen]) -> Completeness {
         let state = self.state.lock().unwrap();
         let mut c = Completeness::default();
+        let mut examples = Vec::new();
         for s in seen {
             let (want, ever) = (&expected[s.identity], &state.ever[s.identity]);
-            c.missing += want.iter().filter(|id| !s.held.contains_key(id)).count() as u64;
-            c.stale += s.held.keys().filter(|id| !want.contains(id)).count() as u64;
+            let missing: Vec<&u64> = want.iter().filter(|id| !s.held.contains_key(id)).collect();
+            let stale: Vec<(&u64, &usize)> = s.held.iter().filter(|(id, _)| !want.contains(id)).collect();
+            c.missing += missing.len() as u64;
+            c.stale += stale.len() as u64;
             c.duplicated += s.duplicated;
             c.foreign += s.projects.iter().filter(|p| !ever.contains(p)).count() as u64;
+            let user = user_name(s.identity);
+            examples.extend(missing.iter().map(|id| format!("{user} lacks row {id}")));
+            examples.extend(stale.iter().map(|(id, p)| format!("{user} still holds row {id} of {}", scope_name(**p))));
+        }
+        // A few, to start from when a run fails (the gateway's log has the rest).
+        for example in examples.iter().take(10) {
+            eprintln!("loadtest: {example}");
         }
         c
     }

@@ -115,6 +115,8 @@ pub struct Inputs<'a> {
     pub membership_changes: Option<u64>,
     pub completeness: Completeness,
     pub connects: Vec<Duration>,
+    /// Why the drain stopped waiting, when it timed out (what is missing may be late).
+    pub unsettled: Option<String>,
 }
 
 fn latency(h: &Histogram<u64>) -> Latency {
@@ -156,6 +158,11 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
     }
     if http_errors > 0 {
         failures.push(format!("{http_errors} HTTP errors ({})", r.errors().join("; ")));
+    }
+    if let Some(why) = &i.unsettled
+        && !failures.is_empty()
+    {
+        failures.push(why.clone());
     }
     Summary {
         schema: SCHEMA,

@@ -27,7 +27,9 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(300);
 pub enum RunError {
     #[error("{0}")]
     Setup(String),
-    #[error("{connected} of {wanted} subscribers caught up within {limit:?}; the gateway's log says why")]
+    #[error(
+        "{connected} of {wanted} subscribers caught up within {limit:?}; the gateway's log says why (with `local`: gateway.log in the results folder)"
+    )]
     CatchUp { connected: usize, wanted: usize, limit: Duration },
     #[error("writing: {0}")]
     Write(String),
@@ -166,14 +168,17 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         Some(m) => Owed::Rows(m.clone(), m.expected(&db, &load.table).await.map_err(RunError::Write)?),
     };
     let draining = Instant::now();
+    let mut unsettled = None;
     while draining.elapsed() < load.drain {
         let (done, wanted, what) = match &owed {
             Owed::Rows(m, rows) => (m.settled(rows), rows.len(), "users hold their rows"),
             Owed::Events(n) => (recorder.delivered.load(Ordering::Relaxed) as usize, *n as usize, "events"),
         };
         if done >= wanted {
+            unsettled = None;
             break;
         }
+        unsettled = Some(format!("the drain ended after {:?} with {done}/{wanted} {what} (--drain)", load.drain));
         progress.set_message(format!("draining: {done}/{wanted} {what}"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -208,6 +213,7 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
         membership_changes: members.as_ref().map(|m| m.changes()),
         completeness,
         connects: seen.iter().filter_map(|s| s.connect).collect(),
+        unsettled,
     });
     let out = load.out.clone().unwrap_or_else(default_out);
     report::write(&out, &summary, &recorded)
@@ -311,7 +317,7 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// `loadtest-results/<unix time>`.
-fn default_out() -> std::path::PathBuf {
+pub fn default_out() -> std::path::PathBuf {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     std::path::PathBuf::from("loadtest-results").join(now.to_string())
 }
