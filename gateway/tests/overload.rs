@@ -88,13 +88,7 @@ async fn a_burst_of_new_shapes_waits_for_slots_and_one_tenant_cannot_take_them_a
     // refused at once, and another tenant's still gets a slot.
     let blocker = testkit::connect(&env.url).await;
     blocker.batch_execute("begin; lock table todos in access exclusive mode").await.unwrap();
-    let waiting = |n: i64| {
-        let db = &env.db;
-        testkit::wait_until("snapshots wait on the lock", move || async move {
-            let q = "select count(*) from pg_locks where not granted and relation = 'todos'::regclass";
-            db.query_one(q, &[]).await.unwrap().get::<_, i64>(0) >= n
-        })
-    };
+    let waiting = |n: i64| testkit::waiting_on_lock(&env.db, "todos", n);
     let (url, t) = (shape("id = 1"), org(1));
     let held = tokio::spawn(async move { get_as(&url, Some(&t)).await });
     waiting(1).await;

@@ -429,13 +429,7 @@ async fn a_set_failing_to_load_fails_alone_in_its_batch() {
     // the loads arriving meanwhile queue up to form one batch.
     let locker = testkit::connect(&env.url).await;
     locker.batch_execute("begin; lock table members in access exclusive mode").await.unwrap();
-    let waiting_on_members = |n: i64| {
-        let db = &env.db;
-        testkit::wait_until("set loads wait on the lock", move || async move {
-            let q = "select count(*) from pg_locks where not granted and relation = 'members'::regclass";
-            db.query_one(q, &[]).await.unwrap().get::<_, i64>(0) >= n
-        })
-    };
+    let waiting_on_members = |n: i64| testkit::waiting_on_lock(&env.db, "members", n);
     let mut early = Vec::new();
     for u in 100..104 {
         early.push(request(user(u)));

@@ -16,13 +16,14 @@ fn gateway_bin() -> std::path::PathBuf {
     bin
 }
 
-#[test]
-fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_report() {
-    let out = std::env::temp_dir().join(format!("loadtest-test-{}", std::process::id()));
+/// Runs `loadtest local` with `args` into `out`; the summary and the report, after checking
+/// the run passed.
+fn run_local(args: &[&str], out: &Path) -> (serde_json::Value, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["local", "--subscribers", "200", "--scopes", "20", "--duration", "10s", "--write-rate", "50"])
-        .args(["--mode", "mixed", "--idle-connections", "50", "--out"])
-        .arg(&out)
+        .arg("local")
+        .args(args)
+        .arg("--out")
+        .arg(out)
         .arg("--gateway-bin")
         .arg(gateway_bin())
         .output()
@@ -31,6 +32,20 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
     assert!(output.status.success(), "the run failed:\n{printed}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    (summary, std::fs::read_to_string(out.join("report.html")).unwrap())
+}
+
+#[test]
+fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_report() {
+    let out = std::env::temp_dir().join(format!("loadtest-test-{}", std::process::id()));
+    let (summary, html) = run_local(
+        &["--subscribers", "200", "--scopes", "20", "--duration", "10s", "--write-rate", "50"]
+            .iter()
+            .chain(&["--mode", "mixed", "--idle-connections", "50"])
+            .copied()
+            .collect::<Vec<_>>(),
+        &out,
+    );
     assert_eq!(summary["schema"], 1);
     assert_eq!(summary["pass"], true, "{summary}");
     for field in ["missing", "duplicated", "foreign", "http_errors"] {
@@ -46,7 +61,6 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
     assert_eq!(summary["load"]["idle_connections"], 50);
     assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(summary["gateway"]["rss_mb_max"].as_f64().unwrap() > 0.0, "the local gateway's memory was sampled");
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("PASS") && html.ends_with("</html>\n"));
     assert_eq!(html.matches("<svg").count(), 5, "latency over time, histogram, events/s, connected, memory");
     let _ = std::fs::remove_dir_all(out);
@@ -55,18 +69,14 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
 #[test]
 fn a_short_memberships_run_moves_rows_in_and_out_and_every_user_ends_with_its_projects_rows() {
     let out = std::env::temp_dir().join(format!("loadtest-members-{}", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["local", "--scenario", "memberships", "--subscribers", "100", "--scopes", "20"])
-        .args(["--duration", "8s", "--write-rate", "20", "--membership-rate", "10", "--mode", "mixed", "--out"])
-        .arg(&out)
-        .arg("--gateway-bin")
-        .arg(gateway_bin())
-        .output()
-        .unwrap();
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "the run failed:\n{printed}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let (summary, html) = run_local(
+        &["--scenario", "memberships", "--subscribers", "100", "--scopes", "20", "--duration", "8s"]
+            .iter()
+            .chain(&["--write-rate", "20", "--membership-rate", "10", "--mode", "mixed"])
+            .copied()
+            .collect::<Vec<_>>(),
+        &out,
+    );
     assert_eq!(summary["pass"], true, "{summary}");
     for field in ["missing", "stale", "duplicated", "foreign", "http_errors"] {
         assert_eq!(summary[field], 0, "{field}: {summary}");
@@ -76,7 +86,6 @@ fn a_short_memberships_run_moves_rows_in_and_out_and_every_user_ends_with_its_pr
     assert!(m["move_ins"].as_u64().unwrap() >= 20, "joins brought their project's rows: {m}");
     assert!(m["move_in_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(summary["expected"], summary["delivered"], "every user holds exactly its projects' rows");
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("Move-in latency"));
+    assert!(html.contains("Move-in latency") && out.join("gateway.log").is_file());
     let _ = std::fs::remove_dir_all(out);
 }

@@ -14,4 +14,4 @@ pub use follower::{Follower, column_of};
 pub use http::{Response, enc, get, get_as, http, metric_sum, reason};
 pub use node::{node_suite, run_node_suite};
 pub use process::{Gateway, free_port, gateway_binary};
-pub use wait::{DEADLINE, wait_until};
+pub use wait::{DEADLINE, wait_until, waiting_on_lock};

@@ -13,3 +13,12 @@ pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut c
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until at least `n` sessions wait for a lock on `table`.
+pub async fn waiting_on_lock(db: &tokio_postgres::Client, table: &str, n: i64) {
+    let q = "select count(*) from pg_locks where not granted and relation = $1::text::regclass";
+    wait_until(&format!("{n} sessions wait on a lock on {table}"), || async {
+        db.query_one(q, &[&table]).await.unwrap().get::<_, i64>(0) >= n
+    })
+    .await;
+}
