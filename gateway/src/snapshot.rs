@@ -65,7 +65,9 @@ impl SnapshotError {
             SnapshotError::Db(DbError::Query(q)) if self.is_client_error() => {
                 format!("evaluating the filter failed: {}", crate::db::client_reason(q, |_| false))
             }
-            SnapshotError::SubsetTooLarge | SnapshotError::CatalogChanged(_) => self.to_string(),
+            SnapshotError::SubsetTooLarge => self.to_string(),
+            // Not which table: it may be one a rule's subquery reads, never the caller's to see.
+            SnapshotError::CatalogChanged(_) => "a table the shape reads changed since it was made; retry".into(),
             _ => "the snapshot query failed; retry (the gateway log has the cause)".into(),
         }
     }
