@@ -44,12 +44,7 @@ async fn snapshots_past_the_bound_wait_their_turn_with_503_and_retry_after() {
     let blocker = testkit::connect(&env.url).await;
     blocker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
     let first = tokio::spawn(get_owned(shape("n%3D1")));
-    let db = &env.db;
-    testkit::wait_until("the first snapshot waits on the lock", || async move {
-        let q = "select count(*) from pg_locks where not granted and relation = 'items'::regclass";
-        db.query_one(q, &[]).await.unwrap().get::<_, i64>(0) > 0
-    })
-    .await;
+    testkit::waiting_on_lock(&env.db, "items", 1).await;
     let refused = get(&shape("n%3D2")).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.headers.contains_key("retry-after"));
