@@ -164,3 +164,18 @@ async fn a_shape_bound_from_a_stale_catalog_is_made_again_from_a_fresh_read() {
     env.sql("insert into items values (1, 'a', 'after')").await;
     f.converge_to("title", &[("1".to_string(), json!("after"))].into()).await;
 }
+
+/// The table's replica identity turned back to default (old rows no longer sent): the next
+/// filtered shape is not made from the cached table but from a fresh read, which sets it to
+/// full again (a filtered shape must see rows leave its filter).
+#[tokio::test]
+async fn a_replica_identity_changed_under_the_cache_is_read_afresh() {
+    let (env, gw, mut f) = synced_items().await;
+    env.sql("alter table items replica identity default; insert into items values (1, 'a', 't', 1)").await;
+    // The unfiltered shape has the insert: the stream's new relation for the table is read.
+    f.converge_to("title", &[("1".to_string(), json!("t"))].into()).await;
+    let filtered = format!("{}/v1/shape?table=items&offset=-1&where={}", gw.base(), testkit::enc("n > 2"));
+    assert_eq!(get(&filtered).await.status, 200);
+    let identity = "select relreplident::text from pg_class where oid = 'items'::regclass";
+    assert_eq!(env.db.query_one(identity, &[]).await.unwrap().get::<_, String>(0), "f");
+}

@@ -279,9 +279,13 @@ impl Registry {
                 })
                 .collect()
         };
-        if !affected.is_empty()
-            || self.schemas.lock().unwrap().values().any(|t| t.oid == rel.oid && !t.same_columns(&rel.columns))
-        {
+        // New shapes are bound from the cached table: it goes when its columns or its
+        // replica identity (whether it sends old rows) are no longer what was read.
+        let stale = |t: &TableSchema| {
+            t.oid == rel.oid
+                && (!t.same_columns(&rel.columns) || t.replica_identity_full != (rel.replica_identity == b'f'))
+        };
+        if !affected.is_empty() || self.schemas.lock().unwrap().values().any(stale) {
             self.schemas.lock().unwrap().retain(|_, t| t.oid != rel.oid);
         }
         for (shape, reason) in affected {
