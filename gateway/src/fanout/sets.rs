@@ -102,8 +102,9 @@ impl Sets {
     ) -> Result<Vec<(SetId, bool)>, LoadFailed> {
         let mut acquired = Vec::new();
         for (subquery, top) in shape.subqueries() {
-            acquired.push((self.acquire_one(subquery, oid(subquery)), top));
-            if let Err(e) = self.wait_loaded(acquired.last().map(|(id, _)| *id).into_iter().collect()).await {
+            let id = self.acquire_one(subquery, oid(subquery));
+            acquired.push((id, top));
+            if let Err(e) = self.wait_loaded(id).await {
                 self.release(&acquired);
                 return Err(e);
             }
@@ -126,17 +127,17 @@ impl Sets {
         id
     }
 
-    async fn wait_loaded(&self, sets: Vec<SetId>) -> Result<(), LoadFailed> {
+    async fn wait_loaded(&self, set: SetId) -> Result<(), LoadFailed> {
         let mut ended = self.load_ended.subscribe();
         let waited = tokio::time::timeout(LOAD_WAIT, async {
             loop {
-                if let Some(fault) = sets.iter().find_map(|id| self.failed.lock().unwrap().get(id).cloned()) {
+                if let Some(fault) = self.failed.lock().unwrap().get(&set).cloned() {
                     return Err(match fault {
                         Some(reason) => LoadFailed::Filter(reason),
                         None => LoadFailed::Server("its query failed; the gateway log has the cause".into()),
                     });
                 }
-                if sets.iter().all(|id| self.kept().is_loaded(*id)) {
+                if self.kept().is_loaded(set) {
                     return Ok(());
                 }
                 if ended.changed().await.is_err() {
