@@ -31,6 +31,7 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
+use shapes::journal::Journal;
 use shapes::offset::Lsn;
 use shapes::where_clause::BindOptions;
 use tokio::net::TcpListener;
@@ -241,6 +242,17 @@ async fn serve_once(
     drop(client);
 
     let acknowledged = data_dir.stored_through.unwrap_or_default();
+    // Before any log is opened: what a crash left unsynced in the logs comes back from it.
+    let (journal, replayed) = Journal::open(&cfg.data_dir).map_err(data_err)?;
+    if replayed.frames > 0 {
+        tracing::info!(
+            frames = replayed.frames,
+            records = replayed.records,
+            skipped = replayed.skipped,
+            torn = replayed.torn,
+            "journal replayed into the shape logs"
+        );
+    }
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let registry =
         Arc::new(Registry::open(&cfg.data_dir, cfg.chunk_bytes, bind, acknowledged, jobs_tx).map_err(data_err)?);
@@ -271,8 +283,15 @@ async fn serve_once(
     ));
     // Append descriptors kept open: a quarter of the limit, the rest is for clients.
     let open_writers = (open_files.unwrap_or(1024) / 4).clamp(64, 65_536) as usize;
-    let mut fanout =
-        tokio::spawn(fanout::run(txn_rx, registry.clone(), ack.clone(), status.clone(), open_writers, cancel.clone()));
+    let mut fanout = tokio::spawn(fanout::run(
+        txn_rx,
+        journal,
+        registry.clone(),
+        ack.clone(),
+        status.clone(),
+        open_writers,
+        cancel.clone(),
+    ));
     tasks.spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone()));
     tasks.spawn(sets::run(db_cfg.clone(), registry.clone(), jobs_rx));
     let monitor = replication::monitor::Monitor {

@@ -65,6 +65,13 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
         "1 while shape storage fails (full disk, I/O error): nothing new is acknowledged",
     ),
     ("gateway_storage_errors_total", Kind::Counter, "", "failed attempts to store a batch"),
+    (
+        "gateway_fanout_seconds",
+        Kind::Histogram,
+        "stage",
+        "time per fan-out batch: routing it (plan), appending and syncing its logs (store)",
+    ),
+    ("gateway_fanout_batch_transactions", Kind::Histogram, "", "transactions per fan-out batch"),
     ("gateway_subscribers", Kind::Gauge, "mode", "live requests waiting for changes, by mode (long_poll, sse)"),
     ("gateway_http_requests_total", Kind::Counter, "route, method, status", "HTTP requests answered"),
     (
@@ -81,6 +88,7 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
 
 const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0];
 const BATCH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const TXN_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
 
 /// Logs every panic once, with where it happened, through the gateway's log (so JSON log
 /// collectors see it) instead of the default hook's stderr line.
@@ -105,6 +113,10 @@ pub fn recorder() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full("gateway_http_request_duration_seconds".into()), HTTP_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full("gateway_outbox_batch_seconds".into()), BATCH_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("gateway_fanout_seconds".into()), BATCH_BUCKETS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("gateway_fanout_batch_transactions".into()), TXN_BUCKETS)
+            })
             .expect("bucket lists are not empty");
         let handle = builder.install_recorder().unwrap_or_else(|_| {
             // Another recorder owns the process (an embedding program): render an empty one.

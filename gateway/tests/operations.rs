@@ -40,10 +40,20 @@ async fn metrics_carry_every_documented_name_and_no_client_values() {
         .unwrap();
     assert_eq!(push.status(), 200);
 
-    let text = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    for (name, ..) in gateway::telemetry::METRICS {
-        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
-    }
+    // The fan-out's series appear once it has stored a transaction.
+    env.sql("update todos set title = 'y' where id = 4").await;
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let missing = gateway::telemetry::METRICS.iter().find(|(name, ..)| !text.contains(name));
+        match missing {
+            None => break text,
+            Some((name, ..)) if started.elapsed() > testkit::DEADLINE => {
+                panic!("{name} missing from /metrics:\n{text}")
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
     assert!(text.contains(r#"route="/v1/shape""#), "requests are labelled by route pattern:\n{text}");
     assert!(text.contains(r#"reason="missing""#), "auth failures carry their reason:\n{text}");
     assert!(text.contains(r#"table="unknown""#), "unknown tables do not become labels:\n{text}");

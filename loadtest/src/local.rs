@@ -65,13 +65,20 @@ pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
     })?;
     let mut load = args.load.clone();
     let out = load.out.get_or_insert_with(scenario::default_out).clone();
-    let run = RunArgs { gateway: base, database_url: url, jwt_secret: secret, load };
+    let run = RunArgs { gateway: base.clone(), database_url: url, jwt_secret: secret, load };
     let result = scenario::run(run, Some(gateway.0.id())).await;
+    // Its metrics as they end (the fan-out's stage times say where latency went).
+    let metrics = match reqwest::get(format!("{base}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("# the gateway's metrics could not be read: {e}\n"),
+    };
     drop(gateway);
     // The throwaway cluster goes with its folder: the gateway's log stays with the results.
-    let kept = std::fs::create_dir_all(&out).and_then(|()| std::fs::copy(&log_path, out.join("gateway.log")));
+    let kept = std::fs::create_dir_all(&out)
+        .and_then(|()| std::fs::copy(&log_path, out.join("gateway.log")))
+        .and_then(|_| std::fs::write(out.join("gateway-metrics.txt"), metrics));
     if let Err(e) = kept {
-        eprintln!("loadtest: could not keep the gateway's log in {}: {e}", out.display());
+        eprintln!("loadtest: could not keep the gateway's log and metrics in {}: {e}", out.display());
     }
     drop(pg);
     result

@@ -10,7 +10,8 @@
 //!   transaction; clients see a transaction whole or not at all.
 //! - **offset** ([`offset::LogOffset`]): a position in a shape log, `<lsn>_<op>`.
 //! - **shape log** ([`log::ShapeLog`]): the durable, append-only list of wire messages of
-//!   one shape: the snapshot chunks, then the live changes.
+//!   one shape: the snapshot chunks, then the live changes. The **journal**
+//!   ([`journal::Journal`]) makes a batch's appends to many logs durable with one sync.
 //! - **contract** ([`contract`]): what the gateway and its clients exchange besides shape
 //!   messages: change operations, outbox batches and their answers. The only module built
 //!   without the `server` feature (the browser SDK's build).
@@ -30,6 +31,8 @@ pub mod datetime;
 pub mod durable;
 #[cfg(feature = "server")]
 pub mod index;
+#[cfg(feature = "server")]
+pub mod journal;
 #[cfg(feature = "server")]
 pub mod log;
 #[cfg(feature = "server")]

@@ -1,6 +1,7 @@
 //! The fan-out: routes each committed transaction to the shapes it touches, appends the
-//! encoded messages to their logs, makes them durable in one group commit per batch, then
-//! publishes them to readers and advances the acknowledged position.
+//! encoded messages to their logs, makes them durable in one group commit per batch (one
+//! journal frame synced, [`shapes::journal`]), then publishes them to readers and advances
+//! the acknowledged position. The logs themselves are synced by checkpoints, off this task.
 
 pub mod live_shape;
 pub mod moves;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use shapes::change::{Txn, TxnItem};
 use shapes::durable::sync_filesystem;
+use shapes::journal::{Checkpoint, Journal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +29,8 @@ use crate::status::Status;
 
 /// Most transactions in one group commit.
 const MAX_BATCH: usize = 4096;
-/// Up to this many touched logs are synced one by one; more share one `syncfs`. `syncfs`
-/// also waits for everything else dirty on the filesystem (PostgreSQL's files, when they
-/// share it): per-user shapes (a write reaching a project's 25 members' logs) waited on it
-/// (membership load test, 2,000 users: write p50 646 → 238 ms with per-file syncs here).
+/// Up to this many set views are synced one by one; more share one `syncfs`, which also
+/// waits for everything else dirty on the filesystem (PostgreSQL's files, when they share it).
 const SYNC_EACH_UP_TO: usize = 256;
 
 /// What fails, in `/readyz`, when a batch cannot be stored.
@@ -43,8 +43,10 @@ const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// error) does not end it: the batch's unpublished writes are discarded, the gateway
 /// reports not-ready with the reason, and the batch is written again until it succeeds.
 /// Meanwhile nothing new is acknowledged and the stream waits (the channel fills).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut txns: mpsc::Receiver<Txn>,
+    journal: Journal,
     registry: Arc<Registry>,
     ack: Arc<AckState>,
     status: Arc<Status>,
@@ -53,31 +55,41 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut writers = Some(writers::Writers::new(open_writers));
+    let mut journal = Some(journal);
+    let mut checkpoint: Option<tokio::task::JoinHandle<(std::io::Result<()>, Checkpoint)>> = None;
     loop {
         batch.clear();
+        if let Some(j) = journal.as_mut() {
+            checkpoints(j, &mut checkpoint, &status).await?;
+        }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             n = txns.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return Ok(()) },
         }
+        metrics::histogram!("gateway_fanout_batch_transactions").record(batch.len() as f64);
+        let started = std::time::Instant::now();
         let (registry_, taken) = (registry.clone(), std::mem::take(&mut batch));
         // Routing and file I/O block: run them off the async workers.
         let (planned, taken) = tokio::task::spawn_blocking(move || (plan_batch(&registry_, &taken), taken))
             .await
             .map_err(std::io::Error::other)?;
         batch = taken;
+        metrics::histogram!("gateway_fanout_seconds", "stage" => "plan").record(started.elapsed().as_secs_f64());
+        let started = std::time::Instant::now();
         let mut planned = Some(planned);
         let mut backoff = RETRY_MIN;
         loop {
             let mut w = writers.take().expect("returned by the previous write");
+            let mut j = journal.take().expect("returned by the previous write");
             let p = planned.take().expect("returned by the previous write");
             let registry_ = registry.clone();
-            let (result, w, p) = tokio::task::spawn_blocking(move || {
-                let r = write_batch(&registry_, &mut w, &p);
-                (r, w, p)
+            let (result, w, j, p) = tokio::task::spawn_blocking(move || {
+                let r = write_batch(&registry_, &mut w, &mut j, &p);
+                (r, w, j, p)
             })
             .await
             .map_err(std::io::Error::other)?;
-            (writers, planned) = (Some(w), Some(p));
+            (writers, journal, planned) = (Some(w), Some(j), Some(p));
             match result {
                 Ok(()) => {
                     if backoff > RETRY_MIN {
@@ -99,6 +111,7 @@ pub async fn run(
                 }
             }
         }
+        metrics::histogram!("gateway_fanout_seconds", "stage" => "store").record(started.elapsed().as_secs_f64());
         if let Some(last) = batch.last() {
             // Changes held for a move are not in their shape's log yet: the stream must be
             // able to send them again, so the acknowledged position stays before them.
@@ -126,13 +139,45 @@ fn plan_batch(registry: &Registry, batch: &[Txn]) -> BatchWrites {
     writes
 }
 
+/// Seals the journal's segment when due and syncs what it covered in the background (one
+/// checkpoint at a time; a failed one is retried with the next).
+async fn checkpoints(
+    journal: &mut Journal,
+    running: &mut Option<tokio::task::JoinHandle<(std::io::Result<()>, Checkpoint)>>,
+    status: &Status,
+) -> std::io::Result<()> {
+    const CHECKPOINT: &str = "syncing shape logs (journal checkpoint)";
+    if let Some(done) = running.take_if(|h| h.is_finished()) {
+        let (result, checkpoint) = done.await.map_err(std::io::Error::other)?;
+        if let Err(e) = result {
+            metrics::counter!("gateway_storage_errors_total").increment(1);
+            tracing::error!(error = %e, "a journal checkpoint failed; the next one retries it");
+            status.set_storage_error(CHECKPOINT, Some(e.to_string()));
+            journal.retry_later(checkpoint);
+        } else {
+            status.set_storage_error(CHECKPOINT, None);
+        }
+    }
+    if running.is_none()
+        && let Some(checkpoint) = journal.seal_if_due()?
+    {
+        *running = Some(tokio::task::spawn_blocking(move || (checkpoint.run(), checkpoint)));
+    }
+    Ok(())
+}
+
 /// Appends, makes durable and publishes the batch's entries. On an error nothing of the
 /// batch stays written-but-unpublished, so writing it again appends each entry once.
-fn write_batch(registry: &Registry, open: &mut writers::Writers, writes: &BatchWrites) -> std::io::Result<()> {
+fn write_batch(
+    registry: &Registry,
+    open: &mut writers::Writers,
+    journal: &mut Journal,
+    writes: &BatchWrites,
+) -> std::io::Result<()> {
     if writes.logs.is_empty() && writes.views.is_empty() {
         return Ok(());
     }
-    let result = append_and_sync(registry, open, writes);
+    let result = append_and_sync(registry, open, journal, writes);
     match result {
         Ok(marks) => {
             for (shape, mark) in marks {
@@ -145,6 +190,7 @@ fn write_batch(registry: &Registry, open: &mut writers::Writers, writes: &BatchW
             for (shape, _) in writes.logs.values() {
                 shape.log.discard_unpublished();
             }
+            journal.discard_frame();
             Err(e)
         }
     }
@@ -153,6 +199,7 @@ fn write_batch(registry: &Registry, open: &mut writers::Writers, writes: &BatchW
 fn append_and_sync<'a>(
     registry: &Registry,
     open: &mut writers::Writers,
+    journal: &mut Journal,
     writes: &'a BatchWrites,
 ) -> std::io::Result<Vec<(&'a Arc<LiveShape>, shapes::log::WriteMark)>> {
     // The views moves leave are durable before their splices can be.
@@ -170,23 +217,17 @@ fn append_and_sync<'a>(
     let mut marks = Vec::with_capacity(writes.logs.len());
     for (shape, txns) in writes.logs.values() {
         // A shape rotated meanwhile (DDL, DELETE) has no files left to write to.
-        match shape.log.append(txns) {
+        let appended = match shape.log.append(txns) {
             Err(_) if shape.log.version().gone => continue,
             result => result?,
+        };
+        if !appended.bytes.is_empty() {
+            journal.record(&shape.log.live_path(), appended.at, &appended.bytes);
         }
         marks.push((shape, shape.log.written_mark()));
         open.used(shape);
     }
-    if marks.len() <= SYNC_EACH_UP_TO {
-        for (shape, _) in &marks {
-            match shape.log.sync() {
-                Err(_) if shape.log.version().gone => {}
-                result => result?,
-            }
-        }
-    } else {
-        sync_filesystem(registry.data_dir())?;
-    }
+    journal.commit()?;
     Ok(marks)
 }
 

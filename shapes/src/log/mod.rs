@@ -50,6 +50,13 @@ pub struct LogVersion {
     pub gone: bool,
 }
 
+/// Bytes [`ShapeLog::append`] wrote, and the position in the live log it wrote them at.
+#[derive(Debug, Default)]
+pub struct Appended {
+    pub at: u64,
+    pub bytes: Vec<u8>,
+}
+
 /// A position in the written part of a live log.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteMark {
@@ -197,11 +204,12 @@ impl ShapeLog {
     // ---- live entries (written by the one fan-out task) ----
 
     /// Writes whole transactions (each a list of entries) with one write; they stay
-    /// invisible until [`ShapeLog::publish`].
-    pub fn append(&self, txns: &[Vec<(LogOffset, Vec<u8>)>]) -> io::Result<()> {
+    /// invisible until [`ShapeLog::publish`]. Returns what was written where, for the
+    /// [`crate::journal::Journal`].
+    pub fn append(&self, txns: &[Vec<(LogOffset, Vec<u8>)>]) -> io::Result<Appended> {
         let size: usize = txns.iter().flatten().map(|(_, m)| m.len() + HEADER).sum();
         if size == 0 {
-            return Ok(());
+            return Ok(Appended::default());
         }
         let mut l = self.live.lock().unwrap();
         let mut buf = Vec::with_capacity(size);
@@ -225,7 +233,12 @@ impl ShapeLog {
         }
         l.written_len = pos;
         l.written_head = txns.iter().rev().find_map(|t| t.last()).map(|(o, _)| *o).unwrap_or(l.written_head);
-        Ok(())
+        Ok(Appended { at, bytes: buf })
+    }
+
+    /// The live log's file (what [`Appended`] positions refer to).
+    pub fn live_path(&self) -> PathBuf {
+        self.dir.join("log")
     }
 
     /// Forces written entries to disk.

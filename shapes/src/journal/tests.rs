@@ -1,0 +1,97 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("journal-test-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("shapes/a")).unwrap();
+    fs::create_dir_all(dir.join("shapes/b")).unwrap();
+    dir
+}
+
+/// Appends `bytes` to the log at `log` as the fan-out does, recording them in the journal.
+fn append(journal: &mut Journal, log: &Path, bytes: &[u8]) {
+    let at = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    OpenOptions::new().create(true).truncate(false).write(true).open(log).unwrap().write_all_at(bytes, at).unwrap();
+    journal.record(log, at, bytes);
+}
+
+#[test]
+fn a_log_that_lost_its_unsynced_tail_gets_it_back_from_the_journal() {
+    let dir = tmp("lost-tail");
+    let (a, b) = (dir.join("shapes/a/log"), dir.join("shapes/b/log"));
+    let (mut journal, _) = Journal::open(&dir).unwrap();
+    append(&mut journal, &a, b"first-a ");
+    append(&mut journal, &b, b"first-b ");
+    journal.commit().unwrap();
+    append(&mut journal, &a, b"second-a");
+    journal.commit().unwrap();
+    drop(journal);
+    // A power cut: `a` kept only part of its first write, `b` nothing.
+    fs::write(&a, b"firs").unwrap();
+    fs::write(&b, b"").unwrap();
+    let (_journal, replayed) = Journal::open(&dir).unwrap();
+    assert_eq!(replayed, Replayed { frames: 2, records: 3, skipped: 0, torn: 0 });
+    assert_eq!(fs::read(&a).unwrap(), b"first-a second-a");
+    assert_eq!(fs::read(&b).unwrap(), b"first-b ");
+    assert_eq!(segments(&dir.join("journal")).unwrap().len(), 1, "replayed segments are removed; one new is open");
+}
+
+#[test]
+fn a_torn_last_frame_and_a_deleted_shape_are_passed_over() {
+    let dir = tmp("torn");
+    let (a, b) = (dir.join("shapes/a/log"), dir.join("shapes/b/log"));
+    let (mut journal, _) = Journal::open(&dir).unwrap();
+    append(&mut journal, &a, b"kept");
+    append(&mut journal, &b, b"gone");
+    journal.commit().unwrap();
+    append(&mut journal, &a, b"torn");
+    journal.commit().unwrap();
+    let segment = segment_path(&dir.join("journal"), journal.seq);
+    drop(journal);
+    let len = fs::metadata(&segment).unwrap().len();
+    OpenOptions::new().write(true).open(&segment).unwrap().set_len(len - 2).unwrap();
+    fs::remove_dir_all(dir.join("shapes/b")).unwrap();
+    fs::write(&a, b"").unwrap();
+    let (_journal, replayed) = Journal::open(&dir).unwrap();
+    assert_eq!(replayed, Replayed { frames: 1, records: 1, skipped: 1, torn: 1 });
+    assert_eq!(fs::read(&a).unwrap(), b"kept", "the torn frame's batch was never acknowledged");
+}
+
+#[test]
+fn a_checkpoint_removes_the_sealed_segment_and_a_failed_frame_leaves_nothing() {
+    let dir = tmp("checkpoint");
+    let a = dir.join("shapes/a/log");
+    let (mut journal, _) = Journal::open(&dir).unwrap();
+    append(&mut journal, &a, b"one");
+    journal.commit().unwrap();
+    journal.first_frame = Some(Instant::now() - SEGMENT_AGE);
+    let checkpoint = journal.seal_if_due().unwrap().expect("the segment is due");
+    assert_eq!(checkpoint.logs.iter().collect::<Vec<_>>(), [&a]);
+    checkpoint.run().unwrap();
+    assert_eq!(segments(&dir.join("journal")).unwrap().len(), 1);
+    // A frame discarded before its commit is not written.
+    append(&mut journal, &a, b"two");
+    journal.discard_frame();
+    journal.commit().unwrap();
+    drop(journal);
+    fs::write(&a, b"").unwrap();
+    let (_journal, replayed) = Journal::open(&dir).unwrap();
+    assert_eq!(replayed.frames, 0, "the checkpoint synced the log; nothing is left to replay");
+}
+
+#[test]
+fn a_record_naming_a_path_outside_the_data_dir_is_refused() {
+    let mut frame = Vec::new();
+    for rel in ["/etc/passwd", "shapes/../../x"] {
+        frame.clear();
+        frame.extend_from_slice(&(rel.len() as u16).to_le_bytes());
+        frame.extend_from_slice(rel.as_bytes());
+        frame.extend_from_slice(&0u64.to_le_bytes());
+        frame.extend_from_slice(&1u32.to_le_bytes());
+        frame.push(b'x');
+        assert!(parse_record(&frame).is_none(), "{rel}");
+    }
+}
