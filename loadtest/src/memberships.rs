@@ -211,6 +211,14 @@ impl Members {
         self.held.iter().zip(expected).filter(|(h, e)| h.load(Ordering::Relaxed) == e.len()).count()
     }
 
+    /// The users whose subscriber does not hold exactly their rows.
+    pub fn faulty(expected: &[HashSet<u64>], seen: &[Seen]) -> Vec<usize> {
+        let holds = |s: &Seen| {
+            s.held.len() == expected[s.identity].len() && s.held.keys().all(|id| expected[s.identity].contains(id))
+        };
+        seen.iter().filter(|s| !holds(s)).map(|s| s.identity).collect()
+    }
+
     /// Compares what each user's subscriber ended with to `expected`: rows missing, rows
     /// still held that should have moved out (`stale`), rows received twice without a
     /// delete between, and rows of a project the user never joined (`foreign`).

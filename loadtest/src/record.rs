@@ -42,6 +42,8 @@ pub struct Second {
     pub latency: Histogram<u64>,
     /// Memberships scenario: joins whose rows arrived, join → first row.
     pub move_in: Histogram<u64>,
+    /// Writes whose commit returned: send → PostgreSQL's answer.
+    pub commit: Histogram<u64>,
 }
 
 /// The state sampled once a second.
@@ -63,6 +65,7 @@ pub struct Sample {
 pub struct Recorded {
     pub total: Histogram<u64>,
     pub move_in_total: Histogram<u64>,
+    pub commit_total: Histogram<u64>,
     pub seconds: Vec<Second>,
     pub samples: Vec<Sample>,
 }
@@ -91,6 +94,7 @@ pub struct Recorder {
 struct Timeline {
     total: Option<Histogram<u64>>,
     move_in_total: Option<Histogram<u64>>,
+    commit_total: Option<Histogram<u64>>,
     seconds: Vec<Second>,
     samples: Vec<(Instant, Sample)>,
 }
@@ -141,11 +145,21 @@ impl Recorder {
         }
     }
 
+    /// A write's commit returned `latency_us` after it was sent: PostgreSQL's part of the
+    /// latency, which the gateway cannot make shorter.
+    pub fn committed(&self, latency_us: u64) {
+        let mut t = self.timeline.lock().unwrap();
+        let second = self.second(&mut t);
+        let value = latency_us.max(1);
+        let _ = t.commit_total.get_or_insert_with(histogram).record(value);
+        let _ = t.seconds[second].commit.record(value);
+    }
+
     /// The index of the current second in `t.seconds`, which grows to hold it.
     fn second(&self, t: &mut Timeline) -> usize {
         let second = self.clock(Instant::now()).max(0.0) as usize;
         while t.seconds.len() <= second {
-            t.seconds.push(Second { delivered: 0, latency: histogram(), move_in: histogram() });
+            t.seconds.push(Second { delivered: 0, latency: histogram(), move_in: histogram(), commit: histogram() });
         }
         second
     }
@@ -182,6 +196,7 @@ impl Recorder {
         Recorded {
             total: t.total.take().unwrap_or_else(histogram),
             move_in_total: t.move_in_total.take().unwrap_or_else(histogram),
+            commit_total: t.commit_total.take().unwrap_or_else(histogram),
             seconds: std::mem::take(&mut t.seconds),
             samples: std::mem::take(&mut t.samples)
                 .into_iter()

@@ -47,6 +47,9 @@ pub struct Summary {
     pub stale: u64,
     /// Send (just before the INSERT) → the subscriber has the event, over every event.
     pub latency_ms: Latency,
+    /// Send → PostgreSQL answered the INSERT's commit, over every write: the part of the
+    /// latency that is PostgreSQL's.
+    pub commit_ms: Latency,
     pub events_per_s: f64,
     pub reconnects: u64,
     /// 503 answers with `Retry-After` (new shapes past the snapshot slots), retried.
@@ -181,6 +184,7 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
         foreign: c.foreign,
         stale: c.stale,
         latency_ms: latency(&i.recorded.total),
+        commit_ms: latency(&i.recorded.commit_total),
         events_per_s: events as f64 / i.write_secs.max(f64::EPSILON),
         reconnects: r.reconnects.load(Relaxed),
         busy_retries: r.busy.load(Relaxed),
@@ -256,6 +260,7 @@ pub fn print(s: &Summary, dir: &Path) {
         s.http_errors
     );
     println!("  latency send → client: {}", percentiles(&s.latency_ms));
+    println!("  of which send → PostgreSQL's commit: {}", percentiles(&s.commit_ms));
     if let Some(m) = &s.memberships {
         println!("  move-in join → rows at the client: {} ({} joins)", percentiles(&m.move_in_latency_ms), m.move_ins);
     }
@@ -279,14 +284,18 @@ fn html(s: &Summary, r: &Recorded) -> String {
         let seconds = r.seconds.iter().enumerate().filter(|(_, x)| !of(x).is_empty());
         seconds.map(|(i, x)| (at(i), ms(of(x), q))).collect()
     };
-    let quantiles = |title: &str, of: fn(&Second) -> &Histogram<u64>| {
+    let quantiles = |title: &str, of: fn(&Second) -> &Histogram<u64>, extra: Option<Series<'_>>| {
         let lines = [("p50", "#2b7bb9", 0.5), ("p90", "#e09b2d", 0.9), ("p99", "#c0392b", 0.99)];
-        let series: Vec<Series<'_>> = lines.iter().map(|&(name, color, q)| (name, color, percentile(of, q))).collect();
+        let mut series: Vec<Series<'_>> =
+            lines.iter().map(|&(name, color, q)| (name, color, percentile(of, q))).collect();
+        series.extend(extra);
         line_chart(title, "ms", &series)
     };
-    let latency_chart = quantiles("Latency over time (send → client)", |x| &x.latency);
+    let commit_p99 = ("commit p99", "#7f8c8d", percentile(|x| &x.commit, 0.99));
+    let latency_chart =
+        quantiles("Latency over time (send → client; grey: PostgreSQL's commit)", |x| &x.latency, Some(commit_p99));
     let move_in_chart = match s.memberships {
-        Some(_) => quantiles("Move-in latency over time (join → rows at the client)", |x| &x.move_in),
+        Some(_) => quantiles("Move-in latency over time (join → rows at the client)", |x| &x.move_in, None),
         None => String::new(),
     };
     let rate_chart = line_chart(
@@ -318,6 +327,7 @@ fn html(s: &Summary, r: &Recorded) -> String {
         ("written for", format!("{:.0}s", s.load.duration.as_secs_f64())),
         ("completeness", completeness_line(s)),
         ("latency send → client", percentiles(l)),
+        ("of which send → PostgreSQL's commit", percentiles(&s.commit_ms)),
     ];
     if let Some(m) = &s.memberships {
         rows.push(("move-in join → rows", format!("{} ({} joins)", percentiles(&m.move_in_latency_ms), m.move_ins)));

@@ -81,6 +81,17 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     let identities = if members.is_some() { load.subscribers } else { load.scopes };
     let tokens: Vec<String> =
         (0..=identities).map(|i| token(&args.jwt_secret, &load, i, expires)).collect::<Result<_, _>>()?;
+    let subscriber = |identity: usize, idle: bool, sse: bool| Subscriber {
+        identity,
+        idle,
+        members: members.clone(),
+        scope_column: load.scope_column.clone(),
+        token: tokens[identity].clone(),
+        sse,
+        shape_url: shape_url.clone(),
+        table: load.table.clone(),
+        first_id,
+    };
     let progress = progress_bar();
     let started = Instant::now();
     let subscribers: Vec<_> = (0..load.subscribers + load.idle_connections)
@@ -91,22 +102,13 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
                 (false, Some(_)) => i,
                 (false, None) => i % load.scopes,
             };
-            let sub = Subscriber {
-                identity,
-                idle,
-                members: members.clone(),
-                scope_column: load.scope_column.clone(),
-                token: tokens[identity].clone(),
-                sse: idle
-                    || match load.mode {
-                        Mode::Sse => true,
-                        Mode::LongPoll => false,
-                        Mode::Mixed => i % 2 == 0,
-                    },
-                shape_url: shape_url.clone(),
-                table: load.table.clone(),
-                first_id,
-            };
+            let sse = idle
+                || match load.mode {
+                    Mode::Sse => true,
+                    Mode::LongPoll => false,
+                    Mode::Mixed => i % 2 == 0,
+                };
+            let sub = subscriber(identity, idle, sse);
             tokio::spawn(sub.run(http.clone(), recorder.clone(), connecting.clone(), stop.clone()))
         })
         .collect();
@@ -134,10 +136,10 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     // The writes, with progress.
     recorder.start_writes();
     let writer = tokio::spawn({
-        let (url, load) = (args.database_url.clone(), load.clone());
+        let (url, load, recorder) = (args.database_url.clone(), load.clone(), recorder.clone());
         async move {
-            crate::writer::write(&url, &load.table, &load.scope_column, load.scopes, load.write_rate, load.duration)
-                .await
+            let (table, column) = (&load.table, &load.scope_column);
+            crate::writer::write(&url, table, column, load.scopes, load.write_rate, load.duration, recorder).await
         }
     });
     let changer = members.clone().map(|m| {
@@ -192,6 +194,17 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     let _ = sampler.await;
     progress.finish_and_clear();
 
+    // A few users at fault, read afresh: is their shape's log wrong, or was its delivery?
+    if let Owed::Rows(_, rows) = &owed {
+        for user in Members::faulty(rows, &seen).into_iter().take(3) {
+            let verdict = match subscriber(user, false, false).read_once(&http).await {
+                Ok(fresh) if fresh == rows[user] => "holds the right rows: the log is right, its live delivery was not",
+                Ok(_) => "lacks or keeps rows too: the shape's log is wrong",
+                Err(e) => &format!("could not be read ({e})"),
+            };
+            eprintln!("loadtest: {}'s shape, read afresh, {verdict}", user_name(user));
+        }
+    }
     let (completeness, expected, held) = match &owed {
         Owed::Rows(m, rows) => (
             m.check(rows, &seen),

@@ -1,6 +1,7 @@
 //! One subscriber: follows its scope's shape with the shape protocol (the client SDK's
 //! state machine), over SSE or long-polling, and keeps the ids of the rows it was sent.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,13 +43,7 @@ impl Subscriber {
     ) -> Seen {
         let started = Instant::now();
         let mut seen = Seen { identity: self.identity, ..Seen::default() };
-        // Only what the check and the clock need: less JSON per event for both sides.
-        let mut columns = vec!["id".to_string(), "sent_us".to_string()];
-        if self.members.is_some() {
-            columns.push(self.scope_column.clone());
-        }
-        let columns = Some(columns);
-        let shape = ShapeDefinition { table: self.table.clone(), columns, ..ShapeDefinition::default() };
+        let shape = self.definition();
         let mut stream = ShapeStream::default();
         let mut permit = Some(connecting.acquire_owned().await);
         let mut failures = 0u32;
@@ -89,6 +84,53 @@ impl Subscriber {
             count.fetch_sub(1, Ordering::Relaxed);
         }
         seen
+    }
+
+    fn definition(&self) -> ShapeDefinition {
+        // Only what the check and the clock need: less JSON per event for both sides.
+        let mut columns = vec!["id".to_string(), "sent_us".to_string()];
+        if self.members.is_some() {
+            columns.push(self.scope_column.clone());
+        }
+        ShapeDefinition { table: self.table.clone(), columns: Some(columns), ..ShapeDefinition::default() }
+    }
+
+    /// The ids of the rows the shape holds, read from its start as a new client would (by
+    /// long-polls, until up to date): when the run's subscriber ended with other rows, this
+    /// says whether the shape's log or its delivery was at fault.
+    pub async fn read_once(&self, http: &reqwest::Client) -> Result<HashSet<u64>, String> {
+        let shape = self.definition();
+        let mut stream = ShapeStream::default();
+        let mut held = HashSet::new();
+        while !stream.position.live {
+            let query = stream.query(&shape);
+            let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
+            let resp = http.get(format!("{}?{query}", self.shape_url)).bearer_auth(&self.token).send().await;
+            let resp = resp.map_err(|e| chain(&e))?;
+            let status = resp.status().as_u16();
+            let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let headers = ["electric-handle", "electric-offset", "electric-cursor", "electric-schema"].map(header);
+            let body = resp.text().await.map_err(|e| chain(&e))?;
+            let [handle, offset, cursor, schema] = headers.each_ref().map(|h| h.as_deref());
+            let response = Response { status, handle, offset, cursor, schema, body: &body };
+            match stream.on_response(&response).map_err(|e| e.to_string())? {
+                Outcome::Apply(changes) => {
+                    for change in changes {
+                        let Some(id) = change.value.get("id").and_then(|v| v.as_str()?.parse::<u64>().ok()) else {
+                            continue;
+                        };
+                        match change.operation {
+                            Operation::Insert => held.insert(id),
+                            Operation::Delete => held.remove(&id),
+                            Operation::Update => false,
+                        };
+                    }
+                }
+                Outcome::Refetch => held.clear(),
+                Outcome::Continue => {}
+            }
+        }
+        Ok(held)
     }
 
     /// One request: `Ok(true)` when it ended caught up.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use crate::record::now_us;
+use crate::record::{Recorder, now_us};
 use crate::schema::scope_name;
 
 /// Connections writing in parallel, so one slow commit does not hold the rate back.
@@ -24,6 +24,7 @@ pub async fn write(
     scopes: usize,
     rate: f64,
     duration: Duration,
+    recorder: Arc<Recorder>,
 ) -> Result<Written, String> {
     let (tickets, rx) = mpsc::channel::<()>(1024);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -33,16 +34,18 @@ pub async fn write(
         let db = gateway::db::connect(&gateway::db::parse_url(database_url).map_err(|e| e.to_string())?)
             .await
             .map_err(|e| e.to_string())?;
-        let (rx, sql) = (rx.clone(), sql.clone());
+        let (rx, sql, recorder) = (rx.clone(), sql.clone(), recorder.clone());
         workers.push(tokio::spawn(async move {
             let statement = db.prepare(&sql).await.map_err(|e| e.to_string())?;
             let mut written = Written::new();
             while rx.lock().await.recv().await.is_some() {
                 let scope = rand::rng().random_range(0..scopes);
+                let sent = now_us();
                 let row = db
-                    .query_one(&statement, &[&scope_name(scope), &(now_us() as i64)])
+                    .query_one(&statement, &[&scope_name(scope), &(sent as i64)])
                     .await
                     .map_err(|e| format!("insert: {e}"))?;
+                recorder.committed(now_us().saturating_sub(sent));
                 written.push((row.get::<_, i64>(0) as u64, scope));
             }
             Ok::<_, String>(written)
