@@ -1,4 +1,5 @@
-//! A local process's memory and CPU, from `/proc`.
+//! A local process's memory and CPU, and the machine's CPU lost to its hypervisor, from
+//! `/proc`.
 
 use std::time::Instant;
 
@@ -36,5 +37,26 @@ impl CpuMeter {
         let previous = self.last.replace(now)?;
         let seconds = (now.0 - previous.0).as_secs_f64();
         (seconds > 0.0).then(|| (now.1 - previous.1) as f64 / TICKS_PER_SECOND / seconds * 100.0)
+    }
+}
+
+/// The share of the machine's CPU time its hypervisor took between calls (`steal` in
+/// `/proc/stat`), in percent: a virtual machine whose host takes it back runs everything
+/// slower, and a run's latency says so.
+#[derive(Debug, Default)]
+pub struct StealMeter {
+    last: Option<(u64, u64)>,
+}
+
+impl StealMeter {
+    pub fn percent(&mut self) -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> =
+            stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal (guest time is counted in user).
+        let now = (*ticks.get(7)?, ticks.iter().take(8).sum::<u64>());
+        let (steal, total) = self.last.replace(now)?;
+        let elapsed = now.1.checked_sub(total).filter(|t| *t > 0)?;
+        Some(now.0.saturating_sub(steal) as f64 / elapsed as f64 * 100.0)
     }
 }

@@ -58,6 +58,8 @@ pub struct Sample {
     /// The load tester's own CPU: on a shared machine it competes with the gateway.
     pub tester_cpu_percent: Option<f64>,
     pub replication_lag_s: Option<f64>,
+    /// The machine's CPU its hypervisor took, in percent of all of it.
+    pub machine_steal_percent: Option<f64>,
 }
 
 /// The timeline of a finished run.

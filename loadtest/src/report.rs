@@ -57,6 +57,7 @@ pub struct Summary {
     pub http_errors: u64,
     pub gateway: GatewayStats,
     pub tester: TesterStats,
+    pub machine: MachineStats,
     /// The memberships scenario's own figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memberships: Option<MembershipStats>,
@@ -104,6 +105,14 @@ pub struct TesterStats {
     pub cpu_percent_mean: Option<f64>,
 }
 
+/// The machine's CPU its hypervisor took while writing (`steal`), in percent of all of it:
+/// seconds where it took much are seconds where everything on the machine ran slower.
+#[derive(Debug, Default, Serialize)]
+pub struct MachineStats {
+    pub steal_percent_mean: Option<f64>,
+    pub steal_percent_max: Option<f64>,
+}
+
 pub struct Inputs<'a> {
     pub load: &'a Load,
     pub recorder: &'a Recorder,
@@ -142,10 +151,13 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
     connects.sort_by(f64::total_cmp);
     let at = |q: f64| connects.get(((connects.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
     let max_of = |f: fn(&Sample) -> Option<f64>| samples.iter().filter_map(f).reduce(f64::max);
+    let while_writing =
+        |f: fn(&Sample) -> Option<f64>| -> Vec<f64> { samples.iter().filter(|s| s.t >= 0.0).filter_map(f).collect() };
     let mean_while_writing = |f: fn(&Sample) -> Option<f64>| {
-        let values: Vec<f64> = samples.iter().filter(|s| s.t >= 0.0).filter_map(f).collect();
+        let values = while_writing(f);
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
+    let max_while_writing = |f: fn(&Sample) -> Option<f64>| while_writing(f).into_iter().reduce(f64::max);
     let (events, http_errors) = (r.delivered.load(Relaxed), r.http_errors.load(Relaxed));
     let c = i.completeness;
     let mut failures = Vec::new();
@@ -195,6 +207,10 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
             replication_lag_s_max: max_of(|s| s.replication_lag_s),
         },
         tester: TesterStats { cpu_percent_mean: mean_while_writing(|s| s.tester_cpu_percent) },
+        machine: MachineStats {
+            steal_percent_mean: mean_while_writing(|s| s.machine_steal_percent),
+            steal_percent_max: max_while_writing(|s| s.machine_steal_percent),
+        },
         memberships: i.membership_changes.map(|changes| MembershipStats {
             changes,
             change_rate: changes as f64 / i.write_secs.max(f64::EPSILON),
@@ -274,6 +290,10 @@ pub fn print(s: &Summary, dir: &Path) {
         s.tester.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}%")),
         s.gateway.replication_lag_s_max.map_or("–".into(), |v| format!("{v:.2}s"))
     );
+    if let Some(mean) = s.machine.steal_percent_mean {
+        let max = s.machine.steal_percent_max.unwrap_or(mean);
+        println!("  machine CPU taken by its hypervisor while writing (steal): mean {mean:.0}%, max {max:.0}%");
+    }
     println!("  report: {}", dir.join("report.html").display());
 }
 
@@ -309,6 +329,8 @@ fn html(s: &Summary, r: &Recorded) -> String {
         &[("connected", "#27ae60", r.samples.iter().map(|x| (x.t, x.connected as f64)).collect())],
     );
     let rss: Vec<(f64, f64)> = r.samples.iter().filter_map(|x| Some((x.t, x.gateway_rss_mb?))).collect();
+    let steal: Vec<(f64, f64)> = r.samples.iter().filter_map(|x| Some((x.t, x.machine_steal_percent?))).collect();
+    let steal_chart = line_chart("Machine CPU taken by the hypervisor (steal)", "%", &[("steal", "#7f8c8d", steal)]);
     let rss_chart = if rss.is_empty() {
         String::new()
     } else {
@@ -348,6 +370,13 @@ fn html(s: &Summary, r: &Recorded) -> String {
         ),
         ("load tester CPU mean", s.tester.cpu_percent_mean.map_or("–".into(), |v| format!("{v:.0}% of a core"))),
         ("replication lag max", s.gateway.replication_lag_s_max.map_or("–".into(), |v| format!("{v:.2} s"))),
+        (
+            "machine CPU steal, mean / max",
+            match (s.machine.steal_percent_mean, s.machine.steal_percent_max) {
+                (Some(mean), Some(max)) => format!("{mean:.0}% / {max:.0}% (taken by the hypervisor while writing)"),
+                _ => "–".into(),
+            },
+        ),
     ]);
     let table: String = rows.iter().map(|(k, v)| format!("<tr><th>{k}</th><td>{}</td></tr>", escape(v))).collect();
     format!(
@@ -363,7 +392,7 @@ svg text {{ font: 11px system-ui, sans-serif; fill: #444; }}
 </style></head><body>
 <h1>Scoped fan-out: {verdict}</h1>
 <table>{table}</table>
-<div class="charts">{latency_chart}{move_in_chart}{histogram_chart}{rate_chart}{connected_chart}{rss_chart}</div>
+<div class="charts">{latency_chart}{move_in_chart}{histogram_chart}{rate_chart}{connected_chart}{rss_chart}{steal_chart}</div>
 </body></html>
 "#
     )

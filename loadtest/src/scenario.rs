@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{Load, Mode, RunArgs, Scenario};
 use crate::memberships::Members;
-use crate::procfs::{CpuMeter, rss_mb};
+use crate::procfs::{CpuMeter, StealMeter, rss_mb};
 use crate::record::Seen;
 use crate::record::{Recorder, Sample};
 use crate::report::{self, Completeness, Summary};
@@ -279,6 +279,7 @@ async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop
     let http = reqwest::Client::new();
     let mut cpu = pid.map(CpuMeter::new);
     let mut own_cpu = CpuMeter::new(std::process::id());
+    let mut steal = StealMeter::default();
     let metrics = format!("{}/metrics", gateway.trim_end_matches('/'));
     while !stop.is_cancelled() {
         let lag = match http.get(&metrics).send().await {
@@ -297,6 +298,7 @@ async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop
             gateway_cpu_percent: cpu.as_mut().and_then(CpuMeter::percent),
             tester_cpu_percent: own_cpu.percent(),
             replication_lag_s: lag,
+            machine_steal_percent: steal.percent(),
         });
         tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.cancelled() => {} }
     }

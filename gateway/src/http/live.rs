@@ -21,14 +21,14 @@ pub(super) async fn next_version(
     rx.wait_for(|v| v.gone || ready(v)).await.ok().map(|v| *v)
 }
 
-/// Reads the log after `after` on the blocking pool; a client at the head reads nothing,
-/// so idle live clients never occupy a thread.
-/// Readers at the same position share one read (the subscribers of a shape wake together).
+/// Reads the log after `after`: from memory when it can (the subscribers an append wakes
+/// read that append), else on the blocking pool; a client at the head reads nothing, so
+/// idle live clients never occupy a thread. Readers at the same position share one read.
 pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<Arc<LiveRead>, ApiError> {
     if shape.log.version().head <= after {
         return Ok(Arc::new(LiveRead::nothing_new()));
     }
-    if let Some(read) = shape.log.shared_live(after) {
+    if let Some(read) = shape.log.read_live_in_memory(after) {
         return Ok(read);
     }
     let s = shape.clone();

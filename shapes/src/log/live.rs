@@ -47,9 +47,20 @@ impl LiveRead {
     }
 }
 
+/// The last append's bytes: the live subscribers it wakes (all at the head before it) read
+/// them from memory, with no blocking-pool hop and no open, read and close of the log.
+pub(super) struct Recent {
+    /// Where in the log the bytes start.
+    pub(super) at: u64,
+    /// The head before them: a reader at or past it needs nothing before `at`.
+    pub(super) prior_head: LogOffset,
+    pub(super) bytes: Bytes,
+}
+
 pub(super) struct Live {
     /// Kept open between appends while the fan-out caches it (see `release_writer`).
     pub(super) writer: Option<File>,
+    pub(super) recent: Option<Recent>,
     /// Durable (readable) length and head.
     pub(super) durable_len: u64,
     pub(super) head: LogOffset,
@@ -82,6 +93,7 @@ impl Live {
         let head = if c.len == 0 { LogOffset::SNAPSHOT_END } else { offset_from_parts(c.head) };
         Some(Live {
             writer: None,
+            recent: None,
             durable_len: c.len,
             head,
             written_len: c.len,
@@ -106,6 +118,7 @@ impl Live {
     pub(super) fn empty() -> Live {
         Live {
             writer: None,
+            recent: None,
             durable_len: 0,
             head: LogOffset::SNAPSHOT_END,
             written_len: 0,
@@ -130,6 +143,7 @@ impl Live {
     /// Drops index entries for bytes past `written_len` after a failed write.
     pub(super) fn forget_unwritten(&mut self) {
         let len = self.written_len;
+        self.recent = None;
         self.sparse.retain(|(_, p)| *p < len);
         self.chunk_starts.retain(|p| *p < len || *p == 0);
         self.chunk_bytes_so_far = len - self.chunk_starts.last().copied().unwrap_or(0);

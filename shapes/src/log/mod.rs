@@ -38,6 +38,9 @@ use self::record::{HEADER, Records};
 use self::snapshot::Snapshot;
 use crate::offset::{LogOffset, Lsn};
 
+/// The largest append kept in memory for the readers it wakes ([`live::Recent`]).
+const RECENT_BYTES: usize = 64 * 1024;
+
 /// What readers wait on: any change to it may mean new data or a rotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogVersion {
@@ -54,7 +57,7 @@ pub struct LogVersion {
 #[derive(Debug, Default)]
 pub struct Appended {
     pub at: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 /// A position in the written part of a live log.
@@ -231,9 +234,16 @@ impl ShapeLog {
             l.forget_unwritten();
             return Err(e);
         }
+        let bytes = Bytes::from(buf);
+        // A large append (a bulk load) is read from the file: memory stays small per shape.
+        l.recent = (bytes.len() <= RECENT_BYTES).then(|| live::Recent {
+            at,
+            prior_head: l.written_head,
+            bytes: bytes.clone(),
+        });
         l.written_len = pos;
         l.written_head = txns.iter().rev().find_map(|t| t.last()).map(|(o, _)| *o).unwrap_or(l.written_head);
-        Ok(Appended { at, bytes: buf })
+        Ok(Appended { at, bytes })
     }
 
     /// The live log's file (what [`Appended`] positions refer to).
@@ -309,52 +319,102 @@ impl ShapeLog {
     /// [`ShapeLog::read_live`], shared with the readers at the same position (see
     /// [`ShapeLog::shared_live`]).
     pub fn read_live_shared(&self, after: LogOffset) -> io::Result<Arc<LiveRead>> {
-        if let Some(read) = self.shared_live(after) {
+        if let Some(read) = self.read_live_in_memory(after) {
             return Ok(read);
         }
         let (read, durable_len) = self.read_live_at(after)?;
+        Ok(self.share(after, durable_len, read))
+    }
+
+    /// [`ShapeLog::read_live_shared`] when it needs no disk: another reader's read, or the
+    /// last append's bytes (a reader at the head before it, as live subscribers are).
+    pub fn read_live_in_memory(&self, after: LogOffset) -> Option<Arc<LiveRead>> {
+        if let Some(read) = self.shared_live(after) {
+            return Some(read);
+        }
+        let plan = self.plan_read(after);
+        let recent = plan.recent?;
+        let read = collect_live(Records::in_memory(recent, plan.start), after, plan.durable_len, &plan.chunk_starts);
+        read.ok().map(|read| self.share(after, plan.durable_len, read))
+    }
+
+    fn share(&self, after: LogOffset, durable_len: u64, read: LiveRead) -> Arc<LiveRead> {
         let read = Arc::new(read);
         *self.shared_read.lock().unwrap() = Some(SharedRead { after, durable_len, read: Arc::downgrade(&read) });
-        Ok(read)
+        read
+    }
+
+    /// Where a read after `after` starts, and whether memory holds all it reads.
+    fn plan_read(&self, after: LogOffset) -> ReadPlan {
+        let l = self.live.lock().unwrap();
+        let recent = l.recent.as_ref().filter(|r| {
+            // Published whole and nothing after it; everything before it is at or before `after`.
+            r.prior_head <= after && r.at + r.bytes.len() as u64 == l.durable_len
+        });
+        if let Some(r) = recent {
+            let (start, recent) = (r.at, Some(r.bytes.clone()));
+            return ReadPlan { durable_len: l.durable_len, start, chunk_starts: l.chunk_starts.clone(), recent };
+        }
+        let i = l.sparse.partition_point(|(o, _)| *o <= after);
+        let start = if i == 0 { 0 } else { l.sparse[i - 1].1 };
+        ReadPlan { durable_len: l.durable_len, start, chunk_starts: l.chunk_starts.clone(), recent: None }
     }
 
     /// A live read and the durable length it read up to.
     fn read_live_at(&self, after: LogOffset) -> io::Result<(LiveRead, u64)> {
-        let (durable_len, start_pos, chunk_starts) = {
-            let l = self.live.lock().unwrap();
-            let i = l.sparse.partition_point(|(o, _)| *o <= after);
-            let start = if i == 0 { 0 } else { l.sparse[i - 1].1 };
-            (l.durable_len, start, l.chunk_starts.clone())
+        let plan = self.plan_read(after);
+        let records = match plan.recent {
+            Some(bytes) => Records::in_memory(bytes, plan.start),
+            None => Records::open(&self.dir.join("log"), plan.start, plan.durable_len)?,
         };
-        let mut out = LiveRead::default();
-        let mut records = Records::open(&self.dir.join("log"), start_pos, durable_len)?;
-        let mut end = durable_len;
-        while records.pos < end {
-            let Some(r) = records.next_header()? else { break };
-            if r.offset <= after {
-                records.skip(r.len)?;
-                continue;
-            }
-            if out.count == 0 {
-                // The chunk holding the first returned entry bounds the response.
-                let c = chunk_starts.partition_point(|s| *s <= r.pos);
-                if let Some(&boundary) = chunk_starts.get(c) {
-                    end = end.min(boundary);
-                }
-            } else {
-                out.body.push(b',');
-            }
-            let at = out.body.len();
-            out.body.resize(at + r.len as usize, 0);
-            records.read_payload(&mut out.body[at..])?;
-            out.messages.push((at, out.body.len()));
-            out.count += 1;
-            out.last = Some(r.offset);
-        }
-        out.at_end = records.pos >= durable_len;
-        Ok((out, durable_len))
+        Ok((collect_live(records, after, plan.durable_len, &plan.chunk_starts)?, plan.durable_len))
     }
+}
 
+struct ReadPlan {
+    durable_len: u64,
+    start: u64,
+    chunk_starts: Vec<u64>,
+    /// The bytes from `start` to `durable_len`, when memory holds them.
+    recent: Option<Bytes>,
+}
+
+/// The entries after `after` from `records`, up to the end of the chunk holding the first.
+fn collect_live(
+    mut records: Records,
+    after: LogOffset,
+    durable_len: u64,
+    chunk_starts: &[u64],
+) -> io::Result<LiveRead> {
+    let mut out = LiveRead::default();
+    let mut end = durable_len;
+    while records.pos < end {
+        let Some(r) = records.next_header()? else { break };
+        if r.offset <= after {
+            records.skip(r.len)?;
+            continue;
+        }
+        if out.count == 0 {
+            // The chunk holding the first returned entry bounds the response.
+            let c = chunk_starts.partition_point(|s| *s <= r.pos);
+            if let Some(&boundary) = chunk_starts.get(c) {
+                end = end.min(boundary);
+            }
+        } else {
+            out.body.push(b',');
+        }
+        let at = out.body.len();
+        out.body.resize(at + r.len as usize, 0);
+        records.read_payload(&mut out.body[at..])?;
+        out.messages.push((at, out.body.len()));
+        out.count += 1;
+        out.last = Some(r.offset);
+    }
+    out.at_end = records.pos >= durable_len;
+    Ok(out)
+}
+
+impl ShapeLog {
     /// The LSN of the last written live entry, durable or not (0 when none).
     pub fn written_lsn(&self) -> Lsn {
         Lsn(self.live.lock().unwrap().written_head.tx())

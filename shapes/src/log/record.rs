@@ -5,6 +5,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::path::Path;
 
+use bytes::Bytes;
+
 use crate::offset::LogOffset;
 
 pub(super) const HEADER: usize = 24;
@@ -66,12 +68,18 @@ impl Record {
     }
 }
 
-/// Sequential, buffered reading of log records between two positions.
+/// Sequential reading of log records between two positions, from the file (buffered) or
+/// from bytes of it held in memory.
 pub(super) struct Records {
-    reader: io::BufReader<File>,
+    source: Source,
     /// Position of the next unread byte.
     pub(super) pos: u64,
     end: u64,
+}
+
+enum Source {
+    File(io::BufReader<File>),
+    Memory(io::Cursor<Bytes>),
 }
 
 impl Records {
@@ -81,7 +89,20 @@ impl Records {
 
     pub(super) fn new(mut file: File, start: u64, end: u64) -> io::Result<Records> {
         file.seek(io::SeekFrom::Start(start))?;
-        Ok(Records { reader: io::BufReader::with_capacity(128 * 1024, file), pos: start, end })
+        Ok(Records { source: Source::File(io::BufReader::with_capacity(128 * 1024, file)), pos: start, end })
+    }
+
+    /// The records in `bytes`, which sit at position `start` of the log.
+    pub(super) fn in_memory(bytes: Bytes, start: u64) -> Records {
+        let end = start + bytes.len() as u64;
+        Records { source: Source::Memory(io::Cursor::new(bytes)), pos: start, end }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match &mut self.source {
+            Source::File(f) => f.read_exact(buf),
+            Source::Memory(m) => m.read_exact(buf),
+        }
     }
 
     /// The next whole record's header, or `None` at the end or at a record cut short.
@@ -90,7 +111,7 @@ impl Records {
             return Ok(None);
         }
         let mut h = [0u8; HEADER];
-        self.reader.read_exact(&mut h)?;
+        self.read_exact(&mut h)?;
         let record = Record::parse(self.pos, &h);
         self.pos += HEADER as u64;
         if self.pos + record.len > self.end {
@@ -100,13 +121,16 @@ impl Records {
     }
 
     pub(super) fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.reader.read_exact(buf)?;
+        self.read_exact(buf)?;
         self.pos += buf.len() as u64;
         Ok(())
     }
 
     pub(super) fn skip(&mut self, len: u64) -> io::Result<()> {
-        self.reader.seek_relative(len as i64)?;
+        match &mut self.source {
+            Source::File(f) => f.seek_relative(len as i64)?,
+            Source::Memory(m) => m.set_position(m.position() + len),
+        }
         self.pos += len;
         Ok(())
     }

@@ -205,3 +205,36 @@ fn incomplete_snapshot_means_no_log() {
     assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none());
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn readers_of_the_last_append_read_it_from_memory_as_the_file_holds_it() {
+    let dir = tmp("recent");
+    // Small chunks, so some appends cross a chunk boundary (a read ends there).
+    let log = ShapeLog::create(&dir, 60).unwrap();
+    log.finish_snapshot(b"{}").unwrap();
+    let mut offsets = vec![LogOffset::SNAPSHOT_END];
+    for tx in 10..16u64 {
+        let head = *offsets.last().unwrap();
+        let batch: Vec<_> = (0..tx % 3 + 1).map(|op| entry(tx, op * 2)).collect();
+        offsets.extend(batch.iter().map(|(o, _)| *o));
+        log.append(&[batch]).unwrap();
+        assert!(log.read_live_in_memory(head).is_none(), "nothing is read before it is published");
+        log.sync_and_publish().unwrap();
+        assert!(log.read_live_in_memory(head).is_some(), "the reader at the head before it reads memory");
+        // The same log opened afresh has no append in memory: every read is the file's.
+        let from_file = ShapeLog::open(&dir, 60).unwrap().unwrap();
+        for &after in &offsets {
+            let file = from_file.read_live(after).unwrap();
+            if let Some(memory) = log.read_live_in_memory(after) {
+                assert!(after >= head, "only readers at or past the prior head use memory");
+                assert_eq!(
+                    (&memory.body, memory.last, memory.at_end, &memory.messages),
+                    (&file.body, file.last, file.at_end, &file.messages),
+                    "after {after:?}"
+                );
+            }
+        }
+    }
+    log.discard_unpublished();
+    fs::remove_dir_all(dir).unwrap();
+}
