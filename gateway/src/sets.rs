@@ -5,6 +5,7 @@
 //! ([`crate::fanout::sets::Sets::finish_load`], [`crate::fanout::moves`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use shapes::shape::ScopeSpec;
 use shapes::subquery_set::SubquerySet;
@@ -25,13 +26,18 @@ use crate::replication::stream::POSITION_MARKER;
 const CONCURRENT: usize = 4;
 /// Most set loads read at one snapshot.
 const MAX_BATCH: usize = 256;
+/// Longest wait for a streamed commit to show in a move query's snapshot (a moment, unless
+/// PostgreSQL is starved).
+const VISIBLE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-enum QueryError {
+pub enum QueryError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("unexpected pg_current_snapshot() output: {0}")]
     Snapshot(String),
+    #[error("transactions {0:?} were streamed as committed but no snapshot showed them in time")]
+    NotVisible(Vec<u32>),
 }
 
 impl QueryError {
@@ -170,24 +176,28 @@ async fn read_loads(
 }
 
 async fn run_move(sessions: &Sessions, registry: &Registry, query: MoveQuery) {
-    let MoveQuery { marker, shape, id, sql } = query;
+    let MoveQuery { marker, shape, id, sql, set_xids } = query;
     // Superseded while it waited for a slot: a later query covers it, or the shape went.
     if !shape.awaits_move_query(id) || shape.log.version().gone {
+        tracing::debug!(handle = %shape.handle, move_id = id, "move query skipped: superseded");
         return;
     }
     let read = async {
         let client = sessions.take().await?;
-        let snapshot = begin_snapshot(&client).await?;
+        let snapshot = snapshot_seeing(&client, &set_xids, VISIBLE_WAIT).await?;
         let rows = client.query(sql.as_str(), &[]).await.map_err(DbError::from)?;
         client.batch_execute("commit").await.map_err(DbError::from)?;
-        let rows = rows
+        let rows: Vec<MovedRow> = rows
             .iter()
             .map(|row| MovedRow {
                 now_in: row.get(0),
                 values: (1..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect(),
             })
             .collect();
-        if shape.finish_move_query(id, MoveResult { snapshot, rows }) {
+        let (xmin, xmax, moved) = (snapshot.xmin, snapshot.xmax, rows.len());
+        let current = shape.finish_move_query(id, MoveResult { snapshot, rows });
+        tracing::debug!(handle = %shape.handle, move_id = id, xmin, xmax, moved, current, "move query read");
+        if current {
             emit_markers(&client, &[&marker]).await?;
         }
         sessions.give_back(client);
@@ -196,6 +206,28 @@ async fn run_move(sessions: &Sessions, registry: &Registry, query: MoveQuery) {
     if let Err(e) = read.await {
         tracing::warn!(handle = %shape.handle, error = %e, "a move query failed");
         registry.rotate(&shape, "the query of its moving rows failed");
+    }
+}
+
+/// Opens a REPEATABLE READ READ ONLY transaction whose snapshot shows every one of `xids`
+/// (committed: the stream sent their commits), waiting up to `wait` for them. PostgreSQL
+/// streams a commit once its WAL is flushed and shows it to new snapshots a moment later: a
+/// move query reading in between would miss the very change it moves (seen in the
+/// membership load test: the first move of a run read no rows).
+pub async fn snapshot_seeing(client: &Client, xids: &[u32], wait: Duration) -> Result<SnapshotInfo, QueryError> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let snapshot = begin_snapshot(client).await?;
+        if xids.iter().all(|x| snapshot.contains(*x)) {
+            return Ok(snapshot);
+        }
+        client.batch_execute("rollback").await.map_err(DbError::from)?;
+        if started.elapsed() >= wait {
+            return Err(QueryError::NotVisible(xids.to_vec()));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 

@@ -477,3 +477,22 @@ async fn a_set_failing_to_load_fails_alone_in_its_batch() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
 }
+
+/// PostgreSQL streams a commit once its WAL is flushed and shows it to new snapshots a moment
+/// later: a move query reading in between missed the very membership it moves (the first
+/// moves of a load-test run read no rows). Its snapshot must show every set change it covers.
+#[tokio::test]
+async fn a_move_query_reads_only_at_a_snapshot_showing_the_set_changes_it_moves() {
+    use std::time::Duration;
+    let env = Env::new().await;
+    let db = testkit::connect(&env.url).await;
+    let committed = db.query_one("select txid_current()", &[]).await.unwrap().get::<_, i64>(0) as u32;
+    let snapshot = gateway::sets::snapshot_seeing(&db, &[committed], Duration::from_secs(5)).await.unwrap();
+    assert!(snapshot.contains(committed));
+    db.batch_execute("commit").await.unwrap();
+    // A transaction no snapshot shows yet: the query waits, then fails rather than read.
+    let unseen = committed.wrapping_add(1000);
+    let refused = gateway::sets::snapshot_seeing(&db, &[unseen], Duration::from_millis(200)).await;
+    assert!(matches!(refused, Err(gateway::sets::QueryError::NotVisible(_))), "{refused:?}");
+    db.batch_execute("select 1").await.expect("the session is usable after");
+}

@@ -198,9 +198,11 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     if let Owed::Rows(_, rows) = &owed {
         for user in Members::faulty(rows, &seen).into_iter().take(3) {
             let verdict = match subscriber(user, false, false).read_once(&http).await {
-                Ok(fresh) if fresh == rows[user] => "holds the right rows: the log is right, its live delivery was not",
-                Ok(_) => "lacks or keeps rows too: the shape's log is wrong",
-                Err(e) => &format!("could not be read ({e})"),
+                Ok((handle, fresh)) if fresh == rows[user] => {
+                    format!("(handle {handle}) holds the right rows: the log is right, its live delivery was not")
+                }
+                Ok((handle, _)) => format!("(handle {handle}) lacks or keeps rows too: the shape's log is wrong"),
+                Err(e) => format!("could not be read ({e})"),
             };
             eprintln!("loadtest: {}'s shape, read afresh, {verdict}", user_name(user));
         }

@@ -98,7 +98,7 @@ impl Subscriber {
     /// The ids of the rows the shape holds, read from its start as a new client would (by
     /// long-polls, until up to date): when the run's subscriber ended with other rows, this
     /// says whether the shape's log or its delivery was at fault.
-    pub async fn read_once(&self, http: &reqwest::Client) -> Result<HashSet<u64>, String> {
+    pub async fn read_once(&self, http: &reqwest::Client) -> Result<(String, HashSet<u64>), String> {
         let shape = self.definition();
         let mut stream = ShapeStream::default();
         let mut held = HashSet::new();
@@ -130,7 +130,7 @@ impl Subscriber {
                 Outcome::Continue => {}
             }
         }
-        Ok(held)
+        Ok((stream.position.handle.clone().unwrap_or_default(), held))
     }
 
     /// One request: `Ok(true)` when it ended caught up.

@@ -160,6 +160,7 @@ impl LiveShape {
     pub fn merge_hold<T>(
         &self,
         id: u64,
+        xid: u32,
         set: SetId,
         delta: &SetDelta,
         now: &SubquerySet,
@@ -167,7 +168,7 @@ impl LiveShape {
     ) -> Option<T> {
         let mut hold = self.hold.lock().unwrap();
         let hold = hold.as_mut().filter(|h| h.set == set)?;
-        hold.merge(id, delta, now);
+        hold.merge(id, xid, delta, now);
         Some(query(hold))
     }
 

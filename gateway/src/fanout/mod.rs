@@ -315,7 +315,11 @@ fn on_marker(registry: &Registry, txn: &Txn, marker: &str, writes: &mut BatchWri
     let Some((shape, id)) = marker.strip_prefix("move:").and_then(|m| m.split_once(':')) else { return };
     let (Ok(shape), Ok(id)) = (shape.parse::<u64>(), id.parse::<u64>()) else { return };
     let Some(shape) = registry.by_id(shape) else { return };
-    let Some(hold) = shape.take_finished_hold(id) else { return };
+    let Some(hold) = shape.take_finished_hold(id) else {
+        tracing::debug!(handle = %shape.handle, move_id = id, "move marker passed over: not the move under way");
+        return;
+    };
+    tracing::debug!(handle = %shape.handle, move_id = id, at = %txn.commit_lsn, held = hold.txns.len(), entered = hold.entered.len(), left = hold.left.len(), "move spliced");
     registry.sets().end_hold(shape.id);
     let Some(result) = hold.result.as_ref() else { return };
     let spliced = moves::splice(&shape.shape, &shape.encoder, &hold, result, &*registry.sets().kept());

@@ -37,6 +37,10 @@ pub struct Hold {
     pub left: Vec<SetKey>,
     /// The transaction that changed the set: the moved rows are sent as its.
     pub trigger_xid: u32,
+    /// Every transaction that changed the set since the hold began: the move query must see
+    /// them all (the stream sends a commit a moment before PostgreSQL shows it to new
+    /// snapshots).
+    pub set_xids: Vec<u32>,
     pub txns: Vec<HeldTxn>,
     /// How many changes `txns` hold.
     held: usize,
@@ -80,12 +84,13 @@ impl Hold {
             entered: Vec::new(),
             left: Vec::new(),
             trigger_xid,
+            set_xids: Vec::new(),
             txns: Vec::new(),
             held: 0,
             result: None,
             resync_view: None,
         };
-        hold.merge(id, delta, now);
+        hold.merge(id, trigger_xid, delta, now);
         hold
     }
 
@@ -100,6 +105,7 @@ impl Hold {
             entered: Vec::new(),
             left: Vec::new(),
             trigger_xid: 0,
+            set_xids: Vec::new(),
             txns: Vec::new(),
             held: 0,
             result: None,
@@ -109,7 +115,10 @@ impl Hold {
 
     /// Another change to the set while held: one move, `id`, now covers both, comparing
     /// the set before the hold with the set now (the earlier move's result is dropped).
-    pub fn merge(&mut self, id: u64, delta: &SetDelta, now: &SubquerySet) {
+    pub fn merge(&mut self, id: u64, xid: u32, delta: &SetDelta, now: &SubquerySet) {
+        if xid != 0 && !self.set_xids.contains(&xid) {
+            self.set_xids.push(xid);
+        }
         for (values, was_in) in [(&delta.entered, false), (&delta.left, true)] {
             for v in values {
                 if !self.before.iter().any(|(k, _)| k == v) {

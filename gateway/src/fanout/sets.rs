@@ -47,6 +47,8 @@ pub struct MoveQuery {
     pub shape: Arc<LiveShape>,
     pub id: u64,
     pub sql: String,
+    /// The transactions that changed the set: the query's snapshot must show them.
+    pub set_xids: Vec<u32>,
 }
 
 /// Why a shape's sets could not be had.
@@ -325,10 +327,12 @@ impl Sets {
         now: &SubquerySet,
     ) -> bool {
         let id = self.next_move.fetch_add(1, Ordering::Relaxed);
-        let query = |hold: &Hold| shape.shape.moved_rows_sql(&hold.view(), &read_columns(&shape.shape));
-        let sql = if shape.is_holding() {
-            match shape.merge_hold(id, set, delta, now, query) {
-                Some(sql) => sql,
+        let query = |hold: &Hold| {
+            (shape.shape.moved_rows_sql(&hold.view(), &read_columns(&shape.shape)), hold.set_xids.clone())
+        };
+        let (sql, set_xids) = if shape.is_holding() {
+            match shape.merge_hold(id, trigger_xid, set, delta, now, query) {
+                Some(query) => query,
                 None => return false,
             }
         } else {
@@ -339,8 +343,9 @@ impl Sets {
             sql
         };
         metrics::counter!("gateway_subquery_moves_total").increment(1);
+        tracing::debug!(handle = %shape.handle, move_id = id, xid = trigger_xid, entered = delta.entered.len(), left = delta.left.len(), "move started or widened");
         let marker = format!("move:{}:{id}", shape.id);
-        let _ = self.jobs.send(Job::Move(MoveQuery { marker, shape: shape.clone(), id, sql }));
+        let _ = self.jobs.send(Job::Move(MoveQuery { marker, shape: shape.clone(), id, sql, set_xids }));
         true
     }
 }
