@@ -166,12 +166,24 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Counts and times every request by its route pattern (never the raw path).
+/// A request not waiting for live changes that takes longer is logged.
+const SLOW_ANSWER: Duration = Duration::from_secs(20);
+
+/// Counts and times every request by its route pattern (never the raw path); logs slow ones.
 pub async fn track_http(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let method = req.method().as_str().to_string();
+    // What a slow answer was (the position asked, live or not), never the filter's values.
+    let position = req.uri().query().map(|q| {
+        let position = form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "offset" || k == "live");
+        position.map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    });
     let started = Instant::now();
     let resp = next.run(req).await;
+    let took = started.elapsed();
+    if took > SLOW_ANSWER && !position.as_deref().is_some_and(|p| p.contains("live=true")) {
+        tracing::warn!(%route, position = position.as_deref().unwrap_or(""), took_ms = took.as_millis() as u64, status = resp.status().as_u16(), "a slow answer");
+    }
     let status = resp.status().as_u16().to_string();
     metrics::histogram!("gateway_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
         .record(started.elapsed().as_secs_f64());

@@ -62,7 +62,9 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
     assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(summary["gateway"]["rss_mb_max"].as_f64().unwrap() > 0.0, "the local gateway's memory was sampled");
     assert!(html.contains("<svg") && html.contains("PASS") && html.ends_with("</html>\n"));
-    assert_eq!(html.matches("<svg").count(), 5, "latency over time, histogram, events/s, connected, memory");
+    assert_eq!(html.matches("<svg").count(), 6, "latency over time, histogram, events/s, connected, memory, steal");
+    assert!(summary["commit_ms"]["p99"].as_f64().unwrap() > 0.0, "PostgreSQL's commit time was measured");
+    assert!(summary["machine"]["steal_percent_max"].as_f64().is_some(), "the machine's CPU steal was sampled");
     let _ = std::fs::remove_dir_all(out);
 }
 

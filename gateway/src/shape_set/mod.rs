@@ -128,28 +128,37 @@ impl ShapeSet {
         // From the cached catalog: an existing shape, or a new one whose tables this gateway
         // has published as it needs them (the snapshot checks the tables are still those;
         // Electric's shape creation reads its cached inspector the same way).
-        if let Some(schema) = self.registry.cached_schema(table) {
-            let mut catalog = Vec::new();
-            while catalog.len() <= MAX_TABLES {
-                match bind(schema.clone(), &catalog)? {
-                    Ok(shape) => match self.registry.get(&shape.key()) {
-                        Some(existing) => return Ok(existing),
-                        None if self.published_as_needed(&shape, &catalog) => {
-                            let permit = self.admit(table, spec).await?;
-                            return self.register(shape, catalog, permit).await;
-                        }
-                        None => break,
-                    },
-                    Err(inner) => match self.registry.cached_schema(&inner) {
-                        Some(s) => catalog.push(s),
-                        None => break,
-                    },
+        // Tried again once the creation lock is ours: a crowd arriving at a cold gateway
+        // waits for the first to publish the tables, then every other takes this path.
+        let mut creating = None;
+        loop {
+            if let Some(schema) = self.registry.cached_schema(table) {
+                let mut catalog = Vec::new();
+                while catalog.len() <= MAX_TABLES {
+                    match bind(schema.clone(), &catalog)? {
+                        Ok(shape) => match self.registry.get(&shape.key()) {
+                            Some(existing) => return Ok(existing),
+                            None if self.published_as_needed(&shape, &catalog) => {
+                                drop(creating);
+                                let permit = self.admit(table, spec).await?;
+                                return self.register(shape, catalog, permit).await;
+                            }
+                            None => break,
+                        },
+                        Err(inner) => match self.registry.cached_schema(&inner) {
+                            Some(s) => catalog.push(s),
+                            None => break,
+                        },
+                    }
                 }
             }
+            if creating.is_some() {
+                break;
+            }
+            creating = Some(self.create_lock.lock().await);
         }
         // Creating shapes is rare: one at a time keeps publication changes race-free, and the
         // catalog is read afresh, since the table may have changed since it was cached.
-        let creating = self.create_lock.lock().await;
         let mut session = self.catalog.lock().await;
         let client = connected(&mut session, &self.db).await?;
         let schema = self.fresh_schema(client, table).await?;
@@ -174,7 +183,6 @@ impl ShapeSet {
         if let Some(existing) = self.registry.get(&shape.key()) {
             return Ok(existing);
         }
-        let permit = self.admit(table, spec).await?;
         check_inner_identities(&shape, &catalog)?;
         for inner in &catalog {
             self.publish(client, inner, false).await?;
@@ -192,6 +200,9 @@ impl ShapeSet {
         // (a WAL marker's round trip each). Equal shapes meet in `get_or_create`.
         drop(session);
         drop(creating);
+        // The wait for a snapshot slot is not under the lock: others' shapes need not wait
+        // for this one's slot.
+        let permit = self.admit(table, spec).await?;
         self.register(shape, catalog, permit).await
     }
 
@@ -214,7 +225,14 @@ impl ShapeSet {
         let scope = spec.scope.as_ref();
         let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
         self.admission.check_shape_count(&table.quoted(), existing.len(), in_scope)?;
-        self.admission.snapshot(scope).await
+        let started = std::time::Instant::now();
+        let permit = self.admission.snapshot(scope).await;
+        tracing::debug!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            ok = permit.is_ok(),
+            "a new shape's snapshot slot"
+        );
+        permit
     }
 
     /// Loads the sets a new shape's subqueries need and registers it; its snapshot starts
@@ -226,7 +244,14 @@ impl ShapeSet {
         permit: SnapshotPermit,
     ) -> Result<Arc<LiveShape>, ShapeSetError> {
         let oid = |subquery: &Subquery| catalog.iter().find(|t| t.name == subquery.table).map_or(0, |t| t.oid);
-        let sets = self.registry.sets().acquire(&shape, oid).await.map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let sets = self.registry.sets().acquire(&shape, oid).await;
+        tracing::debug!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            ok = sets.is_ok(),
+            "a new shape's sets are loaded"
+        );
+        let sets = sets.map_err(|e| match e {
             LoadFailed::Filter(_) => ShapeSetError::Invalid { field: "where", message: e.to_string() },
             LoadFailed::Server(_) => ShapeSetError::Busy(e.to_string()),
         })?;
