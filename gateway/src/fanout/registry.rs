@@ -12,7 +12,7 @@ use shapes::change::{Change, Relation};
 use shapes::index::{RoutingIndex, index_terms};
 use shapes::log::ShapeLog;
 use shapes::offset::Lsn;
-use shapes::shape::{Shape, ShapeHandle, ShapeKey};
+use shapes::shape::{ScopeSpec, Shape, ShapeHandle, ShapeKey};
 use shapes::table::{TableName, TableSchema};
 use shapes::where_clause::{BindOptions, Subquery};
 
@@ -32,10 +32,36 @@ struct Inner {
     tables: HashMap<u32, RoutingIndex<u64>>,
     /// Shapes found through their sets' values (no equality term to index them by).
     linked: HashMap<u32, SetRouting>,
+    /// What the shape limits count, kept as shapes come and go: a crowd of new shapes is
+    /// not a scan of every shape each.
+    counts: HashMap<TableName, ShapeCounts>,
+}
+
+#[derive(Default)]
+struct ShapeCounts {
+    total: usize,
+    by_scope: HashMap<ScopeSpec, usize>,
 }
 
 impl Inner {
+    fn count(&mut self, live: &LiveShape, added: bool) {
+        let counts = self.counts.entry(live.shape.table.name.clone()).or_default();
+        let step = |n: &mut usize| if added { *n += 1 } else { *n = n.saturating_sub(1) };
+        step(&mut counts.total);
+        if let Some(scope) = &live.shape.spec.scope {
+            let n = counts.by_scope.entry(scope.clone()).or_default();
+            step(n);
+            if *n == 0 {
+                counts.by_scope.remove(scope);
+            }
+        }
+        if counts.total == 0 {
+            self.counts.remove(&live.shape.table.name);
+        }
+    }
+
     fn insert(&mut self, live: Arc<LiveShape>) {
+        self.count(&live, true);
         let conjuncts = live.shape.conjuncts();
         match SetRouting::link(&live).filter(|_| index_terms(&conjuncts).is_none()) {
             Some(link) => self.linked.entry(live.shape.table.oid).or_default().insert(live.id, link),
@@ -336,6 +362,7 @@ impl Registry {
             let mut inner = self.inner.write().unwrap();
             let removed = inner.by_id.remove(&shape.id).is_some();
             if removed {
+                inner.count(shape, false);
                 inner.by_handle.remove(&shape.handle);
                 if inner.by_key.get(&shape.key).is_some_and(|s| s.id == shape.id) {
                     inner.by_key.remove(&shape.key);
@@ -375,6 +402,14 @@ impl Registry {
 
     pub fn forget_schema(&self, name: &TableName) {
         self.schemas.lock().unwrap().remove(name);
+    }
+
+    /// How many shapes `table` has, and how many of them have `scope`.
+    pub fn count_of(&self, table: &TableName, scope: Option<&ScopeSpec>) -> (usize, Option<usize>) {
+        let inner = self.inner.read().unwrap();
+        let counts = inner.counts.get(table);
+        let in_scope = scope.map(|sc| counts.and_then(|c| c.by_scope.get(sc)).copied().unwrap_or(0));
+        (counts.map_or(0, |c| c.total), in_scope)
     }
 
     /// Shapes of a table by name (for DELETE).

@@ -221,10 +221,9 @@ impl ShapeSet {
         if let Some(why) = self.status.new_shapes_paused() {
             return Err(ShapeSetError::Paused(why));
         }
-        let existing = self.registry.shapes_of(table);
         let scope = spec.scope.as_ref();
-        let in_scope = scope.map(|sc| existing.iter().filter(|s| s.shape.spec.scope.as_ref() == Some(sc)).count());
-        self.admission.check_shape_count(&table.quoted(), existing.len(), in_scope)?;
+        let (existing, in_scope) = self.registry.count_of(table, scope);
+        self.admission.check_shape_count(&table.quoted(), existing, in_scope)?;
         let started = std::time::Instant::now();
         let permit = self.admission.snapshot(scope).await;
         tracing::debug!(
