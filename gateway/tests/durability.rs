@@ -27,16 +27,22 @@ pub fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64
     })
 }
 
-#[tokio::test]
-async fn kill_9_mid_stream_then_restart_resumes_every_client_exactly_once() {
+/// 50 items, a gateway, and two synced followers: of all items, and of org `o1`'s.
+async fn items_followed() -> (Env, testkit::Gateway, Follower, Follower) {
     let env = Env::new().await;
     env.sql(ITEMS).await;
     env.sql("insert into items select i, 'o' || (i % 2), 't', 0 from generate_series(1, 50) i").await;
-    let mut gw = env.ready_gateway().await;
+    let gw = env.ready_gateway().await;
     let mut all = Follower::new(&gw, "table=items");
     let mut odd = Follower::new(&gw, "table=items&where=org%3D%27o1%27");
     all.sync().await;
     odd.sync().await;
+    (env, gw, all, odd)
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_then_restart_resumes_every_client_exactly_once() {
+    let (env, mut gw, mut all, mut odd) = items_followed().await;
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(env.url.clone(), stop.clone());
     for _ in 0..3 {
@@ -70,14 +76,7 @@ fn live_log_lengths(data_dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)
 /// writes it back from the journal, and clients resume with nothing missing or twice.
 #[tokio::test]
 async fn logs_that_lose_their_unsynced_tail_in_a_power_cut_are_restored_from_the_journal() {
-    let env = Env::new().await;
-    env.sql(ITEMS).await;
-    env.sql("insert into items select i, 'o' || (i % 2), 't', 0 from generate_series(1, 50) i").await;
-    let mut gw = env.ready_gateway().await;
-    let mut all = Follower::new(&gw, "table=items");
-    let mut odd = Follower::new(&gw, "table=items&where=org%3D%27o1%27");
-    all.sync().await;
-    odd.sync().await;
+    let (env, mut gw, mut all, mut odd) = items_followed().await;
     let synced = live_log_lengths(gw.data_dir());
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(env.url.clone(), stop.clone());
