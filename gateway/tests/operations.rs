@@ -110,6 +110,9 @@ async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the
     let paused = get_as(&format!("{base}/v1/shape?table=later&offset=-1"), None).await;
     assert_eq!(paused.status, 503, "{}", paused.body);
     assert!(paused.body.to_string().contains("new shapes are paused"), "{}", paused.body);
+    let published = "select count(*) from pg_publication_tables where pubname = 'gateway' and tablename = 'later'";
+    let later_published = env.db.query_one(published, &[]).await.unwrap().get::<_, i64>(0);
+    assert_eq!(later_published, 0, "a refused new shape changes nothing: its table is not published");
     assert_eq!(get_as(&format!("{base}/v1/shape?table=filler&offset=-1"), None).await.status, 200);
     let metrics = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_wal_budget_stage 2"), "{metrics}");

@@ -183,6 +183,7 @@ impl ShapeSet {
         if let Some(existing) = self.registry.get(&shape.key()) {
             return Ok(existing);
         }
+        self.may_create(table, spec)?;
         check_inner_identities(&shape, &catalog)?;
         for inner in &catalog {
             self.publish(client, inner, false).await?;
@@ -202,7 +203,7 @@ impl ShapeSet {
         drop(creating);
         // The wait for a snapshot slot is not under the lock: others' shapes need not wait
         // for this one's slot.
-        let permit = self.admit(table, spec).await?;
+        let permit = self.snapshot_slot(spec).await?;
         self.register(shape, catalog, permit).await
     }
 
@@ -218,14 +219,24 @@ impl ShapeSet {
     /// Whether a new shape may be made now: refused while new shapes are paused or past the
     /// shape limits; the permit is its snapshot's slot.
     async fn admit(&self, table: &TableName, spec: &ShapeSpec) -> Result<SnapshotPermit, ShapeSetError> {
+        self.may_create(table, spec)?;
+        self.snapshot_slot(spec).await
+    }
+
+    /// Refuses a new shape while new shapes are paused or past the shape limits: checked
+    /// before anything is done for it (the publication is not changed for a refused caller).
+    fn may_create(&self, table: &TableName, spec: &ShapeSpec) -> Result<(), ShapeSetError> {
         if let Some(why) = self.status.new_shapes_paused() {
             return Err(ShapeSetError::Paused(why));
         }
-        let scope = spec.scope.as_ref();
-        let (existing, in_scope) = self.registry.count_of(table, scope);
-        self.admission.check_shape_count(&table.quoted(), existing, in_scope)?;
+        let (existing, in_scope) = self.registry.count_of(table, spec.scope.as_ref());
+        self.admission.check_shape_count(&table.quoted(), existing, in_scope)
+    }
+
+    /// Waits for a snapshot slot (see [`ShapeAdmission::snapshot`]).
+    async fn snapshot_slot(&self, spec: &ShapeSpec) -> Result<SnapshotPermit, ShapeSetError> {
         let started = std::time::Instant::now();
-        let permit = self.admission.snapshot(scope).await;
+        let permit = self.admission.snapshot(spec.scope.as_ref()).await;
         tracing::debug!(
             waited_ms = started.elapsed().as_millis() as u64,
             ok = permit.is_ok(),
