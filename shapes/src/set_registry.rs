@@ -64,6 +64,8 @@ pub struct SetRegistry {
     /// `col = const` filters are routed (values of different types may share a text; the
     /// shapes found are evaluated anyway).
     holders: HashMap<SetKey, Vec<SetId>>,
+    /// Set → the kept sets whose filters read it (the reverse of `Kept::reads`).
+    read_by: HashMap<SetId, Vec<SetId>>,
     next: u32,
 }
 
@@ -88,7 +90,11 @@ impl SetRegistry {
         let conjuncts: Vec<_> = subquery.filter.iter().flat_map(|f| f.conjuncts()).collect();
         self.by_table.entry(table).or_default().insert(id, &conjuncts);
         self.by_sql.insert(subquery.to_sql(), id);
-        let reads = subquery.filter.iter().flat_map(|f| f.subqueries()).filter_map(|s| self.find(s)).collect();
+        let reads: Vec<SetId> =
+            subquery.filter.iter().flat_map(|f| f.subqueries()).filter_map(|s| self.find(s)).collect();
+        for inner in &reads {
+            self.read_by.entry(*inner).or_default().push(id);
+        }
         let kept = Kept {
             subquery: subquery.clone(),
             table,
@@ -135,8 +141,8 @@ impl SetRegistry {
         let mut out: Vec<SetId> = Vec::new();
         let mut frontier = vec![id];
         while let Some(inner) = frontier.pop() {
-            for (outer, kept) in &self.kept {
-                if kept.reads.contains(&inner) && !out.contains(outer) {
+            for outer in self.read_by.get(&inner).into_iter().flatten() {
+                if !out.contains(outer) {
                     out.push(*outer);
                     frontier.push(*outer);
                 }
@@ -166,6 +172,14 @@ impl SetRegistry {
         if let Some(kept) = self.kept.remove(&id) {
             for value in kept.set.values() {
                 self.forget_holder(value, id);
+            }
+            for inner in &kept.reads {
+                if let Some(readers) = self.read_by.get_mut(inner) {
+                    readers.retain(|r| *r != id);
+                    if readers.is_empty() {
+                        self.read_by.remove(inner);
+                    }
+                }
             }
             let sql = kept.subquery.to_sql();
             if self.by_sql.get(&sql) == Some(&id) {
@@ -344,6 +358,38 @@ mod tests {
         assert!(sets.is_loaded(id));
         assert_eq!(sets.get(id).unwrap(), &SubquerySet::from_rows([key("1"), key("2")]));
         assert_eq!(sets.holders(&key("2")), [id]);
+    }
+
+    #[test]
+    fn a_set_knows_the_sets_that_read_it_through_every_level_until_they_go() {
+        let mut sets = SetRegistry::default();
+        let nested = |levels: usize| {
+            let mut text = "user_id = 'u1'".to_string();
+            for _ in 0..levels {
+                text = format!("item_id IN (SELECT item_id FROM memberships WHERE {text})");
+            }
+            let e = parse_where_with_tables(
+                &format!("id IN (SELECT item_id FROM memberships WHERE {text})"),
+                &table(),
+                &vec![memberships()],
+                &HashMap::new(),
+                BindOptions::default(),
+            )
+            .unwrap();
+            e.subqueries()[0].clone()
+        };
+        let inner = sets.acquire(&subquery("u1"), MEMBERSHIPS).0;
+        let middle = sets.acquire(&nested(1), MEMBERSHIPS).0;
+        let outer = sets.acquire(&nested(2), MEMBERSHIPS).0;
+        let other = loaded(&mut sets, "u2", &[]);
+        assert_eq!(sets.readers_of(inner), [middle, outer]);
+        assert_eq!(sets.readers_of(middle), [outer]);
+        assert!(sets.readers_of(outer).is_empty() && sets.readers_of(other).is_empty());
+        sets.release(outer);
+        assert_eq!(sets.readers_of(inner), [middle]);
+        sets.release(middle);
+        assert!(sets.readers_of(inner).is_empty());
+        assert!(sets.read_by.is_empty(), "nothing left of the readers");
     }
 
     #[test]
