@@ -21,7 +21,7 @@ struct Loaded(HashMap<String, SubquerySet>);
 
 impl SetLookup for Loaded {
     fn set(&self, subquery: &Subquery) -> Option<&SubquerySet> {
-        self.0.get(&subquery.to_sql())
+        self.0.get(subquery.to_sql())
     }
 }
 
@@ -102,7 +102,7 @@ async fn subquery_filters_agree_with_postgres() {
         };
         let mut sets = HashMap::new();
         for subquery in expr.subqueries() {
-            sets.insert(subquery.to_sql(), gateway::sets::load(&env.db, subquery).await.unwrap());
+            sets.insert(subquery.to_sql().to_string(), gateway::sets::load(&env.db, subquery).await.unwrap());
         }
         let sets = Loaded(sets);
         let ours: BTreeSet<i32> = rows
@@ -122,7 +122,7 @@ async fn subquery_filters_agree_with_postgres() {
         // while PostgreSQL's subquery yields the set after: what a move-in query reads.
         checked += 1;
         let Some(subquery) = expr.subqueries().first().map(|s| (*s).clone()) else { continue };
-        let after = &sets.0[&subquery.to_sql()];
+        let after = &sets.0[subquery.to_sql()];
         let without: Vec<SetKey> =
             after.values().filter(|v| !v.contains(&None) && rng.random_bool(0.5)).cloned().collect();
         let with: Vec<SetKey> = (0..rng.random_range(0..3))
@@ -138,7 +138,7 @@ async fn subquery_filters_agree_with_postgres() {
             SubquerySet::from_rows(after.values().filter(|v| !without.contains(v)).cloned().chain(with.clone()));
         let mut seen =
             Loaded(sets.0.iter().map(|(k, v)| (k.clone(), SubquerySet::from_rows(v.values().cloned()))).collect());
-        seen.0.insert(subquery.to_sql(), before);
+        seen.0.insert(subquery.to_sql().to_string(), before);
         let ours: BTreeSet<i32> = rows
             .iter()
             .filter(|row| expr.matches(&RowWithSets { row: row.as_slice(), sets: &seen }).unwrap())

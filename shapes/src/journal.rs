@@ -16,7 +16,7 @@
 //! never finished, so never acknowledged) is ignored; a record whose shape was deleted is
 //! skipped.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -43,9 +43,9 @@ pub struct Journal {
     seq: u64,
     len: u64,
     first_frame: Option<Instant>,
-    /// Logs written while the current segment was current (as raw text: `Path`'s own
-    /// ordering walks components, a hot spot at thousands of records per second).
-    written: BTreeSet<OsString>,
+    /// Logs written while the current segment was current, hashed as raw text (`Path`'s own
+    /// comparisons walk components: a hot spot at thousands of records per second).
+    written: HashSet<OsString>,
     /// The frame being built.
     frame: Vec<u8>,
     /// Sealed segments and their logs not yet synced (a checkpoint failed): the next takes them.
@@ -57,7 +57,7 @@ pub struct Journal {
 #[derive(Debug, Default)]
 pub struct Checkpoint {
     data_dir: PathBuf,
-    logs: BTreeSet<OsString>,
+    logs: HashSet<OsString>,
     segments: Vec<PathBuf>,
 }
 
@@ -81,7 +81,7 @@ impl Journal {
         fs::create_dir_all(&dir)?;
         let segments = segments(&dir)?;
         let mut replayed = Replayed::default();
-        let mut logs = BTreeSet::new();
+        let mut logs = HashSet::new();
         for (_, path) in &segments {
             replay_segment(data_dir, path, &mut logs, &mut replayed)?;
         }
@@ -100,7 +100,7 @@ impl Journal {
             seq: next,
             len: 0,
             first_frame: None,
-            written: BTreeSet::new(),
+            written: HashSet::new(),
             frame: Vec::new(),
             unsynced: None,
         };
@@ -169,7 +169,7 @@ impl Journal {
         self.len = 0;
         self.first_frame = None;
         let mut checkpoint = self.unsynced.take().unwrap_or_else(|| Checkpoint::empty(&self.data_dir));
-        checkpoint.logs.append(&mut self.written);
+        checkpoint.logs.extend(self.written.drain());
         checkpoint.segments.push(sealed);
         Ok(Some(checkpoint))
     }
@@ -177,7 +177,7 @@ impl Journal {
     /// A checkpoint that failed: the next one syncs its logs and removes its segments too.
     pub fn retry_later(&mut self, mut failed: Checkpoint) {
         if let Some(mut pending) = self.unsynced.take() {
-            failed.logs.append(&mut pending.logs);
+            failed.logs.extend(pending.logs.drain());
             failed.segments.append(&mut pending.segments);
         }
         self.unsynced = Some(failed);
@@ -248,7 +248,7 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-fn replay_segment(data_dir: &Path, path: &Path, logs: &mut BTreeSet<OsString>, out: &mut Replayed) -> io::Result<()> {
+fn replay_segment(data_dir: &Path, path: &Path, logs: &mut HashSet<OsString>, out: &mut Replayed) -> io::Result<()> {
     let bytes = fs::read(path)?;
     let mut pos = 0;
     while pos < bytes.len() {

@@ -72,7 +72,7 @@ pub struct SetRegistry {
 impl SetRegistry {
     /// The set kept for `subquery`, if any.
     pub fn find(&self, subquery: &Subquery) -> Option<SetId> {
-        self.by_sql.get(&subquery.to_sql()).copied()
+        self.by_sql.get(subquery.to_sql()).copied()
     }
 
     /// One more user of `subquery`'s set. A new set is empty and loading: `true` says the
@@ -89,7 +89,7 @@ impl SetRegistry {
         self.next += 1;
         let conjuncts: Vec<_> = subquery.filter.iter().flat_map(|f| f.conjuncts()).collect();
         self.by_table.entry(table).or_default().insert(id, &conjuncts);
-        self.by_sql.insert(subquery.to_sql(), id);
+        self.by_sql.insert(subquery.to_sql().to_string(), id);
         let reads: Vec<SetId> =
             subquery.filter.iter().flat_map(|f| f.subqueries()).filter_map(|s| self.find(s)).collect();
         for inner in &reads {
@@ -156,8 +156,8 @@ impl SetRegistry {
     pub fn retire(&mut self, id: SetId) {
         if let Some(kept) = self.kept.get(&id) {
             let sql = kept.subquery.to_sql();
-            if self.by_sql.get(&sql) == Some(&id) {
-                self.by_sql.remove(&sql);
+            if self.by_sql.get(sql) == Some(&id) {
+                self.by_sql.remove(sql);
             }
         }
     }
@@ -182,8 +182,8 @@ impl SetRegistry {
                 }
             }
             let sql = kept.subquery.to_sql();
-            if self.by_sql.get(&sql) == Some(&id) {
-                self.by_sql.remove(&sql);
+            if self.by_sql.get(sql) == Some(&id) {
+                self.by_sql.remove(sql);
             }
             if let Some(index) = self.by_table.get_mut(&kept.table) {
                 index.remove(id);

@@ -161,7 +161,7 @@ impl Sets {
             .filter_map(|(id, _)| {
                 let mut values: Vec<SetKey> = kept.get(*id)?.values().cloned().collect();
                 values.sort_unstable();
-                Some((kept.subquery(*id)?.to_sql(), values))
+                Some((kept.subquery(*id)?.to_sql().to_string(), values))
             })
             .collect();
         views.sort_unstable();

@@ -87,7 +87,7 @@ impl Expr {
                     join(out, probe, ", ");
                     out.push_str(if *negated { ") NOT IN (" } else { ") IN (" });
                     // The inner filter's columns are the inner table's: never qualified by the outer alias.
-                    out.push_str(&subquery.to_sql());
+                    out.push_str(subquery.to_sql());
                     out.push_str("))");
                 }
                 Some(view) => {

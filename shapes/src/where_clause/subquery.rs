@@ -19,9 +19,18 @@ pub struct Subquery {
     pub columns: Vec<(usize, String, SqlType)>,
     /// The inner filter, bound against `table`; it may hold further subqueries.
     pub filter: Option<Expr>,
+    /// Its SQL, rendered once: the key its set is kept under, looked up for every row a
+    /// shape through it evaluates (the fields above are not changed after binding).
+    sql: String,
 }
 
 impl Subquery {
+    pub fn new(table: TableName, columns: Vec<(usize, String, SqlType)>, filter: Option<Expr>) -> Subquery {
+        let mut subquery = Subquery { table, columns, filter, sql: String::new() };
+        subquery.sql = subquery.to_sql_without(&[]);
+        subquery
+    }
+
     /// The inner table's columns this reads (selected, or in its own filter), each once.
     pub fn columns_read(&self) -> Vec<usize> {
         let mut read: Vec<usize> = self.columns.iter().map(|(i, ..)| *i).collect();
@@ -50,8 +59,8 @@ impl Subquery {
     }
 
     /// `SELECT "c", "d" FROM "schema"."t" WHERE …`.
-    pub fn to_sql(&self) -> String {
-        self.to_sql_without(&[])
+    pub fn to_sql(&self) -> &str {
+        &self.sql
     }
 
     /// [`Subquery::to_sql`] yielding none of `values` (rows yielding NULLs stay).

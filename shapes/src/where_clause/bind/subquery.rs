@@ -110,7 +110,7 @@ impl Binder<'_> {
             ),
             None => None,
         };
-        Ok(Subquery { table: table_name, columns, filter })
+        Ok(Subquery::new(table_name, columns, filter))
     }
 }
 
