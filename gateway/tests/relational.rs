@@ -496,3 +496,51 @@ async fn a_move_query_reads_only_at_a_snapshot_showing_the_set_changes_it_moves(
     assert!(matches!(refused, Err(gateway::sets::QueryError::NotVisible(_))), "{refused:?}");
     db.batch_execute("select 1").await.expect("the session is usable after");
 }
+
+/// A shape through two subqueries (a user's projects, or todos the user watches; and none
+/// the user hid): one transaction changing two of its sets moves both at once, and after a
+/// restart and a `kill -9` with both changed meanwhile, the client resumes without a refetch.
+#[tokio::test]
+async fn a_shape_through_several_subqueries_moves_them_together_and_resumes_after_a_restart() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    env.sql(
+        "create table watchers (user_id text, todo_id int8, primary key (user_id, todo_id));
+         create table hidden (user_id text, todo_id int8, primary key (user_id, todo_id));
+         insert into watchers values ('u1', 2), ('u2', 3);",
+    )
+    .await;
+    let mut gw = env.ready_gateway().await;
+    let watched = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1') \
+                   OR id IN (SELECT todo_id FROM watchers WHERE user_id = 'u1')";
+    let unhidden = "project_id IN (SELECT project_id FROM members WHERE user_id = 'u1') \
+                    AND id NOT IN (SELECT todo_id FROM hidden WHERE user_id = 'u1')";
+    let mut w = synced(&gw, watched).await;
+    let mut u = synced(&gw, unhidden).await;
+    let steps = [
+        "begin; insert into members values ('u1', 2); insert into watchers values ('u1', 3); commit",
+        "begin; delete from members where user_id = 'u1' and project_id = 1; insert into watchers values ('u1', 5); commit",
+        "begin; insert into members values ('u1', 1); insert into hidden values ('u1', 5), ('u1', 6); commit",
+        "begin; delete from watchers where todo_id = 3; delete from hidden where todo_id = 5; \
+         insert into members values ('u1', 3); commit",
+    ];
+    for step in steps {
+        env.sql(step).await;
+        converge(&env, &mut w, watched).await;
+        converge(&env, &mut u, unhidden).await;
+    }
+
+    gw.restart().await;
+    env.sql("begin; insert into watchers values ('u1', 8); insert into hidden values ('u1', 9); commit").await;
+    converge(&env, &mut w, watched).await;
+    converge(&env, &mut u, unhidden).await;
+
+    gw.kill9();
+    env.sql("begin; delete from members where user_id = 'u1' and project_id = 2; delete from hidden where todo_id = 6; commit")
+        .await;
+    env.sql("insert into watchers values ('u1', 10), ('u1', 14)").await;
+    gw.spawn_again();
+    gw.ready().await;
+    converge(&env, &mut w, watched).await;
+    converge(&env, &mut u, unhidden).await;
+}

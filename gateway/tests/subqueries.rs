@@ -145,7 +145,7 @@ async fn subquery_filters_agree_with_postgres() {
             .map(|row| row[0].as_str().unwrap().parse().unwrap())
             .collect();
         let view = SetView { subquery: &subquery, without: &without, with: &with };
-        let viewed = expr.to_sql_viewing(&view);
+        let viewed = expr.to_sql_viewing(std::slice::from_ref(&view));
         assert_eq!(selected(viewed.clone()).await.unwrap_or_else(|e| panic!("{viewed}: {e}")), ours, "{viewed}");
         viewed_checks += 1;
     }

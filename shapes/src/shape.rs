@@ -202,32 +202,34 @@ impl Shape {
         self.scope.is_some() || self.client_filter.is_some()
     }
 
-    /// The query of the rows whose membership in the shape differs between `view` (a set
-    /// as it was) and the set as PostgreSQL's subquery yields it now: `now_in` (bool) first,
-    /// then the `read` columns as text. Only rows whose probe of that set holds a changed
-    /// value or a NULL can differ, so only those are read (all rows when a changed value
-    /// holds a NULL).
-    pub fn moved_rows_sql(&self, view: &SetView, read: &[usize]) -> String {
+    /// The query of the rows whose membership in the shape differs between `views` (sets as
+    /// they were) and the sets as PostgreSQL's subqueries yield them now: `now_in` (bool)
+    /// first, then the `read` columns as text. Only rows whose probe of a changed set holds
+    /// one of its changed values or a NULL can differ, so only those are read (all rows when
+    /// a changed value holds a NULL).
+    pub fn moved_rows_sql(&self, views: &[SetView], read: &[usize]) -> String {
         let now = self.where_sql(None).unwrap_or_else(|| "true".into());
-        let before = self.where_sql_viewing(None, Some(view)).unwrap_or_else(|| "true".into());
-        let changed: Vec<SetKey> = view.without.iter().chain(view.with).cloned().collect();
+        let before = self.where_sql_viewing(None, views).unwrap_or_else(|| "true".into());
         let mut slice = Vec::new();
-        // No value changed (a change and its undoing merged): no row can differ.
-        let probes: Vec<&[Expr]> = if changed.is_empty() {
-            Vec::new()
-        } else {
-            self.scope.iter().chain(&self.client_filter).flat_map(|e| e.probes_of(view.subquery)).collect()
-        };
-        // A value holding a NULL turns every miss into unknown (or back): any row may differ.
-        if changed.iter().any(|v| v.contains(&None)) && !probes.is_empty() {
-            slice.push("true".to_string());
-        }
-        for probe in probes {
-            let probe: Vec<String> = probe.iter().map(Expr::to_sql).collect();
-            let mut rows = String::new();
-            crate::where_clause::write_rows(&mut rows, &changed, view.subquery);
-            slice.push(format!("({}) IN ({rows})", probe.join(", ")));
-            slice.extend(probe.iter().map(|p| format!("{p} IS NULL")));
+        for view in views {
+            let changed: Vec<SetKey> = view.without.iter().chain(view.with).cloned().collect();
+            // No value changed (a change and its undoing merged): no row can differ by it.
+            if changed.is_empty() {
+                continue;
+            }
+            let probes: Vec<&[Expr]> =
+                self.scope.iter().chain(&self.client_filter).flat_map(|e| e.probes_of(view.subquery)).collect();
+            // A value holding a NULL turns every miss into unknown (or back): any row may differ.
+            if changed.iter().any(|v| v.contains(&None)) && !probes.is_empty() {
+                slice.push("true".to_string());
+            }
+            for probe in probes {
+                let probe: Vec<String> = probe.iter().map(Expr::to_sql).collect();
+                let mut rows = String::new();
+                crate::where_clause::write_rows(&mut rows, &changed, view.subquery);
+                slice.push(format!("({}) IN ({rows})", probe.join(", ")));
+                slice.extend(probe.iter().map(|p| format!("{p} IS NULL")));
+            }
         }
         let columns: Vec<String> =
             read.iter().map(|&i| format!("{}::text", quote_ident(&self.table.columns[i].name))).collect();
@@ -284,15 +286,12 @@ impl Shape {
     /// quals. The scope and the client's terms that cannot fail stand alone, so indexes
     /// still serve them.
     pub fn where_sql(&self, extra: Option<&Expr>) -> Option<String> {
-        self.where_sql_viewing(extra, None)
+        self.where_sql_viewing(extra, &[])
     }
 
-    /// [`Shape::where_sql`] with one subquery's set seen as `view` says.
-    pub fn where_sql_viewing(&self, extra: Option<&Expr>, view: Option<&SetView>) -> Option<String> {
-        let sql = |e: &Expr| match view {
-            Some(view) => e.to_sql_viewing(view),
-            None => e.to_sql(),
-        };
+    /// [`Shape::where_sql`] with subqueries' sets seen as `views` say.
+    pub fn where_sql_viewing(&self, extra: Option<&Expr>, views: &[SetView]) -> Option<String> {
+        let sql = |e: &Expr| if views.is_empty() { e.to_sql() } else { e.to_sql_viewing(views) };
         let terms: Vec<&Expr> = self.client_filter.iter().chain(extra).flat_map(Expr::conjuncts).collect();
         let Some(scope) = self.scope.as_ref().map(sql) else {
             let all: Vec<String> = terms.iter().map(|t| sql(t)).collect();

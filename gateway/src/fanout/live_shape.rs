@@ -11,13 +11,12 @@ use shapes::log::ShapeLog;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::set_registry::SetId;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
-use shapes::subquery_set::{SetDelta, SubquerySet};
 use shapes::table::TableSchema;
 use shapes::wire::{LiveHeaders, MessageEncoder, add_tags, mark_move_in, move_out_event, schema_header, snapshot_end};
 
 pub use super::snapshot_info::SnapshotInfo;
 
-use super::moves::{Hold, MoveResult, Spliced};
+use super::moves::{Hold, MoveResult, SetChange, Spliced};
 use super::plan::Planned;
 use super::views::{SetViews, Views};
 
@@ -154,21 +153,13 @@ impl LiveShape {
         *self.hold.lock().unwrap() = Some(hold);
     }
 
-    /// Another change to the held set: the move restarts as `id` covering both
-    /// ([`Hold::merge`]); returns what `query` makes of the hold. `None`: no hold, or one
-    /// for another set.
-    pub fn merge_hold<T>(
-        &self,
-        id: u64,
-        xid: u32,
-        set: SetId,
-        delta: &SetDelta,
-        now: &SubquerySet,
-        query: impl FnOnce(&Hold) -> T,
-    ) -> Option<T> {
+    /// Another change to a set while held: the move restarts as `id` covering every change
+    /// since the hold began ([`Hold::merge`]); returns what `query` makes of the hold.
+    /// `None`: no hold.
+    pub fn merge_hold<T>(&self, id: u64, xid: u32, change: &SetChange, query: impl FnOnce(&Hold) -> T) -> Option<T> {
         let mut hold = self.hold.lock().unwrap();
-        let hold = hold.as_mut().filter(|h| h.set == set)?;
-        hold.merge(id, xid, delta, now);
+        let hold = hold.as_mut()?;
+        hold.merge(id, xid, change);
         Some(query(hold))
     }
 
@@ -210,9 +201,9 @@ impl LiveShape {
         self.hold.lock().unwrap().as_ref().and_then(|h| h.txns.first()).map(|t| t.commit_lsn)
     }
 
-    /// The set values a restarted shape's log reflects, while it waits for its set to load.
+    /// The values of `set` a restarted shape's log reflects, while it waits for it to load.
     pub fn take_resync_view(&self, set: SetId) -> Option<Vec<shapes::where_clause::SetKey>> {
-        self.hold.lock().unwrap().as_mut().filter(|h| h.set == set).and_then(|h| h.resync_view.take())
+        self.hold.lock().unwrap().as_mut().and_then(|h| h.take_resync_view(set))
     }
 
     /// Ends move `id` when its query has finished: the hold, to be spliced.

@@ -319,7 +319,8 @@ fn on_marker(registry: &Registry, txn: &Txn, marker: &str, writes: &mut BatchWri
         tracing::debug!(handle = %shape.handle, move_id = id, "move marker passed over: not the move under way");
         return;
     };
-    tracing::debug!(handle = %shape.handle, move_id = id, at = %txn.commit_lsn, held = hold.txns.len(), entered = hold.entered.len(), left = hold.left.len(), "move spliced");
+    let (entered, left) = hold.moved_values();
+    tracing::debug!(handle = %shape.handle, move_id = id, at = %txn.commit_lsn, held = hold.txns.len(), entered, left, "move spliced");
     registry.sets().end_hold(shape.id);
     let Some(result) = hold.result.as_ref() else { return };
     let spliced = moves::splice(&shape.shape, &shape.encoder, &hold, result, &*registry.sets().kept());

@@ -26,18 +26,13 @@ use super::snapshot_info::SnapshotInfo;
 /// A shape's changes held while a move query runs.
 #[derive(Debug)]
 pub struct Hold {
-    /// The move under way; a further change to the set starts another, which replaces it.
+    /// The move under way; a further change to a set starts another, which replaces it.
     pub id: u64,
-    pub set: SetId,
-    pub subquery: Subquery,
-    /// Whether each value changed since the hold began was in the set before it began.
-    pub before: Vec<(SetKey, bool)>,
-    /// The values in the set now that were not before the hold, and those gone since.
-    pub entered: Vec<SetKey>,
-    pub left: Vec<SetKey>,
-    /// The transaction that changed the set: the moved rows are sent as its.
+    /// Each set that changed since the hold began, and how.
+    pub sets: Vec<SetMove>,
+    /// The transaction that changed a set first: the moved rows are sent as its.
     pub trigger_xid: u32,
-    /// Every transaction that changed the set since the hold began: the move query must see
+    /// Every transaction that changed a set since the hold began: the move query must see
     /// them all (the stream sends a commit a moment before PostgreSQL shows it to new
     /// snapshots).
     pub set_xids: Vec<u32>,
@@ -45,9 +40,136 @@ pub struct Hold {
     /// How many changes `txns` hold.
     held: usize,
     pub result: Option<MoveResult>,
-    /// A restarted shape waiting for its set to load: the values its log reflects, to
-    /// compare with the loaded set (no move is under way until then).
+}
+
+/// What one transaction did to one of a shape's sets: `delta`, leaving it `now`.
+pub struct SetChange<'a> {
+    pub set: SetId,
+    pub subquery: &'a Subquery,
+    pub delta: &'a SetDelta,
+    pub now: &'a SubquerySet,
+}
+
+/// One set's part in a move.
+#[derive(Debug)]
+pub struct SetMove {
+    pub set: SetId,
+    pub subquery: Subquery,
+    /// Whether each value changed since the hold began was in the set before it began.
+    before: Vec<(SetKey, bool)>,
+    /// The values in the set now that were not before the hold, and those gone since.
+    pub entered: Vec<SetKey>,
+    pub left: Vec<SetKey>,
+    /// A restarted shape waiting for this set to load: the values its log reflects, to
+    /// compare with the loaded set (no move query runs until every such set is loaded).
     pub resync_view: Option<Vec<SetKey>>,
+}
+
+impl SetMove {
+    fn new(set: SetId, subquery: Subquery) -> SetMove {
+        SetMove { set, subquery, before: Vec::new(), entered: Vec::new(), left: Vec::new(), resync_view: None }
+    }
+
+    fn merge(&mut self, delta: &SetDelta, now: &SubquerySet) {
+        for (values, was_in) in [(&delta.entered, false), (&delta.left, true)] {
+            for v in values {
+                if !self.before.iter().any(|(k, _)| k == v) {
+                    self.before.push((v.clone(), was_in));
+                }
+            }
+        }
+        let now_in = |v: &SetKey| now.holds(v);
+        self.entered = self.before.iter().filter(|(v, was)| !was && now_in(v)).map(|(v, _)| v.clone()).collect();
+        self.left = self.before.iter().filter(|(v, was)| *was && !now_in(v)).map(|(v, _)| v.clone()).collect();
+    }
+
+    /// The set as the shape saw it before the hold.
+    fn view(&self) -> SetView<'_> {
+        SetView { subquery: &self.subquery, without: &self.entered, with: &self.left }
+    }
+}
+
+impl Hold {
+    /// A hold with no change yet, as move `id`.
+    fn empty(id: u64, trigger_xid: u32) -> Hold {
+        Hold { id, sets: Vec::new(), trigger_xid, set_xids: Vec::new(), txns: Vec::new(), held: 0, result: None }
+    }
+
+    /// A hold that starts with `change`, made by transaction `trigger_xid`, as move `id`.
+    pub fn new(id: u64, trigger_xid: u32, change: &SetChange) -> Hold {
+        let mut hold = Hold::empty(id, trigger_xid);
+        hold.merge(id, trigger_xid, change);
+        hold
+    }
+
+    /// The hold of a restarted shape whose log reflects `views` of its sets: its changes
+    /// wait until every one is loaded, then move the differences ([`Hold::merge`]).
+    pub fn resync(views: Vec<(SetId, Subquery, Vec<SetKey>)>) -> Hold {
+        let mut hold = Hold::empty(0, 0);
+        for (set, subquery, view) in views {
+            // A subquery tested twice in one filter is one set.
+            if !hold.sets.iter().any(|m| m.set == set) {
+                hold.sets.push(SetMove { resync_view: Some(view), ..SetMove::new(set, subquery) });
+            }
+        }
+        hold
+    }
+
+    /// Another change to a set while held: one move, `id`, now covers every change since
+    /// the hold began, comparing each set before it with the set now (an earlier move's
+    /// result is dropped).
+    pub fn merge(&mut self, id: u64, xid: u32, change: &SetChange) {
+        if xid != 0 && !self.set_xids.contains(&xid) {
+            self.set_xids.push(xid);
+        }
+        if self.trigger_xid == 0 {
+            self.trigger_xid = xid;
+        }
+        let at = match self.sets.iter().position(|m| m.set == change.set) {
+            Some(at) => at,
+            None => {
+                self.sets.push(SetMove::new(change.set, change.subquery.clone()));
+                self.sets.len() - 1
+            }
+        };
+        self.sets[at].merge(change.delta, change.now);
+        self.id = id;
+        self.result = None;
+    }
+
+    /// Takes the view a restarted shape's log reflects of `set`, once.
+    pub fn take_resync_view(&mut self, set: SetId) -> Option<Vec<SetKey>> {
+        self.sets.iter_mut().find(|m| m.set == set).and_then(|m| m.resync_view.take())
+    }
+
+    /// Whether a set of a restarted shape is still loading: no move query may run yet.
+    pub fn awaits_sets(&self) -> bool {
+        self.sets.iter().any(|m| m.resync_view.is_some())
+    }
+
+    /// The sets as the shape saw them before the hold.
+    pub fn views(&self) -> Vec<SetView<'_>> {
+        self.sets.iter().map(SetMove::view).collect()
+    }
+
+    /// Values that entered and left the hold's sets.
+    pub fn moved_values(&self) -> (usize, usize) {
+        self.sets.iter().fold((0, 0), |(e, l), m| (e + m.entered.len(), l + m.left.len()))
+    }
+
+    /// Changes held.
+    pub fn held_changes(&self) -> usize {
+        self.held
+    }
+
+    /// Keeps one change of `txn` for the splice.
+    pub fn push(&mut self, txn: &Txn, change: &Change) {
+        self.held += 1;
+        match self.txns.last_mut() {
+            Some(last) if last.xid == txn.xid && last.commit_lsn == txn.commit_lsn => last.changes.push(change.clone()),
+            _ => self.txns.push(HeldTxn { xid: txn.xid, commit_lsn: txn.commit_lsn, changes: vec![change.clone()] }),
+        }
+    }
 }
 
 /// One held transaction's changes to the shape's table.
@@ -73,86 +195,6 @@ pub struct MovedRow {
     pub values: Vec<Option<String>>,
 }
 
-impl Hold {
-    /// A hold that starts with `delta` (the set is `now` after it), as move `id`.
-    pub fn new(id: u64, set: SetId, subquery: Subquery, trigger_xid: u32, delta: &SetDelta, now: &SubquerySet) -> Hold {
-        let mut hold = Hold {
-            id,
-            set,
-            subquery,
-            before: Vec::new(),
-            entered: Vec::new(),
-            left: Vec::new(),
-            trigger_xid,
-            set_xids: Vec::new(),
-            txns: Vec::new(),
-            held: 0,
-            result: None,
-            resync_view: None,
-        };
-        hold.merge(id, trigger_xid, delta, now);
-        hold
-    }
-
-    /// The hold of a restarted shape whose log reflects `view` of `set`: its changes wait
-    /// until the set is loaded, then move the difference ([`Hold::merge`]).
-    pub fn resync(set: SetId, subquery: Subquery, view: Vec<SetKey>) -> Hold {
-        Hold {
-            id: 0,
-            set,
-            subquery,
-            before: Vec::new(),
-            entered: Vec::new(),
-            left: Vec::new(),
-            trigger_xid: 0,
-            set_xids: Vec::new(),
-            txns: Vec::new(),
-            held: 0,
-            result: None,
-            resync_view: Some(view),
-        }
-    }
-
-    /// Another change to the set while held: one move, `id`, now covers both, comparing
-    /// the set before the hold with the set now (the earlier move's result is dropped).
-    pub fn merge(&mut self, id: u64, xid: u32, delta: &SetDelta, now: &SubquerySet) {
-        if xid != 0 && !self.set_xids.contains(&xid) {
-            self.set_xids.push(xid);
-        }
-        for (values, was_in) in [(&delta.entered, false), (&delta.left, true)] {
-            for v in values {
-                if !self.before.iter().any(|(k, _)| k == v) {
-                    self.before.push((v.clone(), was_in));
-                }
-            }
-        }
-        let now_in = |v: &SetKey| now.holds(v);
-        self.entered = self.before.iter().filter(|(v, was)| !was && now_in(v)).map(|(v, _)| v.clone()).collect();
-        self.left = self.before.iter().filter(|(v, was)| *was && !now_in(v)).map(|(v, _)| v.clone()).collect();
-        self.id = id;
-        self.result = None;
-    }
-
-    /// The set as the shape saw it before the change.
-    pub fn view(&self) -> SetView<'_> {
-        SetView { subquery: &self.subquery, without: &self.entered, with: &self.left }
-    }
-
-    /// Changes held.
-    pub fn held_changes(&self) -> usize {
-        self.held
-    }
-
-    /// Keeps one change of `txn` for the splice.
-    pub fn push(&mut self, txn: &Txn, change: &Change) {
-        self.held += 1;
-        match self.txns.last_mut() {
-            Some(last) if last.xid == txn.xid && last.commit_lsn == txn.commit_lsn => last.changes.push(change.clone()),
-            _ => self.txns.push(HeldTxn { xid: txn.xid, commit_lsn: txn.commit_lsn, changes: vec![change.clone()] }),
-        }
-    }
-}
-
 /// The columns a move query reads: the selected ones and the key, in table order.
 pub fn read_columns(s: &Shape) -> Vec<usize> {
     let mut read: Vec<usize> = s.selected.iter().chain(&s.key).copied().collect();
@@ -161,16 +203,18 @@ pub fn read_columns(s: &Shape) -> Vec<usize> {
     read
 }
 
-/// The sets as they are, except one seen as it was before a change.
+/// The sets as they are, except those a hold moves, seen as they were before it.
 struct Before<'a> {
     now: &'a dyn SetLookup,
-    subquery: &'a Subquery,
-    set: SubquerySet,
+    moved: Vec<(&'a Subquery, SubquerySet)>,
 }
 
 impl SetLookup for Before<'_> {
     fn set(&self, subquery: &Subquery) -> Option<&SubquerySet> {
-        if subquery == self.subquery { Some(&self.set) } else { self.now.set(subquery) }
+        match self.moved.iter().find(|(s, _)| *s == subquery) {
+            Some((_, set)) => Some(set),
+            None => self.now.set(subquery),
+        }
     }
 }
 
@@ -194,10 +238,12 @@ pub fn splice(
     result: &MoveResult,
     now: &dyn SetLookup,
 ) -> Result<Vec<Spliced>, EvalError> {
-    let current = now.set(&hold.subquery).ok_or_else(|| EvalError::Value("a subquery's set is not kept".into()))?;
-    let before_values =
-        current.values().filter(|v| !hold.entered.contains(v)).chain(&hold.left).cloned().collect::<Vec<_>>();
-    let before = Before { now, subquery: &hold.subquery, set: SubquerySet::from_rows(before_values) };
+    let mut before = Before { now, moved: Vec::new() };
+    for m in &hold.sets {
+        let current = now.set(&m.subquery).ok_or_else(|| EvalError::Value("a subquery's set is not kept".into()))?;
+        let values = current.values().filter(|v| !m.entered.contains(v)).chain(&m.left).cloned();
+        before.moved.push((&m.subquery, SubquerySet::from_rows(values.collect::<Vec<_>>())));
+    }
     let planned_txn = |txn: &HeldTxn, sets: &dyn SetLookup| -> Result<Spliced, EvalError> {
         let mut planned = Vec::new();
         for change in &txn.changes {
@@ -211,12 +257,9 @@ pub fn splice(
         out.push(planned_txn(txn, &before)?);
     }
     // Values that left an `IN` set the shape tags its rows by: a `move-out` of their tags.
-    let moved_out = match shape.tag_link() {
-        Some((_, tagged)) if *tagged == hold.subquery => {
-            hold.left.iter().filter_map(|v| v.first().cloned().flatten()).collect()
-        }
-        _ => Vec::new(),
-    };
+    let tagged = shape.tag_link().and_then(|(_, tagged)| hold.sets.iter().find(|m| m.subquery == *tagged));
+    let moved_out =
+        tagged.map_or_else(Vec::new, |m| m.left.iter().filter_map(|v| v.first().cloned().flatten()).collect());
     out.push(Spliced {
         xid: hold.trigger_xid,
         moved_out,

@@ -144,19 +144,26 @@ impl Registry {
             self.register(Arc::new(live));
             return Ok(true);
         }
-        // A shape through one subquery resumes: its changes wait for the set to load, then
-        // what changed meanwhile moves in or out. Others are refetched (not stored yet).
-        let [subquery] = subqueries.as_slice() else {
-            return Err(io::Error::other("only shapes through one subquery resume after a restart"));
-        };
-        let views = SetViews::read(path)?.ok_or_else(|| io::Error::other("its set views are missing"))?;
-        let view = views.as_of(log.written_lsn()).iter().find(|(sql, _)| *sql == subquery.to_sql()).map(|(_, v)| v);
-        let view = view.cloned().ok_or_else(|| io::Error::other("its set's view is missing"))?;
+        // A shape through subqueries resumes: its changes wait for its sets to load, then
+        // what changed meanwhile moves in or out. One with a nested subquery is refetched:
+        // an outer set loads only once the sets it reads have.
+        let nested = shape.subqueries().iter().any(|(_, top)| !top);
+        if nested {
+            return Err(io::Error::other("shapes through nested subqueries do not resume after a restart"));
+        }
+        let stored = SetViews::read(path)?.ok_or_else(|| io::Error::other("its set views are missing"))?;
+        let stored = stored.as_of(log.written_lsn());
+        let mut views = Vec::new();
+        for subquery in &subqueries {
+            let found = stored.iter().find(|(sql, _)| sql == subquery.to_sql());
+            views.push(found.map(|(_, view)| view.clone()).ok_or_else(|| io::Error::other("a set's view is missing"))?);
+        }
         let oid = |s: &Subquery| meta.catalog.iter().find(|t| t.name == s.table).map_or(0, |t| t.oid);
         let sets = self.sets.acquire_loading(&shape, oid);
-        let set = sets[0].0;
+        let views =
+            sets.iter().zip(subqueries).zip(views).map(|((set, subquery), view)| (set.0, subquery, view)).collect();
         let live = Arc::new(self.live_shape(meta.handle, shape, log, Some(meta.snapshot), sets, meta.catalog.clone()));
-        self.sets.start_resync(&live, set, subquery.clone(), view);
+        self.sets.start_resync(&live, views);
         self.sets.register(&live);
         self.register(live);
         Ok(true)

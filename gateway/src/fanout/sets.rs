@@ -18,7 +18,7 @@ use shapes::where_clause::{SetKey, Subquery};
 use tokio::sync::{mpsc, watch};
 
 use super::live_shape::LiveShape;
-use super::moves::{Hold, read_columns};
+use super::moves::{Hold, SetChange, read_columns};
 use super::snapshot_info::SnapshotInfo;
 use super::views::Views;
 
@@ -168,10 +168,10 @@ impl Sets {
         views
     }
 
-    /// Starts holding a reloaded shape's changes until `set` is loaded: its log reflects
-    /// `view` of it.
-    pub fn start_resync(&self, shape: &LiveShape, set: SetId, subquery: Subquery, view: Vec<SetKey>) {
-        shape.start_hold(Hold::resync(set, subquery, view));
+    /// Starts holding a reloaded shape's changes until its sets are loaded: its log reflects
+    /// `views` of them.
+    pub fn start_resync(&self, shape: &LiveShape, views: Vec<(SetId, Subquery, Vec<SetKey>)>) {
+        shape.start_hold(Hold::resync(views));
         self.holding.lock().unwrap().insert(shape.id);
     }
 
@@ -188,7 +188,7 @@ impl Sets {
                 entered: now.values().filter(|v| !view.contains(v)).cloned().collect(),
                 left: view.iter().filter(|v| !now.holds(v)).cloned().collect(),
             };
-            self.start_move(&live, 0, set, subquery, &delta, now);
+            self.start_move(&live, 0, &SetChange { set, subquery, delta: &delta, now });
         }
     }
 
@@ -277,9 +277,9 @@ impl Sets {
     }
 
     /// What one transaction's change to `set` means for its shapes: a move for each shape
-    /// whose filter tests it, found by `shape`; the shapes to rotate instead, with why
-    /// (their snapshot is under way, a move of another of their sets is, or the set is
-    /// nested in another).
+    /// whose filter tests it, found by `shape` (a move under way widens to cover it); the
+    /// shapes to rotate instead, with why (their snapshot is under way, or the set is nested
+    /// in another).
     pub fn on_change(
         &self,
         kept: &mut SetRegistry,
@@ -303,49 +303,39 @@ impl Sets {
                 "a subquery nested in its filter changed"
             } else if !shape.snapshot_known() {
                 "a subquery's set changed during its snapshot"
-            } else if let Some(now) = kept.get(set) {
-                if self.start_move(&shape, txn.xid, set, &subquery, &delta, now) {
-                    continue;
-                }
-                "two of its subqueries' sets changed at once"
             } else {
+                if let Some(now) = kept.get(set) {
+                    self.start_move(&shape, txn.xid, &SetChange { set, subquery: &subquery, delta: &delta, now });
+                }
                 continue;
             };
             rotate.push((shape, why.to_string()));
         }
     }
 
-    /// Starts a move for `delta` (or widens the one under way for this set); `false` when a
-    /// move for another set is under way.
-    fn start_move(
-        &self,
-        shape: &Arc<LiveShape>,
-        trigger_xid: u32,
-        set: SetId,
-        subquery: &Subquery,
-        delta: &SetDelta,
-        now: &SubquerySet,
-    ) -> bool {
+    /// Starts a move for `delta` (or widens the one under way to cover it too). A restarted
+    /// shape still waiting for another of its sets to load runs no query until it has.
+    fn start_move(&self, shape: &Arc<LiveShape>, trigger_xid: u32, change: &SetChange) {
         let id = self.next_move.fetch_add(1, Ordering::Relaxed);
         let query = |hold: &Hold| {
-            (shape.shape.moved_rows_sql(&hold.view(), &read_columns(&shape.shape)), hold.set_xids.clone())
+            let sql = shape.shape.moved_rows_sql(&hold.views(), &read_columns(&shape.shape));
+            (!hold.awaits_sets()).then(|| (sql, hold.set_xids.clone()))
         };
-        let (sql, set_xids) = if shape.is_holding() {
-            match shape.merge_hold(id, trigger_xid, set, delta, now, query) {
-                Some(query) => query,
-                None => return false,
+        let merged = shape.merge_hold(id, trigger_xid, change, query);
+        let query = match merged {
+            Some(query) => query,
+            None => {
+                let hold = Hold::new(id, trigger_xid, change);
+                let query = query(&hold);
+                shape.start_hold(hold);
+                self.holding.lock().unwrap().insert(shape.id);
+                query
             }
-        } else {
-            let hold = Hold::new(id, set, subquery.clone(), trigger_xid, delta, now);
-            let sql = query(&hold);
-            shape.start_hold(hold);
-            self.holding.lock().unwrap().insert(shape.id);
-            sql
         };
+        let Some((sql, set_xids)) = query else { return };
         metrics::counter!("gateway_subquery_moves_total").increment(1);
-        tracing::debug!(handle = %shape.handle, move_id = id, xid = trigger_xid, entered = delta.entered.len(), left = delta.left.len(), "move started or widened");
+        tracing::debug!(handle = %shape.handle, move_id = id, xid = trigger_xid, entered = change.delta.entered.len(), left = change.delta.left.len(), "move started or widened");
         let marker = format!("move:{}:{id}", shape.id);
         let _ = self.jobs.send(Job::Move(MoveQuery { marker, shape: shape.clone(), id, sql, set_xids }));
-        true
     }
 }

@@ -18,11 +18,11 @@ impl Expr {
         out
     }
 
-    /// [`Expr::to_sql`] with one subquery's set as `view` describes it: what the set held
+    /// [`Expr::to_sql`] with subqueries' sets as `views` describe them: what each set held
     /// before a change, while PostgreSQL's subquery yields what it holds after.
-    pub fn to_sql_viewing(&self, view: &SetView) -> String {
+    pub fn to_sql_viewing(&self, views: &[SetView]) -> String {
         let mut out = String::new();
-        self.write_sql(&mut out, Ctx { qualify: None, view: Some(view) });
+        self.write_sql(&mut out, Ctx { qualify: None, views });
         out
     }
 
@@ -30,7 +30,7 @@ impl Expr {
     /// where a bare name would be ambiguous (`ON CONFLICT … DO UPDATE … WHERE`).
     pub fn to_sql_on(&self, table: &str) -> String {
         let mut out = String::new();
-        self.write_sql(&mut out, Ctx { qualify: Some(table), view: None });
+        self.write_sql(&mut out, Ctx { qualify: Some(table), views: &[] });
         out
     }
 
@@ -81,7 +81,7 @@ impl Expr {
             Expr::Distinct { left, right, negated } => {
                 binary(out, left, if *negated { "IS NOT DISTINCT FROM" } else { "IS DISTINCT FROM" }, right, q)
             }
-            Expr::InSubquery { probe, subquery, negated } => match q.view.filter(|v| v.subquery == &**subquery) {
+            Expr::InSubquery { probe, subquery, negated } => match q.views.iter().find(|v| v.subquery == &**subquery) {
                 None => {
                     out.push_str("((");
                     join(out, probe, ", ");
@@ -196,7 +196,7 @@ impl Expr {
 struct Ctx<'a> {
     /// Qualify every column with this alias.
     qualify: Option<&'a str>,
-    view: Option<&'a SetView<'a>>,
+    views: &'a [SetView<'a>],
 }
 
 fn binary(out: &mut String, left: &Expr, op: &str, right: &Expr, q: Ctx<'_>) {
