@@ -450,3 +450,32 @@ async fn nul_characters_are_input_errors_not_outages() {
     assert_eq!(result(&body)["status"], "rejected");
     assert!(result(&body)["error"].as_str().unwrap().contains("NUL"), "{body}");
 }
+
+/// Class 14: a request spelled as an earlier one finds its shape without binding its filter
+/// again; the caller's right to read the columns the filter reads must still be checked.
+/// Here an admin made a shape filtering on a hidden column, and a ruled caller asks for it.
+#[tokio::test]
+async fn a_shape_made_by_a_caller_who_may_read_more_stays_closed_to_one_who_may_not() {
+    let env = Env::new().await;
+    env.sql(SCHEMA).await;
+    let config = env.data_dir.with_extension("toml");
+    std::fs::write(&config, "[[table]]\nname = \"todos\"\ncolumns = [\"id\", \"org_id\", \"title\", \"done\"]\n")
+        .unwrap();
+    let mut gw = env.gateway_with(&["--auth", "jwt", "--jwt-secret", SECRET, "--config", config.to_str().unwrap()]);
+    gw.ready().await;
+    // The columns the rule lists, so that both callers' definitions are the same.
+    let url = format!(
+        "{}/v1/shape?table=todos&offset=-1&columns=id,org_id,title,done&where={}",
+        gw.base(),
+        enc("secret LIKE 'hush-A%'")
+    );
+    let admin = token(json!({"gateway_admin": true, "sub": "ops"}));
+    let made = get_as(&url, Some(&admin)).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let mallory = token(json!({"sub": "mallory"}));
+    for attempt in 0..2 {
+        let r = get_as(&url, Some(&mallory)).await;
+        assert_eq!(r.status, 403, "attempt {attempt}: {}", r.body);
+        assert!(r.body["message"].as_str().unwrap().contains("\"secret\""), "{}", r.body);
+    }
+}

@@ -54,7 +54,7 @@ impl FromStr for LogMode {
 }
 
 /// A shape as requested: everything needed to rebuild it against a table schema.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ShapeSpec {
     pub where_text: Option<String>,
     pub params: Vec<(usize, String)>,

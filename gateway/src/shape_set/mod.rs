@@ -4,6 +4,7 @@
 //! parse and authorize a request, call this, and render the result.
 
 pub mod admission;
+mod known;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::Config;
 
 use self::admission::{ShapeAdmission, ShapeLimits, SnapshotPermit};
+use self::known::KnownShapes;
 use crate::auth::AuthError;
 use crate::db;
 use crate::fanout::live_shape::LiveShape;
@@ -68,6 +70,7 @@ pub struct ShapeSet {
     catalog: Mutex<Option<tokio_postgres::Client>>,
     /// Tables (by oid) found or put in the publication by this process.
     published: std::sync::Mutex<HashSet<u32>>,
+    known: KnownShapes,
     tasks: Tasks,
 }
 
@@ -89,6 +92,7 @@ impl ShapeSet {
             create_lock: Mutex::new(()),
             catalog: Mutex::new(None),
             published: std::sync::Mutex::new(HashSet::new()),
+            known: KnownShapes::default(),
             tasks,
         }
     }
@@ -100,6 +104,22 @@ impl ShapeSet {
     /// Finds the shape for `spec` on `table`, creating it (and starting its snapshot) if new.
     /// `readable` refuses a shape whose filter reads a column the caller may not read.
     pub async fn resolve(
+        &self,
+        table: &TableName,
+        spec: &ShapeSpec,
+        readable: impl Fn(&Shape) -> Result<(), AuthError>,
+    ) -> Result<Arc<LiveShape>, ShapeSetError> {
+        // The caller's right to read what the filter reads is checked on every request.
+        if let Some(live) = self.known.find(&self.registry, table, spec) {
+            readable(&live.shape)?;
+            return Ok(live);
+        }
+        let live = self.bind_and_resolve(table, spec, readable).await?;
+        self.known.remember(table, spec, &live);
+        Ok(live)
+    }
+
+    async fn bind_and_resolve(
         &self,
         table: &TableName,
         spec: &ShapeSpec,
