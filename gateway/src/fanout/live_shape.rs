@@ -242,7 +242,7 @@ impl LiveShape {
         hash.update(self.handle.as_str().as_bytes());
         hash.update(b"\0v:");
         hash.update(value.as_bytes());
-        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        base16ct::lower::encode_string(&hash.finalize())
     }
 
     /// Encodes one transaction's planned messages. Returns them for the caller to append,
