@@ -160,7 +160,9 @@ async fn read_loads(
 ) -> Result<(), (Option<usize>, QueryError)> {
     let all = |e: QueryError| (None, e);
     let client = sessions.take().await.map_err(|e| all(e.into()))?;
-    let snapshot = begin_snapshot(&client).await.map_err(all)?;
+    let mut xids: Vec<u32> = loads.iter().flat_map(|l| l.xids.iter().copied()).collect();
+    xids.dedup();
+    let snapshot = snapshot_seeing(&client, &xids, VISIBLE_WAIT).await.map_err(all)?;
     let mut sets = Vec::with_capacity(loads.len());
     for (i, l) in loads.iter().enumerate() {
         sets.push(load(&client, &l.subquery).await.map_err(|e| (Some(i), e.into()))?);

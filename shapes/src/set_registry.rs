@@ -117,17 +117,36 @@ impl SetRegistry {
     ) -> Result<(), SetOutOfStep> {
         let Some(kept) = self.kept.get_mut(&id) else { return Ok(()) };
         let Some(held) = kept.loading.take() else { return Ok(()) };
-        kept.set = loaded;
+        let mut set = loaded;
         for (xid, removed, added) in held {
             if !visible(xid) {
-                kept.set.apply(removed, added)?;
+                set.apply(removed, added)?;
             }
         }
-        let values: Vec<SetKey> = kept.set.values().cloned().collect();
+        // A reloaded set's values are routed anew.
+        let old = std::mem::replace(&mut kept.set, set);
+        for value in old.values() {
+            self.forget_holder(value, id);
+        }
+        let values: Vec<SetKey> = self.kept[&id].set.values().cloned().collect();
         for value in values {
             self.holders.entry(value).or_default().push(id);
         }
         Ok(())
+    }
+
+    /// Starts loading a kept set again, keeping its values until the load finishes: a set
+    /// it reads changed, so which of its inner rows match changed without any change to
+    /// them ([`SetRegistry::finish_load`] applies the changes held meanwhile).
+    pub fn reload(&mut self, id: SetId) {
+        if let Some(kept) = self.kept.get_mut(&id) {
+            kept.loading.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The kept sets whose filters read `id` directly.
+    pub fn direct_readers(&self, id: SetId) -> &[SetId] {
+        self.read_by.get(&id).map_or(&[], Vec::as_slice)
     }
 
     /// Whether the set's contents are known (loaded).

@@ -12,6 +12,7 @@ use shapes::offset::{LogOffset, Lsn};
 use shapes::set_registry::SetId;
 use shapes::shape::{Shape, ShapeHandle, ShapeKey, ShapeSpec};
 use shapes::table::TableSchema;
+use shapes::where_clause::{SetKey, Subquery};
 use shapes::wire::{LiveHeaders, MessageEncoder, add_tags, mark_move_in, move_out_event, schema_header, snapshot_end};
 
 pub use super::snapshot_info::SnapshotInfo;
@@ -201,8 +202,16 @@ impl LiveShape {
         self.hold.lock().unwrap().as_ref().and_then(|h| h.txns.first()).map(|t| t.commit_lsn)
     }
 
+    /// Holds the shape's changes until `set` has loaded again (a set it reads changed in
+    /// transaction `xid`); `values` are the set's before the reload. The move under way, if
+    /// any, becomes move `id`, whose query waits for the load.
+    pub fn await_set(&self, id: u64, xid: u32, set: SetId, subquery: &Subquery, values: Vec<SetKey>) {
+        let mut hold = self.hold.lock().unwrap();
+        hold.get_or_insert_with(|| Hold::resync(Vec::new())).await_set(id, xid, set, subquery, values);
+    }
+
     /// The values of `set` a restarted shape's log reflects, while it waits for it to load.
-    pub fn take_resync_view(&self, set: SetId) -> Option<Vec<shapes::where_clause::SetKey>> {
+    pub fn take_resync_view(&self, set: SetId) -> Option<Vec<SetKey>> {
         self.hold.lock().unwrap().as_mut().and_then(|h| h.take_resync_view(set))
     }
 

@@ -137,6 +137,30 @@ impl Hold {
         self.result = None;
     }
 
+    /// Waits for `set` to load again (a set its filter reads changed in `xid`) before any
+    /// move query runs; `values` are the set's before the reload. The query under way, if
+    /// any, is superseded: the move is now `id`.
+    pub fn await_set(&mut self, id: u64, xid: u32, set: SetId, subquery: &Subquery, values: Vec<SetKey>) {
+        if !self.set_xids.contains(&xid) {
+            self.set_xids.push(xid);
+        }
+        if self.trigger_xid == 0 {
+            self.trigger_xid = xid;
+        }
+        self.id = id;
+        self.result = None;
+        match self.sets.iter_mut().find(|m| m.set == set) {
+            // The values before the hold began: those that entered since are taken out,
+            // those that left put back.
+            Some(m) if m.resync_view.is_none() => {
+                let before = values.into_iter().filter(|v| !m.entered.contains(v)).chain(m.left.iter().cloned());
+                m.resync_view = Some(before.collect());
+            }
+            Some(_) => {}
+            None => self.sets.push(SetMove { resync_view: Some(values), ..SetMove::new(set, subquery.clone()) }),
+        }
+    }
+
     /// Takes the view a restarted shape's log reflects of `set`, once.
     pub fn take_resync_view(&mut self, set: SetId) -> Option<Vec<SetKey>> {
         self.sets.iter_mut().find(|m| m.set == set).and_then(|m| m.resync_view.take())
@@ -296,4 +320,49 @@ fn moved(s: &Shape, encoder: &MessageEncoder, rows: &[MovedRow]) -> Vec<Planned>
             planned
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use shapes::set_registry::SetRegistry;
+    use shapes::table::TableName;
+    use shapes::value::SqlType;
+
+    use super::*;
+
+    fn key(v: &str) -> SetKey {
+        vec![Some(v.to_string())]
+    }
+
+    fn set(values: &[&str]) -> SubquerySet {
+        SubquerySet::from_rows(values.iter().map(|v| key(v)))
+    }
+
+    /// A set reloaded while a move of it is under way (a set its filter reads changed): the
+    /// reload is compared with the set as it was before the hold, so the move covers both.
+    #[test]
+    fn a_reload_during_a_move_is_compared_with_the_set_before_the_hold() {
+        let subquery =
+            Subquery::new(TableName::new("public", "members"), vec![(1, "project_id".into(), SqlType::Int)], None);
+        let id = SetRegistry::default().acquire(&subquery, 1).0;
+        // Before the hold the set was {1, 2}; transaction 10 took 1 out and put 3 in.
+        let delta = SetDelta { entered: vec![key("3")], left: vec![key("1")] };
+        let now = set(&["2", "3"]);
+        let mut hold = Hold::new(1, 10, &SetChange { set: id, subquery: &subquery, delta: &delta, now: &now });
+        assert!(!hold.awaits_sets());
+        // Transaction 11 changed a set its filter reads: the set reloads; the query of
+        // move 1 is superseded by move 2, which waits for the reload.
+        hold.await_set(2, 11, id, &subquery, now.values().cloned().collect());
+        assert!(hold.awaits_sets() && hold.id == 2 && hold.set_xids == [10, 11]);
+        let mut before = hold.take_resync_view(id).unwrap();
+        before.sort();
+        assert_eq!(before, [key("1"), key("2")], "the set before the hold");
+        // The reload reads {2, 4}: 3 came and went, 4 came, 1 is still out.
+        let reloaded = set(&["2", "4"]);
+        let delta = SetDelta { entered: vec![key("4")], left: vec![key("1")] };
+        hold.merge(3, 0, &SetChange { set: id, subquery: &subquery, delta: &delta, now: &reloaded });
+        assert!(!hold.awaits_sets());
+        assert_eq!(hold.moved_values(), (1, 1));
+        assert_eq!((hold.sets[0].entered.as_slice(), hold.sets[0].left.as_slice()), (&[key("4")][..], &[key("1")][..]));
+    }
 }

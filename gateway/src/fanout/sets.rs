@@ -22,11 +22,13 @@ use super::moves::{Hold, SetChange, read_columns};
 use super::snapshot_info::SnapshotInfo;
 use super::views::Views;
 
-/// The query of a new set's values.
+/// The query of a set's values (a new set, or one reloaded because a set it reads changed).
 pub struct SetLoad {
     pub marker: String,
     pub set: SetId,
     pub subquery: Subquery,
+    /// Transactions the query's snapshot must show (the change that made it reload).
+    pub xids: Vec<u32>,
 }
 
 /// How long a new shape waits for its sets to load.
@@ -67,6 +69,8 @@ pub struct Sets {
     users: Mutex<HashMap<SetId, Vec<(u64, bool)>>>,
     /// Loads whose query finished, by marker, waiting for the stream to reach it.
     loads: Mutex<HashMap<String, (SetId, SubquerySet, SnapshotInfo)>>,
+    /// The load each loading set waits for: a later one supersedes an earlier one.
+    awaited: Mutex<HashMap<SetId, String>>,
     /// Loads that failed, with the filter's fault when it was one.
     failed: Mutex<HashMap<SetId, Option<String>>>,
     /// Shapes holding changes for a move.
@@ -83,6 +87,7 @@ impl Sets {
             kept: Mutex::new(SetRegistry::default()),
             users: Mutex::new(HashMap::new()),
             loads: Mutex::new(HashMap::new()),
+            awaited: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             holding: Mutex::new(HashSet::new()),
             load_ended: watch::channel(0).0,
@@ -123,10 +128,17 @@ impl Sets {
     fn acquire_one(&self, subquery: &Subquery, oid: u32) -> SetId {
         let (id, new) = self.kept().acquire(subquery, oid);
         if new {
-            let marker = format!("set:{}", self.next_move.fetch_add(1, Ordering::Relaxed));
-            let _ = self.jobs.send(Job::Load(SetLoad { marker, set: id, subquery: subquery.clone() }));
+            self.load(id, subquery.clone(), Vec::new());
         }
         id
+    }
+
+    /// Queries `set`'s values at a snapshot showing `xids`; the load supersedes any other
+    /// under way for it.
+    fn load(&self, set: SetId, subquery: Subquery, xids: Vec<u32>) {
+        let marker = format!("set:{}", self.next_move.fetch_add(1, Ordering::Relaxed));
+        self.awaited.lock().unwrap().insert(set, marker.clone());
+        let _ = self.jobs.send(Job::Load(SetLoad { marker, set, subquery, xids }));
     }
 
     async fn wait_loaded(&self, set: SetId) -> Result<(), LoadFailed> {
@@ -257,6 +269,13 @@ impl Sets {
     /// snapshot did not see. `None`: `marker` is no load's; `Some(Err)`: the set failed.
     pub fn finish_load(&self, marker: &str) -> Option<Result<SetId, SetId>> {
         let (set, loaded, snapshot) = self.loads.lock().unwrap().remove(marker)?;
+        {
+            let mut awaited = self.awaited.lock().unwrap();
+            if awaited.get(&set).map(String::as_str) != Some(marker) {
+                return None;
+            }
+            awaited.remove(&set);
+        }
         let finished = self.kept().finish_load(set, loaded, |xid| snapshot.contains(xid));
         Some(match finished {
             Ok(()) => {
@@ -277,9 +296,11 @@ impl Sets {
     }
 
     /// What one transaction's change to `set` means for its shapes: a move for each shape
-    /// whose filter tests it, found by `shape` (a move under way widens to cover it); the
-    /// shapes to rotate instead, with why (their snapshot is under way, or the set is nested
-    /// in another).
+    /// whose filter tests it, found by `shape` (a move under way widens to cover it). The
+    /// sets whose filters read it load again at a snapshot showing the change, their shapes
+    /// holding their changes until then, after which the difference moves
+    /// ([`Sets::resume`]); past one level of nesting, their shapes are rotated instead (as
+    /// are shapes whose snapshot is under way), with why.
     pub fn on_change(
         &self,
         kept: &mut SetRegistry,
@@ -289,18 +310,47 @@ impl Sets {
         shape: impl Fn(u64) -> Option<Arc<LiveShape>>,
         rotate: &mut Vec<(Arc<LiveShape>, String)>,
     ) {
+        let readers = kept.readers_of(set);
+        let reload = readers.iter().all(|r| kept.direct_readers(*r).is_empty());
         let users = self.users.lock().unwrap();
-        let mut affected: Vec<(u64, bool)> = users.get(&set).cloned().unwrap_or_default();
-        for outer in kept.readers_of(set) {
-            kept.retire(outer);
-            affected.extend(users.get(&outer).into_iter().flatten().map(|(s, _)| (*s, false)));
+        // Shapes reading `set` only through a reloaded set follow that set's reload.
+        let mut affected: Vec<(u64, bool)> =
+            users.get(&set).into_iter().flatten().filter(|(_, top)| *top || !reload).copied().collect();
+        let mut awaiting = Vec::new();
+        for outer in &readers {
+            let outer_users = users.get(outer).into_iter().flatten();
+            if reload {
+                kept.reload(*outer);
+                awaiting.extend(outer_users.map(|(s, _)| (*s, *outer)));
+            } else {
+                kept.retire(*outer);
+                affected.extend(outer_users.map(|(s, _)| (*s, false)));
+            }
         }
         drop(users);
+        for outer in readers.iter().filter(|_| reload) {
+            if let Some(subquery) = kept.subquery(*outer).cloned() {
+                self.load(*outer, subquery, vec![txn.xid]);
+            }
+        }
+        for (id, outer) in awaiting {
+            let Some(shape) = shape(id) else { continue };
+            if !shape.snapshot_known() {
+                rotate.push((shape, "a subquery's set changed during its snapshot".into()));
+                continue;
+            }
+            let (Some(values), Some(subquery)) = (kept.get(outer), kept.subquery(outer)) else { continue };
+            let values: Vec<SetKey> = values.values().cloned().collect();
+            let move_id = self.next_move.fetch_add(1, Ordering::Relaxed);
+            shape.await_set(move_id, txn.xid, outer, subquery, values);
+            self.holding.lock().unwrap().insert(shape.id);
+            tracing::debug!(handle = %shape.handle, move_id, xid = txn.xid, "a nested set changed: held until its outer set reloads");
+        }
         let Some(subquery) = kept.subquery(set).cloned() else { return };
         for (id, top) in affected {
             let Some(shape) = shape(id) else { continue };
             let why = if !top {
-                "a subquery nested in its filter changed"
+                "a subquery nested two levels deep in its filter changed"
             } else if !shape.snapshot_known() {
                 "a subquery's set changed during its snapshot"
             } else {
