@@ -97,7 +97,7 @@ async fn not_in_and_nested_subqueries_follow_their_sets() {
              alter table projects replica identity full;",
     )
     .await;
-    let gw = env.ready_gateway().await;
+    let mut gw = env.ready_gateway().await;
     let not_in = "project_id NOT IN (SELECT project_id FROM members WHERE user_id = 'u2')";
     let mut f = synced(&gw, not_in).await;
     check(
@@ -144,6 +144,38 @@ async fn not_in_and_nested_subqueries_follow_their_sets() {
         ],
     )
     .await;
+    // Two levels: projects are read through the featured ones.
+    env.sql("create table featured (project_id int8 primary key); insert into featured values (1), (2), (4)").await;
+    let deeper = "project_id IN (SELECT project_id FROM members WHERE project_id IN \
+                  (SELECT id FROM projects WHERE NOT archived AND id IN (SELECT project_id FROM featured)))";
+    let mut d = synced(&gw, deeper).await;
+    check(
+        &env,
+        &mut d,
+        deeper,
+        &[
+            "insert into featured values (6)",
+            "delete from featured where project_id = 1",
+            "begin; update projects set archived = true where id = 2; insert into featured values (1); commit",
+            "begin; insert into members values ('u7', 4); delete from featured where project_id = 6; commit",
+        ],
+    )
+    .await;
+    // It resumes after a restart, and after a `kill -9` with both sets changed meanwhile.
+    gw.restart().await;
+    check(&env, &mut g, nested, &["update projects set archived = true where id = 2"]).await;
+    gw.kill9();
+    env.sql("begin; update projects set archived = false where id = 2; insert into members values ('u5', 6); commit")
+        .await;
+    env.sql("update projects set archived = true where id = 0").await;
+    env.sql(
+        "begin; update projects set archived = false where id = 2; delete from featured where project_id = 4; commit",
+    )
+    .await;
+    gw.spawn_again();
+    gw.ready().await;
+    check(&env, &mut g, nested, &["insert into members values ('u6', 7)"]).await;
+    check(&env, &mut d, deeper, &["insert into featured values (4), (7)"]).await;
 }
 
 /// Random memberships, archived projects and todo writes from two concurrent writers (so

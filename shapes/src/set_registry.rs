@@ -149,6 +149,12 @@ impl SetRegistry {
         self.read_by.get(&id).map_or(&[], Vec::as_slice)
     }
 
+    /// Whether every set `id`'s filter reads is loaded: only then can a load of `id` follow
+    /// the stream (the changes it holds meanwhile are evaluated against those sets).
+    pub fn reads_loaded(&self, id: SetId) -> bool {
+        self.kept.get(&id).is_some_and(|k| k.reads.iter().all(|r| self.is_loaded(*r)))
+    }
+
     /// Whether the set's contents are known (loaded).
     pub fn is_loaded(&self, id: SetId) -> bool {
         self.kept.get(&id).is_some_and(|k| k.loading.is_none())

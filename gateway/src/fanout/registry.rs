@@ -144,24 +144,21 @@ impl Registry {
             self.register(Arc::new(live));
             return Ok(true);
         }
-        // A shape through subqueries resumes: its changes wait for its sets to load, then
-        // what changed meanwhile moves in or out. One with a nested subquery is refetched:
-        // an outer set loads only once the sets it reads have.
-        let nested = shape.subqueries().iter().any(|(_, top)| !top);
-        if nested {
-            return Err(io::Error::other("shapes through nested subqueries do not resume after a restart"));
-        }
+        // A shape through subqueries resumes: its changes wait for the sets its filter
+        // tests to load (each after the sets it reads), then what changed meanwhile moves
+        // in or out.
         let stored = SetViews::read(path)?.ok_or_else(|| io::Error::other("its set views are missing"))?;
         let stored = stored.as_of(log.written_lsn());
+        let tops: Vec<bool> = shape.subqueries().iter().map(|(_, top)| *top).collect();
         let mut views = Vec::new();
-        for subquery in &subqueries {
+        for (subquery, _) in subqueries.iter().zip(&tops).filter(|(_, top)| **top) {
             let found = stored.iter().find(|(sql, _)| sql == subquery.to_sql());
             views.push(found.map(|(_, view)| view.clone()).ok_or_else(|| io::Error::other("a set's view is missing"))?);
         }
         let oid = |s: &Subquery| meta.catalog.iter().find(|t| t.name == s.table).map_or(0, |t| t.oid);
         let sets = self.sets.acquire_loading(&shape, oid);
-        let views =
-            sets.iter().zip(subqueries).zip(views).map(|((set, subquery), view)| (set.0, subquery, view)).collect();
+        let tested = sets.iter().zip(subqueries).filter(|((_, top), _)| *top);
+        let views = tested.zip(views).map(|(((set, _), subquery), view)| (*set, subquery, view)).collect();
         let live = Arc::new(self.live_shape(meta.handle, shape, log, Some(meta.snapshot), sets, meta.catalog.clone()));
         self.sets.start_resync(&live, views);
         self.sets.register(&live);

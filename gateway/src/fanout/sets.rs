@@ -125,12 +125,32 @@ impl Sets {
         shape.subqueries().into_iter().map(|(subquery, top)| (self.acquire_one(subquery, oid(subquery)), top)).collect()
     }
 
+    /// A new set loads at once if the sets it reads are loaded, else once they are
+    /// ([`Sets::load_readers`]): shapes reloaded at start acquire all their sets at once.
     fn acquire_one(&self, subquery: &Subquery, oid: u32) -> SetId {
-        let (id, new) = self.kept().acquire(subquery, oid);
-        if new {
+        let mut kept = self.kept();
+        let (id, new) = kept.acquire(subquery, oid);
+        if new && kept.reads_loaded(id) {
+            drop(kept);
             self.load(id, subquery.clone(), Vec::new());
         }
         id
+    }
+
+    /// Starts the loads of the sets reading `set` (just loaded) that were waiting for it.
+    fn load_readers(&self, set: SetId) {
+        let kept = self.kept();
+        let waiting: Vec<(SetId, Subquery)> = kept
+            .direct_readers(set)
+            .iter()
+            .filter(|r| !kept.is_loaded(**r) && kept.reads_loaded(**r))
+            .filter(|r| !self.awaited.lock().unwrap().contains_key(*r))
+            .filter_map(|r| Some((*r, kept.subquery(*r)?.clone())))
+            .collect();
+        drop(kept);
+        for (reader, subquery) in waiting {
+            self.load(reader, subquery, Vec::new());
+        }
     }
 
     /// Queries `set`'s values at a snapshot showing `xids`; the load supersedes any other
@@ -279,6 +299,7 @@ impl Sets {
         let finished = self.kept().finish_load(set, loaded, |xid| snapshot.contains(xid));
         Some(match finished {
             Ok(()) => {
+                self.load_readers(set);
                 self.load_ended.send_modify(|n| *n += 1);
                 Ok(set)
             }
@@ -297,10 +318,10 @@ impl Sets {
 
     /// What one transaction's change to `set` means for its shapes: a move for each shape
     /// whose filter tests it, found by `shape` (a move under way widens to cover it). The
-    /// sets whose filters read it load again at a snapshot showing the change, their shapes
-    /// holding their changes until then, after which the difference moves
-    /// ([`Sets::resume`]); past one level of nesting, their shapes are rotated instead (as
-    /// are shapes whose snapshot is under way), with why.
+    /// sets whose filters read it, directly or through others, load again at a snapshot
+    /// showing the change (each after the sets it reads), their shapes holding their
+    /// changes until then, after which the difference moves ([`Sets::resume`]). Shapes
+    /// whose snapshot is under way are rotated instead, with why.
     pub fn on_change(
         &self,
         kept: &mut SetRegistry,
@@ -311,25 +332,24 @@ impl Sets {
         rotate: &mut Vec<(Arc<LiveShape>, String)>,
     ) {
         let readers = kept.readers_of(set);
-        let reload = readers.iter().all(|r| kept.direct_readers(*r).is_empty());
-        let users = self.users.lock().unwrap();
-        // Shapes reading `set` only through a reloaded set follow that set's reload.
-        let mut affected: Vec<(u64, bool)> =
-            users.get(&set).into_iter().flatten().filter(|(_, top)| *top || !reload).copied().collect();
-        let mut awaiting = Vec::new();
         for outer in &readers {
-            let outer_users = users.get(outer).into_iter().flatten();
-            if reload {
-                kept.reload(*outer);
-                awaiting.extend(outer_users.map(|(s, _)| (*s, *outer)));
-            } else {
-                kept.retire(*outer);
-                affected.extend(outer_users.map(|(s, _)| (*s, false)));
-            }
+            kept.reload(*outer);
         }
+        let users = self.users.lock().unwrap();
+        // A shape reading `set` only through other sets follows their reloads.
+        let affected: Vec<u64> =
+            users.get(&set).into_iter().flatten().filter(|(_, top)| *top).map(|(s, _)| *s).collect();
+        let awaiting: Vec<(u64, SetId)> = readers
+            .iter()
+            .flat_map(|outer| users.get(outer).into_iter().flatten().filter(|(_, top)| *top).map(|(s, _)| (*s, *outer)))
+            .collect();
         drop(users);
-        for outer in readers.iter().filter(|_| reload) {
-            if let Some(subquery) = kept.subquery(*outer).cloned() {
+        for outer in &readers {
+            if !kept.reads_loaded(*outer) {
+                // A load under way would apply changes held against sets now reloading: it
+                // is dropped, and the set loads after them (`load_readers`).
+                self.awaited.lock().unwrap().remove(outer);
+            } else if let Some(subquery) = kept.subquery(*outer).cloned() {
                 self.load(*outer, subquery, vec![txn.xid]);
             }
         }
@@ -347,19 +367,13 @@ impl Sets {
             tracing::debug!(handle = %shape.handle, move_id, xid = txn.xid, "a nested set changed: held until its outer set reloads");
         }
         let Some(subquery) = kept.subquery(set).cloned() else { return };
-        for (id, top) in affected {
+        for id in affected {
             let Some(shape) = shape(id) else { continue };
-            let why = if !top {
-                "a subquery nested two levels deep in its filter changed"
-            } else if !shape.snapshot_known() {
-                "a subquery's set changed during its snapshot"
-            } else {
-                if let Some(now) = kept.get(set) {
-                    self.start_move(&shape, txn.xid, &SetChange { set, subquery: &subquery, delta: &delta, now });
-                }
-                continue;
-            };
-            rotate.push((shape, why.to_string()));
+            if !shape.snapshot_known() {
+                rotate.push((shape, "a subquery's set changed during its snapshot".into()));
+            } else if let Some(now) = kept.get(set) {
+                self.start_move(&shape, txn.xid, &SetChange { set, subquery: &subquery, delta: &delta, now });
+            }
         }
     }
 
