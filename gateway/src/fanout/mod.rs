@@ -312,8 +312,7 @@ fn on_marker(registry: &Registry, txn: &Txn, marker: &str, writes: &mut BatchWri
         Some(Err(set)) => return registry.rotate_users_of(set, "its subquery set could not be loaded"),
         None => {}
     }
-    let Some((shape, id)) = marker.strip_prefix("move:").and_then(|m| m.split_once(':')) else { return };
-    let (Ok(shape), Ok(id)) = (shape.parse::<u64>(), id.parse::<u64>()) else { return };
+    let Some((shape, id)) = registry.sets().move_of(marker) else { return };
     let Some(shape) = registry.by_id(shape) else { return };
     let Some(hold) = shape.take_finished_hold(id) else {
         tracing::debug!(handle = %shape.handle, move_id = id, "move marker passed over: not the move under way");

@@ -79,6 +79,11 @@ pub struct Sets {
     load_ended: watch::Sender<u64>,
     jobs: mpsc::UnboundedSender<Job>,
     next_move: AtomicU64,
+    /// Names this process's markers apart from those an earlier process wrote to the WAL,
+    /// which the stream sends again after a restart: an old `set:1` taken for this
+    /// process's `set:1` joined a load to the stream before its snapshot (caught by the
+    /// several-subquery restart test under load).
+    epoch: String,
 }
 
 impl Sets {
@@ -93,6 +98,7 @@ impl Sets {
             load_ended: watch::channel(0).0,
             jobs,
             next_move: AtomicU64::new(1),
+            epoch: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -156,7 +162,7 @@ impl Sets {
     /// Queries `set`'s values at a snapshot showing `xids`; the load supersedes any other
     /// under way for it.
     fn load(&self, set: SetId, subquery: Subquery, xids: Vec<u32>) {
-        let marker = format!("set:{}", self.next_move.fetch_add(1, Ordering::Relaxed));
+        let marker = format!("set:{}:{}", self.epoch, self.next_move.fetch_add(1, Ordering::Relaxed));
         self.awaited.lock().unwrap().insert(set, marker.clone());
         let _ = self.jobs.send(Job::Load(SetLoad { marker, set, subquery, xids }));
     }
@@ -311,6 +317,13 @@ impl Sets {
         })
     }
 
+    /// The shape and move a move marker names, if this process wrote it.
+    pub fn move_of(&self, marker: &str) -> Option<(u64, u64)> {
+        let rest = marker.strip_prefix("move:")?.strip_prefix(self.epoch.as_str())?.strip_prefix(':')?;
+        let (shape, id) = rest.split_once(':')?;
+        Some((shape.parse().ok()?, id.parse().ok()?))
+    }
+
     /// The shapes using `set`.
     pub fn users_of(&self, set: SetId) -> Vec<u64> {
         self.users.lock().unwrap().get(&set).into_iter().flatten().map(|(s, _)| *s).collect()
@@ -399,7 +412,42 @@ impl Sets {
         let Some((sql, set_xids)) = query else { return };
         metrics::counter!("gateway_subquery_moves_total").increment(1);
         tracing::debug!(handle = %shape.handle, move_id = id, xid = trigger_xid, entered = change.delta.entered.len(), left = change.delta.left.len(), "move started or widened");
-        let marker = format!("move:{}:{id}", shape.id);
+        let marker = format!("move:{}:{}:{id}", self.epoch, shape.id);
         let _ = self.jobs.send(Job::Move(MoveQuery { marker, shape: shape.clone(), id, sql, set_xids }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shapes::table::TableName;
+    use shapes::value::SqlType;
+
+    use super::*;
+
+    /// After a restart the stream sends again the markers an earlier process wrote: this
+    /// process's loads and moves must not take them for their own.
+    #[test]
+    fn markers_of_an_earlier_process_are_not_taken_for_this_ones() {
+        let (jobs, mut queued) = mpsc::unbounded_channel();
+        let (earlier, now) = (Sets::new(jobs.clone()), Sets::new(jobs));
+        let subquery =
+            Subquery::new(TableName::new("public", "members"), vec![(1, "project_id".into(), SqlType::Int)], None);
+        earlier.acquire_one(&subquery, 1);
+        let set = now.acquire_one(&subquery, 1);
+        let mut marker = || match queued.try_recv() {
+            Ok(Job::Load(load)) => load.marker,
+            _ => panic!("a load was queued"),
+        };
+        let (old, current) = (marker(), marker());
+        assert_ne!(old, current, "the first load of each process");
+        let snapshot = SnapshotInfo::parse("10:10:").unwrap();
+        now.load_read(old.clone(), set, SubquerySet::default(), snapshot.clone());
+        assert!(now.finish_load(&old).is_none(), "an earlier process's marker finishes nothing");
+        assert!(!now.kept().is_loaded(set));
+        now.load_read(current.clone(), set, SubquerySet::default(), snapshot);
+        assert!(matches!(now.finish_load(&current), Some(Ok(s)) if s == set));
+        assert_eq!(now.move_of(&format!("move:{}:3:7", now.epoch)), Some((3, 7)));
+        assert_eq!(now.move_of(&format!("move:{}:3:7", earlier.epoch)), None);
+        assert_eq!(now.move_of("move:3:7"), None);
     }
 }
