@@ -331,8 +331,13 @@ mod tests {
     const MEMBERSHIPS: u32 = 2;
 
     fn subquery(user: &str) -> Subquery {
+        subquery_where(&format!("user_id = '{user}'"))
+    }
+
+    /// `SELECT item_id FROM memberships WHERE <filter>`, bound.
+    fn subquery_where(filter: &str) -> Subquery {
         let e = parse_where_with_tables(
-            &format!("id IN (SELECT item_id FROM memberships WHERE user_id = '{user}')"),
+            &format!("id IN (SELECT item_id FROM memberships WHERE {filter})"),
             &table(),
             &vec![memberships()],
             &HashMap::new(),
@@ -393,15 +398,7 @@ mod tests {
             for _ in 0..levels {
                 text = format!("item_id IN (SELECT item_id FROM memberships WHERE {text})");
             }
-            let e = parse_where_with_tables(
-                &format!("id IN (SELECT item_id FROM memberships WHERE {text})"),
-                &table(),
-                &vec![memberships()],
-                &HashMap::new(),
-                BindOptions::default(),
-            )
-            .unwrap();
-            e.subqueries()[0].clone()
+            subquery_where(&text)
         };
         let inner = sets.acquire(&subquery("u1"), MEMBERSHIPS).0;
         let middle = sets.acquire(&nested(1), MEMBERSHIPS).0;
