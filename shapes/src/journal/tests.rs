@@ -3,12 +3,29 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
-fn tmp(name: &str) -> PathBuf {
+/// A data dir with two shape directories, removed when the test ends.
+struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = PathBuf;
+
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> TmpDir {
     let dir = std::env::temp_dir().join(format!("journal-test-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("shapes/a")).unwrap();
     fs::create_dir_all(dir.join("shapes/b")).unwrap();
-    dir
+    TmpDir(dir)
 }
 
 /// Appends `bytes` to the log at `log` as the fan-out does, recording them in the journal.
