@@ -19,30 +19,39 @@ const MAX_KNOWN: usize = 65_536;
 
 #[derive(Default)]
 pub struct KnownShapes {
-    keys: Mutex<HashMap<(TableName, ShapeSpec), ShapeKey>>,
+    inner: Mutex<Known>,
+}
+
+/// By table, then definition: a lookup borrows the request's own, copying nothing.
+#[derive(Default)]
+struct Known {
+    keys: HashMap<TableName, HashMap<ShapeSpec, ShapeKey>>,
+    len: usize,
 }
 
 impl KnownShapes {
     /// The live shape `spec` on `table` was bound to, if it is still there.
     pub fn find(&self, registry: &Registry, table: &TableName, spec: &ShapeSpec) -> Option<Arc<LiveShape>> {
-        let mut keys = self.keys.lock().unwrap();
-        let entry = (table.clone(), spec.clone());
-        let key = keys.get(&entry)?;
-        match registry.get(key).filter(|live| !live.log.version().gone) {
-            Some(live) => Some(live),
-            None => {
-                keys.remove(&entry);
-                None
-            }
+        let mut known = self.inner.lock().unwrap();
+        let specs = known.keys.get_mut(table)?;
+        let key = specs.get(spec)?;
+        let live = registry.get(key).filter(|live| !live.log.version().gone);
+        if live.is_none() {
+            specs.remove(spec);
+            known.len -= 1;
         }
+        live
     }
 
     /// Remembers that `spec` on `table` is bound to `live`.
     pub fn remember(&self, table: &TableName, spec: &ShapeSpec, live: &LiveShape) {
-        let mut keys = self.keys.lock().unwrap();
-        if keys.len() >= MAX_KNOWN {
-            keys.clear();
+        let mut known = self.inner.lock().unwrap();
+        if known.len >= MAX_KNOWN {
+            *known = Known::default();
         }
-        keys.insert((table.clone(), spec.clone()), live.shape.key());
+        let specs = known.keys.entry(table.clone()).or_default();
+        if specs.insert(spec.clone(), live.shape.key()).is_none() {
+            known.len += 1;
+        }
     }
 }
