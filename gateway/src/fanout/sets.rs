@@ -349,13 +349,12 @@ impl Sets {
             kept.reload(*outer);
         }
         let users = self.users.lock().unwrap();
-        // A shape reading `set` only through other sets follows their reloads.
-        let affected: Vec<u64> =
-            users.get(&set).into_iter().flatten().filter(|(_, top)| *top).map(|(s, _)| *s).collect();
-        let awaiting: Vec<(u64, SetId)> = readers
-            .iter()
-            .flat_map(|outer| users.get(outer).into_iter().flatten().filter(|(_, top)| *top).map(|(s, _)| (*s, *outer)))
-            .collect();
+        // The shapes whose own filter tests a set: one reading `set` only through other
+        // sets follows their reloads.
+        let testing = |set: &SetId| users.get(set).into_iter().flatten().filter(|(_, top)| *top).map(|(s, _)| *s);
+        let affected: Vec<u64> = testing(&set).collect();
+        let awaiting: Vec<(u64, SetId)> =
+            readers.iter().flat_map(|outer| testing(outer).map(|s| (s, *outer))).collect();
         drop(users);
         for outer in &readers {
             if !kept.reads_loaded(*outer) {
