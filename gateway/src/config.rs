@@ -74,6 +74,11 @@ pub struct ServeConfig {
     /// Bytes of messages per chunk of a shape log (the CDN-cacheable unit).
     #[arg(long, env = "GATEWAY_CHUNK_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub chunk_bytes: u64,
+    /// Memory for decoded changes waiting for the fan-out (e.g. 64MiB): a transaction up to
+    /// this size is held whole; a larger one is written to the shape logs in parts as it
+    /// arrives and published at its end, so memory stays bounded whatever its size.
+    #[arg(long, env = "GATEWAY_TXN_MEMORY", default_value = "64MiB", value_parser = parse_bytes)]
+    pub txn_memory: u64,
     /// HMAC secret for HS256/384/512 tokens.
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

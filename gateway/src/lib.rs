@@ -50,9 +50,6 @@ use crate::shape_set::admission::ShapeLimits;
 use crate::status::Status;
 use crate::tasks::Tasks;
 
-/// Transactions decoded but not yet stored. Full means the fan-out is behind: the stream
-/// stops reading WAL until there is room (backpressure, never loss).
-const TXN_CHANNEL: usize = 1024;
 /// How long the server may take to release our slot after the stream stopped.
 const SLOT_RELEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a gateway that just became the leader waits for the previous one to let go of
@@ -224,8 +221,12 @@ async fn serve_once(
     if report.has_blockers() {
         return Err(StartError::Preflight(report.only_blockers()));
     }
-    let stream_settings =
-        StreamSettings { db: db_cfg.clone(), slot: cfg.slot.clone(), publication: cfg.publication.clone() };
+    let stream_settings = StreamSettings {
+        db: db_cfg.clone(),
+        slot: cfg.slot.clone(),
+        publication: cfg.publication.clone(),
+        txn_memory: cfg.txn_memory as usize,
+    };
     let Some(leadership) = lead(cfg, listen, &stream_settings, &shutdown).await? else {
         return Ok(Ended::Shutdown);
     };
@@ -270,7 +271,7 @@ async fn serve_once(
     // Background tasks with no result to wait for; shutdown cancels them and waits.
     let tasks = Tasks::new(cancel.clone());
 
-    let (txn_tx, txn_rx) = mpsc::channel(TXN_CHANNEL);
+    let (txn_tx, txn_rx) = replication::queue::bounded(cfg.txn_memory as usize);
     // The stream stops last, so it can report the position the fan-out ended at.
     let stream_cancel = CancellationToken::new();
     let mut replication = tokio::spawn(replication::stream::run(

@@ -12,6 +12,7 @@ mod escapes;
 mod failover;
 mod faults;
 mod filters;
+mod large_txn;
 mod layout;
 mod operations;
 mod outbox;

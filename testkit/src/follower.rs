@@ -22,6 +22,9 @@ pub struct Follower {
     /// (lsn, op_position) of every live change applied, to catch duplicates.
     seen: HashSet<(String, u64)>,
     pub duplicates: usize,
+    /// Answers that said up-to-date in the middle of a transaction (their last change did
+    /// not carry `last`): a client would show part of a transaction.
+    pub torn: usize,
     pub schema: Option<Value>,
     pub token: Option<String>,
     /// Event messages received (`move-out`), in order.
@@ -46,6 +49,7 @@ impl Follower {
             refetches: 0,
             seen: HashSet::new(),
             duplicates: 0,
+            torn: 0,
             schema: None,
             token: None,
             events: Vec::new(),
@@ -103,6 +107,7 @@ impl Follower {
             );
         }
         let mut up_to_date = false;
+        let mut ends_txn = None;
         for m in r.body.as_array().expect("array body") {
             let headers = &m["headers"];
             if headers["control"] == "up-to-date" {
@@ -118,11 +123,12 @@ impl Follower {
                 self.events.push(m.clone());
                 continue;
             }
-            if let (Some(lsn), Some(op)) = (headers["lsn"].as_str(), headers["op_position"].as_u64())
-                && !self.seen.insert((lsn.to_string(), op))
-            {
-                self.duplicates += 1;
-                continue;
+            if let (Some(lsn), Some(op)) = (headers["lsn"].as_str(), headers["op_position"].as_u64()) {
+                ends_txn = Some(headers["last"] == true);
+                if !self.seen.insert((lsn.to_string(), op)) {
+                    self.duplicates += 1;
+                    continue;
+                }
             }
             let key = m["key"].as_str().unwrap().to_string();
             if let Some(tags) = headers["tags"].as_array() {
@@ -149,6 +155,9 @@ impl Follower {
                 }
                 op => panic!("unknown operation {op}"),
             }
+        }
+        if up_to_date && ends_txn == Some(false) {
+            self.torn += 1;
         }
         up_to_date
     }

@@ -4,6 +4,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use shapes::change::Txn;
 use shapes::durable::write_atomically;
@@ -37,6 +38,12 @@ pub enum Held {
 
 /// One transaction's encoded entries for one shape.
 pub type TxnEntries = Vec<(LogOffset, Vec<u8>)>;
+
+/// The op of the message after `prev` (at `op`) in one transaction: a key change's insert
+/// sits right after its delete; other changes step by 2.
+pub fn next_op(op: u64, prev: &Planned) -> u64 {
+    op + if prev.key_change_to.is_some() { 1 } else { 2 - (op % 2) }
+}
 
 /// Stream transactions held until the snapshot's visibility is known: their entries, or
 /// why the shape could not evaluate them.
@@ -105,6 +112,8 @@ pub struct LiveShape {
     hold: Mutex<Option<Hold>>,
     /// The tables its subqueries read, as bound (stored for restarts).
     pub catalog: Vec<TableSchema>,
+    /// When the registry made it routable (the registry's `routing_mark`).
+    pub(super) routable_from: AtomicU64,
 }
 
 impl LiveShape {
@@ -136,6 +145,7 @@ impl LiveShape {
             sets,
             hold: Mutex::new(None),
             catalog,
+            routable_from: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -292,6 +302,35 @@ impl LiveShape {
         matches!(vis, Visibility::Known(snap) if snap.contains(txn.xid) || txn.commit_lsn <= self.log.written_lsn())
     }
 
+    /// How the shape takes a transaction arriving in parts (the fan-out's `parts`), first met
+    /// in one of its parts; `routed_from_start`: the shape was routable before its first part.
+    /// `Ok(true)`: write its parts; `Ok(false)`: nothing of it is for this shape (the
+    /// snapshot or the log has it; or the snapshot is under way and will decide, as for a
+    /// change it could not evaluate). `Err`: the shape must go, since it may have missed
+    /// earlier parts.
+    pub fn start_parts(&self, txn: &Txn, routed_from_start: bool) -> Result<bool, String> {
+        let mut vis = self.visibility.lock().unwrap();
+        let held = self.holds(&vis, txn);
+        let why = "it was made while a transaction larger than --txn-memory was arriving";
+        match &mut *vis {
+            Visibility::Known(_) if held => Ok(false),
+            Visibility::Known(_) if routed_from_start => Ok(true),
+            Visibility::Known(_) => Err(why.into()),
+            Visibility::Pending(buffer) => {
+                buffer.push((txn.xid, Err(why.into())));
+                Ok(false)
+            }
+        }
+    }
+
+    /// Encodes part of a transaction's messages for this shape, the first at op `first`
+    /// (see [`next_op`]); `ends_txn`: the last one ends the transaction.
+    pub fn encode_part(&self, txn: &Txn, planned: &[Planned], first: u64, ends_txn: bool) -> TxnEntries {
+        let mut out = Vec::with_capacity(planned.len());
+        self.encode_into(&mut out, txn.xid, txn.commit_lsn, planned, first, ends_txn);
+        out
+    }
+
     fn encode(&self, txn: &Txn, planned: &[Planned]) -> TxnEntries {
         let mut out = Vec::with_capacity(planned.len());
         self.encode_into(&mut out, txn.xid, txn.commit_lsn, planned, 0, true);
@@ -312,9 +351,8 @@ impl LiveShape {
     ) -> u64 {
         let mut op = start;
         for (i, p) in planned.iter().enumerate() {
-            // A key change's insert sits right after its delete; other changes step by 2.
             if i > 0 {
-                op += if planned[i - 1].key_change_to.is_some() { 1 } else { 2 - (op % 2) };
+                op = next_op(op, &planned[i - 1]);
             }
             let headers = LiveHeaders {
                 txid: xid,

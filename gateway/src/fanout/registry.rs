@@ -35,6 +35,8 @@ struct Inner {
     /// What the shape limits count, kept as shapes come and go: a crowd of new shapes is
     /// not a scan of every shape each.
     counts: HashMap<TableName, ShapeCounts>,
+    /// Shapes made routable so far: the order of [`LiveShape::routable_from`].
+    registrations: u64,
 }
 
 #[derive(Default)]
@@ -62,6 +64,8 @@ impl Inner {
 
     fn insert(&mut self, live: Arc<LiveShape>) {
         self.count(&live, true);
+        live.routable_from.store(self.registrations, Ordering::Relaxed);
+        self.registrations += 1;
         let conjuncts = live.shape.conjuncts();
         match SetRouting::link(&live).filter(|_| index_terms(&conjuncts).is_none()) {
             Some(link) => self.linked.entry(live.shape.table.oid).or_default().insert(live.id, link),
@@ -176,6 +180,17 @@ impl Registry {
         catalog: Vec<TableSchema>,
     ) -> LiveShape {
         LiveShape::new(self.next_id.fetch_add(1, Ordering::Relaxed), handle, shape, log, snapshot, sets, catalog)
+    }
+
+    /// Shapes made routable from now on are marked at or after this
+    /// ([`Registry::routable_before`]).
+    pub fn routing_mark(&self) -> u64 {
+        self.inner.read().unwrap().registrations
+    }
+
+    /// Whether `shape` was routable before `mark` was taken.
+    pub fn routable_before(shape: &LiveShape, mark: u64) -> bool {
+        shape.routable_from.load(Ordering::Relaxed) < mark
     }
 
     pub fn sets(&self) -> &Sets {

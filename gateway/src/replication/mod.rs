@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod monitor;
+pub mod queue;
 pub mod slot;
 pub mod stream;
 pub mod txn;

@@ -14,12 +14,12 @@ use std::time::Duration;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use shapes::change::Txn;
 use shapes::offset::Lsn;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ReplicationError;
 use super::decode::decode;
-use super::txn::TxnAssembler;
+use super::queue;
+use super::txn::{Decoded, TxnAssembler};
 use crate::db::SESSION_OPTIONS;
 use crate::progress::AckState;
 use crate::status::Status;
@@ -34,6 +34,8 @@ pub struct StreamSettings {
     pub db: tokio_postgres::Config,
     pub slot: String,
     pub publication: String,
+    /// Transactions up to this many bytes are held whole; larger ones go in parts.
+    pub txn_memory: usize,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -86,7 +88,7 @@ impl Candidate {
 pub async fn run(
     settings: StreamSettings,
     leadership: Leadership,
-    txns: mpsc::Sender<Txn>,
+    txns: queue::Sender,
     ack: Arc<AckState>,
     status: Arc<Status>,
     cancel: CancellationToken,
@@ -187,7 +189,7 @@ async fn report_final_position(client: &ReplicationClient, durable: Lsn) {
 async fn session(
     leadership: Leadership,
     settings: &StreamSettings,
-    txns: &mpsc::Sender<Txn>,
+    txns: &queue::Sender,
     ack: &AckState,
     status: &Status,
     cancel: &CancellationToken,
@@ -202,7 +204,12 @@ async fn session(
     status.set_replication(true, None);
     *backoff = BACKOFF_MIN;
     let mut acknowledgeable = ack.subscribe_acknowledgeable();
-    let mut assembler = TxnAssembler::default();
+    let mut assembler = TxnAssembler::new(settings.txn_memory);
+    // Parts of a transaction this session passed on are void if it ends before the commit.
+    let abandon = async |assembler: &mut TxnAssembler| match assembler.reset() {
+        Some(abandoned) => txns.send(abandoned, 0).await.is_ok(),
+        None => true,
+    };
     loop {
         tokio::select! {
             biased;
@@ -219,24 +226,39 @@ async fn session(
             }
             // 3. The next stream event.
             event = client.recv() => {
-                let Some(event) = event.map_err(|e| classify(e, settings))? else {
-                    return Err(ReplicationError::Transport("the server ended the stream".into()));
+                let event = match event.map_err(|e| classify(e, settings)) {
+                    Ok(Some(event)) => event,
+                    ended => {
+                        abandon(&mut assembler).await;
+                        ended?;
+                        return Err(ReplicationError::Transport("the server ended the stream".into()));
+                    }
                 };
                 match event {
-                    ReplicationEvent::Begin { xid, .. } => assembler.begin(xid),
+                    ReplicationEvent::Begin { xid, final_lsn, .. } => {
+                        if let Some(abandoned) = assembler.begin(xid, Lsn(final_lsn.0)) && txns.send(abandoned, 0).await.is_err() {
+                            return Ok(());
+                        }
+                    }
                     ReplicationEvent::XLogData { data, .. } => {
                         metrics::counter!("gateway_replication_bytes_total").increment(data.len() as u64);
+                        let len = data.len();
                         let message = decode(data).inspect_err(|_| {
                             metrics::counter!("gateway_replication_decode_errors_total").increment(1);
                         })?;
-                        assembler.push(message)?;
+                        if let Some((part, bytes)) = assembler.push(message, len)? {
+                            metrics::counter!("gateway_replication_txn_parts_total").increment(1);
+                            // Full queue: stop reading WAL until the fan-out catches up.
+                            if txns.send(part, bytes).await.is_err() {
+                                return Ok(());
+                            }
+                        }
                     }
-                    ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
-                        let txn = assembler.commit(Lsn(lsn.0), Lsn(end_lsn.0))?;
-                        status.note_commit(commit_time_micros, txn.items.len());
-                        ack.note_enqueued(txn.end_lsn);
-                        // Full channel: stop reading WAL until the fan-out catches up.
-                        if txns.send(txn).await.is_err() {
+                    ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
+                        let (txn, count, bytes) = assembler.commit(Lsn(end_lsn.0))?;
+                        status.note_commit(commit_time_micros, count);
+                        ack.note_enqueued(Lsn(end_lsn.0));
+                        if txns.send(txn, bytes).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -247,7 +269,8 @@ async fn session(
                         if prefix == POSITION_MARKER && !assembler.is_open() =>
                     {
                         let content = String::from_utf8_lossy(&content).into_owned();
-                        if txns.send(Txn::marker(Lsn(lsn.0), content)).await.is_err() {
+                        let bytes = content.len();
+                        if txns.send(Decoded::Whole(Txn::marker(Lsn(lsn.0), content)), bytes).await.is_err() {
                             return Ok(());
                         }
                     }

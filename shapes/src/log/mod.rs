@@ -210,6 +210,13 @@ impl ShapeLog {
     /// invisible until [`ShapeLog::publish`]. Returns what was written where, for the
     /// [`crate::journal::Journal`].
     pub fn append(&self, txns: &[Vec<(LogOffset, Vec<u8>)>]) -> io::Result<Appended> {
+        self.append_with(txns, true)
+    }
+
+    /// [`ShapeLog::append`], where the last transaction ends only if `last_ends_txn`: a
+    /// transaction written in parts (larger than the fan-out holds at once) ends with its
+    /// last part. Until then recovery cuts its entries back, and [`ShapeLog::rewind`] can.
+    pub fn append_with(&self, txns: &[Vec<(LogOffset, Vec<u8>)>], last_ends_txn: bool) -> io::Result<Appended> {
         let size: usize = txns.iter().flatten().map(|(_, m)| m.len() + HEADER).sum();
         if size == 0 {
             return Ok(Appended::default());
@@ -217,10 +224,11 @@ impl ShapeLog {
         let mut l = self.live.lock().unwrap();
         let mut buf = Vec::with_capacity(size);
         let mut pos = l.written_len;
-        for entries in txns {
+        for (t, entries) in txns.iter().enumerate() {
+            let ends = last_ends_txn || t + 1 < txns.len();
             for (i, (offset, msg)) in entries.iter().enumerate() {
                 l.note_entry(*offset, pos, msg.len() as u64 + HEADER as u64, self.chunk_bytes);
-                record::encode(&mut buf, *offset, msg, i + 1 == entries.len());
+                record::encode(&mut buf, *offset, msg, ends && i + 1 == entries.len());
                 pos += (msg.len() + HEADER) as u64;
             }
         }
@@ -278,9 +286,22 @@ impl ShapeLog {
     /// Forgets entries written but not yet published (their write or sync failed), so they
     /// can be written again: the next append overwrites them.
     pub fn discard_unpublished(&self) {
+        let mark = {
+            let l = self.live.lock().unwrap();
+            WriteMark { len: l.durable_len, head: l.head }
+        };
+        self.rewind(mark);
+    }
+
+    /// Forgets entries written after `mark` (a [`ShapeLog::written_mark`] taken before
+    /// them) and not yet published: the next append overwrites them.
+    pub fn rewind(&self, mark: WriteMark) {
         let mut l = self.live.lock().unwrap();
-        l.written_len = l.durable_len;
-        l.written_head = l.head;
+        if mark.len < l.durable_len {
+            return;
+        }
+        l.written_len = mark.len;
+        l.written_head = mark.head;
         l.forget_unwritten();
     }
 
