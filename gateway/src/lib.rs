@@ -221,11 +221,12 @@ async fn serve_once(
     if report.has_blockers() {
         return Err(StartError::Preflight(report.only_blockers()));
     }
+    let budget = replication::queue::MemoryBudget::of(cfg.txn_memory as usize);
     let stream_settings = StreamSettings {
         db: db_cfg.clone(),
         slot: cfg.slot.clone(),
         publication: cfg.publication.clone(),
-        txn_memory: cfg.txn_memory as usize,
+        part_bytes: budget.part,
     };
     let Some(leadership) = lead(cfg, listen, &stream_settings, &shutdown).await? else {
         return Ok(Ended::Shutdown);
@@ -271,7 +272,7 @@ async fn serve_once(
     // Background tasks with no result to wait for; shutdown cancels them and waits.
     let tasks = Tasks::new(cancel.clone());
 
-    let (txn_tx, txn_rx) = replication::queue::bounded(cfg.txn_memory as usize);
+    let (txn_tx, txn_rx) = replication::queue::bounded(budget.queue);
     // The stream stops last, so it can report the position the fan-out ended at.
     let stream_cancel = CancellationToken::new();
     let mut replication = tokio::spawn(replication::stream::run(
@@ -291,6 +292,7 @@ async fn serve_once(
         ack.clone(),
         status.clone(),
         open_writers,
+        budget.batch,
         cancel.clone(),
     ));
     tasks.spawn(progress::record::record_positions(data_dir.clone(), ack.clone(), status.clone()));

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
-use testkit::{Env, Response, connect, current_wal, get_as, metric_sum, slot_confirmed};
+use crate::faults::SmallDisk;
+use testkit::{Env, Gateway, Response, connect, current_wal, get_as, metric_sum, slot_confirmed};
 
 #[tokio::test]
 async fn metrics_carry_every_documented_name_and_no_client_values() {
@@ -78,7 +79,10 @@ async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the
     let env = Env::new().await;
     env.sql("create table filler (id serial primary key, pad text); create table later (id int primary key)").await;
     let budget = ["--max-retained-wal", "16MB"];
-    let mut gw = env.gateway_with(&budget);
+    // The data dir is on a small disk, so that the gateway can be stalled (its disk filled).
+    let disk = SmallDisk::mount(&env.pg.root().join("small-disk"), "64m");
+    let data_dir = disk.0.join("data");
+    let mut gw = Gateway::start(&env.url, &data_dir, &budget);
     gw.ready().await;
     let base = gw.base();
     let old = get_as(&format!("{base}/v1/shape?table=filler&offset=-1"), None).await;
@@ -117,7 +121,18 @@ async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the
     let metrics = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_wal_budget_stage 2"), "{metrics}");
 
-    // The whole budget with the default action: the gateway stops and says why.
+    // The whole budget while the gateway keeps consuming the stream (the open transaction
+    // holds the WAL, not the gateway): stopping would free nothing, so it stays up, saying so.
+    let started = Instant::now();
+    while !gw.log().contains("still consuming the stream") {
+        assert!(started.elapsed() < Duration::from_secs(120), "no busy warning; log: {}", gw.log());
+        assert_eq!(gw.exit_code(), None, "a gateway still consuming stopped: {}", gw.log());
+        env.sql(fill).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Stalled (its disk full: it stores nothing and reads no further), the gateway stops
+    // with the default action and says why.
+    let filler = disk.fill();
     let started = Instant::now();
     while gw.exit_code().is_none() {
         assert!(started.elapsed() < Duration::from_secs(120), "gateway did not stop; log: {}", gw.log());
@@ -129,7 +144,8 @@ async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the
 
     // With recreate-slot, the gateway drops the slot, makes a new one once the holder is
     // gone, and every shape is refetched.
-    let mut gw = env.gateway_with(&[budget[0], budget[1], "--wal-budget-action", "recreate-slot"]);
+    std::fs::remove_file(filler).unwrap();
+    let mut gw = Gateway::start(&env.url, &data_dir, &[budget[0], budget[1], "--wal-budget-action", "recreate-slot"]);
     let started = Instant::now();
     while !gw.log().contains("dropped the replication slot") {
         assert!(started.elapsed() < Duration::from_secs(60), "slot not dropped; log: {}", gw.log());

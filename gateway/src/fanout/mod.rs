@@ -54,6 +54,7 @@ pub async fn run(
     ack: Arc<AckState>,
     status: Arc<Status>,
     open_writers: usize,
+    batch_bytes: usize,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let mut store = Store {
@@ -77,9 +78,17 @@ pub async fn run(
         // The queue's room comes back once what was taken is stored.
         let mut rooms = Vec::with_capacity(queued.len());
         let mut whole = Vec::with_capacity(queued.len());
+        let mut whole_bytes = 0;
         for queue::Queued { item, room } in queued.drain(..) {
+            whole_bytes += room.num_permits();
             rooms.push(room);
             match item {
+                // Storing a batch takes a few times its bytes: batches stay small.
+                Decoded::Whole(txn) if whole_bytes >= batch_bytes => {
+                    whole.push(txn);
+                    store.whole(std::mem::take(&mut whole)).await?;
+                    whole_bytes = 0;
+                }
                 Decoded::Whole(txn) => whole.push(txn),
                 Decoded::Part { txn, last } => {
                     store.whole(std::mem::take(&mut whole)).await?;

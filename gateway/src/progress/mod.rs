@@ -22,6 +22,8 @@ struct Positions {
     durable_end: Lsn,
     /// Commit LSN of the last durable transaction: the `global_last_seen_lsn` clients see.
     seen: Lsn,
+    /// The furthest WAL position the stream has delivered, stored or not.
+    received: Lsn,
 }
 
 #[derive(Debug)]
@@ -35,7 +37,7 @@ pub struct AckState {
 impl AckState {
     /// Starts from the slot's confirmed position.
     pub fn new(confirmed: Lsn) -> AckState {
-        let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed };
+        let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed, received: confirmed };
         AckState {
             positions: Mutex::new(p),
             durable: watch::channel(confirmed).0,
@@ -76,6 +78,19 @@ impl AckState {
 
     pub fn durable(&self) -> Lsn {
         self.positions.lock().unwrap().durable_end
+    }
+
+    /// The stream delivered WAL up to `lsn` (a message of a transaction under way counts).
+    pub fn note_received(&self, lsn: Lsn) {
+        let mut p = self.positions.lock().unwrap();
+        p.received = p.received.max(lsn);
+    }
+
+    /// How far the gateway has come: what the stream delivered or the fan-out stored. While
+    /// it moves the gateway is not stalled, however much WAL its slot holds.
+    pub fn progress(&self) -> Lsn {
+        let p = self.positions.lock().unwrap();
+        p.received.max(p.durable_end)
     }
 
     /// The newest LSN whose effects are visible to readers.

@@ -1,6 +1,12 @@
 //! Slot safety: watches how much WAL our slot holds on the server, keeps the slot moving on
 //! a quiet database with heartbeats, and acts in stages when the WAL budget fills
 //! (`--max-retained-wal`), so a stalled gateway never fills the primary's disk unnoticed.
+//!
+//! A slot also holds WAL while the gateway is busy and healthy: behind a transaction still
+//! open on the server (its changes come at its commit), or during a transaction larger than
+//! the budget (the slot moves past it only once it is stored). Stopping then frees nothing
+//! and would start that transaction over, so `stop` acts only once the gateway has not moved
+//! between two checks; `recreate-slot`, which does free the WAL, acts on the budget alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +54,8 @@ impl Monitor {
         let mut client: Option<tokio_postgres::Client> = None;
         let mut heartbeats = true;
         let mut stage = Stage::Ok;
+        let mut progress = self.ack.progress();
+        let mut told_busy = false;
         let started = std::time::Instant::now();
         loop {
             tokio::select! {
@@ -79,7 +87,16 @@ impl Monitor {
             }
             stage = health.stage;
             self.status.set_slot(health.clone());
-            if health.stage == Stage::Exceeded {
+            let moved = std::mem::replace(&mut progress, self.ack.progress()) < progress;
+            told_busy &= health.stage == Stage::Exceeded;
+            if health.stage == Stage::Exceeded && self.action == BudgetAction::Stop && moved {
+                if !std::mem::replace(&mut told_busy, true) {
+                    tracing::warn!(
+                        slot = %self.slot,
+                        "the slot holds the whole WAL budget, but the gateway is still consuming the stream (a transaction larger than the budget, or one held open on the server): it stops only if the stream stalls"
+                    );
+                }
+            } else if health.stage == Stage::Exceeded {
                 let (slot, retained, budget) = (self.slot.clone(), health.retained_wal_bytes, self.budget);
                 return Err(match self.action {
                     BudgetAction::Stop => BudgetError::Stopped { slot, retained, budget },

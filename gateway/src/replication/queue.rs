@@ -10,6 +10,26 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::txn::Decoded;
 
+/// How `--txn-memory` is shared: what the queue holds, what one part of a large
+/// transaction holds, and what the fan-out takes into one batch. Storing a batch takes a
+/// few times its decoded bytes (planned and encoded messages per shape, the journal frame),
+/// so batches and parts are small next to the queue.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryBudget {
+    pub queue: usize,
+    /// A transaction larger than this is passed on in parts of this size.
+    pub part: usize,
+    /// The fan-out stores whole transactions in batches of about this many bytes.
+    pub batch: usize,
+}
+
+impl MemoryBudget {
+    pub fn of(txn_memory: usize) -> MemoryBudget {
+        let part = (txn_memory / 16).clamp(64 << 10, 8 << 20);
+        MemoryBudget { queue: txn_memory, part, batch: 2 * part }
+    }
+}
+
 /// The room an item takes in the queue, given back when dropped.
 pub type Room = OwnedSemaphorePermit;
 

@@ -35,7 +35,7 @@ pub struct StreamSettings {
     pub slot: String,
     pub publication: String,
     /// Transactions up to this many bytes are held whole; larger ones go in parts.
-    pub txn_memory: usize,
+    pub part_bytes: usize,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -204,7 +204,7 @@ async fn session(
     status.set_replication(true, None);
     *backoff = BACKOFF_MIN;
     let mut acknowledgeable = ack.subscribe_acknowledgeable();
-    let mut assembler = TxnAssembler::new(settings.txn_memory);
+    let mut assembler = TxnAssembler::new(settings.part_bytes);
     // Parts of a transaction this session passed on are void if it ends before the commit.
     let abandon = async |assembler: &mut TxnAssembler| match assembler.reset() {
         Some(abandoned) => txns.send(abandoned, 0).await.is_ok(),
@@ -240,8 +240,9 @@ async fn session(
                             return Ok(());
                         }
                     }
-                    ReplicationEvent::XLogData { data, .. } => {
+                    ReplicationEvent::XLogData { data, wal_start, .. } => {
                         metrics::counter!("gateway_replication_bytes_total").increment(data.len() as u64);
+                        ack.note_received(Lsn(wal_start.0));
                         let len = data.len();
                         let message = decode(data).inspect_err(|_| {
                             metrics::counter!("gateway_replication_decode_errors_total").increment(1);

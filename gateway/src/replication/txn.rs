@@ -1,5 +1,6 @@
-//! Groups decoded messages into transactions. A transaction that fits in `--txn-memory` is
-//! passed on whole at its Commit. A larger one is passed on in parts as it arrives, so the
+//! Groups decoded messages into transactions. A transaction that fits in one part (see
+//! [`super::queue::MemoryBudget`]) is passed on whole at its Commit. A larger one is passed
+//! on in parts as it arrives, so the
 //! gateway never holds it whole: pgoutput (protocol version 1) sends a transaction only once
 //! it has committed, so every part is final; the fan-out writes the parts unpublished and
 //! publishes them with the last one. If the connection drops in the middle, the parts sent
@@ -39,9 +40,7 @@ pub fn held_bytes(m: &Message, message_len: usize) -> usize {
 #[derive(Debug)]
 pub struct TxnAssembler {
     open: Option<Open>,
-    /// Past this many held bytes a transaction is passed on in parts...
-    whole_up_to: usize,
-    /// ...each of about this many.
+    /// Past this many held bytes a transaction is passed on in parts of about this many.
     part_bytes: usize,
 }
 
@@ -64,11 +63,9 @@ pub enum SequenceError {
 }
 
 impl TxnAssembler {
-    /// Holds transactions of up to `txn_memory` bytes whole; larger ones go in parts of
-    /// a sixteenth of that (within 256 KiB..8 MiB: small enough that planning and encoding a
-    /// part for many shapes stays small, large enough to batch its writes).
-    pub fn new(txn_memory: usize) -> TxnAssembler {
-        TxnAssembler { open: None, whole_up_to: txn_memory, part_bytes: (txn_memory / 16).clamp(256 << 10, 8 << 20) }
+    /// Holds transactions of up to `part_bytes` whole; larger ones go in parts of that size.
+    pub fn new(part_bytes: usize) -> TxnAssembler {
+        TxnAssembler { open: None, part_bytes }
     }
 
     /// Starts transaction `xid`, whose commit record is at `commit_lsn`. A Begin while one
@@ -97,8 +94,7 @@ impl TxnAssembler {
         };
         open.txn.items.push(item);
         open.bytes += bytes;
-        let limit = if open.in_parts { self.part_bytes } else { self.whole_up_to };
-        if open.bytes <= limit {
+        if open.bytes <= self.part_bytes {
             return Ok(None);
         }
         open.in_parts = true;
