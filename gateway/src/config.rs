@@ -62,6 +62,11 @@ pub struct ServeConfig {
     /// How long an SSE response stays open (s).
     #[arg(long, env = "GATEWAY_SSE_TIMEOUT_S", default_value_t = 60)]
     pub sse_timeout_s: u64,
+    /// A connection whose client accepts no bytes of an answer for this long is closed (s),
+    /// freeing what the answer holds; the clock runs only between two writes (nginx's
+    /// `send_timeout`).
+    #[arg(long, env = "GATEWAY_SEND_TIMEOUT_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout_s: u64,
     /// `max-age` of catch-up answers (non-live reads after the first chunk, `offset=now`), in
     /// seconds: how long browsers and caches may serve them without asking (Electric's
     /// ELECTRIC_CACHE_MAX_AGE).

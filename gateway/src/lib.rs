@@ -352,6 +352,7 @@ async fn serve_once(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
+    let listener = http::send_timeout::SendTimeout::new(listener, std::time::Duration::from_secs(cfg.send_timeout_s));
     let mut server = tokio::spawn(async move {
         axum::serve(listener, http::app(state).into_make_service())
             .with_graceful_shutdown(server_cancel.cancelled_owned())

@@ -77,6 +77,11 @@ impl Status {
         metrics::gauge!("gateway_storage_failing").set(if i.storage_errors.is_empty() { 0.0 } else { 1.0 });
     }
 
+    /// Whether storing shape logs fails now.
+    pub fn storage_failing(&self) -> bool {
+        !self.inner.lock().unwrap().storage_errors.is_empty()
+    }
+
     pub fn set_slot(&self, health: SlotHealth) {
         self.inner.lock().unwrap().slot = Some(health);
     }

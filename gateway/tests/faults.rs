@@ -44,7 +44,8 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
     env.sql(ITEMS).await;
     env.sql("insert into items select i, 'o', 't', 0 from generate_series(1, 20) i").await;
     let disk = SmallDisk::mount(&env.pg.root().join("small-disk"), "4m");
-    let mut gw = Gateway::start(&env.url, &disk.0, &[]);
+    // Heartbeats as often as the monitor checks: they move the server's WAL on.
+    let mut gw = Gateway::start(&env.url, &disk.0, &["--heartbeat-s", "1"]);
     gw.ready().await;
     let mut f = Follower::new(&gw, "table=items");
     f.sync().await;
@@ -63,6 +64,26 @@ async fn a_full_disk_stops_acknowledging_and_recovers_when_space_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(reason.contains("storage") && reason.contains("space"), "{reason}");
+    // Keepalives flow past the transaction the fan-out cannot store (Electric 1.7.9 lost a
+    // transaction by acknowledging a keepalive's position here): WAL the gateway does not
+    // follow and its own heartbeats move the server's position on, the server asks for
+    // replies every second, and the stream, not blocked, reads every keepalive.
+    env.sql("alter system set wal_sender_timeout = '2s'").await;
+    env.sql("select pg_reload_conf()").await;
+    env.sql("create table unpublished (id int); insert into unpublished select generate_series(1, 10000)").await;
+    let beyond = current_wal(&env.db).await;
+    let db = &env.db;
+    testkit::wait_until("the server sent WAL past the stuck transaction, and heartbeats", || async move {
+        let q = "select coalesce(max(sent_lsn)::text, '0/0') from pg_stat_replication";
+        let sent: shapes::offset::Lsn = db.query_one(q, &[]).await.unwrap().get::<_, String>(0).parse().unwrap();
+        sent >= beyond
+    })
+    .await;
+    let base = gw.base();
+    testkit::wait_until("two heartbeats", || async {
+        testkit::metric_sum(&base, "gateway_heartbeats_total", &[]).await >= 2.0
+    })
+    .await;
     // Two status replies from the gateway to the server after the failure was known: what
     // it would acknowledge is on record by then.
     for _ in 0..2 {

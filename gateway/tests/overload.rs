@@ -151,18 +151,19 @@ async fn a_stalled_subscriber_slows_no_one() {
     use tokio::io::AsyncWriteExt;
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    let mut gw = env.gateway_with(&["--chunk-bytes", "262144"]);
+    let mut gw = env.gateway_with(&["--chunk-bytes", "262144", "--send-timeout-s", "3"]);
     gw.ready().await;
     let mut follower = testkit::Follower::new(&gw, "table=items");
     follower.sync().await;
     // SSE streams whose clients never read: their sockets fill, then their bounded buffers.
     let initial = get(&format!("{}/v1/shape?table=items&offset=-1", gw.base())).await;
     let handle = initial.headers["electric-handle"].to_str().unwrap().to_string();
+    let offset = initial.headers["electric-offset"].to_str().unwrap().to_string();
     let mut stalled = Vec::new();
     for _ in 0..4 {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap();
         let request = format!(
-            "GET /v1/shape?table=items&handle={handle}&offset=-1&live=true&live_sse=true HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n"
+            "GET /v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n"
         );
         s.write_all(request.as_bytes()).await.unwrap();
         stalled.push(s);
@@ -178,5 +179,12 @@ async fn a_stalled_subscriber_slows_no_one() {
     }
     follower.live_until(|rows| rows.len() == 20_000).await;
     assert_eq!(follower.duplicates, 0);
+    // What the stalled streams hold is freed: once no byte went out for the send timeout,
+    // their connections are closed.
+    let base = gw.base();
+    testkit::wait_until("the stalled connections are closed", || async {
+        metric_sum(&base, "gateway_stalled_connections_closed_total", &[]).await >= 4.0
+    })
+    .await;
     drop(stalled);
 }

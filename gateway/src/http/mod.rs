@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod request;
 mod resolve;
+pub mod send_timeout;
 pub mod shape;
 pub mod sse;
 pub mod subset;

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use shapes::log::LogVersion;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::wire::up_to_date;
@@ -148,24 +149,26 @@ async fn serve_live(
         }
         if read.count > 0 || !req.live {
             let last = read.last.unwrap_or(after);
-            let mut body = Vec::with_capacity(read.body.len() + 100);
-            body.push(b'[');
-            body.extend_from_slice(&read.body);
+            let mut tail = Vec::with_capacity(100);
             if read.at_end {
                 if read.count > 0 {
-                    body.push(b',');
+                    tail.push(b',');
                 }
-                body.extend_from_slice(&up_to_date(seen.max(Lsn(last.tx()))));
+                tail.extend_from_slice(&up_to_date(seen.max(Lsn(last.tx()))));
             }
-            body.push(b']');
-            return Ok(respond(
-                state,
-                req,
-                headers,
-                &shape,
-                Served { offset: last, up_to_date: read.at_end, has_data: read.count > 0 },
-                body.into(),
-            ));
+            tail.push(b']');
+            // The messages are the read's own bytes, shared by every answer from it: a
+            // client that stops reading pins no copy of its own (Electric 1.7.8: ~400
+            // stalled catch-ups pinned 3.9 GB, two copies of a chunk each).
+            let parts = [Bytes::from_static(b"["), read.body_shared(), Bytes::from(tail)];
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            let body = Body::from_stream(futures::stream::iter(parts.map(Ok::<_, std::convert::Infallible>)));
+            let served = Served { offset: last, up_to_date: read.at_end, has_data: read.count > 0 };
+            let mut resp = respond(state, req, headers, &shape, served, body);
+            if resp.status() == StatusCode::OK {
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            return Ok(resp);
         }
         // Live and nothing new: hold the request until data, rotation or timeout.
         tokio::select! {

@@ -29,7 +29,7 @@ use crate::fanout::live_shape::LiveShape;
 
 /// Chunks buffered per stream before the producer waits for the client: a slow client
 /// slows only itself, and reads the log at its own pace.
-const CHUNK_BUFFER: usize = 16;
+const CHUNK_BUFFER: usize = 4;
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 

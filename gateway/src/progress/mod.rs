@@ -22,8 +22,8 @@ struct Positions {
     durable_end: Lsn,
     /// Commit LSN of the last durable transaction: the `global_last_seen_lsn` clients see.
     seen: Lsn,
-    /// The furthest WAL position the stream has delivered, stored or not.
-    received: Lsn,
+    /// Bytes the stream has delivered, stored or not.
+    received: u64,
 }
 
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub struct AckState {
 impl AckState {
     /// Starts from the slot's confirmed position.
     pub fn new(confirmed: Lsn) -> AckState {
-        let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed, received: confirmed };
+        let p = Positions { enqueued_end: confirmed, durable_end: confirmed, seen: confirmed, received: 0 };
         AckState {
             positions: Mutex::new(p),
             durable: watch::channel(confirmed).0,
@@ -80,17 +80,17 @@ impl AckState {
         self.positions.lock().unwrap().durable_end
     }
 
-    /// The stream delivered WAL up to `lsn` (a message of a transaction under way counts).
-    pub fn note_received(&self, lsn: Lsn) {
-        let mut p = self.positions.lock().unwrap();
-        p.received = p.received.max(lsn);
+    /// The stream delivered `bytes` more (a message of a transaction under way counts: its
+    /// position may be far behind, where the transaction began).
+    pub fn note_received(&self, bytes: usize) {
+        self.positions.lock().unwrap().received += bytes as u64;
     }
 
-    /// How far the gateway has come: what the stream delivered or the fan-out stored. While
-    /// it moves the gateway is not stalled, however much WAL its slot holds.
-    pub fn progress(&self) -> Lsn {
+    /// How far the gateway has come: what the fan-out stored, and how much the stream
+    /// delivered. While it changes the gateway is not stalled, however much WAL its slot holds.
+    pub fn progress(&self) -> (Lsn, u64) {
         let p = self.positions.lock().unwrap();
-        p.received.max(p.durable_end)
+        (p.durable_end, p.received)
     }
 
     /// The newest LSN whose effects are visible to readers.

@@ -4,9 +4,11 @@
 //!
 //! A slot also holds WAL while the gateway is busy and healthy: behind a transaction still
 //! open on the server (its changes come at its commit), or during a transaction larger than
-//! the budget (the slot moves past it only once it is stored). Stopping then frees nothing
-//! and would start that transaction over, so `stop` acts only once the gateway has not moved
-//! between two checks; `recreate-slot`, which does free the WAL, acts on the budget alone.
+//! the budget (the slot moves past it only once it is stored; the server may first spend a
+//! while decoding it). Stopping then frees nothing and would start that transaction over,
+//! so `stop` acts only on a stalled gateway: its storage failing, or nothing received or
+//! stored for [`STALLED_AFTER`]. `recreate-slot`, which does free the WAL, acts on the budget
+//! alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,8 @@ use crate::status::{SlotHealth, Stage, Status};
 
 /// How often the slot is checked.
 const POLL: Duration = Duration::from_secs(5);
+/// A gateway that has neither received nor stored anything for this long is stalled.
+const STALLED_AFTER: Duration = Duration::from_secs(60);
 
 /// Why the monitor ended the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,7 @@ impl Monitor {
         let mut heartbeats = true;
         let mut stage = Stage::Ok;
         let mut progress = self.ack.progress();
+        let mut moved_at = std::time::Instant::now();
         let mut told_busy = false;
         let started = std::time::Instant::now();
         loop {
@@ -87,9 +92,12 @@ impl Monitor {
             }
             stage = health.stage;
             self.status.set_slot(health.clone());
-            let moved = std::mem::replace(&mut progress, self.ack.progress()) < progress;
+            if std::mem::replace(&mut progress, self.ack.progress()) != progress {
+                moved_at = std::time::Instant::now();
+            }
+            let stalled = self.status.storage_failing() || moved_at.elapsed() >= STALLED_AFTER;
             told_busy &= health.stage == Stage::Exceeded;
-            if health.stage == Stage::Exceeded && self.action == BudgetAction::Stop && moved {
+            if health.stage == Stage::Exceeded && self.action == BudgetAction::Stop && !stalled {
                 if !std::mem::replace(&mut told_busy, true) {
                     tracing::warn!(
                         slot = %self.slot,

@@ -240,9 +240,9 @@ async fn session(
                             return Ok(());
                         }
                     }
-                    ReplicationEvent::XLogData { data, wal_start, .. } => {
+                    ReplicationEvent::XLogData { data, .. } => {
                         metrics::counter!("gateway_replication_bytes_total").increment(data.len() as u64);
-                        ack.note_received(Lsn(wal_start.0));
+                        ack.note_received(data.len());
                         let len = data.len();
                         let message = decode(data).inspect_err(|_| {
                             metrics::counter!("gateway_replication_decode_errors_total").increment(1);

@@ -1,5 +1,5 @@
-//! Groups decoded messages into transactions. A transaction that fits in one part (see
-//! [`super::queue::MemoryBudget`]) is passed on whole at its Commit. A larger one is passed
+//! Groups decoded messages into transactions. A transaction that fits in one part (the
+//! queue's memory budget sets its size) is passed on whole at its Commit. A larger one is passed
 //! on in parts as it arrives, so the
 //! gateway never holds it whole: pgoutput (protocol version 1) sends a transaction only once
 //! it has committed, so every part is final; the fan-out writes the parts unpublished and

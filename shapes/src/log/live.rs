@@ -41,9 +41,25 @@ impl LiveRead {
         self.framed.get_or_init(|| Bytes::from(frame(self))).clone()
     }
 
+    /// The messages (`body`) as bytes sharing this read, not a copy: every answer built
+    /// from one read (the readers at one position) holds the same buffer, however long slow
+    /// clients take to receive it.
+    pub fn body_shared(self: &std::sync::Arc<Self>) -> Bytes {
+        Bytes::from_owner(SharedBody(self.clone()))
+    }
+
     /// Each message's bytes, in order.
     pub fn each_message(&self) -> impl Iterator<Item = &[u8]> {
         self.messages.iter().map(|&(start, end)| &self.body[start..end])
+    }
+}
+
+/// A read's messages, owned by the read.
+struct SharedBody(std::sync::Arc<LiveRead>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.body
     }
 }
 
