@@ -1,5 +1,7 @@
 //! Memory: gateway RSS per idle shape and per idle long-poll and SSE subscriber, measured
 //! as the RSS growth over a warmed-up baseline divided by the count. Targets: ≤ 8 KiB each.
+//! Last, what a stalled reader pins (a client that asked for a chunk of a backlog, or opened
+//! an SSE stream behind one, and stopped reading), and that `--send-timeout-s` frees it.
 //! First, what a kept subquery set costs per value (the same structures the gateway keeps,
 //! built in this process, measured by its own RSS growth).
 //! Run: `cargo bench -p gateway --bench memory`.
@@ -138,6 +140,65 @@ async fn main() {
         for h in held {
             h.abort();
         }
+    }
+    gw.terminate();
+    stalled_readers(env_or("BENCH_STALLED", 64)).await;
+}
+
+/// RSS growth per stalled reader: `readers` long-polls, then as many SSE streams, each at
+/// its own position in a backlog of 1 MiB chunks, whose clients never read; and how many
+/// the send timeout closed.
+async fn stalled_readers(readers: usize) {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new().await;
+    env.sql("create table big (id int8 primary key, body text not null)").await;
+    let send_timeout = 10;
+    let args = ["--chunk-bytes", "1048576", "--send-timeout-s", "10", "--sse-timeout-s", "600"];
+    let mut gw = Gateway::start(&env.url, &env.data_dir, &args);
+    gw.ready().await;
+    let base = gw.base();
+    let first = testkit::get(&format!("{base}/v1/shape?table=big&offset=-1")).await;
+    let handle = first.headers["electric-handle"].to_str().unwrap().to_string();
+    let mut offset = first.headers["electric-offset"].to_str().unwrap().to_string();
+    for batch in 0..readers as u64 {
+        let (from, to) = (batch * 1000, batch * 1000 + 999);
+        env.sql(&format!("insert into big select g, repeat(md5(g::text), 32) from generate_series({from}, {to}) g"))
+            .await;
+    }
+    // Where each chunk starts: one non-live answer per chunk.
+    let mut starts = Vec::new();
+    while starts.len() < readers {
+        let r = testkit::get(&format!("{base}/v1/shape?table=big&handle={handle}&offset={offset}")).await;
+        starts.push(offset.clone());
+        offset = r.headers["electric-offset"].to_str().unwrap().to_string();
+        if r.headers.contains_key("electric-up-to-date") {
+            break;
+        }
+    }
+    let pid = gw.pid().unwrap();
+    for (kind, live) in [("long-polls", ""), ("SSE streams", "&live=true&live_sse=true")] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let closed_before = testkit::metric_sum(&base, "gateway_stalled_connections_closed_total", &[]).await;
+        let before = rss_kib(pid);
+        let mut held = Vec::new();
+        for start in &starts {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap();
+            let request =
+                format!("GET /v1/shape?table=big&handle={handle}&offset={start}{live} HTTP/1.1\r\nhost: x\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            held.push(stream);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let stalled = rss_kib(pid);
+        let per = (stalled.saturating_sub(before)) as f64 / 1024.0 / held.len() as f64;
+        tokio::time::sleep(Duration::from_secs(send_timeout + 5)).await;
+        let closed = testkit::metric_sum(&base, "gateway_stalled_connections_closed_total", &[]).await - closed_before;
+        let after = rss_kib(pid);
+        println!(
+            "memory: {} stalled {kind}, each at its own 1 MiB chunk of a backlog: RSS {before} KiB → {stalled} KiB, {per:.2} MiB each (reads in flight included); the {send_timeout} s send timeout closed {closed} (the others' answers had gone whole into the kernel's socket buffers): RSS {after} KiB",
+            held.len()
+        );
+        drop(held);
     }
     gw.terminate();
 }

@@ -24,15 +24,20 @@ pub(super) async fn next_version(
 /// Reads the log after `after`: from memory when it can (the subscribers an append wakes
 /// read that append), else on the blocking pool; a client at the head reads nothing, so
 /// idle live clients never occupy a thread. Readers at the same position share one read.
-pub(super) async fn read_live(shape: &Arc<LiveShape>, after: LogOffset) -> Result<Arc<LiveRead>, ApiError> {
+/// It ends with the chunk, or with the first whole message past `max_bytes`.
+pub(super) async fn read_live(
+    shape: &Arc<LiveShape>,
+    after: LogOffset,
+    max_bytes: u64,
+) -> Result<Arc<LiveRead>, ApiError> {
     if shape.log.version().head <= after {
         return Ok(Arc::new(LiveRead::nothing_new()));
     }
-    if let Some(read) = shape.log.read_live_in_memory(after) {
+    if let Some(read) = shape.log.read_live_in_memory(after, max_bytes) {
         return Ok(read);
     }
     let s = shape.clone();
-    tokio::task::spawn_blocking(move || s.log.read_live_shared(after))
+    tokio::task::spawn_blocking(move || s.log.read_live_shared(after, max_bytes))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)

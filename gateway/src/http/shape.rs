@@ -142,7 +142,8 @@ async fn serve_live(
     let _permit = if req.live { Some(state.admission.live("long_poll")?) } else { None };
     loop {
         let seen = state.ack.seen();
-        let read = read_live(&shape, after).await?;
+        // An answer is a chunk: the unit caches store.
+        let read = read_live(&shape, after, u64::MAX).await?;
         // A hold may outlast the token: what was written after it is not the caller's to see.
         if req.valid_until.is_some_and(|t| std::time::SystemTime::now() >= t) {
             return Err(AuthError::Expired.into());

@@ -27,9 +27,12 @@ use super::live::{next_version, read_live, token_deadline};
 use super::request::ShapeRequest;
 use crate::fanout::live_shape::LiveShape;
 
-/// Chunks buffered per stream before the producer waits for the client: a slow client
+/// Reads buffered per stream before the producer waits for the client: a slow client
 /// slows only itself, and reads the log at its own pace.
 const CHUNK_BUFFER: usize = 4;
+/// A stream reads a backlog this much at a time (a read ends with the first whole message
+/// past it), so a stalled client holds a few of these, not a few chunks of the log.
+const READ_BYTES: u64 = 256 * 1024;
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
@@ -79,7 +82,7 @@ async fn produce(
             return;
         }
         let seen = state.ack.seen();
-        let Ok(read) = read_live(&shape, after).await else {
+        let Ok(read) = read_live(&shape, after, READ_BYTES).await else {
             return;
         };
         if let Some(last) = read.last {

@@ -82,6 +82,7 @@ pub struct ShapeLog {
 struct SharedRead {
     after: LogOffset,
     durable_len: u64,
+    max_bytes: u64,
     read: Weak<LiveRead>,
 }
 
@@ -327,41 +328,45 @@ impl ShapeLog {
 
     /// Reads durable live entries after `after` up to the end of that entry's chunk.
     pub fn read_live(&self, after: LogOffset) -> io::Result<LiveRead> {
-        self.read_live_at(after).map(|(read, _)| read)
+        self.read_live_at(after, u64::MAX).map(|(read, _)| read)
     }
 
-    /// The read another reader at `after` holds now, if the log has not grown since.
-    pub fn shared_live(&self, after: LogOffset) -> Option<Arc<LiveRead>> {
+    /// The read another reader at `after` (reading up to `max_bytes`) holds now, if the log
+    /// has not grown since.
+    pub fn shared_live(&self, after: LogOffset, max_bytes: u64) -> Option<Arc<LiveRead>> {
         let durable_len = self.live.lock().unwrap().durable_len;
         let shared = self.shared_read.lock().unwrap();
-        shared.as_ref().filter(|s| s.after == after && s.durable_len == durable_len).and_then(|s| s.read.upgrade())
+        let same = |s: &&SharedRead| s.after == after && s.durable_len == durable_len && s.max_bytes == max_bytes;
+        shared.as_ref().filter(same).and_then(|s| s.read.upgrade())
     }
 
-    /// [`ShapeLog::read_live`], shared with the readers at the same position (see
-    /// [`ShapeLog::shared_live`]).
-    pub fn read_live_shared(&self, after: LogOffset) -> io::Result<Arc<LiveRead>> {
-        if let Some(read) = self.read_live_in_memory(after) {
+    /// [`ShapeLog::read_live`], stopping at the first whole message past `max_bytes` (a
+    /// stream reading a backlog holds a little at a time), and shared with the readers at
+    /// the same position (see [`ShapeLog::shared_live`]).
+    pub fn read_live_shared(&self, after: LogOffset, max_bytes: u64) -> io::Result<Arc<LiveRead>> {
+        if let Some(read) = self.read_live_in_memory(after, max_bytes) {
             return Ok(read);
         }
-        let (read, durable_len) = self.read_live_at(after)?;
-        Ok(self.share(after, durable_len, read))
+        let (read, durable_len) = self.read_live_at(after, max_bytes)?;
+        Ok(self.share(after, durable_len, max_bytes, read))
     }
 
     /// [`ShapeLog::read_live_shared`] when it needs no disk: another reader's read, or the
     /// last append's bytes (a reader at the head before it, as live subscribers are).
-    pub fn read_live_in_memory(&self, after: LogOffset) -> Option<Arc<LiveRead>> {
-        if let Some(read) = self.shared_live(after) {
+    pub fn read_live_in_memory(&self, after: LogOffset, max_bytes: u64) -> Option<Arc<LiveRead>> {
+        if let Some(read) = self.shared_live(after, max_bytes) {
             return Some(read);
         }
         let plan = self.plan_read(after);
-        let recent = plan.recent?;
-        let read = collect_live(Records::in_memory(recent, plan.start), after, plan.durable_len, &plan.chunk_starts);
-        read.ok().map(|read| self.share(after, plan.durable_len, read))
+        let records = Records::in_memory(plan.recent.clone()?, plan.start);
+        let read = collect_live(records, after, &plan, max_bytes);
+        read.ok().map(|read| self.share(after, plan.durable_len, max_bytes, read))
     }
 
-    fn share(&self, after: LogOffset, durable_len: u64, read: LiveRead) -> Arc<LiveRead> {
+    fn share(&self, after: LogOffset, durable_len: u64, max_bytes: u64, read: LiveRead) -> Arc<LiveRead> {
         let read = Arc::new(read);
-        *self.shared_read.lock().unwrap() = Some(SharedRead { after, durable_len, read: Arc::downgrade(&read) });
+        let shared = SharedRead { after, durable_len, max_bytes, read: Arc::downgrade(&read) };
+        *self.shared_read.lock().unwrap() = Some(shared);
         read
     }
 
@@ -382,13 +387,13 @@ impl ShapeLog {
     }
 
     /// A live read and the durable length it read up to.
-    fn read_live_at(&self, after: LogOffset) -> io::Result<(LiveRead, u64)> {
+    fn read_live_at(&self, after: LogOffset, max_bytes: u64) -> io::Result<(LiveRead, u64)> {
         let plan = self.plan_read(after);
-        let records = match plan.recent {
-            Some(bytes) => Records::in_memory(bytes, plan.start),
+        let records = match &plan.recent {
+            Some(bytes) => Records::in_memory(bytes.clone(), plan.start),
             None => Records::open(&self.dir.join("log"), plan.start, plan.durable_len)?,
         };
-        Ok((collect_live(records, after, plan.durable_len, &plan.chunk_starts)?, plan.durable_len))
+        Ok((collect_live(records, after, &plan, max_bytes)?, plan.durable_len))
     }
 }
 
@@ -400,16 +405,13 @@ struct ReadPlan {
     recent: Option<Bytes>,
 }
 
-/// The entries after `after` from `records`, up to the end of the chunk holding the first.
-fn collect_live(
-    mut records: Records,
-    after: LogOffset,
-    durable_len: u64,
-    chunk_starts: &[u64],
-) -> io::Result<LiveRead> {
+/// The entries after `after` from `records`, up to the end of the chunk holding the first,
+/// or the first whole entry past `max_bytes`.
+fn collect_live(mut records: Records, after: LogOffset, plan: &ReadPlan, max_bytes: u64) -> io::Result<LiveRead> {
+    let (durable_len, chunk_starts) = (plan.durable_len, &plan.chunk_starts);
     let mut out = LiveRead::default();
     let mut end = durable_len;
-    while records.pos < end {
+    while records.pos < end && (out.body.len() as u64) < max_bytes {
         let Some(r) = records.next_header()? else { break };
         if r.offset <= after {
             records.skip(r.len)?;

@@ -37,16 +37,39 @@ fn readers_at_one_position_share_a_read_while_one_holds_it() {
     log.finish_snapshot(b"{}").unwrap();
     log.append(&[vec![entry(10, 0)]]).unwrap();
     log.sync_and_publish().unwrap();
-    let first = log.read_live_shared(LogOffset::SNAPSHOT_END).unwrap();
-    let second = log.shared_live(LogOffset::SNAPSHOT_END).expect("shared while held");
+    let first = log.read_live_shared(LogOffset::SNAPSHOT_END, u64::MAX).unwrap();
+    let second = log.shared_live(LogOffset::SNAPSHOT_END, u64::MAX).expect("shared while held");
     assert!(Arc::ptr_eq(&first, &second));
-    assert!(log.shared_live(LogOffset::At { tx: 10, op: 0 }).is_none(), "another position reads its own");
+    assert!(log.shared_live(LogOffset::At { tx: 10, op: 0 }, u64::MAX).is_none(), "another position reads its own");
+    assert!(log.shared_live(LogOffset::SNAPSHOT_END, 1).is_none(), "a shorter read is another read");
     log.append(&[vec![entry(11, 0)]]).unwrap();
     log.sync_and_publish().unwrap();
-    assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "the log grew: read again");
-    assert_eq!(log.read_live_shared(LogOffset::SNAPSHOT_END).unwrap().count, 2);
+    assert!(log.shared_live(LogOffset::SNAPSHOT_END, u64::MAX).is_none(), "the log grew: read again");
+    assert_eq!(log.read_live_shared(LogOffset::SNAPSHOT_END, u64::MAX).unwrap().count, 2);
     drop((first, second));
-    assert!(log.shared_live(LogOffset::SNAPSHOT_END).is_none(), "nobody holds it: nothing kept");
+    assert!(log.shared_live(LogOffset::SNAPSHOT_END, u64::MAX).is_none(), "nobody holds it: nothing kept");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_read_bounded_in_bytes_ends_with_a_whole_message_and_the_next_goes_on_from_it() {
+    let dir = tmp("bounded");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    log.finish_snapshot(b"{}").unwrap();
+    log.append(&[(0..10).map(|op| entry(10, op * 2)).collect()]).unwrap();
+    log.sync_and_publish().unwrap();
+    let (mut after, mut seen) = (LogOffset::SNAPSHOT_END, 0);
+    loop {
+        let r = log.read_live_shared(after, 30).unwrap();
+        assert!(r.count <= 3, "each message is 14 bytes: at most the one past 30, read {}", r.count);
+        seen += r.count;
+        after = r.last.unwrap();
+        if r.at_end {
+            break;
+        }
+    }
+    assert_eq!(seen, 10, "every message once, in order");
+    assert_eq!(after, LogOffset::At { tx: 10, op: 18 });
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -218,14 +241,14 @@ fn readers_of_the_last_append_read_it_from_memory_as_the_file_holds_it() {
         let batch: Vec<_> = (0..tx % 3 + 1).map(|op| entry(tx, op * 2)).collect();
         offsets.extend(batch.iter().map(|(o, _)| *o));
         log.append(&[batch]).unwrap();
-        assert!(log.read_live_in_memory(head).is_none(), "nothing is read before it is published");
+        assert!(log.read_live_in_memory(head, u64::MAX).is_none(), "nothing is read before it is published");
         log.sync_and_publish().unwrap();
-        assert!(log.read_live_in_memory(head).is_some(), "the reader at the head before it reads memory");
+        assert!(log.read_live_in_memory(head, u64::MAX).is_some(), "the reader at the head before it reads memory");
         // The same log opened afresh has no append in memory: every read is the file's.
         let from_file = ShapeLog::open(&dir, 60).unwrap().unwrap();
         for &after in &offsets {
             let file = from_file.read_live(after).unwrap();
-            if let Some(memory) = log.read_live_in_memory(after) {
+            if let Some(memory) = log.read_live_in_memory(after, u64::MAX) {
                 assert!(after >= head, "only readers at or past the prior head use memory");
                 assert_eq!(
                     (&memory.body, memory.last, memory.at_end, &memory.messages),
