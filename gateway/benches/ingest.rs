@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{env_or, median, secs, wait_flushed};
+use common::{env_or, median, recvlogical_seconds, secs, wait_flushed};
 use futures::StreamExt;
 use shapes::offset::Lsn;
 use testkit::{Env, Gateway};
@@ -56,7 +56,6 @@ async fn bench(rows: u64, txn_rows: u64, rounds: usize, shapes: u64) -> f64 {
         .await;
     println!("  created {shapes} shape(s) in {:.1}s", secs(started.elapsed()));
     gw.terminate();
-    let recvlogical = gateway::devdb::find_binaries().unwrap().join("pg_recvlogical");
 
     let mut ratios = Vec::new();
     for round in 0..rounds as u64 {
@@ -75,15 +74,7 @@ async fn bench(rows: u64, txn_rows: u64, rounds: usize, shapes: u64) -> f64 {
         env.sql(&format!("insert into bench values ({}, 0, 'end')", -1 - round as i64)).await;
         let target: Lsn = target.parse().unwrap();
 
-        let t = Instant::now();
-        let status = std::process::Command::new(&recvlogical)
-            .args(["-d", &env.url, "--slot", "reference", "--start", "--no-loop"])
-            .args(["-o", "proto_version=1", "-o", "publication_names=gateway", "--endpos", &target.to_string()])
-            .args(["-f", "/dev/null"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_recvlogical failed");
-        let reference = secs(t.elapsed());
+        let reference = recvlogical_seconds(&env.url, "reference", target);
 
         let t = Instant::now();
         gw.spawn_again();

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use common::{env_or, median, secs, wait_flushed};
+use common::{env_or, median, recvlogical_seconds, secs, wait_flushed};
 use serde_json::Value;
 use shapes::offset::Lsn;
 use testkit::{Env, Gateway, metric_sum};
@@ -190,7 +190,6 @@ async fn main() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     gw.terminate();
-    let recvlogical = gateway::devdb::find_binaries().unwrap().join("pg_recvlogical");
 
     let (mut ratios, mut peaks) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -201,15 +200,7 @@ async fn main() {
         let target = wal_position(&env).await;
         let mib = (target.0 - before.0) as f64 / (1024.0 * 1024.0);
 
-        let t = Instant::now();
-        let status = std::process::Command::new(&recvlogical)
-            .args(["-d", &env.url, "--slot", "reference", "--start", "--no-loop"])
-            .args(["-o", "proto_version=1", "-o", "publication_names=gateway", "--endpos", &target.to_string()])
-            .args(["-f", "/dev/null"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_recvlogical failed");
-        let reference = secs(t.elapsed());
+        let reference = recvlogical_seconds(&env.url, "reference", target);
 
         let t = Instant::now();
         gw.spawn_again();

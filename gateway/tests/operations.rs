@@ -79,8 +79,9 @@ async fn the_wal_budget_warns_then_pauses_new_shapes_then_stops_or_recreates_the
     let env = Env::new().await;
     env.sql("create table filler (id serial primary key, pad text); create table later (id int primary key)").await;
     let budget = ["--max-retained-wal", "16MB"];
-    // The data dir is on a small disk, so that the gateway can be stalled (its disk filled).
-    let disk = SmallDisk::mount(&env.pg.root().join("small-disk"), "64m");
+    // The data dir is on a small disk, so that the gateway can be stalled (its disk filled);
+    // large enough that its own logs and journal do not fill it before that.
+    let disk = SmallDisk::mount(&env.pg.root().join("small-disk"), "512m");
     let data_dir = disk.0.join("data");
     let mut gw = Gateway::start(&env.url, &data_dir, &budget);
     gw.ready().await;

@@ -45,3 +45,19 @@ pub async fn wait_flushed(base: &str, target: shapes::offset::Lsn) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Seconds `pg_recvlogical` (pgoutput, the gateway's publication) takes to consume slot
+/// `slot` of the database at `url` up to `target`: the reference the ingest benchmarks
+/// compare against.
+pub fn recvlogical_seconds(url: &str, slot: &str, target: shapes::offset::Lsn) -> f64 {
+    let recvlogical = gateway::devdb::find_binaries().unwrap().join("pg_recvlogical");
+    let t = std::time::Instant::now();
+    let status = std::process::Command::new(recvlogical)
+        .args(["-d", url, "--slot", slot, "--start", "--no-loop"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=gateway", "--endpos", &target.to_string()])
+        .args(["-f", "/dev/null"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_recvlogical failed");
+    secs(t.elapsed())
+}
