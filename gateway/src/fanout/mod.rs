@@ -80,23 +80,27 @@ pub async fn run(
         let mut whole = Vec::with_capacity(queued.len());
         let mut whole_bytes = 0;
         for queue::Queued { item, room } in queued.drain(..) {
-            whole_bytes += room.num_permits();
+            let bytes = room.num_permits();
             rooms.push(room);
             match item {
-                // Storing a batch takes a few times its bytes: batches stay small.
-                Decoded::Whole(txn) if whole_bytes >= batch_bytes => {
+                Decoded::Whole(txn) => {
                     whole.push(txn);
-                    store.whole(std::mem::take(&mut whole)).await?;
-                    whole_bytes = 0;
+                    whole_bytes += bytes;
+                    // Storing a batch takes a few times its bytes: batches stay small.
+                    if whole_bytes >= batch_bytes {
+                        store.whole(std::mem::take(&mut whole)).await?;
+                        whole_bytes = 0;
+                    }
                 }
-                Decoded::Whole(txn) => whole.push(txn),
                 Decoded::Part { txn, last } => {
                     store.whole(std::mem::take(&mut whole)).await?;
+                    whole_bytes = 0;
                     let taking = in_parts.take().unwrap_or_else(|| parts::InParts::begin(&store.registry, &txn));
                     in_parts = store.part(taking, txn, last).await?;
                 }
                 Decoded::Abandoned => {
                     store.whole(std::mem::take(&mut whole)).await?;
+                    whole_bytes = 0;
                     if let Some(taking) = in_parts.take() {
                         taking.abandon();
                     }
