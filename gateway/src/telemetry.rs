@@ -27,6 +27,12 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("gateway_replication_bytes_total", Kind::Counter, "", "pgoutput bytes received"),
     ("gateway_replication_decode_errors_total", Kind::Counter, "", "pgoutput messages that did not decode"),
     (
+        "gateway_replication_txn_parts_total",
+        Kind::Counter,
+        "",
+        "parts of transactions larger than a part of --txn-memory, passed on as they arrived",
+    ),
+    (
         "gateway_replication_lag_bytes",
         Kind::Gauge,
         "",
@@ -84,6 +90,12 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
     ("gateway_outbox_batch_seconds", Kind::Histogram, "", "time to apply one outbox batch"),
     ("gateway_auth_failures_total", Kind::Counter, "reason", "requests refused by authentication or access rules"),
     ("gateway_panics_total", Kind::Counter, "", "request handlers that panicked (answered 500; the log has where)"),
+    (
+        "gateway_stalled_connections_closed_total",
+        Kind::Counter,
+        "",
+        "connections closed because the client accepted no bytes for --send-timeout-s",
+    ),
 ];
 
 const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0];
