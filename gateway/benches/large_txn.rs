@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use common::{env_or, median, recvlogical_seconds, secs, wait_flushed};
+use common::{env_or, median, peak_rss_kib, recvlogical_seconds, secs, wait_flushed};
 use serde_json::Value;
 use shapes::offset::Lsn;
 use testkit::{Env, Gateway, metric_sum};
@@ -154,13 +154,6 @@ async fn check(rows: u64, txn_memory: &str) {
     assert_eq!((all.rows, odd.rows), (rows, rows / 2));
     assert!(peak < PEAK_LIMIT_MIB, "peak RSS {peak:.0} MiB is over {PEAK_LIMIT_MIB} MiB");
     println!("check: passed");
-}
-
-/// Peak resident set size of a process so far, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
-    field.and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 async fn wal_position(env: &Env) -> Lsn {

@@ -284,16 +284,6 @@ impl ShapeLog {
         WriteMark { len: l.written_len, head: l.written_head }
     }
 
-    /// Forgets entries written but not yet published (their write or sync failed), so they
-    /// can be written again: the next append overwrites them.
-    pub fn discard_unpublished(&self) {
-        let mark = {
-            let l = self.live.lock().unwrap();
-            WriteMark { len: l.durable_len, head: l.head }
-        };
-        self.rewind(mark);
-    }
-
     /// Forgets entries written after `mark` (a [`ShapeLog::written_mark`] taken before
     /// them) and not yet published: the next append overwrites them.
     pub fn rewind(&self, mark: WriteMark) {
