@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use crate::durable::sync_filesystem;
 
+pub mod tail;
+
 /// A segment is sealed (and a checkpoint may follow) past this size...
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// ...or this long after its first frame: the kernel has written most pages back by then, so

@@ -112,3 +112,50 @@ fn a_record_naming_a_path_outside_the_data_dir_is_refused() {
         assert!(parse_record(&frame).is_none(), "{rel}");
     }
 }
+
+/// Makes the journal's current segment due for sealing, and seals it.
+fn seal(journal: &mut Journal) -> Checkpoint {
+    journal.first_frame = Some(Instant::now() - SEGMENT_AGE);
+    journal.seal_if_due().unwrap().expect("due")
+}
+
+fn records(tailed: tail::Tailed) -> Vec<(PathBuf, u64, Vec<u8>)> {
+    match tailed {
+        tail::Tailed::Records(r) => r.into_iter().map(|w| (w.path, w.at, w.bytes.to_vec())).collect(),
+        tail::Tailed::Lost => panic!("lost frames"),
+    }
+}
+
+#[test]
+fn a_tail_reads_each_frame_once_across_segments_even_removed_ones_and_says_when_it_lost_some() {
+    let dir = tmp("tail");
+    let (a, b) = (dir.join("shapes/a/log"), dir.join("shapes/b/log"));
+    let (mut journal, _) = Journal::open(&dir).unwrap();
+    let mut tail = tail::JournalTail::start(&dir).unwrap();
+    append(&mut journal, &a, b"one");
+    append(&mut journal, &b, b"two");
+    assert!(records(tail.poll().unwrap()).is_empty(), "a frame not yet written is not read");
+    journal.commit().unwrap();
+    assert_eq!(records(tail.poll().unwrap()), vec![(a.clone(), 0, b"one".to_vec()), (b.clone(), 0, b"two".to_vec())]);
+    assert!(records(tail.poll().unwrap()).is_empty(), "read once");
+    // A frame in a segment sealed and removed before the tail read it, then the next segment.
+    append(&mut journal, &a, b"three");
+    journal.commit().unwrap();
+    let checkpoint = seal(&mut journal);
+    append(&mut journal, &b, b"four");
+    journal.commit().unwrap();
+    checkpoint.run().unwrap();
+    assert_eq!(
+        records(tail.poll().unwrap()),
+        vec![(a.clone(), 3, b"three".to_vec()), (b.clone(), 3, b"four".to_vec())]
+    );
+    // Two segments go by unread: the one between was never opened, so frames are lost.
+    seal(&mut journal).run().unwrap();
+    append(&mut journal, &a, b"five");
+    journal.commit().unwrap();
+    seal(&mut journal).run().unwrap();
+    append(&mut journal, &b, b"six");
+    journal.commit().unwrap();
+    assert!(matches!(tail.poll().unwrap(), tail::Tailed::Lost));
+    assert_eq!(records(tail.poll().unwrap()), vec![(b.clone(), 7, b"six".to_vec())], "then on from the oldest left");
+}

@@ -14,8 +14,10 @@
 //! last entry of a transaction, so recovery keeps transactions whole).
 //!
 //! Modules: `record` (the entry format), `live` (the live log's index and reads),
-//! `recovery` (scanning a log after a crash), `snapshot` (the snapshot chunks).
+//! `recovery` (scanning a log after a crash), `snapshot` (the snapshot chunks), `follow`
+//! (a read-only view of a log another process writes).
 
+mod follow;
 mod live;
 mod record;
 mod recovery;
@@ -32,6 +34,7 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use self::follow::Followed;
 use self::live::Live;
 pub use self::live::LiveRead;
 use self::record::{HEADER, Records};

@@ -261,3 +261,43 @@ fn readers_of_the_last_append_read_it_from_memory_as_the_file_holds_it() {
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_follower_sees_whole_transactions_as_the_writer_publishes_them() {
+    let dir = tmp("follow");
+    let writer = ShapeLog::create(&dir, 1 << 20).unwrap();
+    writer.finish_snapshot(b"{}").unwrap();
+    let first = writer.append(&[vec![entry(10, 0)]]).unwrap();
+    let follower = ShapeLog::open_following(&dir, 1 << 20).unwrap().expect("snapshot complete");
+    assert_eq!(follower.version().head, LogOffset::At { tx: 10, op: 0 }, "whole transactions in the file are seen");
+    assert_eq!(follower.follow(first.at, &first.bytes).unwrap(), Followed::Taken, "what it holds is skipped");
+    // A transaction in parts: nothing of it shows until its last part.
+    let part = writer.append_with(&[vec![entry(11, 0), entry(11, 2)]], false).unwrap();
+    assert_eq!(follower.follow(part.at, &part.bytes).unwrap(), Followed::Taken);
+    assert_eq!(follower.read_live(LogOffset::At { tx: 10, op: 0 }).unwrap().count, 0);
+    // The writer gives the parts up and writes another transaction over them.
+    writer.rewind(writer_mark_after(&writer, &first));
+    let again = writer.append(&[vec![entry(12, 0)]]).unwrap();
+    assert_eq!(again.at, part.at);
+    assert_eq!(follower.follow(again.at, &again.bytes).unwrap(), Followed::Taken);
+    let r = follower.read_live(LogOffset::At { tx: 10, op: 0 }).unwrap();
+    assert_eq!(r.body, br#"{"m":"12_0"}"#, "the given-up parts never show");
+    // Bytes past the view's end: the file fills the gap.
+    let skipped = writer.append(&[vec![entry(13, 0)]]).unwrap();
+    let next = writer.append(&[vec![entry(14, 0)]]).unwrap();
+    assert!(skipped.at < next.at);
+    assert_eq!(follower.follow(next.at, &next.bytes).unwrap(), Followed::Taken);
+    let r = follower.read_live(LogOffset::At { tx: 12, op: 0 }).unwrap();
+    assert_eq!(r.body, br#"{"m":"13_0"},{"m":"14_0"}"#);
+    // Bytes the file does not hold before them (another log's, say) are a gap.
+    let stray = writer.append(&[vec![entry(15, 0)]]).unwrap();
+    assert_eq!(follower.follow(stray.at + 1000, &stray.bytes).unwrap(), Followed::Gap);
+    assert_eq!(follower.version().head, LogOffset::At { tx: 14, op: 0 }, "a gap changes nothing readers see");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// The writer's mark right after `appended` was written (its parts are what follows).
+fn writer_mark_after(writer: &ShapeLog, appended: &Appended) -> WriteMark {
+    let mark = writer.written_mark();
+    WriteMark { len: appended.at + appended.bytes.len() as u64, head: LogOffset::At { tx: 10, op: 0 }, ..mark }
+}
