@@ -43,9 +43,15 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
-    /// Where shape logs are stored.
+    /// Where shape logs are stored. Standbys that share it with the leader (one volume, a
+    /// ReadWriteMany one across nodes) serve reads of the leader's shapes.
     #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "./gateway-data")]
     pub data_dir: PathBuf,
+    /// The URL other gateways reach this one at (standbys sharing the data dir forward new
+    /// shapes to the leader there). Default: `http://` and the `--listen` address, with
+    /// `127.0.0.1` for an unspecified IP.
+    #[arg(long, env = "GATEWAY_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Logical replication slot name; it starts with `gateway`, so the gateway never
     /// mistakes (or drops) a slot it did not create.
     #[arg(long, env = "GATEWAY_SLOT", default_value = "gateway", value_parser = parse_slot_name)]

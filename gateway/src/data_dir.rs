@@ -9,6 +9,10 @@
 //!   that LSN is acknowledged to PostgreSQL, so at start a slot confirmed past it means
 //!   someone else streamed from the slot meanwhile (another gateway with its own disk, or
 //!   this directory is an old copy): the logs miss changes and every shape is refetched.
+//!   Beside it, the newest LSN readers were told of (`global_last_seen_lsn`), which
+//!   read-serving standbys on the same directory tell theirs.
+//! - `leader`: the URL where the gateway holding the lock serves, for standbys to forward
+//!   what they cannot serve themselves.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -18,8 +22,8 @@ use std::time::Duration;
 
 use shapes::offset::Lsn;
 
-/// The record's fixed size: the LSN as text, space-padded (one sector: written whole).
-const RECORD_LEN: usize = 32;
+/// The record's fixed size: two LSNs as text, space-padded (one sector: written whole).
+const RECORD_LEN: usize = 64;
 
 /// The data dir, held exclusively while this value lives.
 #[derive(Debug)]
@@ -80,17 +84,21 @@ impl DataDir {
             .write(true)
             .open(dir.join("position"))
             .map_err(io_err)?;
-        let mut record = [0u8; RECORD_LEN];
-        let read = position.read_at(&mut record, 0).map_err(io_err)?;
-        let stored_through = std::str::from_utf8(&record[..read]).ok().and_then(|t| t.trim().parse().ok());
+        let stored_through = read_record(&position).map_err(io_err)?.map(|r| r.stored_through);
         Ok(DataDir { _lock: lock, position, stored_through })
     }
 
-    /// Durably records that the logs hold every change through `lsn`.
-    pub fn record(&self, lsn: Lsn) -> io::Result<()> {
-        let text = format!("{:<width$}", lsn.to_string(), width = RECORD_LEN - 1) + "\n";
+    /// Durably records that the logs hold every change through `lsn`, and that readers were
+    /// told of changes up to `seen`.
+    pub fn record(&self, lsn: Lsn, seen: Lsn) -> io::Result<()> {
+        let text = format!("{:<width$}", format!("{lsn} {seen}"), width = RECORD_LEN - 1) + "\n";
         self.position.write_all_at(text.as_bytes(), 0)?;
         self.position.sync_data()
+    }
+
+    /// Says where this gateway serves (`--advertise-url`), for standbys to forward to.
+    pub fn record_leader(&self, dir: &Path, url: &str) -> io::Result<()> {
+        shapes::durable::write_atomically(&dir.join("leader"), url.as_bytes())
     }
 
     /// Why the stored logs cannot be trusted against a slot confirmed up to `confirmed`
@@ -109,6 +117,56 @@ impl DataDir {
     }
 }
 
+/// What the position record says (see the module's notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub stored_through: Lsn,
+    /// Absent from records of older gateways: then the stored position.
+    pub seen: Lsn,
+}
+
+fn read_record(position: &File) -> io::Result<Option<Recorded>> {
+    let mut record = [0u8; RECORD_LEN];
+    let read = position.read_at(&mut record, 0)?;
+    let text = std::str::from_utf8(&record[..read]).unwrap_or_default();
+    let mut lsns = text.split_whitespace().map(|t| t.parse::<Lsn>().ok());
+    let Some(Some(stored_through)) = lsns.next() else { return Ok(None) };
+    let seen = lsns.next().flatten().unwrap_or(stored_through);
+    Ok(Some(Recorded { stored_through, seen }))
+}
+
+/// What another process sharing `dir` has to say, read without its lock: a read-serving
+/// standby follows the gateway that holds it.
+pub struct Shared;
+
+impl Shared {
+    /// Whether a process holds `dir`'s lock for `slot` now (the standby then shares its
+    /// logs; on a volume of its own, no one does).
+    pub fn held_for(dir: &Path, slot: &str) -> bool {
+        let Ok(lock) = File::open(dir.join("lock")) else { return false };
+        let ours = std::fs::read_to_string(dir.join("slot")).is_ok_and(|theirs| theirs == slot);
+        match lock.try_lock_shared() {
+            Ok(()) => false,
+            Err(TryLockError::WouldBlock) => ours,
+            Err(TryLockError::Error(_)) => false,
+        }
+    }
+
+    /// The position record as the holder last wrote it.
+    pub fn recorded(dir: &Path) -> io::Result<Option<Recorded>> {
+        match File::open(dir.join("position")) {
+            Ok(f) => read_record(&f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where the holder serves, as it said at start.
+    pub fn leader_url(dir: &Path) -> Option<String> {
+        std::fs::read_to_string(dir.join("leader")).ok().map(|u| u.trim().to_string()).filter(|u| !u.is_empty())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,13 +178,17 @@ mod tests {
         let first = DataDir::open(&dir, "gateway", Duration::ZERO).await.unwrap();
         assert_eq!(first.stored_through, None);
         assert!(first.stale_logs(Lsn(10), false).is_some(), "no record: not trusted");
-        first.record(Lsn(500)).unwrap();
+        first.record(Lsn(500), Lsn(480)).unwrap();
+        assert!(Shared::held_for(&dir, "gateway"), "a standby sees the lock held");
+        assert!(!Shared::held_for(&dir, "gateway_other"), "but not for another slot");
+        assert_eq!(Shared::recorded(&dir).unwrap(), Some(Recorded { stored_through: Lsn(500), seen: Lsn(480) }));
         // File locks are per open file description, so a second open in one process conflicts too.
         let second = DataDir::open(&dir, "gateway", Duration::from_millis(200)).await;
         assert!(matches!(second, Err(DataDirError::InUse { .. })), "{second:?}");
         let other = DataDir::open(&dir, "gateway_other", Duration::from_secs(60)).await;
         assert!(matches!(other, Err(DataDirError::OtherSlot { .. })), "another slot is refused at once: {other:?}");
         drop(first);
+        assert!(!Shared::held_for(&dir, "gateway"), "let go");
         let reopened = DataDir::open(&dir, "gateway", Duration::ZERO).await.unwrap();
         assert_eq!(reopened.stored_through, Some(Lsn(500)));
         assert_eq!(reopened.stale_logs(Lsn(500), false), None);

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod devdb;
 pub mod fair_queue;
 pub mod fanout;
+pub mod follow;
 pub mod http;
 pub mod limits;
 pub mod log_lines;
@@ -60,7 +61,7 @@ const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// PostgreSQL sessions applying outbox batches at once; more batches wait for one.
 const OUTBOX_CONNECTIONS: usize = 16;
 /// How long shutdown waits for background tasks (snapshots, SSE producers) to end.
-const TASKS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const TASKS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -264,7 +265,7 @@ async fn serve_once(
         if !registry.is_empty() {
             registry.rotate_all(&reason);
         }
-        data_dir.record(slot_state.confirmed).map_err(data_err)?;
+        data_dir.record(slot_state.confirmed, slot_state.confirmed).map_err(data_err)?;
     }
     let ack = Arc::new(AckState::new(slot_state.confirmed));
     let status = Arc::new(Status::default());
@@ -309,55 +310,27 @@ async fn serve_once(
     let mut monitor = tokio::spawn(monitor.run(cancel.clone()));
     tasks.spawn(telemetry::upkeep(metrics, cfg.data_dir.clone()));
 
-    let cors = http::Cors::new(&cfg.cors_origins);
     tracing::info!(origins = %cfg.cors_origins.join(","), "browsers may call from");
     let outbox = Arc::new(build_outbox(&db_cfg, bind).await?);
-    let settings = HttpSettings {
-        cors,
-        shared_cache_by_caller: cfg.shared_cache_by_caller,
-        long_poll_timeout: cfg.long_poll_timeout(),
-        sse_timeout: cfg.sse_timeout(),
-        sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
-        cache_catch_up: format!(
-            "public, max-age={}, stale-while-revalidate={}",
-            cfg.cache_max_age, cfg.cache_stale_age
-        ),
-        demo: cfg.demo.clone(),
-        max_live_connections: cfg.max_live_connections as usize,
-    };
-    let limits = ShapeLimits {
-        max_concurrent_snapshots: cfg.max_concurrent_snapshots as usize,
-        max_shapes_per_table: cfg.max_shapes_per_table as usize,
-        max_shapes_per_scope: cfg.max_shapes_per_scope as usize,
-    };
-    let shapes =
-        ShapeSet::new(registry.clone(), db_cfg, cfg.publication.clone(), status.clone(), limits, tasks.clone());
-    if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
-        let auth = auth.clone();
-        tasks.spawn(async move {
-            if let Some(auth::keys::KeySource::Jwks(jwks)) = auth.verifier().map(|v| v.keys()) {
-                jwks.refresh().await;
-            }
-        });
-    }
+    let shapes = ShapeSet::new(
+        registry.clone(),
+        db_cfg,
+        cfg.publication.clone(),
+        status.clone(),
+        shape_limits(cfg),
+        tasks.clone(),
+    );
+    refresh_keys(&auth, &tasks);
+    let settings = http_settings(cfg);
     let state = AppState::new(settings, Arc::new(shapes), ack.clone(), status, auth, outbox, tasks.clone());
     let listener = TcpListener::bind(*listen).await.map_err(|source| StartError::Listen { addr: *listen, source })?;
     *listen = listener.local_addr().unwrap_or(*listen);
-    tracing::info!(%listen, pid = std::process::id(), "serving shapes");
-    let server_cancel = cancel.clone();
-    // Live responses are many small writes: without TCP_NODELAY, Nagle's algorithm holds
-    // each one until the client's delayed ACK, adding tens of milliseconds per event.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let listener = http::send_timeout::SendTimeout::new(listener, std::time::Duration::from_secs(cfg.send_timeout_s));
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, http::app(state).into_make_service())
-            .with_graceful_shutdown(server_cancel.cancelled_owned())
-            .await
-    });
+    let advertised = advertise_url(cfg, *listen);
+    if let Err(e) = data_dir.record_leader(&cfg.data_dir, &advertised) {
+        tracing::warn!(error = %e, "could not record where this gateway serves; standbys cannot forward to it");
+    }
+    tracing::info!(%listen, %advertised, pid = std::process::id(), "serving shapes");
+    let mut server = serve_http(listener, http::app(state), cfg, cancel.clone());
 
     // Whichever ends first decides; the rest are stopped through the shared token.
     let (mut replication_done, mut fanout_done, mut server_done) = (false, false, false);
@@ -424,9 +397,121 @@ async fn serve_once(
     outcome
 }
 
+/// The HTTP layer's settings from the flags.
+fn http_settings(cfg: &ServeConfig) -> HttpSettings {
+    HttpSettings {
+        cors: http::Cors::new(&cfg.cors_origins),
+        shared_cache_by_caller: cfg.shared_cache_by_caller,
+        long_poll_timeout: cfg.long_poll_timeout(),
+        sse_timeout: cfg.sse_timeout(),
+        sse_keepalive: std::time::Duration::from_secs(21).min(cfg.sse_timeout()),
+        cache_catch_up: format!(
+            "public, max-age={}, stale-while-revalidate={}",
+            cfg.cache_max_age, cfg.cache_stale_age
+        ),
+        demo: cfg.demo.clone(),
+        max_live_connections: cfg.max_live_connections as usize,
+    }
+}
+
+fn shape_limits(cfg: &ServeConfig) -> ShapeLimits {
+    ShapeLimits {
+        max_concurrent_snapshots: cfg.max_concurrent_snapshots as usize,
+        max_shapes_per_table: cfg.max_shapes_per_table as usize,
+        max_shapes_per_scope: cfg.max_shapes_per_scope as usize,
+    }
+}
+
+/// Keeps a JWKS fresh while `tasks` run.
+fn refresh_keys(auth: &Arc<auth::Auth>, tasks: &Tasks) {
+    if let Some(auth::keys::KeySource::Jwks(_)) = auth.verifier().map(|v| v.keys()) {
+        let auth = auth.clone();
+        tasks.spawn(async move {
+            if let Some(auth::keys::KeySource::Jwks(jwks)) = auth.verifier().map(|v| v.keys()) {
+                jwks.refresh().await;
+            }
+        });
+    }
+}
+
+/// Where other gateways reach this one (`--advertise-url`).
+fn advertise_url(cfg: &ServeConfig, listen: std::net::SocketAddr) -> String {
+    cfg.advertise_url.clone().unwrap_or_else(|| {
+        let mut addr = listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    })
+}
+
+/// Serves `app` on `listener` until `cancel`.
+fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    cfg: &ServeConfig,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    // Live responses are many small writes: without TCP_NODELAY, Nagle's algorithm holds
+    // each one until the client's delayed ACK, adding tens of milliseconds per event.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    let listener = http::send_timeout::SendTimeout::new(listener, std::time::Duration::from_secs(cfg.send_timeout_s));
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(cancel.cancelled_owned()).await
+    })
+}
+
+/// What a gateway serves while another streams from the slot.
+enum Standby {
+    /// On a data dir of its own: alive, not ready, 503 for the API.
+    Waiting(CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>),
+    /// On the leader's data dir: reads of the leader's shapes.
+    Following(follow::Following),
+}
+
+impl Standby {
+    async fn start(
+        cfg: &ServeConfig,
+        listen: &mut std::net::SocketAddr,
+        shutdown: &CancellationToken,
+        shared: bool,
+    ) -> Result<Standby, StartError> {
+        let listener =
+            TcpListener::bind(*listen).await.map_err(|source| StartError::Listen { addr: *listen, source })?;
+        *listen = listener.local_addr().unwrap_or(*listen);
+        let pid = std::process::id();
+        if shared {
+            tracing::info!(slot = %cfg.slot, %listen, pid, "another gateway streams from the slot into this data dir: serving reads of its shapes");
+            return Ok(Standby::Following(follow::Following::start(cfg, listener, shutdown).await?));
+        }
+        tracing::info!(slot = %cfg.slot, %listen, pid, "another gateway streams from the slot: standing by");
+        let (cancel, app) = (shutdown.child_token(), http::health::standby_app(cfg.slot.clone()));
+        let stop = cancel.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop.cancelled_owned()).await
+        });
+        Ok(Standby::Waiting(cancel, server))
+    }
+
+    async fn stop(self) {
+        match self {
+            Standby::Waiting(cancel, server) => {
+                cancel.cancel();
+                let _ = server.await;
+            }
+            Standby::Following(following) => following.stop().await,
+        }
+    }
+}
+
 /// Becomes the gateway that streams from the slot, or waits as a standby until it can:
-/// meanwhile `/healthz` answers on `listen`, `/readyz` and the API answer 503. `None`: shut
-/// down while waiting.
+/// meanwhile `/healthz` answers on `listen`, and either the API answers 503 (`/readyz`
+/// too) or, on the leader's data dir, reads of the leader's shapes are served (`follow`).
+/// `None`: shut down while waiting.
 async fn lead(
     cfg: &ServeConfig,
     listen: &mut std::net::SocketAddr,
@@ -435,7 +520,7 @@ async fn lead(
 ) -> Result<Option<Leadership>, StartError> {
     // The first answer decides whether a standby server is needed at all.
     let mut waiting: Option<Candidate> = None;
-    let mut standby: Option<(CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>)> = None;
+    let mut standby: Option<Standby> = None;
     let leadership = loop {
         let attempt = match waiting.take() {
             Some(c) => c.try_lock().await,
@@ -450,28 +535,29 @@ async fn lead(
             }
             Err(e) => return Err(e.into()),
         }
-        if standby.is_none() {
+        // Following once the leader holds this data dir; a follower stays one until it leads.
+        let shared = data_dir::Shared::held_for(&cfg.data_dir, &cfg.slot);
+        if standby.is_none() || (shared && matches!(standby, Some(Standby::Waiting(..)))) {
             metrics::gauge!("gateway_leader").set(0.0);
-            let listener =
-                TcpListener::bind(*listen).await.map_err(|source| StartError::Listen { addr: *listen, source })?;
-            *listen = listener.local_addr().unwrap_or(*listen);
-            let pid = std::process::id();
-            tracing::info!(slot = %cfg.slot, %listen, pid, "another gateway streams from the slot: standing by");
-            let (cancel, app) = (shutdown.child_token(), http::health::standby_app(cfg.slot.clone()));
-            let stop = cancel.clone();
-            let server = tokio::spawn(async move {
-                axum::serve(listener, app.into_make_service()).with_graceful_shutdown(stop.cancelled_owned()).await
+            if let Some(old) = standby.take() {
+                old.stop().await;
+            }
+            standby = Some(match Standby::start(cfg, listen, shutdown, shared).await {
+                Ok(started) => started,
+                Err(e) if shared => {
+                    tracing::warn!(error = %e, "standby: cannot serve reads of the leader's shapes; waiting instead");
+                    Standby::start(cfg, listen, shutdown, false).await?
+                }
+                Err(e) => return Err(e),
             });
-            standby = Some((cancel, server));
         }
         tokio::select! {
             _ = tokio::time::sleep(STANDBY_POLL) => {}
             _ = shutdown.cancelled() => break None,
         }
     };
-    if let Some((cancel, server)) = standby {
-        cancel.cancel();
-        let _ = server.await;
+    if let Some(standby) = standby {
+        standby.stop().await;
         if leadership.is_some() {
             tracing::info!(slot = %cfg.slot, "took over the slot");
         }

@@ -21,6 +21,8 @@ pub struct Status {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// A read-serving standby: it follows the leader's logs instead of the stream.
+    following: bool,
     replication_connected: bool,
     last_error: Option<String>,
     slot: Option<SlotHealth>,
@@ -92,6 +94,16 @@ impl Status {
     }
 
     /// Why new shapes must wait, when the WAL budget says so.
+    /// Marks this gateway a read-serving standby (see `follow`).
+    pub fn set_following(&self) {
+        self.inner.lock().unwrap().following = true;
+    }
+
+    /// `leader` (streams from the slot) or `follower` (serves reads of the leader's logs).
+    pub fn role(&self) -> &'static str {
+        if self.inner.lock().unwrap().following { "follower" } else { "leader" }
+    }
+
     pub fn new_shapes_paused(&self) -> Option<String> {
         let i = self.inner.lock().unwrap();
         let slot = i.slot.as_ref().filter(|s| s.stage >= Stage::PauseNewShapes)?;
@@ -115,7 +127,7 @@ impl Status {
                 slot.retained_wal_bytes
             ));
         }
-        if i.replication_connected {
+        if i.following || i.replication_connected {
             Ok(())
         } else {
             Err(match &i.last_error {

@@ -96,6 +96,18 @@ pub const METRICS: &[(&str, Kind, &str, &str)] = &[
         "",
         "connections closed because the client accepted no bytes for --send-timeout-s",
     ),
+    (
+        "gateway_forwarded_requests_total",
+        Kind::Counter,
+        "",
+        "requests a read-serving standby sent on to the leader (new shapes, DELETE)",
+    ),
+    (
+        "gateway_follower_log_reloads_total",
+        Kind::Counter,
+        "",
+        "shape logs a read-serving standby read again from their files (a journal record did not continue its view)",
+    ),
 ];
 
 const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0];

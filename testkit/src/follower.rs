@@ -7,12 +7,11 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::DEADLINE;
-use crate::http::get_as;
 use crate::process::Gateway;
 
 /// Follows one shape by long-polling and materializes it.
 pub struct Follower {
-    base: String,
+    pub base: String,
     pub params: String,
     pub handle: Option<String>,
     pub offset: String,
@@ -83,8 +82,22 @@ impl Follower {
 
     /// One request; applies its messages. Returns whether it ended with up-to-date.
     pub async fn step(&mut self, live: bool) -> bool {
-        let r = get_as(&self.url(live), self.token.as_deref()).await;
+        self.try_step(live).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Follower::step`], where a gateway that cannot answer (unreachable, or a 503 while
+    /// a standby takes over) is an error the caller may meet by trying another one.
+    pub async fn try_step(&mut self, live: bool) -> Result<bool, String> {
+        let mut req = crate::http::http().get(self.url(live));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let sent = req.send().await.map_err(|e| format!("{}: {e}", self.base))?;
+        let (status, headers) = (sent.status().as_u16(), sent.headers().clone());
+        let bytes = sent.bytes().await.map_err(|e| format!("{}: {e}", self.base))?;
+        let r = crate::http::Response { status, headers, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         match r.status {
+            502..=504 => return Err(format!("{}: status {}: {}", self.base, r.status, r.body)),
             200 => {}
             409 => {
                 self.handle = r.headers.get("electric-handle").map(|h| h.to_str().unwrap().to_string());
@@ -92,7 +105,7 @@ impl Follower {
                 self.rows.clear();
                 self.seen.clear();
                 self.refetches += 1;
-                return false;
+                return Ok(false);
             }
             s => panic!("status {s}: {}", r.body),
         }
@@ -159,7 +172,7 @@ impl Follower {
         if up_to_date && ends_txn == Some(false) {
             self.torn += 1;
         }
-        up_to_date
+        Ok(up_to_date)
     }
 
     /// Catches up with non-live requests until up-to-date.

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::DEADLINE;
 
 pub fn free_port() -> u16 {
@@ -153,6 +155,22 @@ impl Gateway {
                 return;
             }
             assert!(started.elapsed() < DEADLINE, "gateway not ready; log: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What `/readyz` says this gateway is (`leader` or `follower`), once it is ready.
+    pub async fn role(&self) -> Option<String> {
+        let r = crate::http::http().get(format!("{}/readyz", self.base())).send().await.ok()?;
+        let body: Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
+        body["role"].as_str().map(str::to_string)
+    }
+
+    /// Waits until `/readyz` says this gateway is `role`.
+    pub async fn becomes(&self, role: &str) {
+        let started = Instant::now();
+        while self.role().await.as_deref() != Some(role) {
+            assert!(started.elapsed() < DEADLINE, "never became {role}; log: {}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

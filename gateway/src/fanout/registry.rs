@@ -24,6 +24,8 @@ use super::set_routing::SetRouting;
 use super::sets::{Job, Sets};
 use super::views::SetViews;
 
+mod followed;
+
 #[derive(Default)]
 struct Inner {
     by_key: HashMap<ShapeKey, Arc<LiveShape>>,
@@ -101,19 +103,8 @@ impl Registry {
         acknowledged: Lsn,
         jobs: mpsc::UnboundedSender<Job>,
     ) -> io::Result<Registry> {
-        let dir = data_dir.join("shapes");
-        std::fs::create_dir_all(&dir)?;
-        let registry = Registry {
-            dir,
-            chunk_bytes,
-            bind,
-            inner: RwLock::new(Inner::default()),
-            acknowledged,
-            next_id: AtomicU64::new(1),
-            last_handle_micros: AtomicU64::new(0),
-            schemas: Mutex::new(HashMap::new()),
-            sets: Sets::new(jobs),
-        };
+        let registry = Registry::empty(data_dir, chunk_bytes, bind, acknowledged, jobs);
+        std::fs::create_dir_all(&registry.dir)?;
         let mut loaded = 0;
         for entry in std::fs::read_dir(&registry.dir)? {
             let path = entry?.path();
@@ -131,6 +122,26 @@ impl Registry {
         }
         tracing::info!(shapes = loaded, "shape logs loaded");
         Ok(registry)
+    }
+
+    fn empty(
+        data_dir: &Path,
+        chunk_bytes: u64,
+        bind: BindOptions,
+        acknowledged: Lsn,
+        jobs: mpsc::UnboundedSender<Job>,
+    ) -> Registry {
+        Registry {
+            dir: data_dir.join("shapes"),
+            chunk_bytes,
+            bind,
+            inner: RwLock::new(Inner::default()),
+            acknowledged,
+            next_id: AtomicU64::new(1),
+            last_handle_micros: AtomicU64::new(0),
+            schemas: Mutex::new(HashMap::new()),
+            sets: Sets::new(jobs),
+        }
     }
 
     fn load(&self, path: &Path) -> io::Result<bool> {
@@ -377,38 +388,40 @@ impl Registry {
 
     /// Ends a shape generation: readers get 409, the next request creates a new handle.
     pub fn rotate(&self, shape: &LiveShape, reason: &str) {
-        let removed = {
-            let mut inner = self.inner.write().unwrap();
-            let removed = inner.by_id.remove(&shape.id).is_some();
-            if removed {
-                inner.count(shape, false);
-                inner.by_handle.remove(&shape.handle);
-                if inner.by_key.get(&shape.key).is_some_and(|s| s.id == shape.id) {
-                    inner.by_key.remove(&shape.key);
-                }
-                if let Some(index) = inner.tables.get_mut(&shape.shape.table.oid) {
-                    index.remove(shape.id);
-                    if index.is_empty() {
-                        inner.tables.remove(&shape.shape.table.oid);
-                    }
-                }
-                if let Some(linked) = inner.linked.get_mut(&shape.shape.table.oid)
-                    && linked.remove(shape.id)
-                {
-                    inner.linked.remove(&shape.shape.table.oid);
-                }
-                metrics::counter!("gateway_shapes_rotated_total").increment(1);
-                metrics::gauge!("gateway_shapes").set(inner.by_id.len() as f64);
-            }
-            removed
-        };
-        if removed {
+        if self.remove(shape) {
+            metrics::counter!("gateway_shapes_rotated_total").increment(1);
             self.sets.unregister(shape);
             tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, reason, "shape rotated");
             if let Err(e) = shape.log.destroy() {
                 tracing::warn!(handle = %shape.handle, error = %e, "could not remove a rotated shape's files");
             }
         }
+    }
+
+    /// Takes a shape out of every map; `false` if it was not in them.
+    fn remove(&self, shape: &LiveShape) -> bool {
+        let mut inner = self.inner.write().unwrap();
+        let removed = inner.by_id.remove(&shape.id).is_some();
+        if removed {
+            inner.count(shape, false);
+            inner.by_handle.remove(&shape.handle);
+            if inner.by_key.get(&shape.key).is_some_and(|s| s.id == shape.id) {
+                inner.by_key.remove(&shape.key);
+            }
+            if let Some(index) = inner.tables.get_mut(&shape.shape.table.oid) {
+                index.remove(shape.id);
+                if index.is_empty() {
+                    inner.tables.remove(&shape.shape.table.oid);
+                }
+            }
+            if let Some(linked) = inner.linked.get_mut(&shape.shape.table.oid)
+                && linked.remove(shape.id)
+            {
+                inner.linked.remove(&shape.shape.table.oid);
+            }
+            metrics::gauge!("gateway_shapes").set(inner.by_id.len() as f64);
+        }
+        removed
     }
 
     pub fn cached_schema(&self, name: &TableName) -> Option<TableSchema> {

@@ -33,6 +33,10 @@ pub enum ApiError {
     Unavailable { message: String, retry_after: u32 },
     #[error("internal error")]
     Internal(String),
+    /// A read-serving standby lacks the shape: the request goes to the leader
+    /// ([`super::forward`]); 503 when it cannot.
+    #[error("this gateway serves reads of existing shapes and cannot reach the leader, which creates new ones; retry")]
+    AtLeader,
 }
 
 impl ApiError {
@@ -73,6 +77,7 @@ impl From<crate::shape_set::ShapeSetError> for ApiError {
             e @ E::Unreachable => ApiError::Unavailable { message: e.to_string(), retry_after: 10 },
             e @ E::Storage(_) => ApiError::Unavailable { message: e.to_string(), retry_after: 10 },
             E::Internal(e) => ApiError::Internal(e),
+            E::AtLeader => ApiError::AtLeader,
         }
     }
 }
@@ -122,6 +127,11 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": "unavailable", "message": message}),
                 Some(*retry_after),
+            ),
+            ApiError::AtLeader => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "unavailable", "message": self.to_string()}),
+                Some(1),
             ),
             ApiError::Internal(detail) => {
                 // Logged once here; never echoed to the client.

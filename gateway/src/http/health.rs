@@ -32,6 +32,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.status.readiness() {
         Ok(()) => Json(serde_json::json!({
             "status": "ready",
+            // `leader` streams from the slot; a `follower` serves reads of its logs.
+            "role": state.status.role(),
             "shapes": state.shapes.registry().len(),
             // Everything up to here is stored and acknowledged to PostgreSQL.
             "flushed_lsn": state.ack.durable().to_string(),

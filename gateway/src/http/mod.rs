@@ -4,6 +4,7 @@
 pub mod admission;
 mod caching;
 pub mod error;
+pub mod forward;
 pub mod health;
 mod live;
 pub mod openapi;
@@ -61,6 +62,8 @@ pub struct AppState {
     /// The owner of tasks that outlive a handler (SSE producers); cancelled at shutdown.
     pub tasks: Tasks,
     pub admission: Arc<admission::Admission>,
+    /// A read-serving standby's way to the leader, for what it cannot serve itself.
+    pub leader: Option<Arc<forward::Leader>>,
 }
 
 impl AppState {
@@ -82,7 +85,13 @@ impl AppState {
             auth,
             outbox,
             tasks,
+            leader: None,
         }
+    }
+
+    /// The state of a read-serving standby, which forwards to `leader` what it cannot serve.
+    pub fn following(self, leader: forward::Leader) -> Self {
+        AppState { leader: Some(Arc::new(leader)), ..self }
     }
 }
 
@@ -104,8 +113,13 @@ pub fn app(state: AppState) -> Router {
     if let Some(site) = state.settings.demo.clone() {
         router = router.merge(crate::demo::site::router(site));
     }
+    let shape_routes = match state.leader {
+        None => get(shape::get_shape).delete(shape::delete_shape).post(subset::post_shape),
+        // A standby serves reads of the leader's shapes; the leader makes and drops them.
+        Some(_) => get(forward::get_shape).delete(forward::forward).post(subset::post_shape),
+    };
     router
-        .route("/v1/shape", get(shape::get_shape).delete(shape::delete_shape).post(subset::post_shape))
+        .route("/v1/shape", shape_routes)
         .route("/v1/outbox", axum::routing::post(outbox::push))
         .route("/v1/health", get(health::health))
         .route("/healthz", get(health::healthz))

@@ -24,6 +24,8 @@ use crate::fanout::live_shape::LiveShape;
 
 const CACHE_INITIAL: &str = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746";
 const CACHE_LIVE: &str = "public, max-age=5, stale-while-revalidate=5";
+/// How often a client ahead of this gateway checks whether it has caught up.
+const SEEN_POLL: Duration = Duration::from_millis(20);
 /// How long a first request waits for its snapshot to produce a chunk.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
 
@@ -44,7 +46,17 @@ pub async fn get_shape(
         Err(ApiError::MissingTable(_)) if req.handle.is_some() => return Ok(must_refetch(&state, None)),
         Err(e) => return Err(e),
     };
-    if req.handle.as_ref().is_some_and(|h| *h != shape.handle.as_str()) {
+    let other_handle = |shape: &LiveShape| req.handle.as_ref().is_some_and(|h| *h != shape.handle.as_str());
+    // A standby may not have read the leader's newest shapes yet: it looks before it sends
+    // the client elsewhere.
+    let shape = match state.leader {
+        Some(_) if other_handle(&shape) => {
+            state.shapes.registry().follow_dirs().map_err(ApiError::internal)?;
+            Box::pin(resolve(&state, &req)).await?
+        }
+        _ => shape,
+    };
+    if other_handle(&shape) {
         return Ok(must_refetch(&state, Some(&shape)));
     }
     match req.offset {
@@ -125,10 +137,22 @@ async fn serve_live(
     // Past the head but not past what every log holds (`<global_last_seen_lsn>_0`, as SSE
     // clients resume): nothing for this shape lies in between, the client is at the head.
     if after > v.head && Lsn(after.tx()) > state.ack.seen() {
-        // A client ahead of the log (e.g. after a failover): give the log a moment to catch up.
+        // A client ahead of the log (after a failover, or coming from a replica further
+        // along): give the log, or what this gateway has seen, a moment to catch up.
         let wait = state.settings.long_poll_timeout / 2;
         let mut rx = shape.log.subscribe();
-        match tokio::time::timeout(wait, next_version(&mut rx, |v| v.head >= after)).await {
+        let caught_up = async {
+            loop {
+                if Lsn(after.tx()) <= state.ack.seen() {
+                    return Some(*rx.borrow());
+                }
+                let step = next_version(&mut rx, |v| v.head >= after);
+                if let Ok(v) = tokio::time::timeout(SEEN_POLL, step).await {
+                    return v;
+                }
+            }
+        };
+        match tokio::time::timeout(wait, caught_up).await {
             Ok(Some(v)) if !v.gone => {}
             Ok(Some(_)) => return replacement(state, req).await,
             _ => return Err(ApiError::invalid("offset", "out of bounds for this shape")),
@@ -268,8 +292,8 @@ fn nothing_new(
 async fn replacement(state: &AppState, req: &ShapeRequest) -> Result<Response, ApiError> {
     match Box::pin(resolve(state, req)).await {
         Ok(current) => Ok(must_refetch(state, Some(&current))),
-        // The table is gone too (dropped): nothing replaces the shape.
-        Err(ApiError::MissingTable(_)) => Ok(must_refetch(state, None)),
+        // The table is gone too (dropped), or only the leader knows what replaces it.
+        Err(ApiError::MissingTable(_) | ApiError::AtLeader) => Ok(must_refetch(state, None)),
         Err(e) => Err(e),
     }
 }

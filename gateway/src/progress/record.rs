@@ -52,9 +52,9 @@ pub async fn record_positions(dir: Arc<DataDir>, ack: Arc<AckState>, status: Arc
 
 /// Records the durable position now and lets it be acknowledged (also used at shutdown).
 pub async fn record_now(dir: &Arc<DataDir>, ack: &Arc<AckState>) -> io::Result<()> {
-    let lsn = ack.durable();
+    let (lsn, seen) = (ack.durable(), ack.seen());
     let d = dir.clone();
-    tokio::task::spawn_blocking(move || d.record(lsn)).await.map_err(io::Error::other)??;
+    tokio::task::spawn_blocking(move || d.record(lsn, seen)).await.map_err(io::Error::other)??;
     ack.note_recorded(lsn);
     Ok(())
 }

@@ -53,6 +53,15 @@ pub enum ShapeSetError {
     Storage(std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A read-serving standby has no such shape: the leader makes it.
+    #[error("this gateway serves reads of existing shapes; the leader creates new ones")]
+    AtLeader,
+}
+
+/// A definition bound from the cached catalog.
+enum Cached {
+    Existing(Arc<LiveShape>),
+    New(Box<Shape>, Vec<TableSchema>),
 }
 
 /// Most tables one shape's subqueries may read.
@@ -72,6 +81,8 @@ pub struct ShapeSet {
     published: std::sync::Mutex<HashSet<u32>>,
     known: KnownShapes,
     tasks: Tasks,
+    /// A read-serving standby: it serves the leader's shapes and makes none.
+    follows: bool,
 }
 
 impl ShapeSet {
@@ -94,7 +105,14 @@ impl ShapeSet {
             published: std::sync::Mutex::new(HashSet::new()),
             known: KnownShapes::default(),
             tasks,
+            follows: false,
         }
+    }
+
+    /// This set serves another gateway's shapes (see `follow`): a definition it does
+    /// not find is [`ShapeSetError::AtLeader`].
+    pub fn following(self) -> ShapeSet {
+        ShapeSet { follows: true, ..self }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -119,32 +137,90 @@ impl ShapeSet {
         Ok(live)
     }
 
+    /// Binds `spec` to `schema` with the subqueries' tables in `catalog`; `Ok(Err(table))`
+    /// when a subquery reads a table `catalog` lacks.
+    fn bind(
+        &self,
+        table: &TableName,
+        spec: &ShapeSpec,
+        schema: TableSchema,
+        catalog: &Vec<TableSchema>,
+        readable: &impl Fn(&Shape) -> Result<(), AuthError>,
+    ) -> Result<Result<Shape, TableName>, ShapeSetError> {
+        let options = self.registry.bind_options();
+        match Shape::bind_with_tables(spec.clone(), schema, Some(catalog), options) {
+            Err(
+                ShapeError::Where(WhereError::UnknownTable(inner)) | ShapeError::Scope(WhereError::UnknownTable(inner)),
+            ) => Ok(Err(inner)),
+            Err(ShapeError::Where(w)) => Err(ShapeSetError::Invalid { field: "where", message: w.to_string() }),
+            Err(ShapeError::Columns(c)) => Err(ShapeSetError::Invalid { field: "columns", message: c }),
+            Err(ShapeError::Scope(w)) => Err(ShapeSetError::Forbidden(format!(
+                "the token's claims do not fit the access rule of {}: {w}",
+                table.quoted()
+            ))),
+            Ok(shape) => {
+                readable(&shape)?;
+                Ok(Ok(shape))
+            }
+        }
+    }
+
+    /// The definition bound from the cached catalog: its existing shape, or the shape to
+    /// make with the tables it read; `None` when the cache lacks a table.
+    fn bind_cached(
+        &self,
+        table: &TableName,
+        spec: &ShapeSpec,
+        readable: &impl Fn(&Shape) -> Result<(), AuthError>,
+    ) -> Result<Option<Cached>, ShapeSetError> {
+        let Some(schema) = self.registry.cached_schema(table) else { return Ok(None) };
+        let mut catalog = Vec::new();
+        while catalog.len() <= MAX_TABLES {
+            match self.bind(table, spec, schema.clone(), &catalog, readable)? {
+                Ok(shape) => {
+                    return Ok(Some(match self.registry.get(&shape.key()) {
+                        Some(existing) => Cached::Existing(existing),
+                        None => Cached::New(Box::new(shape), catalog),
+                    }));
+                }
+                Err(inner) => match self.registry.cached_schema(&inner) {
+                    Some(s) => catalog.push(s),
+                    None => return Ok(None),
+                },
+            }
+        }
+        Ok(None)
+    }
+
+    /// A read-serving standby's resolve: existing shapes only, looked for again in the data
+    /// dir before the caller is sent to the leader.
+    fn find_followed(
+        &self,
+        table: &TableName,
+        spec: &ShapeSpec,
+        readable: impl Fn(&Shape) -> Result<(), AuthError>,
+    ) -> Result<Arc<LiveShape>, ShapeSetError> {
+        for attempt in 0..2 {
+            if let Some(Cached::Existing(live)) = self.bind_cached(table, spec, &readable)? {
+                return Ok(live);
+            }
+            if attempt == 0 {
+                self.registry.follow_dirs().map_err(ShapeSetError::Storage)?;
+            }
+        }
+        Err(ShapeSetError::AtLeader)
+    }
+
     async fn bind_and_resolve(
         &self,
         table: &TableName,
         spec: &ShapeSpec,
         readable: impl Fn(&Shape) -> Result<(), AuthError>,
     ) -> Result<Arc<LiveShape>, ShapeSetError> {
-        // A filter's subqueries name other tables: bound once each is in the catalog.
-        let bind = |schema: TableSchema, catalog: &Vec<TableSchema>| {
-            let options = self.registry.bind_options();
-            match Shape::bind_with_tables(spec.clone(), schema, Some(catalog), options) {
-                Err(
-                    ShapeError::Where(WhereError::UnknownTable(inner))
-                    | ShapeError::Scope(WhereError::UnknownTable(inner)),
-                ) => Ok(Err(inner)),
-                Err(ShapeError::Where(w)) => Err(ShapeSetError::Invalid { field: "where", message: w.to_string() }),
-                Err(ShapeError::Columns(c)) => Err(ShapeSetError::Invalid { field: "columns", message: c }),
-                Err(ShapeError::Scope(w)) => Err(ShapeSetError::Forbidden(format!(
-                    "the token's claims do not fit the access rule of {}: {w}",
-                    table.quoted()
-                ))),
-                Ok(shape) => {
-                    readable(&shape)?;
-                    Ok(Ok(shape))
-                }
-            }
-        };
+        if self.follows {
+            return self.find_followed(table, spec, readable);
+        }
+        let bind = |schema: TableSchema, catalog: &Vec<TableSchema>| self.bind(table, spec, schema, catalog, &readable);
         // From the cached catalog: an existing shape, or a new one whose tables this gateway
         // has published as it needs them (the snapshot checks the tables are still those;
         // Electric's shape creation reads its cached inspector the same way).
@@ -152,25 +228,14 @@ impl ShapeSet {
         // waits for the first to publish the tables, then every other takes this path.
         let mut creating = None;
         loop {
-            if let Some(schema) = self.registry.cached_schema(table) {
-                let mut catalog = Vec::new();
-                while catalog.len() <= MAX_TABLES {
-                    match bind(schema.clone(), &catalog)? {
-                        Ok(shape) => match self.registry.get(&shape.key()) {
-                            Some(existing) => return Ok(existing),
-                            None if self.published_as_needed(&shape, &catalog) => {
-                                drop(creating);
-                                let permit = self.admit(table, spec).await?;
-                                return self.register(shape, catalog, permit).await;
-                            }
-                            None => break,
-                        },
-                        Err(inner) => match self.registry.cached_schema(&inner) {
-                            Some(s) => catalog.push(s),
-                            None => break,
-                        },
-                    }
+            match self.bind_cached(table, spec, &readable)? {
+                Some(Cached::Existing(existing)) => return Ok(existing),
+                Some(Cached::New(shape, catalog)) if self.published_as_needed(&shape, &catalog) => {
+                    drop(creating);
+                    let permit = self.admit(table, spec).await?;
+                    return self.register(*shape, catalog, permit).await;
                 }
+                _ => {}
             }
             if creating.is_some() {
                 break;

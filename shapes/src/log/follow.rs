@@ -123,3 +123,26 @@ impl Live {
         self.forget_unwritten();
     }
 }
+
+impl ShapeLog {
+    /// Reads the file afresh into the view (after a [`Followed::Gap`] or lost journal
+    /// frames): it holds every whole transaction the file has. Readers keep waiting on the
+    /// same log.
+    pub fn reload_following(&self) -> io::Result<()> {
+        let file = File::open(self.dir.join("log"))?;
+        let len = file.metadata()?.len();
+        let mut fresh = Live::empty();
+        fresh.take_records(&mut Records::new(file, 0, len)?, self.chunk_bytes)?;
+        fresh.drop_unfinished();
+        let mut l = self.live.lock().unwrap();
+        if fresh.durable_len < l.durable_len {
+            // Never show less than readers were shown: the file is behind (not yet written back).
+            return Ok(());
+        }
+        let head = fresh.head;
+        *l = fresh;
+        drop(l);
+        self.version.send_modify(|v| v.head = head);
+        Ok(())
+    }
+}

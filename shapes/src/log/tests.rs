@@ -268,6 +268,7 @@ fn a_follower_sees_whole_transactions_as_the_writer_publishes_them() {
     let writer = ShapeLog::create(&dir, 1 << 20).unwrap();
     writer.finish_snapshot(b"{}").unwrap();
     let first = writer.append(&[vec![entry(10, 0)]]).unwrap();
+    let before_parts = writer.written_mark();
     let follower = ShapeLog::open_following(&dir, 1 << 20).unwrap().expect("snapshot complete");
     assert_eq!(follower.version().head, LogOffset::At { tx: 10, op: 0 }, "whole transactions in the file are seen");
     assert_eq!(follower.follow(first.at, &first.bytes).unwrap(), Followed::Taken, "what it holds is skipped");
@@ -276,7 +277,7 @@ fn a_follower_sees_whole_transactions_as_the_writer_publishes_them() {
     assert_eq!(follower.follow(part.at, &part.bytes).unwrap(), Followed::Taken);
     assert_eq!(follower.read_live(LogOffset::At { tx: 10, op: 0 }).unwrap().count, 0);
     // The writer gives the parts up and writes another transaction over them.
-    writer.rewind(writer_mark_after(&writer, &first));
+    writer.rewind(before_parts);
     let again = writer.append(&[vec![entry(12, 0)]]).unwrap();
     assert_eq!(again.at, part.at);
     assert_eq!(follower.follow(again.at, &again.bytes).unwrap(), Followed::Taken);
@@ -294,10 +295,4 @@ fn a_follower_sees_whole_transactions_as_the_writer_publishes_them() {
     assert_eq!(follower.follow(stray.at + 1000, &stray.bytes).unwrap(), Followed::Gap);
     assert_eq!(follower.version().head, LogOffset::At { tx: 14, op: 0 }, "a gap changes nothing readers see");
     fs::remove_dir_all(dir).unwrap();
-}
-
-/// The writer's mark right after `appended` was written (its parts are what follows).
-fn writer_mark_after(writer: &ShapeLog, appended: &Appended) -> WriteMark {
-    let mark = writer.written_mark();
-    WriteMark { len: appended.at + appended.bytes.len() as u64, head: LogOffset::At { tx: 10, op: 0 }, ..mark }
 }
