@@ -76,9 +76,10 @@ fn writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     })
 }
 
-/// The data dir's recorded position (`data_dir::DataDir`).
+/// The data dir's recorded position (`data_dir::DataDir`: the stored position, then the
+/// newest LSN readers were told of).
 fn recorded(dir: &std::path::Path) -> shapes::offset::Lsn {
-    std::fs::read_to_string(dir.join("position")).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(dir.join("position")).unwrap().split_whitespace().next().unwrap().parse().unwrap()
 }
 
 async fn not_ready(gw: &Gateway) -> bool {

@@ -64,7 +64,8 @@ pub struct Load {
     /// (they must receive nothing): what holding many quiet clients costs.
     #[arg(long, default_value_t = 0)]
     pub idle_connections: usize,
-    /// Connect subscribers through this URL (a proxy or cache) instead of the gateway's.
+    /// Connect subscribers through this URL (a proxy or cache) instead of the gateway's;
+    /// several, comma-separated, take the subscribers in turn (gateways sharing a data dir).
     #[arg(long)]
     pub through: Option<String>,
     /// Where to write summary.json and report.html (default: loadtest-results/<time>).
@@ -105,6 +106,10 @@ pub struct LocalArgs {
     /// The gateway binary (default: the one beside this binary).
     #[arg(long)]
     pub gateway_bin: Option<PathBuf>,
+    /// Gateway processes on one data dir: one streams, the others serve reads of its shapes;
+    /// subscribers are spread over all of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub gateways: u64,
     #[command(flatten)]
     pub load: Load,
 }

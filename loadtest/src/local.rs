@@ -1,5 +1,6 @@
 //! `loadtest local`: a throwaway PostgreSQL (the gateway's `devdb`, durable commits so
-//! latencies are real) and a gateway process with a rule scoping the table, then the run.
+//! latencies are real) and a gateway process with a rule scoping the table (or several on
+//! one data dir: one streams, the others serve reads), then the run.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,33 +47,48 @@ pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
     drop(db);
     let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
     let log_path = pg.root().join("gateway.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| RunError::Setup(e.to_string()))?;
-    // Port 0, then the port the gateway logs: a port picked here could be taken meanwhile.
-    let child = Command::new(&bin)
-        .args(["serve", "--database-url", &url, "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(pg.root().join("gateway-data"))
-        .args(["--auth", "jwt", "--jwt-secret", &secret, "--config"])
-        .arg(&rules)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| RunError::Setup(format!("starting {}: {e}", bin.display())))?;
-    let gateway = GatewayProcess(child);
-    let base = wait_ready(&log_path, gateway.0.id()).await.map_err(|why| {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        RunError::Setup(format!("{why}; its log:\n{log}"))
-    })?;
+    // The first streams; the others, on its data dir, serve reads of its shapes.
+    let mut gateways = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..args.gateways {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        // Port 0, then the port the gateway logs: a port picked here could be taken meanwhile.
+        let child = Command::new(&bin)
+            .args(["serve", "--database-url", &url, "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(pg.root().join("gateway-data"))
+            .args(["--auth", "jwt", "--jwt-secret", &secret, "--config"])
+            .arg(&rules)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| RunError::Setup(format!("starting {}: {e}", bin.display())))?;
+        let gateway = GatewayProcess(child);
+        let base = wait_ready(&log_path, gateway.0.id()).await.map_err(|why| {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            RunError::Setup(format!("{why}; its log:\n{log}"))
+        })?;
+        gateways.push(gateway);
+        bases.push(base);
+    }
+    let base = bases[0].clone();
     let mut load = args.load.clone();
+    if bases.len() > 1 {
+        load.through = Some(bases.join(","));
+    }
     let out = load.out.get_or_insert_with(scenario::default_out).clone();
     let run = RunArgs { gateway: base.clone(), database_url: url, jwt_secret: secret, load };
-    let result = scenario::run(run, Some(gateway.0.id())).await;
+    let result = scenario::run(run, Some(gateways[0].0.id())).await;
     // Its metrics as they end (the fan-out's stage times say where latency went).
     let metrics = match reqwest::get(format!("{base}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(e) => format!("# the gateway's metrics could not be read: {e}\n"),
     };
-    drop(gateway);
+    drop(gateways);
     // The throwaway cluster goes with its folder: the gateway's log stays with the results.
     let kept = std::fs::create_dir_all(&out)
         .and_then(|()| std::fs::copy(&log_path, out.join("gateway.log")))

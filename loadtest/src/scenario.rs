@@ -65,8 +65,9 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
                 .map_err(|e| RunError::Setup(format!("seeding memberships: {e}")))?,
         )),
     };
-    let base = load.through.clone().unwrap_or_else(|| args.gateway.clone());
-    let shape_url = format!("{}/v1/shape", base.trim_end_matches('/'));
+    let bases = load.through.clone().unwrap_or_else(|| args.gateway.clone());
+    let shape_urls: Vec<String> =
+        bases.split(',').map(|b| format!("{}/v1/shape", b.trim().trim_end_matches('/'))).collect();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(120))
@@ -81,7 +82,7 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     let identities = if members.is_some() { load.subscribers } else { load.scopes };
     let tokens: Vec<String> =
         (0..=identities).map(|i| token(&args.jwt_secret, &load, i, expires)).collect::<Result<_, _>>()?;
-    let subscriber = |identity: usize, idle: bool, sse: bool| Subscriber {
+    let subscriber = |identity: usize, idle: bool, sse: bool, shape_url: &String| Subscriber {
         identity,
         idle,
         members: members.clone(),
@@ -108,7 +109,7 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
                     Mode::LongPoll => false,
                     Mode::Mixed => i % 2 == 0,
                 };
-            let sub = subscriber(identity, idle, sse);
+            let sub = subscriber(identity, idle, sse, &shape_urls[i % shape_urls.len()]);
             tokio::spawn(sub.run(http.clone(), recorder.clone(), connecting.clone(), stop.clone()))
         })
         .collect();
@@ -197,7 +198,7 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     // A few users at fault, read afresh: is their shape's log wrong, or was its delivery?
     if let Owed::Rows(_, rows) = &owed {
         for user in Members::faulty(rows, &seen).into_iter().take(3) {
-            let verdict = match subscriber(user, false, false).read_once(&http).await {
+            let verdict = match subscriber(user, false, false, &shape_urls[0]).read_once(&http).await {
                 Ok((handle, fresh)) if fresh == rows[user] => {
                     format!("(handle {handle}) holds the right rows: the log is right, its live delivery was not")
                 }

@@ -63,7 +63,7 @@ DOCUMENTED_WHOLE = {
 }
 
 # Set by the chart itself (or from Secrets), not through values.config.
-CHART_MANAGED = {"listen", "data_dir", "database_url", "jwt_secret", "jwt_public_key", "shared_cache_by_caller"}
+CHART_MANAGED = {"listen", "data_dir", "database_url", "jwt_secret", "jwt_public_key", "shared_cache_by_caller", "advertise_url"}
 
 
 def helm(*args):
@@ -141,8 +141,11 @@ class Chart(unittest.TestCase):
             for d in of_kind(objects, "Deployment"):
                 self.assertEqual(d["metadata"]["labels"]["app.kubernetes.io/component"], "cache", name)
             # Every pod reads one config, so all contend for the same slot and its lock.
-            env = {e["name"] for e in spec["template"]["spec"]["containers"][0]["env"]}
+            env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
             self.assertNotIn("GATEWAY_SLOT", env, f"{name}: a per-pod slot would defeat the lock")
+            # Standbys forward new shapes to the streaming pod at its own address.
+            self.assertEqual(env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP", name)
+            self.assertEqual(env["GATEWAY_ADVERTISE_URL"]["value"], "http://$(POD_IP):3000", name)
             self.assertIn('slot = "gateway"', gateway_toml(objects), name)
             # Clients reach only the ready (streaming) pod.
             services = {s["metadata"]["name"]: s["spec"] for s in of_kind(objects, "Service")}

@@ -34,7 +34,7 @@ pub enum ApiError {
     #[error("internal error")]
     Internal(String),
     /// A read-serving standby lacks the shape: the request goes to the leader
-    /// ([`super::forward`]); 503 when it cannot.
+    /// (`forward`); 503 when it cannot.
     #[error("this gateway serves reads of existing shapes and cannot reach the leader, which creates new ones; retry")]
     AtLeader,
 }

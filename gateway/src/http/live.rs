@@ -40,7 +40,18 @@ pub(super) async fn read_live(
     tokio::task::spawn_blocking(move || s.log.read_live_shared(after, max_bytes))
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+        .map_err(read_failed)
+}
+
+/// A log read that failed: a log whose files are gone was dropped meanwhile (a standby learns
+/// of it a moment later), so the client retries into a 409; anything else is internal.
+pub(super) fn read_failed(e: std::io::Error) -> ApiError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            ApiError::Unavailable { message: "the shape was dropped; retry".into(), retry_after: 1 }
+        }
+        _ => ApiError::internal(e),
+    }
 }
 
 /// When a live answer must be sent by: after `limit`, and never after the caller's token

@@ -16,7 +16,7 @@ use shapes::wire::up_to_date;
 use super::AppState;
 use super::caching::{cache_control, cursor_for, must_refetch, offset_text};
 use super::error::ApiError;
-use super::live::{next_version, read_live, token_deadline};
+use super::live::{next_version, read_failed, read_live, token_deadline};
 use super::request::{self, RequestOffset, ShapeRequest};
 use super::resolve::{authorized, resolve};
 use crate::auth::AuthError;
@@ -114,7 +114,7 @@ async fn serve_snapshot_chunk(
     let body = tokio::task::spawn_blocking(move || log_shape.log.read_snapshot_chunk(n))
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?
+        .map_err(read_failed)?
         .ok_or_else(|| ApiError::internal("snapshot chunk vanished"))?;
     Ok(respond(
         state,

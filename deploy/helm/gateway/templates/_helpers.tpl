@@ -40,6 +40,13 @@ app.kubernetes.io/component: gateway
 {{- define "gateway.env" -}}
 - name: GATEWAY_CONFIG
   value: /etc/gateway/gateway.toml
+# Standbys on a shared claim send new shapes to the streaming pod at its own address.
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: GATEWAY_ADVERTISE_URL
+  value: "http://$(POD_IP):{{ .Values.service.port }}"
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
