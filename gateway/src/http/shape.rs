@@ -38,6 +38,10 @@ pub async fn get_shape(
     if let Some(spec) = &req.subset {
         return Box::pin(super::subset::serve(&state, &req, spec)).await;
     }
+    // A standby may not have read a shape the leader made a moment ago: the handle says which.
+    if let (Some(_), Some(handle)) = (&state.leader, req.handle.as_ref().and_then(|h| h.parse().ok())) {
+        state.shapes.registry().follow_handle(&handle).map_err(ApiError::internal)?;
+    }
     // Boxed: shape creation's future is large and would otherwise be inlined into every
     // waiting long-poll's state.
     let shape = match Box::pin(resolve(&state, &req)).await {

@@ -64,6 +64,9 @@ enum Cached {
     New(Box<Shape>, Vec<TableSchema>),
 }
 
+/// A standby reads the shapes directory for a definition it lacks at most this often.
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most tables one shape's subqueries may read.
 const MAX_TABLES: usize = 8;
 
@@ -83,6 +86,8 @@ pub struct ShapeSet {
     tasks: Tasks,
     /// A read-serving standby: it serves the leader's shapes and makes none.
     follows: bool,
+    /// When a standby last read the shapes directory for a definition it lacked.
+    last_rescan: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ShapeSet {
@@ -106,6 +111,7 @@ impl ShapeSet {
             known: KnownShapes::default(),
             tasks,
             follows: false,
+            last_rescan: std::sync::Mutex::new(None),
         }
     }
 
@@ -204,11 +210,22 @@ impl ShapeSet {
             if let Some(Cached::Existing(live)) = self.bind_cached(table, spec, &readable)? {
                 return Ok(live);
             }
-            if attempt == 0 {
+            if attempt == 0 && !self.rescanned_lately() {
                 self.registry.follow_dirs().map_err(ShapeSetError::Storage)?;
             }
         }
         Err(ShapeSetError::AtLeader)
+    }
+
+    /// Whether the shapes directory was read for a miss within [`RESCAN_EVERY`]; if not, the
+    /// caller reads it (a crowd of misses reads it once).
+    fn rescanned_lately(&self) -> bool {
+        let mut last = self.last_rescan.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+            return true;
+        }
+        *last = Some(std::time::Instant::now());
+        false
     }
 
     async fn bind_and_resolve(

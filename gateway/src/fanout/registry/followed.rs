@@ -61,6 +61,15 @@ impl Registry {
         }
     }
 
+    /// The shape `handle` names, loaded now if it is new and its snapshot is complete (a
+    /// client brings a handle the leader made a moment ago).
+    pub fn follow_handle(&self, handle: &ShapeHandle) -> io::Result<Option<Arc<LiveShape>>> {
+        match self.by_handle(handle) {
+            Some(shape) => Ok(Some(shape)),
+            None => self.follow_dir(&self.dir.join(handle.as_str())),
+        }
+    }
+
     /// Loads the shape in `dir` if its snapshot is complete; `None` until then (or if it is
     /// gone already).
     fn follow_dir(&self, dir: &Path) -> io::Result<Option<Arc<LiveShape>>> {
