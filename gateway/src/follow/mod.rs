@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shapes::journal::tail::{JournalTail, Tailed};
+use shapes::journal::tail::{JournalTail, Tailed, Written};
 use shapes::log::Followed;
 use shapes::offset::Lsn;
 use shapes::where_clause::BindOptions;
@@ -149,26 +149,22 @@ fn step(
     rescan: bool,
     position: bool,
 ) -> io::Result<()> {
+    // The tail has moved past what it returned: a record that fails is skipped, not retried
+    // (its log's next record finds the gap and reads the file again), and the rest go on.
     match tail.poll()? {
         Tailed::Records(written) => {
             for w in written {
-                let Some(shape) = registry.followed_log(&w.path)? else { continue };
-                match shape.log.follow(w.at, &w.bytes) {
-                    Ok(Followed::Taken) => {}
-                    Ok(Followed::Gap) => {
-                        metrics::counter!("gateway_follower_log_reloads_total").increment(1);
-                        reload(&shape.log)?;
-                    }
-                    // The leader dropped the shape: the next rescan forgets it.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+                if let Err(e) = apply(registry, &w) {
+                    tracing::warn!(log = %w.path.display(), error = %e, "standby: a journal record was not applied");
                 }
             }
         }
         Tailed::Lost => {
             tracing::warn!("standby: fell behind the leader's journal; reading every log again");
             for shape in registry.all() {
-                reload(&shape.log)?;
+                if let Err(e) = reload(&shape.log) {
+                    tracing::warn!(handle = %shape.handle, error = %e, "standby: a log could not be read again");
+                }
             }
         }
     }
@@ -179,6 +175,21 @@ fn step(
         ack.note_durable(recorded.stored_through, recorded.seen);
     }
     Ok(())
+}
+
+/// Extends the view of the log a journal record wrote to (loading its shape if new).
+fn apply(registry: &Registry, w: &Written) -> io::Result<()> {
+    let Some(shape) = registry.followed_log(&w.path)? else { return Ok(()) };
+    match shape.log.follow(w.at, &w.bytes) {
+        Ok(Followed::Taken) => Ok(()),
+        Ok(Followed::Gap) => {
+            metrics::counter!("gateway_follower_log_reloads_total").increment(1);
+            reload(&shape.log)
+        }
+        // The leader dropped the shape: the next directory read forgets it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads a followed log's file again; a log the leader removed meanwhile needs nothing.

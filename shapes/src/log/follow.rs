@@ -9,10 +9,10 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::ShapeLog;
 use super::live::{Live, Recent};
 use super::record::{HEADER, Records, crc, offset_parts};
 use super::snapshot::Snapshot;
+use super::{RECENT_BYTES, ShapeLog};
 
 /// How [`ShapeLog::follow`] took a record.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,11 +78,13 @@ impl ShapeLog {
             return Ok(Followed::Gap);
         }
         if l.durable_len > old_len {
-            // What was published is exactly these bytes' start: its readers take it from memory.
-            l.recent = (start == old_len).then(|| Recent {
+            // What was published starts these bytes: its readers take it from memory, from a
+            // copy (a slice would keep the whole journal read alive while the shape idles).
+            let published = (l.durable_len - start) as usize;
+            l.recent = (start == old_len && published <= RECENT_BYTES).then(|| Recent {
                 at: start,
                 prior_head: old_head,
-                bytes: bytes.slice(skip..skip + (l.durable_len - start) as usize),
+                bytes: Bytes::copy_from_slice(&bytes[skip..skip + published]),
             });
             let head = l.head;
             drop(l);

@@ -33,8 +33,13 @@ impl Registry {
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let Some(handle) = handle_of(&path) else { continue };
-            if self.by_handle(&handle).is_none() && self.follow_dir(&path)?.is_some() {
-                loaded += 1;
+            if self.by_handle(&handle).is_none() {
+                // One shape that cannot be read is not served here; the others are.
+                match self.follow_dir(&path) {
+                    Ok(Some(_)) => loaded += 1,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(dir = %path.display(), error = %e, "standby: a shape cannot be read"),
+                }
             }
             present.insert(handle);
         }
