@@ -110,6 +110,10 @@ pub struct LocalArgs {
     /// subscribers are spread over all of them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub gateways: u64,
+    /// CPUs each gateway process may use (e.g. 0.25), as a pod's CPU limit: each gets its
+    /// own cgroup quota, so several gateways on one machine each bring their own share.
+    #[arg(long)]
+    pub gateway_cpu: Option<f64>,
     #[command(flatten)]
     pub load: Load,
 }

@@ -9,16 +9,18 @@ use std::time::{Duration, Instant};
 use gateway::devdb::{DevOptions, DevPostgres};
 
 use crate::args::{LocalArgs, RunArgs};
+use crate::cpu_limit::CpuLimit;
 use crate::report::Summary;
 use crate::scenario::{self, RunError};
 
-/// A gateway process, stopped on drop.
-struct GatewayProcess(Child);
+/// A gateway process, stopped on drop (then its CPU limit's cgroup goes).
+struct GatewayProcess(Child, Option<CpuLimit>);
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let _ = self.0.wait();
+        self.1.take();
     }
 }
 
@@ -67,7 +69,11 @@ pub async fn run(args: LocalArgs) -> Result<Summary, RunError> {
             .stderr(log)
             .spawn()
             .map_err(|e| RunError::Setup(format!("starting {}: {e}", bin.display())))?;
-        let gateway = GatewayProcess(child);
+        let limit = match args.gateway_cpu {
+            Some(cores) => Some(CpuLimit::apply(child.id(), cores).map_err(RunError::Setup)?),
+            None => None,
+        };
+        let gateway = GatewayProcess(child, limit);
         let base = wait_ready(&log_path, gateway.0.id()).await.map_err(|why| {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             RunError::Setup(format!("{why}; its log:\n{log}"))

@@ -4,6 +4,7 @@
 //! `run` targets a gateway you started; `local` starts a throwaway PostgreSQL and gateway.
 
 mod args;
+mod cpu_limit;
 mod local;
 mod memberships;
 mod procfs;
