@@ -32,6 +32,10 @@ use crate::status::Status;
 
 /// Most transactions in one group commit.
 const MAX_BATCH: usize = 4096;
+/// A batch of at least this many transactions means a backlog: the fan-out lingers.
+const LINGER_FROM: usize = 8;
+/// How long it lingers for more transactions before storing a batch.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Up to this many set views are synced one by one; more share one `syncfs`, which also
 /// waits for everything else dirty on the filesystem (PostgreSQL's files, when they share it).
 const SYNC_EACH_UP_TO: usize = 256;
@@ -74,6 +78,14 @@ pub async fn run(
         tokio::select! {
             _ = store.cancel.cancelled() => return Ok(()),
             n = txns.recv_many(&mut queued, MAX_BATCH) => if n == 0 { return Ok(()) },
+        }
+        // A backlog arriving (dozens of transactions at a time): wait a moment for more, so
+        // one sync covers many (PostgreSQL's `commit_delay`, with the backlog as its
+        // `commit_siblings`). A quiet stream's transaction is stored at once.
+        if queued.len() >= LINGER_FROM && queued.len() < MAX_BATCH {
+            tokio::time::sleep(LINGER).await;
+            let room = MAX_BATCH - queued.len();
+            let _ = futures::FutureExt::now_or_never(txns.recv_many(&mut queued, room));
         }
         // The queue's room comes back once what was taken is stored.
         let mut rooms = Vec::with_capacity(queued.len());
