@@ -40,6 +40,16 @@ async fn a_standby_on_shared_storage_serves_reads_takes_over_and_clients_resume_
     let standby = env.gateway();
     assert_following(&standby).await;
 
+    // A request a gateway forwarded is never forwarded again (a stale leader record naming
+    // a standby must not loop): the standby answers it 503 instead.
+    let forwarded = testkit::http()
+        .get(format!("{}/v1/shape?table=items&where=n%20%3E%2010&offset=-1", standby.base()))
+        .header("x-gateway-forwarded", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 503, "a forwarded request is not forwarded again");
+    assert!(forwarded.headers().contains_key("retry-after"));
     let mut all = Follower::new(&active, "table=items");
     // Made through the standby: it forwards a new shape to the leader, then serves it.
     let mut odd = Follower::new(&standby, "table=items&where=org%3D%27o1%27");
