@@ -368,7 +368,7 @@ impl Registry {
     /// Checkpoints every log's index so the next start need not scan the logs; call once
     /// appends have stopped. Failures only cost a scan later, so they are logged, not raised.
     pub fn checkpoint_all(&self) {
-        let shapes: Vec<Arc<LiveShape>> = self.inner.read().unwrap().by_id.values().cloned().collect();
+        let shapes = self.all();
         for s in &shapes {
             if let Err(e) = s.log.checkpoint() {
                 tracing::warn!(handle = %s.handle, error = %e, "could not checkpoint a shape log");
@@ -379,8 +379,13 @@ impl Registry {
         }
     }
 
+    /// Every shape (a copy of the list: the caller may rotate or reload them).
+    pub fn all(&self) -> Vec<Arc<LiveShape>> {
+        self.inner.read().unwrap().by_id.values().cloned().collect()
+    }
+
     pub fn rotate_all(&self, reason: &str) {
-        let shapes: Vec<Arc<LiveShape>> = self.inner.read().unwrap().by_id.values().cloned().collect();
+        let shapes = self.all();
         for s in &shapes {
             self.rotate(s, reason);
         }

@@ -50,17 +50,7 @@ pub async fn get_shape(
         Err(ApiError::MissingTable(_)) if req.handle.is_some() => return Ok(must_refetch(&state, None)),
         Err(e) => return Err(e),
     };
-    let other_handle = |shape: &LiveShape| req.handle.as_ref().is_some_and(|h| *h != shape.handle.as_str());
-    // A standby may not have read the leader's newest shapes yet: it looks before it sends
-    // the client elsewhere.
-    let shape = match state.leader {
-        Some(_) if other_handle(&shape) => {
-            state.shapes.registry().follow_dirs().map_err(ApiError::internal)?;
-            Box::pin(resolve(&state, &req)).await?
-        }
-        _ => shape,
-    };
-    if other_handle(&shape) {
+    if req.handle.as_ref().is_some_and(|h| *h != shape.handle.as_str()) {
         return Ok(must_refetch(&state, Some(&shape)));
     }
     match req.offset {

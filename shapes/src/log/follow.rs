@@ -36,12 +36,7 @@ impl ShapeLog {
         let len = file.metadata()?.len();
         let live = match Live::from_checkpoint(dir, len) {
             Some(live) => live,
-            None => {
-                let mut live = Live::empty();
-                live.take_records(&mut Records::new(file, 0, len)?, chunk_bytes.max(1))?;
-                live.drop_unfinished();
-                live
-            }
+            None => Live::scanned(file, len, chunk_bytes.max(1))?,
         };
         Ok(Some(ShapeLog::assemble(dir, chunk_bytes, snapshot, live)))
     }
@@ -95,6 +90,14 @@ impl ShapeLog {
 }
 
 impl Live {
+    /// The view of the first `len` bytes of `file`: its whole transactions.
+    fn scanned(file: File, len: u64, chunk_bytes: u64) -> io::Result<Live> {
+        let mut live = Live::empty();
+        live.take_records(&mut Records::new(file, 0, len)?, chunk_bytes)?;
+        live.drop_unfinished();
+        Ok(live)
+    }
+
     /// Indexes the whole, valid records `records` holds from `written_len` on; each that
     /// ends a transaction publishes what precedes it. Stops at the first record cut short,
     /// damaged or out of order (the writer is not done with it).
@@ -133,9 +136,7 @@ impl ShapeLog {
     pub fn reload_following(&self) -> io::Result<()> {
         let file = File::open(self.dir.join("log"))?;
         let len = file.metadata()?.len();
-        let mut fresh = Live::empty();
-        fresh.take_records(&mut Records::new(file, 0, len)?, self.chunk_bytes)?;
-        fresh.drop_unfinished();
+        let fresh = Live::scanned(file, len, self.chunk_bytes)?;
         let mut l = self.live.lock().unwrap();
         if fresh.durable_len < l.durable_len {
             // Never show less than readers were shown: the file is behind (not yet written back).

@@ -58,11 +58,9 @@ impl Registry {
     /// The shape whose log is at `path` (a journal record's), loaded now if it is new and
     /// its snapshot is complete.
     pub fn followed_log(&self, path: &Path) -> io::Result<Option<Arc<LiveShape>>> {
-        let Some(dir) = path.parent() else { return Ok(None) };
-        let Some(handle) = handle_of(dir) else { return Ok(None) };
-        match self.by_handle(&handle) {
-            Some(shape) => Ok(Some(shape)),
-            None => self.follow_dir(dir),
+        match path.parent().and_then(handle_of) {
+            Some(handle) => self.follow_handle(&handle),
+            None => Ok(None),
         }
     }
 
@@ -103,11 +101,6 @@ impl Registry {
         inner.insert(live.clone());
         metrics::gauge!("gateway_shapes").set(inner.by_id.len() as f64);
         Ok(Some(live))
-    }
-
-    /// Every followed shape (to read their logs again when journal frames were lost).
-    pub fn all(&self) -> Vec<Arc<LiveShape>> {
-        self.inner.read().unwrap().by_id.values().cloned().collect()
     }
 }
 
