@@ -18,6 +18,9 @@ pub enum DbError {
     Connect { target: String, source: tokio_postgres::Error },
     #[error("{}", query_error_text(.0))]
     Query(#[from] tokio_postgres::Error),
+    /// A pooled session could not be had for another reason than connecting.
+    #[error("session pool: {0}")]
+    Pool(String),
 }
 
 /// PostgreSQL's own message when there is one (tokio-postgres alone says "db error").
@@ -69,7 +72,7 @@ impl DbError {
     /// Errors worth retrying: the server went away or is starting.
     pub fn is_transient(&self) -> bool {
         match self {
-            DbError::BadUrl(_) => false,
+            DbError::BadUrl(_) | DbError::Pool(_) => false,
             DbError::Connect { .. } => true,
             DbError::Query(e) => e.is_closed() || e.as_db_error().is_none(),
         }

@@ -319,7 +319,7 @@ async fn serve_once(
         status.clone(),
         shape_limits(cfg),
         tasks.clone(),
-    );
+    )?;
     refresh_keys(&auth, &tasks);
     let settings = http_settings(cfg);
     let state = AppState::new(settings, Arc::new(shapes), ack.clone(), status, auth, outbox, tasks.clone());

@@ -6,17 +6,29 @@ use std::path::Path;
 
 /// Writes a small file so that it is either wholly there or absent after a crash.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
+    let tmp = write_beside(path, contents)?;
+    File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Writes `contents` to a temporary file beside `path` and renames it over `path`, syncing
+/// nothing: for a caller that makes a batch of such files durable with one
+/// [`sync_filesystem`]. Until that sync, a crash may leave the file absent or empty, so a
+/// reader must treat either as "never written".
+pub fn replace_unsynced(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let tmp = write_beside(path, contents)?;
+    fs::rename(tmp, path)
+}
+
+/// Writes `contents` to `path` with the extension `tmp`; returns that path.
+pub fn write_beside(path: &Path, contents: &[u8]) -> io::Result<std::path::PathBuf> {
+    let tmp = path.with_extension("tmp");
+    File::create(&tmp)?.write_all(contents)?;
+    Ok(tmp)
 }
 
 /// Makes every written file on `path`'s filesystem durable with one call (`syncfs`), which

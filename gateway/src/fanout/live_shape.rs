@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use shapes::change::Txn;
-use shapes::durable::write_atomically;
+use shapes::durable::replace_unsynced;
 use shapes::log::ShapeLog;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::set_registry::SetId;
@@ -402,9 +402,10 @@ impl LiveShape {
         Ok(())
     }
 
-    /// Records the shape so it survives a restart (before the snapshot is marked complete),
-    /// with the values of its sets its snapshot reflects.
-    pub fn persist(&self, snapshot: SnapshotInfo, views: Views) -> io::Result<()> {
+    /// Records the shape so it survives a restart, with the values of its sets its snapshot
+    /// reflects; durable after the caller's filesystem sync, which must come before the
+    /// snapshot is marked complete (`snapshot::completion`).
+    pub fn record(&self, snapshot: SnapshotInfo, views: Views) -> io::Result<()> {
         if !self.sets.is_empty() {
             SetViews::created(views).write(self.log.dir())?;
         }
@@ -415,7 +416,7 @@ impl LiveShape {
             snapshot,
             catalog: self.catalog.clone(),
         };
-        write_atomically(&self.log.dir().join("shape.json"), &serde_json::to_vec(&meta).map_err(io::Error::other)?)
+        replace_unsynced(&self.log.dir().join("shape.json"), &serde_json::to_vec(&meta).map_err(io::Error::other)?)
     }
 
     pub fn fail(&self, failure: ShapeFailure) {

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use shapes::durable::write_atomically;
+use shapes::durable::{replace_unsynced, write_atomically};
 use shapes::offset::Lsn;
 use shapes::where_clause::SetKey;
 
@@ -56,9 +56,10 @@ impl SetViews {
         last.map(Some).ok_or_else(|| io::Error::other("no whole set views in views.json"))
     }
 
-    /// Writes the views durably (before anything they describe can be).
+    /// Writes the views of a new shape, durable after the caller's filesystem sync (which
+    /// comes before its snapshot is complete, so before anything they describe is served).
     pub fn write(&self, dir: &Path) -> io::Result<()> {
-        write_atomically(&dir.join(FILE), &serde_json::to_vec(self).map_err(io::Error::other)?)
+        replace_unsynced(&dir.join(FILE), &serde_json::to_vec(self).map_err(io::Error::other)?)
     }
 
     /// Appends the views, not yet durably: the fan-out makes a batch's views durable

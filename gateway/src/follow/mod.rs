@@ -90,7 +90,7 @@ impl Following {
             status.clone(),
             crate::shape_limits(cfg),
             tasks.clone(),
-        )
+        )?
         .following();
         crate::refresh_keys(&auth, &tasks);
         let state =

@@ -54,7 +54,7 @@ fn state_with(auth: Auth) -> (AppState, tempdir::Dir) {
     let tasks = Tasks::new(tokio_util::sync::CancellationToken::new());
     let status = Arc::new(crate::status::Status::default());
     let limits = ShapeLimits { max_concurrent_snapshots: 1, max_shapes_per_table: 1, max_shapes_per_scope: 1 };
-    let shapes = ShapeSet::new(registry, db.clone(), "p".into(), status.clone(), limits, tasks.clone());
+    let shapes = ShapeSet::new(registry, db.clone(), "p".into(), status.clone(), limits, tasks.clone()).unwrap();
     let settings = HttpSettings {
         long_poll_timeout: Duration::from_secs(20),
         sse_timeout: Duration::from_secs(60),

@@ -18,11 +18,12 @@ use tokio_postgres::Config;
 use self::admission::{ShapeAdmission, ShapeLimits, SnapshotPermit};
 use self::known::KnownShapes;
 use crate::auth::AuthError;
-use crate::db;
+use crate::db::{self, DbError};
 use crate::fanout::live_shape::LiveShape;
 use crate::fanout::registry::Registry;
 use crate::fanout::sets::LoadFailed;
 use crate::replication::{ReplicationError, slot};
+use crate::snapshot::Snapshots;
 use crate::status::Status;
 use crate::tasks::Tasks;
 
@@ -73,6 +74,7 @@ const MAX_TABLES: usize = 8;
 pub struct ShapeSet {
     registry: Arc<Registry>,
     db: Config,
+    snapshots: Arc<Snapshots>,
     publication: String,
     status: Arc<Status>,
     admission: ShapeAdmission,
@@ -98,10 +100,12 @@ impl ShapeSet {
         status: Arc<Status>,
         limits: ShapeLimits,
         tasks: Tasks,
-    ) -> ShapeSet {
-        ShapeSet {
+    ) -> Result<ShapeSet, DbError> {
+        let snapshots = Arc::new(Snapshots::new(&db, limits.max_concurrent_snapshots)?);
+        Ok(ShapeSet {
             registry,
             db,
+            snapshots,
             publication,
             status,
             admission: ShapeAdmission::new(limits),
@@ -112,7 +116,7 @@ impl ShapeSet {
             tasks,
             follows: false,
             last_rescan: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// This set serves another gateway's shapes (see `follow`): a definition it does
@@ -402,19 +406,18 @@ impl ShapeSet {
     }
 
     /// Runs the snapshot of a new shape as an owned task: it stops when the shape is rotated
-    /// or deleted meanwhile (nobody will be served its rows) or the gateway stops, and the
-    /// snapshot slot is given back when it ends.
+    /// or deleted meanwhile (nobody will be served its rows) or the gateway stops. The
+    /// snapshot slot is given back when its query ends.
     fn start_snapshot(&self, shape: Arc<LiveShape>, permit: SnapshotPermit) {
-        let (db, registry) = (self.db.clone(), self.registry.clone());
+        let (snapshots, registry) = (self.snapshots.clone(), self.registry.clone());
         self.tasks.spawn(async move {
             let mut version = shape.log.subscribe();
             tokio::select! {
-                () = crate::snapshot::run(db, registry, shape.clone()) => {}
+                () = crate::snapshot::run(snapshots, registry, shape.clone(), permit) => {}
                 _ = version.wait_for(|v| v.gone) => {
                     tracing::debug!(handle = %shape.handle, "snapshot stopped: its shape is gone")
                 }
             }
-            drop(permit);
         });
     }
 

@@ -178,16 +178,36 @@ impl ShapeLog {
         Ok(())
     }
 
-    /// Ends the snapshot with `final_message` (its `snapshot-end`), makes it durable and
-    /// writes the index that marks it complete.
-    pub fn finish_snapshot(&self, final_message: &[u8]) -> io::Result<()> {
-        let mut s = self.snapshot.lock().unwrap();
-        s.finish(final_message, &self.dir)?;
-        let n = s.chunk_count();
+    /// Ends the snapshot with `final_message` (its `snapshot-end`). Nothing is synced and
+    /// readers see no change: the caller makes the files durable (one filesystem sync for a
+    /// batch of logs), then calls [`ShapeLog::commit_snapshot`].
+    pub fn seal_snapshot(&self, final_message: &[u8]) -> io::Result<()> {
+        self.snapshot.lock().unwrap().seal(final_message, &self.dir)
+    }
+
+    /// Marks the sealed, synced snapshot complete on disk; after the directory is synced,
+    /// [`ShapeLog::publish_snapshot`] shows it to readers.
+    pub fn commit_snapshot(&self) -> io::Result<()> {
+        self.snapshot.lock().unwrap().commit(&self.dir)
+    }
+
+    /// Shows the complete snapshot to readers.
+    pub fn publish_snapshot(&self) {
+        let n = self.snapshot.lock().unwrap().chunk_count();
         self.version.send_modify(|v| {
             v.snapshot_chunks = n;
             v.snapshot_complete = true;
         });
+    }
+
+    /// The three steps above for this log alone.
+    #[cfg(test)]
+    pub(crate) fn finish_snapshot(&self, final_message: &[u8]) -> io::Result<()> {
+        self.seal_snapshot(final_message)?;
+        crate::durable::sync_filesystem(&self.dir)?;
+        self.commit_snapshot()?;
+        crate::durable::sync_filesystem(&self.dir)?;
+        self.publish_snapshot();
         Ok(())
     }
 

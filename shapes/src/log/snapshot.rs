@@ -6,10 +6,18 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::durable::write_atomically;
+use crate::durable::write_beside;
+
+/// The index of a complete snapshot's chunks.
+const INDEX: &str = "snapshot.idx";
 
 /// Snapshot bytes are written in blocks of this size.
 const SNAPSHOT_BLOCK: usize = 256 * 1024;
+
+/// Written bytes after which a sync starts in the background while writing goes on, so
+/// the disk works alongside the encoder and the final sync has little left to wait for
+/// (as PostgreSQL's `backend_flush_after` starts writeback early).
+const EARLY_SYNC_BYTES: u64 = 16 << 20;
 
 pub(super) struct Snapshot {
     /// Held only while the snapshot is being written.
@@ -21,18 +29,21 @@ pub(super) struct Snapshot {
     open_len: u64,
     /// The open chunk's newest bytes, not yet written (one write per block, not per row).
     buffered: Vec<u8>,
+    /// Bytes written since the last early sync started.
+    unsynced: u64,
+    early_sync: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 impl Snapshot {
     /// A snapshot about to be written into `file`.
     pub(super) fn writing(file: File) -> Snapshot {
-        Snapshot { writer: Some(file), chunks: Vec::new(), open_start: 0, open_len: 0, buffered: Vec::new() }
+        Snapshot { writer: Some(file), ..Snapshot::complete(Vec::new()) }
     }
 
     /// The complete snapshot in `dir`, or `None` when it never completed (no index, an index
     /// that does not parse, or chunks past the end of the file).
     pub(super) fn load(dir: &Path) -> io::Result<Option<Snapshot>> {
-        let idx = match fs::read(dir.join("snapshot.idx")) {
+        let idx = match fs::read(dir.join(INDEX)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -44,7 +55,19 @@ impl Snapshot {
         if chunks.last().is_some_and(|(_, end)| *end > len) {
             return Ok(None);
         }
-        Ok(Some(Snapshot { writer: None, chunks, open_start: 0, open_len: 0, buffered: Vec::new() }))
+        Ok(Some(Snapshot::complete(chunks)))
+    }
+
+    fn complete(chunks: Vec<(u64, u64)>) -> Snapshot {
+        Snapshot {
+            writer: None,
+            chunks,
+            open_start: 0,
+            open_len: 0,
+            buffered: Vec::new(),
+            unsynced: 0,
+            early_sync: None,
+        }
     }
 
     pub(super) fn is_complete(&self) -> bool {
@@ -71,15 +94,23 @@ impl Snapshot {
         Ok(true)
     }
 
-    /// Ends the snapshot with `final_message`, makes it durable and writes the index into
-    /// `dir`.
-    pub(super) fn finish(&mut self, final_message: &[u8], dir: &Path) -> io::Result<()> {
+    /// Ends the snapshot with `final_message` and writes its index beside the real one,
+    /// syncing nothing: [`Snapshot::commit`] puts the index in place once the caller has made
+    /// the files durable, so an index in place always describes durable chunks.
+    pub(super) fn seal(&mut self, final_message: &[u8], dir: &Path) -> io::Result<()> {
         self.push(final_message)?;
         self.flush()?;
-        let writer = self.writer.take().ok_or_else(already_complete)?;
-        writer.sync_data()?;
+        self.join_early_sync()?;
         self.close_chunk();
-        write_atomically(&dir.join("snapshot.idx"), &serde_json::to_vec(&self.chunks).unwrap_or_default())
+        write_beside(&dir.join(INDEX), &serde_json::to_vec(&self.chunks).map_err(io::Error::other)?)?;
+        Ok(())
+    }
+
+    /// Puts the sealed snapshot's index in place: the snapshot is complete (after a crash
+    /// too, once the directory is synced).
+    pub(super) fn commit(&mut self, dir: &Path) -> io::Result<()> {
+        self.writer.take().ok_or_else(already_complete)?;
+        fs::rename(dir.join(INDEX).with_extension("tmp"), dir.join(INDEX))
     }
 
     fn push(&mut self, message: &[u8]) -> io::Result<()> {
@@ -97,9 +128,24 @@ impl Snapshot {
 
     fn flush(&mut self) -> io::Result<()> {
         let pos = self.open_start + self.open_len - self.buffered.len() as u64;
-        self.writer.as_ref().ok_or_else(already_complete)?.write_all_at(&self.buffered, pos)?;
+        let writer = self.writer.as_ref().ok_or_else(already_complete)?;
+        writer.write_all_at(&self.buffered, pos)?;
+        self.unsynced += self.buffered.len() as u64;
         self.buffered.clear();
+        if self.unsynced >= EARLY_SYNC_BYTES && self.early_sync.as_ref().is_none_or(|s| s.is_finished()) {
+            let file = writer.try_clone()?;
+            self.join_early_sync()?;
+            self.early_sync = Some(std::thread::spawn(move || file.sync_data()));
+            self.unsynced = 0;
+        }
         Ok(())
+    }
+
+    fn join_early_sync(&mut self) -> io::Result<()> {
+        match self.early_sync.take() {
+            Some(sync) => sync.join().map_err(|_| io::Error::other("the early sync panicked"))?,
+            None => Ok(()),
+        }
     }
 
     fn close_chunk(&mut self) {

@@ -3,12 +3,16 @@
 //! The shape is registered before the snapshot starts, so every stream transaction from then
 //! on reaches it; the snapshot runs in a REPEATABLE READ transaction whose
 //! `pg_current_snapshot()` tells which of those transactions it already contains. Rows are
-//! read with `COPY … TO STDOUT` (text output, the same text pgoutput sends) and stored as
-//! ready-to-serve messages in chunks.
+//! read with `COPY … TO STDOUT` (text output, the same text pgoutput sends, so values need
+//! no conversion) and stored as ready-to-serve messages in chunks. Sessions are pooled
+//! ([`sessions`]) and snapshots that end together are made durable together
+//! ([`completion`]).
+
+pub mod completion;
+mod copy_text;
+pub mod sessions;
 
 use std::sync::Arc;
-
-use std::borrow::Cow;
 
 use bytes::BytesMut;
 use futures::StreamExt;
@@ -17,13 +21,30 @@ use shapes::shape::LogMode;
 use shapes::subset::Subset;
 use shapes::table::quote_ident;
 use shapes::where_clause::Expr;
-use shapes::wire::{add_tags, mark_snapshot, snapshot_end, subset_metadata};
+use shapes::wire::{add_tags, mark_snapshot, subset_metadata};
 use tokio_postgres::Config;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
+use self::completion::Completions;
+use self::copy_text::parse_copy_line;
+use self::sessions::Sessions;
 use crate::db::{self, DbError};
 use crate::fanout::live_shape::{LiveShape, ShapeFailure, SnapshotInfo, Unservable};
 use crate::fanout::registry::Registry;
+
+/// What new shapes' snapshots share: the pooled sessions and the group commit.
+pub struct Snapshots {
+    sessions: Sessions,
+    completions: Completions,
+}
+
+impl Snapshots {
+    /// At most `sessions` sessions, one per concurrent snapshot.
+    pub fn new(db: &Config, sessions: usize) -> Result<Snapshots, DbError> {
+        Ok(Snapshots { sessions: Sessions::new(db, sessions)?, completions: Completions::default() })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -77,10 +98,11 @@ impl SnapshotError {
 const MAX_SUBSET_BYTES: usize = 64 << 20;
 
 /// Runs a shape's snapshot to completion; on failure the shape is rotated and waiting
-/// requests learn why.
-pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
+/// requests learn why. `slot` (its place among concurrent snapshots) is held while the
+/// query runs: making the result durable does not load the database.
+pub async fn run(snapshots: Arc<Snapshots>, registry: Arc<Registry>, shape: Arc<LiveShape>, slot: impl Send) {
     let started = std::time::Instant::now();
-    match snapshot(&db, &registry, &shape).await {
+    match snapshot(&snapshots, &registry, &shape, slot).await {
         Ok(rows) => {
             tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, rows, ms = started.elapsed().as_millis() as u64, "snapshot complete")
         }
@@ -105,20 +127,33 @@ pub async fn run(db: Config, registry: Arc<Registry>, shape: Arc<LiveShape>) {
 /// COPY output is handed to the encoder in blocks of about this size.
 const BLOCK: usize = 64 * 1024;
 
-async fn snapshot(cfg: &Config, registry: &Registry, shape: &Arc<LiveShape>) -> Result<u64, SnapshotError> {
-    let client = db::connect(cfg).await?;
-    let abandoned = db::CancelOnDrop::new(&client);
-    client.batch_execute("begin isolation level repeatable read read only").await.map_err(DbError::from)?;
+async fn snapshot(
+    snapshots: &Snapshots,
+    registry: &Registry,
+    shape: &Arc<LiveShape>,
+    slot: impl Send,
+) -> Result<u64, SnapshotError> {
+    let session = snapshots.sessions.get().await?;
+    let client = session.client()?;
+    let abandoned = db::CancelOnDrop::new(client);
     // The shape may be bound from the cached catalog: its tables must still be the ones it
-    // was bound with (a table dropped and made again has another oid).
+    // was bound with (a table dropped and made again has another oid). Sent together with
+    // the BEGIN, in one round trip.
     let names: Vec<String> = shape.tables().map(|t| t.name.quoted()).collect();
-    let row = client
-        .query_one(
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&names, Type::TEXT_ARRAY)];
+    let (begun, rows) = tokio::join!(
+        client.batch_execute("begin isolation level repeatable read read only"),
+        client.query_typed(
             "select pg_current_snapshot()::text, array(select coalesce(to_regclass(n)::oid, 0) from unnest($1::text[]) n)",
-            &[&names],
+            &params,
         )
-        .await
-        .map_err(DbError::from)?;
+    );
+    begun.map_err(DbError::from)?;
+    let row = rows
+        .map_err(DbError::from)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| SnapshotError::Format("no snapshot row".into()))?;
     let (text, oids): (String, Vec<u32>) = (row.get(0), row.get(1));
     if let Some(changed) = shape.tables().zip(&oids).find(|(t, oid)| t.oid != **oid) {
         return Err(SnapshotError::CatalogChanged(changed.0.name.quoted()));
@@ -171,8 +206,9 @@ async fn snapshot(cfg: &Config, registry: &Registry, shape: &Arc<LiveShape>) -> 
     }
     client.batch_execute("commit").await.map_err(DbError::from)?;
     abandoned.disarm();
-    shape.persist(info.clone(), registry.sets().views_of(shape))?;
-    shape.log.finish_snapshot(&snapshot_end(info.xmin, info.xmax, &info.xip))?;
+    session.release();
+    drop(slot);
+    snapshots.completions.complete(shape.clone(), info, registry.sets().views_of(shape)).await?;
     Ok(rows)
 }
 
@@ -277,13 +313,17 @@ impl<S: FnMut(&mut Vec<u8>) -> Result<(), SnapshotError>> RowEncoder<S> {
             joined = std::mem::take(&mut self.pending);
             &joined[..]
         };
-        let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let complete = memchr::memrchr(b'\n', data).map_or(0, |p| p + 1);
         let text = std::str::from_utf8(&data[..complete])
             .map_err(|_| SnapshotError::Format("COPY output is not UTF-8".into()))?;
         let s = &self.shape.shape;
         let mut values = Vec::with_capacity(self.read.len());
-        for line in text.split_terminator('\n') {
-            parse_copy_line(line, self.read.len(), &mut values)?;
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', text.as_bytes()) {
+            // Cut at ASCII bytes, so always at a character boundary.
+            let line = &text[start..end];
+            start = end + 1;
+            parse_copy_line(line, self.read.len(), &mut values).map_err(SnapshotError::Format)?;
             let value = |col: usize| values[self.slot[col]].as_deref();
             self.msg.clear();
             let fields = s.selected.iter().map(|&c| (c, value(c)));
@@ -303,88 +343,5 @@ impl<S: FnMut(&mut Vec<u8>) -> Result<(), SnapshotError>> RowEncoder<S> {
             return Err(SnapshotError::Format("COPY output ended mid-row".into()));
         }
         Ok(self.rows)
-    }
-}
-
-/// Splits one line of COPY text format into `n` values (`None` is NULL), reusing `values`.
-/// Values without escapes borrow from the line.
-fn parse_copy_line<'a>(line: &'a str, n: usize, values: &mut Vec<Option<Cow<'a, str>>>) -> Result<(), SnapshotError> {
-    values.clear();
-    for raw in line.split('\t') {
-        values.push(match raw {
-            "\\N" => None,
-            raw if raw.contains('\\') => Some(Cow::Owned(
-                String::from_utf8(unescape_copy(raw.as_bytes()))
-                    .map_err(|_| SnapshotError::Format("COPY value is not UTF-8".into()))?,
-            )),
-            raw => Some(Cow::Borrowed(raw)),
-        });
-    }
-    if values.len() != n {
-        return Err(SnapshotError::Format(format!("COPY row has {} columns, expected {n}", values.len())));
-    }
-    Ok(())
-}
-
-fn unescape_copy(raw: &[u8]) -> Vec<u8> {
-    if !raw.contains(&b'\\') {
-        return raw.to_vec();
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        if b != b'\\' || i + 1 == raw.len() {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let c = raw[i + 1];
-        i += 2;
-        match c {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut v = (c - b'0') as u32;
-                for _ in 0..2 {
-                    if i < raw.len() && (b'0'..=b'7').contains(&raw[i]) {
-                        v = v * 8 + (raw[i] - b'0') as u32;
-                        i += 1;
-                    }
-                }
-                out.push(v as u8);
-            }
-            b'x' => {
-                let mut v = 0u32;
-                let mut n = 0;
-                while n < 2 && i < raw.len() && raw[i].is_ascii_hexdigit() {
-                    v = v * 16 + (raw[i] as char).to_digit(16).unwrap_or(0);
-                    i += 1;
-                    n += 1;
-                }
-                out.push(v as u8);
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_escapes_are_undone() {
-        assert_eq!(unescape_copy(br"a\tb\\c\nd"), b"a\tb\\c\nd");
-        assert_eq!(unescape_copy(br"\101\x42"), b"AB");
-        let mut row = Vec::new();
-        parse_copy_line("1\t\\N\tx\\ty", 3, &mut row).unwrap();
-        assert_eq!(row, vec![Some(Cow::Borrowed("1")), None, Some(Cow::Owned("x\ty".to_string()))]);
-        assert!(parse_copy_line("1\t2", 3, &mut row).is_err());
     }
 }
