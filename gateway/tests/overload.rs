@@ -22,6 +22,11 @@ async fn a_herd_asking_for_one_new_shape_triggers_one_snapshot() {
         1.0,
         "one snapshot, not one per client"
     );
+    // The herd is answered from the first chunk, which may come before the snapshot ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gw.log().contains("snapshot complete") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(gw.log().matches("snapshot complete").count(), 1);
 }
 

@@ -25,7 +25,7 @@ pub fn replace_unsynced(path: &Path, contents: &[u8]) -> io::Result<()> {
 }
 
 /// Writes `contents` to `path` with the extension `tmp`; returns that path.
-pub fn write_beside(path: &Path, contents: &[u8]) -> io::Result<std::path::PathBuf> {
+fn write_beside(path: &Path, contents: &[u8]) -> io::Result<std::path::PathBuf> {
     let tmp = path.with_extension("tmp");
     File::create(&tmp)?.write_all(contents)?;
     Ok(tmp)

@@ -4,10 +4,10 @@
 //! journal's group commit, applied to shape creation).
 //!
 //! For each batch: every shape's record (`shape.json`, set views) is written and its
-//! snapshot sealed, unsynced; one filesystem sync; each snapshot's index is put in place;
-//! a second sync; only then do readers see the snapshots. After a crash an index in place
-//! therefore always describes a durable snapshot and record, and a shape without one is
-//! discarded at start (its clients refetch).
+//! snapshot sealed, unsynced; one filesystem sync; each snapshot's trailer, which marks it
+//! complete, is written; a second sync; only then may readers see the snapshots. After a
+//! crash a trailer therefore always describes a durable snapshot and record, and a shape
+//! without one is discarded at start (its clients refetch).
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -36,7 +36,8 @@ struct Finished {
 }
 
 impl Completions {
-    /// Records `shape` and its written snapshot durably, then shows the snapshot to readers.
+    /// Records `shape` and its written snapshot durably; then the caller may show the
+    /// snapshot to readers ([`shapes::log::ShapeLog::publish_snapshot`]).
     pub async fn complete(&self, shape: Arc<LiveShape>, snapshot: SnapshotInfo, views: Views) -> io::Result<()> {
         let (done, result) = oneshot::channel();
         let queue = self.0.get_or_init(|| {
@@ -72,9 +73,6 @@ async fn complete_batches(mut queue: mpsc::UnboundedReceiver<Finished>) {
             continue; // the runtime is stopping: the senders learn it from the dropped replies
         };
         for (finished, result) in batch.into_iter().zip(results) {
-            if result.is_ok() {
-                finished.shape.log.publish_snapshot();
-            }
             let _ = finished.done.send(result);
         }
     }

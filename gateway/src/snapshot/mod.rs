@@ -104,7 +104,9 @@ pub async fn run(snapshots: Arc<Snapshots>, registry: Arc<Registry>, shape: Arc<
     let started = std::time::Instant::now();
     match snapshot(&snapshots, &registry, &shape, slot).await {
         Ok(rows) => {
-            tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, rows, ms = started.elapsed().as_millis() as u64, "snapshot complete")
+            // Logged before readers see it: whoever was served it finds the line.
+            tracing::info!(handle = %shape.handle, table = %shape.shape.table.name, rows, ms = started.elapsed().as_millis() as u64, "snapshot complete");
+            shape.log.publish_snapshot();
         }
         Err(SnapshotError::Unservable(why)) => registry.rotate(&shape, &why),
         // Rotated meanwhile (DELETE, DDL): its files went with it, and waiting requests

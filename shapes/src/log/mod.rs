@@ -8,8 +8,8 @@
 //! Files are opened per operation, not held: an idle shape costs no file descriptor, so
 //! tens of thousands of shapes fit under ordinary limits.
 //!
-//! Files in the shape's directory: `snapshot` (chunk bodies back to back), `snapshot.idx`
-//! (chunk byte ranges; written last, so its presence marks a complete snapshot) and `log`
+//! Files in the shape's directory: `snapshot` (chunk bodies back to back, then a trailer
+//! with their byte ranges, written last, so its presence marks a complete snapshot) and `log`
 //! (records `[len u32][crc u32][tx u64][op u64][message]`; the top bit of `len` marks the
 //! last entry of a transaction, so recovery keeps transactions whole).
 //!
@@ -182,13 +182,13 @@ impl ShapeLog {
     /// readers see no change: the caller makes the files durable (one filesystem sync for a
     /// batch of logs), then calls [`ShapeLog::commit_snapshot`].
     pub fn seal_snapshot(&self, final_message: &[u8]) -> io::Result<()> {
-        self.snapshot.lock().unwrap().seal(final_message, &self.dir)
+        self.snapshot.lock().unwrap().seal(final_message)
     }
 
-    /// Marks the sealed, synced snapshot complete on disk; after the directory is synced,
+    /// Marks the sealed, synced snapshot complete on disk; once that is synced too,
     /// [`ShapeLog::publish_snapshot`] shows it to readers.
     pub fn commit_snapshot(&self) -> io::Result<()> {
-        self.snapshot.lock().unwrap().commit(&self.dir)
+        self.snapshot.lock().unwrap().commit()
     }
 
     /// Shows the complete snapshot to readers.

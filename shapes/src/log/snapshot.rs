@@ -1,15 +1,21 @@
-//! The snapshot chunks: bodies back to back in `snapshot`, their byte ranges in
-//! `snapshot.idx`, which is written last, so its presence marks a complete snapshot.
+//! The snapshot chunks: bodies back to back in `snapshot`, then a trailer with their byte
+//! ranges, written last, so its presence marks a complete snapshot. The trailer is the
+//! ranges as JSON, their length (u64, little-endian) and [`TRAILER_MAGIC`]. Keeping it in
+//! the same file spares the filesystem an inode per shape, which is most of what making a
+//! small shape costs. (Data directories of earlier versions keep the ranges in
+//! `snapshot.idx`; they are still read.)
 
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::durable::write_beside;
+/// Ends the trailer of a complete snapshot. No JSON body can end with it: the length
+/// before it holds zero bytes, which JSON text never does.
+const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND1";
 
-/// The index of a complete snapshot's chunks.
-const INDEX: &str = "snapshot.idx";
+/// Where earlier versions kept the chunk ranges.
+const OLD_INDEX: &str = "snapshot.idx";
 
 /// Snapshot bytes are written in blocks of this size.
 const SNAPSHOT_BLOCK: usize = 256 * 1024;
@@ -40,19 +46,27 @@ impl Snapshot {
         Snapshot { writer: Some(file), ..Snapshot::complete(Vec::new()) }
     }
 
-    /// The complete snapshot in `dir`, or `None` when it never completed (no index, an index
-    /// that does not parse, or chunks past the end of the file).
+    /// The complete snapshot in `dir`, or `None` when it never completed (no trailer, one
+    /// that does not parse, or chunks past it).
     pub(super) fn load(dir: &Path) -> io::Result<Option<Snapshot>> {
-        let idx = match fs::read(dir.join(INDEX)) {
-            Ok(b) => b,
+        let file = match File::open(dir.join("snapshot")) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Ok(chunks) = serde_json::from_slice::<Vec<(u64, u64)>>(&idx) else {
+        let len = file.metadata()?.len();
+        let (index, body_len) = match fs::read(dir.join(OLD_INDEX)) {
+            Ok(index) => (index, len),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match read_trailer(&file, len)? {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+            Err(e) => return Err(e),
+        };
+        let Ok(chunks) = serde_json::from_slice::<Vec<(u64, u64)>>(&index) else {
             return Ok(None);
         };
-        let len = fs::metadata(dir.join("snapshot"))?.len();
-        if chunks.last().is_some_and(|(_, end)| *end > len) {
+        if chunks.last().is_some_and(|(_, end)| *end > body_len) {
             return Ok(None);
         }
         Ok(Some(Snapshot::complete(chunks)))
@@ -94,23 +108,25 @@ impl Snapshot {
         Ok(true)
     }
 
-    /// Ends the snapshot with `final_message` and writes its index beside the real one,
-    /// syncing nothing: [`Snapshot::commit`] puts the index in place once the caller has made
-    /// the files durable, so an index in place always describes durable chunks.
-    pub(super) fn seal(&mut self, final_message: &[u8], dir: &Path) -> io::Result<()> {
+    /// Ends the snapshot with `final_message`, syncing nothing: [`Snapshot::commit`] writes
+    /// the trailer once the caller has made the chunks durable, so a trailer always
+    /// describes durable chunks.
+    pub(super) fn seal(&mut self, final_message: &[u8]) -> io::Result<()> {
         self.push(final_message)?;
         self.flush()?;
         self.join_early_sync()?;
         self.close_chunk();
-        write_beside(&dir.join(INDEX), &serde_json::to_vec(&self.chunks).map_err(io::Error::other)?)?;
         Ok(())
     }
 
-    /// Puts the sealed snapshot's index in place: the snapshot is complete (after a crash
-    /// too, once the directory is synced).
-    pub(super) fn commit(&mut self, dir: &Path) -> io::Result<()> {
-        self.writer.take().ok_or_else(already_complete)?;
-        fs::rename(dir.join(INDEX).with_extension("tmp"), dir.join(INDEX))
+    /// Writes the sealed snapshot's trailer: the snapshot is complete (after a crash too,
+    /// once the file is synced).
+    pub(super) fn commit(&mut self) -> io::Result<()> {
+        let writer = self.writer.take().ok_or_else(already_complete)?;
+        let mut trailer = serde_json::to_vec(&self.chunks).map_err(io::Error::other)?;
+        trailer.extend_from_slice(&(trailer.len() as u64).to_le_bytes());
+        trailer.extend_from_slice(TRAILER_MAGIC);
+        writer.write_all_at(&trailer, self.open_start)
     }
 
     fn push(&mut self, message: &[u8]) -> io::Result<()> {
@@ -158,4 +174,20 @@ impl Snapshot {
 
 fn already_complete() -> io::Error {
     io::Error::other("the snapshot is already complete")
+}
+
+/// The chunk ranges' JSON from the trailer of a snapshot file of `len` bytes, and where the
+/// chunk bodies end; `None` without a whole trailer.
+fn read_trailer(file: &File, len: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
+    let Some(tail_at) = len.checked_sub(16) else { return Ok(None) };
+    let mut tail = [0u8; 16];
+    file.read_exact_at(&mut tail, tail_at)?;
+    let (index_len, magic) = tail.split_at(8);
+    let index_len = u64::from_le_bytes(index_len.try_into().unwrap_or_default());
+    let Some(index_at) = tail_at.checked_sub(index_len).filter(|_| magic == TRAILER_MAGIC) else {
+        return Ok(None);
+    };
+    let mut index = vec![0u8; index_len as usize];
+    file.read_exact_at(&mut index, index_at)?;
+    Ok(Some((index, index_at)))
 }

@@ -225,8 +225,39 @@ fn incomplete_snapshot_means_no_log() {
     let dir = tmp("incomplete");
     let log = ShapeLog::create(&dir, 1 << 20).unwrap();
     log.append_snapshot_row(b"{}").unwrap();
+    log.seal_snapshot(b"E").unwrap();
     drop(log);
+    assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none(), "sealed is not complete: the trailer marks it");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_torn_or_forged_trailer_leaves_the_snapshot_incomplete_and_an_old_index_still_loads() {
+    let dir = tmp("trailer");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    log.append_snapshot_row(br#"{"v":"SNAPEND1"}"#).unwrap();
+    log.finish_snapshot(b"E").unwrap();
+    drop(log);
+    let path = dir.join("snapshot");
+    let whole = fs::read(&path).unwrap();
+    assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_some());
+    // A crash inside the trailer's write: every cut short of the whole file is incomplete.
+    for cut in 1..whole.len() {
+        fs::write(&path, &whole[..cut]).unwrap();
+        assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none(), "cut at {cut}");
+    }
+    // The trailer's bytes in place but its index unwritten (zeros): incomplete.
+    let index_len = u64::from_le_bytes(whole[whole.len() - 16..whole.len() - 8].try_into().unwrap()) as usize;
+    let mut zeroed = whole.clone();
+    zeroed[whole.len() - 16 - index_len..whole.len() - 16].fill(0);
+    fs::write(&path, &zeroed).unwrap();
     assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none());
+    // A data directory of an earlier version: the ranges in `snapshot.idx`, no trailer.
+    let body = &whole[..whole.len() - 16 - index_len];
+    fs::write(&path, body).unwrap();
+    fs::write(dir.join("snapshot.idx"), &whole[body.len()..whole.len() - 16]).unwrap();
+    let old = ShapeLog::open(&dir, 1 << 20).unwrap().expect("an old layout loads");
+    assert_eq!(&old.read_snapshot_chunk(0).unwrap().unwrap()[..], &b"[{\"v\":\"SNAPEND1\"},E]"[..]);
     fs::remove_dir_all(dir).unwrap();
 }
 
