@@ -31,6 +31,24 @@ fn write_beside(path: &Path, contents: &[u8]) -> io::Result<std::path::PathBuf> 
     Ok(tmp)
 }
 
+/// Makes the entries of `dir` and `dir`'s own entry in its parent durable.
+pub fn sync_dir_and_parent(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()?;
+    match dir.parent() {
+        Some(parent) => File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Syncs the file at `path` if there is one.
+pub fn sync_if_present(path: &Path) -> io::Result<()> {
+    match File::open(path) {
+        Ok(f) => f.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes every written file on `path`'s filesystem durable with one call (`syncfs`), which
 /// is far cheaper than one `fdatasync` per shape log when a batch touches many shapes.
 pub fn sync_filesystem(path: &Path) -> io::Result<()> {

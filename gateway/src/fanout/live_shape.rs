@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use shapes::change::Txn;
-use shapes::durable::replace_unsynced;
+use shapes::durable::{replace_unsynced, sync_if_present};
 use shapes::log::ShapeLog;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::set_registry::SetId;
@@ -403,8 +403,8 @@ impl LiveShape {
     }
 
     /// Records the shape so it survives a restart, with the values of its sets its snapshot
-    /// reflects; durable after the caller's filesystem sync, which must come before the
-    /// snapshot is marked complete (`snapshot::completion`).
+    /// reflects; durable after the caller's filesystem sync or [`LiveShape::sync_record`],
+    /// which must come before the snapshot is marked complete (`snapshot::completion`).
     pub fn record(&self, snapshot: SnapshotInfo, views: Views) -> io::Result<()> {
         if !self.sets.is_empty() {
             SetViews::created(views).write(self.log.dir())?;
@@ -417,6 +417,12 @@ impl LiveShape {
             catalog: self.catalog.clone(),
         };
         replace_unsynced(&self.log.dir().join("shape.json"), &serde_json::to_vec(&meta).map_err(io::Error::other)?)
+    }
+
+    /// Syncs what [`LiveShape::record`] wrote, file by file.
+    pub fn sync_record(&self) -> io::Result<()> {
+        sync_if_present(&self.log.dir().join("shape.json"))?;
+        SetViews::sync_written(self.log.dir())
     }
 
     pub fn fail(&self, failure: ShapeFailure) {

@@ -1,7 +1,8 @@
 //! Group commit for finished snapshots: snapshots that end together are made durable
-//! together, with two filesystem syncs for the whole batch instead of four file syncs
+//! together, with two filesystem syncs for the whole batch instead of several file syncs
 //! each, so a crowd of small new shapes is not bounded by the disk's flush rate (the
-//! journal's group commit, applied to shape creation).
+//! journal's group commit, applied to shape creation). A snapshot that ends alone is
+//! synced file by file.
 //!
 //! For each batch: every shape's record (`shape.json`, set views) is written and its
 //! snapshot sealed, unsynced; one filesystem sync; each snapshot's trailer, which marks it
@@ -87,20 +88,29 @@ fn make_durable(batch: &[Finished]) -> Vec<io::Result<()>> {
             f.shape.log.seal_snapshot(&snapshot_end(s.xmin, s.xmax, &s.xip))
         })
         .collect();
-    let dir = batch[0].shape.log.dir();
-    sync_all(dir, &mut results);
+    sync(batch, &mut results, false);
     for (f, result) in batch.iter().zip(&mut results) {
         if result.is_ok() {
             *result = f.shape.log.commit_snapshot();
         }
     }
-    sync_all(dir, &mut results);
+    sync(batch, &mut results, true);
     results
 }
 
-/// One sync of the filesystem holding `dir`; when it fails, every result so far fails with it.
-fn sync_all(dir: &std::path::Path, results: &mut [io::Result<()>]) {
-    if let Err(e) = sync_filesystem(dir) {
+/// Makes what the batch wrote durable: a crowd with one filesystem sync, a lone shape file
+/// by file, so that it does not wait for everything else dirty on the filesystem (such as
+/// PostgreSQL's own writes, on a machine where they share it). When the sync fails, every
+/// result so far fails with it.
+fn sync(batch: &[Finished], results: &mut [io::Result<()>], committed: bool) {
+    let synced = match batch {
+        // After the commit only the trailer is new.
+        [one] if results[0].is_ok() && committed => one.shape.log.sync_files(true),
+        [one] if results[0].is_ok() => one.shape.sync_record().and_then(|()| one.shape.log.sync_files(false)),
+        [_] => Ok(()),
+        _ => sync_filesystem(batch[0].shape.log.dir()),
+    };
+    if let Err(e) = synced {
         for result in results.iter_mut().filter(|r| r.is_ok()) {
             *result = Err(io::Error::new(e.kind(), e.to_string()));
         }

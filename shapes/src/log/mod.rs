@@ -296,6 +296,18 @@ impl ShapeLog {
         }
     }
 
+    /// Syncs the snapshot file and, unless `snapshot_only`, the log file and the directory
+    /// entries naming them and the log's directory: for a log made durable alone, without a
+    /// filesystem sync.
+    pub fn sync_files(&self, snapshot_only: bool) -> io::Result<()> {
+        File::open(self.dir.join("snapshot"))?.sync_data()?;
+        if snapshot_only {
+            return Ok(());
+        }
+        File::open(self.dir.join("log"))?.sync_data()?;
+        crate::durable::sync_dir_and_parent(&self.dir)
+    }
+
     /// Closes the descriptor kept for appends; the next append reopens it.
     pub fn release_writer(&self) {
         self.live.lock().unwrap().writer = None;
