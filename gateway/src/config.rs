@@ -132,7 +132,8 @@ pub struct ServeConfig {
     #[arg(long, env = "GATEWAY_HEARTBEAT_S", default_value_t = 60)]
     pub heartbeat_s: u64,
     /// New shapes whose snapshot may run at once; past it, creating one answers 503 with
-    /// `retry-after` (existing shapes are served as usual).
+    /// `retry-after` (existing shapes are served as usual). Also the most PostgreSQL
+    /// sessions kept open for snapshots, reused from one new shape to the next.
     #[arg(long, env = "GATEWAY_MAX_CONCURRENT_SNAPSHOTS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_snapshots: u32,
     /// Live requests (long-polls and SSE streams) held at once; past it, 503 with `retry-after`.
