@@ -62,6 +62,30 @@ async fn snapshots_past_the_bound_wait_their_turn_with_503_and_retry_after() {
     assert_eq!(get(&shape("n%3D2")).await.status, 200, "admitted once the first snapshot ended");
 }
 
+/// Snapshot sessions are pooled: one whose snapshot was abandoned mid-query (its shape
+/// deleted) is closed, not handed to the next shape inside its aborted transaction.
+#[tokio::test]
+async fn a_snapshot_abandoned_mid_query_leaves_no_session_behind_for_the_next_shape() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items select i, 'o', 't', i from generate_series(1, 10) i").await;
+    let mut gw = env.gateway_with(&["--max-concurrent-snapshots", "1"]);
+    gw.ready().await;
+    let shape = |filter: &str| format!("{}/v1/shape?table=items&where={filter}&offset=-1", gw.base());
+    assert_eq!(get(&shape("n%3E0")).await.status, 200, "the pool's one session is open and idle");
+    let blocker = testkit::connect(&env.url).await;
+    blocker.batch_execute("begin; lock table items in access exclusive mode").await.unwrap();
+    let abandoned = tokio::spawn(get_owned(shape("n%3D1")));
+    testkit::waiting_on_lock(&env.db, "items", 1).await;
+    let deleted = testkit::http().delete(format!("{}/v1/shape?table=items", gw.base())).send().await.unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    blocker.batch_execute("commit").await.unwrap();
+    let _ = abandoned.await;
+    let next = get(&shape("n%3D2")).await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert_eq!(next.body.as_array().map(|rows| rows.iter().filter(|m| m.get("key").is_some()).count()), Some(1));
+}
+
 #[tokio::test]
 async fn a_burst_of_new_shapes_waits_for_slots_and_one_tenant_cannot_take_them_all() {
     use crate::auth::{SCHEMA, SECRET, jwt_gateway, token};
