@@ -6,8 +6,8 @@ use std::path::Path;
 
 /// Writes a small file so that it is either wholly there or absent after a crash.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let tmp = write_beside(path, contents)?;
-    File::open(&tmp)?.sync_all()?;
+    let (tmp, file) = write_beside(path, contents)?;
+    file.sync_all()?;
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
@@ -20,15 +20,16 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// [`sync_filesystem`]. Until that sync, a crash may leave the file absent or empty, so a
 /// reader must treat either as "never written".
 pub fn replace_unsynced(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let tmp = write_beside(path, contents)?;
+    let (tmp, _) = write_beside(path, contents)?;
     fs::rename(tmp, path)
 }
 
-/// Writes `contents` to `path` with the extension `tmp`; returns that path.
-fn write_beside(path: &Path, contents: &[u8]) -> io::Result<std::path::PathBuf> {
+/// Writes `contents` to `path` with the extension `tmp`; returns that path and the file.
+fn write_beside(path: &Path, contents: &[u8]) -> io::Result<(std::path::PathBuf, File)> {
     let tmp = path.with_extension("tmp");
-    File::create(&tmp)?.write_all(contents)?;
-    Ok(tmp)
+    let mut file = File::create(&tmp)?;
+    file.write_all(contents)?;
+    Ok((tmp, file))
 }
 
 /// Makes the entries of `dir` and `dir`'s own entry in its parent durable.
@@ -37,15 +38,6 @@ pub fn sync_dir_and_parent(dir: &Path) -> io::Result<()> {
     match dir.parent() {
         Some(parent) => File::open(parent)?.sync_all(),
         None => Ok(()),
-    }
-}
-
-/// Syncs the file at `path` if there is one.
-pub fn sync_if_present(path: &Path) -> io::Result<()> {
-    match File::open(path) {
-        Ok(f) => f.sync_all(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

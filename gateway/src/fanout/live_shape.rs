@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use shapes::change::Txn;
-use shapes::durable::{replace_unsynced, sync_if_present};
+use shapes::durable::replace_unsynced;
 use shapes::log::ShapeLog;
 use shapes::offset::{LogOffset, Lsn};
 use shapes::set_registry::SetId;
@@ -421,8 +421,9 @@ impl LiveShape {
 
     /// Syncs what [`LiveShape::record`] wrote, file by file.
     pub fn sync_record(&self) -> io::Result<()> {
-        sync_if_present(&self.log.dir().join("shape.json"))?;
-        SetViews::sync_written(self.log.dir())
+        std::fs::File::open(self.log.dir().join("shape.json"))?.sync_data()?;
+        // The same condition as `record`'s: only a shape through subqueries has views.
+        if self.sets.is_empty() { Ok(()) } else { SetViews::sync(self.log.dir()) }
     }
 
     pub fn fail(&self, failure: ShapeFailure) {

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use shapes::durable::{replace_unsynced, sync_if_present, write_atomically};
+use shapes::durable::{replace_unsynced, write_atomically};
 use shapes::offset::Lsn;
 use shapes::where_clause::SetKey;
 
@@ -54,11 +54,6 @@ impl SetViews {
         };
         let last = bytes.split(|&b| b == b'\n').rev().find_map(|line| serde_json::from_slice(line).ok());
         last.map(Some).ok_or_else(|| io::Error::other("no whole set views in views.json"))
-    }
-
-    /// Syncs the views written with [`SetViews::write`], if the shape has any.
-    pub fn sync_written(dir: &Path) -> io::Result<()> {
-        sync_if_present(&dir.join(FILE))
     }
 
     /// Writes the views of a new shape, durable after the caller's filesystem sync (which
