@@ -3,32 +3,52 @@
 
 use std::borrow::Cow;
 
-/// Splits one line of COPY text format into `n` values (`None` is NULL), reusing `values`.
-/// Values without escapes borrow from the line.
-pub(super) fn parse_copy_line<'a>(
-    line: &'a str,
+/// Splits COPY text, whole lines of `n` fields, calling `row` with each line's values
+/// (`None` is NULL). One pass over the bytes finds fields, line ends and escapes alike:
+/// rows are short, and a search per field would cost more than the bytes it skips. Values
+/// without escapes borrow from `text`.
+pub(super) fn for_each_copy_line<'a, E: From<String>>(
+    text: &'a str,
     n: usize,
-    values: &mut Vec<Option<Cow<'a, str>>>,
-) -> Result<(), String> {
-    values.clear();
-    // Most lines hold no escape at all: one scan decides for every field.
-    let escaped = memchr::memchr(b'\\', line.as_bytes()).is_some();
+    mut row: impl FnMut(&[Option<Cow<'a, str>>]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut values = Vec::with_capacity(n);
     let mut start = 0;
-    for end in memchr::memchr_iter(b'\t', line.as_bytes()).chain(std::iter::once(line.len())) {
-        let raw = &line[start..end];
-        start = end + 1;
-        values.push(match raw {
-            "\\N" => None,
-            raw if escaped && raw.contains('\\') => Some(Cow::Owned(
-                String::from_utf8(unescape_copy(raw.as_bytes())).map_err(|_| "COPY value is not UTF-8".to_string())?,
-            )),
-            raw => Some(Cow::Borrowed(raw)),
-        });
+    let mut escaped = false;
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        match b {
+            // Tabs and line ends inside values arrive escaped: these end a field.
+            b'\t' | b'\n' => {
+                // Cut at ASCII bytes, so always at a character boundary.
+                values.push(copy_value(&text[start..i], escaped)?);
+                start = i + 1;
+                escaped = false;
+                if b == b'\n' {
+                    if values.len() != n {
+                        return Err(format!("COPY row has {} columns, expected {n}", values.len()).into());
+                    }
+                    row(&values)?;
+                    values.clear();
+                }
+            }
+            b'\\' => escaped = true,
+            _ => {}
+        }
     }
-    if values.len() != n {
-        return Err(format!("COPY row has {} columns, expected {n}", values.len()));
+    if start != text.len() {
+        return Err("COPY output ended mid-row".to_string().into());
     }
     Ok(())
+}
+
+fn copy_value(raw: &str, escaped: bool) -> Result<Option<Cow<'_, str>>, String> {
+    Ok(match raw {
+        "\\N" => None,
+        raw if escaped => Some(Cow::Owned(
+            String::from_utf8(unescape_copy(raw.as_bytes())).map_err(|_| "COPY value is not UTF-8".to_string())?,
+        )),
+        raw => Some(Cow::Borrowed(raw)),
+    })
 }
 
 fn unescape_copy(raw: &[u8]) -> Vec<u8> {
@@ -87,9 +107,21 @@ mod tests {
     fn copy_text_escapes_are_undone() {
         assert_eq!(unescape_copy(br"a\tb\\c\nd"), b"a\tb\\c\nd");
         assert_eq!(unescape_copy(br"\101\x42"), b"AB");
-        let mut row = Vec::new();
-        parse_copy_line("1\t\\N\tx\\ty", 3, &mut row).unwrap();
-        assert_eq!(row, vec![Some(Cow::Borrowed("1")), None, Some(Cow::Owned("x\ty".to_string()))]);
-        assert!(parse_copy_line("1\t2", 3, &mut row).is_err());
+        let collect = |text| {
+            let mut rows = Vec::new();
+            for_each_copy_line::<String>(text, 3, |values| {
+                rows.push(values.to_vec());
+                Ok(())
+            })
+            .map(|()| rows)
+        };
+        let rows = collect("1\t\\N\tx\\ty\n\\\\N\t\t\n").unwrap();
+        let owned = |s: &str| Some(Cow::Owned(s.to_string()));
+        assert_eq!(
+            rows,
+            [vec![Some(Cow::Borrowed("1")), None, owned("x\ty")], vec![owned("\\N"), owned(""), owned("")]]
+        );
+        assert!(collect("1\t2\n").is_err(), "a row short of columns");
+        assert!(collect("1\t2\t3").is_err(), "a row without its line end");
     }
 }

@@ -168,14 +168,16 @@ impl ShapeLog {
 
     // ---- snapshot (written by one snapshot task) ----
 
-    /// Appends one snapshot message, closing the chunk when it is full.
-    pub fn append_snapshot_row(&self, message: &[u8]) -> io::Result<()> {
+    /// Appends snapshot messages under one lock, closing chunks as they fill.
+    pub fn append_snapshot_rows<'a>(&self, messages: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
         let mut s = self.snapshot.lock().unwrap();
-        if s.push_row(message, self.chunk_bytes)? {
-            let n = s.chunk_count();
+        let before = s.chunk_count();
+        let pushed = messages.into_iter().try_for_each(|m| s.push_row(m, self.chunk_bytes));
+        let n = s.chunk_count();
+        if n != before {
             self.version.send_modify(|v| v.snapshot_chunks = n);
         }
-        Ok(())
+        pushed
     }
 
     /// Ends the snapshot with `final_message` (its `snapshot-end`). Nothing is synced and

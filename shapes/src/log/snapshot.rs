@@ -97,15 +97,14 @@ impl Snapshot {
         self.chunks.get(n as usize).copied()
     }
 
-    /// Adds one message; returns whether that closed a chunk of `chunk_bytes`.
-    pub(super) fn push_row(&mut self, message: &[u8], chunk_bytes: u64) -> io::Result<bool> {
+    /// Adds one message, closing the chunk once it holds `chunk_bytes`.
+    pub(super) fn push_row(&mut self, message: &[u8], chunk_bytes: u64) -> io::Result<()> {
         self.push(message)?;
-        if self.open_len < chunk_bytes {
-            return Ok(false);
+        if self.open_len >= chunk_bytes {
+            self.flush()?;
+            self.close_chunk();
         }
-        self.flush()?;
-        self.close_chunk();
-        Ok(true)
+        Ok(())
     }
 
     /// Ends the snapshot with `final_message`, syncing nothing: [`Snapshot::commit`] writes

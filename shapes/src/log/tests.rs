@@ -145,9 +145,8 @@ fn discarded_unpublished_writes_are_written_again_once() {
 fn chunks_bound_reads_and_survive_reopen() {
     let dir = tmp("chunks");
     let log = ShapeLog::create(&dir, 100).unwrap();
-    log.append_snapshot_row(&[b'x'; 60]).unwrap();
-    log.append_snapshot_row(&[b'y'; 60]).unwrap();
-    log.append_snapshot_row(&[b'z'; 10]).unwrap();
+    log.append_snapshot_rows([&[b'x'; 60][..], &[b'y'; 60]]).unwrap();
+    log.append_snapshot_rows([&[b'z'; 10][..]]).unwrap();
     log.finish_snapshot(b"E").unwrap();
     assert_eq!(log.snapshot_chunk_count(), 2);
     let txns: Vec<_> = (1..=20).map(|i| vec![entry(i, 0)]).collect();
@@ -224,7 +223,7 @@ fn torn_tail_is_cut_to_the_last_whole_entry() {
 fn incomplete_snapshot_means_no_log() {
     let dir = tmp("incomplete");
     let log = ShapeLog::create(&dir, 1 << 20).unwrap();
-    log.append_snapshot_row(b"{}").unwrap();
+    log.append_snapshot_rows([&b"{}"[..]]).unwrap();
     log.seal_snapshot(b"E").unwrap();
     drop(log);
     assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none(), "sealed is not complete: the trailer marks it");
@@ -235,7 +234,7 @@ fn incomplete_snapshot_means_no_log() {
 fn a_torn_or_forged_trailer_leaves_the_snapshot_incomplete_and_an_old_index_still_loads() {
     let dir = tmp("trailer");
     let log = ShapeLog::create(&dir, 1 << 20).unwrap();
-    log.append_snapshot_row(br#"{"v":"SNAPEND1"}"#).unwrap();
+    log.append_snapshot_rows([&br#"{"v":"SNAPEND1"}"#[..]]).unwrap();
     log.finish_snapshot(b"E").unwrap();
     drop(log);
     let path = dir.join("snapshot");
