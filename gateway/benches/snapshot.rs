@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{env_or, median, secs};
+use common::{cpu_seconds, env_or, median, postgres_cpu_seconds, secs};
 use testkit::{Env, Gateway};
 
 #[tokio::main]
@@ -26,6 +26,7 @@ async fn main() {
     let mut ratios = Vec::new();
     for round in 0..rounds {
         let filter = format!("id > {}", -round);
+        let pg_cpu = postgres_cpu_seconds();
         let t = Instant::now();
         let out = std::process::Command::new(&psql)
             .args([&env.url, "-Atc", &format!("copy (select id, v from narrow where {filter}) to stdout")])
@@ -34,6 +35,8 @@ async fn main() {
             .unwrap();
         assert!(out.success());
         let reference = secs(t.elapsed());
+        let reference_pg_cpu = postgres_cpu_seconds() - pg_cpu;
+        let (pg_cpu, gw_cpu) = (postgres_cpu_seconds(), cpu_seconds(gw.pid().unwrap()));
 
         let t = Instant::now();
         let mut offset = "-1".to_string();
@@ -60,6 +63,7 @@ async fn main() {
             }
         }
         let ours = secs(t.elapsed());
+        let (pg_cpu, gw_cpu) = (postgres_cpu_seconds() - pg_cpu, cpu_seconds(gw.pid().unwrap()) - gw_cpu);
         let log = gw.log();
         let server_ms = log
             .lines()
@@ -71,7 +75,7 @@ async fn main() {
         assert_eq!(received as u64, rows, "every row arrived");
         let ratio = reference / ours;
         println!(
-            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON, snapshot done in {server_ms} ms), ratio {ratio:.2}",
+            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s, PostgreSQL CPU {reference_pg_cpu:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON, snapshot done in {server_ms} ms, CPU: gateway {gw_cpu:.2}s, PostgreSQL {pg_cpu:.2}s), ratio {ratio:.2}",
             round + 1,
             rows as f64 / reference,
             rows as f64 / ours,

@@ -510,7 +510,14 @@ mod tests {
         let e = MessageEncoder::new(&table());
         for id in ["1", "a/b", "q\"uote", "back\\slash"] {
             let mut general = Vec::new();
-            e.write_change(&mut general, Operation::Insert, &e.key([Some(id)]), [(0, Some("7")), (1, Some(id))], None, None);
+            e.write_change(
+                &mut general,
+                Operation::Insert,
+                &e.key([Some(id)]),
+                [(0, Some("7")), (1, Some(id))],
+                None,
+                None,
+            );
             let mut fast = Vec::new();
             e.write_snapshot_insert(&mut fast, [Some(id)], [(0, Some("7")), (1, Some(id))]);
             assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(general).unwrap());

@@ -71,3 +71,35 @@ pub fn recvlogical_seconds(url: &str, slot: &str, target: shapes::offset::Lsn) -
     assert!(status.success(), "pg_recvlogical failed");
     secs(t.elapsed())
 }
+
+/// CPU seconds (user and system) a process has used, with its reaped children's when
+/// `children`; 0 once it is gone. `/proc` counts in USER_HZ, 100 per second on Linux.
+fn proc_cpu_seconds(pid: u32, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    // utime, stime, cutime, cstime are fields 14–17 of stat(5): 11–14 after the name.
+    let own = fields.get(11..13).map_or(0, |f| f.iter().sum::<u64>());
+    let reaped = if children { fields.get(13..15).map_or(0, |f| f.iter().sum::<u64>()) } else { 0 };
+    (own + reaped) as f64 / 100.0
+}
+
+/// CPU seconds the gateway process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    proc_cpu_seconds(pid, false)
+}
+
+/// CPU seconds every PostgreSQL process on the machine has used so far, exited backends
+/// included (their postmaster has reaped them).
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0.0 };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(|pid| proc_cpu_seconds(pid, true))
+        .sum()
+}
