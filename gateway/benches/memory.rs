@@ -141,6 +141,26 @@ async fn main() {
             h.abort();
         }
     }
+    // What an HTTP/1.1 connection costs before any request: hyper's connection task and read
+    // buffer and our accept loop's wrapper. A subscriber's figure less this is the request's
+    // own state (handler, shape read position, timers).
+    gw.terminate();
+    gw.spawn_again();
+    gw.ready().await;
+    let pid = gw.pid().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    let mut idle = Vec::new();
+    for _ in 0..subscribers {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / subscribers as f64;
+    println!(
+        "memory: {subscribers} HTTP/1.1 connections with no request yet: RSS {before} KiB → {after} KiB, {per:.0} bytes per connection"
+    );
+    drop(idle);
     gw.terminate();
     stalled_readers(env_or("BENCH_STALLED", 64)).await;
 }

@@ -12,6 +12,7 @@ mod escapes;
 mod failover;
 mod faults;
 mod filters;
+mod http2;
 mod large_txn;
 mod layout;
 mod operations;

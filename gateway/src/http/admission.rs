@@ -6,8 +6,6 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
@@ -49,22 +47,20 @@ impl Admission {
     }
 }
 
-pub async fn request_size(req: Request, next: Next) -> Response {
+/// The refusal of a request whose target or headers are too large to handle, if it is.
+pub fn oversized(req: &Request) -> Option<ApiError> {
     let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri > MAX_URI_BYTES {
-        return ApiError::UriTooLong(format!(
+        return Some(ApiError::UriTooLong(format!(
             "the request target is {uri} bytes, more than {MAX_URI_BYTES}; shorten the where clause or its params"
-        ))
-        .into_response();
+        )));
     }
     let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
-    if headers > MAX_HEADER_BYTES {
-        return ApiError::HeadersTooLarge(format!(
+    (headers > MAX_HEADER_BYTES).then(|| {
+        ApiError::HeadersTooLarge(format!(
             "the request headers are {headers} bytes, more than {MAX_HEADER_BYTES}; send a shorter token or fewer headers"
         ))
-        .into_response();
-    }
-    next.run(req).await
+    })
 }
 
 #[cfg(test)]
