@@ -68,6 +68,7 @@ pub struct Recorded {
     pub total: Histogram<u64>,
     pub move_in_total: Histogram<u64>,
     pub commit_total: Histogram<u64>,
+    pub delivery_total: Histogram<u64>,
     pub seconds: Vec<Second>,
     pub samples: Vec<Sample>,
 }
@@ -90,6 +91,8 @@ pub struct Recorder {
     pub http_errors: AtomicU64,
     /// The first few distinct errors, to say what failed.
     errors: Mutex<Vec<String>>,
+    /// When each written row's commit was answered (µs), by id: what delivery is timed from.
+    commits_answered: Mutex<HashMap<u64, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +100,7 @@ struct Timeline {
     total: Option<Histogram<u64>>,
     move_in_total: Option<Histogram<u64>>,
     commit_total: Option<Histogram<u64>>,
+    delivery_total: Option<Histogram<u64>>,
     seconds: Vec<Second>,
     samples: Vec<(Instant, Sample)>,
 }
@@ -116,11 +120,17 @@ impl Recorder {
         )
     }
 
-    /// Events delivered together, each `latency_us` after it was sent (one lock per batch).
-    pub fn delivered(&self, latencies_us: &[u64]) {
+    /// Events delivered together, each `latency_us` after it was sent (one lock per batch),
+    /// and the rows' `(id, received µs)`: each is also timed from its commit's answer, 0 when
+    /// the row arrived first (the answer and the row race; the writer records the answer).
+    pub fn delivered(&self, latencies_us: &[u64], received: &[(u64, u64)]) {
         if latencies_us.is_empty() {
             return;
         }
+        let deliveries: Vec<u64> = {
+            let commits = self.commits_answered.lock().unwrap();
+            received.iter().map(|(id, at)| commits.get(id).map_or(0, |c| at.saturating_sub(*c))).collect()
+        };
         self.delivered.fetch_add(latencies_us.len() as u64, Ordering::Relaxed);
         let mut t = self.timeline.lock().unwrap();
         let second = self.second(&mut t);
@@ -130,6 +140,9 @@ impl Recorder {
             let s = &mut t.seconds[second];
             s.delivered += 1;
             let _ = s.latency.record(value);
+        }
+        for delivery in deliveries {
+            let _ = t.delivery_total.get_or_insert_with(histogram).record(delivery.max(1));
         }
     }
 
@@ -147,9 +160,10 @@ impl Recorder {
         }
     }
 
-    /// A write's commit returned `latency_us` after it was sent: PostgreSQL's part of the
-    /// latency, which the gateway cannot make shorter.
-    pub fn committed(&self, latency_us: u64) {
+    /// Row `id`'s commit was answered at `answered_us`, `latency_us` after it was sent:
+    /// PostgreSQL's part of the latency, which the gateway cannot make shorter.
+    pub fn committed(&self, id: u64, answered_us: u64, latency_us: u64) {
+        self.commits_answered.lock().unwrap().insert(id, answered_us);
         let mut t = self.timeline.lock().unwrap();
         let second = self.second(&mut t);
         let value = latency_us.max(1);
@@ -199,6 +213,7 @@ impl Recorder {
             total: t.total.take().unwrap_or_else(histogram),
             move_in_total: t.move_in_total.take().unwrap_or_else(histogram),
             commit_total: t.commit_total.take().unwrap_or_else(histogram),
+            delivery_total: t.delivery_total.take().unwrap_or_else(histogram),
             seconds: std::mem::take(&mut t.seconds),
             samples: std::mem::take(&mut t.samples)
                 .into_iter()

@@ -50,6 +50,9 @@ pub struct Summary {
     /// Send → PostgreSQL answered the INSERT's commit, over every write: the part of the
     /// latency that is PostgreSQL's.
     pub commit_ms: Latency,
+    /// PostgreSQL answered the commit → the subscriber has the event, over every event (0
+    /// when the event arrived first): the gateway's and the subscriber's part.
+    pub delivery_ms: Latency,
     pub events_per_s: f64,
     pub reconnects: u64,
     /// 503 answers with `Retry-After` (new shapes past the snapshot slots), retried.
@@ -197,6 +200,7 @@ pub fn summarize(i: Inputs<'_>) -> Summary {
         stale: c.stale,
         latency_ms: latency(&i.recorded.total),
         commit_ms: latency(&i.recorded.commit_total),
+        delivery_ms: latency(&i.recorded.delivery_total),
         events_per_s: events as f64 / i.write_secs.max(f64::EPSILON),
         reconnects: r.reconnects.load(Relaxed),
         busy_retries: r.busy.load(Relaxed),
@@ -277,6 +281,7 @@ pub fn print(s: &Summary, dir: &Path) {
     );
     println!("  latency send → client: {}", percentiles(&s.latency_ms));
     println!("  of which send → PostgreSQL's commit: {}", percentiles(&s.commit_ms));
+    println!("  commit answered → client: {}", percentiles(&s.delivery_ms));
     if let Some(m) = &s.memberships {
         println!("  move-in join → rows at the client: {} ({} joins)", percentiles(&m.move_in_latency_ms), m.move_ins);
     }
@@ -350,6 +355,7 @@ fn html(s: &Summary, r: &Recorded) -> String {
         ("completeness", completeness_line(s)),
         ("latency send → client", percentiles(l)),
         ("of which send → PostgreSQL's commit", percentiles(&s.commit_ms)),
+        ("commit answered → client", percentiles(&s.delivery_ms)),
     ];
     if let Some(m) = &s.memberships {
         rows.push(("move-in join → rows", format!("{} ({} joins)", percentiles(&m.move_in_latency_ms), m.move_ins)));

@@ -214,6 +214,7 @@ impl Subscriber {
         let now = now_us();
         let first_id = self.first_id;
         let mut latencies = Vec::with_capacity(changes.len());
+        let mut received = Vec::with_capacity(changes.len());
         for change in changes {
             let field = |name: &str| change.value.get(name).and_then(|v| v.as_str());
             let Some(id) = field("id").and_then(|v| v.parse::<u64>().ok()) else { continue };
@@ -223,16 +224,17 @@ impl Subscriber {
             seen.ids.push(id);
             if let Some(sent) = field("sent_us").and_then(|v| v.parse::<u64>().ok()) {
                 latencies.push(now.saturating_sub(sent));
+                received.push((id, now));
             }
         }
-        recorder.delivered(&latencies);
+        recorder.delivered(&latencies, &received);
     }
 
     /// Keeps the rows the user holds: inserts (moved in or written), deletes (moved out).
     /// A written row's latency is from its send; a moved-in one's from its join's.
     fn take_as_member(&self, members: &Members, changes: &[Change], recorder: &Recorder, seen: &mut Seen) {
         let now = now_us();
-        let (mut written, mut moved_in) = (Vec::new(), Vec::new());
+        let (mut written, mut received, mut moved_in) = (Vec::new(), Vec::new(), Vec::new());
         for change in changes {
             let field = |name: &str| change.value.get(name).and_then(|v| v.as_str());
             let Some(id) = field("id").and_then(|v| v.parse::<u64>().ok()) else { continue };
@@ -247,6 +249,7 @@ impl Subscriber {
                         && let Some(sent) = field("sent_us").and_then(|v| v.parse::<u64>().ok())
                     {
                         written.push(now.saturating_sub(sent));
+                        received.push((id, now));
                     }
                 }
                 Operation::Delete => {
@@ -256,7 +259,7 @@ impl Subscriber {
             }
         }
         members.held[self.identity].store(seen.held.len(), Ordering::Relaxed);
-        recorder.delivered(&written);
+        recorder.delivered(&written, &received);
         recorder.moved_in(&moved_in);
     }
 }

@@ -45,8 +45,9 @@ pub async fn write(
                     .query_one(&statement, &[&scope_name(scope), &(sent as i64)])
                     .await
                     .map_err(|e| format!("insert: {e}"))?;
-                recorder.committed(now_us().saturating_sub(sent));
-                written.push((row.get::<_, i64>(0) as u64, scope));
+                let (id, answered) = (row.get::<_, i64>(0) as u64, now_us());
+                recorder.committed(id, answered, answered.saturating_sub(sent));
+                written.push((id, scope));
             }
             Ok::<_, String>(written)
         }));

@@ -64,6 +64,12 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
     assert!(html.contains("<svg") && html.contains("PASS") && html.ends_with("</html>\n"));
     assert_eq!(html.matches("<svg").count(), 6, "latency over time, histogram, events/s, connected, memory, steal");
     assert!(summary["commit_ms"]["p99"].as_f64().unwrap() > 0.0, "PostgreSQL's commit time was measured");
+    let (delivery, latency) =
+        (summary["delivery_ms"]["p50"].as_f64().unwrap(), summary["latency_ms"]["p50"].as_f64().unwrap());
+    assert!(
+        delivery > 0.0 && delivery <= latency,
+        "commit → client ({delivery} ms) is part of send → client ({latency} ms)"
+    );
     assert!(summary["machine"]["steal_percent_max"].as_f64().is_some(), "the machine's CPU steal was sampled");
     let _ = std::fs::remove_dir_all(out);
 }
