@@ -479,3 +479,34 @@ async fn a_shape_made_by_a_caller_who_may_read_more_stays_closed_to_one_who_may_
         assert!(r.body["message"].as_str().unwrap().contains("\"secret\""), "{}", r.body);
     }
 }
+
+/// Class: a stored value breaking out of its JSON string. Numbers, dates and the like are
+/// written without an escape scan; after `ALTER COLUMN … TYPE text` (which streams nothing
+/// until a row changes) a new shape bound from the cached catalog must not encode the
+/// now-text values as numbers. The undefended gateway answered broken JSON (release) or
+/// failed every retry (debug, its assertion).
+#[tokio::test]
+async fn a_column_whose_type_changed_unseen_never_lets_a_value_break_out_of_its_json_string() {
+    let env = Env::new().await;
+    env.sql("create table counters (id int8 primary key, n int8 not null); insert into counters values (1, 7)").await;
+    let mut gw = env.gateway_with(&[]);
+    gw.ready().await;
+    let base = gw.base();
+    // Caches the table's columns, `n` an int8.
+    assert_eq!(testkit::get(&format!("{base}/v1/shape?table=counters&offset=-1")).await.status, 200);
+    env.sql(r#"alter table counters alter column n type text using (n::text || '","id":"666')"#).await;
+    let url = format!("{base}/v1/shape?table=counters&offset=-1&where={}", enc("id > 0"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let r = testkit::get(&url).await;
+        if r.status == 200 {
+            break r.body;
+        }
+        assert!(Instant::now() < deadline, "the new shape never answered: {} {}", r.status, r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rows: Vec<&Value> = body.as_array().expect("a JSON array").iter().filter(|m| m.get("key").is_some()).collect();
+    assert_eq!(rows.len(), 1, "{body}");
+    assert_eq!(rows[0]["value"]["n"], r#"7","id":"666"#, "{body}");
+    assert_eq!(rows[0]["value"]["id"], "1", "{body}");
+}

@@ -145,14 +145,24 @@ async fn snapshot(
     let client = session.client()?;
     let abandoned = db::CancelOnDrop::new(client);
     // The shape may be bound from the cached catalog: its tables must still be the ones it
-    // was bound with (a table dropped and made again has another oid). Sent together with
-    // the BEGIN, in one round trip.
+    // was bound with (a table dropped and made again has another oid), and its table's
+    // columns of the types it was bound with (`ALTER … TYPE` streams no Relation message
+    // until a row changes; the encoder skips JSON escapes for types that never need them).
+    // Sent together with the BEGIN, in one round trip.
     let names: Vec<String> = shape.tables().map(|t| t.name.quoted()).collect();
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&names, Type::TEXT_ARRAY)];
+    let table = &shape.shape.table;
+    let columns: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    let quoted = table.name.quoted();
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] =
+        [(&names, Type::TEXT_ARRAY), (&quoted, Type::TEXT), (&columns, Type::TEXT_ARRAY)];
     let (begun, rows) = tokio::join!(
         client.batch_execute("begin isolation level repeatable read read only"),
         client.query_typed(
-            "select pg_current_snapshot()::text, array(select coalesce(to_regclass(n)::oid, 0) from unnest($1::text[]) n)",
+            "select pg_current_snapshot()::text, \
+             array(select coalesce(to_regclass(n)::oid, 0) from unnest($1::text[]) n), \
+             array(select coalesce(a.atttypid, 0) from unnest($3::text[]) with ordinality c(name, i) \
+                   left join pg_attribute a on a.attrelid = to_regclass($2)::oid and a.attname = c.name \
+                   and not a.attisdropped order by c.i)",
             &params,
         )
     );
@@ -162,9 +172,12 @@ async fn snapshot(
         .into_iter()
         .next()
         .ok_or_else(|| SnapshotError::Format("no snapshot row".into()))?;
-    let (text, oids): (String, Vec<u32>) = (row.get(0), row.get(1));
+    let (text, oids, types): (String, Vec<u32>, Vec<u32>) = (row.get(0), row.get(1), row.get(2));
     if let Some(changed) = shape.tables().zip(&oids).find(|(t, oid)| t.oid != **oid) {
         return Err(SnapshotError::CatalogChanged(changed.0.name.quoted()));
+    }
+    if table.columns.iter().zip(&types).any(|(c, ty)| c.type_oid != *ty) {
+        return Err(SnapshotError::CatalogChanged(quoted));
     }
     let info =
         SnapshotInfo::parse(&text).ok_or_else(|| SnapshotError::Format(format!("pg_current_snapshot() = {text}")))?;
