@@ -132,7 +132,7 @@ pub async fn run(snapshots: Arc<Snapshots>, registry: Arc<Registry>, shape: Arc<
     }
 }
 
-/// COPY output is handed to the encoders in blocks of whole lines of about this size.
+/// COPY output is handed to the encoder in blocks of about this size.
 const BLOCK: usize = 64 * 1024;
 
 async fn snapshot(
