@@ -36,13 +36,14 @@ async fn main() {
         assert!(out.success());
         let reference = secs(t.elapsed());
         let reference_pg_cpu = postgres_cpu_seconds() - pg_cpu;
-        let (pg_cpu, gw_cpu) = (postgres_cpu_seconds(), cpu_seconds(gw.pid().unwrap()));
+        let (pg_cpu, gw_cpu, own_cpu) =
+            (postgres_cpu_seconds(), cpu_seconds(gw.pid().unwrap()), cpu_seconds(std::process::id()));
 
         let t = Instant::now();
+        // Kept as received and counted after the clock stops: psql's reference only receives.
+        let mut bodies = Vec::new();
         let mut offset = "-1".to_string();
         let mut handle = String::new();
-        let mut bytes = 0usize;
-        let mut received = 0usize;
         loop {
             let url = format!(
                 "{}/v1/shape?table=narrow&where={}&offset={offset}{}",
@@ -55,15 +56,24 @@ async fn main() {
             offset = r.headers()["electric-offset"].to_str().unwrap().to_string();
             handle = r.headers()["electric-handle"].to_str().unwrap().to_string();
             let done = r.headers().contains_key("electric-up-to-date");
-            let body = r.bytes().await.unwrap();
-            bytes += body.len();
-            received += memchr::memmem::find_iter(&body, b"{\"key\":").count();
+            let (mut r, mut body) = (r, Vec::new());
+            while let Some(chunk) = r.chunk().await.unwrap() {
+                body.push(chunk);
+            }
+            bodies.push(body);
             if done {
                 break;
             }
         }
         let ours = secs(t.elapsed());
-        let (pg_cpu, gw_cpu) = (postgres_cpu_seconds() - pg_cpu, cpu_seconds(gw.pid().unwrap()) - gw_cpu);
+        let (pg_cpu, gw_cpu, own_cpu) = (
+            postgres_cpu_seconds() - pg_cpu,
+            cpu_seconds(gw.pid().unwrap()) - gw_cpu,
+            cpu_seconds(std::process::id()) - own_cpu,
+        );
+        let bodies: Vec<Vec<u8>> = bodies.into_iter().map(|parts| parts.concat()).collect();
+        let bytes: usize = bodies.iter().map(Vec::len).sum();
+        let received: usize = bodies.iter().map(|b| memchr::memmem::find_iter(b, b"{\"key\":").count()).sum();
         let log = gw.log();
         let server_ms = log
             .lines()
@@ -73,9 +83,12 @@ async fn main() {
             .map(|m| m.chars().take_while(char::is_ascii_digit).collect::<String>())
             .unwrap_or_default();
         assert_eq!(received as u64, rows, "every row arrived");
+        for l in log.lines().filter(|l| l.contains("TIMING")).rev().take(2) {
+            println!("    {l}");
+        }
         let ratio = reference / ours;
         println!(
-            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s, PostgreSQL CPU {reference_pg_cpu:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON, snapshot done in {server_ms} ms, CPU: gateway {gw_cpu:.2}s, PostgreSQL {pg_cpu:.2}s), ratio {ratio:.2}",
+            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s, PostgreSQL CPU {reference_pg_cpu:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON, snapshot done in {server_ms} ms, CPU: gateway {gw_cpu:.2}s, PostgreSQL {pg_cpu:.2}s, this client {own_cpu:.2}s), ratio {ratio:.2}",
             round + 1,
             rows as f64 / reference,
             rows as f64 / ours,

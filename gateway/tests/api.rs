@@ -91,6 +91,39 @@ async fn protocol_headers_etags_and_409s() {
 }
 
 #[tokio::test]
+async fn snapshot_chunks_are_json_arrays_with_exact_lengths_holding_each_row_once() {
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items select i, 'o', repeat('t', 200), 0 from generate_series(1, 3000) i").await;
+    // Chunks of 64 KiB: the first ones are served from memory while the snapshot is written,
+    // the others from the file.
+    let mut gw = env.gateway_with(&["--chunk-bytes", "65536"]);
+    gw.ready().await;
+    let (mut offset, mut handle, mut ids) = ("-1".to_string(), String::new(), Vec::new());
+    let mut chunks = 0;
+    loop {
+        let r =
+            reqwest::get(format!("{}/v1/shape?table=items&offset={offset}&handle={handle}", gw.base())).await.unwrap();
+        assert_eq!(r.status(), 200);
+        offset = r.headers()["electric-offset"].to_str().unwrap().to_string();
+        handle = r.headers()["electric-handle"].to_str().unwrap().to_string();
+        let length: Option<u64> = r.headers().get("content-length").map(|v| v.to_str().unwrap().parse().unwrap());
+        let up_to_date = r.headers().contains_key("electric-up-to-date");
+        let body = r.bytes().await.unwrap();
+        let messages: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array");
+        ids.extend(messages.iter().filter_map(|m| m["value"]["id"].as_str().map(str::to_string)));
+        if up_to_date {
+            break;
+        }
+        assert_eq!(length, Some(body.len() as u64), "chunk {chunks} says its length");
+        chunks += 1;
+    }
+    assert!(chunks > 3, "{chunks} chunks");
+    ids.sort_by_key(|id| id.parse::<u32>().unwrap());
+    assert_eq!(ids, (1..=3000).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn an_idle_shape_resumes_from_the_global_last_seen_lsn() {
     let env = Env::new().await;
     env.sql(ITEMS).await;

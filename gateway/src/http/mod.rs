@@ -9,6 +9,7 @@ pub mod health;
 mod live;
 pub mod openapi;
 pub mod outbox;
+mod parts_body;
 pub mod request;
 mod resolve;
 pub mod send_timeout;

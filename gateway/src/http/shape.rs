@@ -17,6 +17,7 @@ use super::AppState;
 use super::caching::{cache_control, cursor_for, must_refetch, offset_text};
 use super::error::ApiError;
 use super::live::{next_version, read_failed, read_live, token_deadline};
+use super::parts_body::PartsBody;
 use super::request::{self, RequestOffset, ShapeRequest};
 use super::resolve::{authorized, resolve};
 use crate::auth::AuthError;
@@ -116,7 +117,7 @@ async fn serve_snapshot_chunk(
         headers,
         &shape,
         Served { offset: LogOffset::snapshot_chunk(n), up_to_date: false, has_data: true },
-        Body::from(body),
+        Body::new(PartsBody::new(body.into_parts())),
     ))
 }
 

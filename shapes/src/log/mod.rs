@@ -70,6 +70,57 @@ pub struct WriteMark {
     head: LogOffset,
 }
 
+/// A snapshot chunk's body, `[` messages `]`, in parts: a chunk served from memory is
+/// the blocks it was written in, never copied into one buffer.
+#[derive(Debug)]
+pub struct SnapshotChunk {
+    parts: Vec<Bytes>,
+}
+
+impl SnapshotChunk {
+    fn around(messages: Vec<Bytes>) -> SnapshotChunk {
+        let mut parts = Vec::with_capacity(messages.len() + 2);
+        parts.push(Bytes::from_static(b"["));
+        parts.extend(messages);
+        parts.push(Bytes::from_static(b"]"));
+        SnapshotChunk { parts }
+    }
+
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len() as u64).sum()
+    }
+
+    pub fn into_parts(self) -> Vec<Bytes> {
+        self.parts
+    }
+}
+
+/// Appends a snapshot's rows under its lock; see [`ShapeLog::snapshot_rows`].
+pub struct SnapshotRows<'a> {
+    log: &'a ShapeLog,
+    snapshot: std::sync::MutexGuard<'a, Snapshot>,
+    /// Chunks closed before this writer was taken.
+    before: u64,
+}
+
+impl SnapshotRows<'_> {
+    /// Appends one message, which `encode` writes at the end of the buffer it is given (so
+    /// headers that end a message can be extended in place).
+    pub fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        self.snapshot.push_row(encode, self.log.chunk_bytes)
+    }
+}
+
+impl Drop for SnapshotRows<'_> {
+    fn drop(&mut self) {
+        let n = self.snapshot.chunk_count();
+        if n != self.before {
+            self.log.version.send_modify(|v| v.snapshot_chunks = n);
+        }
+    }
+}
+
 pub struct ShapeLog {
     dir: PathBuf,
     chunk_bytes: u64,
@@ -168,16 +219,13 @@ impl ShapeLog {
 
     // ---- snapshot (written by one snapshot task) ----
 
-    /// Appends snapshot messages under one lock, closing chunks as they fill.
-    pub fn append_snapshot_rows<'a>(&self, messages: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
-        let mut s = self.snapshot.lock().unwrap();
-        let before = s.chunk_count();
-        let pushed = messages.into_iter().try_for_each(|m| s.push_row(m, self.chunk_bytes));
-        let n = s.chunk_count();
-        if n != before {
-            self.version.send_modify(|v| v.snapshot_chunks = n);
-        }
-        pushed
+    /// The snapshot's writer, holding its lock: a block of rows is appended under one lock,
+    /// each encoded straight into the log's buffer. Readers learn of chunks it closed when
+    /// it is dropped.
+    pub fn snapshot_rows(&self) -> SnapshotRows<'_> {
+        let snapshot = self.snapshot.lock().unwrap();
+        let before = snapshot.chunk_count();
+        SnapshotRows { log: self, snapshot, before }
     }
 
     /// Ends the snapshot with `final_message` (its `snapshot-end`). Nothing is synced and
@@ -214,22 +262,22 @@ impl ShapeLog {
     }
 
     /// Snapshot chunk `n` as a JSON array body, once it is readable.
-    pub fn read_snapshot_chunk(&self, n: u64) -> io::Result<Option<Bytes>> {
-        let Some((start, end)) = self.snapshot.lock().unwrap().chunk(n) else {
-            return Ok(None);
+    pub fn read_snapshot_chunk(&self, n: u64) -> io::Result<Option<SnapshotChunk>> {
+        let (start, end) = match self.snapshot.lock().unwrap().chunk(n) {
+            None => return Ok(None),
+            Some(Ok(blocks)) => return Ok(Some(SnapshotChunk::around(blocks))),
+            Some(Err(range)) => range,
         };
         let len = (end - start) as usize;
-        let mut buf = Vec::with_capacity(len + 2);
-        buf.push(b'[');
+        let mut buf = Vec::with_capacity(len);
         // Read into the buffer's spare capacity: zeroing a whole chunk first cost as much.
         let mut file = File::open(self.dir.join("snapshot"))?;
         file.seek(io::SeekFrom::Start(start))?;
         file.take(len as u64).read_to_end(&mut buf)?;
-        if buf.len() != len + 1 {
+        if buf.len() != len {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the snapshot file ends inside a chunk"));
         }
-        buf.push(b']');
-        Ok(Some(Bytes::from(buf)))
+        Ok(Some(SnapshotChunk::around(vec![Bytes::from(buf)])))
     }
 
     pub fn snapshot_chunk_count(&self) -> u64 {

@@ -10,6 +10,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use bytes::Bytes;
+
 /// Ends the trailer of a complete snapshot. No JSON body can end with it: the length
 /// before it holds zero bytes, which JSON text never does.
 const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND1";
@@ -35,6 +37,12 @@ pub(super) struct Snapshot {
     open_len: u64,
     /// The open chunk's newest bytes, not yet written (one write per block, not per row).
     buffered: Vec<u8>,
+    /// The open chunk's written blocks, kept until it closes.
+    open_blocks: Vec<Bytes>,
+    /// The newest closed chunk's blocks (its number and them), while the snapshot is
+    /// written: its first readers, who wait for it as it closes, are served from memory
+    /// rather than by reading back what was just written.
+    recent: Option<(u64, Vec<Bytes>)>,
     /// Bytes written since the last early sync started.
     unsynced: u64,
     early_sync: Option<std::thread::JoinHandle<io::Result<()>>>,
@@ -79,6 +87,8 @@ impl Snapshot {
             open_start: 0,
             open_len: 0,
             buffered: Vec::new(),
+            open_blocks: Vec::new(),
+            recent: None,
             unsynced: 0,
             early_sync: None,
         }
@@ -92,14 +102,19 @@ impl Snapshot {
         self.chunks.len() as u64
     }
 
-    /// The byte range of finished chunk `n`.
-    pub(super) fn chunk(&self, n: u64) -> Option<(u64, u64)> {
-        self.chunks.get(n as usize).copied()
+    /// Where finished chunk `n` is: in memory (its blocks) while it is the newest one of a
+    /// snapshot being written, else its byte range in the file.
+    pub(super) fn chunk(&self, n: u64) -> Option<Result<Vec<Bytes>, (u64, u64)>> {
+        match &self.recent {
+            Some((recent, blocks)) if *recent == n => Some(Ok(blocks.clone())),
+            _ => self.chunks.get(n as usize).map(|range| Err(*range)),
+        }
     }
 
-    /// Adds one message, closing the chunk once it holds `chunk_bytes`.
-    pub(super) fn push_row(&mut self, message: &[u8], chunk_bytes: u64) -> io::Result<()> {
-        self.push(message)?;
+    /// Adds one message, encoded by `encode` at the end of the buffer it is given; closes
+    /// the chunk once it holds `chunk_bytes`.
+    pub(super) fn push_row(&mut self, encode: impl FnOnce(&mut Vec<u8>), chunk_bytes: u64) -> io::Result<()> {
+        self.push(encode)?;
         if self.open_len >= chunk_bytes {
             self.flush()?;
             self.close_chunk();
@@ -111,7 +126,7 @@ impl Snapshot {
     /// the trailer once the caller has made the chunks durable, so a trailer always
     /// describes durable chunks.
     pub(super) fn seal(&mut self, final_message: &[u8]) -> io::Result<()> {
-        self.push(final_message)?;
+        self.push(|out| out.extend_from_slice(final_message))?;
         self.flush()?;
         self.join_early_sync()?;
         self.close_chunk();
@@ -122,19 +137,22 @@ impl Snapshot {
     /// once the file is synced).
     pub(super) fn commit(&mut self) -> io::Result<()> {
         let writer = self.writer.take().ok_or_else(already_complete)?;
+        // Readers of a complete snapshot read the file: an idle shape holds no chunk.
+        self.recent = None;
         let mut trailer = serde_json::to_vec(&self.chunks).map_err(io::Error::other)?;
         trailer.extend_from_slice(&(trailer.len() as u64).to_le_bytes());
         trailer.extend_from_slice(TRAILER_MAGIC);
         writer.write_all_at(&trailer, self.open_start)
     }
 
-    fn push(&mut self, message: &[u8]) -> io::Result<()> {
+    fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         if self.open_len > 0 {
             self.buffered.push(b',');
             self.open_len += 1;
         }
-        self.buffered.extend_from_slice(message);
-        self.open_len += message.len() as u64;
+        let before = self.buffered.len();
+        encode(&mut self.buffered);
+        self.open_len += (self.buffered.len() - before) as u64;
         if self.buffered.len() >= SNAPSHOT_BLOCK {
             self.flush()?;
         }
@@ -142,11 +160,18 @@ impl Snapshot {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
         let pos = self.open_start + self.open_len - self.buffered.len() as u64;
         let writer = self.writer.as_ref().ok_or_else(already_complete)?;
         writer.write_all_at(&self.buffered, pos)?;
         self.unsynced += self.buffered.len() as u64;
-        self.buffered.clear();
+        // The written block is kept as it is (no copy). A full one is followed by another
+        // (room for the row that fills it); a small snapshot's last one by nothing.
+        let full = self.buffered.len() >= SNAPSHOT_BLOCK;
+        let next = if full { Vec::with_capacity(SNAPSHOT_BLOCK + SNAPSHOT_BLOCK / 4) } else { Vec::new() };
+        self.open_blocks.push(Bytes::from(std::mem::replace(&mut self.buffered, next)));
         if self.unsynced >= EARLY_SYNC_BYTES && self.early_sync.as_ref().is_none_or(|s| s.is_finished()) {
             let file = writer.try_clone()?;
             self.join_early_sync()?;
@@ -168,6 +193,7 @@ impl Snapshot {
         self.chunks.push(range);
         self.open_start = range.1;
         self.open_len = 0;
+        self.recent = Some((self.chunks.len() as u64 - 1, std::mem::take(&mut self.open_blocks)));
     }
 }
 

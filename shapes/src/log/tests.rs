@@ -10,6 +10,17 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+fn append_snapshot_rows(log: &ShapeLog, messages: &[&[u8]]) {
+    let mut rows = log.snapshot_rows();
+    for m in messages {
+        rows.push(|out| out.extend_from_slice(m)).unwrap();
+    }
+}
+
+fn chunk_body(log: &ShapeLog, n: u64) -> Vec<u8> {
+    log.read_snapshot_chunk(n).unwrap().unwrap().into_parts().concat()
+}
+
 fn entry(tx: u64, op: u64) -> (LogOffset, Vec<u8>) {
     (LogOffset::At { tx, op }, format!("{{\"m\":\"{tx}_{op}\"}}").into_bytes())
 }
@@ -142,11 +153,30 @@ fn discarded_unpublished_writes_are_written_again_once() {
 }
 
 #[test]
+fn a_chunk_served_while_the_snapshot_is_written_is_the_one_on_disk() {
+    let dir = tmp("recent");
+    let log = ShapeLog::create(&dir, 100).unwrap();
+    append_snapshot_rows(&log, &[&[b'x'; 60], &[b'y'; 60], &[b'z'; 10]]);
+    assert_eq!(log.snapshot_chunk_count(), 1);
+    let from_memory = chunk_body(&log, 0);
+    assert_eq!(from_memory, [&b"["[..], &[b'x'; 60], b",", &[b'y'; 60], b"]"].concat());
+    assert_eq!(log.read_snapshot_chunk(0).unwrap().unwrap().body_len(), from_memory.len() as u64);
+    append_snapshot_rows(&log, &[&[b'w'; 100]]);
+    assert_eq!(log.snapshot_chunk_count(), 2);
+    assert_eq!(chunk_body(&log, 0), from_memory, "read back from the file once a newer chunk closed");
+    let second = chunk_body(&log, 1);
+    log.finish_snapshot(b"E").unwrap();
+    assert_eq!(chunk_body(&log, 1), second);
+    assert_eq!(chunk_body(&log, 2), b"[E]");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn chunks_bound_reads_and_survive_reopen() {
     let dir = tmp("chunks");
     let log = ShapeLog::create(&dir, 100).unwrap();
-    log.append_snapshot_rows([&[b'x'; 60][..], &[b'y'; 60]]).unwrap();
-    log.append_snapshot_rows([&[b'z'; 10][..]]).unwrap();
+    append_snapshot_rows(&log, &[&[b'x'; 60], &[b'y'; 60]]);
+    append_snapshot_rows(&log, &[&[b'z'; 10]]);
     log.finish_snapshot(b"E").unwrap();
     assert_eq!(log.snapshot_chunk_count(), 2);
     let txns: Vec<_> = (1..=20).map(|i| vec![entry(i, 0)]).collect();
@@ -167,7 +197,7 @@ fn chunks_bound_reads_and_survive_reopen() {
     drop(log);
     let reopened = ShapeLog::open(&dir, 100).unwrap().unwrap();
     assert_eq!(reopened.version().head, LogOffset::At { tx: 20, op: 0 });
-    assert_eq!(reopened.read_snapshot_chunk(1).unwrap().unwrap(), Bytes::from_static(b"[zzzzzzzzzz,E]"));
+    assert_eq!(chunk_body(&reopened, 1), b"[zzzzzzzzzz,E]");
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -223,7 +253,7 @@ fn torn_tail_is_cut_to_the_last_whole_entry() {
 fn incomplete_snapshot_means_no_log() {
     let dir = tmp("incomplete");
     let log = ShapeLog::create(&dir, 1 << 20).unwrap();
-    log.append_snapshot_rows([&b"{}"[..]]).unwrap();
+    append_snapshot_rows(&log, &[b"{}"]);
     log.seal_snapshot(b"E").unwrap();
     drop(log);
     assert!(ShapeLog::open(&dir, 1 << 20).unwrap().is_none(), "sealed is not complete: the trailer marks it");
@@ -234,7 +264,7 @@ fn incomplete_snapshot_means_no_log() {
 fn a_torn_or_forged_trailer_leaves_the_snapshot_incomplete_and_an_old_index_still_loads() {
     let dir = tmp("trailer");
     let log = ShapeLog::create(&dir, 1 << 20).unwrap();
-    log.append_snapshot_rows([&br#"{"v":"SNAPEND1"}"#[..]]).unwrap();
+    append_snapshot_rows(&log, &[br#"{"v":"SNAPEND1"}"#]);
     log.finish_snapshot(b"E").unwrap();
     drop(log);
     let path = dir.join("snapshot");
@@ -256,7 +286,7 @@ fn a_torn_or_forged_trailer_leaves_the_snapshot_incomplete_and_an_old_index_stil
     fs::write(&path, body).unwrap();
     fs::write(dir.join("snapshot.idx"), &whole[body.len()..whole.len() - 16]).unwrap();
     let old = ShapeLog::open(&dir, 1 << 20).unwrap().expect("an old layout loads");
-    assert_eq!(&old.read_snapshot_chunk(0).unwrap().unwrap()[..], &b"[{\"v\":\"SNAPEND1\"},E]"[..]);
+    assert_eq!(chunk_body(&old, 0), b"[{\"v\":\"SNAPEND1\"},E]");
     fs::remove_dir_all(dir).unwrap();
 }
 
