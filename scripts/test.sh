@@ -3,8 +3,8 @@
 # is missing (each tool is checked by running it; scripts/doctor.sh lists them): PostgreSQL
 # server binaries, Node.js and npm, Chromium, nginx, the wasm toolchain, helm and a Python
 # virtualenv (chart validation, schemathesis), and the Node packages of the protocol suite
-# (the official @electric-sql/client) and of the SDK's browser suite (playwright-core); then
-# it builds the SDK for wasm.
+# and of the load tester's official-client mode (the official @electric-sql/client) and of
+# the SDK's browser suite (playwright-core); then it builds the SDK for wasm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
@@ -28,6 +28,7 @@ set_up() {
   ensure_helm
   ensure_test_python
   (cd gateway/tests/electric-client && npm ci --no-audit --no-fund --loglevel=error)
+  (cd loadtest/official-client && npm ci --no-audit --no-fund --loglevel=error)
   (cd client-sdk/tests && npm ci --no-audit --no-fund --loglevel=error)
 }
 

@@ -22,6 +22,17 @@ impl Mode {
     }
 }
 
+/// What follows the shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Client {
+    /// The load tester's own subscribers (the client SDK's protocol state machine).
+    Ours,
+    /// The official `@electric-sql/client` in Node (scopes scenario; `npm ci` in
+    /// `loadtest/official-client` first).
+    Official,
+}
+
 /// Who sees which rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -54,6 +65,9 @@ pub struct Load {
     pub duration: Duration,
     #[arg(long, value_enum, default_value = "sse")]
     pub mode: Mode,
+    /// Who the subscribers are: ours, or the official client in Node (`sse` or `long-poll`).
+    #[arg(long, value_enum, default_value = "ours")]
+    pub client: Client,
     /// The scoped table (created when missing).
     #[arg(long, default_value = "loadtest_events")]
     pub table: String,

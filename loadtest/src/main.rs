@@ -7,6 +7,7 @@ mod args;
 mod cpu_limit;
 mod local;
 mod memberships;
+mod official;
 mod procfs;
 mod record;
 mod report;

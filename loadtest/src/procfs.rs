@@ -18,22 +18,28 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// CPU use between calls, as a percentage of one core.
+/// CPU use of one or more processes between calls, as a percentage of one core.
 #[derive(Debug)]
 pub struct CpuMeter {
-    pid: u32,
+    pids: Vec<u32>,
     last: Option<(Instant, u64)>,
 }
 
 impl CpuMeter {
     pub fn new(pid: u32) -> CpuMeter {
-        CpuMeter { pid, last: None }
+        CpuMeter::of(vec![pid])
+    }
+
+    /// The processes' CPU together (a process and the helpers it started).
+    pub fn of(pids: Vec<u32>) -> CpuMeter {
+        CpuMeter { pids, last: None }
     }
 
     pub fn percent(&mut self) -> Option<f64> {
         // USER_HZ, the unit of /proc/PID/stat, is 100 on every Linux architecture.
         const TICKS_PER_SECOND: f64 = 100.0;
-        let now = (Instant::now(), cpu_ticks(self.pid)?);
+        let ticks = self.pids.iter().map(|&pid| cpu_ticks(pid)).sum::<Option<u64>>()?;
+        let now = (Instant::now(), ticks);
         let previous = self.last.replace(now)?;
         let seconds = (now.0 - previous.0).as_secs_f64();
         (seconds > 0.0).then(|| (now.1 - previous.1) as f64 / TICKS_PER_SECOND / seconds * 100.0)

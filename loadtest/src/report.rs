@@ -8,7 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::args::Load;
+use crate::args::{Client, Load};
 use crate::record::{Recorded, Recorder, Sample, Second};
 
 /// The version of `summary.json`'s layout.
@@ -249,7 +249,11 @@ fn load_line(s: &Summary) -> String {
             s.load.subscribers, s.load.memberships_per_user, s.load.scopes, m.changes, m.change_rate
         ),
     };
-    format!("{who} ({}){}, {} rows at {:.0}/s", s.load.mode.name(), idle_note(s), s.written, s.write_rate)
+    let client = match s.load.client {
+        Client::Ours => "",
+        Client::Official => ", the official client in Node",
+    };
+    format!("{who} ({}{client}){}, {} rows at {:.0}/s", s.load.mode.name(), idle_note(s), s.written, s.write_rate)
 }
 
 /// What arrived against what should have.

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Load, Mode, RunArgs, Scenario};
+use crate::args::{Client, Load, Mode, RunArgs, Scenario};
 use crate::memberships::Members;
+use crate::official::{self, Official};
 use crate::procfs::{CpuMeter, StealMeter, rss_mb};
 use crate::record::Seen;
 use crate::record::{Recorder, Sample};
@@ -42,6 +43,13 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     let load = args.load.clone();
     if load.scopes == 0 || load.subscribers == 0 || load.write_rate <= 0.0 {
         return Err(RunError::Setup("--scopes, --subscribers and --write-rate must be above 0".into()));
+    }
+    let official = load.client == Client::Official;
+    if official && (load.scenario != Scenario::Scopes || load.mode == Mode::Mixed) {
+        return Err(RunError::Setup(
+            "--client official runs the scopes scenario over --mode sse or long-poll; drop --scenario or --mode mixed"
+                .into(),
+        ));
     }
     let open_files = gateway::limits::raise_open_files();
     if open_files.is_some_and(|n| (n as usize) < load.subscribers + load.idle_connections + 64) {
@@ -95,7 +103,27 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     };
     let progress = progress_bar();
     let started = Instant::now();
-    let subscribers: Vec<_> = (0..load.subscribers + load.idle_connections)
+    // The official client's subscribers, when asked for, in place of ours (not the idle ones).
+    let officials = official.then(|| {
+        let subscribers = (0..load.subscribers)
+            .map(|i| Official {
+                identity: i % load.scopes,
+                token: tokens[i % load.scopes].clone(),
+                shape_url: shape_urls[i % shape_urls.len()].clone(),
+            })
+            .collect();
+        official::spawn(subscribers, &load.table, load.mode == Mode::Sse, first_id, recorder.clone(), stop.clone())
+    });
+    let officials = officials.transpose().map_err(RunError::Setup)?;
+    // The tester's CPU is its own and, with the official client, Node's.
+    let tester: Vec<u32> = std::iter::once(std::process::id()).chain(officials.as_ref().and_then(|o| o.0)).collect();
+    let officials = officials.map(|o| o.1);
+    let ours = if official {
+        load.subscribers..load.subscribers + load.idle_connections
+    } else {
+        0..load.subscribers + load.idle_connections
+    };
+    let subscribers: Vec<_> = ours
         .map(|i| {
             let idle = i >= load.subscribers;
             let identity = match (idle, &members) {
@@ -113,7 +141,7 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
             tokio::spawn(sub.run(http.clone(), recorder.clone(), connecting.clone(), stop.clone()))
         })
         .collect();
-    let sampler = tokio::spawn(sample(recorder.clone(), args.gateway.clone(), gateway_pid, stop.clone()));
+    let sampler = tokio::spawn(sample(recorder.clone(), args.gateway.clone(), gateway_pid, tester, stop.clone()));
 
     // Catch-up: every subscriber has its snapshot and is live, and the idle ones too.
     while recorder.up_to_date.load(Ordering::Relaxed) < load.subscribers
@@ -188,7 +216,10 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     // A little longer, so duplicates that would follow show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
-    let mut seen: Vec<Seen> = Vec::with_capacity(subscribers.len());
+    let mut seen: Vec<Seen> = Vec::with_capacity(load.subscribers + load.idle_connections);
+    if let Some(officials) = officials {
+        seen.extend(officials.await.map_err(|e| RunError::Setup(e.to_string()))?);
+    }
     for s in subscribers {
         seen.push(s.await.map_err(|e| RunError::Setup(e.to_string()))?);
     }
@@ -278,10 +309,10 @@ fn check(written: &[(u64, usize)], seen: &[Seen]) -> Completeness {
 }
 
 /// One sample a second of connected subscribers and the gateway's memory, CPU and lag.
-async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, stop: CancellationToken) {
+async fn sample(recorder: Arc<Recorder>, gateway: String, pid: Option<u32>, tester: Vec<u32>, stop: CancellationToken) {
     let http = reqwest::Client::new();
     let mut cpu = pid.map(CpuMeter::new);
-    let mut own_cpu = CpuMeter::new(std::process::id());
+    let mut own_cpu = CpuMeter::of(tester);
     let mut steal = StealMeter::default();
     let metrics = format!("{}/metrics", gateway.trim_end_matches('/'));
     while !stop.is_cancelled() {

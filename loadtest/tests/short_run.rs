@@ -97,3 +97,25 @@ fn a_short_memberships_run_moves_rows_in_and_out_and_every_user_ends_with_its_pr
     assert!(html.contains("Move-in latency") && out.join("gateway.log").is_file());
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn a_short_run_of_the_official_client_delivers_every_event_to_exactly_its_scope() {
+    let out = std::env::temp_dir().join(format!("loadtest-official-{}", std::process::id()));
+    let args =
+        ["--client", "official", "--subscribers", "40", "--scopes", "8", "--duration", "5s", "--write-rate", "50"];
+    let (summary, _) = run_local(&args.iter().chain(&["--idle-connections", "10"]).copied().collect::<Vec<_>>(), &out);
+    assert_eq!(summary["pass"], true, "{summary}");
+    assert_eq!(summary["load"]["client"], "official");
+    for field in ["missing", "duplicated", "foreign", "http_errors"] {
+        assert_eq!(summary[field], 0, "{field}: {summary}");
+    }
+    let written = summary["written"].as_u64().unwrap();
+    assert!(written >= 200, "about 50 rows/s for 5 s were written: {written}");
+    assert_eq!(
+        summary["delivered"].as_u64(),
+        Some(written * 5),
+        "each row reached the 5 official subscribers of its scope"
+    );
+    assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(out);
+}
