@@ -131,7 +131,13 @@ async fn main() {
                 while s.next().await.is_some() {}
             }));
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Measured once every subscriber is held (the gateway's own count), not after a guess.
+        let waiting = std::time::Instant::now();
+        while testkit::metric_sum(&base, "gateway_subscribers", &[]).await < subscribers as f64 {
+            assert!(waiting.elapsed() < Duration::from_secs(120), "the subscribers were not all held within 2 minutes");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let after = rss_kib(pid);
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / subscribers as f64;
         println!(

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::{Method, Uri};
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -206,27 +206,48 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// A request not waiting for live changes that takes longer is logged.
 const SLOW_ANSWER: Duration = Duration::from_secs(20);
 
-/// Counts and times every request by its route pattern (never the raw path); logs slow ones.
-pub async fn track_http(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = req.method().as_str().to_string();
-    let uri = req.uri().clone();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let took = started.elapsed();
-    if took > SLOW_ANSWER {
-        // Quoted and escaped (`?`), so a client's text cannot forge log lines.
-        let position = position_asked(uri.query().unwrap_or(""));
-        if !position.contains("live=true") {
-            tracing::warn!(%route, ?position, took_ms = took.as_millis() as u64, status = resp.status().as_u16(), "a slow answer");
-        }
+/// Counts and times a request by its route pattern (never the raw path); logs slow ones.
+/// Started by the HTTP edge as the request arrives and finished with its answer; it holds
+/// no allocation while a long-poll waits.
+pub struct HttpTimer {
+    route: &'static str,
+    method: Method,
+    uri: Uri,
+    started: Instant,
+}
+
+impl HttpTimer {
+    pub fn start(req: &Request) -> HttpTimer {
+        let route = route_label(req.uri().path());
+        HttpTimer { route, method: req.method().clone(), uri: req.uri().clone(), started: Instant::now() }
     }
-    let status = resp.status().as_u16().to_string();
-    metrics::histogram!("gateway_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
-        .record(took.as_secs_f64());
-    metrics::counter!("gateway_http_requests_total", "route" => route, "method" => method, "status" => status)
-        .increment(1);
-    resp
+
+    pub fn finish(self, resp: &Response) {
+        let took = self.started.elapsed();
+        let route = self.route;
+        if took > SLOW_ANSWER {
+            // Quoted and escaped (`?`), so a client's text cannot forge log lines.
+            let position = position_asked(self.uri.query().unwrap_or(""));
+            if !position.contains("live=true") {
+                tracing::warn!(%route, ?position, took_ms = took.as_millis() as u64, status = resp.status().as_u16(), "a slow answer");
+            }
+        }
+        let (method, status) = (self.method.as_str().to_string(), resp.status().as_u16().to_string());
+        metrics::histogram!("gateway_http_request_duration_seconds", "route" => route, "method" => method.clone())
+            .record(took.as_secs_f64());
+        metrics::counter!("gateway_http_requests_total", "route" => route, "method" => method, "status" => status)
+            .increment(1);
+    }
+}
+
+/// A request's route for metrics: one of the gateway's routes, `/demo` for the demo's
+/// files, else `unmatched`; never the raw path (a client cannot mint label values).
+pub(crate) fn route_label(path: &str) -> &'static str {
+    match crate::http::ROUTES.iter().find(|(_, route)| *route == path) {
+        Some((_, route)) => route,
+        None if path == "/demo" || path.starts_with("/demo/") => "/demo",
+        None => "unmatched",
+    }
 }
 
 /// What a request asked for, for the log: its position (`offset`, `live`), never the

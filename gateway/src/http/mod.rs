@@ -127,7 +127,6 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/v1/openapi.json", get(openapi::document))
-        .route_layer(middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
         .layer(middleware::from_fn_with_state(state.clone(), edge))
@@ -167,11 +166,13 @@ impl Cors {
 }
 
 /// Every request's first stop, as one middleware: each `from_fn` layer boxes a future that
-/// holds the request, about 1.2 KiB per waiting subscriber. Too large a request is refused
+/// holds the request, about 1.2 KiB per waiting subscriber. Every request is counted and
+/// timed ([`crate::telemetry::HttpTimer`]). Too large a request is refused
 /// ([`admission::oversized`]). CORS on every response; preflights answered here.
 /// `authorization` and any requested header are allowed. With tokens, every response varies
 /// by `Authorization`, so no cache in front can hand one caller's rows to another.
 async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let timer = crate::telemetry::HttpTimer::start(&req);
     let origin = req.headers().get(header::ORIGIN).cloned();
     let requested = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
     let mut resp = if req.method() == Method::OPTIONS {
@@ -204,5 +205,6 @@ async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Respon
     if state.auth.enabled() {
         h.append(header::VARY, HeaderValue::from_static("authorization"));
     }
+    timer.finish(&resp);
     resp
 }

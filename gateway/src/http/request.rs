@@ -36,11 +36,15 @@ pub struct ShapeRequest {
     pub sse: bool,
     pub cursor: u64,
     /// Set when any `subset__*` parameter is present: a subset snapshot, not a log read.
-    pub subset: Option<SubsetSpec>,
+    /// Boxed: a waiting long-poll holds its request, and has none.
+    pub subset: Option<Box<SubsetSpec>>,
     /// What the caller may read (set after authentication).
     pub access: Access,
     /// The last instant the caller's token is honoured; nothing is sent after it.
     pub valid_until: Option<std::time::SystemTime>,
+    /// The request's `If-None-Match`: all a shape's answer needs of its headers, so a
+    /// waiting long-poll holds no copy of them.
+    pub if_none_match: Option<axum::http::HeaderValue>,
 }
 
 fn flag(v: &str) -> bool {
@@ -152,9 +156,10 @@ pub fn parse(raw: Option<&str>) -> Result<ShapeRequest, ApiError> {
         live,
         sse,
         cursor,
-        subset,
+        subset: subset.map(Box::new),
         access: Access::default(),
         valid_until: None,
+        if_none_match: None,
     })
 }
 
