@@ -35,6 +35,18 @@ fn run_local(args: &[&str], out: &Path) -> (serde_json::Value, String) {
     (summary, std::fs::read_to_string(out.join("report.html")).unwrap())
 }
 
+/// The run passed: at least `min_written` rows (about 50 a second), each delivered to the
+/// `per_scope` subscribers of its scope exactly once and to no one else.
+fn every_row_reached_its_scope_once(summary: &serde_json::Value, per_scope: u64, min_written: u64) {
+    assert_eq!(summary["pass"], true, "{summary}");
+    for field in ["missing", "duplicated", "foreign", "http_errors"] {
+        assert_eq!(summary[field], 0, "{field}: {summary}");
+    }
+    let written = summary["written"].as_u64().unwrap();
+    assert!(written >= min_written, "about 50 rows/s were written: {written}");
+    assert_eq!(summary["delivered"].as_u64(), Some(written * per_scope), "{summary}");
+}
+
 #[test]
 fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_report() {
     let out = std::env::temp_dir().join(format!("loadtest-test-{}", std::process::id()));
@@ -47,17 +59,8 @@ fn a_short_local_run_delivers_every_event_to_exactly_its_scope_and_writes_the_re
         &out,
     );
     assert_eq!(summary["schema"], 1);
-    assert_eq!(summary["pass"], true, "{summary}");
-    for field in ["missing", "duplicated", "foreign", "http_errors"] {
-        assert_eq!(summary[field], 0, "{field}: {summary}");
-    }
-    let written = summary["written"].as_u64().unwrap();
-    assert!(written >= 400, "about 50 rows/s for 10 s were written: {written}");
-    assert_eq!(
-        summary["delivered"].as_u64(),
-        Some(written * 10),
-        "each row reached the 10 subscribers of its scope, and none the 50 idle connections"
-    );
+    // Each row reached the 10 subscribers of its scope, and none the 50 idle connections.
+    every_row_reached_its_scope_once(&summary, 10, 400);
     assert_eq!(summary["load"]["idle_connections"], 50);
     assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(summary["gateway"]["rss_mb_max"].as_f64().unwrap() > 0.0, "the local gateway's memory was sampled");
@@ -104,18 +107,8 @@ fn a_short_run_of_the_official_client_delivers_every_event_to_exactly_its_scope(
     let args =
         ["--client", "official", "--subscribers", "40", "--scopes", "8", "--duration", "5s", "--write-rate", "50"];
     let (summary, _) = run_local(&args.iter().chain(&["--idle-connections", "10"]).copied().collect::<Vec<_>>(), &out);
-    assert_eq!(summary["pass"], true, "{summary}");
     assert_eq!(summary["load"]["client"], "official");
-    for field in ["missing", "duplicated", "foreign", "http_errors"] {
-        assert_eq!(summary[field], 0, "{field}: {summary}");
-    }
-    let written = summary["written"].as_u64().unwrap();
-    assert!(written >= 200, "about 50 rows/s for 5 s were written: {written}");
-    assert_eq!(
-        summary["delivered"].as_u64(),
-        Some(written * 5),
-        "each row reached the 5 official subscribers of its scope"
-    );
+    every_row_reached_its_scope_once(&summary, 5, 200);
     assert!(summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     let _ = std::fs::remove_dir_all(out);
 }
