@@ -131,15 +131,13 @@ async fn main() {
                 while s.next().await.is_some() {}
             }));
         }
-        // Measured once every subscriber is held (the gateway's own count), not after a guess.
-        let waiting = std::time::Instant::now();
-        while testkit::metric_sum(&base, "gateway_subscribers", &[]).await < subscribers as f64 {
-            assert!(waiting.elapsed() < Duration::from_secs(120), "the subscribers were not all held within 2 minutes");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let after = rss_kib(pid);
-        let per = (after.saturating_sub(before)) as f64 * 1024.0 / subscribers as f64;
+        // Divided by the subscribers the gateway holds (its own count, read after the RSS:
+        // rendering the metrics allocates too).
+        let holding = testkit::metric_sum(&base, "gateway_subscribers", &[]).await;
+        assert!(holding >= subscribers as f64 * 0.9, "only {holding} of {subscribers} subscribers were held after 3 s");
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / holding;
         println!(
             "memory: {subscribers} idle {mode} subscribers: RSS {before} KiB → {after} KiB, {per:.0} bytes per subscriber (target ≤ 8192)"
         );
