@@ -2,11 +2,16 @@
 // official @electric-sql/client, as an app would, and reports on stdout what it was handed,
 // when: `U <i>` at its first up-to-date, `R <i> <id> <sent_us> <received_us>` per row,
 // `E <i> <message>` on an error. Lines are written in batches, so reporting costs little.
-// Settings come as JSON in the first argument: {table, sse, tokens: [...], shapeUrls: [...]}.
+// Settings come as one line of JSON on stdin, not as an argument (other users of the
+// machine can read a process's arguments; these hold tokens):
+// {table, sse, tokens: [...], shapeUrls: [...]}. Closing stdin ends the run.
 import { setMaxListeners } from 'node:events'
+import { createInterface } from 'node:readline'
 import { ShapeStream } from '@electric-sql/client'
 
-const settings = JSON.parse(process.argv[2])
+const input = createInterface({ input: process.stdin })
+const [firstLine] = await input[Symbol.asyncIterator]().next().then((r) => [r.value])
+const settings = JSON.parse(firstLine)
 // Microseconds since the epoch: the clock the load tester's writer stamps rows with.
 const nowUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000)
 
@@ -57,9 +62,8 @@ settings.tokens.forEach((token, i) => {
 })
 
 // The load tester ends the run by closing stdin.
-process.stdin.on('end', () => {
+input.on('close', () => {
   controller.abort()
   flush()
   process.exit(0)
 })
-process.stdin.resume()

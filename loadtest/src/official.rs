@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +52,6 @@ pub fn spawn(
     });
     let mut child = Command::new("node")
         .arg(dir.join("subscribers.mjs"))
-        .arg(settings.to_string())
         .current_dir(&dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -60,9 +59,14 @@ pub fn spawn(
         .spawn()
         .map_err(|e| format!("starting node for --client official: {e} (is Node.js installed?)"))?;
     let (pid, stdout) = (child.id(), child.stdout.take().ok_or("node's stdout")?);
+    // On stdin, not as an argument: the tokens are not for other users of the machine to read.
+    let mut stdin = child.stdin.take().ok_or("node's stdin")?;
     let mut seen: Vec<Seen> = subscribers.iter().map(|s| Seen { identity: s.identity, ..Seen::default() }).collect();
     let task = tokio::spawn(async move {
         let started = Instant::now();
+        if stdin.write_all(format!("{settings}\n").as_bytes()).await.is_err() {
+            recorder.error("the official client's process did not take its settings".into());
+        }
         let mut lines = BufReader::new(stdout).lines();
         loop {
             let line = tokio::select! {
@@ -78,7 +82,7 @@ pub fn spawn(
             }
         }
         // Closing its stdin ends the Node process.
-        drop(child.stdin.take());
+        drop(stdin);
         let _ = child.wait().await;
         for s in &seen {
             if s.connect.is_some() {
