@@ -232,8 +232,8 @@ impl HttpTimer {
                 tracing::warn!(%route, ?position, took_ms = took.as_millis() as u64, status = resp.status().as_u16(), "a slow answer");
             }
         }
-        let (method, status) = (self.method.as_str().to_string(), resp.status().as_u16().to_string());
-        metrics::histogram!("gateway_http_request_duration_seconds", "route" => route, "method" => method.clone())
+        let (method, status) = (method_label(&self.method), resp.status().as_u16().to_string());
+        metrics::histogram!("gateway_http_request_duration_seconds", "route" => route, "method" => method)
             .record(took.as_secs_f64());
         metrics::counter!("gateway_http_requests_total", "route" => route, "method" => method, "status" => status)
             .increment(1);
@@ -248,6 +248,24 @@ pub(crate) fn route_label(path: &str) -> &'static str {
         None if path == "/demo" || path.starts_with("/demo/") => "/demo",
         None => "unmatched",
     }
+}
+
+/// A request's method for metrics: the standard ones by name, any other `other`. A method
+/// is the client's text (HTTP allows any token): labelled as sent, each new one would add
+/// time series without bound.
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD.iter().find(|m| *m == method).map_or("other", Method::as_str)
 }
 
 /// What a request asked for, for the log: its position (`offset`, `live`), never the

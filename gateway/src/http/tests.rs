@@ -220,12 +220,19 @@ fn a_waiting_long_poll_holds_little_state() {
 }
 
 #[test]
-fn requests_are_counted_by_route_never_by_raw_path() {
+fn requests_are_counted_by_route_and_method_never_by_client_text() {
     use crate::telemetry::route_label;
     assert_eq!(route_label("/v1/shape"), "/v1/shape");
     assert_eq!(route_label("/v1/outbox"), "/v1/outbox");
     assert_eq!(route_label("/demo/examples/todos/index.html"), "/demo");
     for path in ["/v1/shape/", "/v1/shapes", "/x/<script>", "/demonstration", ""] {
         assert_eq!(route_label(path), "unmatched", "{path}");
+    }
+    // Methods too: HTTP allows any token, and each would be a new series.
+    use crate::telemetry::method_label;
+    assert_eq!(method_label(&Method::GET), "GET");
+    assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+    for custom in ["FOO", "GET2", "X-ATTACK-1"] {
+        assert_eq!(method_label(&Method::from_bytes(custom.as_bytes()).unwrap()), "other", "{custom}");
     }
 }
