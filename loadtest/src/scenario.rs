@@ -118,12 +118,8 @@ pub async fn run(args: RunArgs, gateway_pid: Option<u32>) -> Result<Summary, Run
     // The tester's CPU is its own and, with the official client, Node's.
     let tester: Vec<u32> = std::iter::once(std::process::id()).chain(officials.as_ref().and_then(|o| o.0)).collect();
     let officials = officials.map(|o| o.1);
-    let ours = if official {
-        load.subscribers..load.subscribers + load.idle_connections
-    } else {
-        0..load.subscribers + load.idle_connections
-    };
-    let subscribers: Vec<_> = ours
+    let first_ours = if official { load.subscribers } else { 0 };
+    let subscribers: Vec<_> = (first_ours..load.subscribers + load.idle_connections)
         .map(|i| {
             let idle = i >= load.subscribers;
             let identity = match (idle, &members) {
