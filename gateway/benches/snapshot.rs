@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{cpu_seconds, env_or, median, postgres_cpu_seconds, secs};
+use common::{cpu_seconds, env_or, machine_idle_seconds, median, postgres_cpu_seconds, secs};
 use testkit::{Env, Gateway};
 
 #[tokio::main]
@@ -36,8 +36,12 @@ async fn main() {
         assert!(out.success());
         let reference = secs(t.elapsed());
         let reference_pg_cpu = postgres_cpu_seconds() - pg_cpu;
-        let (pg_cpu, gw_cpu, own_cpu) =
-            (postgres_cpu_seconds(), cpu_seconds(gw.pid().unwrap()), cpu_seconds(std::process::id()));
+        let (pg_cpu, gw_cpu, own_cpu, idle) = (
+            postgres_cpu_seconds(),
+            cpu_seconds(gw.pid().unwrap()),
+            cpu_seconds(std::process::id()),
+            machine_idle_seconds(),
+        );
 
         let t = Instant::now();
         // Kept as received and counted after the clock stops: psql's reference only receives.
@@ -66,10 +70,11 @@ async fn main() {
             }
         }
         let ours = secs(t.elapsed());
-        let (pg_cpu, gw_cpu, own_cpu) = (
+        let (pg_cpu, gw_cpu, own_cpu, idle) = (
             postgres_cpu_seconds() - pg_cpu,
             cpu_seconds(gw.pid().unwrap()) - gw_cpu,
             cpu_seconds(std::process::id()) - own_cpu,
+            machine_idle_seconds() - idle,
         );
         let bodies: Vec<Vec<u8>> = bodies.into_iter().map(|parts| parts.concat()).collect();
         let bytes: usize = bodies.iter().map(Vec::len).sum();
@@ -83,12 +88,9 @@ async fn main() {
             .map(|m| m.chars().take_while(char::is_ascii_digit).collect::<String>())
             .unwrap_or_default();
         assert_eq!(received as u64, rows, "every row arrived");
-        for l in log.lines().filter(|l| l.contains("TIMING")).rev().take(2) {
-            println!("    {l}");
-        }
         let ratio = reference / ours;
         println!(
-            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s, PostgreSQL CPU {reference_pg_cpu:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON, snapshot done in {server_ms} ms, CPU: gateway {gw_cpu:.2}s, PostgreSQL {pg_cpu:.2}s, this client {own_cpu:.2}s), ratio {ratio:.2}",
+            "  round {}: psql COPY {:.0} rows/s ({reference:.2}s, PostgreSQL CPU {reference_pg_cpu:.2}s), gateway {:.0} rows/s ({ours:.2}s, {} MiB of JSON, snapshot done in {server_ms} ms, CPU: gateway {gw_cpu:.2}s, PostgreSQL {pg_cpu:.2}s, this client {own_cpu:.2}s, cores idle {idle:.2}s), ratio {ratio:.2}",
             round + 1,
             rows as f64 / reference,
             rows as f64 / ours,

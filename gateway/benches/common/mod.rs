@@ -103,3 +103,12 @@ pub fn postgres_cpu_seconds() -> f64 {
         .map(|pid| proc_cpu_seconds(pid, true))
         .sum()
 }
+
+/// Core-seconds the machine's CPUs have spent idle (or waiting for I/O) so far: what a
+/// round left unused tells whether it was bound by CPU or by waiting.
+pub fn machine_idle_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next().filter(|l| l.starts_with("cpu ")) else { return 0.0 };
+    let jiffies: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    jiffies.get(3..5).map_or(0, |f| f.iter().sum::<u64>()) as f64 / 100.0
+}
