@@ -2,8 +2,12 @@
 //! output identical to what logical replication sends (ISO dates, UTC, hex bytea).
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use shapes::table::{Column, TableName, TableSchema};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
 
 /// Session settings shared by snapshot and replication sessions.
@@ -101,26 +105,46 @@ pub async fn connect(cfg: &Config) -> Result<Client, DbError> {
 /// Cancels the session's running query when dropped, unless disarmed: a task whose future
 /// is dropped (its shape went, the gateway stops) closes its connection, but a query waiting
 /// on a lock would run on until the lock is released.
-pub struct CancelOnDrop(Option<tokio_postgres::CancelToken>);
+pub struct CancelOnDrop {
+    token: Option<tokio_postgres::CancelToken>,
+    /// For a session on a socket the gateway opened ([`open_socket`]): tokio-postgres knows
+    /// no address to send its cancel request to, so it goes over a socket opened the same way.
+    server: Option<Arc<Config>>,
+}
 
 impl CancelOnDrop {
     pub fn new(client: &Client) -> CancelOnDrop {
-        CancelOnDrop(Some(client.cancel_token()))
+        CancelOnDrop { token: Some(client.cancel_token()), server: None }
+    }
+
+    /// For a session connected over a socket from [`open_socket`] with `server`.
+    pub fn over_own_socket(client: &Client, server: Arc<Config>) -> CancelOnDrop {
+        CancelOnDrop { token: Some(client.cancel_token()), server: Some(server) }
     }
 
     /// The work finished: nothing to cancel.
     pub fn disarm(mut self) {
-        self.0 = None;
+        self.token = None;
     }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(token) = self.0.take()
+        if let Some(token) = self.token.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
+            let server = self.server.take();
             runtime.spawn(async move {
-                if let Err(e) = token.cancel_query(NoTls).await {
+                let socket = match &server {
+                    Some(server) => open_socket(server).await,
+                    None => None,
+                };
+                let cancelled = match socket {
+                    Some(Socket::Tcp(socket)) => token.cancel_query_raw(socket, NoTls).await,
+                    Some(Socket::Unix(socket)) => token.cancel_query_raw(socket, NoTls).await,
+                    None => token.cancel_query(NoTls).await,
+                };
+                if let Err(e) = cancelled {
                     tracing::debug!(error = %e, "cancelling an abandoned query");
                 }
             });
@@ -193,4 +217,66 @@ pub async fn text_sorts_bytewise(client: &Client) -> Result<bool, DbError> {
         client.query_one("select datcollate::text from pg_database where datname = current_database()", &[]).await?;
     let collate: String = row.get(0);
     Ok(matches!(collate.as_str(), "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"))
+}
+
+/// A socket to PostgreSQL opened by the gateway.
+pub enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// The socket to the config's one host and port, opened and set up as tokio-postgres would,
+/// for connections that wrap it ([`Config::connect_raw`]); `None` for a list of hosts (tried
+/// in turn, with `target_session_attrs`) and for a socket that fails to open: those are left
+/// to tokio-postgres, whose error then names the cause.
+pub async fn open_socket(cfg: &Config) -> Option<Socket> {
+    let ([host], [] | [_]) = (cfg.get_hosts(), cfg.get_ports()) else { return None };
+    if cfg.get_hostaddrs().len() > 1 {
+        return None;
+    }
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let timeout = cfg.get_connect_timeout().copied().unwrap_or(Duration::MAX);
+    let opened = async {
+        match host {
+            Host::Unix(dir) => UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await.map(Socket::Unix),
+            Host::Tcp(name) => {
+                let socket = match cfg.get_hostaddrs().first() {
+                    Some(addr) => TcpStream::connect((*addr, port)).await?,
+                    None => TcpStream::connect((name.as_str(), port)).await?,
+                };
+                socket.set_nodelay(true)?;
+                if cfg.get_keepalives() {
+                    let keepalive = socket2::TcpKeepalive::new().with_time(cfg.get_keepalives_idle());
+                    socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive)?;
+                }
+                Ok(Socket::Tcp(socket))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, opened).await.ok()?.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_opened_here_for_one_host_and_left_to_tokio_postgres_for_several() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("db-socket-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _unix = tokio::net::UnixListener::bind(dir.join(format!(".s.PGSQL.{port}"))).unwrap();
+        let config = |s: String| s.parse::<Config>().unwrap();
+
+        let one_tcp = config(format!("host=127.0.0.1 port={port} user=u"));
+        assert!(matches!(open_socket(&one_tcp).await, Some(Socket::Tcp(_))));
+        let one_unix = config(format!("host={} port={port} user=u", dir.display()));
+        assert!(matches!(open_socket(&one_unix).await, Some(Socket::Unix(_))));
+        let several = config(format!("host=127.0.0.1,127.0.0.2 port={port} user=u"));
+        assert!(open_socket(&several).await.is_none(), "tried in turn by tokio-postgres");
+        drop(tcp);
+        assert!(open_socket(&one_tcp).await.is_none(), "refused: tokio-postgres reports why");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

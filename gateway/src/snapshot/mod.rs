@@ -5,10 +5,12 @@
 //! `pg_current_snapshot()` tells which of those transactions it already contains. Rows are
 //! read with `COPY … TO STDOUT` (text output, the same text pgoutput sends, so values need
 //! no conversion) and stored as ready-to-serve messages in chunks. Sessions are pooled
-//! ([`sessions`]) and snapshots that end together are made durable together
+//! ([`sessions`]), their COPY output arrives in a message per read rather than per row
+//! ([`copy_frames`]), and snapshots that end together are made durable together
 //! ([`completion`]).
 
 pub mod completion;
+mod copy_frames;
 mod copy_text;
 pub mod sessions;
 
@@ -133,8 +135,9 @@ pub async fn run(snapshots: Arc<Snapshots>, registry: Arc<Registry>, shape: Arc<
     }
 }
 
-/// COPY output is handed to the encoder in blocks of about this size.
-const BLOCK: usize = 64 * 1024;
+/// COPY output is handed to the encoder in blocks of about this size (each wakes the
+/// encoder's thread, which on a busy machine takes a core from PostgreSQL's COPY).
+const BLOCK: usize = 256 * 1024;
 
 async fn snapshot(
     snapshots: &Snapshots,
@@ -144,7 +147,7 @@ async fn snapshot(
 ) -> Result<u64, SnapshotError> {
     let session = snapshots.sessions.get().await?;
     let client = session.client()?;
-    let abandoned = db::CancelOnDrop::new(client);
+    let abandoned = snapshots.sessions.cancel_on_drop(client);
     // The shape may be bound from the cached catalog: its tables must still be the ones it
     // was bound with (a table dropped and made again has another oid), and its table's
     // columns of the types it was bound with (`ALTER … TYPE` streams no Relation message

@@ -1,14 +1,21 @@
 //! Pooled sessions for snapshot queries: a new shape reuses a session instead of starting a
 //! PostgreSQL backend (a process fork and an authentication) of its own, which for small
-//! shapes costs more than the snapshot.
+//! shapes costs more than the snapshot. Their COPY output comes merged ([`CopyFrames`]).
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use std::sync::Arc;
+
+use deadpool_postgres::{Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, NoTls};
 
-use crate::db::{self, DbError};
+use super::copy_frames::CopyFrames;
+use crate::db::{self, DbError, Socket};
 
 pub struct Sessions {
     pool: Pool,
+    server: Arc<Config>,
     /// Where the sessions go, for connection errors.
     target: String,
 }
@@ -22,9 +29,14 @@ impl Sessions {
     /// At most `size` sessions, each opened when first needed.
     pub fn new(cfg: &Config, size: usize) -> Result<Sessions, DbError> {
         let manager =
-            Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_connect(cfg.clone(), MergedCopy, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(size).build().map_err(|e| DbError::Pool(e.to_string()))?;
-        Ok(Sessions { pool, target: db::describe(cfg) })
+        Ok(Sessions { pool, server: Arc::new(cfg.clone()), target: db::describe(cfg) })
+    }
+
+    /// A guard that cancels `client`'s running query when dropped (unless disarmed).
+    pub fn cancel_on_drop(&self, client: &Client) -> db::CancelOnDrop {
+        db::CancelOnDrop::over_own_socket(client, self.server.clone())
     }
 
     pub async fn get(&self) -> Result<Session, DbError> {
@@ -53,5 +65,41 @@ impl Drop for Session {
             // Detached from the pool, the client closes its connection as it drops here.
             drop(Object::take(object));
         }
+    }
+}
+
+/// Opens sessions whose socket is wrapped in [`CopyFrames`]. tokio-postgres hands out no
+/// socket it opened, so the gateway opens it ([`db::open_socket`]); where that declines (a
+/// list of hosts, a socket that failed to open) tokio-postgres connects, unwrapped, and
+/// its error names the cause.
+struct MergedCopy;
+
+impl Connect for MergedCopy {
+    fn connect(&self, cfg: &Config) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), tokio_postgres::Error>> {
+        let cfg = cfg.clone();
+        Box::pin(async move {
+            match db::open_socket(&cfg).await {
+                Some(Socket::Tcp(socket)) => start(&cfg, socket).await,
+                Some(Socket::Unix(socket)) => start(&cfg, socket).await,
+                None => {
+                    let (client, connection) = cfg.connect(NoTls).await?;
+                    Ok((client, tokio::spawn(run(connection))))
+                }
+            }
+        })
+    }
+}
+
+async fn start<S>(cfg: &Config, socket: S) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = cfg.connect_raw(CopyFrames::new(socket), NoTls).await?;
+    Ok((client, tokio::spawn(run(connection))))
+}
+
+async fn run(connection: impl std::future::Future<Output = Result<(), tokio_postgres::Error>>) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "snapshot session ended");
     }
 }
