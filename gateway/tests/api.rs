@@ -94,10 +94,10 @@ async fn protocol_headers_etags_and_409s() {
 async fn snapshot_chunks_are_json_arrays_with_exact_lengths_holding_each_row_once() {
     let env = Env::new().await;
     env.sql(ITEMS).await;
-    env.sql("insert into items select i, 'o', repeat('t', 200), 0 from generate_series(1, 3000) i").await;
-    // Chunks of 64 KiB: the first ones are served from memory while the snapshot is written,
-    // the others from the file.
-    let mut gw = env.gateway_with(&["--chunk-bytes", "65536"]);
+    env.sql("insert into items select i, 'o', repeat('t', 400), 0 from generate_series(1, 12000) i").await;
+    // Chunks of 1 MiB: the first ones are served from memory while the snapshot is written
+    // (in 1 MiB blocks, by its writer thread), the others from the file.
+    let mut gw = env.gateway_with(&["--chunk-bytes", "1048576"]);
     gw.ready().await;
     let (mut offset, mut handle, mut ids) = ("-1".to_string(), String::new(), Vec::new());
     let mut chunks = 0;
@@ -120,7 +120,24 @@ async fn snapshot_chunks_are_json_arrays_with_exact_lengths_holding_each_row_onc
     }
     assert!(chunks > 3, "{chunks} chunks");
     ids.sort_by_key(|id| id.parse::<u32>().unwrap());
-    assert_eq!(ids, (1..=3000).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(ids, (1..=12000).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_gateway_reaching_postgres_by_its_unix_socket_snapshots_and_streams() {
+    // Snapshot sessions open their socket themselves (to merge COPY output): a Unix socket
+    // must work as it does for tokio-postgres.
+    let env = Env::new().await;
+    env.sql(ITEMS).await;
+    env.sql("insert into items select i, 'o', 't', 0 from generate_series(1, 500) i").await;
+    let url = format!("host={} port={} user=postgres dbname=postgres", env.pg.root().display(), env.pg.port());
+    let mut gw = testkit::Gateway::start(&url, &env.data_dir, &[]);
+    gw.ready().await;
+    let mut follower = Follower::new(&gw, "table=items");
+    follower.sync().await;
+    assert_eq!(follower.rows.len(), 500);
+    env.sql("insert into items values (501, 'o', 't', 0)").await;
+    follower.live_until(|rows| rows.len() == 501).await;
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 //! `recovery` (scanning a log after a crash), `snapshot` (the snapshot chunks), `follow`
 //! (a read-only view of a log another process writes).
 
+mod block_writer;
 mod follow;
 mod live;
 mod record;

@@ -172,6 +172,41 @@ fn a_chunk_served_while_the_snapshot_is_written_is_the_one_on_disk() {
 }
 
 #[test]
+fn a_snapshot_of_many_blocks_reads_the_same_from_memory_and_from_the_file() {
+    // Rows of 100 KiB fill the 256 KiB blocks the background writer writes; chunks of
+    // 1 MiB span several blocks each.
+    let dir = tmp("blocks");
+    let log = ShapeLog::create(&dir, 1 << 20).unwrap();
+    let rows: Vec<Vec<u8>> = (0..40u8).map(|i| vec![b'a' + i % 26; 100 << 10]).collect();
+    let mut served = Vec::new();
+    for batch in rows.chunks(3) {
+        let before = log.snapshot_chunk_count();
+        append_snapshot_rows(&log, &batch.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        // Each chunk as its first readers get it, while it is the newest (from memory).
+        served.extend((before..log.snapshot_chunk_count()).map(|n| chunk_body(&log, n)));
+    }
+    log.finish_snapshot(b"E").unwrap();
+    assert!(served.len() >= 3, "{} chunks", served.len());
+    for (n, body) in served.iter().enumerate() {
+        assert_eq!(&chunk_body(&log, n as u64), body, "chunk {n} from the file");
+    }
+    let every: Vec<Vec<u8>> = (0..log.snapshot_chunk_count())
+        .map(|n| chunk_body(&log, n)[1..].to_vec())
+        .map(|mut b| {
+            b.pop();
+            b
+        })
+        .collect();
+    assert_eq!(every.join(&b','), [rows.join(&b','), b"E".to_vec()].join(&b','), "every row once, in order");
+    drop(log);
+    let reopened = ShapeLog::open(&dir, 1 << 20).unwrap().expect("a complete snapshot");
+    for (n, body) in served.iter().enumerate() {
+        assert_eq!(&chunk_body(&reopened, n as u64), body, "chunk {n} after reopening");
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn chunks_bound_reads_and_survive_reopen() {
     let dir = tmp("chunks");
     let log = ShapeLog::create(&dir, 100).unwrap();
