@@ -13,7 +13,7 @@ use testkit::{Env, Gateway};
 #[tokio::main]
 async fn main() {
     let rows: u64 = env_or("BENCH_ROWS", 1_000_000);
-    let rounds: i64 = env_or("BENCH_ROUNDS", 5);
+    let rounds: i64 = env_or("BENCH_ROUNDS", 7);
     let env = Env::new().await;
     env.sql("create table narrow (id int8 primary key, v int4)").await;
     env.sql(&format!("insert into narrow select g, g % 1000 from generate_series(1, {rows}) g")).await;
