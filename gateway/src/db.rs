@@ -94,12 +94,19 @@ pub fn parse_url(url: &str) -> Result<Config, DbError> {
 pub async fn connect(cfg: &Config) -> Result<Client, DbError> {
     let target = describe(cfg);
     let (client, conn) = cfg.connect(NoTls).await.map_err(|source| DbError::Connect { target, source })?;
+    drive(conn);
+    Ok(client)
+}
+
+/// Runs a session's connection task until its client is dropped or the connection fails.
+pub fn drive(
+    connection: impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database session ended");
         }
-    });
-    Ok(client)
+    })
 }
 
 /// Cancels the session's running query when dropped, unless disarmed: a task whose future

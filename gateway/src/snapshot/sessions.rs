@@ -83,7 +83,7 @@ impl Connect for MergedCopy {
                 Some(Socket::Unix(socket)) => start(&cfg, socket).await,
                 None => {
                     let (client, connection) = cfg.connect(NoTls).await?;
-                    Ok((client, tokio::spawn(run(connection))))
+                    Ok((client, db::drive(connection)))
                 }
             }
         })
@@ -95,11 +95,5 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (client, connection) = cfg.connect_raw(CopyFrames::new(socket), NoTls).await?;
-    Ok((client, tokio::spawn(run(connection))))
-}
-
-async fn run(connection: impl std::future::Future<Output = Result<(), tokio_postgres::Error>>) {
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "snapshot session ended");
-    }
+    Ok((client, db::drive(connection)))
 }
