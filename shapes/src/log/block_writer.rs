@@ -37,20 +37,18 @@ impl BlockWriter {
         let progress = Arc::new(Progress { state: Mutex::new((start, None)), advanced: Condvar::new() });
         let (blocks, incoming) = channel();
         let shared = progress.clone();
-        let thread = std::thread::Builder::new()
-            .name("snapshot-writer".into())
-            .spawn(move || write_blocks(&file, &incoming, &shared))?;
+        let thread = std::thread::Builder::new().name("snapshot-writer".into()).spawn(move || {
+            let _stopped = PanicRecorded(&shared);
+            write_blocks(&file, &incoming, &shared);
+        })?;
         Ok(BlockWriter { blocks, progress, thread })
     }
 
     /// Queues `block` for position `pos`, which follows the block queued before.
     pub(super) fn write(&self, pos: u64, block: Bytes) -> io::Result<()> {
         if self.blocks.send((pos, block)).is_err() {
-            // The thread stopped, which it does only on an error: that is the answer.
-            return Err(self
-                .wait_for(u64::MAX)
-                .err()
-                .unwrap_or_else(|| io::Error::other("the snapshot writer stopped")));
+            // The thread stopped, which it does only after recording why.
+            return Err(self.progress.failure().unwrap_or_else(|| io::Error::other("the snapshot writer stopped")));
         }
         Ok(())
     }
@@ -60,7 +58,7 @@ impl BlockWriter {
         let mut state = self.progress.state.lock().unwrap();
         loop {
             if let Some(e) = &state.1 {
-                return Err(io::Error::new(e.kind(), e.to_string()));
+                return Err(copy_of(e));
             }
             if state.0 >= end {
                 return Ok(());
@@ -98,6 +96,11 @@ fn write_blocks(file: &File, incoming: &Receiver<(u64, Bytes)>, progress: &Progr
 }
 
 impl Progress {
+    /// Why the writer failed, if it did.
+    fn failure(&self) -> Option<io::Error> {
+        self.state.lock().unwrap().1.as_ref().map(copy_of)
+    }
+
     /// Records a write's outcome (the end it reached); false once the writer has failed.
     fn record(&self, outcome: io::Result<u64>) -> bool {
         let mut state = self.state.lock().unwrap();
@@ -109,5 +112,45 @@ impl Progress {
         drop(state);
         self.advanced.notify_all();
         ok
+    }
+}
+
+/// io::Error is not Clone: the same kind and message, for each caller that asks.
+fn copy_of(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// Records a panic of the writer's thread as its failure, so no one waits for it forever.
+struct PanicRecorded<'a>(&'a Progress);
+
+impl Drop for PanicRecorded<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut state) = self.0.state.lock() {
+                state.1.get_or_insert_with(|| io::Error::other("the snapshot writer panicked"));
+            }
+            self.0.advanced.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_is_what_waiting_and_later_writes_get() {
+        let path = std::env::temp_dir().join(format!("block-writer-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        // Opened read-only: every write fails.
+        let writer = BlockWriter::start(&File::open(&path).unwrap(), 0).unwrap();
+        writer.write(0, Bytes::from_static(b"rows")).unwrap();
+        let failed = writer.wait_for(4).unwrap_err();
+        while writer.write(4, Bytes::from_static(b"more")).is_ok() {
+            std::thread::yield_now();
+        }
+        assert_eq!(writer.write(4, Bytes::from_static(b"more")).unwrap_err().kind(), failed.kind());
+        assert_eq!(writer.finish().unwrap_err().kind(), failed.kind());
+        std::fs::remove_file(path).unwrap();
     }
 }
