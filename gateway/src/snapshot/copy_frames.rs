@@ -6,18 +6,21 @@
 //! tokio-postgres, [`CopyFrames`] merges each run of consecutive CopyData messages that one
 //! read brought into a single CopyData message carrying their bytes in order. COPY's output
 //! is a byte stream, so its reader sees the same bytes; every other message passes as it
-//! came, in order. What the client writes goes straight to the socket.
+//! came, in order. What the client writes goes straight to the socket. While a long COPY
+//! streams in, the socket wakes its reader less often ([`ReadPacing`]).
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::backend::Header;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// How much is read from the socket at a time.
-const READ: usize = 64 * 1024;
+use super::read_pacing::{LONG_COPY, LowWater, ReadPacing};
+
+/// How much is read from the socket at a time (more than a paced reader waits for).
+const READ: usize = 256 * 1024;
 const COPY_DATA: u8 = b'd';
 /// A message's tag and length, the length counting itself.
 const HEADER: usize = 5;
@@ -33,15 +36,20 @@ pub struct CopyFrames<S> {
     raw: BytesMut,
     /// Whole messages, merged, for the reader.
     merged: BytesMut,
+    /// CopyData bytes since the last other message.
+    copy_run: usize,
+    pacing: ReadPacing,
 }
 
 impl<S> CopyFrames<S> {
     pub fn new(inner: S) -> CopyFrames<S> {
-        CopyFrames { inner, raw: BytesMut::new(), merged: BytesMut::new() }
+        CopyFrames { inner, raw: BytesMut::new(), merged: BytesMut::new(), copy_run: 0, pacing: ReadPacing::default() }
     }
 
-    /// Moves `raw`'s whole messages to `merged`, each run of CopyData messages as one.
-    fn merge(&mut self) {
+    /// Moves `raw`'s whole messages to `merged`, each run of CopyData messages as one; true
+    /// when a COPY's output ended.
+    fn merge(&mut self) -> bool {
+        let mut ended = false;
         let mut at = 0;
         // Where the CopyData message being extended starts in `merged`.
         let mut run: Option<usize> = None;
@@ -60,6 +68,7 @@ impl<S> CopyFrames<S> {
             let len = header.len() as usize + 1;
             let Some(message) = self.raw.get(at..at + len) else { break };
             if header.tag() == COPY_DATA {
+                self.copy_run += len - HEADER;
                 if run.is_some_and(|start| self.merged.len() - start + len > MERGED_MAX) {
                     end_run(&mut self.merged, run.take());
                 }
@@ -72,11 +81,13 @@ impl<S> CopyFrames<S> {
             } else {
                 end_run(&mut self.merged, run.take());
                 self.merged.extend_from_slice(message);
+                ended |= std::mem::take(&mut self.copy_run) > 0;
             }
             at += len;
         }
         end_run(&mut self.merged, run);
         self.raw.advance(at);
+        ended
     }
 }
 
@@ -89,13 +100,16 @@ fn end_run(merged: &mut BytesMut, start: Option<usize>) {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for CopyFrames<S> {
+impl<S: AsyncRead + LowWater + Unpin> AsyncRead for CopyFrames<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         while this.merged.is_empty() {
             this.raw.reserve(READ);
             let before = this.raw.len();
-            ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw))?;
+            if tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw)?.is_pending() {
+                this.pacing.idle(&this.inner, this.copy_run >= LONG_COPY, cx)?;
+                return Poll::Pending;
+            }
             if this.raw.len() == before {
                 // The end of the stream: a partial message is handed on for the reader to
                 // find incomplete, as it would without this adapter.
@@ -103,7 +117,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for CopyFrames<S> {
                 this.merged.extend_from_slice(&rest);
                 break;
             }
-            this.merge();
+            this.pacing.read();
+            if this.merge() {
+                this.pacing.copy_ended(&this.inner)?;
+            }
         }
         let n = this.merged.len().min(buf.remaining());
         buf.put_slice(&this.merged[..n]);
@@ -138,17 +155,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CopyFrames<S> {
     }
 }
 
+/// A server message: its tag, length and body.
+#[cfg(test)]
+pub(super) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        m.extend_from_slice(body);
-        m
+    impl LowWater for DuplexStream {
+        fn set_low_water(&self, _bytes: usize) -> io::Result<bool> {
+            Ok(false)
+        }
     }
 
     /// Reads everything `wire` sends, written to the socket in pieces of `piece` bytes.

@@ -12,6 +12,7 @@
 pub mod completion;
 mod copy_frames;
 mod copy_text;
+mod read_pacing;
 pub mod sessions;
 
 use std::sync::Arc;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::copy_frames::CopyFrames;
+use super::read_pacing::LowWater;
 use crate::db::{self, DbError, Socket};
 
 pub struct Sessions {
@@ -92,7 +93,7 @@ impl Connect for MergedCopy {
 
 async fn start<S>(cfg: &Config, socket: S) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + LowWater + Unpin + Send + 'static,
 {
     let (client, connection) = cfg.connect_raw(CopyFrames::new(socket), NoTls).await?;
     Ok((client, db::drive(connection)))
