@@ -6,7 +6,8 @@
 //! read with `COPY … TO STDOUT` (text output, the same text pgoutput sends, so values need
 //! no conversion) and stored as ready-to-serve messages in chunks. Sessions are pooled
 //! ([`sessions`]), their COPY output arrives in a message per read rather than per row
-//! ([`copy_frames`]), and snapshots that end together are made durable together
+//! ([`copy_frames`]) and, in a long COPY, wakes the gateway per 128 KiB rather than per
+//! write ([`read_pacing`]), and snapshots that end together are made durable together
 //! ([`completion`]).
 
 pub mod completion;
